@@ -1,0 +1,3 @@
+from bcdr.cli.main import main
+
+raise SystemExit(main())

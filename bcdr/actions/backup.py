@@ -1,0 +1,137 @@
+"""``bcdr backup``: back up paths into a new snapshot."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bcdr.actions.common import open_repo
+from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
+from bcdr.archive.patterns import PathMatcher
+from bcdr.clock import Clock
+from bcdr.errors import SourceError
+from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import SkippedPath, Snapshot
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    paths: tuple[str, ...]
+    job: str | None = None
+    excludes: tuple[str, ...] = ()
+    force_read: bool = False
+    tags: tuple[str, ...] = ()
+    plan: str | None = None
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    stats: BackupStats
+    skipped: list[SkippedPath] = field(default_factory=list)
+    warnings: list[SkippedPath] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.skipped)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "snapshot": self.snapshot.id,
+            "short_id": self.snapshot.short_id,
+            "parent": self.snapshot.parent,
+            "job": self.snapshot.job,
+            "paths": list(self.snapshot.paths),
+            "time": self.snapshot.time,
+            "stats": self.stats.to_dict(),
+            "skipped": [vars(s) for s in self.skipped],
+            "warnings": [vars(s) for s in self.warnings],
+            "partial": self.partial,
+        }
+
+
+def resolve_sources(paths: tuple[str, ...]) -> list[bytes]:
+    """Absolute byte paths; raises SourceError naming every path that does not exist."""
+    if not paths:
+        raise SourceError("nothing to back up", hint="give one or more paths")
+    out, missing = [], []
+    for p in paths:
+        abs_path = os.path.abspath(os.fsencode(p))
+        if os.path.lexists(abs_path):
+            out.append(abs_path)
+        else:
+            missing.append(p)
+    if missing:
+        raise SourceError(
+            f"path(s) to back up do not exist: {', '.join(missing)}",
+            hint="check the paths; nothing was written",
+        )
+    return out
+
+
+def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot | None:
+    """Newest snapshot of the same job; without a job, of the same paths on this host."""
+    host = socket.gethostname()
+    candidates = [
+        s for s in repo.list_snapshots(job)
+        if job is not None or (sorted(s.paths) == sorted(paths) and s.hostname == host)
+    ]
+    return candidates[-1] if candidates else None
+
+
+def run_backup(
+    repo: Repository,
+    request: BackupRequest,
+    *,
+    progress: ProgressFn | None = None,
+) -> BackupResult:
+    sources = resolve_sources(request.paths)
+    paths = [os.fsdecode(p) for p in sources]
+    with repo.lock(exclusive=False):
+        repo.load_index()
+        parent = find_parent(repo, request.job, paths)
+        archiver = Archiver(
+            repo,
+            parent_tree=bytes.fromhex(parent.tree) if parent else None,
+            excludes=PathMatcher(request.excludes),
+            force_read=request.force_read,
+            progress=progress,
+        )
+        with repo.writing():
+            root = archiver.run(sources)
+        stats = archiver.finish_stats()
+        snap = Snapshot(
+            **repo.new_snapshot_fields(),
+            hostname=socket.gethostname(),
+            username=getpass.getuser(),
+            paths=tuple(paths),
+            tree=root.hex(),
+            job=request.job,
+            parent=parent.id if parent else None,
+            plan=request.plan,
+            excludes=request.excludes,
+            tags=request.tags,
+            stats=stats.to_dict(),
+            skipped=tuple(archiver.problems.skipped),
+        )
+        snap = repo.save_snapshot(snap)
+    return BackupResult(snap, stats, archiver.problems.skipped, archiver.problems.warnings)
+
+
+def backup(
+    url: str,
+    request: BackupRequest,
+    *,
+    progress: ProgressFn | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> BackupResult:
+    resolve_sources(request.paths)  # fail on a missing path before touching the repository
+    repo = open_repo(url, clock=clock, env=env)
+    try:
+        return run_backup(repo, request, progress=progress)
+    finally:
+        repo.close()

@@ -1,0 +1,28 @@
+"""``bcdr check``: verify a repository's structure and, on request, its data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bcdr.actions.common import open_repo
+from bcdr.clock import Clock
+from bcdr.errors import UsageError
+from bcdr.repository.check import Checker, CheckReport, ProgressFn
+
+
+def check(
+    url: str,
+    *,
+    read_data: bool = False,
+    subset_percent: float | None = None,
+    seed: int | None = None,
+    progress: ProgressFn | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> CheckReport:
+    if subset_percent is not None and not 0 < subset_percent <= 100:
+        raise UsageError(f"--read-data-subset must be in (0, 100], not {subset_percent}")
+    fraction = 1.0 if read_data else (subset_percent or 0.0) / 100
+    repo = open_repo(url, clock=clock, env=env)
+    with repo.lock(exclusive=False):
+        return Checker(repo, progress).run(fraction, seed)

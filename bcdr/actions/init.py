@@ -1,0 +1,45 @@
+"""``bcdr init``: create a repository."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from bcdr.actions.common import read_password
+from bcdr.clock import Clock
+from bcdr.errors import PasswordRequired
+from bcdr.repository.chunker import ChunkerParams
+from bcdr.repository.repo import Repository
+from bcdr.storage.url import open_storage
+
+
+@dataclass(frozen=True)
+class InitResult:
+    url: str
+    id: str
+    encryption: str
+    chunker: dict[str, object]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def init_repository(
+    url: str,
+    *,
+    encrypt: bool,
+    chunker: ChunkerParams | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> InitResult:
+    password = read_password(env) if encrypt else None
+    if encrypt and password is None:
+        raise PasswordRequired(
+            "--encrypt needs a password",
+            hint="set BCDR_PASSWORD, or BCDR_PASSWORD_FILE to a file holding it "
+            "(never on the command line)",
+        )
+    storage = open_storage(url)
+    repo = Repository.init(storage, password=password, chunker=chunker, clock=clock)
+    cfg = repo.config
+    return InitResult(storage.url, cfg.id, cfg.encryption, cfg.chunker.to_dict())

@@ -1,0 +1,61 @@
+"""``bcdr restore``: restore a snapshot (or part of it) into a folder, verified."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bcdr.actions.common import open_repo
+from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
+from bcdr.clock import Clock
+from bcdr.errors import UsageError
+from bcdr.repository.snapshot import Snapshot
+
+
+@dataclass
+class RestoreResult:
+    snapshot: Snapshot
+    target: str
+    stats: RestoreStats
+
+    @property
+    def ok(self) -> bool:
+        return not self.stats.errors
+
+    def to_dict(self) -> dict[str, object]:
+        return {"snapshot": self.snapshot.id, "target": self.target, "ok": self.ok,
+                **self.stats.to_dict()}
+
+
+def check_target(target: str, overwrite: bool) -> None:
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise UsageError(f"restore target is not a directory: {target}")
+    if os.path.isdir(target) and any(os.scandir(target)) and not overwrite:
+        raise UsageError(
+            f"restore target is not empty: {target}",
+            hint="choose an empty folder, or pass --overwrite to replace files in it",
+        )
+
+
+def restore(
+    url: str,
+    ref: str,
+    target: str,
+    *,
+    job: str | None = None,
+    includes: tuple[str, ...] = (),
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RestoreResult:
+    check_target(target, overwrite)
+    repo = open_repo(url, clock=clock, env=env)
+    snap = repo.resolve_snapshot(ref, job)
+    repo.load_index()
+    restorer = Restorer(repo, os.fsencode(os.path.abspath(target)),
+                        includes=PathMatcher(includes), progress=progress)
+    stats = restorer.run(bytes.fromhex(snap.tree))
+    return RestoreResult(snap, os.path.abspath(target), stats)

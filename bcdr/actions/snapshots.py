@@ -1,0 +1,63 @@
+"""``bcdr snapshots`` and ``bcdr ls``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+
+from bcdr.actions.common import open_repo
+from bcdr.clock import Clock
+from bcdr.errors import UsageError
+from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import Snapshot
+from bcdr.repository.tree import DIR, Node, decode_tree
+
+
+def list_snapshots(
+    url: str, *, job: str | None = None, clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[Snapshot]:
+    return open_repo(url, clock=clock, env=env).list_snapshots(job)
+
+
+@dataclass(frozen=True)
+class LsEntry:
+    path: str
+    type: str
+    size: int
+    mode: int
+    mtime_ns: int
+    target: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _walk(repo: Repository, tree_id: bytes, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
+    for node in decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}"):
+        path = prefix + b"/" + node.name
+        yield path, node
+        if node.type == DIR and node.subtree:
+            yield from _walk(repo, node.subtree, path)
+
+
+def ls(
+    url: str, ref: str, path: str | None = None, *, job: str | None = None,
+    clock: Clock | None = None, env: Mapping[str, str] | None = None,
+) -> tuple[Snapshot, list[LsEntry]]:
+    """Every entry of snapshot ``ref`` at or under ``path`` (default: all)."""
+    repo = open_repo(url, clock=clock, env=env)
+    snap = repo.resolve_snapshot(ref, job)
+    repo.load_index()
+    want = os.fsencode(path).rstrip(b"/") if path else b""
+    entries = []
+    for p, node in _walk(repo, bytes.fromhex(snap.tree), b""):
+        if want and not (p == want or p.startswith(want + b"/")):
+            continue
+        entries.append(LsEntry(os.fsdecode(p), node.type, node.size, node.mode, node.mtime_ns,
+                               os.fsdecode(node.target) if node.target is not None else None))
+    if want and not entries:
+        raise UsageError(f"no path {path!r} in snapshot {snap.short_id}",
+                         hint="paths in a snapshot are absolute, as backed up; see `bcdr ls`")
+    return snap, entries

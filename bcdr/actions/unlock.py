@@ -1,0 +1,17 @@
+"""``bcdr unlock``: remove stale locks (or all of them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bcdr.actions.common import open_repo
+from bcdr.clock import Clock
+from bcdr.repository.locks import LockInfo, remove_locks
+
+
+def unlock(
+    url: str, *, remove_all: bool = False, clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[LockInfo]:
+    repo = open_repo(url, clock=clock, env=env)
+    return remove_locks(repo.storage, repo.clock, remove_all=remove_all)

@@ -1,0 +1,316 @@
+"""Scan file trees and store them as trees and chunks, reusing the parent snapshot's work.
+
+The snapshot's root tree mirrors the absolute paths backed up (``/data/ckpt`` becomes
+``data`` -> ``ckpt`` -> ...), as restic and borg do, so several paths fit in one snapshot.
+A file whose size, mtime, ctime and inode match the parent snapshot's node keeps its chunk list
+without being read (unless ``force_read``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.pipeline import ChunkPipeline
+from bcdr.repository.hashing import new_fingerprint
+from bcdr.repository.pack import TREE
+from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import SkippedPath
+from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+
+Layout = dict[bytes, "Layout | None"]
+
+
+@dataclass
+class BackupStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    blobs_added: int = 0
+    packs_written: int = 0
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass
+class ScanProblems:
+    skipped: list[SkippedPath] = field(default_factory=list)  # errors: exit 3
+    warnings: list[SkippedPath] = field(default_factory=list)  # special files, changed files
+
+    def error(self, path: bytes, reason: str) -> None:
+        self.skipped.append(SkippedPath(os.fsdecode(path), reason))
+
+    def warn(self, path: bytes, reason: str) -> None:
+        self.warnings.append(SkippedPath(os.fsdecode(path), reason))
+
+
+ProgressFn = Callable[[BackupStats, bytes], None]
+
+
+def plan_layout(paths: list[bytes]) -> Layout:
+    """Nest absolute paths by component; a path inside another given path is dropped."""
+    root: Layout = {}
+    for path in sorted(set(paths), key=len):
+        parts = [p for p in path.split(b"/") if p]
+        node: Layout | None = root
+        for i, part in enumerate(parts):
+            assert node is not None
+            if part in node and node[part] is None:
+                break  # an ancestor is already backed up whole
+            if i == len(parts) - 1:
+                node[part] = None
+            else:
+                node = node.setdefault(part, {})
+    return root
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        parent_tree: bytes | None = None,
+        excludes: PathMatcher | None = None,
+        force_read: bool = False,
+        progress: ProgressFn | None = None,
+        workers: int | None = None,
+    ):
+        self.repo = repo
+        self.parent_tree = parent_tree
+        self.excludes = excludes or PathMatcher([])
+        self.force_read = force_read
+        self.progress = progress
+        self.stats = BackupStats()
+        self.problems = ScanProblems()
+        self._pipeline = ChunkPipeline(repo, workers)
+        self._hardlinks: dict[tuple[int, int], Node] = {}
+        self._last_progress = 0.0
+        self._started = time.monotonic()
+
+    def run(self, paths: list[bytes]) -> bytes:
+        """Back up ``paths`` (absolute, existing); return the root tree id."""
+        started = time.monotonic()
+        old_limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(old_limit, 20000))
+        try:
+            root = self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree))
+        finally:
+            sys.setrecursionlimit(old_limit)
+            self._pipeline.close()
+        self._started = started
+        return root
+
+    def finish_stats(self) -> BackupStats:
+        """Fill in what the writer knows; call after the repository was flushed."""
+        w = self.repo.writer
+        self.stats.bytes_added = w.bytes_added
+        self.stats.blobs_added = w.blobs_added
+        self.stats.packs_written = w.packs_written
+        self.stats.duration_s = time.monotonic() - self._started
+        return self.stats
+
+    # -- trees -------------------------------------------------------------------------------
+
+    def _children(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+        return {n.name: n for n in nodes}
+
+    def _parent_children(self, pnode: Node | None) -> dict[bytes, Node]:
+        if pnode is None or pnode.type != DIR:
+            return {}
+        return self._children(pnode.subtree)
+
+    def _save_tree(self, nodes: list[Node]) -> bytes:
+        self._pipeline.drain()  # file nodes get their chunk ids filled in
+        tree_id = self.repo.save_blob(TREE, encode_tree(nodes))
+        self.stats.packs_written = self.repo.writer.packs_written
+        return tree_id
+
+    def _save_virtual(self, path: bytes, layout: Layout, parent: dict[bytes, Node]) -> bytes:
+        nodes = []
+        for name, sub in sorted(layout.items()):
+            full = os.path.join(path, name)
+            if sub is None:
+                node = self._save_path(full, name, parent.get(name))
+            else:
+                st = os.lstat(full)
+                subtree = self._save_virtual(full, sub, self._parent_children(parent.get(name)))
+                node = _dir_node(name, st, subtree)
+            if node is not None:
+                nodes.append(node)
+        return self._save_tree(nodes)
+
+    # -- entries -----------------------------------------------------------------------------
+
+    def _save_path(self, path: bytes, name: bytes, pnode: Node | None) -> Node | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._skip(path, "vanished before it was read")
+            return None
+        except OSError as exc:
+            self._skip(path, f"cannot stat: {exc.strerror}")
+            return None
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            return self._save_file(path, name, st, pnode)
+        if stat.S_ISDIR(mode):
+            return self._save_dir(path, name, st, pnode)
+        if stat.S_ISLNK(mode):
+            return self._save_symlink(path, name, st)
+        kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
+        self.problems.warn(path, f"{kind} skipped (special files are not backed up)")
+        return None
+
+    def _save_dir(self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None) -> Node | None:
+        try:
+            names = sorted(e.name for e in os.scandir(path))
+        except FileNotFoundError:
+            self._skip(path, "vanished before it was read")
+            return None
+        except OSError as exc:
+            self._skip(path, f"cannot list directory: {exc.strerror}")
+            return None
+        parent = self._parent_children(pnode)
+        nodes = []
+        for child in names:
+            full = os.path.join(path, child)
+            if self.excludes and self.excludes.matches(full):
+                continue
+            node = self._save_path(full, child, parent.get(child))
+            if node is not None:
+                nodes.append(node)
+        self.stats.dirs += 1
+        return _dir_node(name, st, self._save_tree(nodes))
+
+    def _save_symlink(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+        try:
+            target = os.readlink(path)
+        except OSError as exc:
+            self._skip(path, f"cannot read link: {exc.strerror}")
+            return None
+        self.stats.symlinks += 1
+        return Node(name, SYMLINK, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                    mtime_ns=st.st_mtime_ns, target=target)
+
+    def _save_file(self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None) -> Node | None:
+        node = _file_node(name, st)
+        self.stats.bytes_total += st.st_size
+        link_key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and link_key in self._hardlinks:
+            first = self._hardlinks[link_key]
+            node.content, node.digest = first.content, first.digest
+            self.stats.files_unchanged += 1
+            return node
+        if pnode is not None and not self.force_read and _unchanged(pnode, st):
+            node.content, node.digest = list(pnode.content), pnode.digest
+            self.stats.files_unchanged += 1
+        elif self._read_file(path, node):
+            if pnode is None:
+                self.stats.files_new += 1
+            else:
+                self.stats.files_changed += 1
+        else:
+            return None
+        if st.st_nlink > 1:
+            self._hardlinks[link_key] = node
+        return node
+
+    def _read_file(self, path: bytes, node: Node) -> bool:
+        """Chunk the file into ``node``; False (and recorded) if it could not be read."""
+        try:
+            fd = _open_noatime(path)
+        except FileNotFoundError:
+            self._skip(path, "vanished before it was read")
+            return False
+        except OSError as exc:
+            self._skip(path, f"cannot open: {exc.strerror}")
+            return False
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                before = os.fstat(fd)
+                digest = new_fingerprint()
+                total = 0
+                for chunk in self.repo.chunker.chunks(f):
+                    digest.update(chunk)
+                    total += len(chunk)
+                    self._pipeline.submit(bytes(chunk), node.content)
+                    self.stats.bytes_read += len(chunk)
+                    self._tick(path)
+                after = os.fstat(fd)
+        except OSError as exc:
+            self._skip(path, f"read error: {exc.strerror}")
+            return False
+        if total != before.st_size or (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (
+            before.st_mtime_ns, before.st_size, before.st_ctime_ns
+        ):
+            self.problems.error(path, "changed while it was read; the stored copy may be torn")
+        node.size = total
+        node.mtime_ns = before.st_mtime_ns
+        node.ctime_ns = before.st_ctime_ns
+        node.digest = digest.hexdigest()
+        return True
+
+    def _skip(self, path: bytes, reason: str) -> None:
+        self.stats.skipped += 1
+        self.problems.error(path, reason)
+
+    def _tick(self, path: bytes) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= 0.2:
+            self._last_progress = now
+            self.stats.bytes_added = self.repo.writer.bytes_added
+            self.progress(self.stats, path)
+
+
+def _open_noatime(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership; fall back
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(path, flags)
+
+
+def _unchanged(pnode: Node, st: os.stat_result) -> bool:
+    return (
+        pnode.type == FILE
+        and pnode.size == st.st_size
+        and pnode.mtime_ns == st.st_mtime_ns
+        and pnode.ctime_ns == st.st_ctime_ns
+        and pnode.inode == st.st_ino
+    )
+
+
+def _file_node(name: bytes, st: os.stat_result) -> Node:
+    return Node(name, FILE, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, inode=st.st_ino,
+                dev=st.st_dev, nlink=st.st_nlink, size=st.st_size)
+
+
+def _dir_node(name: bytes, st: os.stat_result, subtree: bytes) -> Node:
+    return Node(name, DIR, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                mtime_ns=st.st_mtime_ns, subtree=subtree)

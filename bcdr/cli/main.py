@@ -1,0 +1,234 @@
+"""The ``bcdr`` command: parse arguments, call one action, render its result.
+
+This is the only place that maps errors to exit codes (docs/exit-codes.md):
+0 ok, 1 failed, 2 usage or bad input, 3 partial (some files skipped), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from bcdr import __version__
+from bcdr.actions import backup as backup_action
+from bcdr.actions import check as check_action
+from bcdr.actions import init as init_action
+from bcdr.actions import restore as restore_action
+from bcdr.actions import snapshots as snapshots_action
+from bcdr.actions import unlock as unlock_action
+from bcdr.cli import render
+from bcdr.cli.progress import Progress
+from bcdr.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    BcdrError,
+    UsageError,
+)
+from bcdr.repository.chunker import ChunkerParams
+
+REPO_ENV = "BCDR_REPO"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _repo(args: argparse.Namespace) -> str:
+    url: str | None = args.repo or os.environ.get(REPO_ENV)
+    if not url:
+        raise UsageError("no repository given", hint=f"pass --repo URL or set {REPO_ENV}")
+    return url
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress(enabled=False if args.json or args.quiet else None)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    chunker = None
+    if args.chunk_size:
+        try:
+            lo, avg, hi = (int(x) for x in args.chunk_size.split(","))
+        except ValueError:
+            raise UsageError("--chunk-size takes MIN,AVG,MAX in bytes, e.g. 524288,524288,8388608") from None
+        chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
+    result = init_action.init_repository(_repo(args), encrypt=args.encrypt, chunker=chunker)
+    if args.json:
+        render.emit_json(result.to_dict())
+    else:
+        render.out(f"created repository {result.id[:8]} at {result.url} "
+                   f"(encryption: {result.encryption})")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    request = backup_action.BackupRequest(
+        paths=tuple(args.paths), job=args.job, excludes=tuple(args.exclude),
+        force_read=args.force_read, tags=tuple(args.tag),
+    )
+    try:
+        result = backup_action.backup(_repo(args), request, progress=progress.backup)
+    finally:
+        progress.done()
+    if args.json:
+        render.emit_json(result.to_dict())
+    else:
+        render.backup_text(result)
+    return EXIT_PARTIAL if result.partial else EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    snaps = snapshots_action.list_snapshots(_repo(args), job=args.job)
+    if args.json:
+        render.emit_json([s.to_dict() for s in snaps])
+    else:
+        render.snapshots_text(snaps)
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    snap, entries = snapshots_action.ls(_repo(args), args.snapshot, args.path, job=args.job)
+    if args.json:
+        render.emit_json({"snapshot": snap.id, "entries": [e.to_dict() for e in entries]})
+    else:
+        render.ls_text(snap, entries)
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    try:
+        result = restore_action.restore(
+            _repo(args), args.snapshot, args.target, job=args.job,
+            includes=tuple(args.include), overwrite=args.overwrite, progress=progress.restore,
+        )
+    finally:
+        progress.done()
+    if args.json:
+        render.emit_json(result.to_dict())
+    else:
+        render.restore_text(result)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    try:
+        report = check_action.check(
+            _repo(args), read_data=args.read_data, subset_percent=args.read_data_subset,
+            progress=progress.check,
+        )
+    finally:
+        progress.done()
+    if args.json:
+        render.emit_json(report.to_dict())
+    else:
+        render.check_text(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    removed = unlock_action.unlock(_repo(args), remove_all=args.remove_all)
+    if args.json:
+        render.emit_json([vars(lock) for lock in removed])
+    else:
+        for lock in removed:
+            render.out(f"removed {lock.describe()}")
+        render.out(f"{len(removed)} lock(s) removed")
+    return EXIT_OK
+
+
+def _percent(text: str) -> float:
+    try:
+        return float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bcdr",
+        description="Backup and disaster recovery for AI datasets and model checkpoints.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial backup, 130 interrupted. "
+        "Passwords come from BCDR_PASSWORD or BCDR_PASSWORD_FILE, never from arguments.",
+    )
+    parser.add_argument("--version", action="version", version=f"bcdr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_text: str, *, repo: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if repo:
+            p.add_argument("--repo", "-r", metavar="URL",
+                           help=f"repository: a path or file:///path (default: ${REPO_ENV})")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("init", cmd_init, "Create a new repository.")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt with AES-256-GCM; password from BCDR_PASSWORD(_FILE)")
+    p.add_argument("--chunk-size", metavar="MIN,AVG,MAX",
+                   help="advanced: FastCDC parameters in bytes (default 524288,524288,8388608)")
+
+    p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
+    p.add_argument("--job", metavar="NAME", help="job name; the parent is its newest snapshot")
+    p.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN",
+                   help="skip matching paths (glob: *.tmp, **/.cache/**); repeatable")
+    p.add_argument("--force-read", action="store_true",
+                   help="read every file, even those unchanged since the parent snapshot")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the snapshot")
+
+    p = command("snapshots", cmd_snapshots, "List snapshots, oldest first.")
+    p.add_argument("--job", metavar="NAME", help="only this job's snapshots")
+
+    p = command("ls", cmd_ls, "List the files of a snapshot.")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
+    p.add_argument("path", nargs="?", metavar="PATH", help="only entries at or under this path")
+    p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
+
+    p = command("restore", cmd_restore, "Restore a snapshot into a folder, verifying every file.")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
+    p.add_argument("--target", "-t", required=True, metavar="DIR", help="folder to restore into")
+    p.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN",
+                   help="restore only matching paths (and everything below them); repeatable")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty target")
+    p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
+
+    p = command("check", cmd_check, "Check the repository; exit 1 and list problems if any.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--read-data", action="store_true", help="read and verify all stored data")
+    g.add_argument("--read-data-subset", type=_percent, metavar="PERCENT",
+                   help="read and verify a random PERCENT of the packs")
+
+    p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
+    p.add_argument("--remove-all", action="store_true",
+                   help="remove every lock, even of live processes (only when certain)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except BcdrError as exc:
+        if getattr(args, "json", False):
+            render.emit_json(exc.to_dict())
+        sys.stderr.write(f"bcdr: error: {exc}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("bcdr: interrupted; nothing half-written was committed\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

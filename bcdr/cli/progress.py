@@ -1,0 +1,51 @@
+"""Progress on a terminal (stderr), silent otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from bcdr.archive.backup import BackupStats
+from bcdr.archive.restore import RestoreStats
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._shown = False
+
+    def _line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        width = max(20, os.get_terminal_size(self.stream.fileno()).columns - 1)
+        self.stream.write("\r" + text[:width].ljust(width))
+        self.stream.flush()
+        self._shown = True
+
+    def backup(self, stats: BackupStats, path: bytes) -> None:
+        files = stats.files_new + stats.files_changed + stats.files_unchanged
+        self._line(f"{files} files, {human_bytes(stats.bytes_read)} read, "
+                   f"{human_bytes(stats.bytes_added)} added  {os.fsdecode(path)}")
+
+    def restore(self, stats: RestoreStats, path: bytes) -> None:
+        self._line(f"{stats.files} files, {human_bytes(stats.bytes_written)} restored  "
+                   f"{os.fsdecode(path)}")
+
+    def check(self, phase: str, done: int, total: int) -> None:
+        self._line(f"{phase}: {done}/{total} packs")
+
+    def done(self) -> None:
+        if self._shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._shown = False

@@ -1,0 +1,88 @@
+"""Turn result objects into text or JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+from bcdr.actions.backup import BackupResult
+from bcdr.actions.restore import RestoreResult
+from bcdr.actions.snapshots import LsEntry
+from bcdr.cli.progress import human_bytes
+from bcdr.repository.check import CheckReport
+from bcdr.repository.snapshot import Snapshot
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def backup_text(r: BackupResult) -> None:
+    s = r.stats
+    out(f"snapshot {r.snapshot.short_id} saved" + (f" (job {r.snapshot.job})" if r.snapshot.job else ""))
+    if r.snapshot.parent:
+        out(f"  parent     {r.snapshot.parent[:8]}")
+    out(f"  files      {s.files_new} new, {s.files_changed} changed, "
+        f"{s.files_unchanged} unchanged, {s.skipped} skipped")
+    out(f"  dirs       {s.dirs}   symlinks {s.symlinks}")
+    out(f"  read       {human_bytes(s.bytes_read)} of {human_bytes(s.bytes_total)}")
+    out(f"  added      {human_bytes(s.bytes_added)} after dedup and compression "
+        f"({s.blobs_added} blobs, {s.packs_written} packs)")
+    out(f"  duration   {s.duration_s:.2f}s")
+    for w in r.warnings:
+        sys.stderr.write(f"warning: {w.path}: {w.reason}\n")
+    for sk in r.skipped:
+        sys.stderr.write(f"error: {sk.path}: {sk.reason}\n")
+    if r.partial:
+        sys.stderr.write(f"backup is partial: {len(r.skipped)} path(s) not backed up or torn\n")
+
+
+def snapshots_text(snaps: list[Snapshot]) -> None:
+    if not snaps:
+        out("no snapshots")
+        return
+    out(f"{'ID':8}  {'TIME':19}  {'HOST':16}  {'JOB':16}  {'SIZE':>10}  PATHS")
+    for s in snaps:
+        when = datetime.fromisoformat(s.time).strftime("%Y-%m-%d %H:%M:%S")
+        size = human_bytes(float(s.stats.get("bytes_total", 0)))
+        out(f"{s.short_id:8}  {when:19}  {s.hostname[:16]:16}  {(s.job or '-')[:16]:16}  "
+            f"{size:>10}  {', '.join(s.paths)}")
+    out(f"{len(snaps)} snapshot(s)")
+
+
+def ls_text(snap: Snapshot, entries: list[LsEntry]) -> None:
+    out(f"snapshot {snap.short_id} of {snap.time}:")
+    for e in entries:
+        kind = {"dir": "d", "file": "-", "symlink": "l"}[e.type]
+        link = f" -> {e.target}" if e.target is not None else ""
+        out(f"{kind}{e.mode:04o} {e.size:>14}  {e.path}{link}")
+
+
+def restore_text(r: RestoreResult) -> None:
+    s = r.stats
+    out(f"restored snapshot {r.snapshot.short_id} to {r.target}")
+    out(f"  files      {s.files} ({s.hardlinks} hardlinks), dirs {s.dirs}, symlinks {s.symlinks}")
+    out(f"  bytes      {human_bytes(s.bytes_total)} verified")
+    out(f"  duration   {s.duration_s:.2f}s")
+    for e in s.errors:
+        sys.stderr.write(f"error: {e['path']}: {e['error']}\n")
+    if s.errors:
+        sys.stderr.write(f"restore failed for {len(s.errors)} path(s); nothing wrong was written\n")
+
+
+def check_text(r: CheckReport) -> None:
+    scope = "structure" if not r.read_fraction else f"structure and {r.read_fraction:.0%} of data"
+    out(f"checked {scope}: {r.snapshots} snapshots, {r.trees} trees, "
+        f"{r.blobs_referenced} chunks, {r.packs} packs ({r.packs_read} read, "
+        f"{human_bytes(r.bytes_read)})")
+    for line in r.leftovers:
+        out(f"leftover: {line}")
+    for line in r.errors:
+        out(f"error: {line}")
+    out("no errors found" if r.ok else f"{len(r.errors)} error(s) found")

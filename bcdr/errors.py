@@ -1,0 +1,145 @@
+"""The one error tree of bcdr.
+
+Every error a user can cause or meet is a :class:`BcdrError`: it carries a message (what went
+wrong), an optional ``where`` (file:line, field, key or path) and a ``hint`` (what to do), and a
+stable exit code. Third-party errors (OS, Azure SDK) are translated where they arise; the CLI is
+the only place that turns a ``BcdrError`` into an exit code and never prints a traceback for one.
+
+::
+
+    BcdrError (exit 1)
+    ├── UsageError (exit 2)                 bad arguments, bad plan, bad URL
+    ├── SourceError                         a path to back up is missing or unreadable
+    ├── StorageError                        the storage failed
+    │   ├── ObjectNotFound                  a key does not exist
+    │   ├── StorageFull                     no space left (nothing half-written is committed)
+    │   ├── StoragePermission               permission denied / authentication failed
+    │   └── TransientStorageError           worth retrying (throttled, unreachable)
+    ├── RepositoryError                     the repository cannot be used
+    │   ├── RepositoryNotFound              nothing at the URL
+    │   ├── NotARepository                  something at the URL, but no bcdr repository
+    │   ├── RepositoryExists                init over an existing repository
+    │   ├── UnsupportedFormat               a format version this bcdr does not know
+    │   ├── WrongPassword                   no key opens with the password
+    │   ├── PasswordRequired                encrypted, and no password was given
+    │   ├── CorruptObject                   stored bytes fail their hash or do not parse
+    │   ├── SnapshotNotFound                no snapshot matches an id/prefix/latest
+    │   └── LockConflict                    another process holds a conflicting lock
+    ├── RestoreError                        a restore could not write or verify files
+    ├── CheckFailed                         check found problems (listed)
+    └── PartialFailure (exit 3)             finished, but some files were skipped
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_TARGET_MISSED = 4
+EXIT_INTERRUPTED = 130
+
+
+class BcdrError(Exception):
+    """Base of all bcdr errors: message, where it happened, and what to do."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "where": self.where,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
+
+
+class UsageError(BcdrError):
+    exit_code = EXIT_USAGE
+
+
+class SourceError(BcdrError):
+    """A path given to back up does not exist or cannot be read at all."""
+
+
+class StorageError(BcdrError):
+    pass
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class StorageFull(StorageError):
+    pass
+
+
+class StoragePermission(StorageError):
+    pass
+
+
+class TransientStorageError(StorageError):
+    pass
+
+
+class RepositoryError(BcdrError):
+    pass
+
+
+class RepositoryNotFound(RepositoryError):
+    pass
+
+
+class NotARepository(RepositoryError):
+    pass
+
+
+class RepositoryExists(RepositoryError):
+    pass
+
+
+class UnsupportedFormat(RepositoryError):
+    pass
+
+
+class WrongPassword(RepositoryError):
+    pass
+
+
+class PasswordRequired(RepositoryError):
+    exit_code = EXIT_USAGE
+
+
+class CorruptObject(RepositoryError):
+    pass
+
+
+class SnapshotNotFound(RepositoryError):
+    pass
+
+
+class LockConflict(RepositoryError):
+    pass
+
+
+class RestoreError(BcdrError):
+    pass
+
+
+class CheckFailed(BcdrError):
+    pass
+
+
+class PartialFailure(BcdrError):
+    exit_code = EXIT_PARTIAL

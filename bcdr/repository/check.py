@@ -1,0 +1,202 @@
+"""Check a repository: structure always, data on request.
+
+Structure: every index file parses and matches its name; every pack an index lists exists;
+every snapshot parses; every tree of every snapshot loads; every chunk a file lists is indexed.
+Data (``read_fraction`` > 0): packs are read whole (all, or a random sample), their name is
+re-hashed, their header parsed, every blob opened, decompressed and re-hashed to its id, and
+the header compared with the index.
+
+Problems are *errors* (a snapshot may not restore) or *leftovers* (unreferenced packs of an
+interrupted backup, stale locks, temporary files): leftovers are harmless and prune or unlock
+removes them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
+from bcdr.repository.hashing import object_name
+from bcdr.repository.locks import is_stale, list_locks
+from bcdr.repository.pack import PackEntry, pack_key, parse_pack
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import DIR, FILE, decode_tree
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    snapshots: int = 0
+    trees: int = 0
+    blobs_referenced: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    read_fraction: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class Checker:
+    def __init__(self, repo: Repository, progress: ProgressFn | None = None):
+        self.repo = repo
+        self.report = CheckReport()
+        self.progress = progress
+        self._indexed: dict[str, list[PackEntry]] = {}
+        self._missing_packs: set[str] = set()
+
+    def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
+        self._check_index()
+        packs = self._check_packs()
+        self._check_snapshots()
+        if read_fraction > 0:
+            self._read_data(packs, read_fraction, seed)
+        self._check_leftovers()
+        return self.report
+
+    def _check_index(self) -> None:
+        for name in self.repo.index_names():
+            try:
+                packs = self.repo.read_index(name)
+            except BcdrError as exc:
+                self.report.errors.append(f"index {name[:12]}: {exc}")
+                continue
+            self.repo.index.add_pack_entries(packs)
+            for pack, entries in packs.items():
+                self._indexed.setdefault(pack, entries)
+        self.repo.index_loaded = True
+
+    def _check_packs(self) -> dict[str, int]:
+        stored = {
+            info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.storage.list("data/")
+        }
+        self.report.packs = len(stored)
+        for pack, entries in sorted(self._indexed.items()):
+            if pack not in stored:
+                self._missing_packs.add(pack)
+                self.report.errors.append(
+                    f"pack {pack[:12]} is listed in the index but missing ({len(entries)} blobs lost)"
+                )
+        for pack in sorted(set(stored) - set(self._indexed)):
+            self.report.leftovers.append(
+                f"pack {pack[:12]} is not in any index (left by an interrupted backup; "
+                "prune removes it)"
+            )
+        return stored
+
+    def _check_snapshots(self) -> None:
+        seen_trees: set[bytes] = set()
+        seen_blobs: set[bytes] = set()
+        for name in sorted(self.repo.snapshot_names()):
+            try:
+                snap = self.repo.load_snapshot(name)
+            except (BcdrError, ObjectNotFound) as exc:
+                self.report.errors.append(f"snapshot {name[:12]}: {exc}")
+                continue
+            self.report.snapshots += 1
+            stack = [(bytes.fromhex(snap.tree), b"")]
+            while stack:
+                tree_id, path = stack.pop()
+                if tree_id in seen_trees:
+                    continue
+                seen_trees.add(tree_id)
+                try:
+                    nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+                except BcdrError as exc:
+                    self.report.errors.append(
+                        f"snapshot {snap.short_id} {_show(path or b'/')}: tree unreadable: {exc}"
+                    )
+                    continue
+                self.report.trees += 1
+                for node in nodes:
+                    sub = path + b"/" + node.name
+                    if node.type == DIR and node.subtree is not None:
+                        stack.append((node.subtree, sub))
+                    elif node.type == FILE:
+                        self._check_content(snap.short_id, sub, node.content, seen_blobs)
+        self.report.blobs_referenced = len(seen_blobs)
+
+    def _check_content(self, snap: str, path: bytes, content: list[bytes], seen: set[bytes]) -> None:
+        missing = 0
+        for blob_id in content:
+            if blob_id in seen:
+                continue
+            loc = self.repo.index.lookup(blob_id)
+            if loc is not None and loc.pack not in self._missing_packs:
+                seen.add(blob_id)
+            else:
+                missing += 1
+        if missing:
+            self.report.errors.append(
+                f"snapshot {snap} {_show(path)}: {missing} chunk(s) missing "
+                "(not indexed, or their pack is gone)"
+            )
+
+    def _read_data(self, stored: dict[str, int], fraction: float, seed: int | None) -> None:
+        names = sorted(stored)
+        count = len(names) if fraction >= 1 else math.ceil(len(names) * fraction)
+        chosen = names if count >= len(names) else random.Random(seed).sample(names, count)
+        self.report.read_fraction = fraction
+        for i, pack in enumerate(sorted(chosen)):
+            if self.progress:
+                self.progress("read-data", i, len(chosen))
+            self._read_pack(pack)
+
+    def _read_pack(self, pack: str) -> None:
+        try:
+            data = self.repo.storage.get(pack_key(pack))
+        except BcdrError as exc:
+            self.report.errors.append(f"pack {pack[:12]}: cannot read: {exc}")
+            return
+        self.report.packs_read += 1
+        self.report.bytes_read += len(data)
+        if object_name(data) != pack:
+            self.report.errors.append(f"pack {pack[:12]}: content does not match its name (damaged)")
+        try:
+            entries = parse_pack(data, self.repo.cipher, f"pack {pack[:12]}")
+        except CorruptObject as exc:
+            self.report.errors.append(str(exc))
+            return
+        for e in entries:
+            sealed = data[e.offset : e.offset + e.stored_len]
+            try:
+                self.repo.decode_blob(e.blob_id, e.codec, sealed, e.raw_len)
+            except CorruptObject as exc:
+                self.report.errors.append(f"pack {pack[:12]}: {exc}")
+        indexed = self._indexed.get(pack)
+        if indexed is not None and sorted(indexed, key=_key) != sorted(entries, key=_key):
+            self.report.errors.append(f"pack {pack[:12]}: header does not match the index")
+
+    def _check_leftovers(self) -> None:
+        now = self.repo.clock.now()
+        for lock in list_locks(self.repo.storage):
+            if is_stale(lock, now):
+                self.report.leftovers.append(
+                    f"stale {lock.describe()}; remove it with `bcdr unlock --repo {self.repo.storage.url}`"
+                )
+        leftover_tmp = getattr(self.repo.storage, "leftover_temp_files", None)
+        if leftover_tmp is not None:
+            for name in leftover_tmp():
+                self.report.leftovers.append(f"temporary file tmp/{name} of an interrupted write")
+
+
+def _key(e: PackEntry) -> tuple[bytes, int]:
+    return (e.blob_id, e.offset)
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")

@@ -1,0 +1,291 @@
+"""The Repository: config, key, index and the blob/snapshot operations over a Storage."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from bcdr import __version__
+from bcdr.clock import Clock, SystemClock
+from bcdr.errors import (
+    CorruptObject,
+    NotARepository,
+    ObjectNotFound,
+    PasswordRequired,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UsageError,
+    WrongPassword,
+)
+from bcdr.repository.chunker import Chunker, ChunkerParams
+from bcdr.repository.compression import Compressor
+from bcdr.repository.config import CONFIG_KEY, RepoConfig
+from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
+from bcdr.repository.hashing import content_id_func, object_name
+from bcdr.repository.index import MasterIndex, decode_index
+from bcdr.repository.locks import RepoLock
+from bcdr.repository.pack import PackEntry, pack_key
+from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
+from bcdr.repository.writer import BlobWriter
+from bcdr.storage.base import Storage
+
+PasswordProvider = Callable[[], bytes | None]
+
+
+def _no_password() -> bytes | None:
+    return None
+
+
+class Repository:
+    """An opened repository. Not safe for concurrent writers inside one process."""
+
+    def __init__(self, storage: Storage, config: RepoConfig, key: MasterKey, clock: Clock):
+        self.storage = storage
+        self.config = config
+        self.clock = clock
+        self.cipher = cipher_for(key)
+        self.content_id = content_id_func(config.content_id, key.id_key)
+        self.compressor = Compressor(config.compression_level)
+        self.chunker = Chunker(config.chunker)
+        self.index = MasterIndex()
+        self.index_loaded = False
+        self._writer: BlobWriter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        storage: Storage,
+        *,
+        password: bytes | None,
+        chunker: ChunkerParams | None = None,
+        clock: Clock | None = None,
+    ) -> Repository:
+        """Create a repository; refuses an existing repository or a non-empty location."""
+        clock = clock or SystemClock()
+        if storage.exists(CONFIG_KEY):
+            raise RepositoryExists("a repository already exists here", where=storage.url)
+        if next(iter(storage.list("")), None) is not None:
+            raise UsageError(
+                "the location is not empty and holds no bcdr repository",
+                where=storage.url,
+                hint="choose an empty or new folder/container",
+            )
+        params = chunker or ChunkerParams(seed=secrets.randbelow(2**31))
+        config = RepoConfig(
+            id=secrets.token_hex(16),
+            created=clock.now().isoformat(),
+            chunker=params,
+            encryption="aes-256-gcm" if password else "none",
+        )
+        key = MasterKey.generate(encrypted=password is not None)
+        wrapped = wrap_key(key, password)
+        storage.put(f"keys/{object_name(wrapped)}", wrapped)
+        storage.put(CONFIG_KEY, config.to_bytes())  # last: its presence marks a whole repo
+        return cls(storage, config, key, clock)
+
+    @classmethod
+    def open(
+        cls,
+        storage: Storage,
+        *,
+        password: PasswordProvider = _no_password,
+        clock: Clock | None = None,
+    ) -> Repository:
+        """Open an existing repository.
+
+        Raises RepositoryNotFound, NotARepository, UnsupportedFormat, PasswordRequired,
+        WrongPassword.
+        """
+        try:
+            raw = storage.get(CONFIG_KEY)
+        except ObjectNotFound:
+            if next(iter(storage.list("")), None) is None:
+                raise RepositoryNotFound(
+                    "no repository here",
+                    where=storage.url,
+                    hint=f"create one with `bcdr init --repo {storage.url}`",
+                ) from None
+            raise NotARepository(
+                "this is not a bcdr repository (no config object)",
+                where=storage.url,
+                hint="check the --repo URL",
+            ) from None
+        config = RepoConfig.from_bytes(raw, f"{storage.url}/config")
+        key_files = [info.key for info in storage.list("keys/")]
+        if not key_files:
+            raise NotARepository("the repository has no key file", where=storage.url)
+        pw = password() if config.encrypted else None
+        if config.encrypted and pw is None:
+            raise PasswordRequired(
+                "the repository is encrypted and no password was given",
+                where=storage.url,
+                hint="set BCDR_PASSWORD, or BCDR_PASSWORD_FILE to a file holding it",
+            )
+        last_error: WrongPassword | None = None
+        for key_file in sorted(key_files):
+            try:
+                key = unwrap_key(storage.get(key_file), pw, f"{storage.url}/{key_file}")
+                return cls(storage, config, key, clock or SystemClock())
+            except WrongPassword as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def lock(self, *, exclusive: bool = False) -> RepoLock:
+        return RepoLock(self.storage, self.clock, exclusive=exclusive, url=self.storage.url).acquire()
+
+    # -- index -------------------------------------------------------------------------------
+
+    def index_names(self) -> list[str]:
+        return sorted(info.key.removeprefix("index/") for info in self.storage.list("index/"))
+
+    def load_index(self) -> None:
+        for name in self.index_names():
+            self.index.add_pack_entries(self.read_index(name))
+        self.index_loaded = True
+
+    def read_index(self, name: str) -> dict[str, list[PackEntry]]:
+        data = self.storage.get(f"index/{name}")
+        if object_name(data) != name:
+            raise CorruptObject(f"index {name[:12]}: content does not match its name")
+        return decode_index(data, self.cipher, f"index {name[:12]}")
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or (self._writer is not None and self._writer.has(blob_id))
+
+    def encode_blob(self, blob_id: bytes, data: bytes) -> tuple[int, bytes]:
+        """Compress and seal a blob (thread-safe)."""
+        codec, stored = self.compressor.compress(data)
+        return codec, self.cipher.seal(stored, blob_id)
+
+    def decode_blob(self, blob_id: bytes, codec: int, sealed: bytes, raw_len: int) -> bytes:
+        """Open, decompress and verify a blob; raises CorruptObject on any mismatch."""
+        what = f"blob {blob_id.hex()[:12]}"
+        stored = self.cipher.open(sealed, blob_id, what)
+        data = self.compressor.decompress(codec, stored, raw_len, what)
+        if self.content_id(data) != blob_id:
+            raise CorruptObject(
+                f"{what}: content does not match its id",
+                hint="run `bcdr check --read-data` to find every damaged pack",
+            )
+        return data
+
+    @property
+    def writer(self) -> BlobWriter:
+        if self._writer is None:
+            self._writer = BlobWriter(
+                self.storage, self.cipher, self.index, self.config.pack_size
+            )
+        return self._writer
+
+    def save_blob(self, blob_type: int, data: bytes) -> bytes:
+        """Store ``data`` (deduplicated) and return its id. For trees and small blobs."""
+        blob_id = self.content_id(data)
+        if not self.has_blob(blob_id):
+            codec, sealed = self.encode_blob(blob_id, data)
+            self.writer.add(blob_id, blob_type, codec, len(data), sealed)
+        return blob_id
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise CorruptObject(
+                f"blob {blob_id.hex()[:12]} is not in the index",
+                hint="run `bcdr check` to see what is missing",
+            )
+        try:
+            sealed = self.storage.get(pack_key(loc.pack), loc.offset, loc.stored_len)
+        except ObjectNotFound:
+            raise CorruptObject(
+                f"pack {loc.pack[:12]} holding blob {blob_id.hex()[:12]} is missing"
+            ) from None
+        if len(sealed) != loc.stored_len:
+            raise CorruptObject(
+                f"pack {loc.pack[:12]} is truncated (blob {blob_id.hex()[:12]} cut short)"
+            )
+        return self.decode_blob(blob_id, loc.codec, sealed, loc.raw_len)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @contextmanager
+    def writing(self) -> Iterator[BlobWriter]:
+        """Write blobs, then flush; on error, abandon what was not yet indexed (prune
+        collects it). The writer stays readable for statistics until ``close``."""
+        writer = self.writer
+        try:
+            yield writer
+            writer.flush()
+        except BaseException:
+            writer.abort()
+            self._writer = None
+            raise
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> Snapshot:
+        sealed = self.cipher.seal(snap.to_bytes(), SNAPSHOT_AAD)
+        name = object_name(sealed)
+        self.storage.put(f"snapshots/{name}", sealed)
+        return Snapshot.from_bytes(snap.to_bytes(), name)
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        sealed = self.storage.get(f"snapshots/{name}")
+        if object_name(sealed) != name:
+            raise CorruptObject(f"snapshot {name[:12]}: content does not match its name")
+        return Snapshot.from_bytes(self.cipher.open(sealed, SNAPSHOT_AAD, f"snapshot {name[:12]}"), name)
+
+    def snapshot_names(self) -> list[str]:
+        return [info.key.removeprefix("snapshots/") for info in self.storage.list("snapshots/")]
+
+    def list_snapshots(self, job: str | None = None) -> list[Snapshot]:
+        """All snapshots (of ``job``), oldest first."""
+        snaps = []
+        for name in self.snapshot_names():
+            try:
+                snap = self.load_snapshot(name)
+            except ObjectNotFound:
+                continue  # removed while listing
+            if job is None or snap.job == job:
+                snaps.append(snap)
+        return sorted(snaps, key=lambda s: (s.datetime, s.id))
+
+    def resolve_snapshot(self, ref: str, job: str | None = None) -> Snapshot:
+        """``ref`` is an id, a unique id prefix, or ``latest`` (of ``job`` if given)."""
+        if ref == "latest":
+            snaps = self.list_snapshots(job)
+            if not snaps:
+                scope = f" of job {job!r}" if job else ""
+                raise SnapshotNotFound(f"no snapshot{scope} in the repository", where=self.storage.url)
+            return snaps[-1]
+        matches = [n for n in self.snapshot_names() if n.startswith(ref.lower())]
+        if not matches or len(ref) < 4:
+            raise SnapshotNotFound(
+                f"no snapshot with id {ref!r}" if not matches else f"id prefix {ref!r} is too short",
+                where=self.storage.url,
+                hint="list them with `bcdr snapshots`; use at least 4 characters of an id",
+            )
+        if len(matches) > 1:
+            raise UsageError(
+                f"snapshot id prefix {ref!r} is ambiguous: {', '.join(m[:12] for m in matches)}",
+                hint="give more characters of the id",
+            )
+        snap = self.load_snapshot(matches[0])
+        if job is not None and snap.job != job:
+            raise SnapshotNotFound(f"snapshot {ref} belongs to job {snap.job!r}, not {job!r}")
+        return snap
+
+    def new_snapshot_fields(self) -> dict[str, str]:
+        return {"time": self.clock.now().isoformat(), "program_version": __version__}

@@ -1,0 +1,100 @@
+"""Writing blobs: packs are filled, uploaded in the background, then indexed.
+
+Write order (DESIGN.md): packs, then the index that lists them, then (by the caller) the
+snapshot. A crash before the index is written leaves only unreferenced packs, which check
+reports as leftovers and prune collects.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from bcdr.repository.crypto import Cipher
+from bcdr.repository.index import MasterIndex, encode_index
+from bcdr.repository.pack import PackBuilder, PackEntry, pack_key
+from bcdr.storage.base import Storage
+
+MAX_UPLOADS_IN_FLIGHT = 3
+PACKS_PER_INDEX = 64
+
+
+class BlobWriter:
+    """Collects encoded blobs into packs. Call only from one thread; ``has`` is thread-safe."""
+
+    def __init__(self, storage: Storage, cipher: Cipher, index: MasterIndex, pack_size: int):
+        self._storage = storage
+        self._cipher = cipher
+        self._index = index
+        self._pack_size = pack_size
+        self._builder = PackBuilder(cipher)
+        self._pending: set[bytes] = set()
+        self._uploads: deque[Future[tuple[str, list[PackEntry]]]] = deque()
+        self._unindexed: dict[str, list[PackEntry]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcdr-upload")
+        self.bytes_added = 0
+        self.blobs_added = 0
+        self.packs_written = 0
+        self.index_files: list[str] = []
+
+    def has(self, blob_id: bytes) -> bool:
+        return blob_id in self._pending
+
+    def add(self, blob_id: bytes, blob_type: int, codec: int, raw_len: int, sealed: bytes) -> None:
+        if blob_id in self._pending or blob_id in self._index:
+            return
+        self._builder.add(blob_id, blob_type, codec, raw_len, sealed)
+        self._pending.add(blob_id)
+        self.bytes_added += len(sealed)
+        self.blobs_added += 1
+        if self._builder.size >= self._pack_size:
+            self._finish_pack()
+
+    def _finish_pack(self) -> None:
+        if not len(self._builder):
+            return
+        entries = self._builder.entries
+        name, data = self._builder.finish()
+        self._builder = PackBuilder(self._cipher)
+        self._uploads.append(self._pool.submit(self._upload, name, data, entries))
+        while len(self._uploads) > MAX_UPLOADS_IN_FLIGHT:
+            self._complete_upload()
+
+    def _upload(self, name: str, data: bytes, entries: list[PackEntry]) -> tuple[str, list[PackEntry]]:
+        self._storage.put(pack_key(name), data)
+        return name, entries
+
+    def _complete_upload(self) -> None:
+        name, entries = self._uploads.popleft().result()
+        self._unindexed[name] = entries
+        self.packs_written += 1
+        if len(self._unindexed) >= PACKS_PER_INDEX:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if not self._unindexed:
+            return
+        name, data = encode_index(self._unindexed, self._cipher)
+        self._storage.put(f"index/{name}", data)
+        self.index_files.append(name)
+        for pack, entries in self._unindexed.items():
+            self._index.add_pack(pack, entries)
+            for e in entries:
+                self._pending.discard(e.blob_id)
+        self._unindexed = {}
+
+    def flush(self) -> None:
+        """Write the partial pack, wait for every upload, and index all written packs."""
+        self._finish_pack()
+        while self._uploads:
+            self._complete_upload()
+        self._write_index()
+
+    def abort(self) -> None:
+        """Stop without indexing: what was uploaded stays unreferenced (collected by prune)."""
+        for fut in self._uploads:
+            fut.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,1 @@
+"""Storage backends: a flat key space with put-if-absent, ranged get, list and delete."""

@@ -1,0 +1,76 @@
+"""The storage contract every backend implements (local disk, Azure Blob, wrappers).
+
+A storage is a flat key space of immutable objects. Keys are ``/``-separated ASCII strings such
+as ``config``, ``data/ab/ab12...``, ``snapshots/<id>``. The repository layer never overwrites an
+object: every write is put-if-absent, and content-addressed names make retries idempotent.
+
+Guarantees an implementation MUST give (the contract suite in ``tests/storage_contract.py``
+checks each one):
+
+``put(key, data)``
+    Atomic and put-if-absent: the object appears whole or not at all, never partially, even if
+    the process dies mid-write. If the key already exists the existing object is left untouched
+    and ``False`` is returned; of two concurrent writers of one key exactly one returns ``True``.
+    Read-after-write: once ``put`` returns, ``get``/``size``/``exists`` see the object.
+    Raises :class:`StorageFull`, :class:`StoragePermission`, :class:`TransientStorageError` or
+    :class:`StorageError`; after any of them the key is either absent or complete.
+
+``get(key, offset=0, length=None)``
+    The bytes ``[offset, offset+length)`` (to the end when ``length`` is None). A range past the
+    end returns what exists (possibly ``b""``). Raises :class:`ObjectNotFound`.
+
+``size(key)``
+    Length in bytes. Raises :class:`ObjectNotFound`.
+
+``list(prefix)``
+    Every object whose key starts with ``prefix``, in no particular order, each once. The
+    listing may be stale with respect to concurrent writers (a just-written key may be missing)
+    but never lists a partially written object.
+
+``delete(key)``
+    Removes the object; returns ``False`` if it did not exist (deleting is idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """See the module docstring for the contract of each method."""
+
+    @property
+    def url(self) -> str:
+        """Where the storage lives, safe to print (never holds a secret)."""
+        ...
+
+    def put(self, key: str, data: bytes) -> bool: ...
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def size(self, key: str) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the key space (``..``, absolute, empty parts)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+        raise ValueError(f"invalid storage key {key!r}")
+    return key

@@ -1,0 +1,180 @@
+"""Local filesystem storage: one file per object under a root folder.
+
+Put-if-absent is atomic: the bytes are written and fsynced to a temporary file in
+``<root>/tmp/``, then ``link(2)``-ed to the final name, which fails if the name exists; the
+temporary file is removed either way. A crash leaves at most a file in ``tmp/`` that no listing
+of a repository prefix shows.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from bcdr.errors import (
+    ObjectNotFound,
+    StorageError,
+    StorageFull,
+    StoragePermission,
+)
+from bcdr.storage.base import ObjectInfo, check_key
+
+TMP_DIR = "tmp"
+
+
+def translate_os_error(exc: OSError, what: str) -> StorageError:
+    """Map an OSError raised while working on ``what`` to a storage error with a hint."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFull(
+            f"no space left while writing {what}",
+            hint="free space or move the repository; nothing half-written was committed",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoragePermission(
+            f"permission denied: {what}",
+            hint="check the owner and mode of the repository folder",
+        )
+    if exc.errno == errno.ENOENT:
+        return ObjectNotFound(f"not found: {what}")
+    return StorageError(f"{exc.strerror or exc} ({what})")
+
+
+class LocalStorage:
+    """Storage in a local folder. ``root`` must exist for anything but ``put``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+        self.root = Path(root)
+        self._fsync = fsync
+        self._made_dirs: set[Path] = set()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _ensure_dir(self, path: Path) -> None:
+        if path not in self._made_dirs:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path)
+
+    def put(self, key: str, data: bytes) -> bool:
+        final = self._path(key)
+        tmp_dir = self.root / TMP_DIR
+        tmp = tmp_dir / f"{final.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            self._ensure_dir(tmp_dir)
+            self._ensure_dir(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            if self._fsync:
+                _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.url}/{key}") from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if offset:
+                    f.seek(offset)
+                if length is None:
+                    return f.read()
+                return _read_exact(f, length)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"not found: {key}", where=self.url) from None
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.url}/{key}") from None
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"not found: {key}", where=self.url) from None
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.url}/{key}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk the folder that contains the prefix, then filter by the full key.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == TMP_DIR:
+                dirnames[:] = []
+                continue
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    try:
+                        size = os.stat(os.path.join(dirpath, name)).st_size
+                    except FileNotFoundError:
+                        continue
+                    yield ObjectInfo(key, size)
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.url}/{key}") from None
+
+    def leftover_temp_files(self) -> list[str]:
+        """Temporary files a crashed writer left behind (never part of the repository)."""
+        tmp = self.root / TMP_DIR
+        return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+    def close(self) -> None:
+        pass
+
+
+def _read_exact(f: "os.PathLike[str] | object", length: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = length
+    reader = f.read  # type: ignore[attr-defined]
+    while remaining > 0:
+        part = reader(remaining)
+        if not part:
+            break
+        chunks.append(part)
+        remaining -= len(part)
+    return b"".join(chunks)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
