@@ -1,0 +1,87 @@
+"""Shared fixtures: run the CLI in-process or as a real process, make trees, make repos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bcdr.cli.main import main
+
+# Small chunks so that small test files span many chunks and packs.
+SMALL_CHUNKS = "4096,4096,32768"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run ``bcdr ARGS`` in-process; returns Result(code, stdout, stderr)."""
+
+    def run(*args: str) -> Result:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+    """Run ``bcdr ARGS`` as a real process (python -m bcdr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcdr", *map(str, args)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, cli) -> str:  # type: ignore[no-untyped-def]
+    url = str(tmp_path / "repo")
+    r = cli("init", "--repo", url, "--chunk-size", SMALL_CHUNKS)
+    assert r.code == 0, r.err
+    return url
+
+
+def write_tree(base: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = base / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return base
+
+
+def snapshot_tree(root: Path) -> dict[bytes, tuple[object, ...]]:
+    """Everything restore must reproduce, keyed by relative byte path."""
+    out: dict[bytes, tuple[object, ...]] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("link", os.readlink(full), st.st_mtime_ns)
+            elif os.path.isdir(full):
+                out[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = ("file", st.st_mode, st.st_mtime_ns, f.read())
+    return out
+
+
+def restored_root(target: Path, source: Path) -> Path:
+    return target / str(source.resolve()).lstrip("/")

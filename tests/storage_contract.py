@@ -1,0 +1,90 @@
+"""The storage contract suite (bcdr/storage/base.py). Every Storage implementation runs it:
+subclass ``StorageContract`` and provide a ``storage`` fixture."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bcdr.errors import ObjectNotFound
+from bcdr.storage.base import Storage
+
+
+class StorageContract:
+    def test_put_then_get(self, storage: Storage) -> None:
+        assert storage.put("data/ab/obj", b"hello world") is True
+        assert storage.get("data/ab/obj") == b"hello world"
+        assert storage.size("data/ab/obj") == 11
+        assert storage.exists("data/ab/obj")
+
+    def test_put_if_absent_keeps_first(self, storage: Storage) -> None:
+        assert storage.put("snapshots/x", b"first") is True
+        assert storage.put("snapshots/x", b"second") is False
+        assert storage.get("snapshots/x") == b"first"
+
+    def test_empty_object(self, storage: Storage) -> None:
+        assert storage.put("locks/empty", b"") is True
+        assert storage.get("locks/empty") == b""
+        assert storage.size("locks/empty") == 0
+
+    def test_ranged_reads(self, storage: Storage) -> None:
+        data = bytes(range(256)) * 64
+        storage.put("data/00/r", data)
+        assert storage.get("data/00/r", 10, 5) == data[10:15]
+        assert storage.get("data/00/r", 100) == data[100:]
+        assert storage.get("data/00/r", len(data) - 3, 100) == data[-3:]
+        assert storage.get("data/00/r", len(data) + 10, 4) == b""
+
+    def test_missing_object(self, storage: Storage) -> None:
+        with pytest.raises(ObjectNotFound):
+            storage.get("index/nope")
+        with pytest.raises(ObjectNotFound):
+            storage.size("index/nope")
+        assert not storage.exists("index/nope")
+
+    def test_list_by_prefix(self, storage: Storage) -> None:
+        keys = {f"data/{i:02x}/{i:064x}" for i in range(40)} | {"index/a", "index/b", "config"}
+        for k in keys:
+            storage.put(k, k.encode())
+        listed = {(o.key, o.size) for o in storage.list("data/")}
+        assert listed == {(k, len(k)) for k in keys if k.startswith("data/")}
+        assert {o.key for o in storage.list("index/")} == {"index/a", "index/b"}
+        assert {o.key for o in storage.list("")} == keys
+        assert list(storage.list("snapshots/")) == []
+
+    def test_delete(self, storage: Storage) -> None:
+        storage.put("locks/l1", b"x")
+        assert storage.delete("locks/l1") is True
+        assert not storage.exists("locks/l1")
+        assert storage.delete("locks/l1") is False
+        assert storage.put("locks/l1", b"again") is True
+
+    def test_concurrent_put_if_absent_has_one_winner(self, storage: Storage) -> None:
+        wins: list[bytes] = []
+        barrier = threading.Barrier(8)
+
+        def writer(i: int) -> None:
+            payload = f"writer-{i}".encode() * 1000
+            barrier.wait()
+            if storage.put("snapshots/race", payload):
+                wins.append(payload)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
+        assert storage.get("snapshots/race") == wins[0]
+
+    def test_large_object(self, storage: Storage) -> None:
+        data = bytes(range(251)) * (64 * 1024)  # ~16 MiB, a full pack
+        storage.put("data/ff/big", data)
+        assert storage.size("data/ff/big") == len(data)
+        assert storage.get("data/ff/big", 8 * 1024 * 1024, 1024) == data[8 * 1024 * 1024 :][:1024]
+
+    def test_invalid_keys_refused(self, storage: Storage) -> None:
+        for bad in ("../escape", "/abs", "a//b", ""):
+            with pytest.raises(ValueError):
+                storage.put(bad, b"x")
