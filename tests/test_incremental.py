@@ -1,0 +1,63 @@
+"""Incremental backups: unchanged files are not read; the parent is the job's newest snapshot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bcdr.actions.backup import BackupRequest, backup
+from tests.conftest import write_tree
+
+
+def test_unchanged_files_are_not_read(tmp_path: Path, repo: str) -> None:
+    src = write_tree(tmp_path / "src", {f"f{i}": os.urandom(10_000) for i in range(20)})
+    req = BackupRequest(paths=(str(src),), job="ckpt")
+    first = backup(repo, req)
+    assert first.stats.files_new == 20 and first.stats.bytes_read == 200_000
+
+    second = backup(repo, req)
+    assert second.snapshot.parent == first.snapshot.id
+    assert second.stats.files_unchanged == 20 and second.stats.bytes_read == 0
+    assert second.stats.bytes_added == 0
+    assert second.snapshot.tree == first.snapshot.tree  # nothing changed: same root tree
+
+    (src / "f3").write_bytes(os.urandom(10_000))
+    third = backup(repo, req)
+    assert third.stats.files_changed == 1 and third.stats.files_unchanged == 19
+    assert third.stats.bytes_read == 10_000
+
+    forced = backup(repo, BackupRequest(paths=(str(src),), job="ckpt", force_read=True))
+    assert forced.stats.bytes_read == 200_000 and forced.stats.bytes_added < 2_000
+
+
+def test_touch_without_content_change_is_reread_but_costs_nothing(tmp_path: Path, repo: str) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"x" * 50_000})
+    req = BackupRequest(paths=(str(src),), job="j")
+    backup(repo, req)
+    os.utime(src / "a", ns=(1, 1))
+    r = backup(repo, req)
+    assert r.stats.files_changed == 1 and r.stats.bytes_read == 50_000
+    # Only the trees on the path to the file changed: one per path component, no data blob.
+    assert r.stats.blobs_added == len(src.parts)  # "/" counts: the root tree
+    assert r.stats.bytes_added < 2_000
+
+
+def test_parent_is_per_job(tmp_path: Path, repo: str) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1" * 1000})
+    a1 = backup(repo, BackupRequest(paths=(str(src),), job="a"))
+    b1 = backup(repo, BackupRequest(paths=(str(src),), job="b"))
+    assert b1.snapshot.parent is None and b1.stats.bytes_read == 1000
+    a2 = backup(repo, BackupRequest(paths=(str(src),), job="a"))
+    assert a2.snapshot.parent == a1.snapshot.id
+
+
+def test_excludes(tmp_path: Path, repo: str, cli) -> None:  # type: ignore[no-untyped-def]
+    src = write_tree(tmp_path / "src", {
+        "keep.bin": b"k", "skip.tmp": b"t", "sub/.cache/x": b"c", "sub/keep": b"k2",
+    })
+    r = cli("backup", "--repo", repo, "--exclude", "*.tmp", "--exclude", "**/.cache/**", src)
+    assert r.code == 0, r.err
+    r = cli("ls", "--repo", repo, "latest", "--json")
+    paths = {e["path"].removeprefix(str(src)) for e in r.json()["entries"]}
+    assert {"/keep.bin", "/sub/keep"} <= paths
+    assert "/skip.tmp" not in paths and "/sub/.cache/x" not in paths
