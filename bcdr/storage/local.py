@@ -125,7 +125,10 @@ class LocalStorage:
         start = self.root / base if base else self.root
         if not start.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(start):
+        def fail(exc: OSError) -> None:
+            raise translate_os_error(exc, f"{self.url}/{prefix}")
+
+        for dirpath, dirnames, filenames in os.walk(start, onerror=fail):
             rel_dir = os.path.relpath(dirpath, self.root)
             if rel_dir == TMP_DIR:
                 dirnames[:] = []
