@@ -19,6 +19,7 @@ class InitResult:
     id: str
     encryption: str
     chunker: dict[str, object]
+    pack_size: int
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -29,6 +30,7 @@ def init_repository(
     *,
     encrypt: bool,
     chunker: ChunkerParams | None = None,
+    pack_size: int | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> InitResult:
@@ -40,6 +42,7 @@ def init_repository(
             "(never on the command line)",
         )
     storage = open_storage(url)
-    repo = Repository.init(storage, password=password, chunker=chunker, clock=clock)
+    repo = Repository.init(storage, password=password, chunker=chunker,
+                           pack_size=pack_size, clock=clock)
     cfg = repo.config
-    return InitResult(storage.url, cfg.id, cfg.encryption, cfg.chunker.to_dict())
+    return InitResult(storage.url, cfg.id, cfg.encryption, cfg.chunker.to_dict(), cfg.pack_size)

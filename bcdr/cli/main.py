@@ -54,7 +54,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError("--chunk-size takes MIN,AVG,MAX in bytes, e.g. 524288,524288,8388608") from None
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
-    result = init_action.init_repository(_repo(args), encrypt=args.encrypt, chunker=chunker)
+    if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
+        raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")
+    result = init_action.init_repository(
+        _repo(args), encrypt=args.encrypt, chunker=chunker, pack_size=args.pack_size
+    )
     if args.json:
         render.emit_json(result.to_dict())
     else:
@@ -173,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encrypt with AES-256-GCM; password from BCDR_PASSWORD(_FILE)")
     p.add_argument("--chunk-size", metavar="MIN,AVG,MAX",
                    help="advanced: FastCDC parameters in bytes (default 524288,524288,8388608)")
+    p.add_argument("--pack-size", type=int, metavar="BYTES",
+                   help="advanced: target pack size in bytes (default 16777216)")
 
     p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")

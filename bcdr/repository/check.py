@@ -91,6 +91,11 @@ class Checker:
                 self.report.errors.append(
                     f"pack {pack[:12]} is listed in the index but missing ({len(entries)} blobs lost)"
                 )
+            elif stored[pack] < (need := max((e.offset + e.stored_len for e in entries), default=0)):
+                self.report.errors.append(
+                    f"pack {pack[:12]} is truncated: {stored[pack]} bytes, the index needs "
+                    f"at least {need}"
+                )
         for pack in sorted(set(stored) - set(self._indexed)):
             self.report.leftovers.append(
                 f"pack {pack[:12]} is not in any index (left by an interrupted backup; "

@@ -21,7 +21,7 @@ from bcdr.errors import (
 )
 from bcdr.repository.chunker import Chunker, ChunkerParams
 from bcdr.repository.compression import Compressor
-from bcdr.repository.config import CONFIG_KEY, RepoConfig
+from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
 from bcdr.repository.index import MasterIndex, decode_index
@@ -62,6 +62,7 @@ class Repository:
         *,
         password: bytes | None,
         chunker: ChunkerParams | None = None,
+        pack_size: int | None = None,
         clock: Clock | None = None,
     ) -> Repository:
         """Create a repository; refuses an existing repository or a non-empty location."""
@@ -80,6 +81,7 @@ class Repository:
             created=clock.now().isoformat(),
             chunker=params,
             encryption="aes-256-gcm" if password else "none",
+            pack_size=pack_size or DEFAULT_PACK_SIZE,
         )
         key = MasterKey.generate(encrypted=password is not None)
         wrapped = wrap_key(key, password)
