@@ -17,8 +17,11 @@ from bcdr.repository.tree import DIR, Node, decode_tree
 def list_snapshots(
     url: str, *, job: str | None = None, clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
-) -> list[Snapshot]:
-    return open_repo(url, clock=clock, env=env).list_snapshots(job)
+) -> tuple[list[Snapshot], list[str]]:
+    """The readable snapshots (oldest first) and the names of damaged ones."""
+    repo = open_repo(url, clock=clock, env=env)
+    snaps = repo.list_snapshots(job)
+    return snaps, repo.damaged_snapshots
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    snaps = snapshots_action.list_snapshots(_repo(args), job=args.job)
+    snaps, damaged = snapshots_action.list_snapshots(_repo(args), job=args.job)
+    for name in damaged:
+        sys.stderr.write(f"warning: snapshot {name[:12]} is damaged and was skipped; "
+                         "run `bcdr check`\n")
     if args.json:
         render.emit_json([s.to_dict() for s in snaps])
     else:

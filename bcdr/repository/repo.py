@@ -51,6 +51,7 @@ class Repository:
         self.chunker = Chunker(config.chunker)
         self.index = MasterIndex()
         self.index_loaded = False
+        self.damaged_snapshots: list[str] = []
         self._writer: BlobWriter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -253,13 +254,18 @@ class Repository:
         return [info.key.removeprefix("snapshots/") for info in self.storage.list("snapshots/")]
 
     def list_snapshots(self, job: str | None = None) -> list[Snapshot]:
-        """All snapshots (of ``job``), oldest first."""
+        """All readable snapshots (of ``job``), oldest first. Damaged ones are skipped and
+        named in ``damaged_snapshots`` (check reports them as errors)."""
         snaps = []
+        self.damaged_snapshots = []
         for name in self.snapshot_names():
             try:
                 snap = self.load_snapshot(name)
             except ObjectNotFound:
                 continue  # removed while listing
+            except CorruptObject:
+                self.damaged_snapshots.append(name)
+                continue
             if job is None or snap.job == job:
                 snaps.append(snap)
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
