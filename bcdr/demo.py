@@ -34,7 +34,9 @@ def make_demo_data(base: Path, seed: int = 7) -> None:
         (ckpt / f"step-{step}.bin").write_bytes(frozen + rng.randbytes(1024 * 1024))
     (ckpt / "latest.tmp").write_bytes(b"scratch")
     for shard in range(4):
-        lines = "".join(f'{{"id": {shard * 1000 + i}, "text": "sample {i}"}}\n' for i in range(2000))
+        lines = "".join(
+            f'{{"id": {shard * 1000 + i}, "text": "sample {i}"}}\n' for i in range(2000)
+        )
         (data / f"shard-{shard:03}.jsonl").write_text(lines)
 
 

@@ -43,7 +43,10 @@ def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 
     """Run ``bcdr ARGS`` as a real process (python -m bcdr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "bcdr", *map(str, args)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -71,8 +71,12 @@ def test_wrong_and_missing_password_never_echo_secrets(tmp_path: Path) -> None:
     assert r.code == 1 and "wrong password" in r.err
     assert wrong not in r.err + r.out and secret not in r.err + r.out
     env = {k: v for k, v in os.environ.items() if not k.startswith("BCDR_")}
-    proc = subprocess.run([sys.executable, "-m", "bcdr", "snapshots", "--repo", str(url)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcdr", "snapshots", "--repo", str(url)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and "BCDR_PASSWORD" in proc.stderr
     r = run_process("init", "--repo", tmp_path / "enc2", "--encrypt", env={"BCDR_PASSWORD": ""})
     assert r.code == 2 and "needs a password" in r.err
@@ -84,8 +88,12 @@ def test_password_file(tmp_path: Path) -> None:
     env = {"BCDR_PASSWORD_FILE": str(pw), "BCDR_PASSWORD": ""}
     assert run_process("init", "--repo", tmp_path / "r", "--encrypt", env=env).code == 0
     assert run_process("snapshots", "--repo", tmp_path / "r", env=env).code == 0
-    r = run_process("snapshots", "--repo", tmp_path / "r",
-                    env={"BCDR_PASSWORD_FILE": str(tmp_path / "missing"), "BCDR_PASSWORD": ""})
+    r = run_process(
+        "snapshots",
+        "--repo",
+        tmp_path / "r",
+        env={"BCDR_PASSWORD_FILE": str(tmp_path / "missing"), "BCDR_PASSWORD": ""},
+    )
     _clean(r)
     assert r.code == 2 and "cannot read the password file" in r.err
 
@@ -99,8 +107,9 @@ def test_missing_source_writes_nothing(tmp_path: Path, repo: str) -> None:
 
 def test_usage_errors(tmp_path: Path, repo: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BCDR_REPO"}
-    proc = subprocess.run([sys.executable, "-m", "bcdr", "snapshots"], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bcdr", "snapshots"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2 and "no repository given" in proc.stderr
     r = run_process("snapshots", "--repo", "s3://bucket/x")
     assert r.code == 2 and "unknown repository URL scheme" in r.err
@@ -131,16 +140,20 @@ def test_json_error_output(tmp_path: Path) -> None:
     assert r.code == 1 and doc["error"] == "RepositoryNotFound" and doc["hint"]
 
 
-DROP_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-            "--bounding-set=-dac_override,-dac_read_search"]
+DROP_DAC = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
 
 
 def _without_dac_override(*args: object) -> Result:
     """Run bcdr as root without the capabilities that bypass file modes (like a normal user)."""
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is needed for permission tests")
-    proc = subprocess.run([*DROP_DAC, sys.executable, "-m", "bcdr", *map(str, args)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*DROP_DAC, sys.executable, "-m", "bcdr", *map(str, args)], capture_output=True, text=True
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

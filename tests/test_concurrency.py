@@ -22,15 +22,22 @@ from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
 
 def test_two_backups_at_the_same_time(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    assert run_process("init", "--repo", repo, "--chunk-size", "16384,16384,131072",
-                       "--pack-size", "262144").code == 0
+    assert (
+        run_process(
+            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "262144"
+        ).code
+        == 0
+    )
     rng = random.Random(9)
     shared = rng.randbytes(2_000_000)  # both trees hold it: both writers race on its blobs
     a = write_tree(tmp_path / "a", {"shared": shared, "own": rng.randbytes(3_000_000)})
     b = write_tree(tmp_path / "b", {"shared": shared, "own": rng.randbytes(3_000_000)})
     procs = [
-        subprocess.Popen([sys.executable, "-m", "bcdr", "backup", "--repo", str(repo),
-                          "--job", name, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-m", "bcdr", "backup", "--repo", str(repo), "--job", name, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for name, path in (("a", a), ("b", b))
     ]
     for p in procs:
@@ -78,9 +85,15 @@ def test_expired_lock_is_stale(tmp_path: Path) -> None:
 
 def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str) -> None:
     storage = LocalStorage(repo)
-    doc = {"exclusive": True, "hostname": socket.gethostname(), "pid": 2**22 + 12345,
-           "username": "ghost", "created": datetime.now(UTC).isoformat(),
-           "expires": (datetime.now(UTC) + timedelta(minutes=30)).isoformat(), "nonce": "x"}
+    doc = {
+        "exclusive": True,
+        "hostname": socket.gethostname(),
+        "pid": 2**22 + 12345,
+        "username": "ghost",
+        "created": datetime.now(UTC).isoformat(),
+        "expires": (datetime.now(UTC) + timedelta(minutes=30)).isoformat(),
+        "nonce": "x",
+    }
     storage.put("locks/deadbeef", json.dumps(doc).encode())
     src = write_tree(tmp_path / "src", {"a": b"1"})
     # A stale exclusive lock does not block a backup ...

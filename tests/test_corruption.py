@@ -15,8 +15,12 @@ from tests.conftest import restored_root, run_process, write_tree
 @pytest.fixture
 def populated(tmp_path: Path) -> tuple[Path, Path]:
     repo = tmp_path / "repo"
-    assert run_process("init", "--repo", repo, "--chunk-size", "4096,4096,32768",
-                       "--pack-size", "65536").code == 0
+    assert (
+        run_process(
+            "init", "--repo", repo, "--chunk-size", "4096,4096,32768", "--pack-size", "65536"
+        ).code
+        == 0
+    )
     rng = random.Random(5)
     src = write_tree(tmp_path / "src", {f"file{i}.bin": rng.randbytes(120_000) for i in range(8)})
     assert run_process("backup", "--repo", repo, src).code == 0
@@ -27,9 +31,9 @@ def _packs(repo: Path) -> list[Path]:
     return sorted(p for p in (repo / "data").rglob("*") if p.is_file())
 
 
-
-
-def test_flipped_byte_is_reported_and_never_restored(tmp_path: Path, populated: tuple[Path, Path]) -> None:
+def test_flipped_byte_is_reported_and_never_restored(
+    tmp_path: Path, populated: tuple[Path, Path]
+) -> None:
     repo, src = populated
     pack = _packs(repo)[0]
     data = bytearray(pack.read_bytes())
@@ -41,8 +45,9 @@ def test_flipped_byte_is_reported_and_never_restored(tmp_path: Path, populated: 
     r = run_process("check", "--repo", repo, "--read-data")
     assert r.code == 1
     assert f"pack {pack.name[:12]}: content does not match its name" in r.out
-    assert "blob" in r.out and ("authentication failed" in r.out or "does not match its id" in r.out
-                                or "zstd" in r.out)
+    assert "blob" in r.out and (
+        "authentication failed" in r.out or "does not match its id" in r.out or "zstd" in r.out
+    )
 
     target = tmp_path / "out"
     r = run_process("restore", "--repo", repo, "latest", "--target", target, "--json")
@@ -103,7 +108,9 @@ def test_damaged_snapshot_and_index_are_named(tmp_path: Path, populated: tuple[P
     assert f"snapshot {snap.name[:12]}" in r.out and f"index {index.name[:12]}" in r.out
 
 
-def test_one_damaged_snapshot_does_not_hide_the_others(tmp_path: Path, populated: tuple[Path, Path]) -> None:
+def test_one_damaged_snapshot_does_not_hide_the_others(
+    tmp_path: Path, populated: tuple[Path, Path]
+) -> None:
     repo, src = populated
     first = next((repo / "snapshots").iterdir())
     (src / "file0.bin").write_bytes(b"changed")

@@ -23,18 +23,25 @@ KILLS = 14
 def _backup_proc(repo: Path, src: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "bcdr", "backup", "--repo", str(repo), "--job", "crash", str(src)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 @pytest.mark.slow
 def test_sigkill_at_many_points(tmp_path: Path) -> None:
     rng = random.Random(42)
-    src = write_tree(tmp_path / "src", {f"shard-{i}.bin": rng.randbytes(3_000_000) for i in range(10)})
+    src = write_tree(
+        tmp_path / "src", {f"shard-{i}.bin": rng.randbytes(3_000_000) for i in range(10)}
+    )
     repo = tmp_path / "repo"
     # Small chunks and packs: tens of packs and several index files per backup.
-    assert run_process("init", "--repo", repo, "--chunk-size", "16384,16384,131072",
-                       "--pack-size", "262144").code == 0
+    assert (
+        run_process(
+            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "262144"
+        ).code
+        == 0
+    )
 
     started = time.monotonic()
     assert run_process("snapshots", "--repo", repo).code == 0
@@ -74,8 +81,9 @@ def test_sigkill_at_many_points(tmp_path: Path) -> None:
         target = tmp_path / f"restore-{snap['id'][:8]}"
         r = run_process("restore", "--repo", repo, snap["id"], "--target", target)
         assert r.code == 0, r.err
-    assert snapshot_tree(restored_root(tmp_path / f"restore-{snaps[-1]['id'][:8]}", src)) == \
-        snapshot_tree(src)
+    assert snapshot_tree(
+        restored_root(tmp_path / f"restore-{snaps[-1]['id'][:8]}", src)
+    ) == snapshot_tree(src)
     check = run_process("check", "--repo", repo, "--read-data")
     assert check.code == 0, check.out
     # Leftovers of the killed runs are reported as such, not as errors.
@@ -85,9 +93,12 @@ def test_sigkill_at_many_points(tmp_path: Path) -> None:
 
 
 def _helper(repo: Path, src: Path, kill_after: int | str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tests.crash_helper", str(repo), str(src),
-                           str(kill_after)], capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.crash_helper", str(repo), str(src), str(kill_after)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
 
 
 @pytest.mark.slow
@@ -96,15 +107,21 @@ def test_sigkill_after_every_kind_of_write(tmp_path: Path) -> None:
     rng = random.Random(7)
     src = write_tree(tmp_path / "src", {f"f{i}": rng.randbytes(400_000) for i in range(6)})
     repo = tmp_path / "repo"
-    assert run_process("init", "--repo", repo, "--chunk-size", "16384,16384,131072",
-                       "--pack-size", "65536").code == 0
+    assert (
+        run_process(
+            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "65536"
+        ).code
+        == 0
+    )
     dry = _helper(repo, src, 0)
     assert dry.returncode == 0, dry.stderr
     total_puts = int(dry.stdout)
     assert total_puts > 30  # lock + dozens of packs + index + snapshot
     snaps_before = 1
-    points = sorted({1, 2, 3, total_puts - 2, total_puts - 1, total_puts}
-                    | set(range(4, total_puts - 2, max(1, total_puts // 10))))
+    points = sorted(
+        {1, 2, 3, total_puts - 2, total_puts - 1, total_puts}
+        | set(range(4, total_puts - 2, max(1, total_puts // 10)))
+    )
     for n in points:
         for f in src.iterdir():  # all new data: about as many puts as the dry run
             f.write_bytes(rng.randbytes(400_000))

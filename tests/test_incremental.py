@@ -30,7 +30,9 @@ def test_unchanged_files_are_not_read(tmp_path: Path, repo: str) -> None:
     assert forced.stats.bytes_read == 200_000 and forced.stats.bytes_added < 2_000
 
 
-def test_touch_without_content_change_is_reread_but_costs_nothing(tmp_path: Path, repo: str) -> None:
+def test_touch_without_content_change_is_reread_but_costs_nothing(
+    tmp_path: Path, repo: str
+) -> None:
     src = write_tree(tmp_path / "src", {"a": b"x" * 50_000})
     req = BackupRequest(paths=(str(src),), job="j")
     backup(repo, req)
@@ -52,9 +54,15 @@ def test_parent_is_per_job(tmp_path: Path, repo: str) -> None:
 
 
 def test_excludes(tmp_path: Path, repo: str, cli) -> None:  # type: ignore[no-untyped-def]
-    src = write_tree(tmp_path / "src", {
-        "keep.bin": b"k", "skip.tmp": b"t", "sub/.cache/x": b"c", "sub/keep": b"k2",
-    })
+    src = write_tree(
+        tmp_path / "src",
+        {
+            "keep.bin": b"k",
+            "skip.tmp": b"t",
+            "sub/.cache/x": b"c",
+            "sub/keep": b"k2",
+        },
+    )
     r = cli("backup", "--repo", repo, "--exclude", "*.tmp", "--exclude", "**/.cache/**", src)
     assert r.code == 0, r.err
     r = cli("ls", "--repo", repo, "latest", "--json")

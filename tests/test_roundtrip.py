@@ -81,9 +81,11 @@ def test_every_kind_of_entry(tmp_path: Path, cli) -> None:  # type: ignore[no-un
     assert os.stat(out / "sparse").st_blocks * 512 < 1024 * 1024
 
 
-names = st.binary(min_size=1, max_size=12).map(
-    lambda b: bytes(c for c in b if c not in (0, 47)) or b"x"
-).filter(lambda b: b not in (b".", b".."))
+names = (
+    st.binary(min_size=1, max_size=12)
+    .map(lambda b: bytes(c for c in b if c not in (0, 47)) or b"x")
+    .filter(lambda b: b not in (b".", b".."))
+)
 
 entries = st.lists(
     st.tuples(

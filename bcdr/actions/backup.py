@@ -76,7 +76,8 @@ def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot
     """Newest snapshot of the same job; without a job, of the same paths on this host."""
     host = socket.gethostname()
     candidates = [
-        s for s in repo.list_snapshots(job)
+        s
+        for s in repo.list_snapshots(job)
         if job is not None or (sorted(s.paths) == sorted(paths) and s.hostname == host)
     ]
     return candidates[-1] if candidates else None

@@ -40,6 +40,8 @@ def read_password(env: Mapping[str, str] | None = None) -> bytes | None:
     return None
 
 
-def open_repo(url: str, *, clock: Clock | None = None, env: Mapping[str, str] | None = None) -> Repository:
+def open_repo(
+    url: str, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
+) -> Repository:
     storage = open_storage(url)
     return Repository.open(storage, password=lambda: read_password(env), clock=clock)

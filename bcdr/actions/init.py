@@ -42,7 +42,8 @@ def init_repository(
             "(never on the command line)",
         )
     storage = open_storage(url)
-    repo = Repository.init(storage, password=password, chunker=chunker,
-                           pack_size=pack_size, clock=clock)
+    repo = Repository.init(
+        storage, password=password, chunker=chunker, pack_size=pack_size, clock=clock
+    )
     cfg = repo.config
     return InitResult(storage.url, cfg.id, cfg.encryption, cfg.chunker.to_dict(), cfg.pack_size)

@@ -25,8 +25,12 @@ class RestoreResult:
         return not self.stats.errors
 
     def to_dict(self) -> dict[str, object]:
-        return {"snapshot": self.snapshot.id, "target": self.target, "ok": self.ok,
-                **self.stats.to_dict()}
+        return {
+            "snapshot": self.snapshot.id,
+            "target": self.target,
+            "ok": self.ok,
+            **self.stats.to_dict(),
+        }
 
 
 def check_target(target: str, overwrite: bool) -> None:
@@ -55,7 +59,11 @@ def restore(
     repo = open_repo(url, clock=clock, env=env)
     snap = repo.resolve_snapshot(ref, job)
     repo.load_index()
-    restorer = Restorer(repo, os.fsencode(os.path.abspath(target)),
-                        includes=PathMatcher(includes), progress=progress)
+    restorer = Restorer(
+        repo,
+        os.fsencode(os.path.abspath(target)),
+        includes=PathMatcher(includes),
+        progress=progress,
+    )
     stats = restorer.run(bytes.fromhex(snap.tree))
     return RestoreResult(snap, os.path.abspath(target), stats)

@@ -15,7 +15,10 @@ from bcdr.repository.tree import DIR, Node, decode_tree
 
 
 def list_snapshots(
-    url: str, *, job: str | None = None, clock: Clock | None = None,
+    url: str,
+    *,
+    job: str | None = None,
+    clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[list[Snapshot], list[str]]:
     """The readable snapshots (oldest first) and the names of damaged ones."""
@@ -46,8 +49,13 @@ def _walk(repo: Repository, tree_id: bytes, prefix: bytes) -> Iterator[tuple[byt
 
 
 def ls(
-    url: str, ref: str, path: str | None = None, *, job: str | None = None,
-    clock: Clock | None = None, env: Mapping[str, str] | None = None,
+    url: str,
+    ref: str,
+    path: str | None = None,
+    *,
+    job: str | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Snapshot, list[LsEntry]]:
     """Every entry of snapshot ``ref`` at or under ``path`` (default: all)."""
     repo = open_repo(url, clock=clock, env=env)
@@ -58,9 +66,19 @@ def ls(
     for p, node in _walk(repo, bytes.fromhex(snap.tree), b""):
         if want and not (p == want or p.startswith(want + b"/")):
             continue
-        entries.append(LsEntry(os.fsdecode(p), node.type, node.size, node.mode, node.mtime_ns,
-                               os.fsdecode(node.target) if node.target is not None else None))
+        entries.append(
+            LsEntry(
+                os.fsdecode(p),
+                node.type,
+                node.size,
+                node.mode,
+                node.mtime_ns,
+                os.fsdecode(node.target) if node.target is not None else None,
+            )
+        )
     if want and not entries:
-        raise UsageError(f"no path {path!r} in snapshot {snap.short_id}",
-                         hint="paths in a snapshot are absolute, as backed up; see `bcdr ls`")
+        raise UsageError(
+            f"no path {path!r} in snapshot {snap.short_id}",
+            hint="paths in a snapshot are absolute, as backed up; see `bcdr ls`",
+        )
     return snap, entries

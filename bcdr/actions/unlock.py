@@ -10,7 +10,10 @@ from bcdr.repository.locks import LockInfo, remove_locks
 
 
 def unlock(
-    url: str, *, remove_all: bool = False, clock: Clock | None = None,
+    url: str,
+    *,
+    remove_all: bool = False,
+    clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[LockInfo]:
     repo = open_repo(url, clock=clock, env=env)

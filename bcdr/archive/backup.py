@@ -178,7 +178,9 @@ class Archiver:
         self.problems.warn(path, f"{kind} skipped (special files are not backed up)")
         return None
 
-    def _save_dir(self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None) -> Node | None:
+    def _save_dir(
+        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
+    ) -> Node | None:
         try:
             names = sorted(e.name for e in os.scandir(path))
         except FileNotFoundError:
@@ -206,10 +208,19 @@ class Archiver:
             self._skip(path, f"cannot read link: {exc.strerror}")
             return None
         self.stats.symlinks += 1
-        return Node(name, SYMLINK, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                    mtime_ns=st.st_mtime_ns, target=target)
+        return Node(
+            name,
+            SYMLINK,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mtime_ns=st.st_mtime_ns,
+            target=target,
+        )
 
-    def _save_file(self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None) -> Node | None:
+    def _save_file(
+        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
+    ) -> Node | None:
         node = _file_node(name, st)
         self.stats.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
@@ -258,7 +269,9 @@ class Archiver:
             self._skip(path, f"read error: {exc.strerror}")
             return False
         if total != before.st_size or (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (
-            before.st_mtime_ns, before.st_size, before.st_ctime_ns
+            before.st_mtime_ns,
+            before.st_size,
+            before.st_ctime_ns,
         ):
             self.problems.error(path, "changed while it was read; the stored copy may be torn")
         node.size = total
@@ -306,11 +319,28 @@ def _unchanged(pnode: Node, st: os.stat_result) -> bool:
 
 
 def _file_node(name: bytes, st: os.stat_result) -> Node:
-    return Node(name, FILE, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, inode=st.st_ino,
-                dev=st.st_dev, nlink=st.st_nlink, size=st.st_size)
+    return Node(
+        name,
+        FILE,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        dev=st.st_dev,
+        nlink=st.st_nlink,
+        size=st.st_size,
+    )
 
 
 def _dir_node(name: bytes, st: os.stat_result, subtree: bytes) -> Node:
-    return Node(name, DIR, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                mtime_ns=st.st_mtime_ns, subtree=subtree)
+    return Node(
+        name,
+        DIR,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        subtree=subtree,
+    )

@@ -142,7 +142,9 @@ class Restorer:
             except OSError as exc:
                 self._error(snap_path, f"cannot create directory: {exc.strerror}")
                 return False
-        restored = node.subtree is not None and self._restore_tree(node.subtree, snap_path, included)
+        restored = node.subtree is not None and self._restore_tree(
+            node.subtree, snap_path, included
+        )
         if included or restored:
             self._dirs.append((dest, node))
             self.stats.dirs += 1

@@ -52,7 +52,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         try:
             lo, avg, hi = (int(x) for x in args.chunk_size.split(","))
         except ValueError:
-            raise UsageError("--chunk-size takes MIN,AVG,MAX in bytes, e.g. 524288,524288,8388608") from None
+            raise UsageError(
+                "--chunk-size takes MIN,AVG,MAX in bytes, e.g. 524288,524288,8388608"
+            ) from None
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
     if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
         raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")
@@ -62,16 +64,20 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.json:
         render.emit_json(result.to_dict())
     else:
-        render.out(f"created repository {result.id[:8]} at {result.url} "
-                   f"(encryption: {result.encryption})")
+        render.out(
+            f"created repository {result.id[:8]} at {result.url} (encryption: {result.encryption})"
+        )
     return EXIT_OK
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     progress = _progress(args)
     request = backup_action.BackupRequest(
-        paths=tuple(args.paths), job=args.job, excludes=tuple(args.exclude),
-        force_read=args.force_read, tags=tuple(args.tag),
+        paths=tuple(args.paths),
+        job=args.job,
+        excludes=tuple(args.exclude),
+        force_read=args.force_read,
+        tags=tuple(args.tag),
     )
     try:
         result = backup_action.backup(_repo(args), request, progress=progress.backup)
@@ -87,8 +93,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     snaps, damaged = snapshots_action.list_snapshots(_repo(args), job=args.job)
     for name in damaged:
-        sys.stderr.write(f"warning: snapshot {name[:12]} is damaged and was skipped; "
-                         "run `bcdr check`\n")
+        sys.stderr.write(
+            f"warning: snapshot {name[:12]} is damaged and was skipped; run `bcdr check`\n"
+        )
     if args.json:
         render.emit_json([s.to_dict() for s in snaps])
     else:
@@ -109,8 +116,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     progress = _progress(args)
     try:
         result = restore_action.restore(
-            _repo(args), args.snapshot, args.target, job=args.job,
-            includes=tuple(args.include), overwrite=args.overwrite, progress=progress.restore,
+            _repo(args),
+            args.snapshot,
+            args.target,
+            job=args.job,
+            includes=tuple(args.include),
+            overwrite=args.overwrite,
+            progress=progress.restore,
         )
     finally:
         progress.done()
@@ -125,7 +137,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     progress = _progress(args)
     try:
         report = check_action.check(
-            _repo(args), read_data=args.read_data, subset_percent=args.read_data_subset,
+            _repo(args),
+            read_data=args.read_data,
+            subset_percent=args.read_data_subset,
             progress=progress.check,
         )
     finally:
@@ -165,31 +179,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bcdr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Handler, help_text: str, *, repo: bool = True) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help_text: str, *, repo: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if repo:
-            p.add_argument("--repo", "-r", metavar="URL",
-                           help=f"repository: a path or file:///path (default: ${REPO_ENV})")
+            p.add_argument(
+                "--repo",
+                "-r",
+                metavar="URL",
+                help=f"repository: a path or file:///path (default: ${REPO_ENV})",
+            )
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
         p.set_defaults(handler=handler)
         return p
 
     p = command("init", cmd_init, "Create a new repository.")
-    p.add_argument("--encrypt", action="store_true",
-                   help="encrypt with AES-256-GCM; password from BCDR_PASSWORD(_FILE)")
-    p.add_argument("--chunk-size", metavar="MIN,AVG,MAX",
-                   help="advanced: FastCDC parameters in bytes (default 524288,524288,8388608)")
-    p.add_argument("--pack-size", type=int, metavar="BYTES",
-                   help="advanced: target pack size in bytes (default 16777216)")
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt with AES-256-GCM; password from BCDR_PASSWORD(_FILE)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        metavar="MIN,AVG,MAX",
+        help="advanced: FastCDC parameters in bytes (default 524288,524288,8388608)",
+    )
+    p.add_argument(
+        "--pack-size",
+        type=int,
+        metavar="BYTES",
+        help="advanced: target pack size in bytes (default 16777216)",
+    )
 
     p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
     p.add_argument("--job", metavar="NAME", help="job name; the parent is its newest snapshot")
-    p.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN",
-                   help="skip matching paths (glob: *.tmp, **/.cache/**); repeatable")
-    p.add_argument("--force-read", action="store_true",
-                   help="read every file, even those unchanged since the parent snapshot")
+    p.add_argument(
+        "--exclude",
+        "-e",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="skip matching paths (glob: *.tmp, **/.cache/**); repeatable",
+    )
+    p.add_argument(
+        "--force-read",
+        action="store_true",
+        help="read every file, even those unchanged since the parent snapshot",
+    )
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the snapshot")
 
     p = command("snapshots", cmd_snapshots, "List snapshots, oldest first.")
@@ -203,20 +242,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("restore", cmd_restore, "Restore a snapshot into a folder, verifying every file.")
     p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
     p.add_argument("--target", "-t", required=True, metavar="DIR", help="folder to restore into")
-    p.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN",
-                   help="restore only matching paths (and everything below them); repeatable")
+    p.add_argument(
+        "--include",
+        "-i",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only matching paths (and everything below them); repeatable",
+    )
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty target")
     p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
 
     p = command("check", cmd_check, "Check the repository; exit 1 and list problems if any.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--read-data", action="store_true", help="read and verify all stored data")
-    g.add_argument("--read-data-subset", type=_percent, metavar="PERCENT",
-                   help="read and verify a random PERCENT of the packs")
+    g.add_argument(
+        "--read-data-subset",
+        type=_percent,
+        metavar="PERCENT",
+        help="read and verify a random PERCENT of the packs",
+    )
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
-    p.add_argument("--remove-all", action="store_true",
-                   help="remove every lock, even of live processes (only when certain)")
+    p.add_argument(
+        "--remove-all",
+        action="store_true",
+        help="remove every lock, even of live processes (only when certain)",
+    )
     return parser
 
 

@@ -34,12 +34,15 @@ class Progress:
 
     def backup(self, stats: BackupStats, path: bytes) -> None:
         files = stats.files_new + stats.files_changed + stats.files_unchanged
-        self._line(f"{files} files, {human_bytes(stats.bytes_read)} read, "
-                   f"{human_bytes(stats.bytes_added)} added  {os.fsdecode(path)}")
+        self._line(
+            f"{files} files, {human_bytes(stats.bytes_read)} read, "
+            f"{human_bytes(stats.bytes_added)} added  {os.fsdecode(path)}"
+        )
 
     def restore(self, stats: RestoreStats, path: bytes) -> None:
-        self._line(f"{stats.files} files, {human_bytes(stats.bytes_written)} restored  "
-                   f"{os.fsdecode(path)}")
+        self._line(
+            f"{stats.files} files, {human_bytes(stats.bytes_written)} restored  {os.fsdecode(path)}"
+        )
 
     def check(self, phase: str, done: int, total: int) -> None:
         self._line(f"{phase}: {done}/{total} packs")

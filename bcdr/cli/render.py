@@ -25,15 +25,22 @@ def emit_json(doc: Any) -> None:
 
 def backup_text(r: BackupResult) -> None:
     s = r.stats
-    out(f"snapshot {r.snapshot.short_id} saved" + (f" (job {r.snapshot.job})" if r.snapshot.job else ""))
+    out(
+        f"snapshot {r.snapshot.short_id} saved"
+        + (f" (job {r.snapshot.job})" if r.snapshot.job else "")
+    )
     if r.snapshot.parent:
         out(f"  parent     {r.snapshot.parent[:8]}")
-    out(f"  files      {s.files_new} new, {s.files_changed} changed, "
-        f"{s.files_unchanged} unchanged, {s.skipped} skipped")
+    out(
+        f"  files      {s.files_new} new, {s.files_changed} changed, "
+        f"{s.files_unchanged} unchanged, {s.skipped} skipped"
+    )
     out(f"  dirs       {s.dirs}   symlinks {s.symlinks}")
     out(f"  read       {human_bytes(s.bytes_read)} of {human_bytes(s.bytes_total)}")
-    out(f"  added      {human_bytes(s.bytes_added)} after dedup and compression "
-        f"({s.blobs_added} blobs, {s.packs_written} packs)")
+    out(
+        f"  added      {human_bytes(s.bytes_added)} after dedup and compression "
+        f"({s.blobs_added} blobs, {s.packs_written} packs)"
+    )
     out(f"  duration   {s.duration_s:.2f}s")
     for w in r.warnings:
         sys.stderr.write(f"warning: {w.path}: {w.reason}\n")
@@ -51,8 +58,10 @@ def snapshots_text(snaps: list[Snapshot]) -> None:
     for s in snaps:
         when = datetime.fromisoformat(s.time).strftime("%Y-%m-%d %H:%M:%S")
         size = human_bytes(float(s.stats.get("bytes_total", 0)))
-        out(f"{s.short_id:8}  {when:19}  {s.hostname[:16]:16}  {(s.job or '-')[:16]:16}  "
-            f"{size:>10}  {', '.join(s.paths)}")
+        out(
+            f"{s.short_id:8}  {when:19}  {s.hostname[:16]:16}  {(s.job or '-')[:16]:16}  "
+            f"{size:>10}  {', '.join(s.paths)}"
+        )
     out(f"{len(snaps)} snapshot(s)")
 
 
@@ -78,9 +87,11 @@ def restore_text(r: RestoreResult) -> None:
 
 def check_text(r: CheckReport) -> None:
     scope = "structure" if not r.read_fraction else f"structure and {r.read_fraction:.0%} of data"
-    out(f"checked {scope}: {r.snapshots} snapshots, {r.trees} trees, "
+    out(
+        f"checked {scope}: {r.snapshots} snapshots, {r.trees} trees, "
         f"{r.blobs_referenced} chunks, {r.packs} packs ({r.packs_read} read, "
-        f"{human_bytes(r.bytes_read)})")
+        f"{human_bytes(r.bytes_read)})"
+    )
     for line in r.leftovers:
         out(f"leftover: {line}")
     for line in r.errors:

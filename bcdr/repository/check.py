@@ -89,9 +89,12 @@ class Checker:
             if pack not in stored:
                 self._missing_packs.add(pack)
                 self.report.errors.append(
-                    f"pack {pack[:12]} is listed in the index but missing ({len(entries)} blobs lost)"
+                    f"pack {pack[:12]} is listed in the index but missing "
+                    f"({len(entries)} blobs lost)"
                 )
-            elif stored[pack] < (need := max((e.offset + e.stored_len for e in entries), default=0)):
+            elif stored[pack] < (
+                need := max((e.offset + e.stored_len for e in entries), default=0)
+            ):
                 self.report.errors.append(
                     f"pack {pack[:12]} is truncated: {stored[pack]} bytes, the index needs "
                     f"at least {need}"
@@ -135,7 +138,9 @@ class Checker:
                         self._check_content(snap.short_id, sub, node.content, seen_blobs)
         self.report.blobs_referenced = len(seen_blobs)
 
-    def _check_content(self, snap: str, path: bytes, content: list[bytes], seen: set[bytes]) -> None:
+    def _check_content(
+        self, snap: str, path: bytes, content: list[bytes], seen: set[bytes]
+    ) -> None:
         missing = 0
         for blob_id in content:
             if blob_id in seen:
@@ -170,7 +175,9 @@ class Checker:
         self.report.packs_read += 1
         self.report.bytes_read += len(data)
         if object_name(data) != pack:
-            self.report.errors.append(f"pack {pack[:12]}: content does not match its name (damaged)")
+            self.report.errors.append(
+                f"pack {pack[:12]}: content does not match its name (damaged)"
+            )
         try:
             entries = parse_pack(data, self.repo.cipher, f"pack {pack[:12]}")
         except CorruptObject as exc:
@@ -188,10 +195,11 @@ class Checker:
 
     def _check_leftovers(self) -> None:
         now = self.repo.clock.now()
+        url = self.repo.storage.url
         for lock in list_locks(self.repo.storage):
             if is_stale(lock, now):
                 self.report.leftovers.append(
-                    f"stale {lock.describe()}; remove it with `bcdr unlock --repo {self.repo.storage.url}`"
+                    f"stale {lock.describe()}; remove it with `bcdr unlock --repo {url}`"
                 )
         leftover_tmp = getattr(self.repo.storage, "leftover_temp_files", None)
         if leftover_tmp is not None:

@@ -27,11 +27,12 @@ class Compressor:
         self._local = threading.local()
 
     def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        ctx: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
         ctx = getattr(self._local, "ctx", None)
         if ctx is None:
             ctx = (zstandard.ZstdCompressor(level=self.level), zstandard.ZstdDecompressor())
             self._local.ctx = ctx
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     def compress(self, data: bytes) -> tuple[int, bytes]:
         """Return (codec, stored bytes); raw when zstd saves less than MIN_SAVING."""
@@ -50,5 +51,5 @@ class Compressor:
                 raise CorruptObject(f"{what}: zstd data is damaged ({exc})") from None
             if len(out) != raw_len:
                 raise CorruptObject(f"{what}: decompressed to {len(out)} bytes, not {raw_len}")
-            return out  # type: ignore[no-any-return]
+            return bytes(out)
         raise CorruptObject(f"{what}: unknown codec {codec}")

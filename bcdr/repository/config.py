@@ -85,7 +85,9 @@ class RepoConfig:
                 pack_size=int(doc["pack_size"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise NotARepository(f"config is missing or has a bad field: {exc}", where=where) from None
+            raise NotARepository(
+                f"config is missing or has a bad field: {exc}", where=where
+            ) from None
         if cfg.encryption not in ("none", "aes-256-gcm"):
             raise UnsupportedFormat(f"unknown encryption {cfg.encryption!r}", where=where)
         if cfg.content_id != CONTENT_ID or cfg.compression != "zstd":

@@ -102,6 +102,7 @@ def wrap_key(key: MasterKey, password: bytes | None) -> bytes:
             "id_key": base64.b64encode(key.id_key).decode(),
         }
     ).encode()
+    doc: dict[str, str | int]
     if key.enc_key is None:
         doc = {"kdf": "none", "data": base64.b64encode(payload).decode()}
     else:
@@ -148,4 +149,6 @@ def unwrap_key(blob: bytes, password: bytes | None, where: str) -> MasterKey:
         enc = base64.b64decode(inner["enc_key"]) if inner["enc_key"] else None
         return MasterKey(enc, base64.b64decode(inner["id_key"]))
     except (ValueError, KeyError, TypeError) as exc:
-        raise NotARepository(f"key file does not parse ({type(exc).__name__})", where=where) from None
+        raise NotARepository(
+            f"key file does not parse ({type(exc).__name__})", where=where
+        ) from None

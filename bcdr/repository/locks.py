@@ -41,8 +41,10 @@ class LockInfo:
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
-        return (f"{kind} lock {self.key.removeprefix(PREFIX)[:12]} by pid {self.pid} "
-                f"on {self.hostname} ({self.username}) since {self.created}")
+        return (
+            f"{kind} lock {self.key.removeprefix(PREFIX)[:12]} by pid {self.pid} "
+            f"on {self.hostname} ({self.username}) since {self.created}"
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,8 +68,15 @@ def list_locks(storage: Storage) -> list[LockInfo]:
     for info in storage.list(PREFIX):
         try:
             doc = json.loads(storage.get(info.key))
-            out.append(LockInfo(key=info.key, **{k: doc[k] for k in (
-                "exclusive", "hostname", "pid", "username", "created", "expires")}))
+            out.append(
+                LockInfo(
+                    key=info.key,
+                    **{
+                        k: doc[k]
+                        for k in ("exclusive", "hostname", "pid", "username", "created", "expires")
+                    },
+                )
+            )
         except ObjectNotFound:
             continue  # released while we listed
         except (ValueError, KeyError, TypeError):
@@ -123,8 +132,10 @@ class RepoLock:
         raise LockConflict(
             f"repository is locked: {lines}",
             where=self._url,
-            hint=("wait for that process to finish; if it is certainly gone, run "
-                  f"`bcdr unlock --repo {self._url} --remove-all`"),
+            hint=(
+                "wait for that process to finish; if it is certainly gone, run "
+                f"`bcdr unlock --repo {self._url} --remove-all`"
+            ),
         )
 
     def acquire(self) -> RepoLock:

@@ -76,9 +76,7 @@ class PackBuilder:
         return len(self.entries)
 
     def add(self, blob_id: bytes, blob_type: int, codec: int, raw_len: int, sealed: bytes) -> None:
-        self.entries.append(
-            PackEntry(blob_id, blob_type, codec, self._size, len(sealed), raw_len)
-        )
+        self.entries.append(PackEntry(blob_id, blob_type, codec, self._size, len(sealed), raw_len))
         self._parts.append(sealed)
         self._size += len(sealed)
 

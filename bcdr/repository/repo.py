@@ -139,7 +139,9 @@ class Repository:
         raise last_error
 
     def lock(self, *, exclusive: bool = False) -> RepoLock:
-        return RepoLock(self.storage, self.clock, exclusive=exclusive, url=self.storage.url).acquire()
+        return RepoLock(
+            self.storage, self.clock, exclusive=exclusive, url=self.storage.url
+        ).acquire()
 
     # -- index -------------------------------------------------------------------------------
 
@@ -182,9 +184,7 @@ class Repository:
     @property
     def writer(self) -> BlobWriter:
         if self._writer is None:
-            self._writer = BlobWriter(
-                self.storage, self.cipher, self.index, self.config.pack_size
-            )
+            self._writer = BlobWriter(self.storage, self.cipher, self.index, self.config.pack_size)
         return self._writer
 
     def save_blob(self, blob_type: int, data: bytes) -> bytes:
@@ -248,7 +248,9 @@ class Repository:
         sealed = self.storage.get(f"snapshots/{name}")
         if object_name(sealed) != name:
             raise CorruptObject(f"snapshot {name[:12]}: content does not match its name")
-        return Snapshot.from_bytes(self.cipher.open(sealed, SNAPSHOT_AAD, f"snapshot {name[:12]}"), name)
+        return Snapshot.from_bytes(
+            self.cipher.open(sealed, SNAPSHOT_AAD, f"snapshot {name[:12]}"), name
+        )
 
     def snapshot_names(self) -> list[str]:
         return [info.key.removeprefix("snapshots/") for info in self.storage.list("snapshots/")]
@@ -276,12 +278,16 @@ class Repository:
             snaps = self.list_snapshots(job)
             if not snaps:
                 scope = f" of job {job!r}" if job else ""
-                raise SnapshotNotFound(f"no snapshot{scope} in the repository", where=self.storage.url)
+                raise SnapshotNotFound(
+                    f"no snapshot{scope} in the repository", where=self.storage.url
+                )
             return snaps[-1]
         matches = [n for n in self.snapshot_names() if n.startswith(ref.lower())]
         if not matches or len(ref) < 4:
             raise SnapshotNotFound(
-                f"no snapshot with id {ref!r}" if not matches else f"id prefix {ref!r} is too short",
+                f"no snapshot with id {ref!r}"
+                if not matches
+                else f"id prefix {ref!r} is too short",
                 where=self.storage.url,
                 hint="list them with `bcdr snapshots`; use at least 4 characters of an id",
             )

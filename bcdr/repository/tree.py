@@ -40,12 +40,24 @@ class Node:
     target: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": self.type, "mode": self.mode, "uid": self.uid,
-                             "gid": self.gid, "mtime_ns": self.mtime_ns}
+        d: dict[str, Any] = {
+            "type": self.type,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
+        }
         _put_bytes(d, "name", self.name)
         if self.type == FILE:
-            d.update(ctime_ns=self.ctime_ns, inode=self.inode, dev=self.dev, nlink=self.nlink,
-                     size=self.size, content=[c.hex() for c in self.content], digest=self.digest)
+            d.update(
+                ctime_ns=self.ctime_ns,
+                inode=self.inode,
+                dev=self.dev,
+                nlink=self.nlink,
+                size=self.size,
+                content=[c.hex() for c in self.content],
+                digest=self.digest,
+            )
         elif self.type == DIR:
             d["subtree"] = self.subtree.hex() if self.subtree else None
         elif self.type == SYMLINK:
@@ -57,8 +69,14 @@ class Node:
         t = d["type"]
         if t not in NODE_TYPES:
             raise ValueError(f"unknown node type {t!r}")
-        node = cls(name=_get_bytes(d, "name"), type=t, mode=int(d["mode"]), uid=int(d["uid"]),
-                   gid=int(d["gid"]), mtime_ns=int(d["mtime_ns"]))
+        node = cls(
+            name=_get_bytes(d, "name"),
+            type=t,
+            mode=int(d["mode"]),
+            uid=int(d["uid"]),
+            gid=int(d["gid"]),
+            mtime_ns=int(d["mtime_ns"]),
+        )
         if t == FILE:
             node.ctime_ns = int(d["ctime_ns"])
             node.inode = int(d["inode"])

@@ -60,7 +60,9 @@ class BlobWriter:
         while len(self._uploads) > MAX_UPLOADS_IN_FLIGHT:
             self._complete_upload()
 
-    def _upload(self, name: str, data: bytes, entries: list[PackEntry]) -> tuple[str, list[PackEntry]]:
+    def _upload(
+        self, name: str, data: bytes, entries: list[PackEntry]
+    ) -> tuple[str, list[PackEntry]]:
         self._storage.put(pack_key(name), data)
         return name, entries
 

@@ -8,11 +8,13 @@ of a repository prefix shows.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from bcdr.errors import (
     ObjectNotFound,
@@ -125,6 +127,7 @@ class LocalStorage:
         start = self.root / base if base else self.root
         if not start.is_dir():
             return
+
         def fail(exc: OSError) -> None:
             raise translate_os_error(exc, f"{self.url}/{prefix}")
 
@@ -153,7 +156,7 @@ class LocalStorage:
         except OSError as exc:
             raise translate_os_error(exc, f"{self.url}/{key}") from None
 
-    def leftover_temp_files(self) -> list[str]:
+    def leftover_temp_files(self) -> builtins.list[str]:
         """Temporary files a crashed writer left behind (never part of the repository)."""
         tmp = self.root / TMP_DIR
         return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
@@ -162,12 +165,11 @@ class LocalStorage:
         pass
 
 
-def _read_exact(f: "os.PathLike[str] | object", length: int) -> bytes:
+def _read_exact(f: BinaryIO, length: int) -> bytes:
     chunks: list[bytes] = []
     remaining = length
-    reader = f.read  # type: ignore[attr-defined]
     while remaining > 0:
-        part = reader(remaining)
+        part = f.read(remaining)
         if not part:
             break
         chunks.append(part)

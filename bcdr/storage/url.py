@@ -25,7 +25,7 @@ def open_storage(url: str, *, base_dir: Path | None = None) -> Storage:
                 hint="use file:///absolute/path",
             )
         return LocalStorage(Path(unquote(parsed.path)))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and url[1:2] == ":"):
+    if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and url[1:2] == ":"):
         path = Path(url).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
