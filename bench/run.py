@@ -1,0 +1,220 @@
+"""``make bench``: bcdr against restic (when installed) and ``cp -a`` on one deterministic corpus.
+
+Phases: initial backup, no-change re-run, incremental after a day-1 change, full restore, and
+check with read-data. Each phase runs as a child process; wall time is measured around it, CPU
+time and peak RSS come from wait4(2)'s rusage of that child. Stored bytes is the repository's
+size on disk after each phase. Ratios are bcdr / restic from the same run on the same corpus.
+
+Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_DIR (default bench/out) holds
+the corpus, repositories, and results.json. Both tools run with encryption on (restic always
+encrypts) and warm page cache. Peak RSS has a floor of this harness's own RSS (~12 MiB), as
+Linux children start from their parent's high-water mark; ``cp -a`` shows that floor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
+OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
+SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+PASSWORD = "bench-password"
+BCDR = [sys.executable, "-m", "bcdr"]
+
+
+@dataclass
+class Measure:
+    tool: str
+    phase: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    stored_bytes: int
+    exit_code: int
+
+
+def du(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 and proc.stderr is not None:
+        sys.stderr.write(f"{' '.join(cmd[:4])}... exited {code}: {proc.stderr.read().decode()}\n")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code
+
+
+def phases(tool: str, repo: Path, corpus: Path, restore_to: Path) -> list[tuple[str, list[str]]]:
+    if tool == "bcdr":
+        base = [*BCDR]
+        return [
+            ("init", [*base, "init", "--repo", str(repo), "--encrypt"]),
+            (
+                "initial backup",
+                [*base, "backup", "-q", "--repo", str(repo), "--job", "b", str(corpus)],
+            ),
+            (
+                "no-change backup",
+                [*base, "backup", "-q", "--repo", str(repo), "--job", "b", str(corpus)],
+            ),
+            (
+                "incremental backup",
+                [*base, "backup", "-q", "--repo", str(repo), "--job", "b", str(corpus)],
+            ),
+            (
+                "full restore",
+                [
+                    *base,
+                    "restore",
+                    "-q",
+                    "--repo",
+                    str(repo),
+                    "latest",
+                    "--target",
+                    str(restore_to),
+                ],
+            ),
+            ("check read-data", [*base, "check", "-q", "--repo", str(repo), "--read-data"]),
+        ]
+    base = ["restic", "--repo", str(repo), "--quiet"]
+    return [
+        ("init", [*base, "init"]),
+        ("initial backup", [*base, "backup", str(corpus)]),
+        ("no-change backup", [*base, "backup", str(corpus)]),
+        ("incremental backup", [*base, "backup", str(corpus)]),
+        ("full restore", [*base, "restore", "latest", "--target", str(restore_to)]),
+        ("check read-data", [*base, "check", "--read-data"]),
+    ]
+
+
+def bench_tool(tool: str, corpus: Path) -> list[Measure]:
+    repo = OUT / f"repo-{tool}"
+    restore_to = OUT / f"restore-{tool}"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(restore_to, ignore_errors=True)
+    env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+    out = []
+    for phase, cmd in phases(tool, repo, corpus, restore_to):
+        # The corpus is made in its own process: a child's peak RSS starts at its parent's,
+        # so this process must stay small (numpy lives only in corpus.py).
+        if phase == "incremental backup":
+            subprocess.run([*CORPUS, "change", str(corpus)], check=True)
+        if phase == "initial backup":
+            subprocess.run([*CORPUS, "make", str(corpus), str(SCALE)], check=True)
+        wall, cpu, rss, code = run(cmd, env)
+        if phase != "init":
+            out.append(Measure(tool, phase, wall, cpu, rss, du(repo), code))
+            print(
+                f"  {tool:6} {phase:20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB",
+                flush=True,
+            )
+    shutil.rmtree(restore_to, ignore_errors=True)
+    return out
+
+
+def bench_cp(corpus: Path) -> Measure:
+    target = OUT / "restore-cp"
+    shutil.rmtree(target, ignore_errors=True)
+    wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {})
+    shutil.rmtree(target, ignore_errors=True)
+    return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    corpus = OUT / "corpus"
+    tools = ["bcdr"] + (["restic"] if shutil.which("restic") else [])
+    if "restic" not in tools:
+        print("restic not found: install Debian's `restic` package for the comparison")
+    results: list[Measure] = []
+    for tool in tools:
+        print(f"{tool}:", flush=True)
+        results += bench_tool(tool, corpus)
+    results.append(bench_cp(corpus))
+    size = du(corpus)
+    table = render(results)
+    print(table)
+    doc = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "scale": SCALE,
+        "corpus_bytes": size,
+        "results": [asdict(m) for m in results],
+        "ratios": ratios(results),
+    }
+    (OUT / "results.json").write_text(json.dumps(doc, indent=2))
+    print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")
+    failed = [m for m in results if m.exit_code != 0]
+    return 1 if failed else 0
+
+
+def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
+    by = {(m.tool, m.phase): m for m in results}
+    out: dict[str, dict[str, float]] = {}
+    for (tool, phase), m in by.items():
+        if tool != "bcdr" or ("restic", phase) not in by:
+            continue
+        r = by[("restic", phase)]
+        out[phase] = {
+            "wall": m.wall_s / r.wall_s if r.wall_s else float("nan"),
+            "cpu": m.cpu_s / r.cpu_s if r.cpu_s else float("nan"),
+            "rss": m.peak_rss_mib / r.peak_rss_mib if r.peak_rss_mib else float("nan"),
+            "stored": m.stored_bytes / r.stored_bytes if r.stored_bytes else float("nan"),
+        }
+    if ("cp -a", "full restore") in by:
+        cp = by[("cp -a", "full restore")]
+        out.setdefault("full restore", {})["wall_vs_cp"] = (
+            by[("bcdr", "full restore")].wall_s / cp.wall_s
+        )
+    return out
+
+
+def render(results: list[Measure]) -> str:
+    rows = [
+        f"\n{'tool':7} {'phase':20} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'stored MiB':>11}"
+    ]
+    for m in results:
+        rows.append(
+            f"{m.tool:7} {m.phase:20} {m.wall_s:8.2f} {m.cpu_s:8.2f} "
+            f"{m.peak_rss_mib:8.0f} {m.stored_bytes / 2**20:11.1f}"
+        )
+    rat = ratios(results)
+    if rat:
+        rows.append(f"\n{'bcdr/restic':28} {'wall':>6} {'cpu':>6} {'rss':>6} {'stored':>7}")
+        for phase, r in rat.items():
+            if "wall" in r:
+                rows.append(
+                    f"{phase:28} {r['wall']:6.2f} {r['cpu']:6.2f} {r['rss']:6.2f} "
+                    f"{r['stored']:7.2f}"
+                )
+        if "wall_vs_cp" in rat.get("full restore", {}):
+            rows.append(f"full restore bcdr / cp -a: {rat['full restore']['wall_vs_cp']:.2f}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
