@@ -27,7 +27,11 @@ class Progress:
     def _line(self, text: str) -> None:
         if not self.enabled:
             return
-        width = max(20, os.get_terminal_size(self.stream.fileno()).columns - 1)
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except OSError:
+            columns = 0
+        width = (columns or 80) - 1
         self.stream.write("\r" + text[:width].ljust(width))
         self.stream.flush()
         self._shown = True
