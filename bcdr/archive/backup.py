@@ -258,7 +258,7 @@ class Archiver:
                 before = os.fstat(fd)
                 digest = new_fingerprint()
                 total = 0
-                for chunk in self.repo.chunker.chunks(f):
+                for chunk in self.repo.chunker.chunks(f, before.st_size):
                     digest.update(chunk)
                     total += len(chunk)
                     self._pipeline.submit(bytes(chunk), node.content)

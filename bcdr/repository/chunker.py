@@ -49,8 +49,18 @@ class Chunker:
             seed=params.seed,
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
-        """Yield the chunks of ``stream``. Each view is valid only until the next is yielded."""
+    def chunks(self, stream: BinaryIO, size_hint: int = -1) -> Iterator[memoryview]:
+        """Yield the chunks of ``stream``. Each view is valid only until the next is yielded.
+
+        Streams known to be small (``size_hint`` up to 4x max chunk size) are read whole and cut
+        in memory: pyfastcdc's stream reader sets up a max-size buffer per call, which
+        dominates the cost of small files.
+        """
+        if 0 <= size_hint <= 4 * self.params.max_size:
+            data = stream.read()
+            for chunk in self._cdc.cut_buf(data):
+                yield chunk.data
+            return
         for chunk in self._cdc.cut_stream(stream):
             yield chunk.data
 
