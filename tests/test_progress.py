@@ -22,7 +22,8 @@ def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bcdr", "backup", "--repo", repo, str(src)],
-        stdout=subprocess.DEVNULL, stderr=follower,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
     )
     os.close(follower)
     seen = b""
@@ -41,7 +42,8 @@ def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bcdr", "backup", "-q", "--force-read", "--repo", repo, str(src)],
-        stdout=subprocess.DEVNULL, stderr=follower,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
     )
     os.close(follower)
     assert proc.wait() == 0

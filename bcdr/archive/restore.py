@@ -1,25 +1,25 @@
 """Restore a snapshot's tree into a target folder, verifying every file.
 
-Each file is written to a temporary name beside its destination, its xxh3-128 digest and size
-are compared with the tree's record, and only then is it renamed into place: a file whose data
-is damaged or missing is reported and never appears with wrong bytes. Chunks of zeros are
-skipped with a seek, so sparse files come back sparse where the filesystem allows. Hardlinked
-files (same device and inode in the snapshot) come back as hardlinks. Owners are restored when
-running as root; directory metadata is applied last, deepest first.
+The tree is walked in this thread; directories and symlinks are created as met, and files are
+handed to :class:`FileRestorer` (parallel, verified, renamed into place only when whole and
+correct: a damaged file is reported and never appears with wrong bytes). Runs of zeros stay
+holes, so sparse files come back sparse where the filesystem allows. Hardlinked files (same
+device and inode in the snapshot) are linked to the first restored copy once all files are
+done. Owners are restored when running as root; directory metadata is applied last, deepest
+first.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from bcdr.archive.filerestore import AS_ROOT, FileRestorer
 from bcdr.archive.patterns import PathMatcher
 from bcdr.errors import BcdrError
-from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree
 
@@ -41,40 +41,6 @@ class RestoreStats:
 
 
 ProgressFn = Callable[[RestoreStats, bytes], None]
-_AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-HOLE_BLOCK = 64 * 1024
-
-
-def _is_zero(data: bytes | memoryview) -> bool:
-    return data[:1] == b"\0" and data[-1:] == b"\0" and bytes(data).count(0) == len(data)
-
-
-def _write_sparse(fd: int, data: bytes, pos: int) -> bool:
-    """Write ``data`` at ``pos``, leaving runs of zeros (whole 64 KiB blocks) as holes.
-
-    Returns whether anything was written."""
-    if len(data) <= HOLE_BLOCK:
-        if _is_zero(data):
-            return False
-        os.pwrite(fd, data, pos)
-        return True
-    view = memoryview(data)
-    wrote = False
-    start = None  # start of the pending non-zero run
-    for off in range(0, len(data), HOLE_BLOCK):
-        block = view[off : off + HOLE_BLOCK]
-        if _is_zero(block):
-            if start is not None:
-                os.pwrite(fd, view[start:off], pos + start)
-                wrote, start = True, None
-        elif start is None:
-            start = off
-    if start is not None:
-        os.pwrite(fd, view[start:], pos + start)
-        wrote = True
-    return wrote
 
 
 class Restorer:
@@ -91,8 +57,11 @@ class Restorer:
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
-        self._links: dict[tuple[int, int], bytes] = {}
+        self._files = FileRestorer(repo)
+        self._links: list[tuple[Node, bytes, bytes]] = []
+        self._link_keys: set[tuple[int, int]] = set()
         self._dirs: list[tuple[bytes, Node]] = []
+        self._made: set[bytes] = set()
         self._started = 0.0
         self._last_progress = 0.0
 
@@ -105,10 +74,38 @@ class Restorer:
             self._restore_tree(root_tree, b"", self.includes is None)
         finally:
             sys.setrecursionlimit(old_limit)
+            self._files.wait()
+        self._collect_files()
+        for node, dest, snap_path in self._links:
+            self._link(node, dest, snap_path)
         for path, node in reversed(self._dirs):
             self._apply_meta(path, node)
         self.stats.duration_s = time.monotonic() - self._started
         return self.stats
+
+    def _collect_files(self) -> None:
+        f = self._files
+        self.stats.files = f.files
+        self.stats.bytes_written = f.bytes_written
+        self.stats.bytes_total += f.bytes_total
+        self.stats.first_byte_s = f.first_byte_s
+        for snap_path, error in sorted(f.errors):
+            self._error(snap_path, error)
+
+    def _link(self, node: Node, dest: bytes, snap_path: bytes) -> None:
+        first = self._files.done.get((node.dev, node.inode))
+        if first is None:
+            self._error(snap_path, "not restored: the file it is a hardlink of failed")
+            return
+        try:
+            _remove_existing(dest)
+            os.link(first, dest)
+            self.stats.hardlinks += 1
+            self.stats.files += 1
+        except BcdrError as exc:
+            self._error(snap_path, str(exc))
+        except OSError as exc:
+            self._error(snap_path, exc.strerror or str(exc))
 
     def _error(self, snap_path: bytes, reason: str) -> None:
         self.stats.errors.append({"path": os.fsdecode(snap_path), "error": reason})
@@ -138,7 +135,7 @@ class Restorer:
         dest = self._dest(snap_path)
         if included:
             try:
-                os.makedirs(dest, exist_ok=True)
+                self._makedirs(dest)
             except OSError as exc:
                 self._error(snap_path, f"cannot create directory: {exc.strerror}")
                 return False
@@ -150,10 +147,15 @@ class Restorer:
             self.stats.dirs += 1
         return included or restored
 
+    def _makedirs(self, path: bytes) -> None:
+        if path not in self._made:
+            os.makedirs(path, exist_ok=True)
+            self._made.add(path)
+
     def _restore_entry(self, node: Node, snap_path: bytes) -> None:
         dest = self._dest(snap_path)
         try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            self._makedirs(os.path.dirname(dest))
             if node.type == FILE:
                 self._restore_file(node, dest, snap_path)
             elif node.type == SYMLINK:
@@ -168,52 +170,17 @@ class Restorer:
 
     def _restore_file(self, node: Node, dest: bytes, snap_path: bytes) -> None:
         link_key = (node.dev, node.inode)
-        if node.nlink > 1 and link_key in self._links:
-            _remove_existing(dest)
-            os.link(self._links[link_key], dest)
-            self.stats.hardlinks += 1
-            return
-        tmp = os.path.join(os.path.dirname(dest), b".bcdr-restore-" + secrets.token_hex(6).encode())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            digest = new_fingerprint()
-            pos = 0
-            for blob_id in node.content:
-                data = self.repo.load_blob(blob_id)
-                digest.update(data)
-                if _write_sparse(fd, data, pos):
-                    if self.stats.first_byte_s is None:
-                        self.stats.first_byte_s = time.monotonic() - self._started
-                pos += len(data)
-                self.stats.bytes_written += len(data)
-                self._tick(snap_path)
-            os.ftruncate(fd, pos)
-            if pos != node.size or digest.hexdigest() != node.digest:
-                raise BcdrError(
-                    f"verification failed: restored {pos} bytes with digest "
-                    f"{digest.hexdigest()}, expected {node.size} bytes with {node.digest}"
-                )
-            if _AS_ROOT:
-                os.fchown(fd, node.uid, node.gid)
-            os.fchmod(fd, node.mode)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            os.unlink(tmp)
-            raise BcdrError("a directory is in the way of this file")
-        os.replace(tmp, dest)
-        os.utime(dest, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
         if node.nlink > 1:
-            self._links[link_key] = dest
-        self.stats.files += 1
-        self.stats.bytes_total += node.size
+            if link_key in self._link_keys:
+                self._links.append((node, dest, snap_path))
+                return
+            self._link_keys.add(link_key)
+        self._files.submit(node, dest, snap_path)
+        self._tick(snap_path)
 
     def _apply_meta(self, path: bytes, node: Node) -> None:
         try:
-            if _AS_ROOT:
+            if AS_ROOT:
                 os.chown(path, node.uid, node.gid, follow_symlinks=False)
             if node.type != SYMLINK:
                 os.chmod(path, node.mode)
@@ -227,6 +194,8 @@ class Restorer:
         now = time.monotonic()
         if now - self._last_progress >= 0.2:
             self._last_progress = now
+            self.stats.files = self._files.files
+            self.stats.bytes_written = self._files.bytes_written
             self.progress(self.stats, path)
 
 

@@ -12,9 +12,10 @@ import builtins
 import errno
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from bcdr.errors import (
     ObjectNotFound,
@@ -25,6 +26,7 @@ from bcdr.errors import (
 from bcdr.storage.base import ObjectInfo, check_key
 
 TMP_DIR = "tmp"
+MAX_OPEN_READERS = 32  # per thread
 
 
 def translate_os_error(exc: OSError, what: str) -> StorageError:
@@ -51,6 +53,10 @@ class LocalStorage:
         self.root = Path(root)
         self._fsync = fsync
         self._made_dirs: set[Path] = set()
+        # Objects never change once written, so read descriptors can be kept open and reused.
+        self._local = threading.local()
+        self._caches: list[OrderedDict[str, int]] = []
+        self._fd_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -96,15 +102,32 @@ class LocalStorage:
             except FileNotFoundError:
                 pass
 
+    def _read_fd(self, key: str) -> int:
+        """A cached read descriptor. Each thread has its own cache, so a descriptor is only
+        ever closed by the thread that uses it."""
+        cache: OrderedDict[str, int] | None = getattr(self._local, "fds", None)
+        if cache is None:
+            cache = self._local.fds = OrderedDict()
+            with self._fd_lock:
+                self._caches.append(cache)
+        fd = cache.get(key)
+        if fd is not None:
+            cache.move_to_end(key)
+            return fd
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        cache[key] = fd
+        if len(cache) > MAX_OPEN_READERS:
+            _, old = cache.popitem(last=False)
+            os.close(old)
+        return fd
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        path = self._path(key)
         try:
-            with open(path, "rb", buffering=0) as f:
-                if offset:
+            if length is None:
+                with open(self._path(key), "rb", buffering=0) as f:
                     f.seek(offset)
-                if length is None:
                     return f.read()
-                return _read_exact(f, length)
+            return _pread_exact(self._read_fd(key), length, offset)
         except FileNotFoundError:
             raise ObjectNotFound(f"not found: {key}", where=self.url) from None
         except OSError as exc:
@@ -147,7 +170,14 @@ class LocalStorage:
                         continue
                     yield ObjectInfo(key, size)
 
+    def _forget_fd(self, key: str) -> None:
+        cache: OrderedDict[str, int] | None = getattr(self._local, "fds", None)
+        fd = cache.pop(key, None) if cache is not None else None
+        if fd is not None:
+            os.close(fd)
+
     def delete(self, key: str) -> bool:
+        self._forget_fd(key)
         try:
             os.unlink(self._path(key))
             return True
@@ -162,18 +192,27 @@ class LocalStorage:
         return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
 
     def close(self) -> None:
-        pass
+        """Close cached descriptors (call when no other thread is reading)."""
+        with self._fd_lock:
+            caches, self._caches = self._caches, []
+        for cache in caches:
+            while cache:
+                os.close(cache.popitem()[1])
+        self._local = threading.local()
 
 
-def _read_exact(f: BinaryIO, length: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = length
-    while remaining > 0:
-        part = f.read(remaining)
+def _pread_exact(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < length:
+        part = os.pread(fd, length - got, offset + got)
         if not part:
             break
         chunks.append(part)
-        remaining -= len(part)
+        got += len(part)
     return b"".join(chunks)
 
 
