@@ -13,11 +13,14 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import BinaryIO
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
+from bcdr.archive.safetensors import Segment, segments
+from bcdr.repository.chunker import Readable
 from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
@@ -258,12 +261,16 @@ class Archiver:
                 before = os.fstat(fd)
                 digest = new_fingerprint()
                 total = 0
-                for chunk in self.repo.chunker.chunks(f, before.st_size):
-                    digest.update(chunk)
-                    total += len(chunk)
-                    self._pipeline.submit(bytes(chunk), node.content)
-                    self.stats.bytes_read += len(chunk)
-                    self._tick(path)
+                for seg, reader in self._segments(path, f, before.st_size):
+                    for chunk in self.repo.chunker.chunks(reader, seg.end - seg.start):
+                        layout = (
+                            (seg.elsize, (seg.start - total) % seg.elsize) if seg.elsize else None
+                        )
+                        digest.update(chunk)
+                        total += len(chunk)
+                        self._pipeline.submit(bytes(chunk), node.content, layout)
+                        self.stats.bytes_read += len(chunk)
+                        self._tick(path)
                 after = os.fstat(fd)
         except OSError as exc:
             self._skip(path, f"read error: {exc.strerror}")
@@ -280,6 +287,17 @@ class Archiver:
         node.digest = digest.hexdigest()
         return True
 
+    def _segments(self, path: bytes, f: BinaryIO, size: int) -> Iterator[tuple[Segment, Readable]]:
+        """The byte ranges to chunk separately: tensors of a safetensors file, else one."""
+        segs = None
+        if path.endswith(b".safetensors"):
+            segs = segments(f.fileno(), size, self.repo.chunker.params.min_size)
+        if segs is None:
+            yield Segment(0, size, 0), f
+            return
+        for seg in segs:
+            yield seg, RangeReader(f.fileno(), seg.start, seg.end)
+
     def _skip(self, path: bytes, reason: str) -> None:
         self.stats.skipped += 1
         self.problems.error(path, reason)
@@ -292,6 +310,25 @@ class Archiver:
             self._last_progress = now
             self.stats.bytes_added = self.repo.writer.bytes_added
             self.progress(self.stats, path)
+
+
+class RangeReader:
+    """A read-only stream over ``[start, end)`` of a file descriptor (positioned reads)."""
+
+    def __init__(self, fd: int, start: int, end: int):
+        self._fd, self._pos, self._end = fd, start, end
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._end - self._pos
+        data = os.pread(self._fd, left if n < 0 else min(n, left), self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buf: memoryview) -> int:
+        view = memoryview(buf)[: max(0, self._end - self._pos)]
+        got = os.preadv(self._fd, [view], self._pos) if len(view) else 0
+        self._pos += got
+        return got
 
 
 def _open_noatime(path: bytes) -> int:

@@ -11,6 +11,7 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from bcdr.repository.compression import Layout
 from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
 
@@ -27,20 +28,22 @@ class ChunkPipeline:
         self._inflight: deque[tuple[Future[Encoded], list[bytes], int, int]] = deque()
         self._max_inflight = 2 * self.workers + 2
 
-    def _encode(self, data: bytes) -> Encoded:
+    def _encode(self, data: bytes, layout: Layout | None) -> Encoded:
         blob_id = self.repo.content_id(data)
         if self.repo.has_blob(blob_id):
             return blob_id, None
-        return blob_id, self.repo.encode_blob(blob_id, data)
+        return blob_id, self.repo.encode_blob(blob_id, data, layout)
 
-    def submit(self, data: bytes, sink: list[bytes]) -> None:
-        """Append the id of ``data`` to ``sink`` (at this position) once it is computed."""
+    def submit(self, data: bytes, sink: list[bytes], layout: Layout | None = None) -> None:
+        """Append the id of ``data`` to ``sink`` (at this position) once it is computed.
+        ``layout`` marks a float-tensor chunk for byte-grouped compression."""
         pos = len(sink)
         sink.append(b"")
         if len(data) < INLINE_BELOW:
-            self._store(self._encode(data), sink, pos, len(data))
+            self._store(self._encode(data, layout), sink, pos, len(data))
             return
-        self._inflight.append((self._pool.submit(self._encode, data), sink, pos, len(data)))
+        fut = self._pool.submit(self._encode, data, layout)
+        self._inflight.append((fut, sink, pos, len(data)))
         while len(self._inflight) > self._max_inflight:
             self._complete_one()
 

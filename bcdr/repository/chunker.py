@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 import pyfastcdc
 
@@ -39,6 +39,10 @@ class ChunkerParams:
         return params
 
 
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class Chunker:
     def __init__(self, params: ChunkerParams):
         self.params = params
@@ -49,7 +53,7 @@ class Chunker:
             seed=params.seed,
         )
 
-    def chunks(self, stream: BinaryIO, size_hint: int = -1) -> Iterator[memoryview]:
+    def chunks(self, stream: Readable, size_hint: int = -1) -> Iterator[memoryview]:
         """Yield the chunks of ``stream``. Each view is valid only until the next is yielded.
 
         Streams known to be small (``size_hint`` up to 4x max chunk size) are read whole and cut

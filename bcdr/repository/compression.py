@@ -1,6 +1,14 @@
 """Per-blob compression. The codec is recorded per blob (one byte in pack headers and index).
 
-Codecs: 0 = stored raw (compression did not pay), 1 = zstd.
+Codecs:
+
+- 0 ``raw``: stored as is (compression did not save at least 3%);
+- 1 ``zstd``: one zstd frame of the chunk;
+- 2 ``grouped-zstd``: for float tensors (safetensors BF16/F16/F32): one zstd frame of
+  ``[elsize, lead] || chunk[:lead] || plane 0 || ... || plane elsize-1 || tail``, where the
+  aligned body ``chunk[lead:lead+m]`` (``m`` a multiple of ``elsize``) is split into byte planes
+  (all first bytes of the elements, then all second bytes...). Exponent bytes of trained
+  weights are low-entropy and compress far better once grouped. The inverse is exact.
 """
 
 from __future__ import annotations
@@ -13,7 +21,46 @@ from bcdr.errors import CorruptObject
 
 RAW = 0
 ZSTD = 1
-CODEC_NAMES = {RAW: "raw", ZSTD: "zstd"}
+GROUPED_ZSTD = 2
+CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", GROUPED_ZSTD: "grouped-zstd"}
+
+#: (element size, lead): how a float chunk aligns on its elements; see the module docstring.
+Layout = tuple[int, int]
+
+
+def group_bytes(data: bytes, elsize: int, lead: int) -> bytes:
+    body_len = (len(data) - lead) // elsize * elsize
+    body = memoryview(data)[lead : lead + body_len]
+    planes = [bytes(body[i::elsize]) for i in range(elsize)]
+    return bytes([elsize, lead]) + data[:lead] + b"".join(planes) + data[lead + body_len :]
+
+
+def ungroup_bytes(payload: bytes, what: str) -> bytes:
+    if len(payload) < 2 or payload[0] not in (2, 4) or payload[1] >= payload[0]:
+        raise CorruptObject(f"{what}: bad byte-group header")
+    elsize, lead = payload[0], payload[1]
+    data = memoryview(payload)[2:]
+    body_len = (len(data) - lead) // elsize * elsize
+    plane = body_len // elsize
+    out = bytearray(len(data))
+    out[:lead] = data[:lead]
+    for i in range(elsize):
+        out[lead + i : lead + body_len : elsize] = data[lead + i * plane : lead + (i + 1) * plane]
+    out[lead + body_len :] = data[lead + body_len :]
+    return bytes(out)
+
+
+#: Byte planes of float tensors are close to i.i.d. symbols: short matches cost more than they
+#: save, so grouped chunks use long minimum matches and the fast strategy (measured on bf16
+#: weights: exponent plane 0.385 of its size at 330 MB/s, against 0.42 at 220 MB/s for level 3).
+GROUPED_PARAMS = zstandard.ZstdCompressionParameters(
+    window_log=20,
+    min_match=7,
+    strategy=zstandard.STRATEGY_FAST,
+    search_log=1,
+    hash_log=16,
+    chain_log=16,
+)
 
 #: Keep the compressed form only when it saves at least this fraction.
 MIN_SAVING = 0.03
@@ -26,30 +73,44 @@ class Compressor:
         self.level = level
         self._local = threading.local()
 
-    def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-        ctx: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
+    def _contexts(
+        self,
+    ) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor, zstandard.ZstdCompressor]:
+        ctx: (
+            tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor, zstandard.ZstdCompressor]
+            | None
+        )
         ctx = getattr(self._local, "ctx", None)
         if ctx is None:
-            ctx = (zstandard.ZstdCompressor(level=self.level), zstandard.ZstdDecompressor())
+            ctx = (
+                zstandard.ZstdCompressor(level=self.level),
+                zstandard.ZstdDecompressor(),
+                zstandard.ZstdCompressor(compression_params=GROUPED_PARAMS),
+            )
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: bytes) -> tuple[int, bytes]:
-        """Return (codec, stored bytes); raw when zstd saves less than MIN_SAVING."""
-        packed = self._contexts()[0].compress(data)
+    def compress(self, data: bytes, layout: Layout | None = None) -> tuple[int, bytes]:
+        """Return (codec, stored bytes): byte-grouped zstd for float chunks (``layout``),
+        plain zstd otherwise; raw when compression saves less than MIN_SAVING."""
+        if layout is not None and len(data) >= 2 * layout[0]:
+            codec, packed = GROUPED_ZSTD, self._contexts()[2].compress(group_bytes(data, *layout))
+        else:
+            codec, packed = ZSTD, self._contexts()[0].compress(data)
         if len(packed) <= len(data) * (1 - MIN_SAVING):
-            return ZSTD, packed
+            return codec, packed
         return RAW, data
 
     def decompress(self, codec: int, data: bytes, raw_len: int, what: str) -> bytes:
         if codec == RAW:
             return data
-        if codec == ZSTD:
-            try:
-                out = self._contexts()[1].decompress(data, max_output_size=raw_len)
-            except zstandard.ZstdError as exc:
-                raise CorruptObject(f"{what}: zstd data is damaged ({exc})") from None
-            if len(out) != raw_len:
-                raise CorruptObject(f"{what}: decompressed to {len(out)} bytes, not {raw_len}")
-            return bytes(out)
-        raise CorruptObject(f"{what}: unknown codec {codec}")
+        if codec not in (ZSTD, GROUPED_ZSTD):
+            raise CorruptObject(f"{what}: unknown codec {codec}")
+        expect = raw_len + (2 if codec == GROUPED_ZSTD else 0)
+        try:
+            out = self._contexts()[1].decompress(data, max_output_size=expect)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(f"{what}: zstd data is damaged ({exc})") from None
+        if len(out) != expect:
+            raise CorruptObject(f"{what}: decompressed to {len(out)} bytes, not {expect}")
+        return ungroup_bytes(out, what) if codec == GROUPED_ZSTD else bytes(out)

@@ -20,7 +20,7 @@ from bcdr.errors import (
     WrongPassword,
 )
 from bcdr.repository.chunker import Chunker, ChunkerParams
-from bcdr.repository.compression import Compressor
+from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
@@ -164,9 +164,12 @@ class Repository:
     def has_blob(self, blob_id: bytes) -> bool:
         return blob_id in self.index or (self._writer is not None and self._writer.has(blob_id))
 
-    def encode_blob(self, blob_id: bytes, data: bytes) -> tuple[int, bytes]:
-        """Compress and seal a blob (thread-safe)."""
-        codec, stored = self.compressor.compress(data)
+    def encode_blob(
+        self, blob_id: bytes, data: bytes, layout: Layout | None = None
+    ) -> tuple[int, bytes]:
+        """Compress (byte-grouped for float chunks with a ``layout``) and seal a blob
+        (thread-safe)."""
+        codec, stored = self.compressor.compress(data, layout)
         return codec, self.cipher.seal(stored, blob_id)
 
     def decode_blob(self, blob_id: bytes, codec: int, sealed: bytes, raw_len: int) -> bytes:

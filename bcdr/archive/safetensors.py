@@ -1,0 +1,82 @@
+"""Parse safetensors headers (never guess) to cut chunks at tensor boundaries.
+
+A safetensors file is ``u64 LE header length N | N bytes of JSON | tensor data``; the JSON maps
+tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the data
+start. :func:`segments` turns that into byte ranges of the file, each with the element size of
+its float dtype (2 for BF16/F16, 4 for F32, 0 otherwise), so that
+
+- chunks never straddle two tensors: when a random part of the tensors stays frozen between
+  checkpoints, every frozen tensor's chunks deduplicate exactly;
+- float chunks can be byte-grouped before zstd (see ``repository/compression.py``).
+
+Small neighbouring tensors of one element size are merged into one segment (at least
+``min_segment`` bytes) so that biases and norms do not become tiny chunks. A file whose header
+does not parse, or whose offsets do not tile the data exactly, is chunked as plain bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+
+FLOAT_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int
+    end: int
+    elsize: int  # 0: not a float tensor, no byte grouping
+
+
+def read_header(fd: int, file_size: int) -> tuple[int, dict[str, object]] | None:
+    """(data start, header dict) or None if this is not a well-formed safetensors file."""
+    head = os.pread(fd, 8, 0)
+    if len(head) != 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    if n < 2 or n > MAX_HEADER or 8 + n > file_size:
+        return None
+    raw = os.pread(fd, n, 8)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (8 + n, header) if isinstance(header, dict) else None
+
+
+def segments(fd: int, file_size: int, min_segment: int) -> list[Segment] | None:
+    parsed = read_header(fd, file_size)
+    if parsed is None:
+        return None
+    data_start, header = parsed
+    tensors = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in info["data_offsets"])  # type: ignore[index]
+            dtype = str(info["dtype"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return None
+        tensors.append((begin, end, FLOAT_SIZES.get(dtype, 0)))
+    tensors.sort()
+    pos = 0
+    for begin, end, _ in tensors:
+        if begin != pos or end < begin:
+            return None  # gaps or overlaps: do not trust it
+        pos = end
+    if data_start + pos != file_size:
+        return None
+    out = [Segment(0, data_start, 0)]
+    for begin, end, elsize in tensors:
+        start, stop = data_start + begin, data_start + end
+        last = out[-1]
+        if last.elsize == elsize and (last.end - last.start) < min_segment and last.start != 0:
+            out[-1] = Segment(last.start, stop, elsize)
+        elif stop > start:
+            out.append(Segment(start, stop, elsize))
+    return out
