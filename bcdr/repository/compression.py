@@ -30,8 +30,8 @@ Layout = tuple[int, int]
 
 def group_bytes(data: bytes, elsize: int, lead: int) -> bytes:
     body_len = (len(data) - lead) // elsize * elsize
-    body = memoryview(data)[lead : lead + body_len]
-    planes = [bytes(body[i::elsize]) for i in range(elsize)]
+    # Strided slices of bytes run in C; strided memoryviews converted to bytes are ~10x slower.
+    planes = [data[lead + i : lead + body_len : elsize] for i in range(elsize)]
     return bytes([elsize, lead]) + data[:lead] + b"".join(planes) + data[lead + body_len :]
 
 
