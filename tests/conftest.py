@@ -6,12 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bcdr.cli.main import main
+
+# CI replays the same examples every run (no flakes from a newly found edge case there);
+# local runs explore new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Small chunks so that small test files span many chunks and packs.
 SMALL_CHUNKS = "4096,4096,32768"
@@ -57,6 +66,26 @@ def repo(tmp_path: Path, cli) -> str:  # type: ignore[no-untyped-def]
     r = cli("init", "--repo", url, "--chunk-size", SMALL_CHUNKS)
     assert r.code == 0, r.err
     return url
+
+
+def init_small(repo: Path, chunk_size: str = SMALL_CHUNKS, pack_size: int | None = None) -> None:
+    """Init a repository with small chunks (and packs) so small test data spans many."""
+    extra = ["--pack-size", str(pack_size)] if pack_size else []
+    r = run_process("init", "--repo", repo, "--chunk-size", chunk_size, *extra)
+    assert r.code == 0, r.err
+
+
+@contextmanager
+def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
+    """Mount a small tmpfs at ``path`` (needs root; CI runs as root)."""
+    path.mkdir(exist_ok=True)
+    opts = ",".join([f"size={size}", *options])
+    if os.system(f"mount -t tmpfs -o {opts} tmpfs {path} 2>/dev/null") != 0:
+        pytest.fail("cannot mount a tmpfs here; this test needs root")
+    try:
+        yield path
+    finally:
+        os.system(f"umount {path}")
 
 
 def write_tree(base: Path, files: dict[str, bytes]) -> Path:

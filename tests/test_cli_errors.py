@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Result, run_process, write_tree
+from tests.conftest import Result, run_process, tmpfs, write_tree
 
 
 def _clean(r: Result) -> None:
@@ -180,11 +180,7 @@ def test_permission_denied_on_repository(tmp_path: Path, repo: str) -> None:
 
 
 def test_disk_full_commits_nothing_and_next_backup_works(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.system(f"mount -t tmpfs -o size=3m tmpfs {mnt} 2>/dev/null") != 0:
-        pytest.fail("cannot mount a tmpfs here; this test needs root")
-    try:
+    with tmpfs(tmp_path / "small", "3m") as mnt:
         repo = mnt / "repo"
         assert run_process("init", "--repo", repo).code == 0
         small = write_tree(tmp_path / "small-src", {"a": b"small file"})
@@ -199,5 +195,3 @@ def test_disk_full_commits_nothing_and_next_backup_works(tmp_path: Path) -> None
         assert r.code == 0, r.out
         out = tmp_path / "out"
         assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
-    finally:
-        os.system(f"umount {mnt}")

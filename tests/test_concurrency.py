@@ -17,17 +17,12 @@ from bcdr.clock import FakeClock
 from bcdr.errors import LockConflict
 from bcdr.repository.locks import RepoLock, list_locks
 from bcdr.storage.local import LocalStorage
-from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
+from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
 
 
 def test_two_backups_at_the_same_time(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    assert (
-        run_process(
-            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "262144"
-        ).code
-        == 0
-    )
+    init_small(repo, "16384,16384,131072", 262144)
     rng = random.Random(9)
     shared = rng.randbytes(2_000_000)  # both trees hold it: both writers race on its blobs
     a = write_tree(tmp_path / "a", {"shared": shared, "own": rng.randbytes(3_000_000)})

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import restored_root, run_process, write_tree
+from tests.conftest import init_small, restored_root, run_process, write_tree
 
 
 @pytest.fixture
 def populated(tmp_path: Path) -> tuple[Path, Path]:
     repo = tmp_path / "repo"
-    assert (
-        run_process(
-            "init", "--repo", repo, "--chunk-size", "4096,4096,32768", "--pack-size", "65536"
-        ).code
-        == 0
-    )
+    init_small(repo, "4096,4096,32768", 65536)
     rng = random.Random(5)
     src = write_tree(tmp_path / "src", {f"file{i}.bin": rng.randbytes(120_000) for i in range(8)})
     assert run_process("backup", "--repo", repo, src).code == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
+from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
 
 KILLS = 14
 
@@ -36,12 +36,7 @@ def test_sigkill_at_many_points(tmp_path: Path) -> None:
     )
     repo = tmp_path / "repo"
     # Small chunks and packs: tens of packs and several index files per backup.
-    assert (
-        run_process(
-            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "262144"
-        ).code
-        == 0
-    )
+    init_small(repo, "16384,16384,131072", 262144)
 
     started = time.monotonic()
     assert run_process("snapshots", "--repo", repo).code == 0
@@ -107,12 +102,7 @@ def test_sigkill_after_every_kind_of_write(tmp_path: Path) -> None:
     rng = random.Random(7)
     src = write_tree(tmp_path / "src", {f"f{i}": rng.randbytes(400_000) for i in range(6)})
     repo = tmp_path / "repo"
-    assert (
-        run_process(
-            "init", "--repo", repo, "--chunk-size", "16384,16384,131072", "--pack-size", "65536"
-        ).code
-        == 0
-    )
+    init_small(repo, "16384,16384,131072", 65536)
     dry = _helper(repo, src, 0)
     assert dry.returncode == 0, dry.stderr
     total_puts = int(dry.stdout)

@@ -7,6 +7,7 @@ import pytest
 
 from bcdr.errors import StorageFull, StoragePermission
 from bcdr.storage.local import LocalStorage
+from tests.conftest import tmpfs
 from tests.storage_contract import StorageContract
 
 
@@ -26,31 +27,19 @@ def test_temp_files_never_listed(tmp_path: Path) -> None:
 
 
 def test_read_only_filesystem_is_translated(tmp_path: Path) -> None:
-    """EROFS from a read-only mount becomes StoragePermission (needs root; CI runs as root)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if os.system(f"mount -t tmpfs -o size=1m,ro tmpfs {mnt} 2>/dev/null") != 0:
-        pytest.fail("cannot mount a tmpfs here; this test needs root")
-    try:
+    """EROFS from a read-only mount becomes StoragePermission."""
+    with tmpfs(tmp_path / "ro", "1m", "ro") as mnt:
         with pytest.raises(StoragePermission) as exc:
             LocalStorage(mnt).put("index/a", b"x")
         assert "permission denied" in exc.value.message
-    finally:
-        os.system(f"umount {mnt}")
 
 
 def test_disk_full_is_translated_and_leaves_nothing(tmp_path: Path) -> None:
-    """A real full filesystem: a 1 MiB tmpfs (needs root; CI runs as root)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.system(f"mount -t tmpfs -o size=1m tmpfs {mnt} 2>/dev/null") != 0:
-        pytest.fail("cannot mount a tmpfs here; this test needs root")
-    try:
+    """A real full filesystem: a 1 MiB tmpfs."""
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
         s = LocalStorage(mnt)
         with pytest.raises(StorageFull) as exc:
             s.put("data/aa/big", os.urandom(2 * 1024 * 1024))
         assert "nothing half-written" in (exc.value.hint or "")
         assert not s.exists("data/aa/big")
         assert s.leftover_temp_files() == []
-    finally:
-        os.system(f"umount {mnt}")

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
@@ -211,15 +211,7 @@ class Archiver:
             self._skip(path, f"cannot read link: {exc.strerror}")
             return None
         self.stats.symlinks += 1
-        return Node(
-            name,
-            SYMLINK,
-            mode=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mtime_ns=st.st_mtime_ns,
-            target=target,
-        )
+        return Node(name, SYMLINK, **_meta(st), target=target)
 
     def _save_file(
         self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
@@ -355,14 +347,28 @@ def _unchanged(pnode: Node, st: os.stat_result) -> bool:
     )
 
 
+class _Meta(TypedDict):
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+def _meta(st: os.stat_result) -> _Meta:
+    """The metadata every node records."""
+    return {
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mtime_ns": st.st_mtime_ns,
+    }
+
+
 def _file_node(name: bytes, st: os.stat_result) -> Node:
     return Node(
         name,
         FILE,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns,
+        **_meta(st),
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         dev=st.st_dev,
@@ -372,12 +378,4 @@ def _file_node(name: bytes, st: os.stat_result) -> Node:
 
 
 def _dir_node(name: bytes, st: os.stat_result, subtree: bytes) -> Node:
-    return Node(
-        name,
-        DIR,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns,
-        subtree=subtree,
-    )
+    return Node(name, DIR, **_meta(st), subtree=subtree)
