@@ -58,16 +58,18 @@ def test_every_kind_of_entry(tmp_path: Path, cli) -> None:  # type: ignore[no-un
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(src / "sock"))
     os.mkfifo(src / "fifo")
+    os.mknod(src / "null-device", stat.S_IFCHR | 0o600, os.makedev(1, 3))
     os.utime(src / "dir", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
 
     repo = tmp_path / "repo"
     assert cli("init", "--repo", repo, "--chunk-size", "4096,4096,32768").code == 0
     r = cli("backup", "--repo", repo, src)
     assert r.code == 0, r.err
-    assert "socket skipped" in r.err and "FIFO skipped" in r.err
+    assert "socket skipped" in r.err and "FIFO skipped" in r.err and "device skipped" in r.err
     sock.close()
     os.unlink(src / "sock")
     os.unlink(src / "fifo")
+    os.unlink(src / "null-device")
 
     target = tmp_path / "out"
     r = cli("restore", "--repo", repo, "latest", "--target", target)
