@@ -169,7 +169,8 @@ def _percent(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one parser per command."""
     parser = argparse.ArgumentParser(
         prog="bcdr",
         description="Backup and disaster recovery for AI datasets and model checkpoints.",
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bcdr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def command(
         name: str, handler: Handler, help_text: str, *, repo: bool = True
@@ -192,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command=name)
+        commands[name] = p
         return p
 
     p = command("init", cmd_init, "Create a new repository.")
@@ -269,11 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove every lock, even of live processes (only when certain)",
     )
-    return parser
+    return parser, commands
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; a command's options and positionals may come in any order
+    (``bcdr ls latest --job ckpt /data``), which plain subparsers do not allow."""
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:
+        return commands[argv[0]].parse_intermixed_args(argv[1:])
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.handler(args)
         return code
