@@ -141,6 +141,37 @@ def bench_cp(corpus: Path) -> Measure:
     return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
 
 
+INDEX_SCALE = [sys.executable, str(Path(__file__).resolve().parent / "index_scale.py")]
+INDEX_CHUNKS = int(os.environ.get("BENCH_INDEX_CHUNKS", "10000000"))
+
+
+def bench_index() -> dict[str, float]:
+    """Load an index of INDEX_CHUNKS synthetic chunks and, as the baseline, an empty one."""
+    out: dict[str, dict[str, float]] = {}
+    for label, n in (("empty", 0), ("full", INDEX_CHUNKS)):
+        root = OUT / f"index-{label}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run([*INDEX_SCALE, "make", str(root), str(n)], check=True)
+        line = subprocess.run(
+            [*INDEX_SCALE, "load", str(root)], check=True, capture_output=True, text=True
+        ).stdout
+        out[label] = json.loads(line)
+        shutil.rmtree(root, ignore_errors=True)
+    full, empty = out["full"], out["empty"]
+    n = max(1, int(full["entries"]))
+    return {
+        "entries": full["entries"],
+        "load_s": full["load_s"],
+        "lookups_per_s": full["lookups_per_s"],
+        "steady_mib": full["rss_after_load_mib"] - empty["rss_after_load_mib"],
+        "peak_mib": full["peak_rss_mib"] - empty["peak_rss_mib"],
+        "steady_bytes_per_chunk": (full["rss_after_load_mib"] - empty["rss_after_load_mib"])
+        * 2**20
+        / n,
+        "peak_bytes_per_chunk": (full["peak_rss_mib"] - empty["peak_rss_mib"]) * 2**20 / n,
+    }
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = OUT / "corpus"
@@ -155,6 +186,14 @@ def main() -> int:
     size = du(corpus)
     table = render(results)
     print(table)
+    print(f"\nmaster index, {INDEX_CHUNKS:,} chunks:", flush=True)
+    index = bench_index()
+    print(
+        f"  load {index['load_s']:.2f} s, {index['lookups_per_s']:,.0f} lookups/s, "
+        f"RSS above an empty repository: {index['steady_mib']:.0f} MiB loaded "
+        f"({index['steady_bytes_per_chunk']:.0f} B/chunk), "
+        f"{index['peak_mib']:.0f} MiB peak ({index['peak_bytes_per_chunk']:.0f} B/chunk)"
+    )
     doc = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -165,6 +204,7 @@ def main() -> int:
         "corpus_bytes": size,
         "results": [asdict(m) for m in results],
         "ratios": ratios(results),
+        "index": index,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
     print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")

@@ -8,13 +8,28 @@ from tests.conftest import restored_root, run_process, write_tree
 
 
 def test_include_restores_only_matching_paths(tmp_path: Path, repo: str) -> None:
-    src = write_tree(tmp_path / "src", {
-        "ckpt/step-100.bin": b"100", "ckpt/step-200.bin": b"200", "data/shard.jsonl": b"{}",
-    })
+    src = write_tree(
+        tmp_path / "src",
+        {
+            "ckpt/step-100.bin": b"100",
+            "ckpt/step-200.bin": b"200",
+            "data/shard.jsonl": b"{}",
+        },
+    )
     assert run_process("backup", "--repo", repo, src).code == 0
     out = tmp_path / "out"
-    r = run_process("restore", "--repo", repo, "latest", "--target", out,
-                    "--include", "step-200*", "--include", str(src / "data"))
+    r = run_process(
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--target",
+        out,
+        "--include",
+        "step-200*",
+        "--include",
+        str(src / "data"),
+    )
     assert r.code == 0, r.err
     root = restored_root(out, src)
     assert (root / "ckpt/step-200.bin").read_bytes() == b"200"

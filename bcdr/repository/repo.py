@@ -6,6 +6,8 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from bcdr import __version__
 from bcdr.clock import Clock, SystemClock
 from bcdr.errors import (
@@ -24,9 +26,9 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import MasterIndex, decode_index
+from bcdr.repository.index import MasterIndex, decode_index, decode_index_records
 from bcdr.repository.locks import RepoLock
-from bcdr.repository.pack import PackEntry, pack_key
+from bcdr.repository.pack import ENTRY, PackEntry, pack_key
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
 from bcdr.repository.writer import BlobWriter
 from bcdr.storage.base import Storage
@@ -149,15 +151,23 @@ class Repository:
         return sorted(info.key.removeprefix("index/") for info in self.storage.list("index/"))
 
     def load_index(self) -> None:
-        for name in self.index_names():
-            self.index.add_pack_entries(self.read_index(name))
+        infos = list(self.storage.list("index/"))
+        names = sorted(info.key.removeprefix("index/") for info in infos)
+        capacity = sum(info.size for info in infos) // ENTRY.size
+        self.index.load((self._index_records(name) for name in names), capacity)
         self.index_loaded = True
 
-    def read_index(self, name: str) -> dict[str, list[PackEntry]]:
+    def _index_records(self, name: str) -> list[tuple[str, np.ndarray]]:
+        return decode_index_records(self._read_index_bytes(name), self.cipher, f"index {name[:12]}")
+
+    def _read_index_bytes(self, name: str) -> bytes:
         data = self.storage.get(f"index/{name}")
         if object_name(data) != name:
             raise CorruptObject(f"index {name[:12]}: content does not match its name")
-        return decode_index(data, self.cipher, f"index {name[:12]}")
+        return data
+
+    def read_index(self, name: str) -> dict[str, list[PackEntry]]:
+        return decode_index(self._read_index_bytes(name), self.cipher, f"index {name[:12]}")
 
     # -- blobs -------------------------------------------------------------------------------
 

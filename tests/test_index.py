@@ -1,0 +1,121 @@
+"""The compact master index: columns in sorted runs, no Python object per blob."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from bcdr.errors import CorruptObject
+from bcdr.repository import index as index_mod
+from bcdr.repository.crypto import AesGcmCipher
+from bcdr.repository.index import (
+    BYTES_PER_ENTRY,
+    MasterIndex,
+    decode_index_records,
+    encode_index,
+)
+from bcdr.repository.pack import DATA, ENTRY, TREE, PackEntry
+
+
+def _entries(rng: random.Random, n: int) -> list[PackEntry]:
+    return [
+        PackEntry(
+            rng.randbytes(32),
+            rng.choice((DATA, TREE)),
+            rng.randrange(3),
+            rng.randrange(1 << 30),
+            rng.randrange(1, 1 << 23),
+            rng.randrange(1, 1 << 23),
+        )
+        for _ in range(n)
+    ]
+
+
+def _pack(rng: random.Random) -> str:
+    return rng.randbytes(32).hex()
+
+
+def _assert_found(index: MasterIndex, pack: str, e: PackEntry) -> None:
+    loc = index.lookup(e.blob_id)
+    assert loc is not None, e.blob_id.hex()
+    assert (loc.pack, loc.type, loc.codec, loc.offset, loc.stored_len, loc.raw_len) == (
+        pack,
+        e.type,
+        e.codec,
+        e.offset,
+        e.stored_len,
+        e.raw_len,
+    )
+
+
+def test_session_adds_are_frozen_into_merged_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 500)
+    rng = random.Random(1)
+    index = MasterIndex()
+    written: list[tuple[str, PackEntry]] = []
+    for _ in range(40):
+        pack, entries = _pack(rng), _entries(rng, 97)
+        index.add_pack(pack, entries)
+        written += [(pack, e) for e in entries]
+    assert len(index) == len(written)
+    # Most entries now live in columns, in a logarithmic number of runs.
+    assert index.memory_bytes() >= BYTES_PER_ENTRY * (len(written) - 500)
+    assert len(index._runs) <= 4
+    for pack, e in written:
+        assert e.blob_id in index
+        _assert_found(index, pack, e)
+    assert set(index.blobs()) == {e.blob_id for _, e in written}
+    assert rng.randbytes(32) not in index
+    assert index.lookup(rng.randbytes(32)) is None
+
+
+def test_first_location_of_a_blob_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 10)
+    rng = random.Random(2)
+    first, second = _pack(rng), _pack(rng)
+    entries = _entries(rng, 25)
+    index = MasterIndex()
+    index.add_pack(first, entries)
+    index.add_pack(second, entries)  # the same blobs packed again (e.g. two racing backups)
+    assert len(index) == 25
+    for e in entries:
+        _assert_found(index, first, e)
+
+
+@pytest.mark.parametrize("bound", ["exact", "too small"])
+def test_bulk_load_from_index_files_dedups_and_keeps_order(bound: str) -> None:
+    rng = random.Random(3)
+    cipher = AesGcmCipher(os.urandom(32))
+    files = []
+    expected: dict[bytes, tuple[str, PackEntry]] = {}
+    shared = _entries(rng, 50)
+    for f in range(6):
+        packs = {}
+        for _ in range(5):
+            pack = _pack(rng)
+            entries = _entries(rng, 40) + (shared if f in (1, 4) else [])
+            packs[pack] = entries
+            for e in entries:
+                expected.setdefault(e.blob_id, (pack, e))
+        files.append(encode_index(packs, cipher)[1])
+    index = MasterIndex()
+    capacity = sum(len(d) for d in files) // ENTRY.size if bound == "exact" else 7
+    index.load(
+        (decode_index_records(data, cipher, f"file {i}") for i, data in enumerate(files)), capacity
+    )
+    assert len(index) == len(expected)
+    assert index.memory_bytes() == BYTES_PER_ENTRY * len(expected)
+    for pack, e in expected.values():
+        _assert_found(index, pack, e)
+    assert len(index.packs()) == 30
+
+
+def test_index_with_an_unknown_blob_type_is_refused() -> None:
+    cipher = AesGcmCipher(os.urandom(32))
+    rng = random.Random(4)
+    bad = [PackEntry(rng.randbytes(32), 7, 0, 0, 10, 10)]
+    _, data = encode_index({_pack(rng): bad}, cipher)
+    with pytest.raises(CorruptObject, match="unknown blob type"):
+        decode_index_records(data, cipher, "index x")
