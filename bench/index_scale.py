@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bcdr.repository.hashing import object_name
-from bcdr.repository.index import ENTRY_DTYPE, INDEX_AAD, MAGIC, PACK_RECORD
+from bcdr.repository.index import INDEX_AAD, MAGIC, PACK_RECORD
+from bcdr.repository.masterindex import ENTRY_DTYPE
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
 

@@ -8,14 +8,10 @@ import random
 import pytest
 
 from bcdr.errors import CorruptObject
-from bcdr.repository import index as index_mod
+from bcdr.repository import masterindex as index_mod
 from bcdr.repository.crypto import AesGcmCipher
-from bcdr.repository.index import (
-    BYTES_PER_ENTRY,
-    MasterIndex,
-    decode_index_records,
-    encode_index,
-)
+from bcdr.repository.index import encode_index
+from bcdr.repository.masterindex import BYTES_PER_ENTRY, MasterIndex, decode_index_records
 from bcdr.repository.pack import DATA, ENTRY, TREE, PackEntry
 
 

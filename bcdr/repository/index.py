@@ -4,61 +4,23 @@ On storage, ``index/<name>`` is ``"BCDRIX01" || cipher.seal(payload, aad=b"index
 payload is, per pack: pack name (32 raw bytes), entry count (u32 LE), then that many pack
 ``ENTRY`` records. The name is the hex BLAKE3 of the stored bytes.
 
-In memory, :class:`MasterIndex` keeps no Python object per blob. Entries live in sorted runs of
-numpy columns, 49 bytes per blob (the 32-byte id as four u64, pack number u32, type and codec
-in one byte, offset, stored and raw length as u32); pack names are interned once. Blobs added
-in this session go to a small dict that is frozen into a run every ``RUN_SIZE`` entries; runs
-of similar size are merged (a binary counter), so a lookup searches O(log n) runs.
-docs/performance.md gives the measured memory per indexed blob.
+The in-memory master index is in :mod:`bcdr.repository.masterindex`.
 """
 
 from __future__ import annotations
 
 import struct
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-
-import numpy as np
 
 from bcdr.errors import CorruptObject
 from bcdr.repository.crypto import Cipher
 from bcdr.repository.hashing import object_name
-from bcdr.repository.pack import BLOB_TYPES, ENTRY, PackEntry, decode_entries, encode_entries
+from bcdr.repository.pack import ENTRY, PackEntry, decode_entries, encode_entries
 
 MAGIC = b"BCDRIX01"
 INDEX_AAD = b"index"
 PACK_RECORD = struct.Struct("<32sI")
-ID_WORDS = struct.Struct(">QQQQ")
-RUN_SIZE = 1 << 16
-U32_MAX = (1 << 32) - 1
-
-# ENTRY ("<BB32sQII") as a numpy record, so an index file decodes without a loop per blob.
-ENTRY_DTYPE = np.dtype(
-    [
-        ("type", "u1"),
-        ("codec", "u1"),
-        ("id", ">u8", (4,)),
-        ("offset", "<u8"),
-        ("stored", "<u4"),
-        ("raw", "<u4"),
-    ]
-)
-assert ENTRY_DTYPE.itemsize == ENTRY.size
-COLUMNS = {
-    "key": np.uint64,
-    "t1": np.uint64,
-    "t2": np.uint64,
-    "t3": np.uint64,
-    "pack": np.uint32,
-    "meta": np.uint8,
-    "offset": np.uint32,
-    "stored": np.uint32,
-    "raw": np.uint32,
-}
-BYTES_PER_ENTRY = sum(np.dtype(t).itemsize for t in COLUMNS.values())
-
-Columns = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -80,7 +42,7 @@ def encode_index(packs: dict[str, list[PackEntry]], cipher: Cipher) -> tuple[str
     return object_name(stored), stored
 
 
-def _open_index(stored: bytes, cipher: Cipher, what: str) -> Iterator[tuple[str, bytes, int]]:
+def iter_index_packs(stored: bytes, cipher: Cipher, what: str) -> Iterator[tuple[str, bytes, int]]:
     """Yield (pack name, its entry records, their count) per pack record."""
     if not stored.startswith(MAGIC):
         raise CorruptObject(f"{what}: not an index file (bad magic)")
@@ -100,256 +62,6 @@ def _open_index(stored: bytes, cipher: Cipher, what: str) -> Iterator[tuple[str,
 
 def decode_index(stored: bytes, cipher: Cipher, what: str) -> dict[str, list[PackEntry]]:
     """Per pack, its entries as objects (for check, which compares them with pack headers)."""
-    return {name: decode_entries(raw, what) for name, raw, _ in _open_index(stored, cipher, what)}
-
-
-def decode_index_records(stored: bytes, cipher: Cipher, what: str) -> list[tuple[str, np.ndarray]]:
-    """Per pack, its entries as one numpy record array (for loading the master index)."""
-    out = []
-    for name, raw, count in _open_index(stored, cipher, what):
-        records = np.frombuffer(raw, dtype=ENTRY_DTYPE, count=count)
-        if count and not np.isin(records["type"], list(BLOB_TYPES)).all():
-            raise CorruptObject(f"{what}: unknown blob type in pack {name[:12]}")
-        if count and (int(records["offset"].max()) > U32_MAX or int(records["codec"].max()) > 15):
-            raise CorruptObject(f"{what}: entry out of range in pack {name[:12]}")
-        out.append((name, records))
-    return out
-
-
-def _fill(cols: Columns, at: int, records: np.ndarray, pack_no: int) -> None:
-    """Write one pack's ENTRY records into the columns from row ``at``."""
-    end = at + len(records)
-    ids = records["id"]
-    for word, name in enumerate(("key", "t1", "t2", "t3")):
-        cols[name][at:end] = ids[:, word]
-    cols["pack"][at:end] = pack_no
-    cols["meta"][at:end] = (records["type"] << 4) | records["codec"]
-    cols["offset"][at:end] = records["offset"]
-    cols["stored"][at:end] = records["stored"]
-    cols["raw"][at:end] = records["raw"]
-
-
-def _build_run(parts: list[Columns]) -> _Run:
-    """Concatenate column parts (oldest first) into one sorted run. Each input column is freed
-    as soon as it is copied."""
-    cols: Columns = {}
-    for name, dtype in COLUMNS.items():
-        cols[name] = (
-            np.concatenate([p.pop(name) for p in parts]) if parts else np.empty(0, dtype=dtype)
-        )
-    return _sorted_run(cols)
-
-
-def _sorted_run(cols: Columns) -> _Run:
-    """Sort columns by key, keeping insertion order among equal keys, and drop later duplicates
-    of an id. Columns are permuted one at a time: the peak is the columns plus 16 bytes per
-    entry (the permutation and one column being rewritten)."""
-    order = np.argsort(cols["key"], kind="stable")
-    for name in COLUMNS:
-        cols[name] = cols[name][order]
-    del order
-    if len(cols["key"]) > 1:
-        dup = np.zeros(len(cols["key"]), dtype=bool)
-        dup[1:] = (
-            (cols["key"][1:] == cols["key"][:-1])
-            & (cols["t1"][1:] == cols["t1"][:-1])
-            & (cols["t2"][1:] == cols["t2"][:-1])
-            & (cols["t3"][1:] == cols["t3"][:-1])
-        )
-        if dup.any():
-            keep = ~dup
-            for name in COLUMNS:
-                cols[name] = cols[name][keep]
-    return _Run(cols)
-
-
-class _Run:
-    """An immutable run of entries in columns, sorted by the id's first 8 bytes."""
-
-    __slots__ = tuple(COLUMNS)
-    key: np.ndarray
-    t1: np.ndarray
-    t2: np.ndarray
-    t3: np.ndarray
-    pack: np.ndarray
-    meta: np.ndarray
-    offset: np.ndarray
-    stored: np.ndarray
-    raw: np.ndarray
-
-    def __init__(self, cols: Columns) -> None:
-        for name in COLUMNS:
-            setattr(self, name, cols[name])
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    def columns(self) -> Columns:
-        return {name: getattr(self, name) for name in COLUMNS}
-
-    def find(self, words: tuple[int, int, int, int]) -> int:
-        k, t1, t2, t3 = words
-        key = self.key
-        i = int(key.searchsorted(np.uint64(k)))
-        n = len(key)
-        while i < n and int(key[i]) == k:
-            if int(self.t1[i]) == t1 and int(self.t2[i]) == t2 and int(self.t3[i]) == t3:
-                return i
-            i += 1
-        return -1
-
-    def location(self, i: int, packs: list[str]) -> BlobLocation:
-        meta = int(self.meta[i])
-        return BlobLocation(
-            packs[int(self.pack[i])],
-            meta >> 4,
-            meta & 15,
-            int(self.offset[i]),
-            int(self.stored[i]),
-            int(self.raw[i]),
-        )
-
-    def ids(self) -> Iterator[bytes]:
-        step = 1 << 14
-        for lo in range(0, len(self.key), step):
-            words = zip(
-                self.key[lo : lo + step].tolist(),
-                self.t1[lo : lo + step].tolist(),
-                self.t2[lo : lo + step].tolist(),
-                self.t3[lo : lo + step].tolist(),
-                strict=True,
-            )
-            for w in words:
-                yield ID_WORDS.pack(*w)
-
-
-class MasterIndex:
-    """All known blobs: those of loaded index files plus those written in this session.
-
-    Thread-safe: writers hold a lock; readers see either the old or the new list of runs.
-    """
-
-    def __init__(self) -> None:
-        self._packs: list[str] = []
-        self._pack_no: dict[str, int] = {}
-        self._runs: list[_Run] = []
-        self._recent: dict[bytes, tuple[int, int, int, int, int, int]] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._runs) + len(self._recent)
-
-    def __contains__(self, blob_id: bytes) -> bool:
-        if blob_id in self._recent:
-            return True
-        words = ID_WORDS.unpack(blob_id)
-        return any(run.find(words) >= 0 for run in self._runs)
-
-    def memory_bytes(self) -> int:
-        """Bytes held by the columns (the dict of recent blobs not included)."""
-        return sum(len(r) for r in self._runs) * BYTES_PER_ENTRY
-
-    def _intern(self, pack: str) -> int:
-        no = self._pack_no.get(pack)
-        if no is None:
-            no = len(self._packs)
-            self._packs.append(pack)
-            self._pack_no[pack] = no
-        return no
-
-    def add_pack(self, pack: str, entries: list[PackEntry]) -> None:
-        with self._lock:
-            no = self._intern(pack)
-            for e in entries:
-                if e.blob_id not in self:
-                    self._recent[e.blob_id] = (
-                        no,
-                        e.type,
-                        e.codec,
-                        e.offset,
-                        e.stored_len,
-                        e.raw_len,
-                    )
-            if len(self._recent) >= RUN_SIZE:
-                self._freeze_recent()
-
-    def add_pack_entries(self, packs: dict[str, list[PackEntry]]) -> None:
-        for pack, entries in packs.items():
-            self.add_pack(pack, entries)
-
-    def load(self, index_files: Iterable[list[tuple[str, np.ndarray]]], capacity: int) -> None:
-        """Add decoded index files in bulk (see :func:`decode_index_records`).
-
-        ``capacity`` is an upper bound of the entries they hold (the files' total size divided
-        by the entry size): the columns are allocated once and filled in place, so loading
-        needs no more than the final columns plus 16 bytes per entry for sorting.
-        """
-        with self._lock:
-            cols = {name: np.empty(capacity, dtype=dtype) for name, dtype in COLUMNS.items()}
-            n = 0
-            for packs in index_files:
-                for pack, records in packs:
-                    count = len(records)
-                    if n + count > len(cols["key"]):  # the bound was wrong: grow
-                        grown = max(2 * len(cols["key"]), n + count)
-                        cols = {name: np.resize(col, grown) for name, col in cols.items()}
-                    _fill(cols, n, records, self._intern(pack))
-                    n += count
-            if n == 0:
-                return
-            self._freeze_recent()
-            filled = {name: col[:n] for name, col in cols.items()}
-            del cols  # the views alone keep the buffers, so sorting frees each as it goes
-            self._push(_sorted_run(filled))
-
-    def _freeze_recent(self) -> None:
-        if not self._recent:
-            return
-        items = list(self._recent.items())
-        n = len(items)
-        ids = np.frombuffer(b"".join(k for k, _ in items), dtype=">u8").reshape(n, 4)
-        vals = np.array([v for _, v in items], dtype=np.uint64).reshape(n, 6)
-        del items
-        part: Columns = {
-            "key": ids[:, 0].astype(np.uint64),
-            "t1": ids[:, 1].astype(np.uint64),
-            "t2": ids[:, 2].astype(np.uint64),
-            "t3": ids[:, 3].astype(np.uint64),
-            "pack": vals[:, 0].astype(np.uint32),
-            "meta": ((vals[:, 1] << np.uint64(4)) | vals[:, 2]).astype(np.uint8),
-            "offset": vals[:, 3].astype(np.uint32),
-            "stored": vals[:, 4].astype(np.uint32),
-            "raw": vals[:, 5].astype(np.uint32),
-        }
-        self._push(_build_run([part]))
-        self._recent = {}
-
-    def _push(self, run: _Run) -> None:
-        runs = [*self._runs, run]
-        # Binary counter: merge while the newest run is at least half the one before it.
-        while len(runs) > 1 and len(runs[-1]) * 2 >= len(runs[-2]):
-            newer = runs.pop().columns()
-            older = runs.pop().columns()
-            runs.append(_build_run([older, newer]))
-        self._runs = runs
-
-    def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        loc = self._recent.get(blob_id)
-        if loc is not None:
-            no, t, codec, off, stored, raw = loc
-            return BlobLocation(self._packs[no], t, codec, off, stored, raw)
-        words = ID_WORDS.unpack(blob_id)
-        for run in self._runs:
-            i = run.find(words)
-            if i >= 0:
-                return run.location(i, self._packs)
-        return None
-
-    def packs(self) -> set[str]:
-        return set(self._packs)
-
-    def blobs(self) -> Iterator[bytes]:
-        runs, recent = list(self._runs), list(self._recent)
-        for run in runs:
-            yield from run.ids()
-        yield from recent
+    return {
+        name: decode_entries(raw, what) for name, raw, _ in iter_index_packs(stored, cipher, what)
+    }

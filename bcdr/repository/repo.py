@@ -5,8 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from bcdr import __version__
 from bcdr.clock import Clock, SystemClock
@@ -26,12 +25,15 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import MasterIndex, decode_index, decode_index_records
+from bcdr.repository.index import decode_index
 from bcdr.repository.locks import RepoLock
 from bcdr.repository.pack import ENTRY, PackEntry, pack_key
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
 from bcdr.repository.writer import BlobWriter
 from bcdr.storage.base import Storage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PasswordProvider = Callable[[], bytes | None]
 
@@ -51,6 +53,8 @@ class Repository:
         self.content_id = content_id_func(config.content_id, key.id_key)
         self.compressor = Compressor(config.compression_level)
         self.chunker = Chunker(config.chunker)
+        from bcdr.repository.masterindex import MasterIndex  # numpy: after scrypt's peak
+
         self.index = MasterIndex()
         self.index_loaded = False
         self.damaged_snapshots: list[str] = []
@@ -158,6 +162,8 @@ class Repository:
         self.index_loaded = True
 
     def _index_records(self, name: str) -> list[tuple[str, np.ndarray]]:
+        from bcdr.repository.masterindex import decode_index_records
+
         return decode_index_records(self._read_index_bytes(name), self.cipher, f"index {name[:12]}")
 
     def _read_index_bytes(self, name: str) -> bytes:

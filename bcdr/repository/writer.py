@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from bcdr.repository.crypto import Cipher
-from bcdr.repository.index import MasterIndex, encode_index
+from bcdr.repository.index import encode_index
 from bcdr.repository.pack import PackBuilder, PackEntry, pack_key
 from bcdr.storage.base import Storage
+
+if TYPE_CHECKING:
+    from bcdr.repository.masterindex import MasterIndex
 
 MAX_UPLOADS_IN_FLIGHT = 3
 PACKS_PER_INDEX = 64
