@@ -116,3 +116,40 @@ def test_one_damaged_snapshot_does_not_hide_the_others(
     assert f"snapshot {first.name[:12]} is damaged" in r.err
     r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
     assert r.code == 0, r.err
+
+
+def test_damaged_single_chunk_file_never_replaces_the_existing_one(tmp_path: Path) -> None:
+    """Files of one chunk are written straight to their name, after in-memory verification;
+    a damaged one is not created, and with --overwrite the file already there survives."""
+    repo = tmp_path / "repo"
+    init_small(repo, "4096,16384,65536", 65536)
+    rng = random.Random(9)
+    files = {f"small{i}.txt": rng.randbytes(3000) for i in range(6)}
+    src = write_tree(tmp_path / "src", files)
+    assert run_process("backup", "--repo", repo, src).code == 0
+    target = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, "latest", "--target", target).code == 0
+    out = restored_root(target, src)
+    for name in files:  # what a user has there now: other bytes
+        (out / name).write_bytes(b"previous version")
+
+    pack = _packs(repo)[0]
+    data = bytearray(pack.read_bytes())
+    data[40] ^= 0x01  # inside the first blob of the first pack
+    pack.write_bytes(bytes(data))
+
+    r = run_process("restore", "--repo", repo, "latest", "--target", target, "--overwrite")
+    assert r.code == 1
+    damaged = [n for n in files if (out / n).read_bytes() == b"previous version"]
+    assert len(damaged) == 1, damaged
+    assert damaged[0] in r.err + r.out
+    for name in files:
+        if name not in damaged:
+            assert (out / name).read_bytes() == files[name]
+    assert not [p for p in out.iterdir() if p.name.startswith(".bcdr-restore-")]
+
+    fresh = tmp_path / "fresh"
+    r = run_process("restore", "--repo", repo, "latest", "--target", fresh)
+    assert r.code == 1
+    assert not (restored_root(fresh, src) / damaged[0]).exists()
+    assert len(list(restored_root(fresh, src).iterdir())) == len(files) - 1

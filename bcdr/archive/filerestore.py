@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from bcdr.errors import BcdrError
 from bcdr.repository.hashing import fingerprint, new_fingerprint
+from bcdr.repository.index import BlobLocation
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
 
@@ -54,6 +55,10 @@ def write_sparse(fd: int, data: bytes, pos: int) -> bool:
         os.pwrite(fd, view[start:], pos + start)
         wrote = True
     return wrote
+
+
+def _create(path: bytes) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 
 def file_digest(fd: int, size: int) -> str:
@@ -104,6 +109,7 @@ class FileRestorer:
 
     def submit(self, node: Node, dest: bytes, snap_path: bytes) -> None:
         """Start restoring ``node`` to ``dest`` (main thread)."""
+        locs = []
         offsets = []
         pos = 0
         for blob_id in node.content:
@@ -111,6 +117,7 @@ class FileRestorer:
             if loc is None:
                 self._fail(snap_path, f"chunk {blob_id.hex()[:12]} is not in the index")
                 return
+            locs.append(loc)
             offsets.append(pos)
             pos += loc.raw_len
         if pos != node.size:
@@ -118,22 +125,57 @@ class FileRestorer:
             return
         self._seq += 1
         tmp = os.path.join(os.path.dirname(dest), b"%s%d" % (self._tmp_prefix, self._seq))
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        job = _Job(node, dest, snap_path, tmp, fd, remaining=len(node.content))
-        if not node.content:
-            self._finalize(job)
-            return
-        for blob_id, offset in zip(node.content, offsets, strict=True):
+        job = _Job(node, dest, snap_path, tmp, -1, remaining=len(node.content))
+        if len(node.content) <= 1:
             self._slots.acquire()
-            self._pool.submit(self._chunk, job, blob_id, offset)
+            self._pool.submit(self._small_file, job, locs[0] if locs else None)
+            return
+        try:
+            job.fd = _create(tmp)
+        except OSError as exc:
+            self._fail(snap_path, exc.strerror or str(exc))
+            return
+        for blob_id, loc, offset in zip(node.content, locs, offsets, strict=True):
+            self._slots.acquire()
+            self._pool.submit(self._chunk, job, blob_id, loc, offset)
 
-    def _chunk(self, job: _Job, blob_id: bytes, offset: int) -> None:
+    def _small_file(self, job: _Job, loc: BlobLocation | None) -> None:
+        """A file of at most one chunk, the common case: the chunk is read and verified in
+        memory before anything is created, so the file is written straight to its name
+        (one rename fewer per file). An existing file (``--overwrite``) is still replaced
+        through a temporary name, so it is never lost to a failed restore."""
+        node = job.node
+        try:
+            data = self.repo.load_blob(node.content[0], loc) if node.content else b""
+            job.digest = fingerprint(data)
+            if job.digest != node.digest:
+                raise BcdrError(
+                    f"verification failed: restored digest {job.digest}, expected {node.digest}"
+                )
+            try:
+                job.fd, job.tmp = _create(job.dest), job.dest
+            except FileExistsError:
+                job.fd = _create(job.tmp)
+            wrote = write_sparse(job.fd, data, 0) if data else False
+            if wrote and not _is_zero(data[-HOLE_BLOCK:]):
+                job.end = len(data)
+            with self._lock:
+                self.bytes_written += len(data)
+                if wrote and self.first_byte_s is None:
+                    self.first_byte_s = time.monotonic() - self.started
+        except BcdrError as exc:
+            job.error = str(exc)
+        except OSError as exc:
+            job.error = exc.strerror or str(exc)
+        finally:
+            self._slots.release()
+        self._finalize(job)
+
+    def _chunk(self, job: _Job, blob_id: bytes, loc: BlobLocation, offset: int) -> None:
         try:
             if job.error is None:
-                data = self.repo.load_blob(blob_id)
+                data = self.repo.load_blob(blob_id, loc)
                 wrote = write_sparse(job.fd, data, offset)
-                if len(job.node.content) == 1:
-                    job.digest = fingerprint(data)
                 if wrote and not _is_zero(data[-HOLE_BLOCK:]):
                     job.end = max(job.end, offset + len(data))
                 with self._lock:
@@ -171,8 +213,9 @@ class FileRestorer:
         except OSError as exc:
             job.error = exc.strerror or str(exc)
         finally:
-            os.close(job.fd)
-        if job.error is None:
+            if job.fd >= 0:
+                os.close(job.fd)
+        if job.error is None and job.tmp != job.dest:
             try:
                 os.replace(job.tmp, job.dest)  # fails on a directory in the way
             except IsADirectoryError:
@@ -180,10 +223,11 @@ class FileRestorer:
             except OSError as exc:
                 job.error = exc.strerror or str(exc)
         if job.error is not None:
-            try:
-                os.unlink(job.tmp)
-            except FileNotFoundError:
-                pass
+            if job.fd >= 0:  # only a file this restore created (O_EXCL) is removed
+                try:
+                    os.unlink(job.tmp)
+                except FileNotFoundError:
+                    pass
             self._fail(job.snap_path, job.error)
             return
         with self._lock:

@@ -25,7 +25,7 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import decode_index
+from bcdr.repository.index import BlobLocation, decode_index
 from bcdr.repository.locks import RepoLock
 from bcdr.repository.pack import ENTRY, PackEntry, pack_key
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
@@ -214,8 +214,9 @@ class Repository:
             self.writer.add(blob_id, blob_type, codec, len(data), sealed)
         return blob_id
 
-    def load_blob(self, blob_id: bytes) -> bytes:
-        loc = self.index.lookup(blob_id)
+    def load_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes:
+        """Read, open, decompress and verify a blob (``loc``: its index entry, if known)."""
+        loc = loc or self.index.lookup(blob_id)
         if loc is None:
             raise CorruptObject(
                 f"blob {blob_id.hex()[:12]} is not in the index",
