@@ -1,8 +1,9 @@
-"""``make run``: a small end-to-end demonstration on a local repository.
+"""``make run``: the quickstart plan, end to end, on a local repository.
 
-Creates checkpoint-like files and dataset shards under ``demo/``, backs them up into
-``.bcdr/demo-repo``, changes a checkpoint and backs up again (incremental), restores the
-newest snapshot into a scratch folder, verifies it byte for byte, and checks the repository.
+Creates checkpoint-like files and dataset shards under ``demo/``, validates and shows
+``plans/quickstart.yaml``, runs it (both backup jobs into ``.bcdr/quickstart-repo``), adds a
+checkpoint and runs the checkpoint job again (incremental), restores the newest checkpoint
+snapshot into a scratch folder, verifies it byte for byte, and checks the repository.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from bcdr.cli.main import main as bcdr
 
 ROOT = Path.cwd()
 DEMO = ROOT / "demo"
-REPO = ROOT / ".bcdr" / "demo-repo"
+PLAN = ROOT / "plans" / "quickstart.yaml"
+REPO = ROOT / ".bcdr" / "quickstart-repo"  # the plan's repository
 
 
 def make_demo_data(base: Path, seed: int = 7) -> None:
@@ -32,7 +34,9 @@ def make_demo_data(base: Path, seed: int = 7) -> None:
     frozen = rng.randbytes(3 * 1024 * 1024)
     for step in (100, 200):
         (ckpt / f"step-{step}.bin").write_bytes(frozen + rng.randbytes(1024 * 1024))
-    (ckpt / "latest.tmp").write_bytes(b"scratch")
+    (ckpt / "latest.tmp").write_bytes(b"scratch")  # excluded by the plan
+    (ckpt / ".cache").mkdir(exist_ok=True)
+    (ckpt / ".cache" / "compiled.bin").write_bytes(rng.randbytes(4096))  # excluded too
     for shard in range(4):
         lines = "".join(
             f'{{"id": {shard * 1000 + i}, "text": "sample {i}"}}\n' for i in range(2000)
@@ -48,30 +52,35 @@ def _run(*args: str) -> None:
 
 
 def main() -> int:
+    if not PLAN.is_file():
+        raise SystemExit(f"run this from the project folder: {PLAN} not found")
     shutil.rmtree(DEMO, ignore_errors=True)
     shutil.rmtree(REPO, ignore_errors=True)
     make_demo_data(DEMO)
-    repo = str(REPO)
-    _run("init", "--repo", repo)
-    _run("backup", "--repo", repo, "--job", "demo", "--exclude", "*.tmp", str(DEMO))
-    with open(DEMO / "checkpoints" / "step-300.bin", "wb") as f:
-        f.write((DEMO / "checkpoints" / "step-200.bin").read_bytes()[: 3 * 1024 * 1024])
+    plan, repo = str(PLAN.relative_to(ROOT)), str(REPO)
+    _run("validate", plan)
+    _run("plan", plan)
+    _run("run", plan)
+    ckpt = DEMO / "checkpoints"
+    with open(ckpt / "step-300.bin", "wb") as f:
+        f.write((ckpt / "step-200.bin").read_bytes()[: 3 * 1024 * 1024])
         f.write(os.urandom(1024 * 1024))
-    _run("backup", "--repo", repo, "--job", "demo", "--exclude", "*.tmp", str(DEMO))
+    _run("run", plan, "--job", "checkpoints")
     _run("snapshots", "--repo", repo)
     scratch = Path(tempfile.mkdtemp(prefix="bcdr-demo-restore-"))
     try:
-        _run("restore", "--repo", repo, "latest", "--target", str(scratch))
-        restored = scratch / str(DEMO).lstrip("/")
-        (DEMO / "checkpoints" / "latest.tmp").unlink()  # excluded from the backup
-        cmp = filecmp.dircmp(DEMO, restored)
+        _run("restore", "--repo", repo, "latest", "--job", "checkpoints", "--target", str(scratch))
+        restored = scratch / str(ckpt).lstrip("/")
+        (ckpt / "latest.tmp").unlink()  # excluded from the backup
+        (ckpt / ".cache" / "compiled.bin").unlink()  # so is the cache's content
+        cmp = filecmp.dircmp(ckpt, restored)
         if not _same(cmp):
             raise SystemExit("demo failed: the restored tree differs from the source")
-        print(f"\nrestored tree matches {DEMO} byte for byte")
+        print(f"\nrestored checkpoints match {ckpt} byte for byte")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _run("check", "--repo", repo, "--read-data")
-    print("\ndemo complete: repository at", repo)
+    print(f"\ndemo complete: plan {plan}, repository at {repo}")
     return 0
 
 

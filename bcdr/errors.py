@@ -9,6 +9,7 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
 
     BcdrError (exit 1)
     ├── UsageError (exit 2)                 bad arguments, bad plan, bad URL
+    │   └── PlanInvalid                     a plan has problems (each located file:line:col)
     ├── SourceError                         a path to back up is missing or unreadable
     ├── StorageError                        the storage failed
     │   ├── ObjectNotFound                  a key does not exist
@@ -31,6 +32,8 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -67,6 +70,40 @@ class BcdrError(Exception):
 
 class UsageError(BcdrError):
     exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One problem in a plan: file, 1-based line and column, the field path, what, what to do."""
+
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        text = (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class PlanInvalid(UsageError):
+    """A plan failed validation; ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: list[PlanProblem]):
+        files = sorted({p.file for p in problems})
+        super().__init__(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {', '.join(files)}",
+            hint="fix the problems above; `bcdr plan init` writes a commented example",
+        )
+        self.problems = problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "problems": [asdict(p) for p in self.problems]}
 
 
 class SourceError(BcdrError):

@@ -48,7 +48,12 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
     return run
 
 
-def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+def run_process(
+    *args: object,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Result:
     """Run ``bcdr ARGS`` as a real process (python -m bcdr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "bcdr", *map(str, args)],
@@ -56,6 +61,7 @@ def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 
         text=True,
         env={**os.environ, **(env or {})},
         timeout=timeout,
+        cwd=cwd,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -19,6 +19,7 @@ from bcdr.actions import restore as restore_action
 from bcdr.actions import snapshots as snapshots_action
 from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
+from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.errors import (
     EXIT_FAILED,
@@ -266,6 +267,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="read and verify a random PERCENT of the packs",
     )
 
+    add_plan_commands(command)
+
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
     p.add_argument(
         "--remove-all",
@@ -292,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BcdrError as exc:
         if getattr(args, "json", False):
             render.emit_json(exc.to_dict())
+        for problem in getattr(exc, "problems", ()):
+            sys.stderr.write(f"{problem}\n")
         sys.stderr.write(f"bcdr: error: {exc}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {exc.hint}\n")

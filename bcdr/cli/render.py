@@ -9,6 +9,7 @@ from typing import Any
 
 from bcdr.actions.backup import BackupResult
 from bcdr.actions.restore import RestoreResult
+from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
 from bcdr.cli.progress import human_bytes
 from bcdr.repository.check import CheckReport
@@ -97,3 +98,11 @@ def check_text(r: CheckReport) -> None:
     for line in r.errors:
         out(f"error: {line}")
     out("no errors found" if r.ok else f"{len(r.errors)} error(s) found")
+
+
+def plan_job_text(r: JobResult) -> None:
+    out(f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else ""))
+    if r.backup is not None:
+        backup_text(r.backup)
+    for note in r.notes:
+        out(f"  note: {note}")

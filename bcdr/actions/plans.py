@@ -1,0 +1,88 @@
+"""``bcdr validate``, ``bcdr plan`` and ``bcdr plan init``: read plans, describe them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bcdr.errors import PlanInvalid, PlanProblem
+from bcdr.plan.loader import load_plan
+from bcdr.plan.model import Plan
+from bcdr.plan.schedules import cron_for, next_runs
+
+
+@dataclass
+class ValidateResult:
+    file: str
+    plan: Plan | None = None
+    problems: list[PlanProblem] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        p = self.plan
+        if p is None:
+            return f"{self.file}: {len(self.problems)} problem(s)"
+        return (
+            f"{self.file}: valid — plan {p.name!r}, {len(p.repositories)} repository(ies), "
+            f"{len(p.backups)} backup(s), {len(p.snapshots)} disk snapshot job(s), "
+            f"{len(p.drills)} drill(s)"
+        )
+
+
+def validate(files: list[str]) -> list[ValidateResult]:
+    """Each file's plan or every problem in it. Raises UsageError for an unreadable file."""
+    out = []
+    for f in files:
+        try:
+            out.append(ValidateResult(f, plan=load_plan(f)))
+        except PlanInvalid as exc:
+            out.append(ValidateResult(f, problems=exc.problems))
+    return out
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    kind: str  # backup | snapshot | drill
+    target: str  # repository name, disks, or the job a drill restores
+    region: str | None
+    cron: str
+    next_runs: list[str]
+    targets: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+def describe(plan: Plan, now: datetime) -> list[JobView]:
+    tz = plan.timezone.zone
+    views = []
+
+    def view(
+        name: str, kind: str, job: object, target: str, region: str | None, targets: dict[str, str]
+    ) -> None:
+        cron = cron_for(job.schedule, plan.name, name, job.at, job.on)  # type: ignore[attr-defined]
+        runs = [t.isoformat(timespec="minutes") for t in next_runs(cron, tz, now, 3)]
+        views.append(JobView(name, kind, target, region, cron, runs, targets))
+
+    for name, b in plan.backups.items():
+        repo = plan.repositories[b.repository]
+        targets = {"rpo": str(b.rpo)} if b.rpo else {}
+        view(name, "backup", b, b.repository, repo.region, targets)
+    for name, s in plan.snapshots.items():
+        targets = {"rpo": str(s.rpo)} if s.rpo else {}
+        view(name, "snapshot", s, f"{len(s.disks)} disk(s)", s.region, targets)
+    for name, d in plan.drills.items():
+        source = d.backup or d.snapshot or ""
+        region = None
+        if d.backup:
+            region = plan.repositories[plan.backups[d.backup].repository].region
+        view(
+            name,
+            "drill",
+            d,
+            source,
+            d.scratch_region or region,
+            {"rto": str(d.rto), "sample": str(d.sample)},
+        )
+    return views

@@ -1,0 +1,149 @@
+"""Rules that span fields: references, duplicate names, retention, RPO against schedule,
+overlapping paths, exactly-one choices. Each problem is located in the source."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+
+from bcdr.plan.model import BackupJob, Plan, Retention, Timing
+from bcdr.plan.schedules import cron_for, longest_interval
+from bcdr.plan.schema import did_you_mean
+from bcdr.plan.source import Source
+
+EPOCH = datetime(2025, 1, 6, tzinfo=UTC)  # a fixed start: validation does not depend on today
+
+
+def check_plan(src: Source, plan: Plan) -> None:
+    _names(src, plan)
+    for name, job in plan.backups.items():
+        path = ("backups", name)
+        if job.repository not in plan.repositories:
+            src.problem(
+                (*path, "repository"),
+                f"no repository named {job.repository!r}",
+                did_you_mean(job.repository, plan.repositories)
+                or f"repositories: {', '.join(plan.repositories)}",
+            )
+        _overlaps(src, path, job, plan)
+        _timing(src, path, plan, name, job)
+    for name, snap in plan.snapshots.items():
+        _timing(src, ("snapshots", name), plan, name, snap)
+    for name, drill in plan.drills.items():
+        path = ("drills", name)
+        if (drill.backup is None) == (drill.snapshot is None):
+            src.problem(path, "name exactly one of `backup` or `snapshot`")
+        elif drill.backup is not None and drill.backup not in plan.backups:
+            src.problem(
+                (*path, "backup"),
+                f"no backup job named {drill.backup!r}",
+                did_you_mean(drill.backup, plan.backups)
+                or f"backups: {', '.join(plan.backups) or 'none'}",
+            )
+        elif drill.snapshot is not None and drill.snapshot not in plan.snapshots:
+            src.problem(
+                (*path, "snapshot"),
+                f"no snapshot job named {drill.snapshot!r}",
+                did_you_mean(drill.snapshot, plan.snapshots)
+                or f"snapshots: {', '.join(plan.snapshots) or 'none'}",
+            )
+        _timing(src, path, plan, name, drill)
+    for name, repo in plan.repositories.items():
+        path = ("repositories", name)
+        if repo.encryption is not None and (
+            (repo.encryption.password_env is None) == (repo.encryption.password_file is None)
+        ):
+            src.problem((*path, "encryption"), "give exactly one of password_env or password_file")
+        cred = repo.credential
+        if not isinstance(cred, str):
+            given = [
+                v
+                for v in (cred.connection_string_env, cred.account_key_env, cred.sas_env)
+                if v is not None
+            ]
+            if len(given) != 1:
+                src.problem(
+                    (*path, "credential"),
+                    "give exactly one of connection_string_env, "
+                    "account_key_env or sas_env (or `default`)",
+                )
+        is_azure = repo.url.startswith("azure://")
+        if not is_azure and (repo.endpoint or not isinstance(cred, str)):
+            src.problem(path, "`credential` and `endpoint` apply to azure:// repositories only")
+        if is_azure and not _azure_url_ok(repo.url):
+            src.problem(
+                (*path, "url"),
+                "an Azure URL is azure://ACCOUNT/CONTAINER[/PREFIX]",
+                "account: 3-24 lowercase letters and digits; container: 3-63 of "
+                "lowercase letters, digits and '-'",
+            )
+
+
+def _azure_url_ok(url: str) -> bool:
+    return bool(
+        re.fullmatch(r"azure://[a-z0-9]{3,24}/[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9](/.*)?", url)
+    )
+
+
+def _names(src: Source, plan: Plan) -> None:
+    seen: dict[str, str] = {}
+    for section in ("backups", "snapshots", "drills"):
+        for name in getattr(plan, section):
+            if name in seen:
+                src.problem(
+                    (section, name),
+                    f"the name {name!r} is also used in {seen[name]}",
+                    "job names must be unique across backups, snapshots and drills",
+                    key=True,
+                )
+            seen.setdefault(name, section)
+
+
+def _overlaps(src: Source, path: tuple[str, ...], job: BackupJob, plan: Plan) -> None:
+    resolved = [os.path.normpath(p) for p in job.paths]
+    for i, a in enumerate(resolved):
+        for j, b in enumerate(resolved):
+            if i < j and (
+                a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/")
+            ):
+                src.problem(
+                    (*path, "paths", j),
+                    f"overlaps {job.paths[i]!r}",
+                    "list each folder once; use `exclude` to leave parts out",
+                )
+
+
+def _timing(src: Source, path: tuple[str, ...], plan: Plan, name: str, job: Timing) -> None:
+    schedule, at, on = job.schedule, job.at, job.on
+    if at is not None and not schedule.is_shorthand:
+        src.problem(
+            (*path, "at"), "`at` pins a shorthand schedule; a cron expression has its own time"
+        )
+    if on is not None and schedule.spec != "weekly":
+        src.problem((*path, "on"), "`on` applies to `weekly` schedules only")
+    retention: Retention | None = getattr(job, "retention", None)
+    if retention is not None and not retention.keeps_something():
+        src.problem(
+            (*path, "retention"),
+            "this retention keeps nothing",
+            "keep at least one recovery point, e.g. keep_last: 1",
+        )
+    rpo = getattr(job, "rpo", None)
+    if rpo is not None:
+        cron = cron_for(schedule, plan.name, name, at, on)
+        interval = longest_interval(cron, plan.timezone.zone, EPOCH)
+        if rpo.delta < interval:
+            src.problem(
+                (*path, "rpo"),
+                f"rpo {rpo} is shorter than the schedule's interval ({_human(interval)})",
+                "run the job more often or allow a longer rpo",
+            )
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"up to {seconds // size}{unit}"
+    return f"up to {seconds}s"

@@ -1,0 +1,254 @@
+"""The plan model: frozen dataclasses whose fields carry their documentation and an example.
+
+This is the single source: ``schema`` validates YAML against these classes, ``docs`` generates
+``docs/plans.md`` and the sample plan of ``bcdr plan init`` from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bcdr.plan.types import (
+    DiskId,
+    Duration,
+    EnvName,
+    Percent,
+    Schedule,
+    TimeOfDay,
+    Timezone,
+    Weekday,
+)
+
+Redundancy = Literal["LRS", "ZRS", "GRS", "RAGRS", "GZRS", "RAGZRS"]
+Tier = Literal["hot", "cool", "cold"]
+
+
+def spec(doc: str, *, example: Any = None, default: Any = MISSING, **rules: Any) -> Any:
+    """A field with its reference text, an example for the sample plan, and rules (min, max,
+    min_items) the validator enforces. Without a default the field is required."""
+    meta = {"doc": doc, "example": example, **rules}
+    if isinstance(default, (list, dict, tuple)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Credential:
+    """How bcdr authenticates to Azure Storage. Give at most one; none means the default
+    chain (managed identity, workload identity, Azure CLI)."""
+
+    connection_string_env: EnvName | None = spec(
+        "Environment variable holding a connection string.", default=None
+    )
+    account_key_env: EnvName | None = spec(
+        "Environment variable holding the storage account key.", default=None
+    )
+    sas_env: EnvName | None = spec("Environment variable holding a SAS token.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Encryption:
+    """Where the repository password comes from (one of the two). Never the password itself."""
+
+    password_env: EnvName | None = spec(
+        "Environment variable holding the password.", example="BCDR_PASSWORD", default=None
+    )
+    password_file: str | None = spec(
+        "File holding the password (relative to the plan's folder).", default=None
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repository:
+    """Where backups are stored."""
+
+    url: str = spec(
+        "A folder (relative to the plan's folder), `file:///path`, or "
+        "`azure://ACCOUNT/CONTAINER[/PREFIX]`.",
+        example="../.bcdr/repo",
+    )
+    region: str | None = spec(
+        "Azure region the repository lives in (`westeurope`); checked against `residency`.",
+        example="westeurope",
+        default=None,
+    )
+    redundancy: Redundancy = spec(
+        "Azure storage redundancy; geo-redundant kinds also place data in the paired region.",
+        default="LRS",
+    )
+    tier: Tier = spec("Access tier for data packs (Azure).", default="hot")
+    credential: Literal["default"] | Credential = spec(
+        "`default`, or one of `connection_string_env`, `account_key_env`, `sas_env` (Azure).",
+        default="default",
+    )
+    endpoint: str | None = spec(
+        "Blob endpoint override, for an emulator or a sovereign cloud (Azure).", default=None
+    )
+    encryption: Encryption | None = spec(
+        "Encrypt the repository (AES-256-GCM) with a password from the environment or a file.",
+        default=None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Residency:
+    """Where data may live. Every repository, snapshot copy and drill scratch region must be
+    inside, including geo-redundant secondaries."""
+
+    allowed_regions: tuple[str, ...] | None = spec("Azure regions data may live in.", default=None)
+    allowed_geographies: tuple[str, ...] | None = spec(
+        "Azure geographies data may live in (`Europe`, `United States`).",
+        example=["Europe"],
+        default=None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """Which recovery points to keep; the rest are forgotten after each run."""
+
+    keep_last: int | None = spec("Keep the newest N.", default=None, min=0, max=100000)
+    keep_hourly: int | None = spec("Keep the newest of each of N hours.", default=None, min=0)
+    keep_daily: int | None = spec(
+        "Keep the newest of each of N days.", example=7, default=None, min=0
+    )
+    keep_weekly: int | None = spec(
+        "Keep the newest of each of N ISO weeks.", example=4, default=None, min=0
+    )
+    keep_monthly: int | None = spec(
+        "Keep the newest of each of N months.", example=6, default=None, min=0
+    )
+    keep_yearly: int | None = spec("Keep the newest of each of N years.", default=None, min=0)
+    keep_within: Duration | None = spec("Keep everything newer than this.", default=None)
+
+    def keeps_something(self) -> bool:
+        counts = (
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        )
+        return any(c for c in counts) or self.keep_within is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """When a job runs (shared by every kind of job)."""
+
+    schedule: Schedule = spec(
+        "When the job runs. Shorthands fire at a time spread per job inside 01:00-05:00 "
+        "so a fleet does not hit storage at once; `at` and `on` pin it.",
+        example="daily",
+    )
+    at: TimeOfDay | None = spec("Pin the time of day of a shorthand schedule.", default=None)
+    on: Weekday | None = spec("Pin the day of a `weekly` schedule.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupJob(Timing):
+    """File trees backed up incrementally into a repository."""
+
+    paths: tuple[str, ...] = spec(
+        "Folders or files to back up (relative to the plan's folder).",
+        example=["../demo/checkpoints"],
+        min_items=1,
+    )
+    repository: str = spec("Name of a repository of this plan.", example="local")
+    exclude: tuple[str, ...] = spec(
+        "Glob patterns to leave out (`*.tmp`, `**/.cache/**`).", example=["*.tmp"], default=()
+    )
+    rpo: Duration | None = spec(
+        "Recovery point objective: the newest good backup is never older than this.",
+        example="26h",
+        default=None,
+    )
+    retention: Retention | None = spec("What to keep.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskSnapshotJob(Timing):
+    """Incremental snapshots of Azure managed disks, optionally copied to other regions."""
+
+    disks: tuple[DiskId, ...] = spec("Managed-disk resource ids.", min_items=1)
+    region: str = spec("Region of the disks.")
+    copy_to: tuple[str, ...] = spec("Regions to copy each new snapshot to.", default=())
+    consistency: Literal["crash", "application"] = spec(
+        "`application` takes a VM restore point covering the VM's disks at once.",
+        default="crash",
+    )
+    rpo: Duration | None = spec("Recovery point objective.", default=None)
+    retention: Retention | None = spec("What to keep.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drill(Timing):
+    """A scheduled restore that verifies every byte and measures RTO and RPO."""
+
+    backup: str | None = spec(
+        "Name of the backup job to restore (or `snapshot`).", example="checkpoints", default=None
+    )
+    snapshot: str | None = spec("Name of the disk snapshot job to restore.", default=None)
+    rto: Duration = spec(
+        "Recovery time objective: the restore must finish within this.",
+        example="15m",
+    )
+    sample: Percent = spec(
+        "Share of files restored: `100%`, or a random sample with a recorded seed.",
+        default=Percent(100.0),
+    )
+    scratch: str | None = spec(
+        "Folder to restore into (default: a temporary folder).", default=None
+    )
+    scratch_region: str | None = spec("Region for cloud restores (disk drills).", default=None)
+    keep: bool = spec("Keep what the drill restored.", default=False)
+    compare_source: bool = spec(
+        "Compare unchanged source files with the restored bytes; drift is reported.",
+        default=False,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hooks:
+    """Commands run or URLs called (POST) after each job."""
+
+    on_success: str | None = spec("A command, or an http(s) URL.", default=None)
+    on_failure: str | None = spec("A command, or an http(s) URL.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A backup and recovery plan."""
+
+    version: Literal[1] = spec("Plan format version.", example=1)
+    name: str = spec("Name of the plan (letters, digits, `-`, `_`).", example="quickstart")
+    repositories: dict[str, Repository] = spec(
+        "Repositories by name.", example_name="local", min_items=1, default={}
+    )
+    timezone: Timezone = spec("Time zone of schedules.", example="UTC", default=Timezone("UTC"))
+    residency: Residency | None = spec("Where data may live.", default=None)
+    backups: dict[str, BackupJob] = spec(
+        "File backup jobs by name.", example_name="checkpoints", default={}
+    )
+    snapshots: dict[str, DiskSnapshotJob] = spec("Managed-disk snapshot jobs by name.", default={})
+    drills: dict[str, Drill] = spec(
+        "Restore drills by name.", example_name="restore-checkpoints", default={}
+    )
+    hooks: Hooks | None = spec("Notifications after each job.", default=None)
+    retries: int = spec("Retries of a job after a transient failure.", default=0, min=0, max=20)
+    retry_wait: Duration = spec(
+        "Wait before the first retry (doubles each time, with jitter).",
+        default=Duration(30, "30s"),
+    )
+    file: Path = field(default=Path("plan.yaml"), metadata={"internal": True})
+
+    @property
+    def folder(self) -> Path:
+        return self.file.parent
+
+    def job_names(self) -> list[str]:
+        return [*self.backups, *self.snapshots, *self.drills]
