@@ -156,13 +156,8 @@ class FileRestorer:
                 job.fd, job.tmp = _create(job.dest), job.dest
             except FileExistsError:
                 job.fd = _create(job.tmp)
-            wrote = write_sparse(job.fd, data, 0) if data else False
-            if wrote and not _is_zero(data[-HOLE_BLOCK:]):
-                job.end = len(data)
-            with self._lock:
-                self.bytes_written += len(data)
-                if wrote and self.first_byte_s is None:
-                    self.first_byte_s = time.monotonic() - self.started
+            if data:
+                self._write(job, data, 0)
         except BcdrError as exc:
             job.error = str(exc)
         except OSError as exc:
@@ -171,17 +166,20 @@ class FileRestorer:
             self._slots.release()
         self._finalize(job)
 
+    def _write(self, job: _Job, data: bytes, offset: int) -> None:
+        """Write a verified chunk at ``offset`` (holes stay holes) and count it."""
+        wrote = write_sparse(job.fd, data, offset)
+        if wrote and not _is_zero(data[-HOLE_BLOCK:]):
+            job.end = max(job.end, offset + len(data))
+        with self._lock:
+            self.bytes_written += len(data)
+            if wrote and self.first_byte_s is None:
+                self.first_byte_s = time.monotonic() - self.started
+
     def _chunk(self, job: _Job, blob_id: bytes, loc: BlobLocation, offset: int) -> None:
         try:
             if job.error is None:
-                data = self.repo.load_blob(blob_id, loc)
-                wrote = write_sparse(job.fd, data, offset)
-                if wrote and not _is_zero(data[-HOLE_BLOCK:]):
-                    job.end = max(job.end, offset + len(data))
-                with self._lock:
-                    self.bytes_written += len(data)
-                    if wrote and self.first_byte_s is None:
-                        self.first_byte_s = time.monotonic() - self.started
+                self._write(job, self.repo.load_blob(blob_id, loc), offset)
         except BcdrError as exc:
             job.error = str(exc)
         except OSError as exc:

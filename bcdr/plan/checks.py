@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from bcdr.plan.model import BackupJob, Plan, Retention, Timing
@@ -19,13 +20,7 @@ def check_plan(src: Source, plan: Plan) -> None:
     _names(src, plan)
     for name, job in plan.backups.items():
         path = ("backups", name)
-        if job.repository not in plan.repositories:
-            src.problem(
-                (*path, "repository"),
-                f"no repository named {job.repository!r}",
-                did_you_mean(job.repository, plan.repositories)
-                or f"repositories: {', '.join(plan.repositories)}",
-            )
+        _reference(src, (*path, "repository"), job.repository, plan.repositories, "repository")
         _overlaps(src, path, job, plan)
         _timing(src, path, plan, name, job)
     for name, snap in plan.snapshots.items():
@@ -34,20 +29,10 @@ def check_plan(src: Source, plan: Plan) -> None:
         path = ("drills", name)
         if (drill.backup is None) == (drill.snapshot is None):
             src.problem(path, "name exactly one of `backup` or `snapshot`")
-        elif drill.backup is not None and drill.backup not in plan.backups:
-            src.problem(
-                (*path, "backup"),
-                f"no backup job named {drill.backup!r}",
-                did_you_mean(drill.backup, plan.backups)
-                or f"backups: {', '.join(plan.backups) or 'none'}",
-            )
-        elif drill.snapshot is not None and drill.snapshot not in plan.snapshots:
-            src.problem(
-                (*path, "snapshot"),
-                f"no snapshot job named {drill.snapshot!r}",
-                did_you_mean(drill.snapshot, plan.snapshots)
-                or f"snapshots: {', '.join(plan.snapshots) or 'none'}",
-            )
+        elif drill.backup is not None:
+            _reference(src, (*path, "backup"), drill.backup, plan.backups, "backup job")
+        elif drill.snapshot is not None:
+            _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
         _timing(src, path, plan, name, drill)
     for name, repo in plan.repositories.items():
         path = ("repositories", name)
@@ -78,6 +63,18 @@ def check_plan(src: Source, plan: Plan) -> None:
                 "account: 3-24 lowercase letters and digits; container: 3-63 of "
                 "lowercase letters, digits and '-'",
             )
+
+
+def _reference(
+    src: Source, path: tuple[str, ...], name: str, known: Mapping[str, object], what: str
+) -> None:
+    """A job names another entry of the plan: it must exist."""
+    if name not in known:
+        src.problem(
+            path,
+            f"no {what} named {name!r}",
+            did_you_mean(name, known) or f"defined: {', '.join(known) or 'none'}",
+        )
 
 
 def _azure_url_ok(url: str) -> bool:
