@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+NPM    ?= npm
 
-.PHONY: install run test bench lint clean
+.PHONY: install node run test bench lint clean
 
 install: $(VENV)/.installed
 
@@ -15,14 +16,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@
 
+# Node tools for the tests (Azurite, the Azure Storage emulator); `make run` does not need them.
+node: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "make test needs Node.js and npm (for Azurite): apt-get install -y nodejs npm" >&2; exit 1; }
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # Demo: make a small tree, back it up to a local repository, restore it, compare, check.
 run: install
 	$(PY) -m bcdr.demo
 
-test: install
+test: install node
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: install
+bench: install node
 	$(PY) bench/run.py
 
 lint: install
@@ -30,4 +39,4 @@ lint: install
 	$(VENV)/bin/mypy bcdr
 
 clean:
-	rm -rf $(VENV) demo .bcdr bench/out
+	rm -rf $(VENV) node_modules demo .bcdr bench/out

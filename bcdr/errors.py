@@ -15,6 +15,7 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
     │   ├── ObjectNotFound                  a key does not exist
     │   ├── StorageFull                     no space left (nothing half-written is committed)
     │   ├── StoragePermission               permission denied / authentication failed
+    │   ├── ObjectOffline                   in the Archive tier: rehydrate before reading
     │   └── TransientStorageError           worth retrying (throttled, unreachable)
     ├── RepositoryError                     the repository cannot be used
     │   ├── RepositoryNotFound              nothing at the URL
@@ -126,8 +127,24 @@ class StoragePermission(StorageError):
     pass
 
 
+class ObjectOffline(StorageError):
+    """The object exists but cannot be read until it is rehydrated (Azure Archive tier)."""
+
+
 class TransientStorageError(StorageError):
-    pass
+    """Worth retrying: throttled, timed out, unreachable. ``retry_after`` is the server's
+    Retry-After in seconds, when it sent one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, where=where, hint=hint)
+        self.retry_after = retry_after
 
 
 class RepositoryError(BcdrError):

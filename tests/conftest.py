@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from bcdr.cli.main import main
+from tests.azurite import Azurite
 
 # CI replays the same examples every run (no flakes from a newly found edge case there);
 # local runs explore new ones.
@@ -123,3 +124,13 @@ def snapshot_tree(root: Path) -> dict[bytes, tuple[object, ...]]:
 
 def restored_root(target: Path, source: Path) -> Path:
     return target / str(source.resolve()).lstrip("/")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One in-memory Azurite for the session, on a free loopback port."""
+    server = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

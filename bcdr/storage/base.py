@@ -29,6 +29,18 @@ checks each one):
 
 ``delete(key)``
     Removes the object; returns ``False`` if it did not exist (deleting is idempotent).
+
+``list_offline(prefix)``
+    The objects under ``prefix`` that exist but cannot be read until they are rehydrated
+    (Azure's Archive tier); a ``get`` of one raises :class:`ObjectOffline`. Storages without
+    tiers yield nothing.
+
+``concurrency``
+    How many requests are worth having in flight at once (uploads, downloads): a local disk
+    gains little past two, a remote object store needs many to hide latency.
+
+Cross-cutting behaviour (retries, metering, fault injection) wraps a Storage: see
+``bcdr/storage/wrap.py``.
 """
 
 from __future__ import annotations
@@ -42,6 +54,8 @@ from typing import Protocol, runtime_checkable
 class ObjectInfo:
     key: str
     size: int
+    tier: str | None = None  # access tier where the storage has tiers (Azure: Hot, Cool...)
+    rehydrating: bool = False  # an Archive-tier object whose rehydration has been requested
 
 
 @runtime_checkable
@@ -64,6 +78,11 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 
     def delete(self, key: str) -> bool: ...
+
+    def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    @property
+    def concurrency(self) -> int: ...
 
     def close(self) -> None: ...
 

@@ -4,6 +4,9 @@
 after; ``kill_after_puts=N`` sends SIGKILL to this process right after the N-th put completes,
 which is how a crash at an exact point of the write sequence is produced; ``kill_after_prefix``
 does the same right after the first put of a key with that prefix (``snapshots/``).
+``flaky_puts=N`` makes the first N puts raise :class:`TransientStorageError`; with
+``flaky_lands=True`` each of them first stores the object, as when a connection breaks after the
+server committed the write.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
 
-from bcdr.errors import StorageError
-from bcdr.storage.base import ObjectInfo, Storage
+from bcdr.errors import StorageError, TransientStorageError
+from bcdr.storage.base import Storage
+from bcdr.storage.wrap import StorageWrapper
 
 
-class FaultyStorage:
+class FaultyStorage(StorageWrapper):
     def __init__(
         self,
         inner: Storage,
@@ -26,23 +29,28 @@ class FaultyStorage:
         kill_after_puts: int | None = None,
         kill_after_prefix: str | None = None,
         error: StorageError | None = None,
+        flaky_puts: int = 0,
+        flaky_lands: bool = False,
     ):
-        self.inner = inner
+        super().__init__(inner)
         self.fail_after_puts = fail_after_puts
         self.kill_after_puts = kill_after_puts
         self.kill_after_prefix = kill_after_prefix
         self.error = error or StorageError("injected storage failure")
+        self.flaky_puts = flaky_puts
+        self.flaky_lands = flaky_lands
         self.puts = 0
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def put(self, key: str, data: bytes) -> bool:
         with self._lock:
             if self.fail_after_puts is not None and self.puts >= self.fail_after_puts:
                 raise self.error
+            if self.flaky_puts > 0:
+                self.flaky_puts -= 1
+                if self.flaky_lands:
+                    self.inner.put(key, data)
+                raise TransientStorageError("injected transient failure")
             result = self.inner.put(key, data)
             self.puts += 1
             if (self.kill_after_puts is not None and self.puts >= self.kill_after_puts) or (
@@ -50,21 +58,3 @@ class FaultyStorage:
             ):
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.get(key, offset, length)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()

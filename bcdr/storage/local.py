@@ -27,6 +27,7 @@ from bcdr.storage.base import ObjectInfo, check_key
 
 TMP_DIR = "tmp"
 MAX_OPEN_READERS = 32  # per thread
+LOCAL_CONCURRENCY = 2  # uploads in flight: one disk gains little from more
 
 
 def translate_os_error(exc: OSError, what: str) -> StorageError:
@@ -185,6 +186,13 @@ class LocalStorage:
             return False
         except OSError as exc:
             raise translate_os_error(exc, f"{self.url}/{key}") from None
+
+    def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(())
+
+    @property
+    def concurrency(self) -> int:
+        return LOCAL_CONCURRENCY
 
     def leftover_temp_files(self) -> builtins.list[str]:
         """Temporary files a crashed writer left behind (never part of the repository)."""

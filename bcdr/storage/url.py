@@ -1,20 +1,75 @@
-"""Open a Storage from a repository URL (``/path``, ``file:///path``; Azure in a later issue)."""
+"""Open a Storage from a repository URL and its options.
+
+``/path``, ``relative/path`` and ``file:///path`` open a local folder; ``azure://ACCOUNT/
+CONTAINER[/PREFIX]`` opens Azure Blob Storage with the credential, endpoint, access tier and
+connection count of a :class:`StorageSpec`. Every storage comes back metered (upload and
+download rates); remote ones are retried (``wrap.RetryingStorage``).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from bcdr.errors import UsageError
+from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.base import Storage
 from bcdr.storage.local import LocalStorage
+from bcdr.storage.wrap import MeteredStorage, RetryPolicy, RetryingStorage
+
+RETRY_SECONDS_ENV = "BCDR_RETRY_SECONDS"
+TIERS = ("hot", "cool", "cold")
 
 
-def open_storage(url: str, *, base_dir: Path | None = None) -> Storage:
-    """Return the Storage for ``url``; relative paths resolve against ``base_dir`` (or cwd).
+@dataclass(frozen=True)
+class StorageSpec:
+    """A repository URL and how to reach it. Holds names of secrets, never secrets."""
 
-    Raises UsageError for a scheme this bcdr does not support.
+    url: str
+    auth: AzureAuth = field(default_factory=AzureAuth)
+    endpoint: str | None = None
+    tier: str | None = None
+    connections: int | None = None
+    base_dir: Path | None = None
+
+    def with_url(self, url: str) -> StorageSpec:
+        return replace(self, url=url)
+
+
+def retry_policy(env: Mapping[str, str]) -> RetryPolicy:
+    """The default policy, with its total time capped by BCDR_RETRY_SECONDS when set."""
+    text = env.get(RETRY_SECONDS_ENV)
+    if not text:
+        return RetryPolicy()
+    try:
+        seconds = float(text)
+        if seconds < 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"{RETRY_SECONDS_ENV} must be a number of seconds >= 0, not {text!r}"
+        ) from None
+    return replace(RetryPolicy(), max_elapsed=seconds)
+
+
+def open_storage(
+    spec: StorageSpec | str,
+    *,
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> MeteredStorage:
+    """Return the Storage for ``spec``; relative paths resolve against ``base_dir`` (or cwd).
+
+    Raises UsageError for an unknown scheme, a malformed URL or option, or a missing
+    credential variable.
     """
+    if isinstance(spec, str):
+        spec = StorageSpec(spec, base_dir=base_dir)
+    env = os.environ if env is None else env
+    url = spec.url
     if not url:
         raise UsageError("no repository given", hint="pass --repo URL or set BCDR_REPO")
     parsed = urlparse(url)
@@ -24,18 +79,30 @@ def open_storage(url: str, *, base_dir: Path | None = None) -> Storage:
                 f"file URL with a host is not supported: {url}",
                 hint="use file:///absolute/path",
             )
-        return LocalStorage(Path(unquote(parsed.path)))
+        return MeteredStorage(LocalStorage(Path(unquote(parsed.path))))
     if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and url[1:2] == ":"):
         path = Path(url).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return LocalStorage(path.absolute())
+        base = spec.base_dir or base_dir
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        return MeteredStorage(LocalStorage(path.absolute()))
     if parsed.scheme == "azure":
-        raise UsageError(
-            f"Azure repositories are not available in this build yet: {parsed.scheme}://...",
-            hint="use a local path or file:/// URL for now",
-        )
+        return MeteredStorage(RetryingStorage(_open_azure(spec, env), retry_policy(env)))
     raise UsageError(
         f"unknown repository URL scheme {parsed.scheme!r} in {url!r}",
         hint="use a path, file:///path or azure://ACCOUNT/CONTAINER[/PREFIX]",
+    )
+
+
+def _open_azure(spec: StorageSpec, env: Mapping[str, str]) -> Storage:
+    from bcdr.storage.azure import DEFAULT_CONNECTIONS, AzureBlobStorage
+    from bcdr.storage.azureauth import resolve_access
+
+    if spec.tier is not None and spec.tier not in TIERS:
+        raise UsageError(f"unknown access tier {spec.tier!r}", hint="use hot, cool or cold")
+    if spec.connections is not None and not 1 <= spec.connections <= 256:
+        raise UsageError(f"connections must be between 1 and 256, not {spec.connections}")
+    access = resolve_access(spec.url, spec.auth, endpoint=spec.endpoint, env=env)
+    return AzureBlobStorage(
+        access, tier=spec.tier, connections=spec.connections or DEFAULT_CONNECTIONS
     )

@@ -1,0 +1,300 @@
+"""Azure Blob Storage: one block blob per object, under ``CONTAINER/PREFIX/``.
+
+Contract (``base.py``) on Azure:
+
+- put-if-absent is the service's own atomic check: ``Put Blob`` (or, above ``block_size``, the
+  final ``Put Block List``) carries ``If-None-Match: *`` and fails with 409 BlobAlreadyExists
+  when the name exists. A large object is staged as blocks with random ids, in parallel, and
+  becomes visible only when the block list is committed; concurrent writers of one name never
+  mix their blocks, and a crash leaves only uncommitted blocks, which Azure discards.
+- ranged reads are ``Range`` GETs; listing pages through ``List Blobs``.
+- data packs (``data/``) go to the repository's access tier; everything else goes to Hot.
+  Reading a blob in the Archive tier is :class:`ObjectOffline`, never a raw SDK error.
+
+Every Azure SDK error is translated here (``translate``); the SDK's own retries are off, and
+retrying is the job of :class:`bcdr.storage.wrap.RetryingStorage`.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, StandardBlobTier
+
+from bcdr import __version__
+from bcdr.errors import (
+    ObjectNotFound,
+    ObjectOffline,
+    StorageError,
+    StoragePermission,
+    TransientStorageError,
+)
+from bcdr.storage.azureauth import AzureAccess
+from bcdr.storage.base import ObjectInfo, check_key
+
+TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+DEFAULT_CONNECTIONS = 8
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+LIST_PAGE_SIZE = 5000
+REHYDRATE_HINT = (
+    "rehydrate the packs to Hot or Cool first (`az storage blob set-tier --tier Cool "
+    "--rehydrate-priority Standard`): Standard priority takes up to 15 hours, High priority "
+    "usually under 1 hour for blobs under 10 GiB, at a higher per-GB cost"
+)
+
+
+def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
+    """Map an Azure SDK error met while doing ``what`` to a bcdr storage error.
+
+    Messages are built from the status and error code only: an SDK message can carry request
+    URLs, and a URL can carry a SAS token.
+    """
+    where = access.url
+    if isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError):
+        return StoragePermission(
+            f"no Azure identity could sign in ({access.identity()})",
+            where=where,
+            hint=access.auth_hint(),
+        )
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        code = str(exc.error_code or getattr(exc.response, "reason", "") or "")
+        code = code.removeprefix("StorageErrorCode.")
+        if code == "BlobArchived":
+            return ObjectOffline(
+                f"{what}: the blob is in the Archive tier", where=where, hint=REHYDRATE_HINT
+            )
+        if status == 404 and code == "ContainerNotFound":
+            return ObjectNotFound(f"{what}: the container does not exist", where=where)
+        if status == 404:
+            return ObjectNotFound(f"not found: {what}", where=where)
+        if status in (401, 403):
+            return StoragePermission(
+                f"{what}: access denied ({status} {code}) for "
+                f"{access.identity(ask_token=True)}",
+                where=where,
+                hint=access.auth_hint(code),
+            )
+        if status in TRANSIENT_STATUS:
+            return TransientStorageError(
+                f"{what}: Azure Storage answered {status} {code}".rstrip(),
+                where=where,
+                retry_after=_retry_after(exc),
+            )
+        return StorageError(f"{what}: Azure Storage refused it ({status} {code})", where=where)
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return TransientStorageError(
+            f"{what}: cannot reach Azure Storage ({type(exc).__name__})", where=where
+        )
+    return StorageError(f"{what}: {type(exc).__name__}", where=where)
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    headers = getattr(exc.response, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("x-ms-retry-after-ms")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is not None and "Retry-After" not in headers:
+        seconds /= 1000
+    return seconds
+
+
+class AzureBlobStorage:
+    """Storage in an Azure Blob container. ``access`` says where and how to sign in."""
+
+    def __init__(
+        self,
+        access: AzureAccess,
+        *,
+        tier: str | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        page_size: int = LIST_PAGE_SIZE,
+        timeout: float = 60.0,
+    ):
+        if tier is not None and tier not in TIERS:
+            raise ValueError(f"unknown access tier {tier!r}")
+        self.access = access
+        self._data_tier = TIERS[tier] if tier else None
+        self._meta_tier = StandardBlobTier.HOT if tier else None
+        self._connections = max(1, connections)
+        self._block_size = block_size
+        self._page_size = page_size
+        self._root = f"{access.prefix}/" if access.prefix else ""
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=2 * self._connections + 4, max_retries=0
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        self._service = BlobServiceClient(
+            access.endpoint,
+            credential=access.credential,
+            transport=RequestsTransport(session=session, session_owner=False),
+            retry_total=0,
+            connection_timeout=min(timeout, 20.0),
+            read_timeout=timeout,
+            user_agent=f"bcdr/{__version__}",
+        )
+        self._container: ContainerClient = self._service.get_container_client(access.container)
+        self._blocks = ThreadPoolExecutor(self._connections, thread_name_prefix="bcdr-block")
+
+    @property
+    def url(self) -> str:
+        return self.access.url
+
+    @property
+    def concurrency(self) -> int:
+        return self._connections
+
+    def _blob(self, key: str) -> Any:
+        return self._container.get_blob_client(self._root + check_key(key))
+
+    def _fail(self, exc: AzureError, what: str) -> StorageError:
+        return translate(exc, what, self.access)
+
+    def put(self, key: str, data: bytes) -> bool:
+        blob = self._blob(key)
+        tier = self._data_tier if key.startswith("data/") else self._meta_tier
+        for attempt in (1, 2):
+            try:
+                if len(data) <= self._block_size:
+                    blob.upload_blob(
+                        data, length=len(data), overwrite=False, standard_blob_tier=tier
+                    )
+                else:
+                    self._put_blocks(blob, data, tier)
+                return True
+            except ResourceExistsError as exc:
+                if exc.error_code == "BlobAlreadyExists" or exc.status_code == 409:
+                    return False
+                raise self._fail(exc, f"put {key}") from None
+            except ResourceNotFoundError as exc:
+                if exc.error_code != "ContainerNotFound" or attempt == 2:
+                    raise self._fail(exc, f"put {key}") from None
+                self._create_container()
+            except AzureError as exc:
+                raise self._fail(exc, f"put {key}") from None
+        raise AssertionError("unreachable")
+
+    def _create_container(self) -> None:
+        """The first write into a container that does not exist yet (``bcdr init``) creates it."""
+        try:
+            self._container.create_container()
+        except ResourceExistsError:
+            pass
+        except AzureError as exc:
+            raise self._fail(exc, f"create container {self.access.container}") from None
+
+    def _put_blocks(self, blob: Any, data: bytes, tier: StandardBlobTier | None) -> None:
+        view = memoryview(data)
+        ids = [
+            base64.b64encode(uuid.uuid4().bytes).decode()
+            for _ in range(0, len(data), self._block_size)
+        ]
+        futures = [
+            self._blocks.submit(
+                blob.stage_block,
+                block_id,
+                view[i * self._block_size : (i + 1) * self._block_size],
+                length=min(self._block_size, len(data) - i * self._block_size),
+            )
+            for i, block_id in enumerate(ids)
+        ]
+        for fut in futures:
+            fut.result()
+        blob.commit_block_list(
+            [BlobBlock(block_id=b) for b in ids],
+            match_condition=MatchConditions.IfMissing,
+            standard_blob_tier=tier,
+        )
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        blob = self._blob(key)
+        try:
+            if length == 0:
+                blob.get_blob_properties()
+                return b""
+            data: bytes = blob.download_blob(offset=offset, length=length).readall()
+            return data
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # the range starts at or past the end
+                return b""
+            raise self._fail(exc, f"get {key}") from None
+        except AzureError as exc:
+            raise self._fail(exc, f"get {key}") from None
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self._blob(key).get_blob_properties().size)
+        except AzureError as exc:
+            raise self._fail(exc, f"size {key}") from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self._blob(key).exists())
+        except AzureError as exc:
+            raise self._fail(exc, f"exists {key}") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        start = len(self._root)
+        try:
+            for item in self._container.list_blobs(
+                name_starts_with=self._root + prefix, results_per_page=self._page_size
+            ):
+                tier = item.blob_tier
+                yield ObjectInfo(
+                    item.name[start:],
+                    int(item.size),
+                    tier=str(tier.value if hasattr(tier, "value") else tier) if tier else None,
+                    rehydrating=bool(item.archive_status),
+                )
+        except ResourceNotFoundError as exc:
+            if exc.error_code != "ContainerNotFound":
+                raise self._fail(exc, f"list {prefix}") from None
+        except AzureError as exc:
+            raise self._fail(exc, f"list {prefix}") from None
+
+    def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return (o for o in self.list(prefix) if o.tier == "Archive")
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._blob(key).delete_blob()
+            return True
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise self._fail(exc, f"delete {key}") from None
+
+    def set_tier(self, key: str, tier: str) -> None:
+        """Move one object to ``tier`` (``Hot``, ``Cool``, ``Cold``, ``Archive``)."""
+        try:
+            self._blob(key).set_standard_blob_tier(tier)
+        except AzureError as exc:
+            raise self._fail(exc, f"set tier of {key}") from None
+
+    def close(self) -> None:
+        self._blocks.shutdown(wait=True)
+        self._service.close()
+        self._session.close()

@@ -1,0 +1,245 @@
+"""Cross-cutting storage behaviour as wrappers: retries, metering (and fault injection in
+``faulty.py``). Each wraps any Storage and keeps its contract (``base.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from bcdr.errors import TransientStorageError
+from bcdr.storage.base import ObjectInfo, Storage
+
+T = TypeVar("T")
+
+
+class StorageWrapper:
+    """Delegates every method to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Storage):
+        self.inner = inner
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    @property
+    def concurrency(self) -> int:
+        return self.inner.concurrency
+
+    def put(self, key: str, data: bytes) -> bool:
+        return self.inner.put(key, data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.get(key, offset, length)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list_offline(prefix)
+
+    def delete(self, key: str) -> bool:
+        return self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded in attempts and in total time.
+
+    The n-th retry waits a random time in ``[0, min(max_delay, base_delay * 2**n)]``, or the
+    server's Retry-After when it sent one (capped at ``max_delay``). No retry starts once
+    ``max_elapsed`` seconds have passed since the first attempt.
+    """
+
+    attempts: int = 8
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_elapsed: float = 120.0
+
+    def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(self.max_delay, max(0.0, retry_after))
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2**retry)))
+
+
+RetryFn = Callable[[str, int, float, TransientStorageError], None]
+
+
+class RetryingStorage(StorageWrapper):
+    """Retries :class:`TransientStorageError` per ``policy``; every other error (not found,
+    permission, full, permanent) is raised at once. When the policy is exhausted the last
+    transient error is raised with a hint saying how long bcdr tried.
+
+    A ``put`` retried after a transient failure may find its own earlier attempt landed (the
+    connection broke after the server committed it): it then compares the stored bytes and
+    reports ``True`` when they are the bytes it was writing.
+    """
+
+    def __init__(
+        self,
+        inner: Storage,
+        policy: RetryPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_retry: RetryFn | None = None,
+    ):
+        super().__init__(inner)
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        self._on_retry = on_retry
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        started = self._monotonic()
+        retry = 0
+        while True:
+            try:
+                return fn()
+            except TransientStorageError as exc:
+                elapsed = self._monotonic() - started
+                with self._lock:
+                    delay = self.policy.delay(retry, exc.retry_after, self._rng)
+                if retry + 1 >= self.policy.attempts or elapsed + delay > self.policy.max_elapsed:
+                    exc.hint = (
+                        f"gave up after {retry + 1} attempt(s) over {elapsed:.1f} s; "
+                        "nothing half-written was committed; run the command again when the "
+                        "storage is reachable"
+                    )
+                    raise
+                if self._on_retry is not None:
+                    self._on_retry(what, retry + 1, delay, exc)
+                with self._lock:
+                    self.retries += 1
+                self._sleep(delay)
+                retry += 1
+
+    def put(self, key: str, data: bytes) -> bool:
+        failed_before = False
+
+        def attempt() -> bool:
+            nonlocal failed_before
+            try:
+                created = self.inner.put(key, data)
+            except TransientStorageError:
+                failed_before = True
+                raise
+            if not created and failed_before:
+                return self.inner.get(key) == data
+            return created
+
+        return self._call(f"put {key}", attempt)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._call(f"get {key}", lambda: self.inner.get(key, offset, length))
+
+    def size(self, key: str) -> int:
+        return self._call(f"size {key}", lambda: self.inner.size(key))
+
+    def exists(self, key: str) -> bool:
+        return self._call(f"exists {key}", lambda: self.inner.exists(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # A listing is retried as a whole (it is restarted, never resumed half-way), and
+        # handed out only once complete, so a retry never yields a key twice.
+        return iter(self._call(f"list {prefix}", lambda: list(self.inner.list(prefix))))
+
+    def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(
+            self._call(f"list {prefix}", lambda: list(self.inner.list_offline(prefix)))
+        )
+
+    def delete(self, key: str) -> bool:
+        return self._call(f"delete {key}", lambda: self.inner.delete(key))
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Bytes moved and the wall time from the first request's start to the last one's end."""
+
+    bytes: int
+    requests: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second (0 when nothing moved)."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "bytes_per_second": round(self.rate),
+        }
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.requests = 0
+        self.first: float | None = None
+        self.last = 0.0
+
+    def record(self, n: int, start: float, end: float) -> None:
+        self.bytes += n
+        self.requests += 1
+        self.first = start if self.first is None else min(self.first, start)
+        self.last = max(self.last, end)
+
+    def snapshot(self) -> Transfer:
+        span = self.last - self.first if self.first is not None else 0.0
+        return Transfer(self.bytes, self.requests, span)
+
+
+class MeteredStorage(StorageWrapper):
+    """Counts the bytes written by ``put`` and read by ``get``, for upload/download rates."""
+
+    def __init__(self, inner: Storage):
+        super().__init__(inner)
+        self._lock = threading.Lock()
+        self._up = _Meter()
+        self._down = _Meter()
+
+    def put(self, key: str, data: bytes) -> bool:
+        start = time.monotonic()
+        created = self.inner.put(key, data)
+        with self._lock:
+            self._up.record(len(data) if created else 0, start, time.monotonic())
+        return created
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        start = time.monotonic()
+        data = self.inner.get(key, offset, length)
+        with self._lock:
+            self._down.record(len(data), start, time.monotonic())
+        return data
+
+    @property
+    def uploaded(self) -> Transfer:
+        with self._lock:
+            return self._up.snapshot()
+
+    @property
+    def downloaded(self) -> Transfer:
+        with self._lock:
+            return self._down.snapshot()
