@@ -15,6 +15,7 @@ from bcdr.clock import Clock
 from bcdr.errors import SourceError
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
+from bcdr.storage.url import StorageSpec
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def run_backup(
 
 
 def backup(
-    url: str,
+    where: StorageSpec | str,
     request: BackupRequest,
     *,
     progress: ProgressFn | None = None,
@@ -131,7 +132,7 @@ def backup(
     env: Mapping[str, str] | None = None,
 ) -> BackupResult:
     resolve_sources(request.paths)  # fail on a missing path before touching the repository
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     try:
         return run_backup(repo, request, progress=progress)
     finally:

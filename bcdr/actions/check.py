@@ -8,10 +8,11 @@ from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.check import Checker, CheckReport, ProgressFn
+from bcdr.storage.url import StorageSpec
 
 
 def check(
-    url: str,
+    where: StorageSpec | str,
     *,
     read_data: bool = False,
     subset_percent: float | None = None,
@@ -23,6 +24,6 @@ def check(
     if subset_percent is not None and not 0 < subset_percent <= 100:
         raise UsageError(f"--read-data-subset must be in (0, 100], not {subset_percent}")
     fraction = 1.0 if read_data else (subset_percent or 0.0) / 100
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     with repo.lock(exclusive=False):
         return Checker(repo, progress).run(fraction, seed)

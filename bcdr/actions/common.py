@@ -8,8 +8,11 @@ from pathlib import Path
 
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
+from bcdr.plan.model import Credential
+from bcdr.plan.model import Repository as PlanRepository
 from bcdr.repository.repo import Repository
-from bcdr.storage.url import open_storage
+from bcdr.storage.azureauth import AzureAuth
+from bcdr.storage.url import StorageSpec, open_storage
 
 PASSWORD_ENV = "BCDR_PASSWORD"
 PASSWORD_FILE_ENV = "BCDR_PASSWORD_FILE"
@@ -41,7 +44,29 @@ def read_password(env: Mapping[str, str] | None = None) -> bytes | None:
 
 
 def open_repo(
-    url: str, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
+    where: StorageSpec | str, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
 ) -> Repository:
-    storage = open_storage(url)
+    """Open the repository at ``where`` (credential variables are read from ``env`` too)."""
+    storage = open_storage(where, env=env)
     return Repository.open(storage, password=lambda: read_password(env), clock=clock)
+
+
+def plan_storage_spec(declared: PlanRepository) -> StorageSpec:
+    """How to reach a repository a plan declares (its url is already resolved to the plan's
+    folder by the loader)."""
+    cred = declared.credential
+    auth = AzureAuth()
+    if isinstance(cred, Credential):
+        if cred.connection_string_env:
+            auth = AzureAuth("connection_string", cred.connection_string_env.name)
+        elif cred.account_key_env:
+            auth = AzureAuth("account_key", cred.account_key_env.name)
+        elif cred.sas_env:
+            auth = AzureAuth("sas", cred.sas_env.name)
+    return StorageSpec(
+        declared.url,
+        auth=auth,
+        endpoint=declared.endpoint,
+        tier=declared.tier,
+        connections=declared.connections,
+    )

@@ -10,7 +10,7 @@ from bcdr.clock import Clock
 from bcdr.errors import PasswordRequired
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
-from bcdr.storage.url import open_storage
+from bcdr.storage.url import StorageSpec, open_storage
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class InitResult:
 
 
 def init_repository(
-    url: str,
+    where: StorageSpec | str,
     *,
     encrypt: bool,
     chunker: ChunkerParams | None = None,
@@ -41,7 +41,7 @@ def init_repository(
             hint="set BCDR_PASSWORD, or BCDR_PASSWORD_FILE to a file holding it "
             "(never on the command line)",
         )
-    storage = open_storage(url)
+    storage = open_storage(where, env=env)
     repo = Repository.init(
         storage, password=password, chunker=chunker, pack_size=pack_size, clock=clock
     )

@@ -12,6 +12,7 @@ from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.snapshot import Snapshot
+from bcdr.storage.url import StorageSpec
 
 
 @dataclass
@@ -44,7 +45,7 @@ def check_target(target: str, overwrite: bool) -> None:
 
 
 def restore(
-    url: str,
+    where: StorageSpec | str,
     ref: str,
     target: str,
     *,
@@ -56,7 +57,7 @@ def restore(
     env: Mapping[str, str] | None = None,
 ) -> RestoreResult:
     check_target(target, overwrite)
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     snap = repo.resolve_snapshot(ref, job)
     repo.load_index()
     restorer = Restorer(

@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
-from bcdr.actions.common import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
+from bcdr.actions.common import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    plan_storage_spec,
+    read_password,
+)
 from bcdr.clock import Clock
 from bcdr.errors import BcdrError, PasswordRequired, RepositoryNotFound, UsageError
 from bcdr.plan.model import BackupJob, Plan, Repository
@@ -116,7 +121,7 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
                 f"would back up {', '.join(job.paths)} to repository {job.repository!r}"
             )
             return result
-        storage = open_storage(declared.url)
+        storage = open_storage(plan_storage_spec(declared))
         try:
             repo = Repo.open(storage, password=lambda: read_password(env), clock=clock)
         except RepositoryNotFound:

@@ -12,17 +12,18 @@ from bcdr.errors import UsageError
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.repository.tree import DIR, Node, decode_tree
+from bcdr.storage.url import StorageSpec
 
 
 def list_snapshots(
-    url: str,
+    where: StorageSpec | str,
     *,
     job: str | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[list[Snapshot], list[str]]:
     """The readable snapshots (oldest first) and the names of damaged ones."""
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     snaps = repo.list_snapshots(job)
     return snaps, repo.damaged_snapshots
 
@@ -49,7 +50,7 @@ def _walk(repo: Repository, tree_id: bytes, prefix: bytes) -> Iterator[tuple[byt
 
 
 def ls(
-    url: str,
+    where: StorageSpec | str,
     ref: str,
     path: str | None = None,
     *,
@@ -58,7 +59,7 @@ def ls(
     env: Mapping[str, str] | None = None,
 ) -> tuple[Snapshot, list[LsEntry]]:
     """Every entry of snapshot ``ref`` at or under ``path`` (default: all)."""
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     snap = repo.resolve_snapshot(ref, job)
     repo.load_index()
     want = os.fsencode(path).rstrip(b"/") if path else b""

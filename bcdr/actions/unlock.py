@@ -7,14 +7,15 @@ from collections.abc import Mapping
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.repository.locks import LockInfo, remove_locks
+from bcdr.storage.url import StorageSpec
 
 
 def unlock(
-    url: str,
+    where: StorageSpec | str,
     *,
     remove_all: bool = False,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> list[LockInfo]:
-    repo = open_repo(url, clock=clock, env=env)
+    repo = open_repo(where, clock=clock, env=env)
     return remove_locks(repo.storage, repo.clock, remove_all=remove_all)

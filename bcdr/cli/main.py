@@ -7,7 +7,6 @@ This is the only place that maps errors to exit codes (docs/exit-codes.md):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,6 +20,7 @@ from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
+from bcdr.cli.repoargs import add_repo_options, storage_spec
 from bcdr.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -31,16 +31,7 @@ from bcdr.errors import (
 )
 from bcdr.repository.chunker import ChunkerParams
 
-REPO_ENV = "BCDR_REPO"
-
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _repo(args: argparse.Namespace) -> str:
-    url: str | None = args.repo or os.environ.get(REPO_ENV)
-    if not url:
-        raise UsageError("no repository given", hint=f"pass --repo URL or set {REPO_ENV}")
-    return url
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -60,7 +51,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
         raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")
     result = init_action.init_repository(
-        _repo(args), encrypt=args.encrypt, chunker=chunker, pack_size=args.pack_size
+        storage_spec(args), encrypt=args.encrypt, chunker=chunker, pack_size=args.pack_size
     )
     if args.json:
         render.emit_json(result.to_dict())
@@ -81,7 +72,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         tags=tuple(args.tag),
     )
     try:
-        result = backup_action.backup(_repo(args), request, progress=progress.backup)
+        result = backup_action.backup(storage_spec(args), request, progress=progress.backup)
     finally:
         progress.done()
     if args.json:
@@ -92,7 +83,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    snaps, damaged = snapshots_action.list_snapshots(_repo(args), job=args.job)
+    snaps, damaged = snapshots_action.list_snapshots(storage_spec(args), job=args.job)
     for name in damaged:
         sys.stderr.write(
             f"warning: snapshot {name[:12]} is damaged and was skipped; run `bcdr check`\n"
@@ -105,7 +96,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    snap, entries = snapshots_action.ls(_repo(args), args.snapshot, args.path, job=args.job)
+    snap, entries = snapshots_action.ls(storage_spec(args), args.snapshot, args.path, job=args.job)
     if args.json:
         render.emit_json({"snapshot": snap.id, "entries": [e.to_dict() for e in entries]})
     else:
@@ -117,7 +108,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     progress = _progress(args)
     try:
         result = restore_action.restore(
-            _repo(args),
+            storage_spec(args),
             args.snapshot,
             args.target,
             job=args.job,
@@ -138,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     progress = _progress(args)
     try:
         report = check_action.check(
-            _repo(args),
+            storage_spec(args),
             read_data=args.read_data,
             subset_percent=args.read_data_subset,
             progress=progress.check,
@@ -153,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    removed = unlock_action.unlock(_repo(args), remove_all=args.remove_all)
+    removed = unlock_action.unlock(storage_spec(args), remove_all=args.remove_all)
     if args.json:
         render.emit_json([vars(lock) for lock in removed])
     else:
@@ -187,12 +178,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if repo:
-            p.add_argument(
-                "--repo",
-                "-r",
-                metavar="URL",
-                help=f"repository: a path or file:///path (default: ${REPO_ENV})",
-            )
+            add_repo_options(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
         p.set_defaults(handler=handler, command=name)

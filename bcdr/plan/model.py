@@ -87,6 +87,12 @@ class Repository:
     endpoint: str | None = spec(
         "Blob endpoint override, for an emulator or a sovereign cloud (Azure).", default=None
     )
+    connections: int | None = spec(
+        "Parallel connections for uploads and downloads (Azure; default 8).",
+        default=None,
+        min=1,
+        max=256,
+    )
     encryption: Encryption | None = spec(
         "Encrypt the repository (AES-256-GCM) with a password from the environment or a file.",
         default=None,

@@ -75,8 +75,7 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
         )
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
-        code = str(exc.error_code or getattr(exc.response, "reason", "") or "")
-        code = code.removeprefix("StorageErrorCode.")
+        code = error_code(exc)
         if code == "BlobArchived":
             return ObjectOffline(
                 f"{what}: the blob is in the Archive tier", where=where, hint=REHYDRATE_HINT
@@ -104,6 +103,13 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             f"{what}: cannot reach Azure Storage ({type(exc).__name__})", where=where
         )
     return StorageError(f"{what}: {type(exc).__name__}", where=where)
+
+
+def error_code(exc: AzureError) -> str:
+    """The service's error code (``BlobAlreadyExists``), which the SDK sets on its errors."""
+    code = getattr(exc, "error_code", None)
+    text = str(getattr(code, "value", code) or "")
+    return text.removeprefix("StorageErrorCode.")
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
@@ -186,11 +192,11 @@ class AzureBlobStorage:
                     self._put_blocks(blob, data, tier)
                 return True
             except ResourceExistsError as exc:
-                if exc.error_code == "BlobAlreadyExists" or exc.status_code == 409:
+                if error_code(exc) == "BlobAlreadyExists":
                     return False
                 raise self._fail(exc, f"put {key}") from None
             except ResourceNotFoundError as exc:
-                if exc.error_code != "ContainerNotFound" or attempt == 2:
+                if error_code(exc) != "ContainerNotFound" or attempt == 2:
                     raise self._fail(exc, f"put {key}") from None
                 self._create_container()
             except AzureError as exc:
@@ -270,7 +276,7 @@ class AzureBlobStorage:
                     rehydrating=bool(item.archive_status),
                 )
         except ResourceNotFoundError as exc:
-            if exc.error_code != "ContainerNotFound":
+            if error_code(exc) != "ContainerNotFound":
                 raise self._fail(exc, f"list {prefix}") from None
         except AzureError as exc:
             raise self._fail(exc, f"list {prefix}") from None

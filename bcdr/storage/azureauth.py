@@ -46,7 +46,10 @@ class AzureAuth:
 
     def describe(self) -> str:
         if self.kind == "default":
-            return "DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI)"
+            return (
+                "DefaultAzureCredential (environment, workload identity, managed identity, "
+                "Azure CLI)"
+            )
         return f"the {KIND_TEXT[self.kind]} in ${self.env}"
 
 

@@ -18,7 +18,7 @@ from bcdr.errors import UsageError
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.base import Storage
 from bcdr.storage.local import LocalStorage
-from bcdr.storage.wrap import MeteredStorage, RetryPolicy, RetryingStorage
+from bcdr.storage.wrap import MeteredStorage, RetryingStorage, RetryPolicy
 
 RETRY_SECONDS_ENV = "BCDR_RETRY_SECONDS"
 TIERS = ("hot", "cool", "cold")

@@ -1,0 +1,81 @@
+"""The ``--repo`` option and the options that say how to reach an Azure repository."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bcdr.errors import UsageError
+from bcdr.storage.azureauth import AzureAuth
+from bcdr.storage.url import TIERS, StorageSpec
+
+REPO_ENV = "BCDR_REPO"
+CREDENTIAL_FLAGS = (
+    ("azure_connection_string_env", "connection_string"),
+    ("azure_key_env", "account_key"),
+    ("azure_sas_env", "sas"),
+)
+
+
+def add_repo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--repo",
+        "-r",
+        metavar="URL",
+        help=f"repository: a path, file:///path or azure://ACCOUNT/CONTAINER[/PREFIX] "
+        f"(default: ${REPO_ENV})",
+    )
+    g = p.add_argument_group(
+        "Azure repositories",
+        "Without a credential option bcdr signs in with DefaultAzureCredential (managed "
+        "identity, workload identity, Azure CLI). Secrets are read from the environment "
+        "variable you name, never from arguments.",
+    )
+    cred = g.add_mutually_exclusive_group()
+    cred.add_argument(
+        "--azure-connection-string-env",
+        metavar="VAR",
+        help="environment variable holding a connection string",
+    )
+    cred.add_argument(
+        "--azure-key-env", metavar="VAR", help="environment variable holding the account key"
+    )
+    cred.add_argument(
+        "--azure-sas-env", metavar="VAR", help="environment variable holding a SAS token"
+    )
+    g.add_argument(
+        "--azure-endpoint",
+        metavar="URL",
+        help="blob endpoint (Azurite: http://127.0.0.1:10000/devstoreaccount1; sovereign clouds)",
+    )
+    g.add_argument(
+        "--data-tier",
+        choices=TIERS,
+        help="access tier for new data packs (metadata always goes to Hot); default: the "
+        "account's default tier",
+    )
+    g.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help="parallel uploads/downloads (default 8)",
+    )
+
+
+def storage_spec(args: argparse.Namespace) -> StorageSpec:
+    """The StorageSpec the options describe; UsageError when no repository is given."""
+    url: str | None = args.repo or os.environ.get(REPO_ENV)
+    if not url:
+        raise UsageError("no repository given", hint=f"pass --repo URL or set {REPO_ENV}")
+    auth = AzureAuth()
+    for attr, kind in CREDENTIAL_FLAGS:
+        name = getattr(args, attr, None)
+        if name:
+            auth = AzureAuth(kind, name)  # type: ignore[arg-type]
+    return StorageSpec(
+        url,
+        auth=auth,
+        endpoint=args.azure_endpoint,
+        tier=args.data_tier,
+        connections=args.connections,
+    )
