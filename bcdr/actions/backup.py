@@ -8,7 +8,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bcdr.actions.common import open_repo
+from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
@@ -16,6 +16,7 @@ from bcdr.errors import SourceError
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
 from bcdr.storage.url import StorageSpec
+from bcdr.storage.wrap import Transfer
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class BackupResult:
     stats: BackupStats
     skipped: list[SkippedPath] = field(default_factory=list)
     warnings: list[SkippedPath] = field(default_factory=list)
+    uploaded: Transfer | None = None
 
     @property
     def partial(self) -> bool:
@@ -51,6 +53,7 @@ class BackupResult:
             "skipped": [vars(s) for s in self.skipped],
             "warnings": [vars(s) for s in self.warnings],
             "partial": self.partial,
+            "uploaded": self.uploaded.to_dict() if self.uploaded else None,
         }
 
 
@@ -120,7 +123,13 @@ def run_backup(
             skipped=tuple(archiver.problems.skipped),
         )
         snap = repo.save_snapshot(snap)
-    return BackupResult(snap, stats, archiver.problems.skipped, archiver.problems.warnings)
+    return BackupResult(
+        snap,
+        stats,
+        archiver.problems.skipped,
+        archiver.problems.warnings,
+        uploaded=transfer(repo, "up"),
+    )
 
 
 def backup(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bcdr.actions.common import open_repo
+from bcdr.actions.common import open_repo, transfer
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.check import Checker, CheckReport, ProgressFn
@@ -26,4 +26,6 @@ def check(
     fraction = 1.0 if read_data else (subset_percent or 0.0) / 100
     repo = open_repo(where, clock=clock, env=env)
     with repo.lock(exclusive=False):
-        return Checker(repo, progress).run(fraction, seed)
+        report = Checker(repo, progress).run(fraction, seed)
+    report.downloaded = transfer(repo, "down")
+    return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
@@ -13,6 +14,7 @@ from bcdr.plan.model import Repository as PlanRepository
 from bcdr.repository.repo import Repository
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.url import StorageSpec, open_storage
+from bcdr.storage.wrap import MeteredStorage, Transfer
 
 PASSWORD_ENV = "BCDR_PASSWORD"
 PASSWORD_FILE_ENV = "BCDR_PASSWORD_FILE"
@@ -49,6 +51,14 @@ def open_repo(
     """Open the repository at ``where`` (credential variables are read from ``env`` too)."""
     storage = open_storage(where, env=env)
     return Repository.open(storage, password=lambda: read_password(env), clock=clock)
+
+
+def transfer(repo: Repository, direction: Literal["up", "down"]) -> Transfer | None:
+    """Bytes uploaded or downloaded since the repository was opened, with their rate."""
+    storage = repo.storage
+    if not isinstance(storage, MeteredStorage):
+        return None
+    return storage.uploaded if direction == "up" else storage.downloaded
 
 
 def plan_storage_spec(declared: PlanRepository) -> StorageSpec:

@@ -6,13 +6,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bcdr.actions.common import open_repo
+from bcdr.actions.common import open_repo, transfer
+from bcdr.archive.availability import require_online
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.url import StorageSpec
+from bcdr.storage.wrap import Transfer
 
 
 @dataclass
@@ -20,6 +22,7 @@ class RestoreResult:
     snapshot: Snapshot
     target: str
     stats: RestoreStats
+    downloaded: Transfer | None = None
 
     @property
     def ok(self) -> bool:
@@ -31,6 +34,7 @@ class RestoreResult:
             "target": self.target,
             "ok": self.ok,
             **self.stats.to_dict(),
+            "downloaded": self.downloaded.to_dict() if self.downloaded else None,
         }
 
 
@@ -60,6 +64,7 @@ def restore(
     repo = open_repo(where, clock=clock, env=env)
     snap = repo.resolve_snapshot(ref, job)
     repo.load_index()
+    require_online(repo, bytes.fromhex(snap.tree), snap.short_id, PathMatcher(includes) or None)
     restorer = Restorer(
         repo,
         os.fsencode(os.path.abspath(target)),
@@ -67,4 +72,4 @@ def restore(
         progress=progress,
     )
     stats = restorer.run(bytes.fromhex(snap.tree))
-    return RestoreResult(snap, os.path.abspath(target), stats)
+    return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))

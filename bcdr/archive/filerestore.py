@@ -91,8 +91,9 @@ class FileRestorer:
 
     def __init__(self, repo: Repository, workers: int | None = None):
         self.repo = repo
-        # More threads than cores only add kernel contention on directory locks.
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        # On a local disk more threads than cores only add kernel contention on directory
+        # locks; a remote storage needs one per connection to hide its latency.
+        self.workers = workers or max(1, os.cpu_count() or 1, repo.storage.concurrency)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bcdr-restore")
         self._slots = threading.BoundedSemaphore(2 * self.workers)
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ This is the only place that maps errors to exit codes (docs/exit-codes.md):
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -273,8 +274,17 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def quiet_sdk_logging() -> None:
+    """The Azure SDK logs its own view of failures (long, and at times with request URLs);
+    bcdr reports each failure once, translated, so the SDK's loggers are silenced."""
+    sdk = logging.getLogger("azure")
+    sdk.addHandler(logging.NullHandler())
+    sdk.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    quiet_sdk_logging()
     try:
         code: int = args.handler(args)
         return code

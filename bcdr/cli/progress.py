@@ -8,14 +8,7 @@ from typing import TextIO
 
 from bcdr.archive.backup import BackupStats
 from bcdr.archive.restore import RestoreStats
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from bcdr.units import human_bytes
 
 
 class Progress:

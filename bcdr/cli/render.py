@@ -11,9 +11,10 @@ from bcdr.actions.backup import BackupResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
-from bcdr.cli.progress import human_bytes
 from bcdr.repository.check import CheckReport
 from bcdr.repository.snapshot import Snapshot
+from bcdr.storage.wrap import Transfer
+from bcdr.units import human_bytes
 
 
 def out(text: str = "") -> None:
@@ -42,6 +43,7 @@ def backup_text(r: BackupResult) -> None:
         f"  added      {human_bytes(s.bytes_added)} after dedup and compression "
         f"({s.blobs_added} blobs, {s.packs_written} packs)"
     )
+    transfer_line("uploaded", r.uploaded)
     out(f"  duration   {s.duration_s:.2f}s")
     for w in r.warnings:
         sys.stderr.write(f"warning: {w.path}: {w.reason}\n")
@@ -49,6 +51,11 @@ def backup_text(r: BackupResult) -> None:
         sys.stderr.write(f"error: {sk.path}: {sk.reason}\n")
     if r.partial:
         sys.stderr.write(f"backup is partial: {len(r.skipped)} path(s) not backed up or torn\n")
+
+
+def transfer_line(label: str, t: Transfer | None) -> None:
+    if t is not None and t.bytes:
+        out(f"  {label:10} {human_bytes(t.bytes)} in {t.seconds:.2f}s ({human_bytes(t.rate)}/s)")
 
 
 def snapshots_text(snaps: list[Snapshot]) -> None:
@@ -79,6 +86,7 @@ def restore_text(r: RestoreResult) -> None:
     out(f"restored snapshot {r.snapshot.short_id} to {r.target}")
     out(f"  files      {s.files} ({s.hardlinks} hardlinks), dirs {s.dirs}, symlinks {s.symlinks}")
     out(f"  bytes      {human_bytes(s.bytes_total)} verified")
+    transfer_line("downloaded", r.downloaded)
     out(f"  duration   {s.duration_s:.2f}s")
     for e in s.errors:
         sys.stderr.write(f"error: {e['path']}: {e['error']}\n")
@@ -93,6 +101,7 @@ def check_text(r: CheckReport) -> None:
         f"{r.blobs_referenced} chunks, {r.packs} packs ({r.packs_read} read, "
         f"{human_bytes(r.bytes_read)})"
     )
+    transfer_line("downloaded", r.downloaded)
     for line in r.leftovers:
         out(f"leftover: {line}")
     for line in r.errors:

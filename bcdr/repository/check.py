@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
@@ -24,6 +26,7 @@ from bcdr.repository.locks import is_stale, list_locks
 from bcdr.repository.pack import PackEntry, pack_key, parse_pack
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
+from bcdr.storage.wrap import Transfer
 
 
 @dataclass
@@ -37,6 +40,7 @@ class CheckReport:
     packs_read: int = 0
     bytes_read: int = 0
     read_fraction: float = 0.0
+    downloaded: Transfer | None = None
 
     @property
     def ok(self) -> bool:
@@ -45,6 +49,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["ok"] = self.ok
+        d["downloaded"] = self.downloaded.to_dict() if self.downloaded else None
         return d
 
 
@@ -161,37 +166,50 @@ class Checker:
         count = len(names) if fraction >= 1 else math.ceil(len(names) * fraction)
         chosen = names if count >= len(names) else random.Random(seed).sample(names, count)
         self.report.read_fraction = fraction
-        for i, pack in enumerate(sorted(chosen)):
-            if self.progress:
-                self.progress("read-data", i, len(chosen))
-            self._read_pack(pack)
+        # Packs are downloaded and verified by a pool (hashing, decryption and zstd release
+        # the GIL); at most 2 x workers packs are in memory at once.
+        workers = max(2, self.repo.storage.concurrency)
+        window: deque[Future[tuple[int, list[str]]]] = deque()
+        with ThreadPoolExecutor(workers, thread_name_prefix="bcdr-check") as pool:
+            for i, pack in enumerate(sorted(chosen)):
+                window.append(pool.submit(self._read_pack, pack))
+                if len(window) >= 2 * workers:
+                    self._count_read(window.popleft().result())
+                if self.progress:
+                    self.progress("read-data", i, len(chosen))
+            while window:
+                self._count_read(window.popleft().result())
 
-    def _read_pack(self, pack: str) -> None:
+    def _count_read(self, result: tuple[int, list[str]]) -> None:
+        size, errors = result
+        if size >= 0:
+            self.report.packs_read += 1
+            self.report.bytes_read += size
+        self.report.errors.extend(errors)
+
+    def _read_pack(self, pack: str) -> tuple[int, list[str]]:
+        """Download and verify one pack: (bytes read or -1, problems found)."""
         try:
             data = self.repo.storage.get(pack_key(pack))
         except BcdrError as exc:
-            self.report.errors.append(f"pack {pack[:12]}: cannot read: {exc}")
-            return
-        self.report.packs_read += 1
-        self.report.bytes_read += len(data)
+            return -1, [f"pack {pack[:12]}: cannot read: {exc}"]
+        errors = []
         if object_name(data) != pack:
-            self.report.errors.append(
-                f"pack {pack[:12]}: content does not match its name (damaged)"
-            )
+            errors.append(f"pack {pack[:12]}: content does not match its name (damaged)")
         try:
             entries = parse_pack(data, self.repo.cipher, f"pack {pack[:12]}")
         except CorruptObject as exc:
-            self.report.errors.append(str(exc))
-            return
+            return len(data), [*errors, str(exc)]
         for e in entries:
             sealed = data[e.offset : e.offset + e.stored_len]
             try:
                 self.repo.decode_blob(e.blob_id, e.codec, sealed, e.raw_len)
             except CorruptObject as exc:
-                self.report.errors.append(f"pack {pack[:12]}: {exc}")
+                errors.append(f"pack {pack[:12]}: {exc}")
         indexed = self._indexed.get(pack)
         if indexed is not None and sorted(indexed, key=_key) != sorted(entries, key=_key):
-            self.report.errors.append(f"pack {pack[:12]}: header does not match the index")
+            errors.append(f"pack {pack[:12]}: header does not match the index")
+        return len(data), errors
 
     def _check_leftovers(self) -> None:
         now = self.repo.clock.now()

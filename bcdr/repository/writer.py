@@ -19,7 +19,6 @@ from bcdr.storage.base import Storage
 if TYPE_CHECKING:
     from bcdr.repository.masterindex import MasterIndex
 
-MAX_UPLOADS_IN_FLIGHT = 3
 PACKS_PER_INDEX = 64
 
 
@@ -35,7 +34,10 @@ class BlobWriter:
         self._pending: set[bytes] = set()
         self._uploads: deque[Future[tuple[str, list[PackEntry]]]] = deque()
         self._unindexed: dict[str, list[PackEntry]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcdr-upload")
+        # As many uploads as the storage wants in flight (2 on a local disk, one per connection
+        # on Azure), plus one finished pack waiting: memory is bounded by (N + 1) packs.
+        self._max_in_flight = storage.concurrency + 1
+        self._pool = ThreadPoolExecutor(storage.concurrency, thread_name_prefix="bcdr-upload")
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
@@ -61,7 +63,7 @@ class BlobWriter:
         name, data = self._builder.finish()
         self._builder = PackBuilder(self._cipher)
         self._uploads.append(self._pool.submit(self._upload, name, data, entries))
-        while len(self._uploads) > MAX_UPLOADS_IN_FLIGHT:
+        while len(self._uploads) > self._max_in_flight:
             self._complete_upload()
 
     def _upload(

@@ -46,18 +46,13 @@ from bcdr.errors import (
     TransientStorageError,
 )
 from bcdr.storage.azureauth import AzureAccess
-from bcdr.storage.base import ObjectInfo, check_key
+from bcdr.storage.base import REHYDRATE_HINT, ObjectInfo, check_key
 
 TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 DEFAULT_CONNECTIONS = 8
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 LIST_PAGE_SIZE = 5000
-REHYDRATE_HINT = (
-    "rehydrate the packs to Hot or Cool first (`az storage blob set-tier --tier Cool "
-    "--rehydrate-priority Standard`): Standard priority takes up to 15 hours, High priority "
-    "usually under 1 hour for blobs under 10 GiB, at a higher per-GB cost"
-)
 
 
 def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
@@ -67,7 +62,8 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
     URLs, and a URL can carry a SAS token.
     """
     where = access.url
-    if isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError):
+    if isinstance(exc, ClientAuthenticationError) and exc.response is None:
+        # raised by azure-identity: no credential of the chain could get a token
         return StoragePermission(
             f"no Azure identity could sign in ({access.identity()})",
             where=where,

@@ -49,6 +49,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+REHYDRATE_HINT = (
+    "rehydrate the packs to Hot or Cool first (`az storage blob set-tier --tier Cool "
+    "--rehydrate-priority Standard`, or copy them to an online tier): Standard priority takes "
+    "up to 15 hours, High priority usually under 1 hour for blobs under 10 GiB, at a higher "
+    "per-GB cost; see docs/azure.md"
+)
+
 
 @dataclass(frozen=True)
 class ObjectInfo:

@@ -23,6 +23,13 @@ class StorageWrapper:
     def __init__(self, inner: Storage):
         self.inner = inner
 
+    def __getattr__(self, name: str) -> object:
+        # Extras of one backend (LocalStorage.leftover_temp_files, AzureBlobStorage.set_tier)
+        # stay reachable through any number of wrappers.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     @property
     def url(self) -> str:
         return self.inner.url
