@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from azure_rates import bench_azure  # beside this file
+
 CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
 OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
@@ -194,6 +196,14 @@ def main() -> int:
         f"({index['steady_bytes_per_chunk']:.0f} B/chunk), "
         f"{index['peak_mib']:.0f} MiB peak ({index['peak_bytes_per_chunk']:.0f} B/chunk)"
     )
+    print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):", flush=True)
+    azure = bench_azure(OUT)
+    for r in azure:
+        print(
+            f"  rtt {r['rtt_ms']:4.0f} ms  {r['connections']:.0f} conn  "
+            f"upload {r['upload_mib_s']:7.1f} MiB/s ({r['upload_ratio']:.2f}x)  "
+            f"download {r['download_mib_s']:7.1f} MiB/s ({r['download_ratio']:.2f}x)"
+        )
     doc = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -205,6 +215,7 @@ def main() -> int:
         "results": [asdict(m) for m in results],
         "ratios": ratios(results),
         "index": index,
+        "azure": azure,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
     print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")

@@ -10,7 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
 from bcdr.storage.azure import AzureBlobStorage
 from bcdr.storage.azureauth import AzureAuth, resolve_access
@@ -173,3 +176,27 @@ def test_azurite_stopped_mid_backup_then_next_run_succeeds(tmp_path: Path) -> No
         assert snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)
     finally:
         server.stop()
+
+
+def test_sas_token_from_a_variable_works_and_never_shows(azurite: Azurite, tmp_path: Path) -> None:
+    sas = generate_account_sas(
+        ACCOUNT,
+        KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    url = _repo_url()
+    base = ["--repo", url, "--azure-sas-env", "MY_SAS", "--azure-endpoint", azurite.endpoint]
+    src = _source(tmp_path)
+    env = {"MY_SAS": sas}
+    for args in (["init"], ["backup", src], ["snapshots"]):
+        r = run_process(*args, *base, env=env)
+        assert r.code == 0, r.err
+        assert sas not in r.out + r.err
+    # A SAS that does not sign: refused, named by its variable, the token never printed.
+    bad = sas.replace("sig=", "sig=AAAA")
+    r = run_process("snapshots", *base, env={"MY_SAS": bad})
+    assert r.code == 1
+    assert "SAS token in $MY_SAS" in r.err
+    assert bad not in r.err and "sig=" not in r.err
