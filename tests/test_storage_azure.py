@@ -160,3 +160,13 @@ def test_bad_azure_settings_are_usage_errors(
         open_storage(StorageSpec(url, auth=auth, endpoint=endpoint), env=env)
     assert expect in str(exc.value)
     assert "c2VjcmV0" not in str(exc.value) and "sig=abc" not in str(exc.value)
+
+
+def test_development_storage_shorthand_points_at_local_azurite() -> None:
+    access = resolve_access(
+        "azure://devstoreaccount1/cont",
+        AzureAuth("connection_string", "CS"),
+        env={"CS": "UseDevelopmentStorage=true"},
+    )
+    assert access.endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    assert "Eby8" not in repr(access)
