@@ -140,13 +140,13 @@ def test_azurite_stopped_mid_backup_then_next_run_succeeds(tmp_path: Path) -> No
         env = {**server.env(CS), "BCDR_RETRY_SECONDS": "2"}
         src = write_tree(
             tmp_path / "src",
-            {f"shard-{i}.bin": os.urandom(4 * 1024 * 1024) for i in range(24)},
+            {f"shard-{i}.bin": os.urandom(4 * 1024 * 1024) for i in range(40)},
         )
         base = ["--repo", url, "--azure-connection-string-env", CS]
         r = run_process("init", *base, "--pack-size", str(1024 * 1024), env=env)
         assert r.code == 0, r.err
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bcdr", "backup", str(src), *base, "--connections", "2"],
+            [sys.executable, "-m", "bcdr", "backup", str(src), *base, "--connections", "1"],
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
+from bcdr.parallel import ordered_map
 from bcdr.repository.hashing import object_name
 from bcdr.repository.locks import is_stale, list_locks
 from bcdr.repository.pack import PackEntry, pack_key, parse_pack
@@ -169,16 +168,11 @@ class Checker:
         # Packs are downloaded and verified by a pool (hashing, decryption and zstd release
         # the GIL); at most 2 x workers packs are in memory at once.
         workers = max(2, self.repo.storage.concurrency)
-        window: deque[Future[tuple[int, list[str]]]] = deque()
-        with ThreadPoolExecutor(workers, thread_name_prefix="bcdr-check") as pool:
-            for i, pack in enumerate(sorted(chosen)):
-                window.append(pool.submit(self._read_pack, pack))
-                if len(window) >= 2 * workers:
-                    self._count_read(window.popleft().result())
-                if self.progress:
-                    self.progress("read-data", i, len(chosen))
-            while window:
-                self._count_read(window.popleft().result())
+        results = ordered_map(self._read_pack, sorted(chosen), workers)
+        for i, result in enumerate(results):
+            self._count_read(result)
+            if self.progress:
+                self.progress("read-data", i, len(chosen))
 
     def _count_read(self, result: tuple[int, list[str]]) -> None:
         size, errors = result

@@ -20,6 +20,7 @@ from bcdr.errors import (
     UsageError,
     WrongPassword,
 )
+from bcdr.parallel import ordered_map
 from bcdr.repository.chunker import Chunker, ChunkerParams
 from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
@@ -158,13 +159,20 @@ class Repository:
         infos = list(self.storage.list("index/"))
         names = sorted(info.key.removeprefix("index/") for info in infos)
         capacity = sum(info.size for info in infos) // ENTRY.size
-        self.index.load((self._index_records(name) for name in names), capacity)
+        # Index files are fetched in parallel (a remote storage's latency is hidden) and
+        # decoded here, in name order: decoding in the pool's threads would spread the arrays
+        # over per-thread malloc arenas and cost RSS.
+        fetched = ordered_map(self._read_index_bytes, names, self.storage.concurrency)
+        self.index.load(
+            (self._decode_index(name, data) for name, data in zip(names, fetched, strict=True)),
+            capacity,
+        )
         self.index_loaded = True
 
-    def _index_records(self, name: str) -> list[tuple[str, np.ndarray]]:
+    def _decode_index(self, name: str, data: bytes) -> list[tuple[str, np.ndarray]]:
         from bcdr.repository.masterindex import decode_index_records
 
-        return decode_index_records(self._read_index_bytes(name), self.cipher, f"index {name[:12]}")
+        return decode_index_records(data, self.cipher, f"index {name[:12]}")
 
     def _read_index_bytes(self, name: str) -> bytes:
         data = self.storage.get(f"index/{name}")
