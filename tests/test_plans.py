@@ -103,6 +103,20 @@ def test_quickstart_validates(cli) -> None:  # type: ignore[no-untyped-def]
             "repositories.local.endpoint",
             "looks like a secret",
         ),
+        (
+            "url: ../.bcdr/quickstart-repo",
+            "url: azure://mlbackups/AB",
+            6,
+            "repositories.local.url",
+            "invalid container name",
+        ),
+        (
+            "url: ../.bcdr/quickstart-repo",
+            "url: azure://mlbackups/ckpt\n    endpoint: ftp://x",
+            7,
+            "repositories.local.endpoint",
+            "invalid blob endpoint",
+        ),
         ("version: 1", "version: 2", 1, "version", "must be one of: 1"),
         ("sample: 100%", "sample: 150%", 29, "drills.restore-checkpoints.sample", "percentage"),
         (

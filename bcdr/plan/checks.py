@@ -4,14 +4,15 @@ overlapping paths, exactly-one choices. Each problem is located in the source.""
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from bcdr.errors import UsageError
 from bcdr.plan.model import BackupJob, Plan, Retention, Timing
 from bcdr.plan.schedules import cron_for, longest_interval
 from bcdr.plan.schema import did_you_mean
 from bcdr.plan.source import Source
+from bcdr.storage.azureauth import check_endpoint, parse_azure_url
 
 EPOCH = datetime(2025, 1, 6, tzinfo=UTC)  # a fixed start: validation does not depend on today
 
@@ -56,13 +57,20 @@ def check_plan(src: Source, plan: Plan) -> None:
         is_azure = repo.url.startswith("azure://")
         if not is_azure and (repo.endpoint or not isinstance(cred, str)):
             src.problem(path, "`credential` and `endpoint` apply to azure:// repositories only")
-        if is_azure and not _azure_url_ok(repo.url):
-            src.problem(
-                (*path, "url"),
-                "an Azure URL is azure://ACCOUNT/CONTAINER[/PREFIX]",
-                "account: 3-24 lowercase letters and digits; container: 3-63 of "
-                "lowercase letters, digits and '-'",
-            )
+        if is_azure:
+            _storage_rule(src, (*path, "url"), parse_azure_url, repo.url)
+        if repo.endpoint is not None:
+            _storage_rule(src, (*path, "endpoint"), check_endpoint, repo.endpoint, "endpoint")
+
+
+def _storage_rule(
+    src: Source, path: tuple[str, ...], check: Callable[..., object], *args: str
+) -> None:
+    """Apply one of the storage layer's own rules (the same code that opens the storage)."""
+    try:
+        check(*args)
+    except UsageError as exc:
+        src.problem(path, exc.message, exc.hint)
 
 
 def _reference(
@@ -75,12 +83,6 @@ def _reference(
             f"no {what} named {name!r}",
             did_you_mean(name, known) or f"defined: {', '.join(known) or 'none'}",
         )
-
-
-def _azure_url_ok(url: str) -> bool:
-    return bool(
-        re.fullmatch(r"azure://[a-z0-9]{3,24}/[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9](/.*)?", url)
-    )
 
 
 def _names(src: Source, plan: Plan) -> None:

@@ -164,7 +164,7 @@ def _connection_string(text: str, name: str) -> dict[str, str]:
     return fields
 
 
-def _check_endpoint(endpoint: str, where: str) -> str:
+def check_endpoint(endpoint: str, where: str) -> str:
     parsed = urlparse(endpoint)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UsageError(
@@ -228,7 +228,7 @@ def resolve_access(
         elif "endpointsuffix" in fields:
             proto = fields.get("defaultendpointsprotocol", "https")
             derived_endpoint = f"{proto}://{account}.blob.{fields['endpointsuffix']}"
-    final = _check_endpoint(endpoint or derived_endpoint, endpoint and "endpoint" or url)
+    final = check_endpoint(endpoint or derived_endpoint, endpoint and "endpoint" or url)
     if auth.kind == "default" and final.startswith("http://"):
         raise UsageError(
             "the default Azure credential signs in with a bearer token, which Azure's SDK "
