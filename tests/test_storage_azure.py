@@ -3,6 +3,7 @@ tiers, archived blobs, paging, errors translated at the boundary."""
 
 from __future__ import annotations
 
+import http.server
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from bcdr.errors import ObjectOffline, StoragePermission, TransientStorageError,
 from bcdr.storage.azure import AzureBlobStorage
 from bcdr.storage.azureauth import AzureAuth, resolve_access
 from bcdr.storage.url import StorageSpec, open_storage
-from tests.azurite import ACCOUNT, Azurite, free_port
+from bcdr.storage.wrap import RetryingStorage, RetryPolicy
+from tests.azurite import ACCOUNT, KEY, Azurite, free_port
 from tests.storage_contract import StorageContract
 
 CS_ENV = "TEST_AZURE_CS"
@@ -170,3 +172,52 @@ def test_development_storage_shorthand_points_at_local_azurite() -> None:
     )
     assert access.endpoint == "http://127.0.0.1:10000/devstoreaccount1"
     assert "Eby8" not in repr(access)
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """Answers every request the way Azure Storage answers when it throttles."""
+
+    requests = 0
+
+    def _busy(self) -> None:
+        type(self).requests += 1
+        body = (
+            b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+            b"<Message>The server is busy.</Message></Error>"
+        )
+        self.send_response(503)
+        self.send_header("Retry-After", "3")
+        self.send_header("x-ms-error-code", "ServerBusy")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = _busy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_throttling_is_retried_after_the_servers_retry_after() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/{ACCOUNT}"
+        access = resolve_access(
+            f"azure://{ACCOUNT}/busy",
+            AzureAuth("account_key", "K"),
+            endpoint=endpoint,
+            env={"K": KEY},
+        )
+        sleeps: list[float] = []
+        storage = RetryingStorage(
+            AzureBlobStorage(access), RetryPolicy(attempts=3), sleep=sleeps.append
+        )
+        with pytest.raises(TransientStorageError) as exc:
+            storage.get("config")
+        assert "503 ServerBusy" in exc.value.message
+        assert exc.value.retry_after == 3.0
+        assert sleeps == [3.0, 3.0] and _Busy.requests == 3
+    finally:
+        server.shutdown()
