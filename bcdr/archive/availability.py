@@ -90,4 +90,3 @@ def require_online(
         where=repo.storage.url,
         hint=f"{REHYDRATE_HINT}; nothing was restored",
     )
-

@@ -82,8 +82,7 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             return ObjectNotFound(f"not found: {what}", where=where)
         if status in (401, 403):
             return StoragePermission(
-                f"{what}: access denied ({status} {code}) for "
-                f"{access.identity(ask_token=True)}",
+                f"{what}: access denied ({status} {code}) for {access.identity(ask_token=True)}",
                 where=where,
                 hint=access.auth_hint(code),
             )

@@ -170,9 +170,7 @@ class RetryingStorage(StorageWrapper):
         return iter(self._call(f"list {prefix}", lambda: list(self.inner.list(prefix))))
 
     def list_offline(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(
-            self._call(f"list {prefix}", lambda: list(self.inner.list_offline(prefix)))
-        )
+        return iter(self._call(f"list {prefix}", lambda: list(self.inner.list_offline(prefix))))
 
     def delete(self, key: str) -> bool:
         return self._call(f"delete {key}", lambda: self.inner.delete(key))
