@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bcdr.errors import PlanInvalid, PlanProblem
+from bcdr.geo.catalog import catalog
+from bcdr.geo.residency import Placement, placements
 from bcdr.plan.loader import load_plan
 from bcdr.plan.model import Plan
 from bcdr.plan.schedules import cron_for, next_runs
@@ -49,21 +51,33 @@ class JobView:
     cron: str
     next_runs: list[str]
     targets: dict[str, str]
+    placements: list[Placement] = field(default_factory=list)  # every region its data lives in
 
     def to_dict(self) -> dict[str, object]:
-        return dict(vars(self))
+        d = dict(vars(self))
+        d["placements"] = [
+            {"region": p.region, "role": p.role, "geography": p.geography, "via": p.via}
+            for p in self.placements
+        ]
+        return d
 
 
 def describe(plan: Plan, now: datetime) -> list[JobView]:
     tz = plan.timezone.zone
     views = []
+    where: dict[str, list[Placement]] = {}
+    for p in placements(plan):
+        where.setdefault(p.job, []).append(p)
 
     def view(
         name: str, kind: str, job: object, target: str, region: str | None, targets: dict[str, str]
     ) -> None:
         cron = cron_for(job.schedule, plan.name, name, job.at, job.on)  # type: ignore[attr-defined]
         runs = [t.isoformat(timespec="minutes") for t in next_runs(cron, tz, now, 3)]
-        views.append(JobView(name, kind, target, region, cron, runs, targets))
+        if region is not None:
+            known = catalog().get(region)
+            region = known.name if known else region
+        views.append(JobView(name, kind, target, region, cron, runs, targets, where.get(name, [])))
 
     for name, b in plan.backups.items():
         repo = plan.repositories[b.repository]

@@ -63,6 +63,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         render.out(f"\n  {v.kind} {v.name}: {arrow} {v.target}{region}; {targets}")
         render.out(f"    schedule  {v.cron}")
         render.out(f"    next      {', '.join(v.next_runs)}")
+        if v.placements:
+            render.out(f"    regions   {render.placements_text(v.placements)}")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from bcdr.actions.backup import BackupResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
+from bcdr.geo.residency import Placement
 from bcdr.repository.check import CheckReport
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.wrap import Transfer
@@ -113,5 +114,16 @@ def plan_job_text(r: JobResult) -> None:
     out(f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else ""))
     if r.backup is not None:
         backup_text(r.backup)
+    if r.placement is not None and (r.placement.region or r.placement.status == "verified"):
+        out(f"  placement {r.placement.describe()}")
     for note in r.notes:
         out(f"  note: {note}")
+
+
+def placements_text(places: list[Placement]) -> str:
+    """``westeurope (Europe, repository), northeurope (Europe, secondary: GRS from westeurope)``"""
+    parts = []
+    for p in places:
+        role = f"{p.role}: {p.via}" if p.via else p.role
+        parts.append(f"{p.region} ({p.geography or 'unknown'}, {role})")
+    return ", ".join(parts)

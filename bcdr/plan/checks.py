@@ -7,7 +7,9 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from bcdr.cloud.arm import check_arm_endpoint
 from bcdr.errors import UsageError
+from bcdr.geo.residency import violations
 from bcdr.plan.model import BackupJob, Plan, Retention, Timing
 from bcdr.plan.schedules import cron_for, longest_interval
 from bcdr.plan.schema import did_you_mean
@@ -19,6 +21,8 @@ EPOCH = datetime(2025, 1, 6, tzinfo=UTC)  # a fixed start: validation does not d
 
 def check_plan(src: Source, plan: Plan) -> None:
     _names(src, plan)
+    for v in violations(plan):
+        src.problem(v.path, f"{v.message} [rule: {v.rule}]", v.hint)
     for name, job in plan.backups.items():
         path = ("backups", name)
         _reference(src, (*path, "repository"), job.repository, plan.repositories, "repository")
@@ -61,6 +65,20 @@ def check_plan(src: Source, plan: Plan) -> None:
             _storage_rule(src, (*path, "url"), parse_azure_url, repo.url)
         if repo.endpoint is not None:
             _storage_rule(src, (*path, "endpoint"), check_endpoint, repo.endpoint, "endpoint")
+        if repo.management is not None:
+            if not is_azure:
+                src.problem(
+                    (*path, "management"),
+                    "`management` applies to azure:// repositories only",
+                    "a local repository's region can only be declared",
+                )
+            if repo.management.endpoint is not None:
+                _storage_rule(
+                    src,
+                    (*path, "management", "endpoint"),
+                    check_arm_endpoint,
+                    repo.management.endpoint,
+                )
 
 
 def _storage_rule(

@@ -1,0 +1,1 @@
+"""Azure regions (catalog) and data-residency rules."""
