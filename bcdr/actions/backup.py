@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
@@ -27,6 +28,7 @@ class BackupRequest:
     force_read: bool = False
     tags: tuple[str, ...] = ()
     plan: str | None = None
+    placement: dict[str, Any] | None = None  # where the data goes, from geo.verify
 
 
 @dataclass
@@ -121,6 +123,7 @@ def run_backup(
             tags=request.tags,
             stats=stats.to_dict(),
             skipped=tuple(archiver.problems.skipped),
+            placement=request.placement,
         )
         snap = repo.save_snapshot(snap)
     return BackupResult(

@@ -17,6 +17,7 @@ from bcdr.actions.common import (
 )
 from bcdr.clock import Clock
 from bcdr.errors import BcdrError, PasswordRequired, RepositoryNotFound, UsageError
+from bcdr.geo.verify import PlacementRecord, establish_placement
 from bcdr.plan.model import BackupJob, Plan, Repository
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.repo import Repository as Repo
@@ -34,10 +35,12 @@ class JobResult:
     backup: BackupResult | None = None
     notes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    placement: PlacementRecord | None = None  # where the data went
 
     def to_dict(self) -> dict[str, object]:
-        out = {k: v for k, v in vars(self).items() if k != "backup"}
+        out = {k: v for k, v in vars(self).items() if k not in ("backup", "placement")}
         out["backup"] = self.backup.to_dict() if self.backup else None
+        out["placement"] = self.placement.to_dict() if self.placement else None
         return out
 
 
@@ -102,8 +105,6 @@ def _notes(plan: Plan, job: BackupJob) -> list[str]:
     notes = []
     if job.retention is not None:
         notes.append("retention is not applied yet: every snapshot is kept")
-    if plan.residency is not None:
-        notes.append("residency is declared but not enforced yet")
     if plan.hooks is not None:
         notes.append("hooks are not run yet")
     return notes
@@ -115,6 +116,8 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
     try:
         resolve_sources(job.paths)
         env = _password_env(declared)
+        placement = establish_placement(plan, job.repository)
+        result.placement = placement
         if dry_run:
             result.status = DRY_RUN
             result.message = (
@@ -128,7 +131,13 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
             repo = Repo.init(storage, password=read_password(env) if env else None, clock=clock)
             result.notes.insert(0, f"created repository {job.repository!r} at {storage.url}")
         try:
-            request = BackupRequest(paths=job.paths, job=name, excludes=job.exclude, plan=plan.name)
+            request = BackupRequest(
+                paths=job.paths,
+                job=name,
+                excludes=job.exclude,
+                plan=plan.name,
+                placement=placement.to_dict(),
+            )
             backup = run_backup(repo, request)
         finally:
             repo.close()

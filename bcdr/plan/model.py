@@ -16,6 +16,7 @@ from bcdr.plan.types import (
     EnvName,
     Percent,
     Schedule,
+    SubscriptionId,
     TimeOfDay,
     Timezone,
     Weekday,
@@ -62,6 +63,26 @@ class Encryption:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Management:
+    """Read access to Azure Resource Manager, so each run checks the storage account's real
+    region, redundancy and secondary region against the plan (role: Reader on the account)."""
+
+    subscription_id: SubscriptionId = spec("Subscription of the storage account.")
+    resource_group: str = spec("Resource group of the storage account.")
+    token_env: EnvName | None = spec(
+        "Environment variable holding an ARM access token "
+        "(`az account get-access-token --query accessToken`); default: the default credential "
+        "chain (managed identity, workload identity, environment, Azure CLI).",
+        default=None,
+    )
+    endpoint: str | None = spec(
+        "Resource Manager endpoint, for a sovereign cloud (default "
+        "`https://management.azure.com`).",
+        default=None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Repository:
     """Where backups are stored."""
 
@@ -92,6 +113,11 @@ class Repository:
         default=None,
         min=1,
         max=256,
+    )
+    management: Management | None = spec(
+        "Verify the account's region and redundancy through Resource Manager before each run "
+        "(Azure); without it the region is recorded as declared, not verified.",
+        default=None,
     )
     encryption: Encryption | None = spec(
         "Encrypt the repository (AES-256-GCM) with a password from the environment or a file.",

@@ -17,6 +17,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 SHORTHANDS = ("hourly", "daily", "weekly", "monthly")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 DISK_RE = re.compile(
     r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w.()]{1,90}"
     r"/providers/Microsoft\.Compute/disks/[-\w.]{1,80}$"
@@ -223,6 +224,25 @@ class DiskId:
                 "this is not a managed-disk resource id", "copy it from `az disk show --query id`"
             )
         return cls(text)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class SubscriptionId:
+    DOC: ClassVar[str] = "an Azure subscription id, a GUID `00000000-0000-0000-0000-000000000000`"
+    id: str
+
+    @classmethod
+    def parse(cls, raw: object) -> SubscriptionId:
+        text = _text(raw, "a subscription id").strip()
+        if not GUID_RE.fullmatch(text):
+            raise ValueError(
+                "this is not a subscription id (a GUID)",
+                "copy it from `az account show --query id`",
+            )
+        return cls(text.lower())
 
     def __str__(self) -> str:
         return self.id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ class Snapshot:
     stats: dict[str, Any] = field(default_factory=dict)
     skipped: tuple[SkippedPath, ...] = ()
     program_version: str = ""
+    placement: dict[str, Any] | None = None  # region, redundancy, secondary, verified/declared
     id: str = ""  # the storage name; not part of the stored document
 
     @property
@@ -59,6 +60,8 @@ class Snapshot:
             doc["excludes"] = tuple(doc.get("excludes", ()))
             doc["tags"] = tuple(doc.get("tags", ()))
             doc["skipped"] = tuple(SkippedPath(**s) for s in doc.get("skipped", ()))
-            return cls(**doc, id=name)
+            known = {f.name for f in fields(cls)} - {"id"}
+            # Fields a newer bcdr added are ignored, so older versions still read its snapshots.
+            return cls(**{k: v for k, v in doc.items() if k in known}, id=name)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptObject(f"snapshot {name[:12]}: does not parse ({exc})") from None

@@ -1,0 +1,1 @@
+"""Azure management plane (Resource Manager)."""

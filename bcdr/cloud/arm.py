@@ -1,0 +1,152 @@
+"""Azure Resource Manager access: one credential and client setup for every management-plane
+call bcdr makes (storage account facts now, disk snapshots later).
+
+The credential is an ARM access token from an environment variable the plan names, or the
+default chain (``DefaultAzureCredential``). The token lives only in the credential object;
+errors name the variable, never its value. ARM calls are HTTPS only (the SDK refuses to send a
+bearer token over plain HTTP); a private CA is trusted through ``REQUESTS_CA_BUNDLE``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from bcdr.errors import BcdrError, StoragePermission, TransientStorageError, UsageError
+
+ARM_ENDPOINT = "https://management.azure.com"
+TOKEN_LIFETIME_S = 3600  # a token from the environment: its real expiry is not ours to parse
+
+
+@dataclass(frozen=True)
+class ArmAccess:
+    """Where and as whom to call ARM. Safe to print (holds a variable name, not a token)."""
+
+    subscription_id: str
+    resource_group: str
+    token_env: str | None = None
+    endpoint: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.endpoint or ARM_ENDPOINT).rstrip("/")
+
+    def describe(self) -> str:
+        who = f"the token in ${self.token_env}" if self.token_env else "DefaultAzureCredential"
+        return f"Resource Manager {self.base_url} as {who}"
+
+
+class EnvTokenCredential:
+    """An ARM access token taken once from an environment variable (``az account
+    get-access-token``): the azure-core TokenCredential protocol, for pipelines and CI."""
+
+    def __init__(self, name: str, env: Mapping[str, str]):
+        value = env.get(name, "").strip()
+        if not value:
+            raise UsageError(
+                f"environment variable {name} is not set or empty",
+                where=f"management.token_env {name}",
+                hint="set it to an ARM access token (`az account get-access-token --query "
+                "accessToken -o tsv`), or remove token_env to use the default credential chain",
+            )
+        self._token = value
+        self._expires = int(time.time()) + TOKEN_LIFETIME_S
+
+    def __repr__(self) -> str:
+        return "EnvTokenCredential(<token>)"
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, self._expires)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self._token, self._expires)
+
+
+def check_arm_endpoint(endpoint: str, where: str = "management.endpoint") -> str:
+    """``https://host[:port]`` with nothing after it, or UsageError."""
+    parsed = urlparse(endpoint)
+    if parsed.scheme != "https" or not parsed.hostname or parsed.path.strip("/") or parsed.query:
+        raise UsageError(
+            f"invalid Resource Manager endpoint {parsed.scheme or '?'}://{parsed.hostname or '?'}"
+            "...: it must be https://HOST[:PORT] with no path or query",
+            where=where,
+            hint=f"leave it out for public Azure ({ARM_ENDPOINT}); ARM tokens are sent over "
+            "HTTPS only",
+        )
+    return endpoint
+
+
+def arm_client(cls: type, access: ArmAccess, env: Mapping[str, str] | None = None) -> Any:
+    """An azure-mgmt ``cls`` client (StorageManagementClient, ComputeManagementClient) for
+    ``access``, with few quick retries: bcdr's own retry policy is the outer loop."""
+    env = os.environ if env is None else env
+    if access.endpoint:
+        check_arm_endpoint(access.endpoint)
+    credential: Any
+    if access.token_env:
+        credential = EnvTokenCredential(access.token_env, env)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return cls(
+        credential,
+        access.subscription_id,
+        base_url=access.base_url,
+        credential_scopes=[f"{access.base_url}/.default"],
+        retry_total=2,
+        retry_backoff_factor=0.5,
+        connection_timeout=15,
+        read_timeout=60,
+    )
+
+
+def translate_arm_error(exc: Exception, what: str, access: ArmAccess) -> BcdrError:
+    """An azure-core error from an ARM call as a BcdrError with a hint; never the token."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
+
+    status = getattr(exc, "status_code", None)
+    code = ""
+    error = getattr(exc, "error", None)
+    if error is not None:
+        code = getattr(error, "code", "") or ""
+    where = f"{access.base_url}, subscription {access.subscription_id}"
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return UsageError(
+            f"{what} was not found ({code or 'not found'})",
+            where=f"{where}, resource group {access.resource_group}",
+            hint="check management.subscription_id and management.resource_group in the plan "
+            "(`az storage account show -n ACCOUNT --query id`)",
+        )
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return StoragePermission(
+            f"Resource Manager refused to read {what} ({code or status})",
+            where=where,
+            hint=f"signed in with {access.describe().split(' as ', 1)[1]}; it needs the Reader "
+            "role on the resource (or a fresh token)",
+        )
+    if isinstance(exc, ServiceRequestError):
+        return TransientStorageError(
+            f"cannot reach Resource Manager to read {what}: {type(exc).__name__}",
+            where=access.base_url,
+            hint="check the network path to the management endpoint (proxy, firewall, TLS "
+            "trust: REQUESTS_CA_BUNDLE for a private CA)",
+        )
+    if isinstance(exc, HttpResponseError):
+        return TransientStorageError(
+            f"Resource Manager failed reading {what} ({code or status})", where=where
+        )
+    return BcdrError(f"reading {what} failed: {type(exc).__name__}", where=where)
