@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -11,10 +12,17 @@ class Clock(Protocol):
         """An aware datetime."""
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Wait (a fake clock just moves on)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 class FakeClock:
@@ -24,6 +32,7 @@ class FakeClock:
         if start.tzinfo is None:
             raise ValueError("FakeClock needs an aware datetime")
         self._now = start
+        self.slept: list[float] = []
 
     def now(self) -> datetime:
         return self._now
@@ -33,3 +42,7 @@ class FakeClock:
 
     def set(self, when: datetime) -> None:
         self._now = when
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._now += timedelta(seconds=seconds)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
+from bcdr.actions.check import check
 from bcdr.actions.common import (
     PASSWORD_ENV,
     PASSWORD_FILE_ENV,
@@ -16,14 +17,22 @@ from bcdr.actions.common import (
     read_password,
 )
 from bcdr.clock import Clock
-from bcdr.errors import BcdrError, PasswordRequired, RepositoryNotFound, UsageError
+from bcdr.errors import (
+    BcdrError,
+    PasswordRequired,
+    RepositoryNotFound,
+    TransientStorageError,
+    UsageError,
+)
 from bcdr.geo.verify import PlacementRecord, establish_placement
-from bcdr.plan.model import BackupJob, Plan, Repository
+from bcdr.plan.model import BackupJob, CheckJob, Plan, Repository
 from bcdr.plan.schema import did_you_mean
+from bcdr.repository.check import CheckReport
 from bcdr.repository.repo import Repository as Repo
 from bcdr.storage.url import open_storage
 
-OK, PARTIAL, FAILED, DRY_RUN, NOT_AVAILABLE = "ok", "partial", "failed", "dry-run", "not available"
+OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
+NOT_AVAILABLE, SKIPPED = "not available", "skipped"
 
 
 @dataclass
@@ -36,9 +45,12 @@ class JobResult:
     notes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     placement: PlacementRecord | None = None  # where the data went
+    transient: bool = False  # failed in a way a retry may fix (unreachable, throttled)
+    check: CheckReport | None = None
 
     def to_dict(self) -> dict[str, object]:
-        out = {k: v for k, v in vars(self).items() if k not in ("backup", "placement")}
+        out = {k: v for k, v in vars(self).items() if k not in ("backup", "placement", "check")}
+        out["check"] = self.check.to_dict() if self.check else None
         out["backup"] = self.backup.to_dict() if self.backup else None
         out["placement"] = self.placement.to_dict() if self.placement else None
         return out
@@ -63,30 +75,79 @@ def run_plan(
     dry_run: bool = False,
     clock: Clock | None = None,
     on_start: Callable[[str], None] | None = None,
+    execute: Callable[[Plan, str], JobResult] | None = None,
 ) -> list[JobResult]:
+    """Run the named jobs (all when none are named). ``execute`` runs one job (the scheduler
+    passes one that takes the job's lock, retries and records it); default: ``run_job``."""
     results = []
     for name in select_jobs(plan, names):
         if on_start:
             on_start(name)
-        started = time.monotonic()
-        if name in plan.backups:
-            result = _backup(plan, name, plan.backups[name], dry_run, clock)
+        if execute is not None and not dry_run:
+            result = execute(plan, name)
         else:
-            kind = "disk snapshot" if name in plan.snapshots else "drill"
-            result = JobResult(
-                name,
-                kind,
-                NOT_AVAILABLE,
-                f"{kind} jobs are not available in this version of bcdr yet",
-            )
-            if not names:  # part of the whole plan: reported, not a failure
-                result.status = "skipped"
-        result.duration_s = time.monotonic() - started
+            result = run_job(plan, name, dry_run=dry_run, clock=clock)
+        if result.status == NOT_AVAILABLE and not names:
+            result.status = SKIPPED  # part of the whole plan: reported, not a failure
         results.append(result)
     return results
 
 
-def _password_env(repo: Repository) -> dict[str, str]:
+def run_job(
+    plan: Plan, name: str, *, dry_run: bool = False, clock: Clock | None = None
+) -> JobResult:
+    """Run one job of the plan now. Never raises a BcdrError: the result says what happened
+    (``transient`` when a retry may succeed)."""
+    started = time.monotonic()
+    kind, _ = plan.job(name)
+    if kind == "backup":
+        result = _backup(plan, name, plan.backups[name], dry_run, clock)
+    elif kind == "check":
+        result = _check(plan, name, plan.checks[name], dry_run)
+    else:
+        what = "disk snapshot" if kind == "snapshot" else kind
+        result = JobResult(
+            name, kind, NOT_AVAILABLE, f"{what} jobs are not available in this version of bcdr yet"
+        )
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _failed(result: JobResult, exc: BcdrError) -> JobResult:
+    result.status = FAILED
+    result.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
+    result.transient = isinstance(exc, TransientStorageError)
+    return result
+
+
+def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
+    declared = plan.repositories[job.repository]
+    result = JobResult(name, "check", OK)
+    if dry_run:
+        result.status = DRY_RUN
+        result.message = f"would check repository {job.repository!r}"
+        return result
+    try:
+        env = password_env(declared)
+        subset = job.read_data.value
+        report = check(
+            plan_storage_spec(declared), subset_percent=subset or None, env={**os.environ, **env}
+        )
+    except BcdrError as exc:
+        return _failed(result, exc)
+    result.check = report
+    if report.errors:
+        result.status = FAILED
+        result.message = f"{len(report.errors)} problem(s): {report.errors[0]}"
+    else:
+        result.message = (
+            f"no errors found: {report.snapshots} snapshots, {report.packs} packs, "
+            f"{report.read_fraction:.0%} of the data read"
+        )
+    return result
+
+
+def password_env(repo: Repository) -> dict[str, str]:
     enc = repo.encryption
     if enc is None:
         return {}
@@ -105,8 +166,6 @@ def _notes(plan: Plan, job: BackupJob) -> list[str]:
     notes = []
     if job.retention is not None:
         notes.append("retention is not applied yet: every snapshot is kept")
-    if plan.hooks is not None:
-        notes.append("hooks are not run yet")
     return notes
 
 
@@ -115,7 +174,7 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
     result = JobResult(name, "backup", OK, notes=_notes(plan, job))
     try:
         resolve_sources(job.paths)
-        env = _password_env(declared)
+        env = password_env(declared)
         placement = establish_placement(plan, job.repository)
         result.placement = placement
         if dry_run:
@@ -142,9 +201,7 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
         finally:
             repo.close()
     except BcdrError as exc:
-        result.status = FAILED
-        result.message = str(exc) + (f" (hint: {exc.hint})" if exc.hint else "")
-        return result
+        return _failed(result, exc)
     result.status = PARTIAL if backup.partial else OK
     result.backup = backup
     result.message = f"snapshot {backup.snapshot.short_id} saved"

@@ -39,6 +39,10 @@ def check_plan(src: Source, plan: Plan) -> None:
         elif drill.snapshot is not None:
             _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
         _timing(src, path, plan, name, drill)
+    for name, check in plan.checks.items():
+        path = ("checks", name)
+        _reference(src, (*path, "repository"), check.repository, plan.repositories, "repository")
+        _timing(src, path, plan, name, check)
     for name, repo in plan.repositories.items():
         path = ("repositories", name)
         if repo.encryption is not None and (
@@ -105,13 +109,13 @@ def _reference(
 
 def _names(src: Source, plan: Plan) -> None:
     seen: dict[str, str] = {}
-    for section in ("backups", "snapshots", "drills"):
+    for section in ("backups", "snapshots", "drills", "checks"):
         for name in getattr(plan, section):
             if name in seen:
                 src.problem(
                     (section, name),
                     f"the name {name!r} is also used in {seen[name]}",
-                    "job names must be unique across backups, snapshots and drills",
+                    "job names must be unique across backups, snapshots, drills and checks",
                     key=True,
                 )
             seen.setdefault(name, section)

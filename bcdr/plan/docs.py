@@ -21,6 +21,7 @@ SECTIONS: list[type] = [
     model.BackupJob,
     model.DiskSnapshotJob,
     model.Drill,
+    model.CheckJob,
     model.Retention,
     model.Hooks,
 ]
@@ -34,6 +35,7 @@ TITLES = {
     model.BackupJob: "backups.NAME",
     model.DiskSnapshotJob: "snapshots.NAME",
     model.Drill: "drills.NAME",
+    model.CheckJob: "checks.NAME",
     model.Retention: "retention (of a backup or snapshot job)",
     model.Hooks: "hooks",
 }

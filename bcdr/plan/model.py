@@ -218,6 +218,17 @@ class DiskSnapshotJob(Timing):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CheckJob(Timing):
+    """A scheduled `bcdr check` of a repository: structure always, and a share of the data."""
+
+    repository: str = spec("Name of a repository of this plan.", example="local")
+    read_data: Percent = spec(
+        "Share of the stored data read back and verified (`0%` checks structure only).",
+        default=Percent(0.0),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Drill(Timing):
     """A scheduled restore that verifies every byte and measures RTO and RPO."""
 
@@ -270,11 +281,25 @@ class Plan:
     drills: dict[str, Drill] = spec(
         "Restore drills by name.", example_name="restore-checkpoints", default={}
     )
+    checks: dict[str, CheckJob] = spec("Repository check jobs by name.", default={})
     hooks: Hooks | None = spec("Notifications after each job.", default=None)
     retries: int = spec("Retries of a job after a transient failure.", default=0, min=0, max=20)
     retry_wait: Duration = spec(
         "Wait before the first retry (doubles each time, with jitter).",
         default=Duration(30, "30s"),
+    )
+    catch_up: bool = spec(
+        "After missed slots (machine off), run a job once when the scheduler is back; "
+        "`false` waits for the next slot.",
+        default=True,
+    )
+    max_parallel: int = spec(
+        "Jobs of this plan that may run at once (across processes).", default=1, min=1, max=16
+    )
+    metrics_textfile: str | None = spec(
+        "Write Prometheus textfile-collector metrics here after each scheduled run "
+        "(relative to the plan's folder).",
+        default=None,
     )
     file: Path = field(default=Path("plan.yaml"), metadata={"internal": True})
 
@@ -283,4 +308,16 @@ class Plan:
         return self.file.parent
 
     def job_names(self) -> list[str]:
-        return [*self.backups, *self.snapshots, *self.drills]
+        return [*self.backups, *self.snapshots, *self.drills, *self.checks]
+
+    def job(self, name: str) -> tuple[str, Timing]:
+        """(kind, job) of the job called ``name``; KeyError if there is none."""
+        for kind, jobs in (
+            ("backup", self.backups),
+            ("snapshot", self.snapshots),
+            ("drill", self.drills),
+            ("check", self.checks),
+        ):
+            if name in jobs:
+                return kind, jobs[name]
+        raise KeyError(name)
