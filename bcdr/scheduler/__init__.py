@@ -1,0 +1,1 @@
+"""The scheduler: what is due, run history, locks, retries, hooks, metrics, installs."""

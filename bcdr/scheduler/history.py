@@ -1,0 +1,296 @@
+"""Run history: one SQLite row per attempt of a job, in the state directory.
+
+The scheduler decides what is due from it (the slot of each job's last finished run), ``bcdr
+status`` reads it, metrics are computed from it. It is a cache of what the repositories prove:
+``rebuild`` refills it from the snapshots of a plan's backup jobs, so a new host can take over.
+
+Rows start as ``running`` and are finished in place; a row still ``running`` whose job lock is
+free belongs to a process that died and is marked ``crashed`` (its slot is run again).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bcdr.errors import UsageError
+
+STATE_ENV = "BCDR_STATE_DIR"
+RUNNING, CRASHED, INTERRUPTED = "running", "crashed", "interrupted"
+GOOD = ("ok", "partial")  # statuses that produced a recovery point
+FINISHED_SLOT = ("ok", "partial", "failed", "not available", "skipped")  # the slot is done
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    plan TEXT NOT NULL,
+    job TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    slot TEXT,                -- the schedule slot this run serves (ISO); NULL for `bcdr run`
+    attempt INTEGER NOT NULL DEFAULT 1,
+    started TEXT NOT NULL,
+    finished TEXT,
+    status TEXT NOT NULL,
+    duration_s REAL,
+    message TEXT NOT NULL DEFAULT '',
+    transient INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT,
+    recovery_point TEXT,      -- time of the recovery point this run made (ISO)
+    bytes_added INTEGER,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    source TEXT NOT NULL      -- tick | daemon | run | repository (rebuilt)
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (plan, job, id);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_snapshot ON runs (plan, job, snapshot)
+    WHERE snapshot IS NOT NULL;
+"""
+
+
+def utc(when: datetime | str) -> str:
+    """Times are stored as UTC ISO strings, so they sort as text across offsets (DST)."""
+    dt = datetime.fromisoformat(when) if isinstance(when, str) else when
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def default_state_dir() -> Path:
+    """$BCDR_STATE_DIR, else $XDG_STATE_HOME/bcdr, else /var/lib/bcdr for root, else
+    ~/.local/state/bcdr."""
+    if os.environ.get(STATE_ENV):
+        return Path(os.environ[STATE_ENV])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "bcdr"
+    if os.geteuid() == 0:
+        return Path("/var/lib/bcdr")
+    return Path.home() / ".local" / "state" / "bcdr"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    plan: str
+    job: str
+    kind: str
+    slot: str | None
+    attempt: int
+    started: str
+    finished: str | None
+    status: str
+    duration_s: float | None
+    message: str
+    transient: bool
+    snapshot: str | None
+    recovery_point: str | None
+    bytes_added: int | None
+    host: str
+    pid: int
+    source: str
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+class History:
+    """The run history of one state directory. Safe to share between processes (SQLite WAL,
+    short transactions)."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                state_dir / "history.db",
+                timeout=30,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(
+                f"cannot open the run history: {exc}",
+                where=str(state_dir / "history.db"),
+                hint=f"choose a writable state directory with --state-dir or {STATE_ENV}",
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def start(
+        self,
+        plan: str,
+        job: str,
+        kind: str,
+        slot: datetime | None,
+        attempt: int,
+        started: datetime,
+        source: str,
+    ) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs (plan, job, kind, slot, attempt, started, status, host, pid,"
+                " source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    plan,
+                    job,
+                    kind,
+                    utc(slot) if slot else None,
+                    attempt,
+                    utc(started),
+                    RUNNING,
+                    socket.gethostname(),
+                    os.getpid(),
+                    source,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        finished: datetime,
+        duration_s: float,
+        message: str = "",
+        transient: bool = False,
+        snapshot: str | None = None,
+        recovery_point: str | None = None,
+        bytes_added: int | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, finished=?, duration_s=?, message=?, transient=?,"
+                " snapshot=?, recovery_point=?, bytes_added=? WHERE id=?",
+                (
+                    status,
+                    utc(finished),
+                    duration_s,
+                    message[:2000],
+                    int(transient),
+                    snapshot,
+                    utc(recovery_point) if recovery_point else None,
+                    bytes_added,
+                    run_id,
+                ),
+            )
+
+    def mark_crashed(self, plan: str, job: str) -> int:
+        """Rows of ``job`` still ``running`` on this host: their process died (the caller
+        holds the job lock now). Returns how many were marked."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status=?, message=? WHERE plan=? AND job=? AND status=?"
+                " AND host=?",
+                (
+                    CRASHED,
+                    "the process running this job ended without finishing it",
+                    plan,
+                    job,
+                    RUNNING,
+                    socket.gethostname(),
+                ),
+            )
+            return cur.rowcount
+
+    def runs(self, plan: str, job: str | None = None, limit: int = 1000) -> list[Run]:
+        """Newest first."""
+        q = "SELECT * FROM runs WHERE plan=?" + (" AND job=?" if job else "")
+        args: tuple[object, ...] = (plan, job) if job else (plan,)
+        rows = self.db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_run(r) for r in rows]
+
+    def last_slot(self, plan: str, job: str) -> datetime | None:
+        """The newest slot this job finished (whatever the result): the slot is done."""
+        marks = ",".join("?" * len(FINISHED_SLOT))
+        row = self.db.execute(
+            f"SELECT MAX(slot) FROM runs WHERE plan=? AND job=? AND slot IS NOT NULL"
+            f" AND status IN ({marks})",
+            (plan, job, *FINISHED_SLOT),
+        ).fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def last(self, plan: str, job: str) -> Run | None:
+        rows = self.runs(plan, job, limit=1)
+        return rows[0] if rows else None
+
+    def newest_good(self, plan: str, job: str) -> Run | None:
+        """The run that made the newest recovery point."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE plan=? AND job=? AND status IN (?,?)"
+            " AND recovery_point IS NOT NULL ORDER BY recovery_point DESC LIMIT 1",
+            (plan, job, *GOOD),
+        ).fetchone()
+        return _run(row) if row else None
+
+    def last_success(self, plan: str, job: str) -> Run | None:
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE plan=? AND job=? AND status IN (?,?) AND finished"
+            " IS NOT NULL ORDER BY finished DESC LIMIT 1",
+            (plan, job, *GOOD),
+        ).fetchone()
+        return _run(row) if row else None
+
+    def failures(self, plan: str, job: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM runs WHERE plan=? AND job=? AND status IN ('failed', ?)",
+            (plan, job, CRASHED),
+        ).fetchone()
+        return int(row[0])
+
+    def add_rebuilt(
+        self,
+        plan: str,
+        job: str,
+        kind: str,
+        *,
+        slot: datetime | None,
+        when: str,
+        status: str,
+        snapshot: str,
+        bytes_added: int | None,
+    ) -> bool:
+        """A run read back from the repository; False when that snapshot is already known."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO runs (plan, job, kind, slot, attempt, started, finished,"
+                " status, duration_s, message, snapshot, recovery_point, bytes_added, host,"
+                " pid, source) VALUES (?,?,?,?,1,?,?,?,NULL,?,?,?,?,?,0,'repository')",
+                (
+                    plan,
+                    job,
+                    kind,
+                    utc(slot) if slot else None,
+                    utc(when),
+                    utc(when),
+                    status,
+                    "rebuilt from the repository",
+                    snapshot,
+                    utc(when),
+                    bytes_added,
+                    socket.gethostname(),
+                ),
+            )
+            return cur.rowcount == 1
+
+
+def _run(row: tuple[object, ...]) -> Run:
+    r = list(row)
+    r[11] = bool(r[11])
+    return Run(*r)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""``bcdr schedule install|remove``: a systemd service + timer, or a crontab line, that call
+``bcdr tick`` every few minutes. ``bcdr tick`` itself decides what is due, so the timer only
+needs to fire often; it never encodes the plan's schedule.
+
+Units and lines are text functions (printable with ``--print``); writing them and calling
+``systemctl`` / ``crontab`` is separate, so each is testable on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bcdr.errors import BcdrError, UsageError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+MARK = "# bcdr-schedule:"
+
+
+@dataclass(frozen=True)
+class TickCommand:
+    plans: tuple[Path, ...]  # absolute
+    every_minutes: int = 5
+    state_dir: Path | None = None
+    metrics_textfile: Path | None = None
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.every_minutes <= 59:
+            raise UsageError(
+                f"--every {self.every_minutes}: bcdr tick must run every 1 to 59 minutes",
+                hint="5 is a good default; tick only runs what is due",
+            )
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "bcdr", "tick", *map(str, self.plans)]
+        if self.state_dir:
+            argv += ["--state-dir", str(self.state_dir)]
+        if self.metrics_textfile:
+            argv += ["--metrics-textfile", str(self.metrics_textfile)]
+        argv += ["--log-format", self.log_format]
+        return argv
+
+
+def unit_name(name: str | None, plan_names: list[str]) -> str:
+    """``bcdr-<plan>[-<plan>...]`` unless ``--name`` says otherwise."""
+    text = name or "bcdr-" + "-".join(plan_names)
+    if not NAME_RE.fullmatch(text):
+        raise UsageError(
+            f"{text!r} cannot name a systemd unit or crontab entry",
+            hint="use --name with letters, digits, '-', '_' or '.'",
+        )
+    return text
+
+
+def systemd_units(
+    name: str, cmd: TickCommand, *, user: bool, env_file: Path | None = None
+) -> dict[str, str]:
+    """``{"NAME.service": text, "NAME.timer": text}``."""
+    plans = " ".join(str(p) for p in cmd.plans)
+    env = f"EnvironmentFile={env_file}\n" if env_file else ""
+    service = (
+        "[Unit]\n"
+        f"Description=bcdr: run due backup jobs of {plans}\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target\n\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        f"{env}"
+        f"ExecStart={shlex.join(cmd.argv())}\n"
+        # SIGTERM stops the current job cleanly (nothing half-committed); give it time.
+        "TimeoutStopSec=120\n"
+        "Nice=10\n"
+        "IOSchedulingClass=idle\n"
+    )
+    if not user:
+        service += "PrivateTmp=true\n"
+    timer = (
+        "[Unit]\n"
+        f"Description=bcdr: tick every {cmd.every_minutes} minutes ({name})\n\n"
+        "[Timer]\n"
+        f"OnCalendar=*:0/{cmd.every_minutes}\n"
+        "AccuracySec=30s\n"
+        "Persistent=true\n\n"
+        "[Install]\n"
+        "WantedBy=timers.target\n"
+    )
+    return {f"{name}.service": service, f"{name}.timer": timer}
+
+
+def unit_dir(user: bool) -> Path:
+    if user:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return base / "systemd" / "user"
+    return Path("/etc/systemd/system")
+
+
+def cron_line(name: str, cmd: TickCommand, log_file: Path | None = None) -> str:
+    out = f" >> {shlex.quote(str(log_file))} 2>&1" if log_file else ""
+    return f"*/{cmd.every_minutes} * * * * {shlex.join(cmd.argv())}{out} {MARK}{name}"
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise BcdrError(
+            f"{argv[0]} is not installed on this machine",
+            hint="use --print and install the output by hand, or the other scheduler "
+            "(--cron / --systemd)",
+        ) from None
+
+
+def read_crontab(crontab: str = "crontab") -> str:
+    proc = _run([crontab, "-l"])
+    if proc.returncode != 0:
+        if "no crontab" in proc.stderr.lower():
+            return ""
+        raise BcdrError(f"`crontab -l` failed: {proc.stderr.strip()[:200]}")
+    return proc.stdout
+
+
+def write_crontab(text: str, crontab: str = "crontab") -> None:
+    proc = _run([crontab, "-"], stdin=text)
+    if proc.returncode != 0:
+        raise BcdrError(f"`crontab -` refused the new table: {proc.stderr.strip()[:200]}")
+
+
+def with_line(table: str, name: str, line: str | None) -> str:
+    """The crontab ``table`` with this entry replaced by ``line`` (removed when None); every
+    other line is kept as it was."""
+    kept = [ln for ln in table.splitlines() if not ln.rstrip().endswith(f"{MARK}{name}")]
+    if line is not None:
+        kept.append(line)
+    return "\n".join(kept) + "\n" if kept else ""
+
+
+def systemctl(user: bool, *args: str) -> str | None:
+    """Run systemctl; None when it worked, else its error (one line)."""
+    proc = _run(["systemctl", *(["--user"] if user else []), *args])
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return None
