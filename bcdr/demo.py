@@ -60,6 +60,9 @@ def main() -> int:
     plan, repo = str(PLAN.relative_to(ROOT)), str(REPO)
     _run("validate", plan)
     _run("plan", plan)
+    # the demo keeps its run history beside its repository, not in the user's state folder
+    os.environ.setdefault("BCDR_STATE_DIR", str(REPO.parent / "state"))
+    shutil.rmtree(os.environ["BCDR_STATE_DIR"], ignore_errors=True)
     _run("run", plan)
     ckpt = DEMO / "checkpoints"
     with open(ckpt / "step-300.bin", "wb") as f:
@@ -80,6 +83,7 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _run("check", "--repo", repo, "--read-data")
+    _run("status", plan)
     print(f"\ndemo complete: plan {plan}, repository at {repo}")
     return 0
 

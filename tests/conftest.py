@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from tests.azurite import Azurite
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# Run history and job locks of `bcdr run`/`tick` go to a folder of this test session, never to
+# the user's state folder (subprocesses inherit it).
+os.environ["BCDR_STATE_DIR"] = tempfile.mkdtemp(prefix="bcdr-test-state-")
 
 # Small chunks so that small test files span many chunks and packs.
 SMALL_CHUNKS = "4096,4096,32768"

@@ -22,6 +22,7 @@ from bcdr.cli import render
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
+from bcdr.cli.schedulecmds import add_schedule_commands
 from bcdr.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -255,6 +256,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
 
     add_plan_commands(command)
+    add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
     p.add_argument(
@@ -269,7 +271,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv``; a command's options and positionals may come in any order
     (``bcdr ls latest --job ckpt /data``), which plain subparsers do not allow."""
     parser, commands = build_parser()
-    if argv and argv[0] in commands:
+    if argv and argv[0] in commands and argv[0] != "schedule":  # intermixed: no subcommands
         return commands[argv[0]].parse_intermixed_args(argv[1:])
     return parser.parse_args(argv)
 

@@ -12,9 +12,12 @@ from pathlib import Path
 from bcdr.actions import plans as plans_action
 from bcdr.actions import run as run_action
 from bcdr.cli import render
+from bcdr.clock import SystemClock
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
 from bcdr.plan.docs import sample_plan
 from bcdr.plan.loader import load_plan
+from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
+from bcdr.scheduler.runner import BUSY, Scheduler
 
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -97,14 +100,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not quiet:
             sys.stderr.write(f"running {name}...\n")
 
-    results = run_action.run_plan(plan, args.job, dry_run=args.dry_run, on_start=started)
+    execute = None
+    if not args.dry_run:
+        sched = Scheduler(
+            History(Path(args.state_dir) if args.state_dir else default_state_dir()),
+            SystemClock(),
+            source="run",
+        )
+        execute = sched.run_job_now
+    results = run_action.run_plan(
+        plan, args.job, dry_run=args.dry_run, on_start=started, execute=execute
+    )
     if args.json:
         render.emit_json({"plan": plan.name, "jobs": [r.to_dict() for r in results]})
     else:
         for r in results:
             render.plan_job_text(r)
     statuses = {r.status for r in results}
-    if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE}:
+    if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE, BUSY}:
         return EXIT_FAILED
     return EXIT_PARTIAL if run_action.PARTIAL in statuses else EXIT_OK
 
@@ -150,4 +163,10 @@ def add_plan_commands(command: Command) -> None:
         "-n",
         action="store_true",
         help="check paths and secrets and show what would run; write nothing",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"run history and job locks, shared with the scheduler (default: ${STATE_ENV}, "
+        "else $XDG_STATE_HOME/bcdr, ~/.local/state/bcdr, or /var/lib/bcdr for root)",
     )

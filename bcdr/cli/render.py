@@ -14,6 +14,7 @@ from bcdr.actions.snapshots import LsEntry
 from bcdr.geo.residency import Placement
 from bcdr.repository.check import CheckReport
 from bcdr.repository.snapshot import Snapshot
+from bcdr.scheduler.status import JobStatus
 from bcdr.storage.wrap import Transfer
 from bcdr.units import human_bytes
 
@@ -127,3 +128,31 @@ def placements_text(places: list[Placement]) -> str:
         role = f"{p.role}: {p.via}" if p.via else p.role
         parts.append(f"{p.region} ({p.geography or 'unknown'}, {role})")
     return ", ".join(parts)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def status_text(rows: list[JobStatus]) -> None:
+    w = max([len("JOB"), *(len(r.plan) + 1 + len(r.job) for r in rows)]) + 1
+    out(
+        f"{'JOB':<{w}} {'KIND':<8} {'LAST RUN':<18} {'RESULT':<13} {'TOOK':>7}  "
+        f"{'NEXT RUN':<22} RPO"
+    )
+    for r in rows:
+        last = r.last_run.replace("T", " ")[:16] + "Z" if r.last_run else "never"
+        took = _age(r.last_duration_s) if r.last_duration_s is not None else "-"
+        if r.rpo_status in ("ok", "missed"):
+            rpo = f"{r.rpo_status}: newest {_age(r.recovery_point_age_s)} old, target {r.rpo}"
+        else:
+            rpo = r.rpo_status
+        out(
+            f"{r.plan + '/' + r.job:<{w}} {r.kind:<8} {last:<18} {r.last_status or '-':<13} "
+            f"{took:>7}  {r.next_run:<22} {rpo}"
+        )

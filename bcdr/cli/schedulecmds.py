@@ -1,0 +1,348 @@
+"""``bcdr tick``, ``bcdr schedule run|install|remove|rebuild`` and ``bcdr status``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from bcdr.actions.run import FAILED, PARTIAL
+from bcdr.cli import render
+from bcdr.clock import SystemClock
+from bcdr.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_TARGET_MISSED,
+    EXIT_USAGE,
+    BcdrError,
+    UsageError,
+)
+from bcdr.plan.loader import load_plan
+from bcdr.plan.model import Plan
+from bcdr.scheduler import install
+from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
+from bcdr.scheduler.runner import EventLog, Outcome, Scheduler
+from bcdr.scheduler.status import RPO_MISSED, RPO_NONE, job_statuses, rebuild
+
+Command = Callable[..., argparse.ArgumentParser]
+DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans
+
+
+def _state(args: argparse.Namespace) -> History:
+    return History(Path(args.state_dir) if args.state_dir else default_state_dir())
+
+
+def _metrics_path(args: argparse.Namespace, plan: Plan) -> Path | None:
+    if getattr(args, "metrics_textfile", None):
+        return Path(args.metrics_textfile)
+    if plan.metrics_textfile:
+        return plan.folder / plan.metrics_textfile
+    return None
+
+
+def _load_all(files: list[str], log: EventLog) -> tuple[list[Plan], int]:
+    """Every plan that loads; a plan that does not is reported and the others still run."""
+    plans, bad = [], 0
+    for f in files:
+        try:
+            plans.append(load_plan(f))
+        except BcdrError as exc:
+            bad += 1
+            log("plan-invalid", plan_file=f, error=exc.message, where=exc.where)
+            for problem in getattr(exc, "problems", ())[:20]:
+                sys.stderr.write(f"{problem}\n")
+    return plans, bad
+
+
+def _exit_code(outcomes: list[Outcome], bad_plans: int) -> int:
+    statuses = {o.status for o in outcomes}
+    if FAILED in statuses:
+        return EXIT_FAILED
+    if bad_plans:
+        return EXIT_USAGE
+    return EXIT_PARTIAL if PARTIAL in statuses else EXIT_OK
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    # SIGTERM (systemd stopping the service, a timeout) stops a job as Ctrl-C does: cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    clock = SystemClock()
+    log = EventLog(fmt=args.log_format, clock=clock)
+    history = _state(args)
+    plans, bad = _load_all(args.plans, log)
+    sched = Scheduler(history, clock, log=log, source="tick")
+    outcomes: list[Outcome] = []
+    for plan in plans:
+        outcomes += sched.tick(plan, _metrics_path(args, plan))
+    if args.json:
+        render.emit_json({"outcomes": [o.to_dict() for o in outcomes]})
+    elif not args.quiet:
+        if not outcomes and not bad:
+            render.out("nothing due")
+        for o in outcomes:
+            attempts = f" after {o.attempts} attempts" if o.attempts > 1 else ""
+            render.out(f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}")
+            for note in o.notes:
+                render.out(f"  note: {note}")
+    return _exit_code(outcomes, bad)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    return {
+        "run": _schedule_run,
+        "install": _schedule_install,
+        "remove": _schedule_remove,
+        "rebuild": _schedule_rebuild,
+    }[args.action](args)
+
+
+def _schedule_run(args: argparse.Namespace) -> int:
+    """The daemon: tick, sleep until the next slot, repeat; SIGTERM stops it cleanly."""
+    clock = SystemClock()
+    log = EventLog(fmt=args.log_format, clock=clock)
+    history = _state(args)
+    sched = Scheduler(history, clock, log=log, source="daemon")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt
+    log("daemon-start", plans=" ".join(args.plans), state_dir=str(history.state_dir))
+    try:
+        while True:
+            plans, _ = _load_all(args.plans, log)
+            for plan in plans:
+                sched.tick(plan, _metrics_path(args, plan))
+            wake = sched.next_wake(plans)
+            now = clock.now()
+            limit = now + timedelta(seconds=DAEMON_MAX_SLEEP_S)
+            until = min(wake, limit) if wake else limit
+            log("sleep", until=until.isoformat(timespec="seconds"))
+            clock.sleep((until - now).total_seconds() + 1)
+    except KeyboardInterrupt:
+        log("daemon-stop", reason="signal; the current job (if any) was stopped cleanly")
+        return EXIT_OK
+
+
+def _plans_and_command(args: argparse.Namespace) -> tuple[list[Plan], install.TickCommand, str]:
+    plans = [load_plan(f) for f in args.plans]  # refuse to schedule a plan that is not valid
+    cmd = install.TickCommand(
+        plans=tuple(Path(f).resolve() for f in args.plans),
+        every_minutes=args.every,
+        state_dir=Path(args.state_dir).resolve() if args.state_dir else None,
+        metrics_textfile=Path(args.metrics_textfile).resolve() if args.metrics_textfile else None,
+    )
+    return plans, cmd, install.unit_name(args.name, [p.name for p in plans])
+
+
+def _schedule_install(args: argparse.Namespace) -> int:
+    _, cmd, name = _plans_and_command(args)
+    if args.cron:
+        line = install.cron_line(
+            name, cmd, Path(args.log_file).resolve() if args.log_file else None
+        )
+        if args.print:
+            render.out(line)
+            return EXIT_OK
+        table = install.read_crontab()
+        install.write_crontab(install.with_line(table, name, line))
+        render.out(f"installed crontab entry {name}: bcdr tick every {args.every} minutes")
+        return EXIT_OK
+    env_file = Path(args.env_file).resolve() if args.env_file else None
+    units = install.systemd_units(name, cmd, user=args.user, env_file=env_file)
+    if args.print:
+        for fname, text in units.items():
+            render.out(f"# {fname}\n{text}")
+        return EXIT_OK
+    folder = Path(args.unit_dir) if args.unit_dir else install.unit_dir(args.user)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname, text in units.items():
+            (folder / fname).write_text(text)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the units: {exc.strerror}",
+            where=str(folder),
+            hint="system units need root; use --user for your own timer, or --print",
+        ) from None
+    render.out(f"wrote {', '.join(str(folder / f) for f in units)}")
+    if args.no_enable:
+        scope = " --user" if args.user else ""
+        render.out(
+            f"enable with: systemctl{scope} daemon-reload && "
+            f"systemctl{scope} enable --now {name}.timer"
+        )
+        return EXIT_OK
+    for step in (("daemon-reload",), ("enable", "--now", f"{name}.timer")):
+        problem = install.systemctl(args.user, *step)
+        if problem:
+            raise BcdrError(
+                f"the units are written, but `systemctl {' '.join(step)}` failed: {problem}",
+                hint="run it by hand once systemd is reachable (in a container there may be "
+                "none: use --cron or `bcdr schedule run` instead)",
+            )
+    render.out(f"enabled {name}.timer: bcdr tick every {args.every} minutes")
+    return EXIT_OK
+
+
+def _schedule_remove(args: argparse.Namespace) -> int:
+    plans = [load_plan(f) for f in args.plans]
+    name = install.unit_name(args.name, [p.name for p in plans])
+    if args.cron:
+        table = install.read_crontab()
+        new = install.with_line(table, name, None)
+        if new == table:
+            render.out(f"no crontab entry {name}; nothing to remove")
+            return EXIT_OK
+        install.write_crontab(new)
+        render.out(f"removed crontab entry {name}")
+        return EXIT_OK
+    folder = Path(args.unit_dir) if args.unit_dir else install.unit_dir(args.user)
+    if not args.no_enable:
+        install.systemctl(args.user, "disable", "--now", f"{name}.timer")
+    removed = []
+    for suffix in (".timer", ".service"):
+        f = folder / f"{name}{suffix}"
+        if f.exists():
+            f.unlink()
+            removed.append(str(f))
+    if not args.no_enable and removed:
+        install.systemctl(args.user, "daemon-reload")
+    render.out(
+        f"removed {', '.join(removed)}" if removed else f"no units {name}.*; nothing to remove"
+    )
+    return EXIT_OK
+
+
+def _schedule_rebuild(args: argparse.Namespace) -> int:
+    history = _state(args)
+    total = 0
+    for f in args.plans:
+        plan = load_plan(f)
+        for job, added in rebuild(plan, history).items():
+            total += added
+            render.out(f"{plan.name}/{job}: {added} run(s) added from the repository")
+    render.out(f"{total} run(s) added to {history.state_dir / 'history.db'}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    history = _state(args)
+    now = SystemClock().now()
+    rows = []
+    for f in args.plans:
+        plan = load_plan(f)
+        rows += job_statuses(plan, history, now)
+    missed = any(r.rpo_status in (RPO_MISSED, RPO_NONE) for r in rows)
+    if args.json:
+        render.emit_json({"jobs": [r.to_dict() for r in rows], "rpo_missed": missed})
+    else:
+        render.status_text(rows)
+    return EXIT_TARGET_MISSED if missed else EXIT_OK
+
+
+def add_schedule_commands(command: Command) -> None:
+    def state_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--state-dir",
+            metavar="DIR",
+            help=f"run history and locks (default: ${STATE_ENV}, else $XDG_STATE_HOME/bcdr, "
+            "~/.local/state/bcdr, or /var/lib/bcdr for root)",
+        )
+
+    def log_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default="text",
+            help="events on stderr as text or JSON lines (default text)",
+        )
+        p.add_argument(
+            "--metrics-textfile",
+            metavar="PATH",
+            help="write Prometheus textfile metrics here (overrides the plan's metrics_textfile)",
+        )
+
+    p = command(
+        "tick",
+        cmd_tick,
+        "Run every job of the plans that became due since its last run, then exit. Call it "
+        "every few minutes from cron or a systemd timer (`bcdr schedule install`).",
+        repo=False,
+    )
+    p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")
+    state_opts(p)
+    log_opts(p)
+
+    p = command(
+        "status",
+        cmd_status,
+        "Per job: last run, result, duration, next run, and RPO status. Exit 4 when a job with "
+        "an RPO has no recovery point, or its newest is older than the RPO.",
+        repo=False,
+    )
+    p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")
+    state_opts(p)
+
+    p = command(
+        "schedule",
+        cmd_schedule,
+        "Run plans unattended: `run` (a daemon), `install`/`remove` (a systemd timer or "
+        "crontab entry calling `bcdr tick`), `rebuild` (history from the repositories).",
+        repo=False,
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = sub.add_parser(
+        "run",
+        help="tick, sleep until the next job is due, repeat; SIGTERM stops cleanly",
+        description="A long-running scheduler. On SIGTERM a running job is stopped without "
+        "committing anything half-written, then the process exits.",
+    )
+    r.add_argument("plans", nargs="+", metavar="PLAN")
+    state_opts(r)
+    log_opts(r)
+    for action, text in (
+        ("install", "write (or --print) a systemd service+timer or a crontab line"),
+        ("remove", "remove what `install` wrote"),
+    ):
+        i = sub.add_parser(action, help=text, description=text)
+        i.add_argument("plans", nargs="+", metavar="PLAN")
+        how = i.add_mutually_exclusive_group(required=True)
+        how.add_argument("--systemd", action="store_true", help="a systemd service and timer")
+        how.add_argument("--cron", action="store_true", help="a line in your crontab")
+        i.add_argument("--user", action="store_true", help="systemd: a user unit (no root)")
+        i.add_argument("--name", metavar="NAME", help="unit / entry name (default bcdr-PLAN)")
+        i.add_argument("--unit-dir", metavar="DIR", help="systemd: write units here instead")
+        i.add_argument(
+            "--no-enable",
+            action="store_true",
+            help="systemd: only write (or remove) the files; do not call systemctl",
+        )
+        if action == "install":
+            i.add_argument("--print", action="store_true", help="print instead of installing")
+            i.add_argument(
+                "--every",
+                type=int,
+                default=5,
+                metavar="MINUTES",
+                help="how often bcdr tick runs (default 5)",
+            )
+            i.add_argument(
+                "--env-file",
+                metavar="FILE",
+                help="systemd: EnvironmentFile with the variables the plan names (secrets)",
+            )
+            i.add_argument("--log-file", metavar="FILE", help="cron: append tick output here")
+            i.add_argument("--metrics-textfile", metavar="PATH", help="passed to bcdr tick")
+            state_opts(i)
+    b = sub.add_parser(
+        "rebuild",
+        help="refill the run history from the plans' repositories (new host)",
+        description="Read each backup job's snapshots from its repository into the run history,"
+        " so a new host taking over a plan knows what already ran.",
+    )
+    b.add_argument("plans", nargs="+", metavar="PLAN")
+    state_opts(b)
+    for sp in (r, b, *[sub.choices[a] for a in ("install", "remove")]):
+        sp.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+        sp.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
