@@ -1,0 +1,307 @@
+"""The scheduler as users run it: `bcdr tick` from cron, `bcdr schedule run` as a daemon
+stopped by SIGTERM, a tick killed in the middle of a backup, `bcdr status`, `schedule
+rebuild` on a new host, `schedule install/remove` for systemd (checked by systemd-analyze) and
+cron (through the crontab command's protocol)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_process, write_tree
+
+BIG = 256 << 20  # a backup long enough (~0.4 s) to be stopped in the middle
+
+
+def _plan(tmp_path: Path, extra: str = "", big: bool = False) -> Path:
+    data = tmp_path / "data"
+    write_tree(data, {"a.bin": b"a" * 50_000})
+    if big:
+        with open(data / "big.bin", "wb") as f:
+            for _ in range(BIG // (4 << 20)):
+                f.write(os.urandom(4 << 20))
+    f = tmp_path / "plan.yaml"
+    f.write_text(
+        f"""\
+version: 1
+name: cli-sched
+repositories:
+  local: {{url: repo}}
+backups:
+  ckpt:
+    paths: [data]
+    repository: local
+    schedule: daily
+    rpo: 26h
+{extra}"""
+    )
+    return f
+
+
+def _rows(state: Path, job: str = "ckpt") -> list[tuple[str, int]]:
+    db = sqlite3.connect(state / "history.db")
+    try:
+        return db.execute(
+            "SELECT status, attempt FROM runs WHERE job=? ORDER BY id", (job,)
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_tick_runs_what_is_due_logs_json_and_writes_the_plans_metrics(tmp_path: Path) -> None:
+    f = _plan(tmp_path, extra="metrics_textfile: metrics/bcdr.prom\n")
+    state = tmp_path / "state"
+    r = run_process("tick", f, "--state-dir", state, "--log-format", "json")
+    assert r.code == 0, r.out + r.err
+    assert "backup cli-sched/ckpt: ok" in r.out
+    events = [json.loads(line) for line in r.err.splitlines()]
+    assert [e["event"] for e in events] == ["job-start", "job-end"]
+    assert events[1]["status"] == "ok" and events[1]["job"] == "ckpt"
+    assert events[1]["bytes_added"] > 0
+    assert (
+        'bcdr_last_status_ok{plan="cli-sched",job="ckpt",kind="backup"} 1'
+        in (tmp_path / "metrics" / "bcdr.prom").read_text()
+    )
+    r = run_process("tick", f, "--state-dir", state)
+    assert r.code == 0 and "nothing due" in r.out
+    r = run_process("status", f, "--state-dir", state, "--json")
+    assert r.code == 0, r.out
+    [job] = r.json()["jobs"]  # type: ignore[index]
+    assert job["last_status"] == "ok" and job["rpo_status"] == "ok"
+    text = run_process("status", f, "--state-dir", state).out
+    assert "cli-sched/ckpt" in text and "ok: newest" in text and "target 26h" in text
+
+
+def test_status_exits_4_when_a_job_misses_its_rpo(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    r = run_process("status", f, "--state-dir", tmp_path / "state")
+    assert r.code == 4, r.out + r.err
+    assert "no recovery point" in r.out
+
+
+def test_a_tick_killed_in_the_middle_of_a_backup_is_run_again(tmp_path: Path) -> None:
+    f = _plan(tmp_path, big=True)
+    assert run_process("init", "--repo", tmp_path / "repo").code == 0
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bcdr",
+            "tick",
+            str(f),
+            "--state-dir",
+            str(state),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert json.loads(line)["event"] == "job-start"
+    time.sleep(0.15)  # into the upload of the big file
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _rows(state) == [("running", 1)], "the kill came after the job finished"
+    r = run_process("tick", f, "--state-dir", state)
+    assert r.code == 0, r.out + r.err
+    assert "ended with their process" in r.out
+    assert _rows(state) == [("crashed", 1), ("ok", 1)]
+    r = run_process("check", "--repo", tmp_path / "repo", "--read-data")
+    assert r.code == 0 and "no errors found" in r.out, r.out
+
+
+def test_daemon_stops_cleanly_on_sigterm_idle_and_in_the_middle_of_a_job(tmp_path: Path) -> None:
+    f = _plan(tmp_path, big=True)
+    assert run_process("init", "--repo", tmp_path / "repo").code == 0
+    state = tmp_path / "state"
+    argv = [
+        sys.executable,
+        "-m",
+        "bcdr",
+        "schedule",
+        "run",
+        str(f),
+        "--state-dir",
+        str(state),
+        "--log-format",
+        "json",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    events = [json.loads(proc.stderr.readline()) for _ in range(2)]
+    assert [e["event"] for e in events] == ["daemon-start", "job-start"]
+    time.sleep(0.15)  # into the upload of the big file
+    proc.send_signal(signal.SIGTERM)
+    rest = [json.loads(x) for x in proc.stderr.read().splitlines()]
+    assert proc.wait(timeout=60) == 0
+    assert [e["event"] for e in rest] == ["job-interrupted", "daemon-stop"]
+    assert _rows(state) == [("interrupted", 1)]
+    r = run_process("check", "--repo", tmp_path / "repo")
+    assert r.code == 0 and "no errors found" in r.out, r.out
+    r = run_process("snapshots", "--repo", tmp_path / "repo", "--json")
+    assert r.json() == []  # nothing half-committed
+    # started again, it runs the interrupted slot, then sleeps until the next; SIGTERM idle
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    while not seen or seen[-1]["event"] != "sleep":
+        seen.append(json.loads(proc.stderr.readline()))
+    assert [e["event"] for e in seen] == ["daemon-start", "job-start", "job-end", "sleep"]
+    assert seen[2]["status"] == "ok"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert _rows(state) == [("interrupted", 1), ("ok", 1)]
+
+
+def test_transient_failures_are_retried_then_reported(tmp_path: Path) -> None:
+    f = _plan(tmp_path, extra="retries: 1\nretry_wait: 1s\n")
+    f.write_text(
+        f.read_text().replace(
+            "local: {url: repo}",
+            "local:\n    url: azure://devstoreaccount1/ck1\n    endpoint: http://127.0.0.1:9/x\n"
+            "    credential: {connection_string_env: BCDR_T_CS}",
+        )
+    )
+    cs = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+        "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    )
+    state = tmp_path / "state"
+    r = run_process(
+        "tick", f, "--state-dir", state, env={"BCDR_T_CS": cs, "BCDR_RETRY_SECONDS": "1"}
+    )
+    assert r.code == 1, r.out + r.err
+    assert "failed after 2 attempts" in r.out and "job-retry" in r.err
+    assert _rows(state) == [("failed", 1), ("failed", 2)]
+    assert "Eby8vdM02" not in r.out + r.err
+
+
+def test_rebuild_lets_a_new_host_take_over_without_rerunning(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    old = tmp_path / "old-host"
+    assert run_process("tick", f, "--state-dir", old).code == 0
+    new = tmp_path / "new-host"
+    r = run_process("schedule", "rebuild", f, "--state-dir", new)
+    assert r.code == 0, r.out + r.err
+    assert "cli-sched/ckpt: 1 run(s) added" in r.out
+    r = run_process("tick", f, "--state-dir", new)
+    assert r.code == 0 and "nothing due" in r.out, r.out
+    r = run_process("status", f, "--state-dir", new, "--json")
+    assert r.code == 0 and r.json()["jobs"][0]["rpo_status"] == "ok"  # type: ignore[index]
+    again = run_process("schedule", "rebuild", f, "--state-dir", new)
+    assert "1 run(s) added" not in again.out and "0 run(s) added" in again.out
+
+
+def test_install_and_remove_a_systemd_timer(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    units = tmp_path / "units"
+    r = run_process(
+        "schedule",
+        "install",
+        f,
+        "--systemd",
+        "--user",
+        "--unit-dir",
+        units,
+        "--no-enable",
+        "--every",
+        "10",
+        "--state-dir",
+        tmp_path / "st",
+    )
+    assert r.code == 0, r.out + r.err
+    service = (units / "bcdr-cli-sched.service").read_text()
+    timer = (units / "bcdr-cli-sched.timer").read_text()
+    assert f" tick {f}" in service and "--state-dir" in service and "Type=oneshot" in service
+    assert "OnCalendar=*:0/10" in timer
+    if shutil.which("systemd-analyze"):
+        proc = subprocess.run(
+            [
+                "systemd-analyze",
+                "verify",
+                "--man=no",
+                str(units / "bcdr-cli-sched.service"),
+                str(units / "bcdr-cli-sched.timer"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+    printed = run_process("schedule", "install", f, "--systemd", "--print").out
+    assert "# bcdr-cli-sched.timer" in printed and "ExecStart=" in printed
+    r = run_process("schedule", "remove", f, "--systemd", "--unit-dir", units, "--no-enable")
+    assert r.code == 0 and not list(units.iterdir())
+    bad = run_process("schedule", "install", f, "--cron", "--every", "90", "--print")
+    assert bad.code == 2 and "every 1 to 59 minutes" in bad.err
+
+
+def test_install_and_remove_a_crontab_entry_keeps_other_lines(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    table = tmp_path / "crontab.txt"
+    fake = bin_dir / "crontab"
+    fake.write_text(  # the crontab command's protocol: -l prints the table, - replaces it
+        '#!/bin/sh\nF="$BCDR_TEST_CRONTAB"\n'
+        'if [ "$1" = "-l" ]; then [ -f "$F" ] && exec cat "$F"; '
+        'echo "no crontab for $(id -un)" >&2; exit 1; fi\n'
+        'if [ "$1" = "-" ]; then cat > "$F"; exit 0; fi\nexit 2\n'
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "BCDR_TEST_CRONTAB": str(table)}
+    assert run_process("schedule", "install", f, "--cron", env=env).code == 0
+    table.write_text("0 3 * * * /usr/bin/other-job\n" + table.read_text())
+    r = run_process("schedule", "install", f, "--cron", "--log-file", tmp_path / "t.log", env=env)
+    assert r.code == 0, r.err
+    lines = table.read_text().splitlines()
+    assert lines[0] == "0 3 * * * /usr/bin/other-job"
+    [ours] = [ln for ln in lines if "bcdr-schedule:bcdr-cli-sched" in ln]  # once, replaced
+    assert ours.startswith("*/5 * * * * ") and f" tick {f}" in ours and "t.log" in ours
+    assert run_process("schedule", "remove", f, "--cron", env=env).code == 0
+    assert table.read_text().splitlines() == ["0 3 * * * /usr/bin/other-job"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tick", "--help"],
+        ["schedule", "install", "--help"],
+        ["status", "--help"],
+        ["schedule", "run", "--help"],
+    ],
+)
+def test_help_explains_the_scheduler(argv: list[str]) -> None:
+    r = run_process(*argv)
+    assert r.code == 0 and "usage: bcdr" in r.out
+
+
+def test_bcdr_run_takes_the_job_lock_and_records_its_runs(tmp_path: Path) -> None:
+    from bcdr.scheduler.locks import job_lock
+
+    f = _plan(tmp_path)
+    state = tmp_path / "state"
+    held = job_lock(state, "cli-sched", "ckpt")
+    assert held.acquire()  # the scheduler is running this job
+    r = run_process("run", f, "--state-dir", state)
+    assert r.code == 1 and "already running" in r.out, r.out + r.err
+    held.release()
+    r = run_process("run", f, "--state-dir", state)
+    assert r.code == 0, r.out + r.err
+    assert _rows(state) == [("ok", 1)]
+    r = run_process("status", f, "--state-dir", state)
+    assert r.code == 0 and "ok: newest" in r.out
