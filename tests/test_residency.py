@@ -13,8 +13,8 @@ import pytest
 
 from bcdr.geo.catalog import catalog, normalise, parse_catalog
 from bcdr.geo.refresh import main as refresh_main
-from bcdr.geo.residency import placements
 from bcdr.plan.loader import load_plan
+from bcdr.plan.residency import placements
 from tests.arm_server import ArmServer
 from tests.azurite import ACCOUNT, Azurite
 from tests.conftest import run_process, write_tree

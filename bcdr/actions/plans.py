@@ -7,9 +7,10 @@ from datetime import datetime
 
 from bcdr.errors import PlanInvalid, PlanProblem
 from bcdr.geo.catalog import catalog
-from bcdr.geo.residency import Placement, placements
+from bcdr.geo.residency import Placement
 from bcdr.plan.loader import load_plan
 from bcdr.plan.model import Plan
+from bcdr.plan.residency import placements
 from bcdr.plan.schedules import cron_for, next_runs
 
 

@@ -16,6 +16,7 @@ from bcdr.actions.common import (
     plan_storage_spec,
     read_password,
 )
+from bcdr.actions.placement import establish_placement
 from bcdr.clock import Clock
 from bcdr.errors import (
     BcdrError,
@@ -24,7 +25,7 @@ from bcdr.errors import (
     TransientStorageError,
     UsageError,
 )
-from bcdr.geo.verify import PlacementRecord, establish_placement
+from bcdr.geo.verify import PlacementRecord
 from bcdr.plan.model import BackupJob, CheckJob, Plan, Repository
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport

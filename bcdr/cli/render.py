@@ -12,6 +12,7 @@ from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
 from bcdr.geo.residency import Placement
+from bcdr.geo.verify import VERIFIED
 from bcdr.repository.check import CheckReport
 from bcdr.repository.snapshot import Snapshot
 from bcdr.scheduler.status import JobStatus
@@ -115,7 +116,7 @@ def plan_job_text(r: JobResult) -> None:
     out(f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else ""))
     if r.backup is not None:
         backup_text(r.backup)
-    if r.placement is not None and (r.placement.region or r.placement.status == "verified"):
+    if r.placement is not None and (r.placement.region or r.placement.status == VERIFIED):
         out(f"  placement {r.placement.describe()}")
     for note in r.notes:
         out(f"  note: {note}")

@@ -35,9 +35,8 @@ class ArmAccess:
     def base_url(self) -> str:
         return (self.endpoint or ARM_ENDPOINT).rstrip("/")
 
-    def describe(self) -> str:
-        who = f"the token in ${self.token_env}" if self.token_env else "DefaultAzureCredential"
-        return f"Resource Manager {self.base_url} as {who}"
+    def who(self) -> str:
+        return f"the token in ${self.token_env}" if self.token_env else "DefaultAzureCredential"
 
 
 class EnvTokenCredential:
@@ -135,7 +134,7 @@ def translate_arm_error(exc: Exception, what: str, access: ArmAccess) -> BcdrErr
         return StoragePermission(
             f"Resource Manager refused to read {what} ({code or status})",
             where=where,
-            hint=f"signed in with {access.describe().split(' as ', 1)[1]}; it needs the Reader "
+            hint=f"signed in with {access.who()}; it needs the Reader "
             "role on the resource (or a fresh token)",
         )
     if isinstance(exc, ServiceRequestError):

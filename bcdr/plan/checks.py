@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from bcdr.cloud.arm import check_arm_endpoint
 from bcdr.errors import UsageError
-from bcdr.geo.residency import violations
 from bcdr.plan.model import BackupJob, Plan, Retention, Timing
+from bcdr.plan.residency import violations
 from bcdr.plan.schedules import cron_for, longest_interval
 from bcdr.plan.schema import did_you_mean
 from bcdr.plan.source import Source
