@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bcdr.actions.run import FAILED, JobResult, run_job
+from bcdr.actions.tick import BUSY, Scheduler, retry_delay
 from bcdr.clock import Clock, FakeClock
 from bcdr.errors import TransientStorageError
 from bcdr.plan.loader import load_plan
@@ -24,7 +25,6 @@ from bcdr.plan.model import Plan
 from bcdr.scheduler.due import due_slot
 from bcdr.scheduler.history import History
 from bcdr.scheduler.locks import job_lock, plan_slot
-from bcdr.scheduler.runner import BUSY, Scheduler, retry_delay
 from bcdr.scheduler.status import RPO_MISSED, RPO_NONE, RPO_OK, job_statuses
 from tests.conftest import write_tree
 

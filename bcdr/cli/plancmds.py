@@ -11,13 +11,13 @@ from pathlib import Path
 
 from bcdr.actions import plans as plans_action
 from bcdr.actions import run as run_action
+from bcdr.actions.tick import BUSY, Scheduler
 from bcdr.cli import render
 from bcdr.clock import SystemClock
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
 from bcdr.plan.docs import sample_plan
 from bcdr.plan.loader import load_plan
 from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
-from bcdr.scheduler.runner import BUSY, Scheduler
 
 Command = Callable[..., argparse.ArgumentParser]
 

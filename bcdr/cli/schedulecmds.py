@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from bcdr.actions.run import FAILED, PARTIAL
+from bcdr.actions.tick import EventLog, Outcome, Scheduler, rebuild
 from bcdr.cli import render
 from bcdr.clock import SystemClock
 from bcdr.errors import (
@@ -25,8 +26,7 @@ from bcdr.plan.loader import load_plan
 from bcdr.plan.model import Plan
 from bcdr.scheduler import install
 from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
-from bcdr.scheduler.runner import EventLog, Outcome, Scheduler
-from bcdr.scheduler.status import RPO_MISSED, RPO_NONE, job_statuses, rebuild
+from bcdr.scheduler.status import RPO_MISSED, RPO_NONE, job_statuses
 
 Command = Callable[..., argparse.ArgumentParser]
 DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans

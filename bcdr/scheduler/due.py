@@ -64,12 +64,3 @@ def _same_wall_time(a: datetime, b: datetime, tz: ZoneInfo) -> bool:
     return la.replace(tzinfo=None, fold=0) == lb.replace(tzinfo=None, fold=0) and abs(
         a - b
     ) <= timedelta(hours=2)
-
-
-def missed_slots(cron: str, tz: ZoneInfo, last: datetime, until: datetime, cap: int = 1000) -> int:
-    """How many slots passed after ``last`` up to ``until`` (for reporting)."""
-    it = croniter(cron, last.astimezone(tz))
-    n = 0
-    while n < cap and it.get_next(datetime) <= until:
-        n += 1
-    return n

@@ -24,7 +24,7 @@ from bcdr.errors import UsageError
 STATE_ENV = "BCDR_STATE_DIR"
 RUNNING, CRASHED, INTERRUPTED = "running", "crashed", "interrupted"
 GOOD = ("ok", "partial")  # statuses that produced a recovery point
-FINISHED_SLOT = ("ok", "partial", "failed", "not available", "skipped")  # the slot is done
+FINISHED_SLOT = ("ok", "partial", "failed", "not available")  # the slot is done
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

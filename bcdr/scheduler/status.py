@@ -1,18 +1,14 @@
 """``bcdr status``: per job, the last run, the next run, and the RPO status (age of the newest
-good recovery point against the target); and rebuilding the history from the repositories."""
+good recovery point against the target), computed from the run history."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from bcdr.actions.common import plan_storage_spec
-from bcdr.actions.run import password_env
-from bcdr.actions.snapshots import list_snapshots
 from bcdr.plan.model import Plan
 from bcdr.plan.schedules import cron_for
-from bcdr.scheduler.due import latest_slot, next_slot
+from bcdr.scheduler.due import next_slot
 from bcdr.scheduler.history import History
 
 RPO_OK, RPO_MISSED, RPO_NONE, NO_TARGET = "ok", "missed", "no recovery point", "no target"
@@ -71,32 +67,3 @@ def job_statuses(plan: Plan, history: History, now: datetime) -> list[JobStatus]
             )
         )
     return out
-
-
-def rebuild(plan: Plan, history: History) -> dict[str, int]:
-    """Add the backups each job's repository holds for this plan to the history (those already
-    there are skipped). Returns rows added per job. Raises BcdrError if a repository cannot be
-    read."""
-    added: dict[str, int] = {}
-    for name, job in plan.backups.items():
-        declared = plan.repositories[job.repository]
-        env = {**os.environ, **password_env(declared)}
-        snaps, _ = list_snapshots(plan_storage_spec(declared), job=name, env=env)
-        cron = cron_for(job.schedule, plan.name, name, job.at, job.on)
-        count = 0
-        for snap in snaps:
-            if snap.plan not in (None, plan.name):
-                continue
-            slot = latest_slot(cron, plan.timezone.zone, snap.datetime)
-            count += history.add_rebuilt(
-                plan.name,
-                name,
-                "backup",
-                slot=slot,
-                when=snap.time,
-                status="partial" if snap.skipped else "ok",
-                snapshot=snap.id,
-                bytes_added=int(snap.stats.get("bytes_added", 0)) or None,
-            )
-        added[name] = count
-    return added

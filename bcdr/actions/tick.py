@@ -1,6 +1,9 @@
-"""The scheduler's loop body: find the jobs that are due, run each under its lock with retries,
-record every attempt, run hooks, write metrics. ``bcdr tick`` calls :meth:`Scheduler.tick`
-once per plan; ``bcdr schedule run`` calls it, then sleeps until the next slot.
+"""``bcdr tick``, ``schedule run``, ``schedule rebuild`` and the job runs of ``bcdr run``.
+
+The scheduler's loop body: find the jobs that are due (``scheduler.due``), run each under its
+lock (``scheduler.locks``) with retries, record every attempt (``scheduler.history``), run
+hooks, write metrics. ``bcdr tick`` calls :meth:`Scheduler.tick` once per plan; ``bcdr schedule
+run`` calls it, then sleeps until the next slot.
 
 Time comes from an injected Clock (tests move a fake clock through weeks), the job itself from
 an injected runner (``actions.run.run_job`` in production).
@@ -9,6 +12,7 @@ an injected runner (``actions.run.run_job`` in production).
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -19,11 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
+from bcdr.actions.common import plan_storage_spec
+from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, password_env, run_job
+from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
 from bcdr.plan.model import Plan
 from bcdr.plan.schedules import cron_for
-from bcdr.scheduler.due import due_slot, next_slot
+from bcdr.scheduler.due import due_slot, latest_slot, next_slot
 from bcdr.scheduler.history import INTERRUPTED, History
 from bcdr.scheduler.hooks import run_hook
 from bcdr.scheduler.locks import job_lock, plan_slot
@@ -289,3 +295,32 @@ class Scheduler:
         which = "on_success" if out.status in (OK, PARTIAL) else "on_failure"
         self.log("hook-failed", plan=plan.name, job=out.job, hook=which, reason=problem)
         return [f"hook {which} failed: {problem} (the job's result stands)"]
+
+
+def rebuild(plan: Plan, history: History) -> dict[str, int]:
+    """Add the backups each job's repository holds for this plan to the history (those already
+    there are skipped). Returns rows added per job. Raises BcdrError if a repository cannot be
+    read."""
+    added: dict[str, int] = {}
+    for name, job in plan.backups.items():
+        declared = plan.repositories[job.repository]
+        env = {**os.environ, **password_env(declared)}
+        snaps, _ = list_snapshots(plan_storage_spec(declared), job=name, env=env)
+        cron = cron_for(job.schedule, plan.name, name, job.at, job.on)
+        count = 0
+        for snap in snaps:
+            if snap.plan not in (None, plan.name):
+                continue
+            slot = latest_slot(cron, plan.timezone.zone, snap.datetime)
+            count += history.add_rebuilt(
+                plan.name,
+                name,
+                "backup",
+                slot=slot,
+                when=snap.time,
+                status="partial" if snap.skipped else "ok",
+                snapshot=snap.id,
+                bytes_added=int(snap.stats.get("bytes_added", 0)) or None,
+            )
+        added[name] = count
+    return added
