@@ -187,6 +187,10 @@ class LockConflict(RepositoryError):
     pass
 
 
+class LockLost(RepositoryError):
+    """A holder's lock expired unrefreshed; it must not commit."""
+
+
 class RestoreError(BcdrError):
     pass
 

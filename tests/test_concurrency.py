@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bcdr.clock import FakeClock
-from bcdr.errors import LockConflict
-from bcdr.repository.locks import RepoLock, list_locks
+from bcdr.errors import LockConflict, LockLost
+from bcdr.repository.locks import BACKUP, PRUNE, READ, SWEEP, RepoLock, list_locks
 from bcdr.storage.local import LocalStorage
 from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
 
@@ -46,41 +46,74 @@ def test_two_backups_at_the_same_time(tmp_path: Path) -> None:
         assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
 
 
-def _lock(storage: LocalStorage, clock: FakeClock, exclusive: bool) -> RepoLock:
-    return RepoLock(storage, clock, exclusive=exclusive, url=str(storage.root)).acquire()
+def _lock(storage: LocalStorage, clock: FakeClock, kind: str) -> RepoLock:
+    return RepoLock(storage, clock, kind=kind, url=str(storage.root)).acquire()
 
 
-def test_exclusive_lock_excludes_and_shared_locks_coexist(tmp_path: Path) -> None:
+def test_lock_kinds_never_block_backups(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-    s1 = _lock(storage, clock, False)
-    s2 = _lock(storage, clock, False)
+    prune, sweep = _lock(storage, clock, PRUNE), _lock(storage, clock, SWEEP)
+    backups = [_lock(storage, clock, BACKUP) for _ in range(2)]  # all coexist with a sweep
     with pytest.raises(LockConflict) as exc:
-        _lock(storage, clock, True)
-    assert "bcdr unlock" in (exc.value.hint or "")
-    s1.release()
-    s2.release()
-    x = _lock(storage, clock, True)
+        _lock(storage, clock, READ)  # a reader could hold an index naming a pack being swept
+    assert "sweep lock" in str(exc.value) and "bcdr unlock" in (exc.value.hint or "")
     with pytest.raises(LockConflict):
-        _lock(storage, clock, False)
-    x.release()
+        _lock(storage, clock, PRUNE)  # one prune at a time
+    sweep.release()
+    reader = _lock(storage, clock, READ)
+    with pytest.raises(LockConflict):
+        _lock(storage, clock, SWEEP)  # and a sweep waits for readers
+    for held in (reader, prune, *backups):
+        held.release()
     assert list_locks(storage) == []
+
+
+def test_reader_waits_for_a_sweep_to_end(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    sweep = _lock(storage, clock, SWEEP)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the sweep ends while the reader waits
+        waits.append(seconds)
+        clock.advance(timedelta(seconds=seconds))
+        if len(waits) == 3:
+            sweep.release()
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    reader = RepoLock(storage, clock, kind=READ, url="r", wait=60).acquire()
+    assert len(waits) == 3
+    reader.release()
 
 
 def test_expired_lock_is_stale(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-    held = _lock(storage, clock, True)
+    held = _lock(storage, clock, SWEEP)
     clock.advance(timedelta(hours=1))  # past the 30 min expiry without a refresh
-    shared = _lock(storage, clock, False)
-    assert [lock.key for lock in shared.stale_seen] == [held._key]
-    shared.release()
+    reader = _lock(storage, clock, READ)
+    assert [lock.key for lock in reader.stale_seen] == [held._key]
+    reader.release()
+    held.release()
+
+
+def test_holder_whose_lock_expired_must_not_commit(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    held = _lock(storage, clock, BACKUP)
+    clock.advance(timedelta(minutes=29))
+    held.ensure_valid()
+    clock.advance(timedelta(minutes=2))  # suspended past the expiry: a prune may have swept
+    with pytest.raises(LockLost):
+        held.ensure_valid()
     held.release()
 
 
 def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str) -> None:
     storage = LocalStorage(repo)
     doc = {
+        "kind": "sweep",
         "exclusive": True,
         "hostname": socket.gethostname(),
         "pid": 2**22 + 12345,
@@ -91,24 +124,30 @@ def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str
     }
     storage.put("locks/deadbeef", json.dumps(doc).encode())
     src = write_tree(tmp_path / "src", {"a": b"1"})
-    # A stale exclusive lock does not block a backup ...
+    # A stale sweep lock does not block a backup or a restore ...
     assert run_process("backup", "--repo", repo, src).code == 0
+    r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
+    assert r.code == 0, r.err
     # ... and check names it with the command that clears it.
     r = run_process("check", "--repo", repo)
-    assert r.code == 0 and "stale exclusive lock deadbeef" in r.out
+    assert r.code == 0 and "stale sweep lock deadbeef" in r.out
     assert f"bcdr unlock --repo {repo}" in r.out
     r = run_process("unlock", "--repo", repo)
     assert r.code == 0 and "1 lock(s) removed" in r.out
     assert list_locks(storage) == []
 
 
-def test_live_exclusive_lock_blocks_backup_with_hint(tmp_path: Path, repo: str) -> None:
+def test_live_sweep_lock_blocks_restore_but_not_backup(
+    tmp_path: Path, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = LocalStorage(repo)
     clock = FakeClock(datetime.now(UTC))
-    held = _lock(storage, clock, True)  # this (live) process holds it
+    held = _lock(storage, clock, SWEEP)  # this (live) process holds it
+    monkeypatch.setenv("BCDR_LOCK_WAIT", "1")
     try:
         src = write_tree(tmp_path / "src", {"a": b"1"})
-        r = run_process("backup", "--repo", repo, src)
+        assert run_process("backup", "--repo", repo, src).code == 0
+        r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
         assert r.code == 1 and "repository is locked" in r.err and "--remove-all" in r.err
     finally:
         held.release()

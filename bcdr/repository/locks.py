@@ -1,11 +1,24 @@
-"""Repository locks: ``locks/<name>`` objects with an owner and an expiry.
+"""Repository locks: ``locks/<name>`` objects with a kind, an owner and an expiry.
 
-Shared locks (backup, check) coexist; an exclusive lock (prune) excludes every other lock.
+Kinds, and what excludes what (nothing ever blocks a backup):
+
+- ``backup``: backup and forget. Coexists with everything.
+- ``read``: check, restore, ls. Excluded only by ``sweep``.
+- ``prune``: a prune run. Excludes another prune.
+- ``sweep``: the short step of a prune that deletes packs. Excludes readers (which could have
+  loaded an index that names a pack about to go) and other sweeps.
+
+A prune never needs to stop backups: see docs/repository-format.md ("Prune") for why the
+packs it deletes cannot be referenced by a backup that is running.
+
 A lock is *stale* when its expiry has passed, or when it was taken on this host by a process
 that no longer exists; stale locks never block anyone and are reported with the command that
 removes them. A holder refreshes its lock (writes a new object, deletes the old) well before
-expiry. Taking a lock is: check for conflicts, write ours, check again (another writer may have
-raced us), and back off if a conflict appeared.
+expiry; the ``session`` id stays the same across refreshes, so prune can tell whether a backup
+it saw is still running. A holder that could not refresh for longer than the expiry must assume
+its lock was taken for stale and must not commit (:meth:`RepoLock.ensure_valid`). Taking a lock
+is: check for conflicts, write ours, check again (another writer may have raced us), and back
+off if a conflict appeared.
 """
 
 from __future__ import annotations
@@ -20,31 +33,39 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bcdr.clock import Clock
-from bcdr.errors import LockConflict, ObjectNotFound
+from bcdr.errors import LockConflict, LockLost, ObjectNotFound
 from bcdr.repository.hashing import object_name
 from bcdr.storage.base import Storage
 
 PREFIX = "locks/"
 TTL = timedelta(minutes=30)
 REFRESH_SECONDS = 300.0
+BACKUP, READ, PRUNE, SWEEP = "backup", "read", "prune", "sweep"
+KINDS = (BACKUP, READ, PRUNE, SWEEP)
+READ_WAIT = float(os.environ.get("BCDR_LOCK_WAIT", 300))  # a reader waits out a sweep (s)
+CONFLICTS = {(PRUNE, PRUNE), (SWEEP, READ), (READ, SWEEP), (SWEEP, SWEEP)}
 
 
 @dataclass(frozen=True)
 class LockInfo:
     key: str
-    exclusive: bool
+    kind: str
     hostname: str
     pid: int
     username: str
     created: str
     expires: str
+    session: str = ""
 
     def describe(self) -> str:
-        kind = "exclusive" if self.exclusive else "shared"
         return (
-            f"{kind} lock {self.key.removeprefix(PREFIX)[:12]} by pid {self.pid} "
+            f"{self.kind} lock {self.key.removeprefix(PREFIX)[:12]} by pid {self.pid} "
             f"on {self.hostname} ({self.username}) since {self.created}"
         )
+
+
+def conflicts_with(mine: str, theirs: str) -> bool:
+    return (mine, theirs) in CONFLICTS
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,31 +89,36 @@ def list_locks(storage: Storage) -> list[LockInfo]:
     for info in storage.list(PREFIX):
         try:
             doc = json.loads(storage.get(info.key))
+            kind = doc.get("kind") or (SWEEP if doc["exclusive"] else BACKUP)
             out.append(
                 LockInfo(
                     key=info.key,
-                    **{
-                        k: doc[k]
-                        for k in ("exclusive", "hostname", "pid", "username", "created", "expires")
-                    },
+                    kind=kind if kind in KINDS else SWEEP,  # unknown: the most careful reading
+                    session=str(doc.get("session", info.key)),
+                    **{k: doc[k] for k in ("hostname", "pid", "username", "created", "expires")},
                 )
             )
         except ObjectNotFound:
             continue  # released while we listed
         except (ValueError, KeyError, TypeError):
-            out.append(LockInfo(info.key, True, "?", 0, "?", "?", "1970-01-01T00:00:00+00:00"))
+            out.append(LockInfo(info.key, SWEEP, "?", 0, "?", "?", "1970-01-01T00:00:00+00:00"))
     return out
 
 
 class RepoLock:
     """A held lock; use as a context manager. Refreshes itself in a daemon thread."""
 
-    def __init__(self, storage: Storage, clock: Clock, *, exclusive: bool, url: str):
+    def __init__(self, storage: Storage, clock: Clock, *, kind: str, url: str, wait: float = 0):
+        if kind not in KINDS:
+            raise ValueError(f"unknown lock kind {kind!r}")
         self._storage = storage
         self._clock = clock
-        self.exclusive = exclusive
+        self.kind = kind
+        self.session = secrets.token_hex(16)
         self._url = url
+        self._wait = wait
         self._key: str | None = None
+        self._refreshed = clock.now()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -101,7 +127,9 @@ class RepoLock:
     def _write(self) -> str:
         now = self._clock.now()
         doc = {
-            "exclusive": self.exclusive,
+            "kind": self.kind,
+            "session": self.session,
+            "exclusive": self.kind == SWEEP,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "username": getpass.getuser(),
@@ -112,20 +140,21 @@ class RepoLock:
         data = json.dumps(doc, sort_keys=True).encode()
         key = PREFIX + object_name(data)
         self._storage.put(key, data)
+        self._refreshed = now
         return key
 
     def _conflicts(self) -> list[LockInfo]:
         now = self._clock.now()
-        conflicts = []
+        found = []
         self.stale_seen = []
         for lock in list_locks(self._storage):
             if lock.key == self._key:
                 continue
             if is_stale(lock, now):
                 self.stale_seen.append(lock)
-            elif self.exclusive or lock.exclusive:
-                conflicts.append(lock)
-        return conflicts
+            elif conflicts_with(self.kind, lock.kind):
+                found.append(lock)
+        return found
 
     def _raise_conflict(self, conflicts: list[LockInfo]) -> None:
         lines = "; ".join(c.describe() for c in conflicts)
@@ -139,15 +168,21 @@ class RepoLock:
         )
 
     def acquire(self) -> RepoLock:
-        conflicts = self._conflicts()
-        if conflicts:
-            self._raise_conflict(conflicts)
-        self._key = self._write()
-        conflicts = self._conflicts()
-        if conflicts:
-            self._storage.delete(self._key)
-            self._key = None
-            self._raise_conflict(conflicts)
+        """Take the lock; with ``wait``, retry for that many seconds while it conflicts (a
+        reader waits out a prune's short sweep)."""
+        deadline = self._clock.now() + timedelta(seconds=self._wait)
+        while True:
+            found = self._conflicts()
+            if not found:
+                self._key = self._write()
+                found = self._conflicts()
+                if not found:
+                    break
+                self._storage.delete(self._key)
+                self._key = None
+            if self._clock.now() >= deadline:
+                self._raise_conflict(found)
+            self._clock.sleep(min(2.0, self._wait))
         self._thread = threading.Thread(target=self._refresh_loop, name="bcdr-lock", daemon=True)
         self._thread.start()
         return self
@@ -158,8 +193,24 @@ class RepoLock:
                 if self._key is None:
                     return
                 old = self._key
-                self._key = self._write()
-                self._storage.delete(old)
+                try:
+                    self._key = self._write()
+                    self._storage.delete(old)
+                except Exception:  # noqa: BLE001 - retried next round; ensure_valid reports it
+                    continue
+
+    def ensure_valid(self) -> None:
+        """Raise LockLost when the lock went unrefreshed for longer than its expiry (a process
+        suspended, storage unreachable): others may have taken it for stale, so the holder
+        must not commit what it wrote under it."""
+        age = self._clock.now() - self._refreshed
+        if age >= TTL:
+            raise LockLost(
+                f"the repository lock was not refreshed for {int(age.total_seconds())} s "
+                f"(expiry {int(TTL.total_seconds())} s); what this run wrote was not committed",
+                where=self._url,
+                hint="run it again; its uploaded data is reused or collected by prune",
+            )
 
     def release(self) -> None:
         self._stop.set()
