@@ -14,6 +14,7 @@ from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
 from bcdr.errors import SourceError
+from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
 from bcdr.storage.url import StorageSpec
@@ -97,7 +98,7 @@ def run_backup(
 ) -> BackupResult:
     sources = resolve_sources(request.paths)
     paths = [os.fsdecode(p) for p in sources]
-    with repo.lock(exclusive=False):
+    with repo.lock(BACKUP) as lock:
         repo.load_index()
         parent = find_parent(repo, request.job, paths)
         archiver = Archiver(
@@ -125,6 +126,7 @@ def run_backup(
             skipped=tuple(archiver.problems.skipped),
             placement=request.placement,
         )
+        lock.ensure_valid()  # an expired lock may have let a prune sweep what we reused
         snap = repo.save_snapshot(snap)
     return BackupResult(
         snap,

@@ -12,6 +12,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
+from bcdr.repository.locks import READ, READ_WAIT
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.url import StorageSpec
 from bcdr.storage.wrap import Transfer
@@ -62,14 +63,16 @@ def restore(
 ) -> RestoreResult:
     check_target(target, overwrite)
     repo = open_repo(where, clock=clock, env=env)
-    snap = repo.resolve_snapshot(ref, job)
-    repo.load_index()
-    require_online(repo, bytes.fromhex(snap.tree), snap.short_id, PathMatcher(includes) or None)
-    restorer = Restorer(
-        repo,
-        os.fsencode(os.path.abspath(target)),
-        includes=PathMatcher(includes),
-        progress=progress,
-    )
-    stats = restorer.run(bytes.fromhex(snap.tree))
+    with repo.lock(READ, wait=READ_WAIT):  # a prune's sweep must not delete packs under us
+        snap = repo.resolve_snapshot(ref, job)
+        repo.load_index()
+        tree = bytes.fromhex(snap.tree)
+        require_online(repo, tree, snap.short_id, PathMatcher(includes) or None)
+        restorer = Restorer(
+            repo,
+            os.fsencode(os.path.abspath(target)),
+            includes=PathMatcher(includes),
+            progress=progress,
+        )
+        stats = restorer.run(tree)
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))

@@ -1,5 +1,6 @@
 """``bcdr run PLAN``: run a plan's jobs now, one after another; a failed job does not stop
-the others. Backups run here; disk snapshot jobs and drills say they are not available yet."""
+the others. Backups (then their retention), checks and prunes run here; disk snapshot jobs and
+drills say they are not available yet."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from bcdr.actions.common import (
     plan_storage_spec,
     read_password,
 )
+from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
+from bcdr.actions.prune import prune
 from bcdr.clock import Clock
 from bcdr.errors import (
     BcdrError,
@@ -26,11 +29,13 @@ from bcdr.errors import (
     UsageError,
 )
 from bcdr.geo.verify import PlacementRecord
-from bcdr.plan.model import BackupJob, CheckJob, Plan, Repository
+from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob, Repository
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
+from bcdr.repository.prune import PruneReport
 from bcdr.repository.repo import Repository as Repo
 from bcdr.storage.url import open_storage
+from bcdr.units import human_bytes
 
 OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
 NOT_AVAILABLE, SKIPPED = "not available", "skipped"
@@ -48,10 +53,15 @@ class JobResult:
     placement: PlacementRecord | None = None  # where the data went
     transient: bool = False  # failed in a way a retry may fix (unreachable, throttled)
     check: CheckReport | None = None
+    forget: ForgetResult | None = None  # the job's retention, applied after its backup
+    prune: PruneReport | None = None
 
     def to_dict(self) -> dict[str, object]:
-        out = {k: v for k, v in vars(self).items() if k not in ("backup", "placement", "check")}
+        objects = ("backup", "placement", "check", "forget", "prune")
+        out = {k: v for k, v in vars(self).items() if k not in objects}
         out["check"] = self.check.to_dict() if self.check else None
+        out["forget"] = self.forget.to_dict() if self.forget else None
+        out["prune"] = self.prune.to_dict() if self.prune else None
         out["backup"] = self.backup.to_dict() if self.backup else None
         out["placement"] = self.placement.to_dict() if self.placement else None
         return out
@@ -105,6 +115,8 @@ def run_job(
         result = _backup(plan, name, plan.backups[name], dry_run, clock)
     elif kind == "check":
         result = _check(plan, name, plan.checks[name], dry_run)
+    elif kind == "prune":
+        result = _prune(plan, name, plan.prunes[name], dry_run, clock)
     else:
         what = "disk snapshot" if kind == "snapshot" else kind
         result = JobResult(
@@ -148,6 +160,34 @@ def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
     return result
 
 
+def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | None) -> JobResult:
+    declared = plan.repositories[job.repository]
+    result = JobResult(name, "prune", OK)
+    try:
+        env = password_env(declared)
+        report = prune(
+            plan_storage_spec(declared),
+            max_unused=job.max_unused.value,
+            grace=job.grace.delta,
+            dry_run=dry_run,
+            plan=plan.name,
+            clock=clock,
+            env={**os.environ, **env},
+        )
+    except BcdrError as exc:
+        return _failed(result, exc)
+    result.prune = report
+    result.status = DRY_RUN if dry_run else OK
+    result.message = (
+        f"{report.packs_deleted} pack(s) deleted ({human_bytes(report.bytes_deleted)}), "
+        f"{report.packs_unused + report.packs_unindexed + report.packs_repacked} marked"
+        + (f"; {report.pending} mark(s) pending" if report.pending else "")
+    )
+    result.notes.extend(f"postponed: {p}" for p in report.postponed)
+    result.notes.extend(report.problems)
+    return result
+
+
 def password_env(repo: Repository) -> dict[str, str]:
     enc = repo.encryption
     if enc is None:
@@ -163,16 +203,32 @@ def password_env(repo: Repository) -> dict[str, str]:
     return {PASSWORD_FILE_ENV: str(enc.password_file)}
 
 
-def _notes(plan: Plan, job: BackupJob) -> list[str]:
-    notes = []
-    if job.retention is not None:
-        notes.append("retention is not applied yet: every snapshot is kept")
-    return notes
+def _retention(
+    result: JobResult, plan: Plan, name: str, job: BackupJob, repo: Repo
+) -> BcdrError | None:
+    """Apply the job's retention after its backup; the error, if it failed."""
+    if job.retention is None:
+        return None
+    try:
+        forgot = apply_retention(
+            repo, job.retention.policy(), plan.timezone.zone, job=name, plan=plan.name
+        )
+    except BcdrError as exc:
+        exc.message = f"retention failed: {exc.message}"
+        return exc
+    result.forget = forgot
+    note = (
+        f"retention ({forgot.policy.describe()}): kept {forgot.kept}, forgot {len(forgot.removed)}"
+    )
+    if forgot.removed:
+        note += "; a prune job or `bcdr prune` frees their data"
+    result.notes.append(note)
+    return None
 
 
 def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock | None) -> JobResult:
     declared = plan.repositories[job.repository]
-    result = JobResult(name, "backup", OK, notes=_notes(plan, job))
+    result = JobResult(name, "backup", OK)
     try:
         resolve_sources(job.paths)
         env = password_env(declared)
@@ -199,11 +255,15 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
                 placement=placement.to_dict(),
             )
             backup = run_backup(repo, request)
+            result.backup = backup
+            retention_error = _retention(result, plan, name, job, repo)
         finally:
             repo.close()
     except BcdrError as exc:
         return _failed(result, exc)
     result.status = PARTIAL if backup.partial else OK
-    result.backup = backup
     result.message = f"snapshot {backup.snapshot.short_id} saved"
+    if retention_error is not None:
+        _failed(result, retention_error)
+        result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"
     return result

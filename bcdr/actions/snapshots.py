@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
+from bcdr.repository.locks import READ, READ_WAIT
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.repository.tree import DIR, Node, decode_tree
@@ -60,11 +61,13 @@ def ls(
 ) -> tuple[Snapshot, list[LsEntry]]:
     """Every entry of snapshot ``ref`` at or under ``path`` (default: all)."""
     repo = open_repo(where, clock=clock, env=env)
-    snap = repo.resolve_snapshot(ref, job)
-    repo.load_index()
+    with repo.lock(READ, wait=READ_WAIT):
+        snap = repo.resolve_snapshot(ref, job)
+        repo.load_index()
+        walked = list(_walk(repo, bytes.fromhex(snap.tree), b""))
     want = os.fsencode(path).rstrip(b"/") if path else b""
     entries = []
-    for p, node in _walk(repo, bytes.fromhex(snap.tree), b""):
+    for p, node in walked:
         if want and not (p == want or p.startswith(want + b"/")):
             continue
         entries.append(

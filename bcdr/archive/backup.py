@@ -224,7 +224,12 @@ class Archiver:
             node.content, node.digest = first.content, first.digest
             self.stats.files_unchanged += 1
             return node
-        if pnode is not None and not self.force_read and _unchanged(pnode, st):
+        if (
+            pnode is not None
+            and not self.force_read
+            and _unchanged(pnode, st)
+            and self.repo.reusable(pnode.content)
+        ):
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
         elif self._read_file(path, node):

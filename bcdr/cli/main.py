@@ -22,6 +22,7 @@ from bcdr.cli import render
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
+from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
 from bcdr.errors import (
     EXIT_FAILED,
@@ -255,6 +256,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="read and verify a random PERCENT of the packs",
     )
 
+    add_retention_commands(command)
     add_plan_commands(command)
     add_schedule_commands(command)
 

@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from bcdr.actions.backup import BackupResult
+from bcdr.actions.forget import ForgetResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
 from bcdr.geo.residency import Placement
 from bcdr.geo.verify import VERIFIED
 from bcdr.repository.check import CheckReport
+from bcdr.repository.prune import PruneReport
 from bcdr.repository.snapshot import Snapshot
 from bcdr.scheduler.status import JobStatus
 from bcdr.storage.wrap import Transfer
@@ -157,3 +159,53 @@ def status_text(rows: list[JobStatus]) -> None:
             f"{r.plan + '/' + r.job:<{w}} {r.kind:<8} {last:<18} {r.last_status or '-':<13} "
             f"{took:>7}  {r.next_run:<22} {rpo}"
         )
+
+
+def forget_text(r: ForgetResult) -> None:
+    for g in r.groups:
+        out(f"{g.label} (policy: {r.policy.describe()})")
+        for d in g.decisions:
+            verdict = "keep  " if d.keep else ("would remove" if r.dry_run else "remove")
+            when = d.point.time.strftime("%Y-%m-%d %H:%M:%S%z")
+            out(f"  {verdict}  {d.point.id[:8]}  {when}  {', '.join(d.reasons)}".rstrip())
+    removed = sum(not d.keep for g in r.groups for d in g.decisions)
+    if r.dry_run:
+        out(f"dry run: would keep {r.kept} and remove {removed} snapshot(s); nothing changed")
+    elif removed:
+        out(
+            f"kept {r.kept}, removed {removed} snapshot(s) (evidence {(r.evidence or '')[:8]}); "
+            "`bcdr prune` frees the data only they used"
+        )
+    else:
+        out(f"kept all {r.kept} snapshot(s)")
+
+
+def prune_text(r: PruneReport) -> None:
+    out(
+        f"{r.snapshots} snapshot(s); {r.packs} packs, {human_bytes(r.bytes_stored)} stored, "
+        f"{human_bytes(r.bytes_used)} in use"
+    )
+    would = "would mark" if r.dry_run else "marked"
+    marked = r.packs_unused + r.packs_unindexed + r.packs_repacked
+    if marked:
+        out(
+            f"{would} {marked} pack(s), {human_bytes(r.bytes_marked)}: {r.packs_unused} unused, "
+            f"{r.packs_unindexed} in no index, {r.packs_repacked} repacked"
+            + (f" ({human_bytes(r.bytes_repacked)} copied)" if r.bytes_repacked else "")
+            + (f" as mark {r.mark}" if r.mark else "")
+        )
+    else:
+        out("nothing new to mark")
+    if r.marks_swept:
+        out(
+            f"deleted {r.packs_deleted} pack(s), {human_bytes(r.bytes_deleted)} "
+            f"(mark {', '.join(r.marks_swept)})"
+        )
+    for pack in r.packs_kept:
+        out(f"kept pack {pack[:12]}: a snapshot written since it was marked needs it")
+    for why in r.postponed:
+        out(f"postponed: {why}")
+    for problem in r.problems:
+        out(f"warning: {problem}")
+    if r.pending:
+        out(f"{r.pending} mark(s) pending: a later `bcdr prune` deletes them")

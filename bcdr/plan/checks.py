@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from bcdr.cloud.arm import check_arm_endpoint
 from bcdr.errors import UsageError
-from bcdr.plan.model import BackupJob, Plan, Retention, Timing
+from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob, Retention, Timing
 from bcdr.plan.residency import violations
 from bcdr.plan.schedules import cron_for, longest_interval
 from bcdr.plan.schema import did_you_mean
@@ -38,11 +38,17 @@ def check_plan(src: Source, plan: Plan) -> None:
             _reference(src, (*path, "backup"), drill.backup, plan.backups, "backup job")
         elif drill.snapshot is not None:
             _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
+        if drill.sample.value == 0:
+            src.problem((*path, "sample"), "a drill must restore something", "e.g. 100% or 5%")
         _timing(src, path, plan, name, drill)
-    for name, check in plan.checks.items():
-        path = ("checks", name)
-        _reference(src, (*path, "repository"), check.repository, plan.repositories, "repository")
-        _timing(src, path, plan, name, check)
+    repo_jobs: list[tuple[str, str, CheckJob | PruneJob]] = [
+        *(("checks", n, j) for n, j in plan.checks.items()),
+        *(("prunes", n, j) for n, j in plan.prunes.items()),
+    ]
+    for section, name, repo_job in repo_jobs:
+        path = (section, name)
+        _reference(src, (*path, "repository"), repo_job.repository, plan.repositories, "repository")
+        _timing(src, path, plan, name, repo_job)
     for name, repo in plan.repositories.items():
         path = ("repositories", name)
         if repo.encryption is not None and (
@@ -109,13 +115,13 @@ def _reference(
 
 def _names(src: Source, plan: Plan) -> None:
     seen: dict[str, str] = {}
-    for section in ("backups", "snapshots", "drills", "checks"):
+    for section in ("backups", "snapshots", "drills", "checks", "prunes"):
         for name in getattr(plan, section):
             if name in seen:
                 src.problem(
                     (section, name),
                     f"the name {name!r} is also used in {seen[name]}",
-                    "job names must be unique across backups, snapshots, drills and checks",
+                    "job names must be unique across backups, snapshots, drills, checks and prunes",
                     key=True,
                 )
             seen.setdefault(name, section)

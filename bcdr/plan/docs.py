@@ -22,6 +22,7 @@ SECTIONS: list[type] = [
     model.DiskSnapshotJob,
     model.Drill,
     model.CheckJob,
+    model.PruneJob,
     model.Retention,
     model.Hooks,
 ]
@@ -36,6 +37,7 @@ TITLES = {
     model.DiskSnapshotJob: "snapshots.NAME",
     model.Drill: "drills.NAME",
     model.CheckJob: "checks.NAME",
+    model.PruneJob: "prunes.NAME",
     model.Retention: "retention (of a backup or snapshot job)",
     model.Hooks: "hooks",
 }

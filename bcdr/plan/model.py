@@ -21,6 +21,7 @@ from bcdr.plan.types import (
     Timezone,
     Weekday,
 )
+from bcdr.retention import Policy
 
 Redundancy = Literal["LRS", "ZRS", "GRS", "RAGRS", "GZRS", "RAGZRS"]
 Tier = Literal["hot", "cool", "cold"]
@@ -157,15 +158,20 @@ class Retention:
     keep_within: Duration | None = spec("Keep everything newer than this.", default=None)
 
     def keeps_something(self) -> bool:
-        counts = (
-            self.keep_last,
-            self.keep_hourly,
-            self.keep_daily,
-            self.keep_weekly,
-            self.keep_monthly,
-            self.keep_yearly,
+        return self.policy().keeps_something()
+
+    def policy(self) -> Policy:
+        within = self.keep_within
+        return Policy(
+            last=self.keep_last or 0,
+            hourly=self.keep_hourly or 0,
+            daily=self.keep_daily or 0,
+            weekly=self.keep_weekly or 0,
+            monthly=self.keep_monthly or 0,
+            yearly=self.keep_yearly or 0,
+            within=within.delta if within else None,
+            within_text=within.text if within else "",
         )
-        return any(c for c in counts) or self.keep_within is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +235,22 @@ class CheckJob(Timing):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PruneJob(Timing):
+    """A scheduled `bcdr prune` of a repository: deletes data no snapshot needs, in two
+    phases (mark, then sweep after `grace`), without stopping backups."""
+
+    repository: str = spec("Name of a repository of this plan.", example="local")
+    max_unused: Percent = spec(
+        "Repack packs until at most this share of the stored bytes is unused.",
+        default=Percent(10.0),
+    )
+    grace: Duration = spec(
+        "How long marked data waits before a later prune deletes it.",
+        default=Duration(3600, "1h"),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Drill(Timing):
     """A scheduled restore that verifies every byte and measures RTO and RPO."""
 
@@ -282,6 +304,7 @@ class Plan:
         "Restore drills by name.", example_name="restore-checkpoints", default={}
     )
     checks: dict[str, CheckJob] = spec("Repository check jobs by name.", default={})
+    prunes: dict[str, PruneJob] = spec("Repository prune jobs by name.", default={})
     hooks: Hooks | None = spec("Notifications after each job.", default=None)
     retries: int = spec("Retries of a job after a transient failure.", default=0, min=0, max=20)
     retry_wait: Duration = spec(
@@ -308,7 +331,7 @@ class Plan:
         return self.file.parent
 
     def job_names(self) -> list[str]:
-        return [*self.backups, *self.snapshots, *self.drills, *self.checks]
+        return [*self.backups, *self.snapshots, *self.drills, *self.checks, *self.prunes]
 
     def job(self, name: str) -> tuple[str, Timing]:
         """(kind, job) of the job called ``name``; KeyError if there is none."""
@@ -317,6 +340,7 @@ class Plan:
             ("snapshot", self.snapshots),
             ("drill", self.drills),
             ("check", self.checks),
+            ("prune", self.prunes),
         ):
             if name in jobs:
                 return kind, jobs[name]

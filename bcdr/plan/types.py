@@ -154,7 +154,7 @@ class Percent:
     def parse(cls, raw: object) -> Percent:
         text = _text(raw, "a percentage like 10%").strip()
         m = re.fullmatch(r"(\d{1,3}(?:\.\d+)?)\s*%", text)
-        if not m or not 0 < float(m.group(1)) <= 100:
+        if not m or not 0 <= float(m.group(1)) <= 100:
             raise ValueError(f"{text!r} is not a percentage between 0% and 100%", "e.g. 100% or 5%")
         return cls(float(m.group(1)))
 

@@ -11,6 +11,7 @@ The header is ``cipher.seal(entries, aad=b"pack-header")`` where entries are con
 
 from __future__ import annotations
 
+import secrets
 import struct
 from dataclasses import dataclass
 
@@ -59,13 +60,23 @@ def decode_entries(raw: bytes, what: str) -> list[PackEntry]:
     return out
 
 
+PAD = 16  # random bytes before blob 0: two packs never share a name, even unencrypted
+
+
 class PackBuilder:
-    """Accumulates sealed blobs until the pack is big enough to write."""
+    """Accumulates sealed blobs until the pack is big enough to write.
+
+    A pack starts with ``PAD`` random bytes. Without them, an unencrypted pack holding the
+    same blobs in the same order as an existing one would get the same name, and a backup
+    that stored blobs again (because a prune marked their pack) would in fact reuse the
+    marked pack. Readers locate blobs by the offsets in the header, so the padding is
+    invisible to them.
+    """
 
     def __init__(self, cipher: Cipher):
         self._cipher = cipher
-        self._parts: list[bytes] = []
-        self._size = 0
+        self._parts: list[bytes] = [secrets.token_bytes(PAD)]
+        self._size = PAD
         self.entries: list[PackEntry] = []
 
     @property

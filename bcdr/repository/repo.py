@@ -58,6 +58,8 @@ class Repository:
 
         self.index = MasterIndex()
         self.index_loaded = False
+        self.marked: set[str] = set()  # packs a pending prune marked (see repository/marks.py)
+        self._avoid: np.ndarray | None = None  # sorted ids (S32) whose only copies are marked
         self.damaged_snapshots: list[str] = []
         self._writer: BlobWriter | None = None
 
@@ -145,9 +147,10 @@ class Repository:
         assert last_error is not None
         raise last_error
 
-    def lock(self, *, exclusive: bool = False) -> RepoLock:
+    def lock(self, kind: str, *, wait: float = 0) -> RepoLock:
+        """Take a repository lock of ``kind`` (see :mod:`bcdr.repository.locks`)."""
         return RepoLock(
-            self.storage, self.clock, exclusive=exclusive, url=self.storage.url
+            self.storage, self.clock, kind=kind, url=self.storage.url, wait=wait
         ).acquire()
 
     # -- index -------------------------------------------------------------------------------
@@ -156,6 +159,28 @@ class Repository:
         return sorted(info.key.removeprefix("index/") for info in self.storage.list("index/"))
 
     def load_index(self) -> None:
+        """Load every index file (again, when a prune replaced one while we listed).
+
+        See :meth:`_load_index_once`."""
+        for attempt in range(3):
+            try:
+                self._load_index_once()
+                return
+            except ObjectNotFound:
+                if attempt == 2:
+                    raise
+                from bcdr.repository.masterindex import MasterIndex
+
+                self.index = MasterIndex()
+                self._avoid = None
+
+    def _load_index_once(self) -> None:
+        """Load every index file. Packs a pending prune marked are loaded last, so a blob that
+        also lives in an unmarked pack is found there; blobs whose only copies are marked are
+        remembered so that :meth:`has_blob` and :meth:`reusable` do not build on them."""
+        from bcdr.repository.marks import marked_packs
+
+        self.marked = marked_packs(self.storage, self.cipher)
         infos = list(self.storage.list("index/"))
         names = sorted(info.key.removeprefix("index/") for info in infos)
         capacity = sum(info.size for info in infos) // ENTRY.size
@@ -163,11 +188,33 @@ class Repository:
         # decoded here, in name order: decoding in the pool's threads would spread the arrays
         # over per-thread malloc arenas and cost RSS.
         fetched = ordered_map(self._read_index_bytes, names, self.storage.concurrency)
-        self.index.load(
-            (self._decode_index(name, data) for name, data in zip(names, fetched, strict=True)),
-            capacity,
-        )
+        held_back: list[tuple[str, np.ndarray]] = []
+
+        def unmarked() -> Iterator[list[tuple[str, np.ndarray]]]:
+            for name, data in zip(names, fetched, strict=True):
+                packs = self._decode_index(name, data)
+                held_back.extend(p for p in packs if p[0] in self.marked)
+                yield [p for p in packs if p[0] not in self.marked]
+
+        self.index.load(unmarked(), capacity)
+        if held_back:
+            self._avoid = self.index.missing_ids([r for _, r in held_back])
+            self.index.load([held_back], sum(len(r) for _, r in held_back))
         self.index_loaded = True
+
+    def _avoided(self, blob_id: bytes) -> bool:
+        avoid = self._avoid
+        if avoid is None or not len(avoid):
+            return False
+        i = int(avoid.searchsorted(blob_id))
+        return i < len(avoid) and bytes(avoid[i]).ljust(32, b"\0") == blob_id
+
+    def reusable(self, blob_ids: list[bytes]) -> bool:
+        """May a new snapshot refer to these blobs without storing them again? False when
+        one's only copy is in a pack a pending prune marked (the backup reads the file)."""
+        if self._avoid is None or not len(self._avoid):
+            return True
+        return not any(self._avoided(b) and not self.has_blob(b) for b in blob_ids)
 
     def _decode_index(self, name: str, data: bytes) -> list[tuple[str, np.ndarray]]:
         from bcdr.repository.masterindex import decode_index_records
@@ -186,7 +233,13 @@ class Repository:
     # -- blobs -------------------------------------------------------------------------------
 
     def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self.index or (self._writer is not None and self._writer.has(blob_id))
+        """Is the blob stored where a new snapshot may refer to it?"""
+        if self._writer is not None and self._writer.has(blob_id):
+            return True
+        return self._indexed_usable(blob_id)
+
+    def _indexed_usable(self, blob_id: bytes) -> bool:
+        return blob_id in self.index and not self._avoided(blob_id)
 
     def encode_blob(
         self, blob_id: bytes, data: bytes, layout: Layout | None = None
@@ -211,7 +264,9 @@ class Repository:
     @property
     def writer(self) -> BlobWriter:
         if self._writer is None:
-            self._writer = BlobWriter(self.storage, self.cipher, self.index, self.config.pack_size)
+            self._writer = BlobWriter(
+                self.storage, self.cipher, self.index, self.config.pack_size, self._indexed_usable
+            )
         return self._writer
 
     def save_blob(self, blob_type: int, data: bytes) -> bytes:

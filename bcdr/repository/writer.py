@@ -8,6 +8,7 @@ reports as leftovers and prune collects.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,18 @@ PACKS_PER_INDEX = 64
 class BlobWriter:
     """Collects encoded blobs into packs. Call only from one thread; ``has`` is thread-safe."""
 
-    def __init__(self, storage: Storage, cipher: Cipher, index: MasterIndex, pack_size: int):
+    def __init__(
+        self,
+        storage: Storage,
+        cipher: Cipher,
+        index: MasterIndex,
+        pack_size: int,
+        known: Callable[[bytes], bool] | None = None,
+    ):
+        """``known(id)``: the blob is already stored where it may be used (default: in
+        ``index``); a blob only in packs a pending prune marked is not, and is stored again."""
         self._storage = storage
+        self._known = known or index.__contains__
         self._cipher = cipher
         self._index = index
         self._pack_size = pack_size
@@ -47,7 +58,7 @@ class BlobWriter:
         return blob_id in self._pending
 
     def add(self, blob_id: bytes, blob_type: int, codec: int, raw_len: int, sealed: bytes) -> None:
-        if blob_id in self._pending or blob_id in self._index:
+        if blob_id in self._pending or self._known(blob_id):
             return
         self._builder.add(blob_id, blob_type, codec, raw_len, sealed)
         self._pending.add(blob_id)
@@ -88,7 +99,8 @@ class BlobWriter:
         for pack, entries in self._unindexed.items():
             self._index.add_pack(pack, entries)
             for e in entries:
-                self._pending.discard(e.blob_id)
+                if self._known(e.blob_id):  # a re-stored marked blob stays pending: in use
+                    self._pending.discard(e.blob_id)
         self._unindexed = {}
 
     def flush(self) -> None:

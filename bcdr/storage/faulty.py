@@ -4,6 +4,7 @@
 after; ``kill_after_puts=N`` sends SIGKILL to this process right after the N-th put completes,
 which is how a crash at an exact point of the write sequence is produced; ``kill_after_prefix``
 does the same right after the first put of a key with that prefix (``snapshots/``).
+``kill_after_writes=N`` counts deletes as well as puts (a prune mostly deletes).
 ``flaky_puts=N`` makes the first N puts raise :class:`TransientStorageError`; with
 ``flaky_lands=True`` each of them first stores the object, as when a connection breaks after the
 server committed the write.
@@ -28,6 +29,7 @@ class FaultyStorage(StorageWrapper):
         fail_after_puts: int | None = None,
         kill_after_puts: int | None = None,
         kill_after_prefix: str | None = None,
+        kill_after_writes: int | None = None,
         error: StorageError | None = None,
         flaky_puts: int = 0,
         flaky_lands: bool = False,
@@ -39,8 +41,21 @@ class FaultyStorage(StorageWrapper):
         self.error = error or StorageError("injected storage failure")
         self.flaky_puts = flaky_puts
         self.flaky_lands = flaky_lands
+        self.kill_after_writes = kill_after_writes
         self.puts = 0
+        self.writes = 0
         self._lock = threading.Lock()
+
+    def _wrote(self) -> None:
+        self.writes += 1
+        if self.kill_after_writes is not None and self.writes >= self.kill_after_writes:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            result = self.inner.delete(key)
+            self._wrote()
+            return result
 
     def put(self, key: str, data: bytes) -> bool:
         with self._lock:
@@ -53,6 +68,7 @@ class FaultyStorage(StorageWrapper):
                 raise TransientStorageError("injected transient failure")
             result = self.inner.put(key, data)
             self.puts += 1
+            self._wrote()
             if (self.kill_after_puts is not None and self.puts >= self.kill_after_puts) or (
                 self.kill_after_prefix is not None and key.startswith(self.kill_after_prefix)
             ):

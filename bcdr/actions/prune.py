@@ -1,0 +1,42 @@
+"""``bcdr prune``: delete data no snapshot needs (two phases; backups keep running)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+
+from bcdr.actions.common import open_repo, transfer
+from bcdr.clock import Clock
+from bcdr.compliance.evidence import write_record
+from bcdr.errors import UsageError
+from bcdr.repository.prune import LogFn, PruneReport, prune_repository
+from bcdr.storage.url import StorageSpec
+
+
+def prune(
+    where: StorageSpec | str,
+    *,
+    max_unused: float = 10.0,
+    grace: timedelta = timedelta(hours=1),
+    dry_run: bool = False,
+    log: LogFn | None = None,
+    plan: str | None = None,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PruneReport:
+    if not 0 <= max_unused <= 100:
+        raise UsageError(f"--max-unused must be between 0 and 100 percent, not {max_unused}")
+    repo = open_repo(where, clock=clock, env=env)
+    try:
+        report = prune_repository(
+            repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log
+        )
+        if not dry_run and (report.mark or report.marks_swept or report.packs_kept):
+            facts = {"plan": plan, "max_unused": max_unused, "grace_s": grace.total_seconds()}
+            report.evidence = write_record(repo, "prune", {**facts, **report.to_dict()})
+    finally:
+        repo.close()
+    up, down = transfer(repo, "up"), transfer(repo, "down")
+    report.uploaded = up.to_dict() if up else None
+    report.downloaded = down.to_dict() if down else None
+    return report

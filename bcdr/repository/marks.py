@@ -1,0 +1,105 @@
+"""Pending prune marks: ``prune/<id>/packs`` and ``prune/<id>/ready``.
+
+A prune does not delete what it finds unused. It *marks* it: ``packs`` lists the candidate
+packs (unused, repacked elsewhere, or in no index); ``ready``, written after ``packs``, lists
+the sessions of the repository locks that existed once the mark was visible. A later prune
+sweeps a mark when the grace period has passed, none of those sessions holds a lock any more,
+and a fresh re-check from every snapshot still finds the packs unneeded.
+
+Every reader of the index loads the candidates last, so a blob that also lives in an unmarked
+pack is read from there; a backup additionally never reuses a blob whose only copy is marked
+(it stores the blob again). docs/repository-format.md ("Prune") gives the argument why no
+snapshot can end up referring to a swept pack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bcdr.errors import CorruptObject, ObjectNotFound
+from bcdr.repository.crypto import Cipher
+from bcdr.storage.base import Storage
+
+PREFIX = "prune/"
+MARK_AAD = b"prune-mark"
+
+
+@dataclass(frozen=True)
+class Mark:
+    id: str
+    created: str
+    hostname: str
+    packs: tuple[str, ...]  # candidate pack names
+    ready: datetime | None = None  # when the lock sessions were recorded
+    sessions: tuple[str, ...] = ()  # lock sessions that must end before the sweep
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def _key(mark_id: str, part: str) -> str:
+    return f"{PREFIX}{mark_id}/{part}"
+
+
+def _load(storage: Storage, cipher: Cipher, key: str) -> dict[str, object]:
+    raw = storage.get(key)
+    doc = json.loads(cipher.open(raw, MARK_AAD, key))
+    if not isinstance(doc, dict):
+        raise CorruptObject(f"{key}: not a prune mark")
+    return doc
+
+
+def write_packs(storage: Storage, cipher: Cipher, mark_id: str, doc: Mapping[str, object]) -> None:
+    data = json.dumps(doc, sort_keys=True).encode()
+    storage.put(_key(mark_id, "packs"), cipher.seal(data, MARK_AAD))
+
+
+def write_ready(
+    storage: Storage, cipher: Cipher, mark_id: str, when: datetime, sessions: list[str]
+) -> None:
+    doc = {"ready": when.isoformat(), "sessions": sorted(set(sessions))}
+    data = json.dumps(doc, sort_keys=True).encode()
+    storage.put(_key(mark_id, "ready"), cipher.seal(data, MARK_AAD))
+
+
+def list_marks(storage: Storage, cipher: Cipher) -> Iterator[Mark]:
+    """Every readable mark (with or without ``ready``). A mark that does not open is an error:
+    its candidates are unknown, and readers must not guess."""
+    parts: dict[str, set[str]] = {}
+    for info in storage.list(PREFIX):
+        mark_id, _, part = info.key.removeprefix(PREFIX).partition("/")
+        parts.setdefault(mark_id, set()).add(part)
+    for mark_id, have in sorted(parts.items()):
+        if "packs" not in have:
+            continue  # a sweep removed it (ready goes first, then packs): nothing pending
+        try:
+            doc = _load(storage, cipher, _key(mark_id, "packs"))
+            ready_doc = _load(storage, cipher, _key(mark_id, "ready")) if "ready" in have else {}
+        except ObjectNotFound:
+            continue  # swept while we listed
+        except (ValueError, TypeError) as exc:
+            raise CorruptObject(f"prune mark {mark_id}: does not parse ({exc})") from None
+        ready = ready_doc.get("ready")
+        yield Mark(
+            id=mark_id,
+            created=str(doc["created"]),
+            hostname=str(doc["hostname"]),
+            packs=tuple(str(p) for p in doc["packs"]),  # type: ignore[attr-defined]
+            ready=datetime.fromisoformat(str(ready)) if ready else None,
+            sessions=tuple(ready_doc.get("sessions", ())),  # type: ignore[arg-type]
+            stats=dict(doc.get("stats", {})),  # type: ignore[call-overload]
+        )
+
+
+def remove_mark(storage: Storage, mark_id: str) -> None:
+    """``ready`` first: a half-removed mark is still honoured by readers, never swept."""
+    storage.delete(_key(mark_id, "ready"))
+    storage.delete(_key(mark_id, "packs"))
+
+
+def marked_packs(storage: Storage, cipher: Cipher) -> set[str]:
+    out: set[str] = set()
+    for mark in list_marks(storage, cipher):
+        out.update(mark.packs)
+    return out

@@ -1,0 +1,364 @@
+"""Prune: frees what no snapshot needs, never what one does, while backups run; survives a
+kill at any moment."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.actions.check import check
+from bcdr.actions.restore import restore
+from bcdr.clock import FakeClock
+from bcdr.repository.locks import BACKUP, RepoLock
+from bcdr.repository.marks import list_marks, marked_packs
+from bcdr.repository.prune import prune_repository
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import DIR, FILE, decode_tree
+from bcdr.storage.local import LocalStorage
+from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
+from tests.prune_helper import tree_digests
+
+CHUNKS = "16384,16384,131072"
+PACK = 65536
+
+
+def _repo(path: Path, clock: FakeClock | None = None) -> Repository:
+    return Repository.open(LocalStorage(path), clock=clock)
+
+
+def _backup(path: Path, src: Path, job: str, clock: FakeClock | None = None) -> str:
+    repo = _repo(path, clock)
+    try:
+        return run_backup(repo, BackupRequest(paths=(str(src),), job=job)).snapshot.id
+    finally:
+        repo.close()
+
+
+def _blobs(repo: Repository, snap_id: str) -> set[bytes]:
+    """Every blob (trees and chunks) a snapshot refers to."""
+    repo.load_index()
+    out, stack = set(), [bytes.fromhex(repo.load_snapshot(snap_id).tree)]
+    while stack:
+        tree = stack.pop()
+        out.add(tree)
+        for node in decode_tree(repo.load_blob(tree), "tree"):
+            if node.type == DIR and node.subtree:
+                stack.append(node.subtree)
+            elif node.type == FILE:
+                out.update(node.content)
+    return out
+
+
+def _restores(repo_path: Path, snap_id: str, src_digests: dict[str, str], out: Path) -> None:
+    result = restore(str(repo_path), snap_id, str(out))
+    assert result.ok, result.stats.errors
+    roots = [p for p in out.rglob("*") if p.is_dir() and tree_digests(p) == src_digests]
+    assert roots, f"snapshot {snap_id[:8]} did not restore to its source content"
+
+
+@pytest.fixture
+def two_generations(tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """A repository with an old snapshot (to forget) and a new one sharing half its files."""
+    repo = tmp_path / "repo"
+    init_small(repo, CHUNKS, PACK)
+    import random
+
+    rng = random.Random(5)
+    src = write_tree(tmp_path / "src", {f"f{i}": rng.randbytes(150_000) for i in range(8)})
+    old = _backup(repo, src, "j")
+    for i in range(4):
+        (src / f"f{i}").write_bytes(rng.randbytes(150_000))
+    new = _backup(repo, src, "j")
+    return repo, src, old, new
+
+
+def test_forget_then_prune_frees_space_and_kept_snapshot_restores(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo, src, old, new = two_generations
+    before = sum(p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file())
+    r = run_process("forget", "--repo", repo, "--keep-last", "1", "--dry-run")
+    assert r.code == 0 and f"would remove  {old[:8]}" in r.out and "nothing changed" in r.out
+    assert (repo / "snapshots" / old).exists()
+    r = run_process("forget", "--repo", repo, "--keep-last", "1", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["removed"] == [old]
+    r = run_process("prune", "--repo", repo, "--grace", "0", "--json")
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["packs_deleted"] > 0 and rep["pending"] == 0 and rep["packs_kept"] == []
+    after = sum(p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file())
+    # Four of eight 150 kB files were replaced: 600 kB belonged to the old snapshot only; all but
+    # the unused share prune may leave in partly used packs (10%) is freed.
+    assert before - after > 600_000 - 0.1 * before
+    report = check(str(repo), read_data=True)
+    assert report.ok and not report.leftovers, (report.errors, report.leftovers)
+    out = tmp_path / "out"
+    assert restore(str(repo), new, str(out)).ok
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def test_prune_repacks_partly_used_packs_and_refuses_nothing_it_needs(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo, src, old, new = two_generations
+    (repo / "snapshots" / old).unlink()
+    r = run_process("prune", "--repo", repo, "--grace", "0", "--max-unused", "0", "--json")
+    rep = json.loads(r.out)
+    assert r.code == 0 and rep["packs_repacked"] > 0 and rep["bytes_repacked"] > 0
+    # Nothing unused is left: a second prune finds nothing to mark.
+    rep2 = json.loads(run_process("prune", "--repo", repo, "--grace", "0", "--json").out)
+    assert rep2["packs_unused"] == rep2["packs_repacked"] == rep2["packs_unindexed"] == 0
+    assert rep2["bytes_used"] == rep2["bytes_stored"] - _index_overhead(repo)
+    out = tmp_path / "out"
+    assert restore(str(repo), new, str(out)).ok
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def _index_overhead(repo: Path) -> int:
+    """Bytes of packs that are not blobs (padding, headers, trailers)."""
+    from bcdr.repository.pack import parse_pack
+
+    cipher = _repo(repo).cipher
+    total = 0
+    for p in (repo / "data").rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            total += len(data) - sum(e.stored_len for e in parse_pack(data, cipher, "pack"))
+    return total
+
+
+def test_mark_waits_for_grace_period_then_sweeps(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo_path, _, old, new = two_generations
+    (repo_path / "snapshots" / old).unlink()
+    clock = FakeClock(datetime.now(UTC))
+    first = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert first.mark and first.packs_deleted == 0 and first.pending == 1
+    clock.advance(timedelta(minutes=30))
+    second = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert second.packs_deleted == 0 and any("grace period until" in p for p in second.postponed)
+    clock.advance(timedelta(minutes=31))
+    third = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert third.marks_swept == [first.mark] and third.packs_deleted > 0
+    assert check(str(repo_path)).ok
+
+
+def test_sweep_waits_for_a_backup_that_started_before_the_mark(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo_path, _, old, _ = two_generations
+    (repo_path / "snapshots" / old).unlink()
+    storage = LocalStorage(repo_path)
+    # A backup that loaded the index before the mark existed may reuse any blob in it.
+    running = RepoLock(storage, FakeClock(datetime.now(UTC)), kind=BACKUP, url="r").acquire()
+    try:
+        rep = prune_repository(_repo(repo_path), grace=timedelta(0))
+        assert rep.mark and rep.packs_deleted == 0
+        assert any("waiting for backup lock" in p for p in rep.postponed), rep.postponed
+    finally:
+        running.release()
+    rep = prune_repository(_repo(repo_path), grace=timedelta(0))
+    assert rep.packs_deleted > 0 and rep.pending == 0
+
+
+def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
+    """The dangerous case: a snapshot committed after the mark (by a backup that started
+    before it) refers to marked blobs; a later backup of the same job must not reuse them,
+    because that snapshot may be forgotten and the marked packs swept while it runs."""
+    repo_path = tmp_path / "repo"
+    init_small(repo_path, CHUNKS, PACK)
+    import random
+
+    src = write_tree(tmp_path / "src", {"a": random.Random(1).randbytes(300_000)})
+    gone = _backup(repo_path, src, "old")
+    repo = _repo(repo_path)
+    manifest = repo.load_snapshot(gone)
+    (repo_path / "snapshots" / gone).unlink()
+    clock = FakeClock(datetime.now(UTC))
+    rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert rep.mark and rep.packs_unused > 0
+    # What a backup that started before the mark commits: the same tree, now job "b".
+    from dataclasses import replace
+
+    late = repo.save_snapshot(replace(manifest, job="b", time=datetime.now(UTC).isoformat()))
+    marked = marked_packs(LocalStorage(repo_path), repo.cipher)
+    newer = _backup(repo_path, src, "b")  # parent: `late`; file "a" looks unchanged
+    check_repo = _repo(repo_path)
+    check_repo.load_index()
+    for blob in _blobs(check_repo, newer):
+        assert check_repo.index.lookup(blob).pack not in marked, "reused a marked-only blob"
+    (repo_path / "snapshots" / late.id).unlink()  # `late` forgotten; then the sweep
+    clock.advance(timedelta(hours=2))
+    rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert rep.packs_deleted > 0
+    _restores(repo_path, newer, tree_digests(src), tmp_path / "out")
+
+
+def test_snapshot_written_during_grace_keeps_its_packs(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path, CHUNKS, PACK)
+    import random
+
+    src = write_tree(tmp_path / "src", {"a": random.Random(2).randbytes(200_000)})
+    gone = _backup(repo_path, src, "old")
+    repo = _repo(repo_path)
+    manifest = repo.load_snapshot(gone)
+    (repo_path / "snapshots" / gone).unlink()
+    clock = FakeClock(datetime.now(UTC))
+    rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert rep.mark
+    from dataclasses import replace
+
+    late = repo.save_snapshot(replace(manifest, job="b"))  # an in-flight backup's commit
+    clock.advance(timedelta(hours=2))
+    rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
+    assert rep.packs_kept and rep.packs_deleted == 0
+    _restores(repo_path, late.id, tree_digests(src), tmp_path / "out")
+    assert not list(list_marks(LocalStorage(repo_path), repo.cipher))
+
+
+def test_prune_refuses_when_a_snapshot_cannot_be_read(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo_path, _, old, new = two_generations
+    (repo_path / "snapshots" / old).write_bytes(b"garbage")
+    r = run_process("prune", "--repo", repo_path, "--grace", "0")
+    assert r.code == 1 and f"snapshot {old[:12]} cannot be read" in r.err
+    assert "nothing was deleted" in r.err and "Traceback" not in r.err
+
+
+def test_backups_and_prunes_concurrently_every_snapshot_restores(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_small(repo, CHUNKS, PACK)
+    stop, totals = tmp_path / "stop", tmp_path / "totals.json"
+    py = [sys.executable, "-m", "tests.prune_helper"]
+    pruner = subprocess.Popen([*py, "prunes", str(repo), str(stop), str(totals)])
+    workers = [
+        subprocess.Popen(
+            [
+                *py,
+                "backups",
+                str(repo),
+                str(tmp_path / f"src{w}"),
+                str(w),
+                "12",
+                str(tmp_path / f"made{w}.json"),
+            ]
+        )
+        for w in range(2)
+    ]
+    try:
+        for p in workers:
+            assert p.wait(timeout=300) == 0
+    finally:
+        stop.write_text("")
+        assert pruner.wait(timeout=300) == 0
+    made: dict[str, dict[str, str]] = {}
+    for w in range(2):
+        made.update(json.loads((tmp_path / f"made{w}.json").read_text()))
+    stats = json.loads(totals.read_text())
+    assert stats["sweeps"] > 0 and stats["deleted"] > 0, stats  # prunes really deleted data
+    assert len(made) == 24
+    # Every snapshot still in the repository restores to exactly what was backed up.
+    final = prune_repository(_repo(repo), grace=timedelta(0), max_unused=0)
+    assert final.pending == 0 and not final.problems
+    kept = {p.name for p in (repo / "snapshots").iterdir()}
+    assert len(kept) == 4  # retention: last 2 of each worker's job
+    report = check(str(repo), read_data=True)
+    assert report.ok and not report.leftovers, (report.errors, report.leftovers)
+    for i, snap in enumerate(sorted(kept)):
+        _restores(repo, snap, made[snap], tmp_path / f"out{i}")
+
+
+def test_prune_killed_at_any_moment_leaves_a_repository_that_restores(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo, src, old, new = two_generations
+    (repo / "snapshots" / old).unlink()
+    py = [sys.executable, "-m", "tests.prune_helper", "prune"]
+    probe = tmp_path / "probe"
+    shutil.copytree(repo, probe)
+    done = subprocess.run([*py, str(probe), "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    writes = int(done.stdout.split()[-1])  # puts and deletes of a complete prune
+    assert writes > 10
+    step = max(1, writes // 40)  # every write when there are few, else 40 spread evenly
+    points = sorted({*range(1, writes, step), writes - 1})
+    for k in points:
+        trial = tmp_path / f"kill{k}"
+        shutil.copytree(repo, trial)
+        killed = subprocess.run([*py, str(trial), str(k)], capture_output=True, timeout=120)
+        assert killed.returncode == -9, (k, killed.stderr)
+        report = check(str(trial))
+        assert report.ok, (k, report.errors)
+        _restores(trial, new, tree_digests(src), tmp_path / f"out{k}")
+        # The next prune finishes the work: nothing pending, nothing left over.
+        rep = prune_repository(_repo(trial), grace=timedelta(0), max_unused=0)
+        assert rep.pending == 0, (k, rep)
+        after = check(str(trial), read_data=True)
+        assert after.ok and not after.leftovers, (k, after.errors, after.leftovers)
+        _restores(trial, new, tree_digests(src), tmp_path / f"again{k}")
+
+
+def test_plan_applies_retention_after_each_backup_and_runs_prune_jobs(tmp_path: Path) -> None:
+    import random
+    import time
+
+    rng = random.Random(3)
+    data = write_tree(tmp_path / "data", {"a": rng.randbytes(100_000)})
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        """\
+version: 1
+name: keep
+repositories:
+  local: {url: repo}
+backups:
+  ckpt:
+    paths: [data]
+    repository: local
+    schedule: daily
+    retention: {keep_last: 2}
+prunes:
+  gc:
+    repository: local
+    schedule: weekly
+    max_unused: 0%
+    grace: 1s
+"""
+    )
+    state = {"BCDR_STATE_DIR": str(tmp_path / "state")}
+    for _ in range(4):
+        (data / "a").write_bytes(rng.randbytes(100_000))
+        r = run_process("run", plan, "--job", "ckpt", "--json", env=state)
+        assert r.code == 0, r.err
+    job = json.loads(r.out)["jobs"][0]
+    assert any("retention (last 2): kept 2, forgot 1" in n for n in job["notes"]), job["notes"]
+    assert len(list((tmp_path / "repo" / "snapshots").iterdir())) == 2
+    # The forget decisions are evidence: policy, and each snapshot kept or removed, and why.
+    repo = _repo(tmp_path / "repo")
+    from bcdr.compliance.evidence import read_records
+
+    records = list(read_records(repo, "forget"))
+    assert len(records) == 2
+    decisions = records[-1]["facts"]["groups"][0]["decisions"]  # type: ignore[index]
+    assert [d["reasons"] for d in decisions] == [["newest", "last #1"], ["last #2"], []]
+    first = run_process("run", plan, "--job", "gc", "--json", env=state)
+    assert first.code == 0, first.err
+    time.sleep(1.2)  # the grace period
+    second = run_process("run", plan, "--job", "gc", "--json", env=state)
+    assert second.code == 0, second.err
+    job = json.loads(second.out)["jobs"][0]
+    assert job["prune"]["packs_deleted"] > 0 and job["prune"]["pending"] == 0, job
+    result = restore(str(tmp_path / "repo"), "latest", str(tmp_path / "out"))
+    assert result.ok
+    assert snapshot_tree(restored_root(tmp_path / "out", data)) == snapshot_tree(data)
