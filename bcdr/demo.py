@@ -82,6 +82,9 @@ def main() -> int:
         print(f"\nrestored checkpoints match {ckpt} byte for byte")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    # What a tighter retention would do, and why (nothing is removed: --dry-run).
+    _run("forget", "--repo", repo, "--job", "checkpoints", "--keep-last", "1", "--dry-run")
+    _run("prune", "--repo", repo, "--dry-run")
     _run("check", "--repo", repo, "--read-data")
     _run("status", plan)
     print(f"\ndemo complete: plan {plan}, repository at {repo}")

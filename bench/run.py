@@ -174,6 +174,34 @@ def bench_index() -> dict[str, float]:
     }
 
 
+PRUNE_SCALE = [sys.executable, str(Path(__file__).resolve().parent / "prune_scale.py")]
+PRUNE_CHUNKS = int(os.environ.get("BENCH_PRUNE_CHUNKS", "1000000"))
+
+
+def bench_prune() -> dict[str, float]:
+    """``bcdr prune --grace 0`` (mark and sweep) on PRUNE_CHUNKS synthetic chunks, and on an
+    empty repository as the baseline, each as a child process (peak RSS from wait4)."""
+    out: dict[str, tuple[float, float, float, int]] = {}
+    for label, n in (("empty", 0), ("full", PRUNE_CHUNKS)):
+        root = OUT / f"prune-{label}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run([*PRUNE_SCALE, "make", str(root), str(n)], check=True)
+        cmd = [*BCDR, "prune", "--repo", str(root), "--grace", "0", "--max-unused", "100", "-q"]
+        out[label] = run(cmd, {})
+        shutil.rmtree(root, ignore_errors=True)
+    (wall, cpu, rss, code), (_, _, base, _) = out["full"], out["empty"]
+    return {
+        "chunks": PRUNE_CHUNKS,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mib": rss,
+        "baseline_rss_mib": base,
+        "rss_ratio": rss / base if base else 0.0,
+        "bytes_per_chunk": (rss - base) * 2**20 / max(1, PRUNE_CHUNKS),
+        "exit_code": code,
+    }
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = OUT / "corpus"
@@ -196,6 +224,13 @@ def main() -> int:
         f"({index['steady_bytes_per_chunk']:.0f} B/chunk), "
         f"{index['peak_mib']:.0f} MiB peak ({index['peak_bytes_per_chunk']:.0f} B/chunk)"
     )
+    print(f"\nprune (mark and sweep), {PRUNE_CHUNKS:,} chunks:", flush=True)
+    pruned = bench_prune()
+    print(
+        f"  {pruned['wall_s']:.1f} s, peak RSS {pruned['peak_rss_mib']:.0f} MiB = "
+        f"{pruned['rss_ratio']:.1f}x an empty repository's prune "
+        f"({pruned['baseline_rss_mib']:.0f} MiB); {pruned['bytes_per_chunk']:.0f} B per chunk"
+    )
     print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):", flush=True)
     azure = bench_azure(OUT)
     for r in azure:
@@ -215,11 +250,12 @@ def main() -> int:
         "results": [asdict(m) for m in results],
         "ratios": ratios(results),
         "index": index,
+        "prune": pruned,
         "azure": azure,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
     print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")
-    failed = [m for m in results if m.exit_code != 0]
+    failed = [m for m in results if m.exit_code != 0] + ([1] if pruned["exit_code"] else [])
     return 1 if failed else 0
 
 

@@ -47,7 +47,7 @@ from bcdr.repository.marks import (
     write_ready,
 )
 from bcdr.repository.masterindex import MasterIndex, decode_index_records
-from bcdr.repository.pack import pack_key
+from bcdr.repository.pack import ENTRY, TREE, pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.repository.writer import BlobWriter
@@ -98,7 +98,7 @@ class PruneReport:
 class IdSet:
     """Accumulates 32-byte ids into one sorted, unique numpy array (no object per id)."""
 
-    FLUSH = 1 << 20  # ids buffered before they are merged
+    FLUSH = 1 << 18  # ids buffered (8 MiB) before they are merged
 
     def __init__(self) -> None:
         self._sorted = np.empty(0, dtype=ID)
@@ -197,7 +197,7 @@ class Pruner:
         # list its blobs, so every blob of a listed snapshot is in the index loaded next.
         names = repo.snapshot_names()
         repo.index = MasterIndex()
-        repo.load_index()
+        repo.load_index(only_type=TREE)  # the walk reads trees only
         ids = IdSet()
         seen_trees: set[bytes] = set()
         snapshots = 0
@@ -236,16 +236,21 @@ class Pruner:
                 self.log(f"marking: {n + 1}/{len(names)} snapshots read")
         self.report.snapshots = snapshots
         self.report.trees = len(seen_trees)
+        repo.index = MasterIndex()  # the walk is done: its memory goes before the table's
         return ids.result()
 
     def table(self) -> Table:
         repo = self.repo
-        names = repo.index_names()
+        infos = list(repo.storage.list("index/"))
+        names = sorted(info.key.removeprefix("index/") for info in infos)
+        capacity = sum(info.size for info in infos) // ENTRY.size  # an upper bound
+        ids = np.empty(capacity, dtype=ID)
+        pack_col = np.empty(capacity, dtype=np.uint32)
+        stored = np.empty(capacity, dtype=np.uint64)
         packs: list[str] = []
         pack_no: dict[str, int] = {}
         rows: dict[str, tuple[str, int, int]] = {}
         files_of: dict[str, list[str]] = {}
-        ids, pack_col, stored = [], [], []
         n = 0
         fetched = ordered_map(self._fetch_index, names, repo.storage.concurrency)
         for name, decoded in zip(names, fetched, strict=True):
@@ -255,21 +260,13 @@ class Pruner:
                     continue  # also in an earlier index file (a rewrite was interrupted)
                 pack_no[pack] = len(packs)
                 packs.append(pack)
-                rows[pack] = (name, n, n + len(records))
-                n += len(records)
-                ids.append(records["id"].astype(">u8").view(ID).ravel())
-                pack_col.append(np.full(len(records), pack_no[pack], dtype=np.uint32))
-                stored.append(records["stored"].astype(np.uint64))
-        return Table(
-            names,
-            packs,
-            pack_no,
-            rows,
-            files_of,
-            np.concatenate(ids) if ids else np.empty(0, dtype=ID),
-            np.concatenate(pack_col) if pack_col else np.empty(0, dtype=np.uint32),
-            np.concatenate(stored) if stored else np.empty(0, dtype=np.uint64),
-        )
+                end = n + len(records)
+                rows[pack] = (name, n, end)
+                ids[n:end] = records["id"].astype(">u8").view(ID).ravel()
+                pack_col[n:end] = pack_no[pack]
+                stored[n:end] = records["stored"]
+                n = end
+        return Table(names, packs, pack_no, rows, files_of, ids[:n], pack_col[:n], stored[:n])
 
     def _fetch_index(self, name: str) -> list[tuple[str, np.ndarray]] | None:
         try:
@@ -294,14 +291,17 @@ class Pruner:
         rep.bytes_stored = sum(stored_packs.values())
         npk = len(table.packs)
         ref = contains(referenced, table.ids)
-        rep.blobs_missing = len(referenced) - len(np.unique(table.ids[ref]))
+        distinct = len(np.unique(table.ids[ref]))
+        rep.blobs_missing = len(referenced) - distinct
+        del referenced
         if rep.blobs_missing:
             rep.problems.append(
                 f"{rep.blobs_missing} referenced blob(s) are in no index: some snapshots do "
                 "not restore completely; run `bcdr check`"
             )
         total = np.bincount(table.pack, weights=table.stored, minlength=npk)
-        keep = self._keepers(table, ref, total)
+        # One copy of each referenced blob is kept; without duplicates that is every one.
+        keep = ref if distinct == int(ref.sum()) else self._keepers(table, ref, total)
         used = np.bincount(table.pack[keep], weights=table.stored[keep], minlength=npk)
         present = np.array([p in stored_packs for p in table.packs], dtype=bool)
         rep.bytes_used = int(used[present].sum())

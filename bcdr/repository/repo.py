@@ -158,13 +158,14 @@ class Repository:
     def index_names(self) -> list[str]:
         return sorted(info.key.removeprefix("index/") for info in self.storage.list("index/"))
 
-    def load_index(self) -> None:
-        """Load every index file (again, when a prune replaced one while we listed).
+    def load_index(self, only_type: int | None = None) -> None:
+        """Load every index file (again, when a prune replaced one while we listed);
+        ``only_type``: just the blobs of that type (prune reads trees only).
 
         See :meth:`_load_index_once`."""
         for attempt in range(3):
             try:
-                self._load_index_once()
+                self._load_index_once(only_type)
                 return
             except ObjectNotFound:
                 if attempt == 2:
@@ -174,7 +175,7 @@ class Repository:
                 self.index = MasterIndex()
                 self._avoid = None
 
-    def _load_index_once(self) -> None:
+    def _load_index_once(self, only_type: int | None) -> None:
         """Load every index file. Packs a pending prune marked are loaded last, so a blob that
         also lives in an unmarked pack is found there; blobs whose only copies are marked are
         remembered so that :meth:`has_blob` and :meth:`reusable` do not build on them."""
@@ -183,7 +184,7 @@ class Repository:
         self.marked = marked_packs(self.storage, self.cipher)
         infos = list(self.storage.list("index/"))
         names = sorted(info.key.removeprefix("index/") for info in infos)
-        capacity = sum(info.size for info in infos) // ENTRY.size
+        capacity = sum(info.size for info in infos) // ENTRY.size if only_type is None else 0
         # Index files are fetched in parallel (a remote storage's latency is hidden) and
         # decoded here, in name order: decoding in the pool's threads would spread the arrays
         # over per-thread malloc arenas and cost RSS.
@@ -193,6 +194,8 @@ class Repository:
         def unmarked() -> Iterator[list[tuple[str, np.ndarray]]]:
             for name, data in zip(names, fetched, strict=True):
                 packs = self._decode_index(name, data)
+                if only_type is not None:
+                    packs = [(p, r[r["type"] == only_type]) for p, r in packs]
                 held_back.extend(p for p in packs if p[0] in self.marked)
                 yield [p for p in packs if p[0] not in self.marked]
 
