@@ -200,3 +200,26 @@ def test_sas_token_from_a_variable_works_and_never_shows(azurite: Azurite, tmp_p
     assert r.code == 1
     assert "SAS token in $MY_SAS" in r.err
     assert bad not in r.err and "sig=" not in r.err
+
+
+def test_forget_and_prune_on_azure_blob(azurite: Azurite, tmp_path: Path) -> None:
+    url = _repo_url()
+    src = _source(tmp_path)
+    assert _bcdr(azurite, url, "init", "--chunk-size", SMALL_CHUNKS).code == 0
+    assert _bcdr(azurite, url, "backup", src, "--job", "ckpt").code == 0
+    (src / "ckpt" / "model.bin").write_bytes(random.Random(8).randbytes(300_000))
+    assert _bcdr(azurite, url, "backup", src, "--job", "ckpt").code == 0
+    r = _bcdr(azurite, url, "forget", "--keep-last", "1", "--json")
+    assert r.code == 0 and len(r.json()["removed"]) == 1, r.err
+    packs_before = {o.key for o in _raw(azurite, url).list("data/")}
+    r = _bcdr(azurite, url, "prune", "--grace", "0", "--json")
+    assert r.code == 0, r.err
+    rep = r.json()
+    assert rep["packs_deleted"] > 0 and rep["pending"] == 0
+    packs_after = {o.key for o in _raw(azurite, url).list("data/")}
+    assert len(packs_before - packs_after) == rep["packs_deleted"]
+    assert not list(_raw(azurite, url).list("prune/"))  # the mark is gone once swept
+    r = _bcdr(azurite, url, "restore", "latest", "--target", tmp_path / "out")
+    assert r.code == 0, r.err
+    assert snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)
+    assert _bcdr(azurite, url, "check", "--read-data").code == 0

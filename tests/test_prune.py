@@ -362,3 +362,22 @@ prunes:
     result = restore(str(tmp_path / "repo"), "latest", str(tmp_path / "out"))
     assert result.ok
     assert snapshot_tree(restored_root(tmp_path / "out", data)) == snapshot_tree(data)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["forget", "--keep-daily", "0"], "this retention policy keeps nothing"),
+        (["forget", "--keep-daily", "-1"], "must not be negative"),
+        (["forget", "--keep-within", "soon"], "is not a duration"),
+        (["forget", "--keep-last", "1", "--timezone", "Mars/Olympus"], "unknown time zone"),
+        (["prune", "--max-unused", "150"], "between 0 and 100"),
+        (["prune", "--grace", "-5"], "is not a duration"),
+    ],
+)
+def test_forget_and_prune_refuse_bad_input_clearly(
+    tmp_path: Path, repo: str, args: list[str], message: str
+) -> None:
+    r = run_process(*args, "--repo", repo)
+    assert r.code == 2, (r.code, r.err)
+    assert message in r.err and "Traceback" not in r.err
