@@ -15,6 +15,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,13 @@ PER_PACK = 2000  # a 16 MiB pack of 8 KiB chunks
 PACKS_PER_FILE = 64
 
 
-def make(root: Path, n: int) -> None:
-    repo = Repository.init(LocalStorage(root), password=PASSWORD)
-    cipher = repo.cipher
-    rng = np.random.default_rng(7)
-    made = 0
+def write_index(
+    repo: Repository, ids: np.ndarray, on_pack: Callable[[str], None] | None = None
+) -> None:
+    """Index files listing the synthetic blobs ``ids`` (rows of four u64), ``PER_PACK`` per
+    pack and ``PACKS_PER_FILE`` packs per file; ``on_pack(name)`` for each pack named."""
+    rng = np.random.default_rng(12)
+    n, made = len(ids), 0
     while made < n:
         parts = []
         for _ in range(PACKS_PER_FILE):
@@ -42,15 +45,24 @@ def make(root: Path, n: int) -> None:
             if count <= 0:
                 break
             rec = np.zeros(count, dtype=ENTRY_DTYPE)
-            rec["id"] = rng.integers(0, 2**63, size=(count, 4), dtype=np.uint64)
+            rec["id"] = ids[made : made + count]
             rec["offset"] = np.arange(count, dtype=np.uint64) * 8192
             rec["stored"] = 8000
             rec["raw"] = 8192
             rec["codec"] = 1
-            parts.append(PACK_RECORD.pack(rng.bytes(32), count) + rec.tobytes())
+            name = rng.bytes(32)
+            if on_pack is not None:
+                on_pack(name.hex())
+            parts.append(PACK_RECORD.pack(name, count) + rec.tobytes())
             made += count
-        stored = MAGIC + cipher.seal(b"".join(parts), INDEX_AAD)
+        stored = MAGIC + repo.cipher.seal(b"".join(parts), INDEX_AAD)
         repo.storage.put(f"index/{object_name(stored)}", stored)
+
+
+def make(root: Path, n: int) -> None:
+    repo = Repository.init(LocalStorage(root), password=PASSWORD)
+    rng = np.random.default_rng(7)
+    write_index(repo, rng.integers(0, 2**63, size=(n, 4), dtype=np.uint64))
 
 
 def _current_rss_mib() -> float:

@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from index_scale import write_index  # beside this file
 
-from bcdr.repository.hashing import object_name
-from bcdr.repository.index import INDEX_AAD, MAGIC, PACK_RECORD
-from bcdr.repository.masterindex import ENTRY_DTYPE
 from bcdr.repository.pack import TREE, pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -37,26 +35,10 @@ def _ids(n: int) -> np.ndarray:
 
 
 def _index(repo: Repository, ids: np.ndarray) -> None:
-    rng = np.random.default_rng(12)
-    n, made = len(ids), 0
-    while made < n:
-        parts = []
-        for _ in range(PACKS_PER_FILE):
-            count = min(PER_PACK, n - made)
-            if count <= 0:
-                break
-            rec = np.zeros(count, dtype=ENTRY_DTYPE)
-            rec["id"] = ids[made : made + count]
-            rec["offset"] = np.arange(count, dtype=np.uint64) * 8192
-            rec["stored"] = 8000
-            rec["raw"] = 8192
-            rec["codec"] = 1
-            name = rng.bytes(32)
-            repo.storage.put(pack_key(name.hex()), b"\0" * 64)  # present, not real data
-            parts.append(PACK_RECORD.pack(name, count) + rec.tobytes())
-            made += count
-        stored = MAGIC + repo.cipher.seal(b"".join(parts), INDEX_AAD)
-        repo.storage.put(f"index/{object_name(stored)}", stored)
+    def present(pack: str) -> None:  # the pack exists, holding no real data
+        repo.storage.put(pack_key(pack), b"\0" * 64)
+
+    write_index(repo, ids, present)
 
 
 def _snapshot(repo: Repository, blob_ids: list[bytes], label: str) -> str:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -170,15 +171,14 @@ def test_sweep_waits_for_a_backup_that_started_before_the_mark(
     assert rep.packs_deleted > 0 and rep.pending == 0
 
 
-def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
-    """The dangerous case: a snapshot committed after the mark (by a backup that started
-    before it) refers to marked blobs; a later backup of the same job must not reuse them,
-    because that snapshot may be forgotten and the marked packs swept while it runs."""
-    repo_path = tmp_path / "repo"
-    init_small(repo_path, CHUNKS, PACK)
+def _marked_orphan(tmp_path: Path, seed: int, size: int):  # type: ignore[no-untyped-def]
+    """A repository whose only snapshot was forgotten and whose data a prune just marked
+    (grace 1h): (repo path, source, open repository, the forgotten manifest, clock)."""
     import random
 
-    src = write_tree(tmp_path / "src", {"a": random.Random(1).randbytes(300_000)})
+    repo_path = tmp_path / "repo"
+    init_small(repo_path, CHUNKS, PACK)
+    src = write_tree(tmp_path / "src", {"a": random.Random(seed).randbytes(size)})
     gone = _backup(repo_path, src, "old")
     repo = _repo(repo_path)
     manifest = repo.load_snapshot(gone)
@@ -186,9 +186,15 @@ def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC))
     rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
     assert rep.mark and rep.packs_unused > 0
-    # What a backup that started before the mark commits: the same tree, now job "b".
-    from dataclasses import replace
+    return repo_path, src, repo, manifest, clock
 
+
+def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
+    """The dangerous case: a snapshot committed after the mark (by a backup that started
+    before it) refers to marked blobs; a later backup of the same job must not reuse them,
+    because that snapshot may be forgotten and the marked packs swept while it runs."""
+    repo_path, src, repo, manifest, clock = _marked_orphan(tmp_path, 1, 300_000)
+    # What a backup that started before the mark commits: the same tree, now job "b".
     late = repo.save_snapshot(replace(manifest, job="b", time=datetime.now(UTC).isoformat()))
     marked = marked_packs(LocalStorage(repo_path), repo.cipher)
     newer = _backup(repo_path, src, "b")  # parent: `late`; file "a" looks unchanged
@@ -204,20 +210,7 @@ def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
 
 
 def test_snapshot_written_during_grace_keeps_its_packs(tmp_path: Path) -> None:
-    repo_path = tmp_path / "repo"
-    init_small(repo_path, CHUNKS, PACK)
-    import random
-
-    src = write_tree(tmp_path / "src", {"a": random.Random(2).randbytes(200_000)})
-    gone = _backup(repo_path, src, "old")
-    repo = _repo(repo_path)
-    manifest = repo.load_snapshot(gone)
-    (repo_path / "snapshots" / gone).unlink()
-    clock = FakeClock(datetime.now(UTC))
-    rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
-    assert rep.mark
-    from dataclasses import replace
-
+    repo_path, src, repo, manifest, clock = _marked_orphan(tmp_path, 2, 200_000)
     late = repo.save_snapshot(replace(manifest, job="b"))  # an in-flight backup's commit
     clock.advance(timedelta(hours=2))
     rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
