@@ -374,3 +374,17 @@ def test_forget_and_prune_refuse_bad_input_clearly(
     r = run_process(*args, "--repo", repo)
     assert r.code == 2, (r.code, r.err)
     assert message in r.err and "Traceback" not in r.err
+
+
+def test_prune_job_before_the_first_backup_and_in_a_dry_run(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "version: 1\nname: p\nrepositories:\n  local: {url: repo}\n"
+        "prunes:\n  gc: {repository: local, schedule: weekly}\n"
+    )
+    state = {"BCDR_STATE_DIR": str(tmp_path / "state")}
+    r = run_process("run", plan, "--dry-run", env=state)
+    assert r.code == 0 and "would prune repository 'local'" in r.out, r.out + r.err
+    r = run_process("run", plan, env=state)
+    assert r.code == 0 and "does not exist yet: nothing to prune" in r.out, r.out + r.err
+    assert not (tmp_path / "repo").exists()

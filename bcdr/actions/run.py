@@ -163,21 +163,29 @@ def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
 def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | None) -> JobResult:
     declared = plan.repositories[job.repository]
     result = JobResult(name, "prune", OK)
+    if dry_run:
+        result.status = DRY_RUN
+        result.message = (
+            f"would prune repository {job.repository!r} (max unused {job.max_unused}, "
+            f"grace {job.grace})"
+        )
+        return result
     try:
         env = password_env(declared)
         report = prune(
             plan_storage_spec(declared),
             max_unused=job.max_unused.value,
             grace=job.grace.delta,
-            dry_run=dry_run,
             plan=plan.name,
             clock=clock,
             env={**os.environ, **env},
         )
+    except RepositoryNotFound:
+        result.message = f"repository {job.repository!r} does not exist yet: nothing to prune"
+        return result
     except BcdrError as exc:
         return _failed(result, exc)
     result.prune = report
-    result.status = DRY_RUN if dry_run else OK
     result.message = (
         f"{report.packs_deleted} pack(s) deleted ({human_bytes(report.bytes_deleted)}), "
         f"{report.packs_unused + report.packs_unindexed + report.packs_repacked} marked"
