@@ -29,7 +29,6 @@ class Group:
     hostname: str | None  # for snapshots without a job
     paths: tuple[str, ...]
     decisions: list[Decision]
-    snapshots: dict[str, Snapshot] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -110,7 +109,6 @@ def apply_retention(
                     None if first.job is not None else first.hostname,
                     tuple(sorted(first.paths)),
                     decide(policy, points, now, tz),
-                    {s.id: s for s in snaps},
                 )
             )
         result = ForgetResult(policy, dry_run, groups)

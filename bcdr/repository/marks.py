@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from bcdr.errors import CorruptObject, ObjectNotFound
@@ -30,12 +30,9 @@ MARK_AAD = b"prune-mark"
 @dataclass(frozen=True)
 class Mark:
     id: str
-    created: str
-    hostname: str
     packs: tuple[str, ...]  # candidate pack names
     ready: datetime | None = None  # when the lock sessions were recorded
     sessions: tuple[str, ...] = ()  # lock sessions that must end before the sweep
-    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _key(mark_id: str, part: str) -> str:
@@ -83,12 +80,9 @@ def list_marks(storage: Storage, cipher: Cipher) -> Iterator[Mark]:
         ready = ready_doc.get("ready")
         yield Mark(
             id=mark_id,
-            created=str(doc["created"]),
-            hostname=str(doc["hostname"]),
             packs=tuple(str(p) for p in doc["packs"]),  # type: ignore[attr-defined]
             ready=datetime.fromisoformat(str(ready)) if ready else None,
             sessions=tuple(ready_doc.get("sessions", ())),  # type: ignore[arg-type]
-            stats=dict(doc.get("stats", {})),  # type: ignore[call-overload]
         )
 
 

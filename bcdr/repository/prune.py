@@ -140,7 +140,6 @@ def contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 class Table:
     """Every index entry as columns, each pack once (the first index file naming it)."""
 
-    names: list[str]  # index files read
     packs: list[str]
     pack_no: dict[str, int]
     rows: dict[str, tuple[str, int, int]]  # pack -> (index file, first row, end row)
@@ -266,7 +265,7 @@ class Pruner:
                 pack_col[n:end] = pack_no[pack]
                 stored[n:end] = records["stored"]
                 n = end
-        return Table(names, packs, pack_no, rows, files_of, ids[:n], pack_col[:n], stored[:n])
+        return Table(packs, pack_no, rows, files_of, ids[:n], pack_col[:n], stored[:n])
 
     def _fetch_index(self, name: str) -> list[tuple[str, np.ndarray]] | None:
         try:
@@ -282,8 +281,10 @@ class Pruner:
 
     def mark_unused(self) -> None:
         self.log("marking: reading every snapshot")
-        stored_packs = self.stored_packs()  # before the index: a pack listed here and in no
-        referenced = self.referenced()  # index file read below is a leftover
+        # Packs are listed before the index is read: one listed here and in no index file read
+        # below is a leftover (or an in-flight backup's, which the lock sessions protect).
+        stored_packs = self.stored_packs()
+        referenced = self.referenced()
         table = self.table()
         rep = self.report
         rep.blobs_referenced = len(referenced)
@@ -364,10 +365,8 @@ class Pruner:
         """Copy the kept blobs of ``packs`` into new packs (verifying each), index them; return
         the packs that were copied completely."""
         repo = self.repo
-        fresh = MasterIndex()
-        writer = BlobWriter(
-            repo.storage, repo.cipher, fresh, repo.config.pack_size, fresh.__contains__
-        )
+        # Its own index: a kept blob is copied even though the master index knows it.
+        writer = BlobWriter(repo.storage, repo.cipher, MasterIndex(), repo.config.pack_size)
         by_file: dict[str, list[str]] = {}
         for pack in packs:
             by_file.setdefault(table.rows[pack][0], []).append(pack)

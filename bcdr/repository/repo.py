@@ -217,7 +217,8 @@ class Repository:
         one's only copy is in a pack a pending prune marked (the backup reads the file)."""
         if self._avoid is None or not len(self._avoid):
             return True
-        return not any(self._avoided(b) and not self.has_blob(b) for b in blob_ids)
+        stored_again = self._writer.has if self._writer is not None else (lambda _b: False)
+        return not any(self._avoided(b) and not stored_again(b) for b in blob_ids)
 
     def _decode_index(self, name: str, data: bytes) -> list[tuple[str, np.ndarray]]:
         from bcdr.repository.masterindex import decode_index_records
