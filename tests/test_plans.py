@@ -120,6 +120,13 @@ def test_quickstart_validates(cli) -> None:  # type: ignore[no-untyped-def]
         ("version: 1", "version: 2", 1, "version", "must be one of: 1"),
         ("sample: 100%", "sample: 150%", 29, "drills.restore-checkpoints.sample", "percentage"),
         (
+            "sample: 100%",
+            "sample: 0%",
+            29,
+            "drills.restore-checkpoints.sample",
+            "restore something",
+        ),
+        (
             "  datasets:\n    paths: [../demo/datasets]\n",
             "  datasets:\n",
             18,

@@ -17,6 +17,7 @@ from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.actions.check import check
 from bcdr.actions.restore import restore
 from bcdr.clock import FakeClock
+from bcdr.errors import LockLost, ObjectNotFound
 from bcdr.repository.locks import BACKUP, RepoLock
 from bcdr.repository.marks import list_marks, marked_packs
 from bcdr.repository.prune import prune_repository
@@ -388,3 +389,50 @@ def test_prune_job_before_the_first_backup_and_in_a_dry_run(tmp_path: Path) -> N
     r = run_process("run", plan, env=state)
     assert r.code == 0 and "does not exist yet: nothing to prune" in r.out, r.out + r.err
     assert not (tmp_path / "repo").exists()
+
+
+def test_backup_whose_lock_expired_does_not_commit(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path, CHUNKS, PACK)
+    src = write_tree(tmp_path / "src", {"a": b"x" * 50_000})
+    clock = FakeClock(datetime.now(UTC))
+    repo = _repo(repo_path, clock)
+    fields = repo.new_snapshot_fields
+
+    def suspended() -> dict[str, str]:  # the process slept past the lock's expiry
+        clock.advance(timedelta(minutes=31))
+        return fields()
+
+    repo.new_snapshot_fields = suspended  # type: ignore[method-assign]
+    with pytest.raises(LockLost):
+        run_backup(repo, BackupRequest(paths=(str(src),), job="j"))
+    assert not list(LocalStorage(repo_path).list("snapshots/"))
+
+
+def test_index_file_replaced_while_loading_is_reloaded(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str]
+) -> None:
+    repo_path = two_generations[0]
+
+    class Rewritten(LocalStorage):
+        """The first read of an index file finds it gone, as when a sweep replaced it."""
+
+        missed = 0
+
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            if key.startswith("index/") and not Rewritten.missed:
+                Rewritten.missed += 1
+                raise ObjectNotFound(key)
+            return super().get(key, offset, length)
+
+    repo = Repository.open(Rewritten(repo_path))
+    repo.load_index()
+    assert Rewritten.missed == 1
+    assert len(repo.index) == len(
+        _blobs(_repo(repo_path), two_generations[3]) | _blobs(_repo(repo_path), two_generations[2])
+    )
+
+
+def test_bad_lock_wait_is_a_clear_error(tmp_path: Path, repo: str) -> None:
+    r = run_process("check", "--repo", repo, env={"BCDR_LOCK_WAIT": "soon"})
+    assert r.code == 2 and "BCDR_LOCK_WAIT='soon'" in r.err and "Traceback" not in r.err

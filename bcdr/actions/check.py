@@ -8,7 +8,7 @@ from bcdr.actions.common import open_repo, transfer
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.check import Checker, CheckReport, ProgressFn
-from bcdr.repository.locks import READ, READ_WAIT
+from bcdr.repository.locks import READ, read_wait
 from bcdr.storage.url import StorageSpec
 
 
@@ -26,7 +26,7 @@ def check(
         raise UsageError(f"--read-data-subset must be in (0, 100], not {subset_percent}")
     fraction = 1.0 if read_data else (subset_percent or 0.0) / 100
     repo = open_repo(where, clock=clock, env=env)
-    with repo.lock(READ, wait=READ_WAIT):
+    with repo.lock(READ, wait=read_wait()):
         report = Checker(repo, progress).run(fraction, seed)
     report.downloaded = transfer(repo, "down")
     return report

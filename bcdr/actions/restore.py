@@ -12,7 +12,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
-from bcdr.repository.locks import READ, READ_WAIT
+from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.url import StorageSpec
 from bcdr.storage.wrap import Transfer
@@ -63,7 +63,7 @@ def restore(
 ) -> RestoreResult:
     check_target(target, overwrite)
     repo = open_repo(where, clock=clock, env=env)
-    with repo.lock(READ, wait=READ_WAIT):  # a prune's sweep must not delete packs under us
+    with repo.lock(READ, wait=read_wait()):  # a prune's sweep must not delete packs under us
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index()
         tree = bytes.fromhex(snap.tree)

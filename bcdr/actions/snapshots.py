@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
-from bcdr.repository.locks import READ, READ_WAIT
+from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.repository.tree import DIR, Node, decode_tree
@@ -61,7 +61,7 @@ def ls(
 ) -> tuple[Snapshot, list[LsEntry]]:
     """Every entry of snapshot ``ref`` at or under ``path`` (default: all)."""
     repo = open_repo(where, clock=clock, env=env)
-    with repo.lock(READ, wait=READ_WAIT):
+    with repo.lock(READ, wait=read_wait()):
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index()
         walked = list(_walk(repo, bytes.fromhex(snap.tree), b""))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bcdr.clock import Clock
-from bcdr.errors import LockConflict, LockLost, ObjectNotFound
+from bcdr.errors import LockConflict, LockLost, ObjectNotFound, UsageError
 from bcdr.repository.hashing import object_name
 from bcdr.storage.base import Storage
 
@@ -42,7 +42,7 @@ TTL = timedelta(minutes=30)
 REFRESH_SECONDS = 300.0
 BACKUP, READ, PRUNE, SWEEP = "backup", "read", "prune", "sweep"
 KINDS = (BACKUP, READ, PRUNE, SWEEP)
-READ_WAIT = float(os.environ.get("BCDR_LOCK_WAIT", 300))  # a reader waits out a sweep (s)
+LOCK_WAIT_ENV = "BCDR_LOCK_WAIT"
 CONFLICTS = {(PRUNE, PRUNE), (SWEEP, READ), (READ, SWEEP), (SWEEP, SWEEP)}
 
 
@@ -62,6 +62,21 @@ class LockInfo:
             f"{self.kind} lock {self.key.removeprefix(PREFIX)[:12]} by pid {self.pid} "
             f"on {self.hostname} ({self.username}) since {self.created}"
         )
+
+
+def read_wait() -> float:
+    """Seconds a reader waits out a prune's sweep: BCDR_LOCK_WAIT, default 300."""
+    raw = os.environ.get(LOCK_WAIT_ENV, "300")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise UsageError(
+            f"{LOCK_WAIT_ENV}={raw!r} is not a number of seconds between 0 and 86400",
+            hint=f"unset {LOCK_WAIT_ENV} for the default of 300 seconds",
+        )
+    return value
 
 
 def conflicts_with(mine: str, theirs: str) -> bool:
