@@ -41,7 +41,13 @@ def read_account(
     try:
         props = client.storage_accounts.get_properties(access.resource_group, account)
     except AzureError as exc:
-        raise translate_arm_error(exc, f"storage account {account}", access) from None
+        raise translate_arm_error(
+            exc,
+            f"storage account {account}",
+            access,
+            not_found_hint="check management.subscription_id and management.resource_group in "
+            "the plan (`az storage account show -n ACCOUNT --query id`)",
+        ) from None
     finally:
         client.close()
     inner = getattr(props, "properties", None)

@@ -9,6 +9,7 @@ bearer token over plain HTTP); a private CA is trusted through ``REQUESTS_CA_BUN
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -83,9 +84,16 @@ def check_arm_endpoint(endpoint: str, where: str = "management.endpoint") -> str
     return endpoint
 
 
-def arm_client(cls: type, access: ArmAccess, env: Mapping[str, str] | None = None) -> Any:
+def arm_client(
+    cls: type,
+    access: ArmAccess,
+    env: Mapping[str, str] | None = None,
+    polling_interval: float = 30.0,
+) -> Any:
     """An azure-mgmt ``cls`` client (StorageManagementClient, ComputeManagementClient) for
-    ``access``, with few quick retries: bcdr's own retry policy is the outer loop."""
+    ``access``, with few quick retries: bcdr's own retry policy is the outer loop.
+    ``polling_interval``: seconds between polls of a long-running operation whose answer has no
+    Retry-After."""
     env = os.environ if env is None else env
     if access.endpoint:
         check_arm_endpoint(access.endpoint)
@@ -105,11 +113,49 @@ def arm_client(cls: type, access: ArmAccess, env: Mapping[str, str] | None = Non
         retry_backoff_factor=0.5,
         connection_timeout=15,
         read_timeout=60,
+        polling_interval=polling_interval,
     )
 
 
-def translate_arm_error(exc: Exception, what: str, access: ArmAccess) -> BcdrError:
-    """An azure-core error from an ARM call as a BcdrError with a hint; never the token."""
+def arm_error_code(exc: Exception) -> tuple[str, str]:
+    """ARM's error code and message from an azure-core error (both may be empty)."""
+    error = getattr(exc, "error", None)
+    code = (getattr(error, "code", "") or "") if error is not None else ""
+    message = (getattr(error, "message", "") or "") if error is not None else ""
+    if not code:  # a failed long-running operation: the error is in the status body
+        response = getattr(exc, "response", None)
+        try:
+            body = json.loads(response.text()) if response is not None else {}
+        except (ValueError, TypeError, AttributeError):
+            body = {}
+        found = body.get("error") if isinstance(body, dict) else None
+        if isinstance(found, dict):
+            code, message = str(found.get("code") or ""), str(found.get("message") or "")
+    return code, message.strip()
+
+
+def retry_after_s(exc: Exception) -> float | None:
+    """The Retry-After (seconds) of a throttled response, if it gave one."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def translate_arm_error(
+    exc: Exception,
+    what: str,
+    access: ArmAccess,
+    *,
+    action: str = "read",
+    role: str = "Reader",
+    not_found_hint: str = "check the resource ids in the plan (`az resource show --ids ID`)",
+) -> BcdrError:
+    """An azure-core error from an ARM call as a BcdrError with a hint; never the token.
+    ``action`` is what bcdr tried to do with ``what`` (read, create, delete); ``role`` the
+    built-in role that allows it."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -118,34 +164,32 @@ def translate_arm_error(exc: Exception, what: str, access: ArmAccess) -> BcdrErr
     )
 
     status = getattr(exc, "status_code", None)
-    code = ""
-    error = getattr(exc, "error", None)
-    if error is not None:
-        code = getattr(error, "code", "") or ""
+    code, message = arm_error_code(exc)
+    said = f": {message}" if message else ""
     where = f"{access.base_url}, subscription {access.subscription_id}"
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return UsageError(
             f"{what} was not found ({code or 'not found'})",
             where=f"{where}, resource group {access.resource_group}",
-            hint="check management.subscription_id and management.resource_group in the plan "
-            "(`az storage account show -n ACCOUNT --query id`)",
+            hint=not_found_hint,
         )
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
         return StoragePermission(
-            f"Resource Manager refused to read {what} ({code or status})",
+            f"Resource Manager refused to {action} {what} ({code or status})",
             where=where,
-            hint=f"signed in with {access.who()}; it needs the Reader "
+            hint=f"signed in with {access.who()}; it needs the {role} "
             "role on the resource (or a fresh token)",
         )
     if isinstance(exc, ServiceRequestError):
         return TransientStorageError(
-            f"cannot reach Resource Manager to read {what}: {type(exc).__name__}",
+            f"cannot reach Resource Manager to {action} {what}: {type(exc).__name__}",
             where=access.base_url,
             hint="check the network path to the management endpoint (proxy, firewall, TLS "
             "trust: REQUESTS_CA_BUNDLE for a private CA)",
         )
     if isinstance(exc, HttpResponseError):
-        return TransientStorageError(
-            f"Resource Manager failed reading {what} ({code or status})", where=where
-        )
-    return BcdrError(f"reading {what} failed: {type(exc).__name__}", where=where)
+        failure = f"Resource Manager failed to {action} {what} ({code or status}){said}"
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            return BcdrError(failure, where=where)
+        return TransientStorageError(failure, where=where)
+    return BcdrError(f"{action} {what} failed: {type(exc).__name__}", where=where)
