@@ -201,3 +201,11 @@ class CheckFailed(BcdrError):
 
 class PartialFailure(BcdrError):
     exit_code = EXIT_PARTIAL
+
+
+class DiskOperationFailed(BcdrError):
+    """An Azure operation on a disk, snapshot or restore point ended Failed."""
+
+
+class OperationTimedOut(BcdrError):
+    """An Azure operation did not finish within the job's timeout; it may still finish."""

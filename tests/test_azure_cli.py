@@ -34,7 +34,12 @@ def _raw(azurite: Azurite, url: str) -> AzureBlobStorage:
 
 def _bcdr(azurite: Azurite, url: str, *args: object, timeout: float = 120):  # type: ignore[no-untyped-def]
     r = run_process(
-        *args, "--repo", url, "--azure-connection-string-env", CS, env=azurite.env(CS),
+        *args,
+        "--repo",
+        url,
+        "--azure-connection-string-env",
+        CS,
+        env=azurite.env(CS),
         timeout=timeout,
     )
     assert KEY not in r.out + r.err, "the account key leaked into output"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from bcdr.clock import Clock
-from bcdr.errors import UsageError
-from bcdr.plan.model import Credential
+from bcdr.errors import PasswordRequired, RepositoryNotFound, UsageError
+from bcdr.plan.model import Credential, Plan
 from bcdr.plan.model import Repository as PlanRepository
 from bcdr.repository.repo import Repository
 from bcdr.storage.azureauth import AzureAuth
@@ -80,3 +80,31 @@ def plan_storage_spec(declared: PlanRepository) -> StorageSpec:
         tier=declared.tier,
         connections=declared.connections,
     )
+
+
+def password_env(repo: PlanRepository) -> dict[str, str]:
+    enc = repo.encryption
+    if enc is None:
+        return {}
+    if enc.password_env is not None:
+        value = os.environ.get(enc.password_env.name)
+        if not value:
+            raise PasswordRequired(
+                f"environment variable {enc.password_env.name} is not set or empty",
+                hint="the plan's encryption.password_env names it; set it to the password",
+            )
+        return {PASSWORD_ENV: value}
+    return {PASSWORD_FILE_ENV: str(enc.password_file)}
+
+
+def open_or_init(plan: Plan, name: str, clock: Clock | None = None) -> tuple[Repository, str]:
+    """Open the plan's repository ``name``, creating it when it does not exist yet; the second
+    value is a note saying it was created (empty otherwise)."""
+    declared = plan.repositories[name]
+    env = password_env(declared)
+    storage = open_storage(plan_storage_spec(declared))
+    try:
+        return Repository.open(storage, password=lambda: read_password(env), clock=clock), ""
+    except RepositoryNotFound:
+        repo = Repository.init(storage, password=read_password(env) if env else None, clock=clock)
+        return repo, f"created repository {name!r} at {storage.url}"

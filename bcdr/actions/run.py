@@ -1,6 +1,6 @@
 """``bcdr run PLAN``: run a plan's jobs now, one after another; a failed job does not stop
-the others. Backups (then their retention), checks and prunes run here; disk snapshot jobs and
-drills say they are not available yet."""
+the others. Backups (then their retention), disk snapshots, checks and prunes run here; drills
+say they are not available yet."""
 
 from __future__ import annotations
 
@@ -11,30 +11,25 @@ from dataclasses import dataclass, field
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
-from bcdr.actions.common import (
-    PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
-    plan_storage_spec,
-    read_password,
-)
+from bcdr.actions.common import open_or_init, password_env, plan_storage_spec
+from bcdr.actions.disks import run_disk_job
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
 from bcdr.actions.prune import prune
 from bcdr.clock import Clock
+from bcdr.disks.job import PROTECTED, DiskJobReport
 from bcdr.errors import (
     BcdrError,
-    PasswordRequired,
     RepositoryNotFound,
     TransientStorageError,
     UsageError,
 )
 from bcdr.geo.verify import PlacementRecord
-from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob, Repository
+from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
 from bcdr.repository.prune import PruneReport
 from bcdr.repository.repo import Repository as Repo
-from bcdr.storage.url import open_storage
 from bcdr.units import human_bytes
 
 OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
@@ -55,15 +50,18 @@ class JobResult:
     check: CheckReport | None = None
     forget: ForgetResult | None = None  # the job's retention, applied after its backup
     prune: PruneReport | None = None
+    disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
+    evidence: str | None = None  # the evidence record the run wrote
 
     def to_dict(self) -> dict[str, object]:
-        objects = ("backup", "placement", "check", "forget", "prune")
+        objects = ("backup", "placement", "check", "forget", "prune", "disks")
         out = {k: v for k, v in vars(self).items() if k not in objects}
         out["check"] = self.check.to_dict() if self.check else None
         out["forget"] = self.forget.to_dict() if self.forget else None
         out["prune"] = self.prune.to_dict() if self.prune else None
         out["backup"] = self.backup.to_dict() if self.backup else None
         out["placement"] = self.placement.to_dict() if self.placement else None
+        out["disks"] = self.disks.to_dict() if self.disks else None
         return out
 
 
@@ -117,12 +115,59 @@ def run_job(
         result = _check(plan, name, plan.checks[name], dry_run)
     elif kind == "prune":
         result = _prune(plan, name, plan.prunes[name], dry_run, clock)
+    elif kind == "snapshot":
+        result = _disk_snapshots(plan, name, dry_run, clock)
     else:
-        what = "disk snapshot" if kind == "snapshot" else kind
         result = JobResult(
-            name, kind, NOT_AVAILABLE, f"{what} jobs are not available in this version of bcdr yet"
+            name, kind, NOT_AVAILABLE, f"{kind} jobs are not available in this version of bcdr yet"
         )
     result.duration_s = time.monotonic() - started
+    return result
+
+
+def _disk_snapshots(plan: Plan, name: str, dry_run: bool, clock: Clock | None) -> JobResult:
+    job = plan.snapshots[name]
+    result = JobResult(name, "snapshot", OK)
+    if dry_run:
+        result.status = DRY_RUN
+        how = (
+            "application-consistent restore points of"
+            if job.consistency == "application"
+            else "incremental snapshots of"
+        )
+        result.message = f"would take {how} {len(job.disks)} disk(s) in {job.region}" + (
+            f", copied to {', '.join(job.copy_to)}" if job.copy_to else ""
+        )
+        return result
+    try:
+        run = run_disk_job(plan, name, clock)
+    except BcdrError as exc:
+        return _failed(result, exc)
+    report = run.report
+    result.disks, result.evidence = report, run.evidence
+    result.notes.extend(run.notes)
+    if run.evidence:
+        result.notes.append(f"evidence record {run.evidence[:12]} written")
+    protected = [d.name for d in report.disks if d.status == PROTECTED]
+    result.message = f"{len(protected)} of {len(report.disks)} disk(s) protected" + (
+        f" ({', '.join(protected)})" if protected and len(protected) < len(report.disks) else ""
+    )
+    for d in report.disks:
+        line = f"{d.name}: {d.status}"
+        if d.recovery_point:
+            line += f", {d.kind} {d.recovery_point.rsplit('/', 1)[-1]}"
+        for c in d.copies:
+            line += f"; copy to {c.region} {c.state}" + (f" ({c.error})" if c.error else "")
+        if d.removed:
+            line += f"; retention removed {len(d.removed)}"
+        if d.error:
+            line += f" — {d.error}"
+        result.notes.append(line)
+        result.notes.extend(f"{d.name}: {n}" for n in d.notes)
+    status = report.status
+    result.status = {"ok": OK, "partial": PARTIAL}.get(status, FAILED)
+    failed = [d for d in report.disks if d.status != PROTECTED]
+    result.transient = bool(failed) and all(d.transient for d in failed)
     return result
 
 
@@ -196,21 +241,6 @@ def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | N
     return result
 
 
-def password_env(repo: Repository) -> dict[str, str]:
-    enc = repo.encryption
-    if enc is None:
-        return {}
-    if enc.password_env is not None:
-        value = os.environ.get(enc.password_env.name)
-        if not value:
-            raise PasswordRequired(
-                f"environment variable {enc.password_env.name} is not set or empty",
-                hint="the plan's encryption.password_env names it; set it to the password",
-            )
-        return {PASSWORD_ENV: value}
-    return {PASSWORD_FILE_ENV: str(enc.password_file)}
-
-
 def _retention(
     result: JobResult, plan: Plan, name: str, job: BackupJob, repo: Repo
 ) -> BcdrError | None:
@@ -239,7 +269,7 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
     result = JobResult(name, "backup", OK)
     try:
         resolve_sources(job.paths)
-        env = password_env(declared)
+        password_env(declared)  # a missing password fails here, dry run or not
         placement = establish_placement(plan, job.repository)
         result.placement = placement
         if dry_run:
@@ -248,12 +278,9 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
                 f"would back up {', '.join(job.paths)} to repository {job.repository!r}"
             )
             return result
-        storage = open_storage(plan_storage_spec(declared))
-        try:
-            repo = Repo.open(storage, password=lambda: read_password(env), clock=clock)
-        except RepositoryNotFound:
-            repo = Repo.init(storage, password=read_password(env) if env else None, clock=clock)
-            result.notes.insert(0, f"created repository {job.repository!r} at {storage.url}")
+        repo, created = open_or_init(plan, job.repository, clock)
+        if created:
+            result.notes.insert(0, created)
         try:
             request = BackupRequest(
                 paths=job.paths,

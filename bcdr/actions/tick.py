@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from bcdr.actions.common import plan_storage_spec
-from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, password_env, run_job
+from bcdr.actions.common import password_env, plan_storage_spec
+from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
 from bcdr.plan.model import Plan

@@ -19,6 +19,7 @@ from bcdr.actions import restore as restore_action
 from bcdr.actions import snapshots as snapshots_action
 from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
+from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
@@ -258,6 +259,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     add_retention_commands(command)
     add_plan_commands(command)
+    add_disk_commands(command)
     add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
@@ -286,9 +288,24 @@ def quiet_sdk_logging() -> None:
     sdk.propagate = False
 
 
+def progress_logging(quiet: bool) -> None:
+    """Progress of long Azure operations (``bcdr.*`` loggers) as lines on stderr."""
+    logger = logging.getLogger("bcdr")
+    logger.propagate = False
+    logger.handlers.clear()
+    if quiet:
+        logger.addHandler(logging.NullHandler())
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     quiet_sdk_logging()
+    progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
     try:
         code: int = args.handler(args)
         return code

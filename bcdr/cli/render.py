@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from bcdr.actions.backup import BackupResult
+from bcdr.actions.disks import RecoveryPointRow
 from bcdr.actions.forget import ForgetResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
@@ -122,6 +123,25 @@ def plan_job_text(r: JobResult) -> None:
         out(f"  placement {r.placement.describe()}")
     for note in r.notes:
         out(f"  note: {note}")
+
+
+def disk_points_text(rows: list[RecoveryPointRow]) -> None:
+    if not rows:
+        out("no recovery points yet")
+        return
+    w_job = max(len("JOB"), *(len(r.job) for r in rows))
+    w_disk = max(len("DISK"), *(len(r.disk) for r in rows))
+    w_region = max(len("REGION"), *(len(r.region) for r in rows))
+    out(
+        f"{'JOB':<{w_job}}  {'DISK':<{w_disk}}  {'KIND':<13}  {'REGION':<{w_region}}  "
+        f"{'TIME':<20}  {'AGE':>6}  {'STATE':<14}  NAME"
+    )
+    for r in rows:
+        when = (r.time or "-").replace("T", " ")[:19]
+        out(
+            f"{r.job:<{w_job}}  {r.disk:<{w_disk}}  {r.kind:<13}  {r.region:<{w_region}}  "
+            f"{when:<20}  {_age(r.age_s):>6}  {r.state:<14}  {r.name}"
+        )
 
 
 def placements_text(places: list[Placement]) -> str:

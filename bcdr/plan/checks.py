@@ -4,18 +4,29 @@ overlapping paths, exactly-one choices. Each problem is located in the source.""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from bcdr.cloud.arm import check_arm_endpoint
+from bcdr.disks.limits import MAX_DISK_SNAPSHOTS
 from bcdr.errors import UsageError
-from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob, Retention, Timing
+from bcdr.plan.model import (
+    BackupJob,
+    CheckJob,
+    DiskSnapshotJob,
+    Plan,
+    PruneJob,
+    Retention,
+    Timing,
+)
 from bcdr.plan.residency import violations
 from bcdr.plan.schedules import cron_for, longest_interval
 from bcdr.plan.schema import did_you_mean
 from bcdr.plan.source import Source
 from bcdr.storage.azureauth import check_endpoint, parse_azure_url
 
+RESOURCE_GROUP_RE = re.compile(r"[-\w.()]{0,89}[-\w()]")
 EPOCH = datetime(2025, 1, 6, tzinfo=UTC)  # a fixed start: validation does not depend on today
 
 
@@ -30,6 +41,7 @@ def check_plan(src: Source, plan: Plan) -> None:
         _timing(src, path, plan, name, job)
     for name, snap in plan.snapshots.items():
         _timing(src, ("snapshots", name), plan, name, snap)
+        _disk_job(src, ("snapshots", name), plan, snap)
     for name, drill in plan.drills.items():
         path = ("drills", name)
         if (drill.backup is None) == (drill.snapshot is None):
@@ -89,6 +101,66 @@ def check_plan(src: Source, plan: Plan) -> None:
                     check_arm_endpoint,
                     repo.management.endpoint,
                 )
+
+
+def _disk_job(src: Source, path: tuple[str, ...], plan: Plan, job: DiskSnapshotJob) -> None:
+    seen: set[str] = set()
+    for i, disk in enumerate(job.disks):
+        if disk.id.lower() in seen:
+            src.problem((*path, "disks", i), "this disk is listed twice")
+        seen.add(disk.id.lower())
+    for i, region in enumerate(job.copy_to):
+        if region == job.region:
+            src.problem(
+                (*path, "copy_to", i),
+                f"{region} is the disks' own region",
+                "copy_to names other regions, for disaster recovery",
+            )
+        elif region in job.copy_to[:i]:
+            src.problem((*path, "copy_to", i), f"{region} is listed twice")
+    if job.copy_to and job.consistency == "application":
+        src.problem(
+            (*path, "copy_to"),
+            "copies of application-consistent restore points are not supported yet",
+            "use consistency: crash for a job that copies to other regions, or a second job "
+            "without copy_to for the application-consistent restore points",
+        )
+    if job.evidence is not None:
+        _reference(src, (*path, "evidence"), job.evidence, plan.repositories, "repository")
+    elif len(plan.repositories) > 1:
+        src.problem(
+            path,
+            "name the repository that keeps this job's evidence records",
+            f"add `evidence: NAME` (one of {', '.join(plan.repositories)})",
+        )
+    if job.resource_group is not None and not RESOURCE_GROUP_RE.fullmatch(job.resource_group):
+        src.problem(
+            (*path, "resource_group"),
+            "this is not a resource group name",
+            "1 to 90 letters, digits, `-`, `_`, `.`, `(` or `)`, not ending in `.`",
+        )
+    if job.endpoint is not None:
+        _storage_rule(src, (*path, "endpoint"), check_arm_endpoint, job.endpoint)
+    ret = job.retention
+    if ret is not None and ret.keep_within is None:
+        counted = sum(
+            n or 0
+            for n in (
+                ret.keep_last,
+                ret.keep_hourly,
+                ret.keep_daily,
+                ret.keep_weekly,
+                ret.keep_monthly,
+                ret.keep_yearly,
+            )
+        )
+        if counted >= MAX_DISK_SNAPSHOTS:
+            src.problem(
+                (*path, "retention"),
+                f"this retention may keep {counted} snapshots per disk; Azure allows "
+                f"{MAX_DISK_SNAPSHOTS} incremental snapshots per disk",
+                f"keep fewer than {MAX_DISK_SNAPSHOTS}",
+            )
 
 
 def _storage_rule(

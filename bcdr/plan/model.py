@@ -220,7 +220,35 @@ class DiskSnapshotJob(Timing):
         default="crash",
     )
     rpo: Duration | None = spec("Recovery point objective.", default=None)
-    retention: Retention | None = spec("What to keep.", default=None)
+    retention: Retention | None = spec(
+        "What to keep, per disk and region (at most 500 snapshots per disk, Azure's limit).",
+        default=None,
+    )
+    resource_group: str | None = spec(
+        "Resource group the snapshots (and copies, restore points) go in; default: each "
+        "disk's own.",
+        default=None,
+    )
+    evidence: str | None = spec(
+        "Repository (name) that keeps this job's evidence records; default: the plan's only "
+        "repository.",
+        default=None,
+    )
+    timeout: Duration = spec(
+        "Longest wait for one Azure operation (a snapshot, a restore point, a copy); a copy "
+        "still running then is awaited by the next run.",
+        default=Duration(6 * 3600, "6h"),
+    )
+    token_env: EnvName | None = spec(
+        "Environment variable holding an ARM access token; default: the default credential "
+        "chain (managed identity, workload identity, environment, Azure CLI).",
+        default=None,
+    )
+    endpoint: str | None = spec(
+        "Resource Manager endpoint, for a sovereign cloud (default "
+        "`https://management.azure.com`).",
+        default=None,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
