@@ -205,8 +205,10 @@ def test_run_backs_up_with_paths_relative_to_the_plan(project: Path, tmp_path: P
     jobs = {j["name"]: j for j in json.loads(r.out)["jobs"]}
     assert jobs["checkpoints"]["status"] == "ok"
     assert jobs["datasets"]["status"] == "ok"
-    assert jobs["restore-checkpoints"]["status"] == "skipped"
-    assert "not available" in jobs["restore-checkpoints"]["message"]
+    drill = jobs["restore-checkpoints"]  # runs after the backups it drills
+    assert drill["status"] == "ok" and drill["message"].startswith("passed: ")
+    assert drill["drill"]["verdict"] == "pass" and drill["evidence"]
+    assert drill["drill"]["files_verified"] == drill["drill"]["files_total"] > 0
     repo = project / ".bcdr" / "quickstart-repo"
     snaps = run_process("snapshots", "--repo", repo, "--json").json()
     assert sorted(s["job"] for s in snaps) == ["checkpoints", "datasets"]  # type: ignore[union-attr]
@@ -234,7 +236,7 @@ def test_dry_run_writes_nothing_and_unknown_job_is_named(project: Path) -> None:
     r = run_process("run", plan, "--job", "checkpoint")
     assert r.code == 2 and "did you mean 'checkpoints'" in r.err
     r = run_process("run", plan, "--job", "restore-checkpoints")
-    assert r.code == 1 and "not available" in r.out
+    assert r.code == 1 and "does not exist yet: nothing to drill" in r.out
 
 
 def test_encrypted_repository_password_from_the_named_variable(project: Path) -> None:

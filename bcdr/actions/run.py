@@ -1,6 +1,5 @@
 """``bcdr run PLAN``: run a plan's jobs now, one after another; a failed job does not stop
-the others. Backups (then their retention), disk snapshots, checks and prunes run here; drills
-say they are not available yet."""
+the others. Backups (then their retention), disk snapshots, drills, checks and prunes."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, ru
 from bcdr.actions.check import check
 from bcdr.actions.common import open_or_init, password_env, plan_storage_spec
 from bcdr.actions.disks import run_disk_job
+from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
 from bcdr.actions.prune import prune
@@ -51,10 +51,11 @@ class JobResult:
     forget: ForgetResult | None = None  # the job's retention, applied after its backup
     prune: PruneReport | None = None
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
+    drill: DrillReport | None = None
     evidence: str | None = None  # the evidence record the run wrote
 
     def to_dict(self) -> dict[str, object]:
-        objects = ("backup", "placement", "check", "forget", "prune", "disks")
+        objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill")
         out = {k: v for k, v in vars(self).items() if k not in objects}
         out["check"] = self.check.to_dict() if self.check else None
         out["forget"] = self.forget.to_dict() if self.forget else None
@@ -62,6 +63,7 @@ class JobResult:
         out["backup"] = self.backup.to_dict() if self.backup else None
         out["placement"] = self.placement.to_dict() if self.placement else None
         out["disks"] = self.disks.to_dict() if self.disks else None
+        out["drill"] = self.drill.to_dict() if self.drill else None
         return out
 
 
@@ -117,6 +119,8 @@ def run_job(
         result = _prune(plan, name, plan.prunes[name], dry_run, clock)
     elif kind == "snapshot":
         result = _disk_snapshots(plan, name, dry_run, clock)
+    elif kind == "drill":
+        result = drill_job(plan, name, dry_run=dry_run, clock=clock)
     else:
         result = JobResult(
             name, kind, NOT_AVAILABLE, f"{kind} jobs are not available in this version of bcdr yet"
@@ -168,6 +172,40 @@ def _disk_snapshots(plan: Plan, name: str, dry_run: bool, clock: Clock | None) -
     result.status = {"ok": OK, "partial": PARTIAL}.get(status, FAILED)
     failed = [d for d in report.disks if d.status != PROTECTED]
     result.transient = bool(failed) and all(d.transient for d in failed)
+    return result
+
+
+def drill_job(
+    plan: Plan,
+    name: str,
+    *,
+    dry_run: bool = False,
+    clock: Clock | None = None,
+    snapshot: str | None = None,
+    seed: int | None = None,
+) -> JobResult:
+    """A drill as a job: ``ok`` when it passed, ``failed`` when a target was missed, a file did
+    not verify, or it could not run."""
+    drill = plan.drills[name]
+    result = JobResult(name, "drill", OK)
+    what = f"backup job {drill.backup!r}" if drill.backup else f"disk job {drill.snapshot!r}"
+    if dry_run:
+        result.status = DRY_RUN
+        result.message = f"would restore {drill.sample} of {what} and verify it (rto {drill.rto})"
+        return result
+    try:
+        report = run_drill(plan, name, snapshot=snapshot, seed=seed, clock=clock)
+    except BcdrError as exc:
+        return _failed(result, exc)
+    result.drill, result.evidence = report, report.evidence
+    if report.passed:
+        rto = f"RTO {report.rto_s:.1f}s of {drill.rto}" if report.rto_s is not None else ""
+        result.message = f"passed: {report.files_verified} verified, {rto}"
+    else:
+        result.status = FAILED
+        result.message = "; ".join(report.reasons)
+    for d in report.drift:
+        result.notes.append(f"drift: {d['path']}: {d['finding']}")
     return result
 
 

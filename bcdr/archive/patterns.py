@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -68,3 +69,17 @@ class PathMatcher:
         if self._name is not None and self._name.fullmatch(os.path.basename(path)):
             return True
         return self._path is not None and self._path.fullmatch(path) is not None
+
+
+class PathSet:
+    """Matches exactly the given absolute byte paths (a drill's sample): the same interface as
+    PathMatcher, with set lookups instead of patterns."""
+
+    def __init__(self, paths: Iterable[bytes]):
+        self.paths = frozenset(paths)
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def matches(self, path: bytes) -> bool:
+        return path in self.paths

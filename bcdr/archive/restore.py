@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer
-from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree
@@ -49,7 +49,7 @@ class Restorer:
         repo: Repository,
         target: bytes,
         *,
-        includes: PathMatcher | None = None,
+        includes: PathMatcher | PathSet | None = None,
         progress: ProgressFn | None = None,
     ):
         self.repo = repo

@@ -20,6 +20,7 @@ from bcdr.actions import snapshots as snapshots_action
 from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
+from bcdr.cli.drillcmds import add_drill_commands
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
@@ -170,7 +171,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(
         prog="bcdr",
         description="Backup and disaster recovery for AI datasets and model checkpoints.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial backup, 130 interrupted. "
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial, 4 target missed (drills), "
+        "130 interrupted. "
         "Passwords come from BCDR_PASSWORD or BCDR_PASSWORD_FILE, never from arguments.",
     )
     parser.add_argument("--version", action="version", version=f"bcdr {__version__}")
@@ -260,6 +262,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_retention_commands(command)
     add_plan_commands(command)
     add_disk_commands(command)
+    add_drill_commands(command)
     add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")

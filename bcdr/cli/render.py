@@ -9,6 +9,7 @@ from typing import Any
 
 from bcdr.actions.backup import BackupResult
 from bcdr.actions.disks import RecoveryPointRow
+from bcdr.actions.drill import DrillReport
 from bcdr.actions.forget import ForgetResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
@@ -123,6 +124,59 @@ def plan_job_text(r: JobResult) -> None:
         out(f"  placement {r.placement.describe()}")
     for note in r.notes:
         out(f"  note: {note}")
+
+
+def _secs(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return _age(seconds) if seconds >= 60 else f"{seconds:.2f}s"
+
+
+def _target(value: float | None, target_s: float | None, target: str | None) -> str:
+    if target_s is None or value is None:
+        return " (no target)"
+    return f" (target {target}, {'met' if value <= target_s else 'MISSED'})"
+
+
+def drill_text(r: DrillReport) -> None:
+    out(f"drill {r.drill}: {r.verdict.upper()}")
+    if r.kind == "backup":
+        if r.snapshot:
+            out(f"  snapshot {r.snapshot[:8]} of {r.job} ({(r.snapshot_time or '')[:19]})")
+        seed = f" (seed {r.seed})" if r.sample_percent < 100 else ""
+        out(
+            f"  sample {r.sample_percent:g}%{seed}: {r.files_selected} of "
+            f"{r.files_total} files, {human_bytes(r.bytes_selected)}"
+        )
+        out(f"  verified {r.files_verified} files, {human_bytes(r.bytes_verified)}")
+    for d in r.restored_disks:
+        out(
+            f"  disk {d['name']} in {d['region']} from {str(d['source']).rsplit('/', 1)[-1]}"
+            f": {d['size_gb']} GiB, ready in {_secs(d['seconds'])}"
+            + (", deleted" if d.get("deleted") else ", kept")
+        )
+    target, rpo = (
+        _target(r.rto_s, r.rto_target_s, r.rto_target),
+        _target(r.rpo_s, r.rpo_target_s, r.rpo_target),
+    )
+    out(
+        f"  time to first byte {_secs(r.ttfb_s)}; RTO {_secs(r.rto_s)}{target}; "
+        f"RPO {_secs(r.rpo_s)}{rpo}"
+    )
+    if r.phases:
+        out("  phases: " + ", ".join(f"{k} {_secs(v)}" for k, v in r.phases.items()))
+    for reason in r.reasons:
+        out(f"  - {reason}")
+    for f in r.failures[:20]:
+        out(f"    {f['path']}: {f['error']}")
+    if r.source_compared or r.drift:
+        out(f"  source compared: {r.source_compared} unchanged file(s), {len(r.drift)} drifted")
+    for d in r.drift:
+        out(f"    drift: {d['path']}")
+    if r.kept and r.scratch:
+        out(f"  kept in {r.scratch}")
+    if r.evidence:
+        out(f"  evidence {r.evidence[:12]}")
 
 
 def disk_points_text(rows: list[RecoveryPointRow]) -> None:

@@ -46,8 +46,12 @@ class RestoredDisk:
         return {**asdict(self), "size_ok": self.size_ok}
 
 
-def newest_point(runner: DiskJob, disk: str, region: str) -> RecoveryPoint:
-    """The newest usable recovery point of ``disk`` in ``region``, or UsageError."""
+def newest_point(
+    runner: DiskJob, disk: str, region: str, wanted: str | None = None
+) -> RecoveryPoint:
+    """The newest usable recovery point of ``disk`` in ``region`` (or the newest whose id is
+    ``wanted`` or whose name contains it, e.g. a time stamp ``20261101T020000Z``), or
+    UsageError."""
     rid = ResourceId.parse(disk)
     if runner.job.consistency == "application":
         info = runner.svc.disk(disk)
@@ -70,6 +74,18 @@ def newest_point(runner: DiskJob, disk: str, region: str) -> RecoveryPoint:
             for s in runner.mine(rid.subscription, runner.resource_group(rid), disk)
             if s.usable and s.when is not None and s.location.lower() == region.lower()
         ]
+    if wanted is not None:
+        found = [
+            p
+            for p in found
+            if p.id == wanted or wanted in p.id.rsplit("/", 1)[-1] or f"-{wanted}/" in p.id
+        ]
+        if not found:
+            raise UsageError(
+                f"disk {rid.name} has no complete recovery point {wanted!r} in {region}",
+                where=f"snapshots.{runner.name}",
+                hint=f"list them with `bcdr disk-snapshots PLAN --job {runner.name}`",
+            )
     if not found:
         regions = ", ".join([runner.job.region, *runner.job.copy_to])
         raise UsageError(
@@ -82,19 +98,19 @@ def newest_point(runner: DiskJob, disk: str, region: str) -> RecoveryPoint:
 
 
 def restore_disk(
-    runner: DiskJob, disk: str, region: str, *, name: str | None = None
+    runner: DiskJob, disk: str, region: str, *, name: str | None = None, point: str | None = None
 ) -> RestoredDisk:
     """Create a disk from the newest recovery point of ``disk`` in ``region`` and wait until it
     succeeded. The caller deletes it (``delete_restored``)."""
-    point = newest_point(runner, disk, region)
+    found = newest_point(runner, disk, region, point)
     rid = ResourceId.parse(disk)
     now = runner.clock.now()
     name = name or resource_name(rid.name, "drill", stamp_of(now))
     new_id = rid.sibling("disks", name, runner.resource_group(rid))
     tags = {TAG_PLAN: runner.plan.name, TAG_JOB: runner.name, TAG_DISK: disk, TAG_ROLE: ROLE_DRILL}
     started = time.monotonic()
-    runner.tick(f"{rid.name}: creating disk {name} in {region} from {point.id.rsplit('/', 1)[-1]}")
-    op = runner.svc.create_disk(new_id, region, point.option, point.id, tags)
+    runner.tick(f"{rid.name}: creating disk {name} in {region} from {found.id.rsplit('/', 1)[-1]}")
+    op = runner.svc.create_disk(new_id, region, found.option, found.id, tags)
     try:
         op.wait(runner.timeout_s, f"disk {name}", runner.tick)
     except BcdrError:
@@ -105,10 +121,10 @@ def restore_disk(
         made.id,
         made.name,
         made.location,
-        point.id,
-        point.time.isoformat(),
+        found.id,
+        found.time.isoformat(),
         made.size_gb,
-        point.size_gb,
+        found.size_gb,
         round(time.monotonic() - started, 3),
     )
 

@@ -1,0 +1,448 @@
+"""``bcdr drill``: prove that a plan's backups (or disk snapshots) restore, and how fast.
+
+A backup drill:
+
+1. opens the repository and picks the job's newest snapshot (or the one asked for);
+2. chooses the files: all of them (`sample: 100%`), or a random share of them drawn with a seed
+   that is recorded, so ``--seed`` replays the same choice;
+3. restores them into scratch space under a read lock;
+4. reads every restored file back from disk and compares its size and digest with the ones the
+   snapshot recorded (independently of the restore's own check);
+5. optionally (``compare_source``) compares source files unchanged since the snapshot (same size
+   and mtime) with what was restored: a difference is drift, reported, not failed;
+6. measures time to first byte and the time to a verified restore (achieved RTO), and the
+   snapshot's age (achieved RPO, against the backup job's ``rpo``);
+7. cleans up (unless ``keep``) and writes an evidence record.
+
+A disk drill creates a disk from the newest recovery point in the scratch region, waits until it
+succeeded, checks its size, and deletes it (``bcdr.disks.restore``).
+
+The verdict is ``pass`` when everything verified and every target was met, else ``fail`` with
+the reasons (the files or disks at fault named).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bcdr.actions.common import open_or_init, password_env, plan_storage_spec, read_password
+from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
+from bcdr.archive.filerestore import file_digest
+from bcdr.archive.patterns import PathSet
+from bcdr.archive.restore import ProgressFn, Restorer
+from bcdr.clock import Clock, SystemClock
+from bcdr.compliance.evidence import write_record
+from bcdr.disks.restore import delete_restored, restore_disk
+from bcdr.errors import BcdrError, RepositoryNotFound, SnapshotNotFound, UsageError
+from bcdr.plan.model import Drill, Plan
+from bcdr.plan.types import Duration
+from bcdr.repository.hashing import new_fingerprint
+from bcdr.repository.locks import READ, read_wait
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import DIR, FILE, Node, decode_tree
+from bcdr.storage.url import open_storage
+
+PASS, FAIL = "pass", "fail"
+EVIDENCE_KIND = "drill"
+MAX_NAMED = 20  # files named in a verdict; the evidence record has them all
+Timer = Callable[[], float]
+
+
+@dataclass
+class DrillReport:
+    plan: str
+    drill: str
+    kind: str  # backup | disk
+    job: str  # the backup or snapshot job drilled
+    started: str
+    verdict: str = FAIL
+    reasons: list[str] = field(default_factory=list)
+    snapshot: str | None = None  # snapshot id / recovery point id
+    snapshot_time: str | None = None
+    seed: int | None = None
+    sample_percent: float = 100.0
+    sample_digest: str | None = None  # of the chosen paths: a replay with the seed matches it
+    files_total: int = 0
+    files_selected: int = 0
+    bytes_selected: int = 0
+    files_verified: int = 0
+    bytes_verified: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)  # path, error
+    drift: list[dict[str, str]] = field(default_factory=list)  # compare_source findings
+    source_compared: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    ttfb_s: float | None = None
+    rto_s: float | None = None
+    rto_target_s: float | None = None
+    rto_target: str | None = None  # as the plan writes it ("15m")
+    rpo_s: float | None = None
+    rpo_target_s: float | None = None
+    rpo_target: str | None = None
+    scratch: str | None = None
+    kept: bool = False
+    scratch_region: str | None = None  # disk drills: where the trial disks were made
+    restored_disks: list[dict[str, Any]] = field(default_factory=list)  # made, then deleted
+    evidence: str | None = None
+    error: str | None = None  # the drill could not run
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _Phases:
+    def __init__(self, timer: Timer, report: DrillReport):
+        self.timer = timer
+        self.report = report
+        self.t0 = timer()
+
+    def done(self, name: str, since: float) -> float:
+        now = self.timer()
+        self.report.phases[name] = round(now - since, 6)
+        return now
+
+
+def run_drill(
+    plan: Plan,
+    name: str,
+    *,
+    snapshot: str | None = None,
+    seed: int | None = None,
+    clock: Clock | None = None,
+    timer: Timer = time.monotonic,
+    service_for: ServiceFor = azure_service,
+    progress: ProgressFn | None = None,
+) -> DrillReport:
+    """Run one drill of the plan; the report says pass or fail and why. Raises BcdrError only
+    when the drill could not run at all (no repository, no snapshot, unreadable)."""
+    drill = plan.drills[name]
+    clock = clock or SystemClock()
+    if drill.backup is not None:
+        report = DrillReport(plan.name, name, "backup", drill.backup, clock.now().isoformat())
+        _backup_drill(plan, drill, report, snapshot, seed, clock, timer, progress)
+        repo_name = plan.backups[drill.backup].repository
+    else:
+        assert drill.snapshot is not None
+        report = DrillReport(plan.name, name, "disk", drill.snapshot, clock.now().isoformat())
+        _disk_drill(plan, drill, report, snapshot, clock, timer, service_for)
+        repo_name = evidence_repository(plan, plan.snapshots[drill.snapshot])
+    _judge(report)
+    repo, _ = open_or_init(plan, repo_name, clock)
+    try:
+        report.evidence = write_record(repo, EVIDENCE_KIND, report.to_dict())
+    finally:
+        repo.close()
+    return report
+
+
+def _targets(report: DrillReport, drill: Drill, rpo: Duration | None) -> None:
+    report.rto_target_s, report.rto_target = float(drill.rto.seconds), drill.rto.text
+    if rpo is not None:
+        report.rpo_target_s, report.rpo_target = float(rpo.seconds), rpo.text
+
+
+def _judge(report: DrillReport) -> None:
+    reasons = report.reasons
+    if report.failures:
+        named = ", ".join(f["path"] for f in report.failures[:MAX_NAMED])
+        more = len(report.failures) - MAX_NAMED
+        reasons.append(
+            f"{len(report.failures)} restored item(s) failed verification: {named}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    if report.rto_s is not None and report.rto_target_s is not None:
+        if report.rto_s > report.rto_target_s:
+            reasons.append(
+                f"RTO missed: the restore took {_human(report.rto_s)}, the target is "
+                f"{report.rto_target}"
+            )
+    if report.rpo_s is not None and report.rpo_target_s is not None:
+        if report.rpo_s > report.rpo_target_s:
+            reasons.append(
+                f"RPO missed: the recovery point is {_human(report.rpo_s)} old, the "
+                f"target is {report.rpo_target}"
+            )
+    report.verdict = PASS if not reasons else FAIL
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.2f}s"
+
+
+# --- backup drills ---------------------------------------------------------------------------
+
+
+def _walk_files(
+    repo: Repository, tree_id: bytes, failures: list[dict[str, str]], prefix: bytes = b""
+) -> Iterator[tuple[bytes, Node]]:
+    """Every file of the tree; a directory listing that cannot be read is a failure (its
+    files cannot be restored) and the walk goes on."""
+    try:
+        nodes = decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+    except BcdrError as exc:
+        where = os.fsdecode(prefix) or "/"
+        failures.append({"path": where, "error": f"cannot read directory listing: {exc}"})
+        return
+    for node in nodes:
+        path = prefix + b"/" + node.name
+        if node.type == DIR and node.subtree:
+            yield from _walk_files(repo, node.subtree, failures, path)
+        elif node.type == FILE:
+            yield path, node
+
+
+def choose(files: list[tuple[bytes, Node]], percent: float, seed: int) -> list[tuple[bytes, Node]]:
+    """A random ``percent`` of ``files`` (at least one), the same for the same seed and files."""
+    if percent >= 100 or not files:
+        return files
+    ordered = sorted(files, key=lambda f: f[0])
+    k = max(1, math.ceil(len(ordered) * percent / 100))
+    picked = random.Random(seed).sample(range(len(ordered)), k)
+    return [ordered[i] for i in sorted(picked)]
+
+
+def _backup_drill(
+    plan: Plan,
+    drill: Drill,
+    report: DrillReport,
+    ref: str | None,
+    seed: int | None,
+    clock: Clock,
+    timer: Timer,
+    progress: ProgressFn | None,
+) -> None:
+    assert drill.backup is not None
+    job = plan.backups[drill.backup]
+    declared = plan.repositories[job.repository]
+    env = password_env(declared)
+    phases = _Phases(timer, report)
+    t = phases.t0
+    storage = open_storage(plan_storage_spec(declared))
+    try:
+        repo = Repository.open(storage, password=lambda: read_password(env), clock=clock)
+    except RepositoryNotFound:
+        raise RepositoryNotFound(
+            f"repository {job.repository!r} does not exist yet: nothing to drill",
+            where=storage.url,
+            hint=f"run the backup job first: bcdr run {plan.file} --job {drill.backup}",
+        ) from None
+    scratch_parent = drill.scratch
+    target = ""
+    try:
+        with repo.lock(READ, wait=read_wait()):
+            try:
+                snap = repo.resolve_snapshot(ref or "latest", drill.backup)
+            except SnapshotNotFound as exc:
+                exc.hint = exc.hint or f"run the backup job first: bcdr run --job {drill.backup}"
+                raise
+            report.snapshot, report.snapshot_time = snap.id, snap.time
+            repo.load_index()
+            t = phases.done("open", t)
+
+            files = list(_walk_files(repo, bytes.fromhex(snap.tree), report.failures))
+            report.seed = seed if seed is not None else secrets.randbits(63)
+            report.sample_percent = drill.sample.value
+            chosen = choose(files, drill.sample.value, report.seed)
+            report.files_total = len(files)
+            report.files_selected = len(chosen)
+            report.bytes_selected = sum(n.size for _, n in chosen)
+            listing = new_fingerprint()
+            for p, _ in chosen:
+                listing.update(p + b"\0")
+            report.sample_digest = listing.hexdigest()
+            t = phases.done("select", t)
+
+            if scratch_parent is not None:
+                os.makedirs(scratch_parent, exist_ok=True)
+            target = tempfile.mkdtemp(prefix=f"bcdr-drill-{report.drill}-", dir=scratch_parent)
+            report.scratch = target
+            restore_started = t
+            restorer = Restorer(
+                repo,
+                os.fsencode(target),
+                includes=PathSet(p for p, _ in chosen) if len(chosen) < len(files) else None,
+                progress=progress,
+            )
+            stats = restorer.run(bytes.fromhex(snap.tree))
+            t = phases.done("restore", t)
+            if stats.first_byte_s is not None:
+                report.ttfb_s = round(restore_started - phases.t0 + stats.first_byte_s, 6)
+        seen = {f["path"] for f in report.failures}
+        report.failures.extend(
+            {"path": e["path"], "error": e["error"]} for e in stats.errors if e["path"] not in seen
+        )
+        failed = {e["path"] for e in stats.errors}
+        _verify(report, target, chosen, failed)
+        t = phases.done("verify", t)
+        report.rto_s = round(t - phases.t0, 6)
+        _targets(report, drill, job.rpo)
+        report.rpo_s = round((clock.now() - snap.datetime).total_seconds(), 3)
+        if drill.compare_source:
+            _compare_source(report, target, chosen, failed)
+            t = phases.done("compare_source", t)
+    finally:
+        repo.close()
+        if target:
+            if drill.keep:
+                report.kept = True
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+            phases.done("cleanup", t)
+
+
+def _verify(
+    report: DrillReport, target: str, chosen: list[tuple[bytes, Node]], failed: set[str]
+) -> None:
+    """Read every restored file back and compare size and digest with the snapshot's."""
+    base = os.fsencode(target)
+    for path, node in chosen:
+        shown = os.fsdecode(path)
+        if shown in failed:
+            continue
+        dest = os.path.join(base, path.lstrip(b"/"))
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            report.failures.append({"path": shown, "error": f"not restored: {exc.strerror}"})
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            digest = file_digest(fd, size)
+        finally:
+            os.close(fd)
+        if size != node.size:
+            report.failures.append(
+                {"path": shown, "error": f"size {size}, the snapshot recorded {node.size}"}
+            )
+        elif digest != node.digest:
+            report.failures.append(
+                {"path": shown, "error": f"digest {digest}, the snapshot recorded {node.digest}"}
+            )
+        else:
+            report.files_verified += 1
+            report.bytes_verified += size
+
+
+def _compare_source(
+    report: DrillReport, target: str, chosen: list[tuple[bytes, Node]], failed: set[str]
+) -> None:
+    """Source files with the size and mtime the snapshot recorded should hold the same bytes."""
+    for path, node in chosen:
+        if os.fsdecode(path) in failed:
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # gone from the source since: nothing to compare
+        if st.st_size != node.size or st.st_mtime_ns != node.mtime_ns:
+            continue  # changed since the snapshot, legitimately
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            digest = file_digest(fd, st.st_size)
+        finally:
+            os.close(fd)
+        report.source_compared += 1
+        if digest != node.digest:
+            report.drift.append(
+                {
+                    "path": os.fsdecode(path),
+                    "finding": "the source file has the size and mtime of the snapshot but "
+                    "different bytes (silent corruption on the source, or an in-place write "
+                    "that kept the mtime)",
+                }
+            )
+
+
+# --- disk drills -----------------------------------------------------------------------------
+
+
+def _disk_drill(
+    plan: Plan,
+    drill: Drill,
+    report: DrillReport,
+    ref: str | None,
+    clock: Clock,
+    timer: Timer,
+    service_for: ServiceFor,
+) -> None:
+    assert drill.snapshot is not None
+    job = plan.snapshots[drill.snapshot]
+    runner = disk_job(plan, drill.snapshot, clock, service_for)
+    region = drill.scratch_region or job.region
+    phases = _Phases(timer, report)
+    t = phases.t0
+    made = report.restored_disks
+    oldest: datetime | None = None
+    for disk in (str(d) for d in job.disks):
+        restored = None
+        try:
+            restored = restore_disk(runner, disk, region, point=ref)
+            made.append(restored.to_dict())
+            when = datetime.fromisoformat(restored.point_time)
+            oldest = when if oldest is None or when < oldest else oldest
+            if not restored.size_ok:
+                report.failures.append(
+                    {
+                        "path": disk,
+                        "error": f"restored disk has {restored.size_gb} GiB, the recovery point "
+                        f"{restored.expected_size_gb} GiB",
+                    }
+                )
+            else:
+                report.files_verified += 1
+        except BcdrError as exc:
+            report.failures.append({"path": disk, "error": str(exc)})
+        finally:
+            if restored is not None and not drill.keep:
+                try:
+                    delete_restored(runner, restored)
+                    made[-1]["deleted"] = True
+                except BcdrError as exc:
+                    report.reasons.append(f"could not delete trial disk {restored.name}: {exc}")
+    t = phases.done("restore", t)
+    report.scratch_region = region
+    report.files_total = report.files_selected = len(job.disks)
+    report.kept = drill.keep
+    report.rto_s = round(t - phases.t0, 6)
+    _targets(report, drill, job.rpo)
+    if oldest is not None:
+        report.rpo_s = round((clock.now() - oldest).total_seconds(), 3)
+        report.snapshot_time = oldest.isoformat()
+
+
+def drills_to_run(plan: Plan, names: list[str]) -> list[str]:
+    if not plan.drills:
+        raise UsageError(
+            "the plan has no drills",
+            where=str(plan.file),
+            hint="add a `drills:` entry naming a backup job and an rto (docs/plans.md)",
+        )
+    for n in names:
+        if n not in plan.drills:
+            from bcdr.plan.schema import did_you_mean
+
+            raise UsageError(
+                f"the plan has no drill named {n!r}",
+                where=str(plan.file),
+                hint=did_you_mean(n, plan.drills) or f"drills: {', '.join(plan.drills)}",
+            )
+    return names or list(plan.drills)
