@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node run test bench lint clean
+.PHONY: install node browser run test bench lint clean
 
 install: $(VENV)/.installed
 
@@ -24,11 +24,20 @@ node_modules/.installed: package.json package-lock.json
 	$(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Debian's Chromium, for the test that renders the HTML compliance report headless.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (the HTML report test renders in it)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || { \
+	    echo "make test needs Chromium: apt-get install -y chromium" >&2; exit 1; }; }
+
 # Demo: make a small tree, back it up to a local repository, restore it, compare, check.
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node
+test: install node browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install node

@@ -441,3 +441,16 @@ def test_evidence_keeps_no_secret(tmp_path: Path, arm: ArmServer) -> None:
     records = list(read_records(repo, EVIDENCE_KIND))
     assert records and TOKEN not in json.dumps(records)
     assert os.environ.get("BCDR_T_ARM") == TOKEN  # the fixture's token was the one in use
+
+
+def test_disk_snapshots_command_errors(tmp_path: Path, arm: ArmServer) -> None:
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(tmp_path, arm, [d1])
+    r = _bcdr(arm, "disk-snapshots", f, "--job", "nope")
+    assert r.code == 2 and "no job named 'nope'" in r.err
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("version: 1\nname: bare\nrepositories:\n  local: {url: repo}\n")
+    r = _bcdr(arm, "disk-snapshots", bare)
+    assert r.code == 2 and "the plan has no disk snapshot jobs" in r.err
+    r = _bcdr(arm, "disk-snapshots", f)
+    assert r.code == 0 and "no recovery points yet" in r.out

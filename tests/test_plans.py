@@ -37,7 +37,7 @@ def _plan(tmp_path: Path, old: str, new: str, name: str = "p.yaml") -> Path:
 def test_quickstart_validates(cli) -> None:  # type: ignore[no-untyped-def]
     r: Result = cli("validate", ROOT / "plans" / "quickstart.yaml")
     assert r.code == 0
-    assert "valid" in r.out and "2 backup(s)" in r.out and "1 drill(s)" in r.out
+    assert "valid" in r.out and "2 backup(s)" in r.out and "2 drill(s)" in r.out
 
 
 @pytest.mark.parametrize(

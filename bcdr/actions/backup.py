@@ -13,6 +13,8 @@ from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
+from bcdr.compliance.context import RunContext
+from bcdr.compliance.evidence import write_record
 from bcdr.errors import SourceError
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
@@ -30,6 +32,7 @@ class BackupRequest:
     tags: tuple[str, ...] = ()
     plan: str | None = None
     placement: dict[str, Any] | None = None  # where the data goes, from geo.verify
+    context: RunContext | None = None  # for the evidence record (plan digest, start)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class BackupResult:
     skipped: list[SkippedPath] = field(default_factory=list)
     warnings: list[SkippedPath] = field(default_factory=list)
     uploaded: Transfer | None = None
+    evidence: str | None = None  # the evidence record of this backup
 
     @property
     def partial(self) -> bool:
@@ -57,6 +61,7 @@ class BackupResult:
             "warnings": [vars(s) for s in self.warnings],
             "partial": self.partial,
             "uploaded": self.uploaded.to_dict() if self.uploaded else None,
+            "evidence": self.evidence,
         }
 
 
@@ -98,6 +103,7 @@ def run_backup(
 ) -> BackupResult:
     sources = resolve_sources(request.paths)
     paths = [os.fsdecode(p) for p in sources]
+    started = repo.clock.now().isoformat()
     with repo.lock(BACKUP) as lock:
         repo.load_index()
         parent = find_parent(repo, request.job, paths)
@@ -128,13 +134,35 @@ def run_backup(
         )
         lock.ensure_valid()  # an expired lock may have let a prune sweep what we reused
         snap = repo.save_snapshot(snap)
-    return BackupResult(
+    result = BackupResult(
         snap,
         stats,
         archiver.problems.skipped,
         archiver.problems.warnings,
         uploaded=transfer(repo, "up"),
     )
+    # written last (DESIGN: packs, index, snapshot, then evidence): a crash before this leaves
+    # a good snapshot without its record, never a record of a snapshot that does not exist
+    context = request.context or RunContext(request.plan, None, request.job, started)
+    result.evidence = write_record(
+        repo,
+        "backup",
+        {
+            "snapshot": snap.id,
+            "snapshot_time": snap.time,
+            "paths": list(snap.paths),
+            "parent": snap.parent,
+            "files": stats.files_new + stats.files_changed + stats.files_unchanged,
+            "bytes_read": stats.bytes_read,
+            "bytes_added": stats.bytes_added,
+            "skipped": len(result.skipped),
+            "placement": request.placement,
+            "encryption": repo.config.encryption,
+        },
+        context=context,
+        result="partial" if result.partial else "ok",
+    )
+    return result
 
 
 def backup(

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from bcdr.actions.common import open_or_init
 from bcdr.clock import Clock, SystemClock
+from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.disks.azure import AzureDisks, poll_seconds
 from bcdr.disks.job import DiskJob, DiskJobReport, point_time
@@ -49,6 +50,14 @@ class DiskRun:
 def run_disk_job(
     plan: Plan, name: str, clock: Clock | None = None, service_for: ServiceFor = azure_service
 ) -> DiskRun:
+    """Run the job, then record what it did in the evidence repository."""
+    started = (clock or SystemClock()).now().isoformat()
+    return _run_disk_job(plan, name, clock, service_for, plan.context(name, started))
+
+
+def _run_disk_job(
+    plan: Plan, name: str, clock: Clock | None, service_for: ServiceFor, context: RunContext
+) -> DiskRun:
     """Run the job, then record what it did in the evidence repository. Failures on disks are
     in the report; a failure to record evidence raises (the run is not auditable without it)."""
     job = plan.snapshots[name]
@@ -66,7 +75,8 @@ def run_disk_job(
     if created:
         notes.append(created)
     try:
-        record = write_record(repo, EVIDENCE_KIND, report.to_dict())
+        result = {"ok": "ok", "partial": "partial"}.get(report.status, "failed")
+        record = write_record(repo, EVIDENCE_KIND, report.to_dict(), context=context, result=result)
     finally:
         repo.close()
     return DiskRun(report, record, notes)

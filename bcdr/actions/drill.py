@@ -142,7 +142,13 @@ def run_drill(
     _judge(report)
     repo, _ = open_or_init(plan, repo_name, clock)
     try:
-        report.evidence = write_record(repo, EVIDENCE_KIND, report.to_dict())
+        report.evidence = write_record(
+            repo,
+            EVIDENCE_KIND,
+            report.to_dict(),
+            context=plan.context(name, report.started),
+            result="ok" if report.passed else "failed",
+        )
     finally:
         repo.close()
     return report

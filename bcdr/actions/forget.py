@@ -14,6 +14,7 @@ from datetime import tzinfo
 
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
+from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.errors import UsageError
 from bcdr.repository.locks import BACKUP
@@ -86,6 +87,7 @@ def apply_retention(
     job: str | None = None,
     dry_run: bool = False,
     plan: str | None = None,
+    context: RunContext | None = None,
 ) -> ForgetResult:
     """Decide for every group (only ``job``'s when given) and, unless ``dry_run``, remove the
     snapshots the policy does not keep. The caller holds no lock; this takes a ``backup``
@@ -119,18 +121,19 @@ def apply_retention(
                 if not d.keep:
                     repo.storage.delete(f"snapshots/{d.point.id}")
                     result.removed.append(d.point.id)
-        if result.removed:
-            result.evidence = write_record(
-                repo,
-                "forget",
-                {
-                    "plan": plan,
-                    "policy": policy.to_dict(),
-                    "timezone": str(tz),
-                    "groups": [g.to_dict() for g in groups],
-                    "removed": result.removed,
-                },
-            )
+        # recorded even when nothing was removed: the report shows retention was applied
+        result.evidence = write_record(
+            repo,
+            "forget",
+            {
+                "plan": plan,
+                "policy": policy.to_dict(),
+                "timezone": str(tz),
+                "groups": [g.to_dict() for g in groups],
+                "removed": result.removed,
+            },
+            context=context or RunContext(plan, None, job),
+        )
     return result
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from bcdr.actions.common import open_repo, transfer
 from bcdr.clock import Clock
+from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.errors import UsageError
 from bcdr.repository.prune import LogFn, PruneReport, prune_repository
@@ -21,6 +22,7 @@ def prune(
     dry_run: bool = False,
     log: LogFn | None = None,
     plan: str | None = None,
+    context: RunContext | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PruneReport:
@@ -31,9 +33,15 @@ def prune(
         report = prune_repository(
             repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log
         )
-        if not dry_run and (report.mark or report.marks_swept or report.packs_kept):
+        if not dry_run:  # every run, also one with nothing to do: schedules are audited
             facts = {"plan": plan, "max_unused": max_unused, "grace_s": grace.total_seconds()}
-            report.evidence = write_record(repo, "prune", {**facts, **report.to_dict()})
+            report.evidence = write_record(
+                repo,
+                "prune",
+                {**facts, **report.to_dict()},
+                context=context or RunContext(plan),
+                result="ok" if not report.problems else "partial",
+            )
     finally:
         repo.close()
     up, down = transfer(repo, "up"), transfer(repo, "down")

@@ -7,16 +7,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
-from bcdr.actions.common import open_or_init, password_env, plan_storage_spec
-from bcdr.actions.disks import run_disk_job
+from bcdr.actions.common import open_or_init, password_env, plan_storage_spec, read_password
+from bcdr.actions.disks import evidence_repository, run_disk_job
 from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
 from bcdr.actions.prune import prune
-from bcdr.clock import Clock
+from bcdr.clock import Clock, SystemClock
+from bcdr.compliance.context import RunContext
+from bcdr.compliance.evidence import write_record
 from bcdr.disks.job import PROTECTED, DiskJobReport
 from bcdr.errors import (
     BcdrError,
@@ -30,6 +33,7 @@ from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
 from bcdr.repository.prune import PruneReport
 from bcdr.repository.repo import Repository as Repo
+from bcdr.storage.url import open_storage
 from bcdr.units import human_bytes
 
 OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
@@ -110,13 +114,14 @@ def run_job(
     """Run one job of the plan now. Never raises a BcdrError: the result says what happened
     (``transient`` when a retry may succeed)."""
     started = time.monotonic()
+    context = plan.context(name, (clock or SystemClock()).now().isoformat())
     kind, _ = plan.job(name)
     if kind == "backup":
-        result = _backup(plan, name, plan.backups[name], dry_run, clock)
+        result = _backup(plan, name, plan.backups[name], dry_run, clock, context)
     elif kind == "check":
-        result = _check(plan, name, plan.checks[name], dry_run)
+        result = _check(plan, name, plan.checks[name], dry_run, context)
     elif kind == "prune":
-        result = _prune(plan, name, plan.prunes[name], dry_run, clock)
+        result = _prune(plan, name, plan.prunes[name], dry_run, clock, context)
     elif kind == "snapshot":
         result = _disk_snapshots(plan, name, dry_run, clock)
     elif kind == "drill":
@@ -126,7 +131,63 @@ def run_job(
             name, kind, NOT_AVAILABLE, f"{kind} jobs are not available in this version of bcdr yet"
         )
     result.duration_s = time.monotonic() - started
+    if result.status == FAILED and result.evidence is None and not dry_run:
+        _record_failure(plan, name, kind, result, context, clock)
     return result
+
+
+def evidence_repository_of(plan: Plan, name: str) -> str:
+    """The repository that keeps a job's evidence."""
+    kind, _ = plan.job(name)
+    if kind == "backup":
+        return plan.backups[name].repository
+    if kind == "check":
+        return plan.checks[name].repository
+    if kind == "prune":
+        return plan.prunes[name].repository
+    if kind == "snapshot":
+        return evidence_repository(plan, plan.snapshots[name])
+    drill = plan.drills[name]
+    if drill.backup is not None:
+        return plan.backups[drill.backup].repository
+    assert drill.snapshot is not None
+    return evidence_repository(plan, plan.snapshots[drill.snapshot])
+
+
+def _record_failure(
+    plan: Plan, name: str, kind: str, result: JobResult, context: RunContext, clock: Clock | None
+) -> None:
+    """A run that failed before writing its own record still leaves one, in its repository if
+    that exists (a failure never creates one) and, for a backup, only once the repository's
+    placement was verified: a run refused by residency writes nothing there."""
+    repo_name = evidence_repository_of(plan, name)
+    if kind == "backup" and result.placement is None:
+        try:
+            establish_placement(plan, repo_name)
+        except BcdrError:
+            return  # residency not verified (or refused): write nothing there
+    declared = plan.repositories[repo_name]
+    try:
+        env = password_env(declared)
+        storage = open_storage(plan_storage_spec(declared))
+        repo = Repo.open(storage, password=partial(read_password, env), clock=clock)
+    except RepositoryNotFound:
+        return
+    except BcdrError as exc:
+        result.notes.append(f"the failure could not be recorded as evidence: {exc}")
+        return
+    try:
+        result.evidence = write_record(
+            repo,
+            kind,
+            {"error": result.message, "transient": result.transient},
+            context=context,
+            result="failed",
+        )
+    except BcdrError as exc:
+        result.notes.append(f"the failure could not be recorded as evidence: {exc}")
+    finally:
+        repo.close()
 
 
 def _disk_snapshots(plan: Plan, name: str, dry_run: bool, clock: Clock | None) -> JobResult:
@@ -216,7 +277,7 @@ def _failed(result: JobResult, exc: BcdrError) -> JobResult:
     return result
 
 
-def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
+def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool, context: RunContext) -> JobResult:
     declared = plan.repositories[job.repository]
     result = JobResult(name, "check", OK)
     if dry_run:
@@ -227,11 +288,14 @@ def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
         env = password_env(declared)
         subset = job.read_data.value
         report = check(
-            plan_storage_spec(declared), subset_percent=subset or None, env={**os.environ, **env}
+            plan_storage_spec(declared),
+            subset_percent=subset or None,
+            env={**os.environ, **env},
+            context=context,
         )
     except BcdrError as exc:
         return _failed(result, exc)
-    result.check = report
+    result.check, result.evidence = report, report.evidence
     if report.errors:
         result.status = FAILED
         result.message = f"{len(report.errors)} problem(s): {report.errors[0]}"
@@ -243,7 +307,14 @@ def _check(plan: Plan, name: str, job: CheckJob, dry_run: bool) -> JobResult:
     return result
 
 
-def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | None) -> JobResult:
+def _prune(
+    plan: Plan,
+    name: str,
+    job: PruneJob,
+    dry_run: bool,
+    clock: Clock | None,
+    context: RunContext,
+) -> JobResult:
     declared = plan.repositories[job.repository]
     result = JobResult(name, "prune", OK)
     if dry_run:
@@ -260,6 +331,7 @@ def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | N
             max_unused=job.max_unused.value,
             grace=job.grace.delta,
             plan=plan.name,
+            context=context,
             clock=clock,
             env={**os.environ, **env},
         )
@@ -268,7 +340,7 @@ def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | N
         return result
     except BcdrError as exc:
         return _failed(result, exc)
-    result.prune = report
+    result.prune, result.evidence = report, report.evidence
     result.message = (
         f"{report.packs_deleted} pack(s) deleted ({human_bytes(report.bytes_deleted)}), "
         f"{report.packs_unused + report.packs_unindexed + report.packs_repacked} marked"
@@ -280,14 +352,19 @@ def _prune(plan: Plan, name: str, job: PruneJob, dry_run: bool, clock: Clock | N
 
 
 def _retention(
-    result: JobResult, plan: Plan, name: str, job: BackupJob, repo: Repo
+    result: JobResult, plan: Plan, name: str, job: BackupJob, repo: Repo, context: RunContext
 ) -> BcdrError | None:
     """Apply the job's retention after its backup; the error, if it failed."""
     if job.retention is None:
         return None
     try:
         forgot = apply_retention(
-            repo, job.retention.policy(), plan.timezone.zone, job=name, plan=plan.name
+            repo,
+            job.retention.policy(),
+            plan.timezone.zone,
+            job=name,
+            plan=plan.name,
+            context=context,
         )
     except BcdrError as exc:
         exc.message = f"retention failed: {exc.message}"
@@ -302,7 +379,14 @@ def _retention(
     return None
 
 
-def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock | None) -> JobResult:
+def _backup(
+    plan: Plan,
+    name: str,
+    job: BackupJob,
+    dry_run: bool,
+    clock: Clock | None,
+    context: RunContext,
+) -> JobResult:
     declared = plan.repositories[job.repository]
     result = JobResult(name, "backup", OK)
     try:
@@ -326,10 +410,11 @@ def _backup(plan: Plan, name: str, job: BackupJob, dry_run: bool, clock: Clock |
                 excludes=job.exclude,
                 plan=plan.name,
                 placement=placement.to_dict(),
+                context=context,
             )
             backup = run_backup(repo, request)
-            result.backup = backup
-            retention_error = _retention(result, plan, name, job, repo)
+            result.backup, result.evidence = backup, backup.evidence
+            retention_error = _retention(result, plan, name, job, repo, context)
         finally:
             repo.close()
     except BcdrError as exc:

@@ -21,9 +21,11 @@ from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
+from bcdr.cli.evidencecmds import add_evidence_commands
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
+from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
 from bcdr.errors import (
@@ -263,6 +265,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_plan_commands(command)
     add_disk_commands(command)
     add_drill_commands(command)
+    add_evidence_commands(command)
+    add_report_commands(command)
     add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")

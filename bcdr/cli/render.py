@@ -14,6 +14,7 @@ from bcdr.actions.forget import ForgetResult
 from bcdr.actions.restore import RestoreResult
 from bcdr.actions.run import JobResult
 from bcdr.actions.snapshots import LsEntry
+from bcdr.compliance.evidence import ChainReport
 from bcdr.geo.residency import Placement
 from bcdr.geo.verify import VERIFIED
 from bcdr.repository.check import CheckReport
@@ -177,6 +178,33 @@ def drill_text(r: DrillReport) -> None:
         out(f"  kept in {r.scratch}")
     if r.evidence:
         out(f"  evidence {r.evidence[:12]}")
+
+
+def evidence_verify_text(r: ChainReport) -> None:
+    if r.ok:
+        out(f"evidence chain intact: {r.records} record(s)")
+    else:
+        out(f"evidence chain BROKEN: {len(r.problems)} problem(s) in {r.records} record(s)")
+        for p in r.problems:
+            out(f"  {p}")
+    if r.head_id:
+        out(f"head #{r.head_seq} {r.head_id}")
+        out("  keep this id outside the repository; `--head ID` later proves nothing was cut")
+    if r.unchained:
+        out(f"{r.unchained} record(s) written before the chain existed (not chained)")
+
+
+def evidence_list_text(records: list[dict[str, Any]]) -> None:
+    if not records:
+        out("no evidence records")
+        return
+    for d in records:
+        seq = f"#{d['seq']}" if "seq" in d else "-"
+        where = "/".join(str(x) for x in (d.get("plan"), d.get("job")) if x)
+        out(
+            f"{seq:>6}  {str(d.get('time', ''))[:19]}  {d['id'][:12]}  {d.get('kind', '?'):<13} "
+            f"{d.get('result', '-'):<8} {where}"
+        )
 
 
 def disk_points_text(rows: list[RecoveryPointRow]) -> None:

@@ -1,56 +1,228 @@
-"""Evidence records: ``evidence/<name>`` = ``seal(json, aad=b"evidence")``, one per job run.
+"""Evidence records: one per job run, hash-chained per repository.
 
-A record says what a run did and why, in facts an auditor can check: for a forget, the policy
-and, per snapshot, kept or removed with the reasons; for a prune, what was marked, swept and
-kept. Records are immutable and content-named like every other object. (The hash chain that
-makes deletion and reordering detectable, and ``bcdr evidence verify``, come with the
-compliance reports.)
+``evidence/<seq>-<id>``: ``seq`` is the record's place in the chain (ten digits, from 1) and
+``id`` the BLAKE3 of its stored bytes (``seal(json, aad=b"evidence")``). Each record's document
+carries ``prev``, the id of the record before it, so:
+
+- an **altered** record no longer matches its id;
+- a **deleted** record leaves a gap in ``seq`` and a ``prev`` that names nothing;
+- **reordered** or renamed records disagree with the ``seq`` and ``prev`` inside them.
+
+Appends take the repository's ``evidence`` lock, so two jobs finishing together still make one
+chain. In an encrypted repository records are sealed with the repository key: nobody without it
+can write a record that opens, so the chain cannot be rebuilt after tampering. In an unencrypted
+one someone with write access could rewrite the whole tail; ``bcdr evidence verify`` prints the
+head so it can be kept elsewhere and checked later with ``--head``.
+
+Records written before the chain existed (``evidence/<id>``) are read and reported as unchained.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from bcdr import __version__
-from bcdr.errors import CorruptObject, ObjectNotFound
+from bcdr.compliance.context import RunContext
+from bcdr.errors import BcdrError, ObjectNotFound
 from bcdr.repository.hashing import object_name
+from bcdr.repository.locks import EVIDENCE
 from bcdr.repository.repo import Repository
 
 PREFIX = "evidence/"
 EVIDENCE_AAD = b"evidence"
+NAME_RE = re.compile(r"(\d{10})-([0-9a-f]{64})")
+LEGACY_RE = re.compile(r"[0-9a-f]{64}")
+APPEND_WAIT_S = 120.0
 
 
-def write_record(repo: Repository, kind: str, facts: Mapping[str, object]) -> str:
-    """Store one record; returns its name."""
-    doc = {
-        "kind": kind,
-        "time": repo.clock.now().isoformat(),
-        "hostname": socket.gethostname(),
-        "username": getpass.getuser(),
-        "program_version": __version__,
-        "facts": dict(facts),
-    }
-    sealed = repo.cipher.seal(json.dumps(doc, sort_keys=True).encode(), EVIDENCE_AAD)
-    name = object_name(sealed)
-    repo.storage.put(f"{PREFIX}{name}", sealed)
-    return name
+@dataclass(frozen=True)
+class Entry:
+    name: str  # storage key, without the prefix
+    seq: int | None  # None: written before the chain
+    id: str
 
 
-def read_records(repo: Repository, kind: str | None = None) -> Iterator[dict[str, object]]:
-    """Every readable record (of ``kind``), oldest first, each with its ``id``."""
+def _entries(repo: Repository) -> list[Entry]:
     out = []
     for info in repo.storage.list(PREFIX):
         name = info.key.removeprefix(PREFIX)
-        try:
-            sealed = repo.storage.get(info.key)
-        except ObjectNotFound:
+        m = NAME_RE.fullmatch(name)
+        if m:
+            out.append(Entry(name, int(m.group(1)), m.group(2)))
+        elif LEGACY_RE.fullmatch(name):
+            out.append(Entry(name, None, name))
+    return sorted(out, key=lambda e: (e.seq is not None, e.seq or 0, e.name))
+
+
+def write_record(
+    repo: Repository,
+    kind: str,
+    facts: Mapping[str, object],
+    *,
+    context: RunContext | None = None,
+    result: str = "ok",
+) -> str:
+    """Append one record to the repository's chain; returns its id."""
+    ctx = context or RunContext()
+    with repo.lock(EVIDENCE, wait=APPEND_WAIT_S):
+        chained = [e for e in _entries(repo) if e.seq is not None]
+        last = chained[-1] if chained else None
+        now = repo.clock.now().isoformat()
+        doc = {
+            "kind": kind,
+            "seq": (last.seq or 0) + 1 if last else 1,
+            "prev": last.id if last else None,
+            "time": now,
+            "hostname": socket.gethostname(),
+            "username": getpass.getuser(),
+            "program_version": __version__,
+            "plan": ctx.plan,
+            "plan_digest": ctx.plan_digest,
+            "job": ctx.job,
+            "started": ctx.started or now,
+            "finished": now,
+            "result": result,
+            "facts": dict(facts),
+        }
+        sealed = repo.cipher.seal(json.dumps(doc, sort_keys=True).encode(), EVIDENCE_AAD)
+        rid = object_name(sealed)
+        repo.storage.put(f"{PREFIX}{doc['seq']:010d}-{rid}", sealed)
+    return rid
+
+
+def _open(repo: Repository, entry: Entry) -> tuple[dict[str, Any] | None, str | None]:
+    """The record's document, or None and what is wrong with it."""
+    try:
+        sealed = repo.storage.get(PREFIX + entry.name)
+    except ObjectNotFound:
+        return None, "vanished while being read"
+    if object_name(sealed) != entry.id:
+        return None, "altered: its content does not match its id"
+    try:
+        doc = json.loads(repo.cipher.open(sealed, EVIDENCE_AAD, f"evidence {entry.id[:12]}"))
+    except (BcdrError, ValueError) as exc:
+        return None, f"unreadable: {exc}"
+    if not isinstance(doc, dict):
+        return None, "unreadable: not a record"
+    return doc, None
+
+
+def read_records(repo: Repository, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every readable record (of ``kind``), in chain order (unchained ones first, by time),
+    each with its ``id``."""
+    out = []
+    for entry in _entries(repo):
+        doc, problem = _open(repo, entry)
+        if doc is None or (kind is not None and doc.get("kind") != kind):
             continue
-        if object_name(sealed) != name:
-            raise CorruptObject(f"evidence {name[:12]}: content does not match its name")
-        doc = json.loads(repo.cipher.open(sealed, EVIDENCE_AAD, f"evidence {name[:12]}"))
-        if kind is None or doc.get("kind") == kind:
-            out.append({**doc, "id": name})
-    yield from sorted(out, key=lambda d: (str(d["time"]), str(d["id"])))
+        out.append({**doc, "id": entry.id})
+    unchained = sorted((d for d in out if "seq" not in d), key=lambda d: str(d.get("time")))
+    return unchained + [d for d in out if "seq" in d]
+
+
+@dataclass
+class ChainProblem:
+    record: str  # "#17 (3f2a…)" or a name
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.record}: {self.what}"
+
+
+@dataclass
+class ChainReport:
+    records: int = 0
+    head_seq: int = 0
+    head_id: str | None = None
+    unchained: int = 0
+    problems: list[ChainProblem] = field(default_factory=list)
+    bad_ids: set[str] = field(default_factory=set)  # records not to be trusted
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["bad_ids"] = sorted(self.bad_ids)
+        d["problems"] = [str(p) for p in self.problems]
+        d["ok"] = self.ok
+        return d
+
+
+def verify_chain(repo: Repository, head: str | None = None) -> ChainReport:
+    """Check every record of the chain: content against id, ``seq`` against name and order,
+    ``prev`` against the record before. ``head``: an id (or prefix) recorded earlier, which
+    must still be in the chain (a truncated chain loses it)."""
+    report = ChainReport()
+    entries = _entries(repo)
+    report.unchained = sum(1 for e in entries if e.seq is None)
+    chained = [e for e in entries if e.seq is not None]
+    expected_seq, prev_id = 1, None
+    by_seq: dict[int, list[Entry]] = {}
+    for e in chained:
+        by_seq.setdefault(e.seq or 0, []).append(e)
+    for seq in sorted(by_seq):
+        group = by_seq[seq]
+        label = f"#{seq}"
+        if seq > expected_seq:
+            missing = f"#{expected_seq}" + (f"–#{seq - 1}" if seq - 1 > expected_seq else "")
+            report.problems.append(
+                ChainProblem(
+                    missing,
+                    "missing: deleted from the chain (the next record is "
+                    f"#{seq} {group[0].id[:12]})",
+                )
+            )
+        if len(group) > 1:
+            report.problems.append(
+                ChainProblem(
+                    label,
+                    f"{len(group)} records claim this place ("
+                    + ", ".join(e.id[:12] for e in group)
+                    + "): one was inserted",
+                )
+            )
+            report.bad_ids.update(e.id for e in group)
+        entry = group[0]
+        doc, problem = _open(repo, entry)
+        report.records += 1
+        if doc is None:
+            report.problems.append(ChainProblem(f"{label} ({entry.id[:12]})", str(problem)))
+            report.bad_ids.add(entry.id)
+        else:
+            if doc.get("seq") != seq:
+                report.problems.append(
+                    ChainProblem(
+                        f"{label} ({entry.id[:12]})",
+                        f"reordered: the record says it is #{doc.get('seq')}",
+                    )
+                )
+                report.bad_ids.add(entry.id)
+            elif seq == expected_seq and doc.get("prev") != prev_id:
+                report.problems.append(
+                    ChainProblem(
+                        f"{label} ({entry.id[:12]})",
+                        "chain broken: it follows "
+                        f"{str(doc.get('prev'))[:12]}, but the record before it is "
+                        f"{str(prev_id)[:12]} (reordered or replaced)",
+                    )
+                )
+                report.bad_ids.add(entry.id)
+        prev_id, expected_seq = entry.id, seq + 1
+        report.head_seq, report.head_id = seq, entry.id
+    if head:
+        if not any(e.id.startswith(head.lower()) for e in chained):
+            report.problems.append(
+                ChainProblem(
+                    f"head {head[:12]}",
+                    "the record known as the head is gone: the chain was truncated or rebuilt",
+                )
+            )
+    return report

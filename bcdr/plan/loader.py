@@ -4,6 +4,7 @@ or :class:`~bcdr.errors.PlanInvalid` listing every problem with file:line:column
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 from bcdr.errors import PlanInvalid, PlanProblem, UsageError
@@ -36,7 +37,9 @@ def parse_plan(raw: bytes, file: Path) -> Plan:
     src = read_source(str(file), raw)
     plan = build(src, Plan, src.data) if not src.problems else None
     if plan is not None and not src.problems:
-        plan = dataclasses.replace(plan, file=file.absolute())
+        plan = dataclasses.replace(
+            plan, file=file.absolute(), digest=hashlib.sha256(raw).hexdigest()
+        )
         check_plan(src, plan)
     if src.problems or plan is None:
         problems = src.problems or [PlanProblem(str(file), 1, 1, "", "the plan is not valid")]

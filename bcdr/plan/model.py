@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bcdr.compliance.context import RunContext
 from bcdr.plan.types import (
     DiskId,
     Duration,
@@ -353,6 +354,11 @@ class Plan:
         default=None,
     )
     file: Path = field(default=Path("plan.yaml"), metadata={"internal": True})
+    digest: str = field(default="", metadata={"internal": True})  # SHA-256 of the file
+
+    def context(self, job: str, started: str | None = None) -> RunContext:
+        """What an evidence record says about a run of ``job`` of this plan."""
+        return RunContext(self.name, self.digest or None, job, started)
 
     @property
     def folder(self) -> Path:

@@ -40,6 +40,7 @@ class CheckReport:
     bytes_read: int = 0
     read_fraction: float = 0.0
     downloaded: Transfer | None = None
+    evidence: str | None = None  # the evidence record of this check
 
     @property
     def ok(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import random
 import secrets
 import socket
 import threading
@@ -41,9 +42,10 @@ PREFIX = "locks/"
 TTL = timedelta(minutes=30)
 REFRESH_SECONDS = 300.0
 BACKUP, READ, PRUNE, SWEEP = "backup", "read", "prune", "sweep"
-KINDS = (BACKUP, READ, PRUNE, SWEEP)
+EVIDENCE = "evidence"  # appending to the evidence chain: one at a time, blocks nothing else
+KINDS = (BACKUP, READ, PRUNE, SWEEP, EVIDENCE)
 LOCK_WAIT_ENV = "BCDR_LOCK_WAIT"
-CONFLICTS = {(PRUNE, PRUNE), (SWEEP, READ), (READ, SWEEP), (SWEEP, SWEEP)}
+CONFLICTS = {(PRUNE, PRUNE), (SWEEP, READ), (READ, SWEEP), (SWEEP, SWEEP), (EVIDENCE, EVIDENCE)}
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ class RepoLock:
                 self._key = None
             if self._clock.now() >= deadline:
                 self._raise_conflict(found)
-            self._clock.sleep(min(2.0, self._wait))
+            # jittered: two takers that saw each other and stepped back do not meet again
+            self._clock.sleep(min(2.0, self._wait) * random.uniform(0.2, 1.0))
         self._thread = threading.Thread(target=self._refresh_loop, name="bcdr-lock", daemon=True)
         self._thread.start()
         return self

@@ -1,0 +1,53 @@
+"""``bcdr report``: read every repository of a plan (records and chain), evaluate the
+controls, render."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from bcdr.actions.common import password_env, plan_storage_spec, read_password
+from bcdr.clock import Clock, SystemClock
+from bcdr.compliance.controls import RepoEvidence, evaluate
+from bcdr.compliance.evidence import read_records, verify_chain
+from bcdr.errors import BcdrError, RepositoryNotFound
+from bcdr.plan.model import Plan
+from bcdr.repository.repo import Repository
+from bcdr.storage.url import open_storage
+
+
+def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
+    """Records, chain and encryption of each repository (a repository that cannot be read is
+    reported, not fatal: its controls say NO EVIDENCE)."""
+    out = []
+    for name, declared in plan.repositories.items():
+        ev = RepoEvidence(name, declared.url)
+        try:
+            env = password_env(declared)
+            storage = open_storage(plan_storage_spec(declared))
+            ev.url = storage.url
+            repo = Repository.open(storage, password=partial(read_password, env), clock=clock)
+        except RepositoryNotFound:
+            ev.error = "it does not exist yet"
+            out.append(ev)
+            continue
+        except BcdrError as exc:
+            ev.error = str(exc)
+            out.append(ev)
+            continue
+        try:
+            ev.encryption = repo.config.encryption
+            ev.records = read_records(repo)
+            ev.chain = verify_chain(repo).to_dict()
+        except BcdrError as exc:
+            ev.error = str(exc)
+        finally:
+            repo.close()
+        out.append(ev)
+    return out
+
+
+def build_report(plan: Plan, since: timedelta, clock: Clock | None = None) -> dict[str, Any]:
+    now = (clock or SystemClock()).now()
+    return evaluate(plan, gather(plan, clock), now, now - since)

@@ -1,0 +1,372 @@
+"""Compliance reports: the controls are pure functions over evidence, pinned by golden files for
+met, missed, no-evidence and tampered cases; `bcdr report` as users run it (exit 4 on a FAIL);
+the HTML page rendered in headless Chromium, checked for what a person sees.
+
+Golden files live in tests/golden/report/<case>.json; after an intended change, regenerate
+them with BCDR_UPDATE_GOLDEN=1 and review the diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bcdr.compliance.controls import FAIL, NO_EVIDENCE, PASS, RepoEvidence, evaluate
+from bcdr.compliance.render import to_html, to_markdown
+from bcdr.plan.loader import parse_plan
+from tests.conftest import run_process, write_tree
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+PLAN = b"""\
+version: 1
+name: audit
+repositories:
+  main: {url: /srv/bcdr/repo, region: westeurope, encryption: {password_env: PW}}
+residency:
+  allowed_geographies: [Europe]
+backups:
+  ckpt:
+    paths: [/data/ckpt]
+    repository: main
+    schedule: daily
+    at: "02:00"
+    rpo: 26h
+    retention: {keep_daily: 7}
+drills:
+  restore-ckpt: {backup: ckpt, schedule: weekly, on: sunday, at: "04:00", rto: 15m}
+checks:
+  verify: {repository: main, schedule: weekly, on: saturday, at: "05:00", read_data: 10%}
+"""
+
+
+def _plan() -> Any:
+    return parse_plan(PLAN, Path("/plans/audit.yaml"))
+
+
+def _id(n: int) -> str:
+    return f"{n:064x}"
+
+
+def _rec(n: int, kind: str, job: str, when: datetime, result: str = "ok", /, **facts: Any) -> dict:
+    return {
+        "id": _id(n),
+        "seq": n,
+        "kind": kind,
+        "plan": "audit",
+        "plan_digest": "d" * 64,
+        "job": job,
+        "time": when.isoformat(),
+        "started": when.isoformat(),
+        "finished": when.isoformat(),
+        "result": result,
+        "facts": facts,
+    }
+
+
+def _history(skip_days: tuple[int, ...] = (), slow_drill: bool = False) -> list[dict]:
+    out = []
+    n = 0
+    start = datetime(2026, 11, 10, 2, 5, tzinfo=UTC)
+    for day in range(11):
+        when = start + timedelta(days=day)
+        if day in skip_days:
+            continue
+        n += 1
+        out.append(
+            _rec(
+                n,
+                "backup",
+                "ckpt",
+                when,
+                snapshot=f"{n:08x}" * 8,
+                snapshot_time=when.isoformat(),
+                placement={"region": "westeurope", "status": "declared"},
+                bytes_added=1000,
+            )
+        )
+        n += 1
+        out.append(_rec(n, "forget", "ckpt", when + timedelta(minutes=1), removed=[], groups=[]))
+    for sunday in (datetime(2026, 11, 15, 4, 1, tzinfo=UTC),):
+        n += 1
+        out.append(
+            _rec(
+                n,
+                "drill",
+                "restore-ckpt",
+                sunday,
+                "failed" if slow_drill else "ok",
+                job="ckpt",
+                verdict="fail" if slow_drill else "pass",
+                rto_s=1500.0 if slow_drill else 42.0,
+                rto_target_s=900.0,
+                rto_target="15m",
+                rpo_s=7000.0,
+                files_verified=120,
+                bytes_verified=5 << 30,
+                failures=[],
+                reasons=["RTO missed: the restore took 25.0m, the target is 15m"]
+                if slow_drill
+                else [],
+            )
+        )
+    n += 1
+    out.append(
+        _rec(
+            n,
+            "check",
+            "verify",
+            datetime(2026, 11, 14, 5, 3, tzinfo=UTC),
+            read_fraction=0.1,
+            bytes_read=123456,
+            packs=40,
+            packs_read=4,
+            snapshots=5,
+            error_count=0,
+            errors=[],
+        )
+    )
+    return out
+
+
+def _chain(records: list[dict], bad: tuple[str, ...] = ()) -> dict:
+    problems = [
+        f"#{int(b, 16)} ({b[:12]}): altered: its content does not match its id" for b in bad
+    ]
+    return {
+        "records": len(records),
+        "head_seq": len(records),
+        "head_id": records[-1]["id"] if records else None,
+        "unchained": 0,
+        "problems": problems,
+        "bad_ids": list(bad),
+        "ok": not problems,
+    }
+
+
+def _case(name: str) -> dict:
+    if name == "no_evidence":
+        repos = [RepoEvidence("main", "/srv/bcdr/repo", error="it does not exist yet")]
+    else:
+        records = {
+            "met": lambda: _history(),
+            "missed": lambda: _history(skip_days=(4, 5), slow_drill=True),
+            "tampered": lambda: _history(),
+        }[name]()
+        bad = (records[4]["id"],) if name == "tampered" else ()
+        repos = [
+            RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, bad))
+        ]
+    return evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
+
+
+@pytest.mark.parametrize("case", ["met", "missed", "no_evidence", "tampered"])
+def test_golden(case: str) -> None:
+    doc = _case(case)
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    path = GOLDEN / f"{case}.json"
+    if os.environ.get("BCDR_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{case}: differs from {path} (BCDR_UPDATE_GOLDEN=1)"
+
+
+def _status(doc: dict, job: str, control: str) -> str:
+    [j] = [j for j in doc["jobs"] if j["name"] == job]
+    [c] = [c for c in j["controls"] if c["id"] == control]
+    return str(c["status"])
+
+
+def test_the_cases_say_what_they_should() -> None:
+    met = _case("met")
+    assert met["verdict"] == PASS and met["counts"][FAIL] == 0
+    assert _status(met, "ckpt", "rpo") == PASS and _status(met, "ckpt", "rto") == PASS
+
+    missed = _case("missed")
+    assert missed["verdict"] == FAIL
+    assert _status(missed, "ckpt", "schedule") == FAIL
+    [ckpt] = [j for j in missed["jobs"] if j["name"] == "ckpt"]
+    [schedule] = [c for c in ckpt["controls"] if c["id"] == "schedule"]
+    assert schedule["details"]["missed"] == [
+        "2026-11-14T02:00:00+00:00",
+        "2026-11-15T02:00:00+00:00",
+    ]
+    [rpo] = [c for c in ckpt["controls"] if c["id"] == "rpo"]
+    assert rpo["status"] == FAIL and rpo["details"]["longest_gap_s"] == 3 * 86400
+    assert _status(missed, "ckpt", "rto") == FAIL
+    assert _status(missed, "restore-ckpt", "result") == FAIL
+
+    empty = _case("no_evidence")
+    assert empty["verdict"] == NO_EVIDENCE and empty["counts"][FAIL] == 0
+    assert _status(empty, "ckpt", "rpo") == NO_EVIDENCE
+    # only what the plan itself declares passes: where the data is meant to live
+    passing = [
+        (j["name"], c["id"]) for j in empty["jobs"] for c in j["controls"] if c["status"] == PASS
+    ]
+    assert passing == [("ckpt", "residency")]
+
+    tampered = _case("tampered")
+    assert tampered["tampered"] is True and tampered["verdict"] == FAIL
+    [repo] = tampered["repositories"]
+    assert repo["chain"]["status"] == FAIL and "altered" in repo["chain"]["summary"]
+    # the altered record (day 3's backup) is not evidence: that slot now counts as missed
+    [ckpt] = [j for j in tampered["jobs"] if j["name"] == "ckpt"]
+    [schedule] = [c for c in ckpt["controls"] if c["id"] == "schedule"]
+    assert schedule["details"]["missed"] == ["2026-11-12T02:00:00+00:00"]
+    assert "TAMPERED" in to_markdown(tampered) or "tampered with" in to_markdown(tampered)
+
+
+def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"w.bin": os.urandom(50_000)})
+    f = tmp_path / "plan.yaml"
+    f.write_text(f"""\
+version: 1
+name: real
+repositories:
+  local: {{url: repo}}
+backups:
+  b: {{paths: [{src}], repository: local, schedule: daily, rpo: 26h}}
+drills:
+  d: {{backup: b, schedule: weekly, rto: 1h}}
+""")
+    assert run_process("run", f, "--state-dir", tmp_path / "state").code == 0
+    r = run_process("report", f, "--format", "json")
+    assert r.code == 0, r.out + r.err
+    doc = r.json()
+    assert doc["schema"] == "bcdr.report/1" and doc["verdict"] in (PASS, NO_EVIDENCE)  # type: ignore[index]
+    assert _status(doc, "b", "rpo") == PASS and _status(doc, "b", "rto") == PASS  # type: ignore[arg-type]
+    out = tmp_path / "out" / "report.html"
+    r = run_process("report", f, "--out", out)
+    assert r.code == 0 and f"report written to {out}" in r.out
+    assert out.read_text().startswith("<!doctype html>")
+
+    # alter the first record: the report says the chain was tampered with, and fails
+    first = sorted((tmp_path / "repo" / "evidence").iterdir())[0]
+    data = bytearray(first.read_bytes())
+    data[-2] ^= 1
+    first.write_bytes(bytes(data))
+    r = run_process("report", f)
+    assert r.code == 4, r.out + r.err
+    assert "tampered with" in r.out and "altered" in r.out
+    r = run_process("report", f, "--since", "3x")
+    assert r.code == 2 and "not a duration" in r.err
+
+
+# --- HTML in headless Chromium -----------------------------------------------------------------
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "Chromium is needed for this test: `make test` installs Debian's chromium"
+    return found
+
+
+def _browser(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chrome-profile'}",
+            *args,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
+    """A tiny PNG reader (8-bit RGB or RGBA, no interlace): width, height, rows of pixels."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
+        if ctype == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8 and colour in (2, 6)
+            channels = 3 if colour == 2 else 4
+        elif ctype == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * channels
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b = prev[i]
+            c = prev[i - channels] if i >= channels else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(
+            bytes(line if channels == 3 else bytes(v for j, v in enumerate(line) if j % 4 != 3))
+        )
+        prev = line
+    return width, height, rows
+
+
+def _count_colour(rows: list[bytes], rgb: tuple[int, int, int], tolerance: int = 12) -> int:
+    n = 0
+    for row in rows:
+        for i in range(0, len(row), 3):
+            if all(abs(row[i + k] - rgb[k]) <= tolerance for k in range(3)):
+                n += 1
+    return n
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    doc = _case("missed")
+    page = tmp_path / "report.html"
+    page.write_text(to_html(doc))
+    text = page.read_text()
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in text and "<script" not in text and "<link" not in text
+
+    dom = _browser(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    html = dom.stdout.decode()
+    assert "Recovery report: plan audit" in html
+    assert html.count("<svg") >= 3 and "missed slot" in html
+    assert 'class="badge FAIL"' in html and "missed: 2026-11-14T02:00, 2026-11-15T02:00" in html
+
+    shot = tmp_path / "shot.png"
+    r = _browser(tmp_path, f"--screenshot={shot}", "--window-size=1100,2600", page.as_uri())
+    assert r.returncode == 0 and shot.exists(), r.stderr.decode()[-2000:]
+    width, height, rows = _png_pixels(shot.read_bytes())
+    assert (width, height) == (1100, 2600)
+    # what a person sees: green recovery points and PASS badges, red FAIL badges and the failed
+    # drill, amber missed slots, drawn (not blank, not unstyled)
+    assert _count_colour(rows, (0x1A, 0x7F, 0x37)) > 500  # green
+    assert _count_colour(rows, (0xCF, 0x22, 0x2E)) > 300  # red
+    assert _count_colour(rows, (0xBF, 0x87, 0x00)) > 50  # amber missed-slot triangles
+
+    pdf = tmp_path / "report.pdf"
+    r = _browser(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
+    assert r.returncode == 0 and pdf.read_bytes()[:5] == b"%PDF-", r.stderr.decode()[-2000:]
