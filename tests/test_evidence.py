@@ -40,6 +40,7 @@ backups:
     paths: [{src}]
     repository: local
     schedule: daily
+    rpo: 26h
     retention: {{keep_last: 1}}
 drills:
   d: {{backup: b, schedule: weekly, rto: 1h}}
@@ -60,7 +61,8 @@ prunes:
         assert d["plan"] == "chained" and len(d["plan_digest"]) == 64
         assert d["started"] <= d["finished"] and d["hostname"]
     backup = records[0]
-    assert backup["job"] == "b" and backup["result"] == "ok"
+    assert backup["job"] == "b" and backup["result"] == "ok" and backup["targets"] == {"rpo": "26h"}
+    assert records[2]["targets"] == {"rto": "1h", "rpo": "26h"}  # the drill's, and its job's
     assert backup["facts"]["snapshot"] and backup["facts"]["bytes_added"] > 0
     assert records[3]["facts"]["read_fraction"] == 1.0
     report = verify_chain(repo)

@@ -14,3 +14,4 @@ class RunContext:
     plan_digest: str | None = None
     job: str | None = None
     started: str | None = None
+    targets: dict[str, str] | None = None  # the job's targets as the plan writes them

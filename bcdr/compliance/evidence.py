@@ -88,6 +88,7 @@ def write_record(
             "started": ctx.started or now,
             "finished": now,
             "result": result,
+            "targets": ctx.targets,
             "facts": dict(facts),
         }
         sealed = repo.cipher.seal(json.dumps(doc, sort_keys=True).encode(), EVIDENCE_AAD)

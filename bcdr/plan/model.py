@@ -358,7 +358,15 @@ class Plan:
 
     def context(self, job: str, started: str | None = None) -> RunContext:
         """What an evidence record says about a run of ``job`` of this plan."""
-        return RunContext(self.name, self.digest or None, job, started)
+        targets: dict[str, str] = {}
+        spec = self.backups.get(job) or self.snapshots.get(job)
+        drill = self.drills.get(job)
+        if drill is not None:
+            targets["rto"] = drill.rto.text
+            spec = self.backups.get(drill.backup or "") or self.snapshots.get(drill.snapshot or "")
+        if spec is not None and spec.rpo is not None:
+            targets["rpo"] = spec.rpo.text
+        return RunContext(self.name, self.digest or None, job, started, targets or None)
 
     @property
     def folder(self) -> Path:
