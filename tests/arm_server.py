@@ -334,9 +334,11 @@ class ArmServer:
             and not d["properties"].get("copyCompletionError")
         ]
 
-    def put_snapshot(self, rid: str, body: dict[str, Any]) -> tuple[int, Any]:
-        props = body.get("properties") or {}
-        data = props.get("creationData") or {}
+    def _creation(
+        self, body: dict[str, Any], options: tuple[str, ...]
+    ) -> tuple[int, Any] | tuple[str, dict[str, Any], dict[str, Any], str]:
+        """The creationData of a PUT: (option, data, source, location), or an error answer."""
+        data = (body.get("properties") or {}).get("creationData") or {}
         option, source_id = data.get("createOption"), data.get("sourceResourceId", "")
         location = body.get("location")
         if not location:
@@ -344,11 +346,19 @@ class ArmServer:
                 "LocationRequired",
                 "The location property is required for this definition.",
             )
-        if option not in ("Copy", "CopyStart"):
+        if option not in options:
             return 400, ("BadRequest", f"createOption {option!r} is not supported here.")
         source = self._get(source_id)
         if source is None:
             return 404, ("NotFound", f"Source resource {source_id} was not found.")
+        return option, data, source, location
+
+    def put_snapshot(self, rid: str, body: dict[str, Any]) -> tuple[int, Any]:
+        props = body.get("properties") or {}
+        found = self._creation(body, ("Copy", "CopyStart"))
+        if len(found) == 2:
+            return found  # type: ignore[return-value]
+        option, data, source, location = found  # type: ignore[misc]
         family = source["properties"].get("uniqueId") or source["properties"].get(
             "incrementalSnapshotFamilyId"
         )
@@ -433,20 +443,10 @@ class ArmServer:
         return 202, (doc, self.start_operation(location, rid.split("/")[2], done))
 
     def put_disk(self, rid: str, body: dict[str, Any]) -> tuple[int, Any]:
-        props = body.get("properties") or {}
-        data = props.get("creationData") or {}
-        option, source_id = data.get("createOption"), data.get("sourceResourceId", "")
-        location = body.get("location")
-        if not location:
-            return 400, (
-                "LocationRequired",
-                "The location property is required for this definition.",
-            )
-        if option not in ("Copy", "Restore"):
-            return 400, ("BadRequest", f"createOption {option!r} is not supported here.")
-        source = self._get(source_id)
-        if source is None:
-            return 404, ("NotFound", f"Source resource {source_id} was not found.")
+        found = self._creation(body, ("Copy", "Restore"))
+        if len(found) == 2:
+            return found  # type: ignore[return-value]
+        option, data, source, location = found  # type: ignore[misc]
         kind = source.get("type")
         if option == "Copy" and kind != "Microsoft.Compute/snapshots":
             return 400, ("BadRequest", "createOption Copy needs a snapshot.")

@@ -169,27 +169,22 @@ class AzureDisks:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def disk(self, disk_id: str) -> DiskInfo:
-        rid = ResourceId.parse(disk_id)
-        client = self._client(rid)
-        doc = self._call(
+    def _read(self, resource_id: str, what: str, operations: str) -> dict[str, Any]:
+        """GET one resource through ``client.<operations>.get(group, name)``, as wire JSON."""
+        rid = ResourceId.parse(resource_id)
+        ops = getattr(self._client(rid), operations)
+        return self._call(
             rid,
-            f"disk {rid.name}",
+            f"{what} {rid.name}",
             "read",
-            lambda: self._wire(client.disks.get(rid.resource_group, rid.name)),
+            lambda: self._wire(ops.get(rid.resource_group, rid.name)),
         )
-        return DiskInfo.from_wire(doc)
+
+    def disk(self, disk_id: str) -> DiskInfo:
+        return DiskInfo.from_wire(self._read(disk_id, "disk", "disks"))
 
     def vm(self, vm_id: str) -> VmInfo:
-        rid = ResourceId.parse(vm_id)
-        client = self._client(rid)
-        doc = self._call(
-            rid,
-            f"virtual machine {rid.name}",
-            "read",
-            lambda: self._wire(client.virtual_machines.get(rid.resource_group, rid.name)),
-        )
-        return VmInfo.from_wire(doc)
+        return VmInfo.from_wire(self._read(vm_id, "virtual machine", "virtual_machines"))
 
     def snapshots(self, subscription: str, resource_group: str) -> list[SnapshotInfo]:
         rid = ResourceId(subscription, resource_group, "snapshots", "*")
@@ -205,15 +200,7 @@ class AzureDisks:
         return [SnapshotInfo.from_wire(d) for d in docs]
 
     def snapshot(self, snapshot_id: str) -> SnapshotInfo:
-        rid = ResourceId.parse(snapshot_id)
-        client = self._client(rid)
-        doc = self._call(
-            rid,
-            f"snapshot {rid.name}",
-            "read",
-            lambda: self._wire(client.snapshots.get(rid.resource_group, rid.name)),
-        )
-        return SnapshotInfo.from_wire(doc)
+        return SnapshotInfo.from_wire(self._read(snapshot_id, "snapshot", "snapshots"))
 
     def restore_points(self, collection_id: str) -> list[RestorePointInfo]:
         from azure.core.exceptions import ResourceNotFoundError

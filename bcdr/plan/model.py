@@ -64,6 +64,16 @@ class Encryption:
     )
 
 
+ARM_TOKEN_DOC = (
+    "Environment variable holding an ARM access token "
+    "(`az account get-access-token --query accessToken`); default: the default credential "
+    "chain (managed identity, workload identity, environment, Azure CLI)."
+)
+ARM_ENDPOINT_DOC = (
+    "Resource Manager endpoint, for a sovereign cloud (default `https://management.azure.com`)."
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Management:
     """Read access to Azure Resource Manager, so each run checks the storage account's real
@@ -71,17 +81,8 @@ class Management:
 
     subscription_id: SubscriptionId = spec("Subscription of the storage account.")
     resource_group: str = spec("Resource group of the storage account.")
-    token_env: EnvName | None = spec(
-        "Environment variable holding an ARM access token "
-        "(`az account get-access-token --query accessToken`); default: the default credential "
-        "chain (managed identity, workload identity, environment, Azure CLI).",
-        default=None,
-    )
-    endpoint: str | None = spec(
-        "Resource Manager endpoint, for a sovereign cloud (default "
-        "`https://management.azure.com`).",
-        default=None,
-    )
+    token_env: EnvName | None = spec(ARM_TOKEN_DOC, default=None)
+    endpoint: str | None = spec(ARM_ENDPOINT_DOC, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,16 +241,8 @@ class DiskSnapshotJob(Timing):
         "still running then is awaited by the next run.",
         default=Duration(6 * 3600, "6h"),
     )
-    token_env: EnvName | None = spec(
-        "Environment variable holding an ARM access token; default: the default credential "
-        "chain (managed identity, workload identity, environment, Azure CLI).",
-        default=None,
-    )
-    endpoint: str | None = spec(
-        "Resource Manager endpoint, for a sovereign cloud (default "
-        "`https://management.azure.com`).",
-        default=None,
-    )
+    token_env: EnvName | None = spec(ARM_TOKEN_DOC, default=None)
+    endpoint: str | None = spec(ARM_ENDPOINT_DOC, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
