@@ -31,6 +31,7 @@ from bcdr.geo.residency import Allowed
 from bcdr.plan.model import Plan, Timing
 from bcdr.plan.residency import allowed
 from bcdr.plan.schedules import cron_for
+from bcdr.units import human_bytes
 
 SCHEMA = "bcdr.report/1"
 PASS, FAIL, NO_EVIDENCE = "PASS", "FAIL", "NO EVIDENCE"
@@ -230,7 +231,8 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
         (
             f"newest drill: {len(failures)} item(s) failed verification"
             if failures
-            else f"newest drill verified {verified} item(s), {f.get('bytes_verified', 0)} bytes"
+            else f"newest drill verified {verified} item(s), "
+            f"{human_bytes(int(f.get('bytes_verified') or 0))}"
         ),
         [latest["id"]],
         failures=failures[:20],
@@ -319,8 +321,9 @@ def integrity_control(checks: list[dict[str, Any]]) -> dict[str, Any]:
     latest = max(checks, key=lambda r: str(r.get("time")))
     f = latest.get("facts", {})
     errors = f.get("error_count", len(f.get("errors") or []))
+    read = human_bytes(int(f.get("bytes_read") or 0))
     covered = (
-        f"{f.get('read_fraction', 0):.0%} of the data read ({f.get('bytes_read', 0)} bytes, "
+        f"{f.get('read_fraction', 0):.0%} of the data read ({read}, "
         f"{f.get('packs_read', 0)} of {f.get('packs', 0)} packs), {f.get('snapshots', 0)} "
         "snapshots"
     )
