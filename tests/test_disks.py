@@ -454,3 +454,25 @@ def test_disk_snapshots_command_errors(tmp_path: Path, arm: ArmServer) -> None:
     assert r.code == 2 and "the plan has no disk snapshot jobs" in r.err
     r = _bcdr(arm, "disk-snapshots", f)
     assert r.code == 0 and "no recovery points yet" in r.out
+
+
+def test_the_report_covers_disk_jobs(tmp_path: Path, arm: ArmServer) -> None:
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(tmp_path, arm, [d1], extra="    rpo: 26h\n    retention: {keep_last: 3}\n")
+    assert _bcdr(arm, "run", f, "--job", "scratch").code == 0
+    r = _bcdr(arm, "report", f, "--format", "json")
+    assert r.code == 0, r.out + r.err
+    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]  # type: ignore[index]
+    controls = {c["id"]: c for c in job["controls"]}
+    assert controls["rpo"]["status"] == "PASS" and controls["copies"]["status"] == "PASS"
+    assert controls["residency"]["details"]["regions"] == ["northeurope", "westeurope"]
+    assert controls["rto"]["status"] == "NO EVIDENCE"  # no disk drill in this plan
+    assert [e["type"] for e in job["timeline"]] == ["recovery_point"]
+
+    arm.fail_copy_to.add("northeurope")
+    assert _bcdr(arm, "run", f, "--job", "scratch").code == 3
+    r = _bcdr(arm, "report", f, "--format", "json")
+    assert r.code == 4  # the newest run's copy failed: the copies control fails
+    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]  # type: ignore[index]
+    copies = [c for c in job["controls"] if c["id"] == "copies"][0]
+    assert copies["status"] == "FAIL" and "data1 to northeurope: failed" in copies["summary"]
