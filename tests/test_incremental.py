@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bcdr.actions.backup import BackupRequest, backup
 from tests.conftest import write_tree
 
@@ -69,3 +71,32 @@ def test_excludes(tmp_path: Path, repo: str, cli) -> None:  # type: ignore[no-un
     paths = {e["path"].removeprefix(str(src)) for e in r.json()["entries"]}
     assert {"/keep.bin", "/sub/keep"} <= paths
     assert "/skip.tmp" not in paths and "/sub/.cache/x" not in paths
+
+
+def test_no_change_reuses_the_parents_folder_trees_without_encoding_them(
+    tmp_path: Path, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {f"d{d}/f{i}.txt": os.urandom(100) for d in range(30) for i in range(20)}
+    src = write_tree(tmp_path / "src", files)
+    req = BackupRequest(paths=(str(src),), job="small")
+    first = backup(repo, req)
+    import bcdr.archive.backup as archive
+
+    encoded: list[int] = []
+    real = archive.encode_tree
+    monkeypatch.setattr(
+        archive, "encode_tree", lambda nodes: encoded.append(len(nodes)) or real(nodes)
+    )
+    second = backup(repo, req)
+    assert second.snapshot.tree == first.snapshot.tree
+    # only the levels above the backed-up folder (built from the path, not read) are encoded;
+    # the folder and its 30 subfolders keep the parent's trees
+    assert len(encoded) == len(src.parts) - 1, encoded
+
+    (src / "d7" / "f3.txt").write_bytes(b"changed")
+    encoded.clear()
+    third = backup(repo, req)
+    assert third.stats.files_changed == 1
+    # d7 and the folders above it are new trees; the 29 other subfolders are reused
+    assert len(encoded) == len(src.parts) - 1 + 2, encoded
+    assert third.snapshot.tree != first.snapshot.tree

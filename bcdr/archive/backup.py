@@ -202,7 +202,24 @@ class Archiver:
             if node is not None:
                 nodes.append(node)
         self.stats.dirs += 1
+        if self._same_as_parent(nodes, parent, pnode):
+            assert pnode is not None and pnode.subtree is not None
+            return _dir_node(name, st, pnode.subtree)
         return _dir_node(name, st, self._save_tree(nodes))
+
+    def _same_as_parent(
+        self, nodes: list[Node], parent: dict[bytes, Node], pnode: Node | None
+    ) -> bool:
+        """The no-change path: a folder whose entries all equal the parent snapshot's (same
+        metadata, same content ids, same subtrees, nothing added or removed) keeps the parent's
+        tree id, without encoding and hashing the tree again. Entries still being read have no
+        content yet, so they never compare equal; and a tree only a prune's mark still holds
+        is never reused (it may be swept)."""
+        if pnode is None or pnode.subtree is None or len(nodes) != len(parent):
+            return False
+        if any(a != b for a, b in zip(nodes, parent.values(), strict=True)):
+            return False
+        return self.repo.reusable([pnode.subtree])
 
     def _save_symlink(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
         try:
