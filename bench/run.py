@@ -202,6 +202,79 @@ def bench_prune() -> dict[str, float]:
     }
 
 
+SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "50000"))
+
+
+def small_tree(root: Path, n: int) -> None:
+    """``n`` small files (64 B to 2 KiB) in folders of 200, deterministic."""
+    import random
+
+    rng = random.Random(50_000)
+    shutil.rmtree(root, ignore_errors=True)
+    for i in range(n):
+        folder = root / f"d{i // 200:04d}"
+        if i % 200 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"f{i % 200:03d}.txt").write_bytes(rng.randbytes(rng.randint(64, 2048)))
+
+
+def bench_extra(corpus: Path, tools: list[str]) -> dict[str, dict[str, float]]:
+    """Two measurements issue 3 names: the no-change re-run over SMALL_FILES small files (the
+    metadata-only path), and the stored bytes of the checkpoint series alone (four safetensors
+    checkpoints, 60% of tensors frozen between consecutive ones) backed up one after another."""
+    env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+    small = OUT / "small-tree"
+    small_tree(small, SMALL_FILES)
+    series = sorted((corpus / "checkpoints").iterdir())
+    out: dict[str, dict[str, float]] = {}
+    for tool in tools:
+        repo = OUT / f"extra-{tool}"
+        shutil.rmtree(repo, ignore_errors=True)
+        if tool == "bcdr":
+            base = [*BCDR]
+            init = [*base, "init", "--repo", str(repo), "--encrypt"]
+
+            def backup(
+                path: Path, job: str, base: list[str] = base, repo: Path = repo
+            ) -> list[str]:
+                return [*base, "backup", "-q", "--repo", str(repo), "--job", job, str(path)]
+        else:
+            init = ["restic", "--repo", str(repo), "--quiet", "init"]
+
+            def backup(path: Path, job: str, repo: Path = repo) -> list[str]:
+                return ["restic", "--repo", str(repo), "--quiet", "backup", "--tag", job, str(path)]
+
+        run(init, env)
+        run(backup(small, "small"), env)
+        wall, cpu, rss, code = run(backup(small, "small"), env)
+        before = du(repo)
+        stage = OUT / "series-stage"  # the series appears one checkpoint per backup
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        for ckpt in series:
+            os.link(ckpt, stage / ckpt.name)
+            run(backup(stage, "series"), env)
+        out[tool] = {
+            "small_files": SMALL_FILES,
+            "no_change_wall_s": wall,
+            "no_change_cpu_s": cpu,
+            "no_change_rss_mib": rss,
+            "series_checkpoints": len(series),
+            "series_stored_bytes": du(repo) - before,
+            "exit_code": code,
+        }
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(small, ignore_errors=True)
+    if "restic" in out:
+        b, r = out["bcdr"], out["restic"]
+        out["ratio"] = {
+            "no_change_wall": b["no_change_wall_s"] / r["no_change_wall_s"],
+            "series_stored": b["series_stored_bytes"] / r["series_stored_bytes"],
+        }
+    return out
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     corpus = OUT / "corpus"
@@ -216,6 +289,20 @@ def main() -> int:
     size = du(corpus)
     table = render(results)
     print(table)
+    print(f"\n{SMALL_FILES:,} small files, no-change re-run; checkpoint series:", flush=True)
+    extra = bench_extra(corpus, tools)
+    for tool in tools:
+        e = extra[tool]
+        wall, cpu, rss = e["no_change_wall_s"], e["no_change_cpu_s"], e["no_change_rss_mib"]
+        print(
+            f"  {tool:6} no-change {wall:.2f} s wall, {cpu:.2f} s cpu, {rss:.0f} MiB; series of "
+            f"{e['series_checkpoints']:.0f} stored {e['series_stored_bytes'] / 2**20:.1f} MiB"
+        )
+    if "ratio" in extra:
+        print(
+            f"  bcdr/restic: no-change wall {extra['ratio']['no_change_wall']:.2f}, "
+            f"series stored {extra['ratio']['series_stored']:.2f}"
+        )
     print(f"\nmaster index, {INDEX_CHUNKS:,} chunks:", flush=True)
     index = bench_index()
     print(
@@ -252,6 +339,7 @@ def main() -> int:
         "index": index,
         "prune": pruned,
         "azure": azure,
+        "extra": extra,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
     print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")

@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bcdr.actions.backup import BackupResult
-from bcdr.actions.disks import RecoveryPointRow
-from bcdr.actions.drill import DrillReport
-from bcdr.actions.forget import ForgetResult
-from bcdr.actions.restore import RestoreResult
-from bcdr.actions.run import JobResult
-from bcdr.actions.snapshots import LsEntry
-from bcdr.compliance.evidence import ChainReport
-from bcdr.geo.residency import Placement
 from bcdr.geo.verify import VERIFIED
-from bcdr.repository.check import CheckReport
-from bcdr.repository.prune import PruneReport
-from bcdr.repository.snapshot import Snapshot
-from bcdr.scheduler.status import JobStatus
-from bcdr.storage.wrap import Transfer
 from bcdr.units import human_bytes
+
+if TYPE_CHECKING:  # types only: the command a user runs loads only what it needs
+    from bcdr.actions.backup import BackupResult
+    from bcdr.actions.disks import RecoveryPointRow
+    from bcdr.actions.drill import DrillReport
+    from bcdr.actions.forget import ForgetResult
+    from bcdr.actions.restore import RestoreResult
+    from bcdr.actions.run import JobResult
+    from bcdr.actions.snapshots import LsEntry
+    from bcdr.compliance.evidence import ChainReport
+    from bcdr.geo.residency import Placement
+    from bcdr.repository.check import CheckReport
+    from bcdr.repository.prune import PruneReport
+    from bcdr.repository.snapshot import Snapshot
+    from bcdr.scheduler.status import JobStatus
+    from bcdr.storage.wrap import Transfer
 
 
 def out(text: str = "") -> None:

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError
-
 from bcdr.cloud.arm import ArmAccess, arm_client, arm_error_code, retry_after_s, translate_arm_error
 from bcdr.disks.service import (
     DiskInfo,
@@ -61,6 +59,8 @@ class AzureOperation:
         self._fail = fail
 
     def wait(self, timeout_s: float, what: str, tick: Tick) -> None:
+        from azure.core.exceptions import AzureError  # the SDK loads only when disks are used
+
         try:
             self._wait(timeout_s, what, tick)
         except AzureError as exc:  # the operation's own failure, raised by azure-core
@@ -138,6 +138,8 @@ class AzureDisks:
 
     def _call(self, rid: ResourceId, what: str, action: str, fn: Callable[[], T]) -> T:
         """``fn()`` with throttling retried (honouring Retry-After) and errors translated."""
+        from azure.core.exceptions import AzureError
+
         spent = 0.0
         fail = self._error(rid, what, action)
         while True:
