@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bcdr.actions.common import open_repo
 from bcdr.compliance.evidence import PREFIX, read_records, verify_chain, write_record
 from tests.conftest import run_process, write_tree
@@ -178,3 +180,34 @@ def test_concurrent_writers_make_one_chain(tmp_path: Path) -> None:
     assert report.records == 24 and report.head_seq == 24
     writers = [d["facts"]["writer"] for d in read_records(repo)]
     assert sorted(writers) == sorted(["0", "1", "2"] * 8)
+
+
+def test_a_backup_whose_record_cannot_be_written_keeps_its_snapshot_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bcdr.compliance.evidence as evidence
+    from bcdr.actions.backup import BackupRequest, backup
+
+    url = tmp_path / "repo"
+    assert run_process("init", "--repo", url).code == 0
+    # another host is appending to the chain and does not let go
+    (url / "locks").mkdir(exist_ok=True)
+    (url / "locks" / ("e" * 64)).write_text(
+        json.dumps(
+            {
+                "kind": "evidence",
+                "session": "s",
+                "exclusive": False,
+                "hostname": "elsewhere",
+                "pid": 1,
+                "username": "u",
+                "created": "2026-01-01T00:00:00+00:00",
+                "expires": "2999-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    monkeypatch.setattr(evidence, "APPEND_WAIT_S", 0.0)
+    src = write_tree(tmp_path / "src", {"a": b"a" * 100})
+    result = backup(str(url), BackupRequest(paths=(str(src),), job="j"))
+    assert result.evidence is None and "evidence lock" in (result.evidence_error or "")
+    assert open_repo(str(url)).list_snapshots("j")  # the snapshot stands

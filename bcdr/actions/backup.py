@@ -15,7 +15,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
-from bcdr.errors import SourceError
+from bcdr.errors import BcdrError, SourceError
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
@@ -43,6 +43,7 @@ class BackupResult:
     warnings: list[SkippedPath] = field(default_factory=list)
     uploaded: Transfer | None = None
     evidence: str | None = None  # the evidence record of this backup
+    evidence_error: str | None = None  # why the record could not be written (snapshot kept)
 
     @property
     def partial(self) -> bool:
@@ -62,6 +63,7 @@ class BackupResult:
             "partial": self.partial,
             "uploaded": self.uploaded.to_dict() if self.uploaded else None,
             "evidence": self.evidence,
+            "evidence_error": self.evidence_error,
         }
 
 
@@ -144,7 +146,18 @@ def run_backup(
     # written last (DESIGN: packs, index, snapshot, then evidence): a crash before this leaves
     # a good snapshot without its record, never a record of a snapshot that does not exist
     context = request.context or RunContext(request.plan, None, request.job, started)
-    result.evidence = write_record(
+    try:
+        result.evidence = _record(repo, result, request, context)
+    except BcdrError as exc:  # the snapshot stands; the run says it is not recorded
+        result.evidence_error = str(exc)
+    return result
+
+
+def _record(
+    repo: Repository, result: BackupResult, request: BackupRequest, context: RunContext
+) -> str:
+    snap, stats = result.snapshot, result.stats
+    return write_record(
         repo,
         "backup",
         {
@@ -162,7 +175,6 @@ def run_backup(
         context=context,
         result="partial" if result.partial else "ok",
     )
-    return result
 
 
 def backup(

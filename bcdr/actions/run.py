@@ -419,8 +419,10 @@ def _backup(
             repo.close()
     except BcdrError as exc:
         return _failed(result, exc)
-    result.status = PARTIAL if backup.partial else OK
+    result.status = PARTIAL if backup.partial or backup.evidence_error else OK
     result.message = f"snapshot {backup.snapshot.short_id} saved"
+    if backup.evidence_error:
+        result.notes.append(f"not recorded as evidence: {backup.evidence_error}")
     if retention_error is not None:
         _failed(result, retention_error)
         result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"

@@ -86,7 +86,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         render.emit_json(result.to_dict())
     else:
         render.backup_text(result)
-    return EXIT_PARTIAL if result.partial else EXIT_OK
+    return EXIT_PARTIAL if result.partial or result.evidence_error else EXIT_OK
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ def backup_text(r: BackupResult) -> None:
         sys.stderr.write(f"error: {sk.path}: {sk.reason}\n")
     if r.partial:
         sys.stderr.write(f"backup is partial: {len(r.skipped)} path(s) not backed up or torn\n")
+    if r.evidence_error:
+        sys.stderr.write(
+            f"warning: the snapshot is saved, but not recorded as evidence: {r.evidence_error}\n"
+        )
 
 
 def transfer_line(label: str, t: Transfer | None) -> None:
