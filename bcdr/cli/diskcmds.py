@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bcdr.actions import disks as disks_action
-from bcdr.actions.run import select_jobs
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.errors import EXIT_OK, UsageError
-from bcdr.plan.loader import load_plan
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import disks as disks_action
+    from bcdr.actions import run as run_action
+    from bcdr.plan import loader as loader
+else:
+    disks_action = lazy("bcdr.actions.disks")
+    run_action = lazy("bcdr.actions.run")
+    loader = lazy("bcdr.plan.loader")
 
 
 def cmd_disk_snapshots(args: argparse.Namespace) -> int:
-    plan = load_plan(args.plan)
+    plan = loader.load_plan(args.plan)
     if not plan.snapshots:
         raise UsageError(
             "the plan has no disk snapshot jobs",
             where=str(plan.file),
             hint="add a `snapshots:` job (docs/disk-snapshots.md)",
         )
-    names = select_jobs(plan, args.job)
+    names = run_action.select_jobs(plan, args.job)
     wrong = [n for n in names if n not in plan.snapshots]
     if args.job and wrong:
         raise UsageError(
@@ -50,3 +56,6 @@ def add_disk_commands(command: Command) -> None:
     p.add_argument(
         "--job", "-j", action="append", default=[], metavar="NAME", help="only this job; repeatable"
     )
+
+
+Command = Callable[..., argparse.ArgumentParser]

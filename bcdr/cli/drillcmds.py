@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bcdr.actions.drill import DrillReport, drills_to_run, run_drill
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.cli.progress import Progress
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_TARGET_MISSED, BcdrError, UsageError
-from bcdr.plan.loader import load_plan
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import drill as drill_action
+    from bcdr.plan import loader as loader
+else:
+    drill_action = lazy("bcdr.actions.drill")
+    loader = lazy("bcdr.plan.loader")
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    plan = load_plan(args.plan)
-    names = drills_to_run(plan, args.drill)
+    plan = loader.load_plan(args.plan)
+    names = drill_action.drills_to_run(plan, args.drill)
     if (args.snapshot or args.seed is not None) and len(names) != 1:
         raise UsageError(
             "--snapshot and --seed apply to one drill",
             hint=f"name it with --drill (drills: {', '.join(names)})",
         )
     progress = Progress(enabled=False if args.json or args.quiet else None)
-    reports: list[DrillReport] = []
+    reports: list[drill_action.DrillReport] = []
     errors: list[tuple[str, BcdrError]] = []
     for name in names:
         try:
             reports.append(
-                run_drill(
+                drill_action.run_drill(
                     plan,
                     name,
                     snapshot=args.snapshot,
@@ -89,3 +94,6 @@ def add_drill_commands(command: Command) -> None:
         metavar="N",
         help="replay a sampled drill: the seed a previous drill recorded picks the same files",
     )
+
+
+Command = Callable[..., argparse.ArgumentParser]

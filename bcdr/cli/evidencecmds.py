@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bcdr.actions.common import open_repo
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.cli.repoargs import storage_spec
-from bcdr.compliance.evidence import read_records, verify_chain
 from bcdr.errors import EXIT_FAILED, EXIT_OK
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import common as common
+    from bcdr.compliance import evidence as evidence
+else:
+    common = lazy("bcdr.actions.common")
+    evidence = lazy("bcdr.compliance.evidence")
 
 
 def cmd_evidence(args: argparse.Namespace) -> int:
-    repo = open_repo(storage_spec(args))
+    repo = common.open_repo(storage_spec(args))
     try:
         if args.action == "list":
-            records = read_records(repo, args.kind)
+            records = evidence.read_records(repo, args.kind)
             if args.json:
                 render.emit_json(records)
             else:
                 render.evidence_list_text(records)
             return EXIT_OK
-        report = verify_chain(repo, args.head)
+        report = evidence.verify_chain(repo, args.head)
     finally:
         repo.close()
     if args.json:
@@ -54,3 +59,6 @@ def add_evidence_commands(command: Command) -> None:
         metavar="KIND",
         help="list: only records of this kind (backup, check, drill, disk-snapshot, forget, prune)",
     )
+
+
+Command = Callable[..., argparse.ArgumentParser]

@@ -10,18 +10,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bcdr import __version__
-from bcdr.actions import backup as backup_action
-from bcdr.actions import check as check_action
-from bcdr.actions import init as init_action
-from bcdr.actions import restore as restore_action
-from bcdr.actions import snapshots as snapshots_action
-from bcdr.actions import unlock as unlock_action
 from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
 from bcdr.cli.evidencecmds import add_evidence_commands
+from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repoargs import add_repo_options, storage_spec
@@ -36,7 +32,21 @@ from bcdr.errors import (
     BcdrError,
     UsageError,
 )
-from bcdr.repository.chunker import ChunkerParams
+
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import backup as backup_action
+    from bcdr.actions import check as check_action
+    from bcdr.actions import init as init_action
+    from bcdr.actions import restore as restore_action
+    from bcdr.actions import snapshots as snapshots_action
+    from bcdr.actions import unlock as unlock_action
+else:
+    backup_action = lazy("bcdr.actions.backup")
+    check_action = lazy("bcdr.actions.check")
+    init_action = lazy("bcdr.actions.init")
+    restore_action = lazy("bcdr.actions.restore")
+    snapshots_action = lazy("bcdr.actions.snapshots")
+    unlock_action = lazy("bcdr.actions.unlock")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,6 +64,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--chunk-size takes MIN,AVG,MAX in bytes, e.g. 524288,524288,8388608"
             ) from None
+        from bcdr.repository.chunker import ChunkerParams
+
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
     if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
         raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")

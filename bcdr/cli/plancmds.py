@@ -8,18 +8,26 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bcdr.actions import plans as plans_action
-from bcdr.actions import run as run_action
-from bcdr.actions.tick import BUSY, Scheduler
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.clock import SystemClock
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
-from bcdr.plan.docs import sample_plan
-from bcdr.plan.loader import load_plan
 from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import plans as plans_action
+    from bcdr.actions import run as run_action
+    from bcdr.actions import tick as tick
+    from bcdr.plan import docs as plan_docs
+    from bcdr.plan import loader as loader
+else:
+    plans_action = lazy("bcdr.actions.plans")
+    run_action = lazy("bcdr.actions.run")
+    tick = lazy("bcdr.actions.tick")
+    plan_docs = lazy("bcdr.plan.docs")
+    loader = lazy("bcdr.plan.loader")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -46,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.plan == "init":
         return _plan_init(args)
-    plan = load_plan(args.plan)
+    plan = loader.load_plan(args.plan)
     views = plans_action.describe(plan, datetime.now(UTC))
     if args.json:
         render.emit_json(
@@ -72,7 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _plan_init(args: argparse.Namespace) -> int:
-    text = sample_plan()
+    text = plan_docs.sample_plan()
     if not args.out:
         sys.stdout.write(text)
         return EXIT_OK
@@ -93,7 +101,7 @@ def _plan_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    plan = load_plan(args.plan)
+    plan = loader.load_plan(args.plan)
     quiet = args.quiet or args.json
 
     def started(name: str) -> None:
@@ -102,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     execute = None
     if not args.dry_run:
-        sched = Scheduler(
+        sched = tick.Scheduler(
             History(Path(args.state_dir) if args.state_dir else default_state_dir()),
             SystemClock(),
             source="run",
@@ -117,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for r in results:
             render.plan_job_text(r)
     statuses = {r.status for r in results}
-    if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE, BUSY}:
+    if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE, tick.BUSY}:
         return EXIT_FAILED
     return EXIT_PARTIAL if run_action.PARTIAL in statuses else EXIT_OK
 
@@ -170,3 +178,6 @@ def add_plan_commands(command: Command) -> None:
         help=f"run history and job locks, shared with the scheduler (default: ${STATE_ENV}, "
         "else $XDG_STATE_HOME/bcdr, ~/.local/state/bcdr, or /var/lib/bcdr for root)",
     )
+
+
+Command = Callable[..., argparse.ArgumentParser]

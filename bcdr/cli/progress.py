@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bcdr.archive.backup import BackupStats
-from bcdr.archive.restore import RestoreStats
 from bcdr.units import human_bytes
+
+if TYPE_CHECKING:
+    from bcdr.archive.backup import BackupStats
+    from bcdr.archive.restore import RestoreStats
 
 
 class Progress:

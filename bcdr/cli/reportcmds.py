@@ -7,16 +7,23 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bcdr.actions.report import build_report
 from bcdr.cli import render
-from bcdr.compliance.controls import FAIL
-from bcdr.compliance.render import to_html, to_markdown
+from bcdr.cli.lazy import lazy
 from bcdr.errors import EXIT_OK, EXIT_TARGET_MISSED, UsageError
-from bcdr.plan.loader import load_plan
 from bcdr.plan.types import Duration
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import report as report_action
+    from bcdr.compliance import controls as controls
+    from bcdr.compliance import render as report_render
+    from bcdr.plan import loader as loader
+else:
+    report_action = lazy("bcdr.actions.report")
+    controls = lazy("bcdr.compliance.controls")
+    report_render = lazy("bcdr.compliance.render")
+    loader = lazy("bcdr.plan.loader")
 
 
 def _window(text: str) -> Duration:
@@ -27,15 +34,15 @@ def _window(text: str) -> Duration:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    plan = load_plan(args.plan)
+    plan = loader.load_plan(args.plan)
     fmt = args.format or _guess(args.out)
-    doc = build_report(plan, args.since.delta)
+    doc = report_action.build_report(plan, args.since.delta)
     if fmt == "json":
         text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     elif fmt == "html":
-        text = to_html(doc)
+        text = report_render.to_html(doc)
     else:
-        text = to_markdown(doc)
+        text = report_render.to_markdown(doc)
     if args.out:
         out = Path(args.out)
         try:
@@ -52,7 +59,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     else:
         render.out(text.rstrip("\n"))
-    return EXIT_TARGET_MISSED if doc["verdict"] == FAIL else EXIT_OK
+    return EXIT_TARGET_MISSED if doc["verdict"] == controls.FAIL else EXIT_OK
 
 
 def _guess(out: str | None) -> str:
@@ -88,3 +95,6 @@ def add_report_commands(command: Command) -> None:
         "(docs/report-schema.md)",
     )
     p.add_argument("--out", "-o", metavar="FILE", help="write the report here instead of stdout")
+
+
+Command = Callable[..., argparse.ArgumentParser]

@@ -6,17 +6,22 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bcdr.actions import forget as forget_action
-from bcdr.actions import prune as prune_action
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.cli.repoargs import storage_spec
 from bcdr.errors import EXIT_OK, UsageError
 from bcdr.plan.types import Duration
 from bcdr.retention import Policy
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import forget as forget_action
+    from bcdr.actions import prune as prune_action
+else:
+    forget_action = lazy("bcdr.actions.forget")
+    prune_action = lazy("bcdr.actions.prune")
 
 
 def _count(text: str) -> int:
@@ -167,3 +172,6 @@ def add_retention_commands(command: Command) -> None:
     p.add_argument(
         "--dry-run", "-n", action="store_true", help="show what would be marked and deleted"
     )
+
+
+Command = Callable[..., argparse.ArgumentParser]

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bcdr.actions.run import FAILED, PARTIAL
-from bcdr.actions.tick import EventLog, Outcome, Scheduler, rebuild
 from bcdr.cli import render
+from bcdr.cli.lazy import lazy
 from bcdr.clock import SystemClock
 from bcdr.errors import (
     EXIT_FAILED,
@@ -22,13 +22,21 @@ from bcdr.errors import (
     BcdrError,
     UsageError,
 )
-from bcdr.plan.loader import load_plan
-from bcdr.plan.model import Plan
 from bcdr.scheduler import install
 from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
-from bcdr.scheduler.status import RPO_MISSED, RPO_NONE, job_statuses
 
-Command = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
+    from bcdr.actions import run as run_action
+    from bcdr.actions import tick as tick
+    from bcdr.plan import loader as loader
+    from bcdr.plan.model import Plan
+    from bcdr.scheduler import status as status
+else:
+    run_action = lazy("bcdr.actions.run")
+    tick = lazy("bcdr.actions.tick")
+    loader = lazy("bcdr.plan.loader")
+    status = lazy("bcdr.scheduler.status")
+
 DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans
 
 
@@ -44,12 +52,12 @@ def _metrics_path(args: argparse.Namespace, plan: Plan) -> Path | None:
     return None
 
 
-def _load_all(files: list[str], log: EventLog) -> tuple[list[Plan], int]:
+def _load_all(files: list[str], log: tick.EventLog) -> tuple[list[Plan], int]:
     """Every plan that loads; a plan that does not is reported and the others still run."""
     plans, bad = [], 0
     for f in files:
         try:
-            plans.append(load_plan(f))
+            plans.append(loader.load_plan(f))
         except BcdrError as exc:
             bad += 1
             log("plan-invalid", plan_file=f, error=exc.message, where=exc.where)
@@ -58,24 +66,24 @@ def _load_all(files: list[str], log: EventLog) -> tuple[list[Plan], int]:
     return plans, bad
 
 
-def _exit_code(outcomes: list[Outcome], bad_plans: int) -> int:
+def _exit_code(outcomes: list[tick.Outcome], bad_plans: int) -> int:
     statuses = {o.status for o in outcomes}
-    if FAILED in statuses:
+    if run_action.FAILED in statuses:
         return EXIT_FAILED
     if bad_plans:
         return EXIT_USAGE
-    return EXIT_PARTIAL if PARTIAL in statuses else EXIT_OK
+    return EXIT_PARTIAL if run_action.PARTIAL in statuses else EXIT_OK
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
     # SIGTERM (systemd stopping the service, a timeout) stops a job as Ctrl-C does: cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     clock = SystemClock()
-    log = EventLog(fmt=args.log_format, clock=clock)
+    log = tick.EventLog(fmt=args.log_format, clock=clock)
     history = _state(args)
     plans, bad = _load_all(args.plans, log)
-    sched = Scheduler(history, clock, log=log, source="tick")
-    outcomes: list[Outcome] = []
+    sched = tick.Scheduler(history, clock, log=log, source="tick")
+    outcomes: list[tick.Outcome] = []
     for plan in plans:
         outcomes += sched.tick(plan, _metrics_path(args, plan))
     if args.json:
@@ -103,9 +111,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _schedule_run(args: argparse.Namespace) -> int:
     """The daemon: tick, sleep until the next slot, repeat; SIGTERM stops it cleanly."""
     clock = SystemClock()
-    log = EventLog(fmt=args.log_format, clock=clock)
+    log = tick.EventLog(fmt=args.log_format, clock=clock)
     history = _state(args)
-    sched = Scheduler(history, clock, log=log, source="daemon")
+    sched = tick.Scheduler(history, clock, log=log, source="daemon")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt
     log("daemon-start", plans=" ".join(args.plans), state_dir=str(history.state_dir))
     try:
@@ -125,7 +133,7 @@ def _schedule_run(args: argparse.Namespace) -> int:
 
 
 def _plans_and_command(args: argparse.Namespace) -> tuple[list[Plan], install.TickCommand, str]:
-    plans = [load_plan(f) for f in args.plans]  # refuse to schedule a plan that is not valid
+    plans = [loader.load_plan(f) for f in args.plans]  # refuse to schedule a plan that is not valid
     cmd = install.TickCommand(
         plans=tuple(Path(f).resolve() for f in args.plans),
         every_minutes=args.every,
@@ -186,7 +194,7 @@ def _schedule_install(args: argparse.Namespace) -> int:
 
 
 def _schedule_remove(args: argparse.Namespace) -> int:
-    plans = [load_plan(f) for f in args.plans]
+    plans = [loader.load_plan(f) for f in args.plans]
     name = install.unit_name(args.name, [p.name for p in plans])
     if args.cron:
         table = install.read_crontab()
@@ -218,8 +226,8 @@ def _schedule_rebuild(args: argparse.Namespace) -> int:
     history = _state(args)
     total = 0
     for f in args.plans:
-        plan = load_plan(f)
-        for job, added in rebuild(plan, history).items():
+        plan = loader.load_plan(f)
+        for job, added in tick.rebuild(plan, history).items():
             total += added
             render.out(f"{plan.name}/{job}: {added} run(s) added from the repository")
     render.out(f"{total} run(s) added to {history.state_dir / 'history.db'}")
@@ -231,9 +239,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     rows = []
     for f in args.plans:
-        plan = load_plan(f)
-        rows += job_statuses(plan, history, now)
-    missed = any(r.rpo_status in (RPO_MISSED, RPO_NONE) for r in rows)
+        plan = loader.load_plan(f)
+        rows += status.job_statuses(plan, history, now)
+    missed = any(r.rpo_status in (status.RPO_MISSED, status.RPO_NONE) for r in rows)
     if args.json:
         render.emit_json({"jobs": [r.to_dict() for r in rows], "rpo_missed": missed})
     else:
@@ -346,3 +354,6 @@ def add_schedule_commands(command: Command) -> None:
     for sp in (r, b, *[sub.choices[a] for a in ("install", "remove")]):
         sp.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
         sp.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
+
+
+Command = Callable[..., argparse.ArgumentParser]
