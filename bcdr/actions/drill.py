@@ -51,11 +51,16 @@ from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, Node, decode_tree
 from bcdr.storage.url import open_storage
+from bcdr.units import human_seconds
 
 PASS, FAIL = "pass", "fail"
 EVIDENCE_KIND = "drill"
 MAX_NAMED = 20  # files named in a verdict; the evidence record has them all
 Timer = Callable[[], float]
+
+
+def _hs(seconds: float) -> str:
+    return human_seconds(seconds, precision=2)
 
 
 @dataclass
@@ -172,23 +177,16 @@ def _judge(report: DrillReport) -> None:
     if report.rto_s is not None and report.rto_target_s is not None:
         if report.rto_s > report.rto_target_s:
             reasons.append(
-                f"RTO missed: the restore took {_human(report.rto_s)}, the target is "
+                f"RTO missed: the restore took {_hs(report.rto_s)}, the target is "
                 f"{report.rto_target}"
             )
     if report.rpo_s is not None and report.rpo_target_s is not None:
         if report.rpo_s > report.rpo_target_s:
             reasons.append(
-                f"RPO missed: the recovery point is {_human(report.rpo_s)} old, the "
+                f"RPO missed: the recovery point is {_hs(report.rpo_s)} old, the "
                 f"target is {report.rpo_target}"
             )
     report.verdict = PASS if not reasons else FAIL
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.2f}s"
 
 
 # --- backup drills ---------------------------------------------------------------------------

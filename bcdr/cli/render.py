@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bcdr.geo.verify import VERIFIED
-from bcdr.units import human_bytes
+from bcdr.units import human_bytes, human_seconds
 
 if TYPE_CHECKING:  # types only: the command a user runs loads only what it needs
     from bcdr.actions.backup import BackupResult
@@ -134,9 +134,7 @@ def plan_job_text(r: JobResult) -> None:
 
 
 def _secs(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return _age(seconds) if seconds >= 60 else f"{seconds:.2f}s"
+    return "-" if seconds is None else human_seconds(seconds, precision=2)
 
 
 def _target(value: float | None, target_s: float | None, target: str | None) -> str:
@@ -242,12 +240,7 @@ def placements_text(places: list[Placement]) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+    return "-" if seconds is None else human_seconds(seconds)
 
 
 def status_text(rows: list[JobStatus]) -> None:

@@ -31,7 +31,7 @@ from bcdr.geo.residency import Allowed
 from bcdr.plan.model import Plan, Timing
 from bcdr.plan.residency import allowed
 from bcdr.plan.schedules import cron_for
-from bcdr.units import human_bytes
+from bcdr.units import human_bytes, human_seconds
 
 SCHEMA = "bcdr.report/1"
 PASS, FAIL, NO_EVIDENCE = "PASS", "FAIL", "NO EVIDENCE"
@@ -59,13 +59,6 @@ def _t(value: object) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def control(
@@ -182,14 +175,14 @@ def rpo_control(
             "rpo",
             "RPO",
             PASS,
-            f"no target; longest gap {_human(worst)}, newest {_human(age)} old",
+            f"no target; longest gap {human_seconds(worst)}, newest {human_seconds(age)} old",
             ids,
             **details,
         )
     ok = worst <= target.seconds
     summary = (
-        f"longest gap {_human(worst)} ({worst_from:%Y-%m-%d %H:%M} to "
-        f"{worst_to:%Y-%m-%d %H:%M}), newest {_human(age)} old; target {target}"
+        f"longest gap {human_seconds(worst)} ({worst_from:%Y-%m-%d %H:%M} to "
+        f"{worst_to:%Y-%m-%d %H:%M}), newest {human_seconds(age)} old; target {target}"
     )
     return control("rpo", "RPO", PASS if ok else FAIL, summary, ids, **details)
 
@@ -216,8 +209,8 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
             "rto",
             "RTO (drills)",
             PASS if rto <= target else FAIL,
-            f"newest drill {str(latest.get('time'))[:16]}: {_human(rto)}, target "
-            f"{f.get('rto_target') or _human(target)}",
+            f"newest drill {str(latest.get('time'))[:16]}: {human_seconds(rto)}, target "
+            f"{f.get('rto_target') or human_seconds(target)}",
             [latest["id"]],
             rto_s=rto,
             target_s=target,

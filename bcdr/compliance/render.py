@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from bcdr.compliance.controls import FAIL, NO_EVIDENCE, PASS
+from bcdr.units import human_seconds
 
 COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", NO_EVIDENCE: "#6e7781"}
 MARKS = {
@@ -93,12 +94,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
 
 
 def _secs(value: object) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if value >= size:
-            return f"{value / size:.1f}{unit}"
-    return f"{value:.1f}s"
+    return human_seconds(value, precision=1) if isinstance(value, int | float) else "-"
 
 
 # --- HTML --------------------------------------------------------------------------------------
