@@ -97,14 +97,21 @@ def password_env(repo: PlanRepository) -> dict[str, str]:
     return {PASSWORD_FILE_ENV: str(enc.password_file)}
 
 
-def open_or_init(plan: Plan, name: str, clock: Clock | None = None) -> tuple[Repository, str]:
-    """Open the plan's repository ``name``, creating it when it does not exist yet; the second
-    value is a note saying it was created (empty otherwise)."""
+def open_plan_repo(plan: Plan, name: str, clock: Clock | None = None) -> Repository:
+    """Open the plan's repository ``name`` (RepositoryNotFound when it does not exist)."""
     declared = plan.repositories[name]
     env = password_env(declared)
     storage = open_storage(plan_storage_spec(declared))
+    return Repository.open(storage, password=lambda: read_password(env), clock=clock)
+
+
+def open_or_init(plan: Plan, name: str, clock: Clock | None = None) -> tuple[Repository, str]:
+    """Open the plan's repository ``name``, creating it when it does not exist yet; the second
+    value is a note saying it was created (empty otherwise)."""
     try:
-        return Repository.open(storage, password=lambda: read_password(env), clock=clock), ""
+        return open_plan_repo(plan, name, clock), ""
     except RepositoryNotFound:
+        env = password_env(plan.repositories[name])
+        storage = open_storage(plan_storage_spec(plan.repositories[name]))
         repo = Repository.init(storage, password=read_password(env) if env else None, clock=clock)
         return repo, f"created repository {name!r} at {storage.url}"

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bcdr.actions.common import open_or_init, password_env, plan_storage_spec, read_password
+from bcdr.actions.common import open_or_init, open_plan_repo
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
 from bcdr.archive.filerestore import file_digest
 from bcdr.archive.patterns import PathSet
@@ -50,7 +50,6 @@ from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, Node, decode_tree
-from bcdr.storage.url import open_storage
 from bcdr.units import human_seconds
 
 PASS, FAIL = "pass", "fail"
@@ -233,17 +232,14 @@ def _backup_drill(
 ) -> None:
     assert drill.backup is not None
     job = plan.backups[drill.backup]
-    declared = plan.repositories[job.repository]
-    env = password_env(declared)
     phases = _Phases(timer, report)
     t = phases.t0
-    storage = open_storage(plan_storage_spec(declared))
     try:
-        repo = Repository.open(storage, password=lambda: read_password(env), clock=clock)
-    except RepositoryNotFound:
+        repo = open_plan_repo(plan, job.repository, clock)
+    except RepositoryNotFound as exc:
         raise RepositoryNotFound(
             f"repository {job.repository!r} does not exist yet: nothing to drill",
-            where=storage.url,
+            where=exc.where,
             hint=f"run the backup job first: bcdr run {plan.file} --job {drill.backup}",
         ) from None
     scratch_parent = drill.scratch

@@ -4,17 +4,14 @@ controls, render."""
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
-from bcdr.actions.common import password_env, plan_storage_spec, read_password
+from bcdr.actions.common import open_plan_repo
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import RepoEvidence, evaluate
 from bcdr.compliance.evidence import read_records, verify_chain
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.model import Plan
-from bcdr.repository.repo import Repository
-from bcdr.storage.url import open_storage
 
 
 def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
@@ -24,10 +21,8 @@ def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
     for name, declared in plan.repositories.items():
         ev = RepoEvidence(name, declared.url)
         try:
-            env = password_env(declared)
-            storage = open_storage(plan_storage_spec(declared))
-            ev.url = storage.url
-            repo = Repository.open(storage, password=partial(read_password, env), clock=clock)
+            repo = open_plan_repo(plan, name, clock)
+            ev.url = repo.storage.url
         except RepositoryNotFound:
             ev.error = "it does not exist yet"
             out.append(ev)

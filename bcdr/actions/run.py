@@ -7,11 +7,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
-from bcdr.actions.common import open_or_init, password_env, plan_storage_spec, read_password
+from bcdr.actions.common import open_or_init, open_plan_repo, password_env, plan_storage_spec
 from bcdr.actions.disks import evidence_repository, run_disk_job
 from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
@@ -33,7 +32,6 @@ from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
 from bcdr.repository.prune import PruneReport
 from bcdr.repository.repo import Repository as Repo
-from bcdr.storage.url import open_storage
 from bcdr.units import human_bytes
 
 OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
@@ -166,11 +164,8 @@ def _record_failure(
             establish_placement(plan, repo_name)
         except BcdrError:
             return  # residency not verified (or refused): write nothing there
-    declared = plan.repositories[repo_name]
     try:
-        env = password_env(declared)
-        storage = open_storage(plan_storage_spec(declared))
-        repo = Repo.open(storage, password=partial(read_password, env), clock=clock)
+        repo = open_plan_repo(plan, repo_name, clock)
     except RepositoryNotFound:
         return
     except BcdrError as exc:
