@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from bcdr.actions.common import open_repo
-from bcdr.compliance.evidence import PREFIX, read_records, verify_chain, write_record
+from bcdr.compliance.evidence import (
+    PREFIX,
+    read_chain,
+    read_records,
+    verify_chain,
+    write_record,
+)
 from tests.conftest import run_process, write_tree
 
 
@@ -69,6 +75,7 @@ prunes:
     assert records[3]["facts"]["read_fraction"] == 1.0
     report = verify_chain(repo)
     assert report.ok and report.records == 5 and report.head_seq == 5
+    assert read_chain(repo)[0] == records  # one pass gives what read_records gives
 
     r = run_process("evidence", "verify", "--repo", tmp_path / "repo")
     assert r.code == 0 and "evidence chain intact: 5 record(s)" in r.out

@@ -9,7 +9,7 @@ from typing import Any
 from bcdr.actions.common import open_plan_repo
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import RepoEvidence, evaluate
-from bcdr.compliance.evidence import read_records, verify_chain
+from bcdr.compliance.evidence import read_chain
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.model import Plan
 
@@ -33,8 +33,8 @@ def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
             continue
         try:
             ev.encryption = repo.config.encryption
-            ev.records = read_records(repo)
-            ev.chain = verify_chain(repo).to_dict()
+            ev.records, chain = read_chain(repo)
+            ev.chain = chain.to_dict()
         except BcdrError as exc:
             ev.error = str(exc)
         finally:

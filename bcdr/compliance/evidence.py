@@ -161,9 +161,24 @@ def verify_chain(repo: Repository, head: str | None = None) -> ChainReport:
     """Check every record of the chain: content against id, ``seq`` against name and order,
     ``prev`` against the record before. ``head``: an id (or prefix) recorded earlier, which
     must still be in the chain (a truncated chain loses it)."""
+    return read_chain(repo, head)[1]
+
+
+def read_chain(
+    repo: Repository, head: str | None = None
+) -> tuple[list[dict[str, Any]], ChainReport]:
+    """``verify_chain`` and ``read_records`` in one pass over storage: every readable record
+    (unchained ones first, each with its ``id``) and the chain's report."""
     report = ChainReport()
     entries = _entries(repo)
-    report.unchained = sum(1 for e in entries if e.seq is None)
+    documents: list[dict[str, Any]] = []
+    for e in entries:
+        if e.seq is None:
+            report.unchained += 1
+            legacy, _ = _open(repo, e)
+            if legacy is not None:
+                documents.append({**legacy, "id": e.id})
+    documents.sort(key=lambda d: str(d.get("time")))
     chained = [e for e in entries if e.seq is not None]
     expected_seq, prev_id = 1, None
     by_seq: dict[int, list[Entry]] = {}
@@ -194,6 +209,8 @@ def verify_chain(repo: Repository, head: str | None = None) -> ChainReport:
         entry = group[0]
         doc, problem = _open(repo, entry)
         report.records += 1
+        if doc is not None:
+            documents.append({**doc, "id": entry.id})
         if doc is None:
             report.problems.append(ChainProblem(f"{label} ({entry.id[:12]})", str(problem)))
             report.bad_ids.add(entry.id)
@@ -226,4 +243,4 @@ def verify_chain(repo: Repository, head: str | None = None) -> ChainReport:
                     "the record known as the head is gone: the chain was truncated or rebuilt",
                 )
             )
-    return report
+    return documents, report
