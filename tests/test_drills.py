@@ -15,8 +15,9 @@ import pytest
 
 from bcdr.actions.common import open_repo
 from bcdr.actions.disks import run_disk_job
-from bcdr.actions.drill import EVIDENCE_KIND, _walk_files, run_drill
+from bcdr.actions.drill import EVIDENCE_KIND, run_drill
 from bcdr.actions.run import run_job
+from bcdr.actions.snapshots import walk
 from bcdr.clock import FakeClock
 from bcdr.compliance.evidence import read_records
 from bcdr.plan.loader import load_plan
@@ -51,7 +52,7 @@ drills:
 
 
 def _files(repo, tree):  # type: ignore[no-untyped-def]
-    return list(_walk_files(repo, tree, []))
+    return list(walk(repo, tree))
 
 
 def _backup(f: Path) -> None:
@@ -270,3 +271,26 @@ drills:
     r = run_process("drill", f, "--drill", "dr-france")
     assert r.code == 4, r.out + r.err
     assert "no complete recovery point in francecentral" in r.out and d1 in r.out
+
+
+def test_an_unreadable_folder_listing_fails_the_drill_and_is_named(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    _backup(f)
+    repo = open_repo(str(tmp_path / "repo"))
+    repo.load_index()
+    run1 = os.fsencode(tmp_path / "ckpt" / "run1")
+    tree = bytes.fromhex(repo.list_snapshots("ckpt")[-1].tree)
+    [node] = [n for p, n in walk(repo, tree) if p == run1]
+    assert node.subtree is not None
+    loc = repo.index.lookup(node.subtree)
+    assert loc is not None
+    pack = tmp_path / "repo" / "data" / loc.pack[:2] / loc.pack
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    r = run_process("drill", f, "--json")
+    assert r.code == 4, r.out + r.err
+    [report] = r.json()["drills"]  # type: ignore[index]
+    assert report["verdict"] == "fail"
+    assert [x["path"] for x in report["failures"]] == [os.fsdecode(run1)]
+    assert "cannot read directory listing" in report["failures"][0]["error"]

@@ -30,13 +30,14 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from bcdr.actions.common import open_or_init, open_plan_repo
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
+from bcdr.actions.snapshots import walk
 from bcdr.archive.filerestore import file_digest
 from bcdr.archive.patterns import PathSet
 from bcdr.archive.restore import ProgressFn, Restorer
@@ -49,7 +50,7 @@ from bcdr.plan.types import Duration
 from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
-from bcdr.repository.tree import DIR, FILE, Node, decode_tree
+from bcdr.repository.tree import FILE, Node
 from bcdr.units import human_seconds
 
 PASS, FAIL = "pass", "fail"
@@ -191,23 +192,18 @@ def _judge(report: DrillReport) -> None:
 # --- backup drills ---------------------------------------------------------------------------
 
 
-def _walk_files(
-    repo: Repository, tree_id: bytes, failures: list[dict[str, str]], prefix: bytes = b""
-) -> Iterator[tuple[bytes, Node]]:
-    """Every file of the tree; a directory listing that cannot be read is a failure (its
+def _files(
+    repo: Repository, tree_id: bytes, failures: list[dict[str, str]]
+) -> list[tuple[bytes, Node]]:
+    """Every file of the snapshot; a folder listing that cannot be read is a failure (its
     files cannot be restored) and the walk goes on."""
-    try:
-        nodes = decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
-    except BcdrError as exc:
-        where = os.fsdecode(prefix) or "/"
-        failures.append({"path": where, "error": f"cannot read directory listing: {exc}"})
-        return
-    for node in nodes:
-        path = prefix + b"/" + node.name
-        if node.type == DIR and node.subtree:
-            yield from _walk_files(repo, node.subtree, failures, path)
-        elif node.type == FILE:
-            yield path, node
+
+    def unreadable(path: bytes, exc: BcdrError) -> None:
+        failures.append(
+            {"path": os.fsdecode(path), "error": f"cannot read directory listing: {exc}"}
+        )
+
+    return [(p, n) for p, n in walk(repo, tree_id, on_error=unreadable) if n.type == FILE]
 
 
 def choose(files: list[tuple[bytes, Node]], percent: float, seed: int) -> list[tuple[bytes, Node]]:
@@ -255,7 +251,7 @@ def _backup_drill(
             repo.load_index()
             t = phases.done("open", t)
 
-            files = list(_walk_files(repo, bytes.fromhex(snap.tree), report.failures))
+            files = _files(repo, bytes.fromhex(snap.tree), report.failures)
             report.seed = seed if seed is not None else secrets.randbits(63)
             report.sample_percent = drill.sample.value
             chosen = choose(files, drill.sample.value, report.seed)

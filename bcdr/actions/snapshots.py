@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
-from bcdr.errors import UsageError
+from bcdr.errors import BcdrError, UsageError
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -42,12 +42,26 @@ class LsEntry:
         return asdict(self)
 
 
-def _walk(repo: Repository, tree_id: bytes, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
-    for node in decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}"):
+def walk(
+    repo: Repository,
+    tree_id: bytes,
+    prefix: bytes = b"",
+    on_error: Callable[[bytes, BcdrError], None] | None = None,
+) -> Iterator[tuple[bytes, Node]]:
+    """Every node below ``tree_id`` with its snapshot path, parents before children. A folder
+    listing that cannot be read raises, or with ``on_error`` is reported and skipped."""
+    try:
+        nodes = decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+    except BcdrError as exc:
+        if on_error is None:
+            raise
+        on_error(prefix or b"/", exc)
+        return
+    for node in nodes:
         path = prefix + b"/" + node.name
         yield path, node
         if node.type == DIR and node.subtree:
-            yield from _walk(repo, node.subtree, path)
+            yield from walk(repo, node.subtree, path, on_error)
 
 
 def ls(
@@ -64,7 +78,7 @@ def ls(
     with repo.lock(READ, wait=read_wait()):
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index()
-        walked = list(_walk(repo, bytes.fromhex(snap.tree), b""))
+        walked = list(walk(repo, bytes.fromhex(snap.tree)))
     want = os.fsencode(path).rstrip(b"/") if path else b""
     entries = []
     for p, node in walked:

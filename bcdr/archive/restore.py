@@ -115,7 +115,7 @@ class Restorer:
         try:
             nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
         except BcdrError as exc:
-            self._error(b"/" + rel, f"cannot read directory listing: {exc}")
+            self._error(rel or b"/", f"cannot read directory listing: {exc}")
             return False
         restored = False
         for node in nodes:
