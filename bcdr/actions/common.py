@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from bcdr.clock import Clock
+from bcdr.compliance.context import RunContext
 from bcdr.errors import PasswordRequired, RepositoryNotFound, UsageError
 from bcdr.plan.model import Credential, Plan
 from bcdr.plan.model import Repository as PlanRepository
@@ -115,3 +116,17 @@ def open_or_init(plan: Plan, name: str, clock: Clock | None = None) -> tuple[Rep
         storage = open_storage(plan_storage_spec(plan.repositories[name]))
         repo = Repository.init(storage, password=read_password(env) if env else None, clock=clock)
         return repo, f"created repository {name!r} at {storage.url}"
+
+
+def run_context(plan: Plan, job: str, started: str | None = None) -> RunContext:
+    """What an evidence record says about a run of ``job`` of ``plan``: the plan, its file's
+    digest, the job, when it started, and its targets as the plan writes them."""
+    targets: dict[str, str] = {}
+    spec = plan.backups.get(job) or plan.snapshots.get(job)
+    drill = plan.drills.get(job)
+    if drill is not None:
+        targets["rto"] = drill.rto.text
+        spec = plan.backups.get(drill.backup or "") or plan.snapshots.get(drill.snapshot or "")
+    if spec is not None and spec.rpo is not None:
+        targets["rpo"] = spec.rpo.text
+    return RunContext(plan.name, plan.digest or None, job, started, targets or None)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from bcdr.actions.common import open_or_init
+from bcdr.actions.common import open_or_init, run_context
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.disks.azure import AzureDisks, poll_seconds
-from bcdr.disks.job import DiskJob, DiskJobReport, point_time
+from bcdr.disks.job import DiskJob, DiskJobReport, DiskJobSpec, point_time
 from bcdr.disks.service import ROLE_COPY, TAG_SOURCE, DiskService, ResourceId, SnapshotInfo
 from bcdr.errors import BcdrError
 from bcdr.plan.model import DiskSnapshotJob, Plan
@@ -30,14 +30,33 @@ def evidence_repository(plan: Plan, job: DiskSnapshotJob) -> str:
     return job.evidence or next(iter(plan.repositories))
 
 
+def disk_job_spec(plan: Plan, name: str) -> DiskJobSpec:
+    """The plan's `snapshots:` entry ``name`` as the disks layer takes it."""
+    job = plan.snapshots[name]
+    return DiskJobSpec(
+        plan=plan.name,
+        name=name,
+        disks=tuple(str(d) for d in job.disks),
+        region=job.region,
+        copy_to=job.copy_to,
+        consistency=job.consistency,
+        resource_group=job.resource_group,
+        timeout_s=float(job.timeout.seconds),
+        retention=job.retention.policy() if job.retention else None,
+        timezone=plan.timezone.zone,
+    )
+
+
 def disk_job(
     plan: Plan,
     name: str,
     clock: Clock | None = None,
     service_for: ServiceFor = azure_service,
 ) -> DiskJob:
-    job = plan.snapshots[name]
-    return DiskJob(plan, name, service_for(job), clock or SystemClock(), poll_s=poll_seconds())
+    service = service_for(plan.snapshots[name])
+    return DiskJob(
+        disk_job_spec(plan, name), service, clock or SystemClock(), poll_s=poll_seconds()
+    )
 
 
 @dataclass
@@ -52,7 +71,7 @@ def run_disk_job(
 ) -> DiskRun:
     """Run the job, then record what it did in the evidence repository."""
     started = (clock or SystemClock()).now().isoformat()
-    return _run_disk_job(plan, name, clock, service_for, plan.context(name, started))
+    return _run_disk_job(plan, name, clock, service_for, run_context(plan, name, started))
 
 
 def _run_disk_job(
@@ -125,11 +144,11 @@ def list_recovery_points(
     for name in names or list(plan.snapshots):
         runner = disk_job(plan, name, clock, service_for)
         for disk in runner.job.disks:
-            rid = ResourceId.parse(str(disk))
+            rid = ResourceId.parse(disk)
             if runner.job.consistency == "application":
-                rows += _points_of(runner, str(disk), rid, now)
+                rows += _points_of(runner, disk, rid, now)
                 continue
-            for s in runner.mine(rid.subscription, runner.resource_group(rid), str(disk)):
+            for s in runner.mine(rid.subscription, runner.resource_group(rid), disk):
                 copy = s.tags.get("bcdr-role") == ROLE_COPY
                 rows.append(
                     RecoveryPointRow(

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bcdr.actions.common import open_or_init, open_plan_repo
+from bcdr.actions.common import open_or_init, open_plan_repo, run_context
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
 from bcdr.actions.snapshots import walk
 from bcdr.archive.filerestore import file_digest
@@ -151,7 +151,7 @@ def run_drill(
             repo,
             EVIDENCE_KIND,
             report.to_dict(),
-            context=plan.context(name, report.started),
+            context=run_context(plan, name, report.started),
             result="ok" if report.passed else "failed",
         )
     finally:

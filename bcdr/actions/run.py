@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
-from bcdr.actions.common import open_or_init, open_plan_repo, password_env, plan_storage_spec
+from bcdr.actions.common import (
+    open_or_init,
+    open_plan_repo,
+    password_env,
+    plan_storage_spec,
+    run_context,
+)
 from bcdr.actions.disks import evidence_repository, run_disk_job
 from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
@@ -112,7 +118,7 @@ def run_job(
     """Run one job of the plan now. Never raises a BcdrError: the result says what happened
     (``transient`` when a retry may succeed)."""
     started = time.monotonic()
-    context = plan.context(name, (clock or SystemClock()).now().isoformat())
+    context = run_context(plan, name, (clock or SystemClock()).now().isoformat())
     kind, _ = plan.job(name)
     if kind == "backup":
         result = _backup(plan, name, plan.backups[name], dry_run, clock, context)

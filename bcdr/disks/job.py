@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from bcdr.clock import Clock
 from bcdr.disks.limits import MAX_DISK_SNAPSHOTS, NAME_MAX
@@ -52,8 +52,7 @@ from bcdr.disks.service import (
     SnapshotInfo,
 )
 from bcdr.errors import BcdrError, DiskOperationFailed, TransientStorageError, UsageError
-from bcdr.plan.model import DiskSnapshotJob, Plan
-from bcdr.retention import Point, decide
+from bcdr.retention import Point, Policy, decide
 
 log = logging.getLogger("bcdr.disks")
 
@@ -144,13 +143,29 @@ class DiskJobReport:
         return {**asdict(self), "status": self.status}
 
 
+@dataclass(frozen=True)
+class DiskJobSpec:
+    """What a disk snapshot job asks for, in plain values (the plan's `snapshots:` entry as
+    ``actions.disks`` reads it: this layer does not know the plan)."""
+
+    plan: str
+    name: str
+    disks: tuple[str, ...]  # managed-disk resource ids
+    region: str
+    copy_to: tuple[str, ...] = ()
+    consistency: str = "crash"  # or "application"
+    resource_group: str | None = None
+    timeout_s: float = 6 * 3600.0
+    retention: Policy | None = None
+    timezone: tzinfo = UTC
+
+
 class DiskJob:
     """Runs one disk snapshot job against a DiskService."""
 
     def __init__(
         self,
-        plan: Plan,
-        name: str,
+        job: DiskJobSpec,
         service: DiskService,
         clock: Clock,
         *,
@@ -158,13 +173,12 @@ class DiskJob:
         tick: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.plan = plan
-        self.name = name
-        self.job: DiskSnapshotJob = plan.snapshots[name]
+        self.job = job
+        self.name = job.name
         self.svc = service
         self.clock = clock
         self.poll_s = poll_s
-        self.timeout_s = float(self.job.timeout.seconds)
+        self.timeout_s = job.timeout_s
         self.tick = tick or (lambda line: log.info("%s", line))
         self.sleep = sleep
         self._lists: dict[tuple[str, str], list[SnapshotInfo]] = {}
@@ -175,14 +189,14 @@ class DiskJob:
     def run(self) -> DiskJobReport:
         now = self.clock.now()
         report = DiskJobReport(
-            self.plan.name,
+            self.job.plan,
             self.name,
             self.job.consistency,
             self.job.region,
             list(self.job.copy_to),
             now.isoformat(),
         )
-        disks = [str(d) for d in self.job.disks]
+        disks = list(self.job.disks)
         if self.job.consistency == "application":
             report.disks = self._application(disks, now)
         else:
@@ -196,7 +210,7 @@ class DiskJob:
         self, disk: str, role: str, when: datetime, source: str | None = None
     ) -> dict[str, str]:
         tags = {
-            TAG_PLAN: self.plan.name,
+            TAG_PLAN: self.job.plan,
             TAG_JOB: self.name,
             TAG_DISK: disk,
             TAG_ROLE: role,
@@ -230,7 +244,7 @@ class DiskJob:
         own = [
             s
             for s in found
-            if s.tags.get(TAG_PLAN) == self.plan.name
+            if s.tags.get(TAG_PLAN) == self.job.plan
             and s.tags.get(TAG_JOB) == self.name
             and s.tags.get(TAG_DISK, "").lower() == disk.lower()
         ]
@@ -426,7 +440,7 @@ class DiskJob:
     def _retain(self, rid: ResourceId, group: str, res: DiskResult) -> None:
         """The job's retention over this disk's snapshots, per region."""
         assert self.job.retention is not None
-        policy = self.job.retention.policy()
+        policy = self.job.retention
         mine = self.mine(rid.subscription, group, res.disk)
         read_by_copies = {s.tags.get(TAG_SOURCE, "").lower() for s in mine if s.copying}
         regions: dict[str, list[SnapshotInfo]] = {}
@@ -437,7 +451,7 @@ class DiskJob:
         for region, snaps in sorted(regions.items()):
             by_id = {s.id: s for s in snaps}
             points = [Point(s.id, s.when) for s in snaps if s.when is not None]
-            for d in decide(policy, points, now, self.plan.timezone.zone):
+            for d in decide(policy, points, now, self.job.timezone):
                 entry = {"id": d.point.id, "region": region, "time": d.point.time.isoformat()}
                 if d.keep:
                     res.kept.append({**entry, "reasons": list(d.reasons)})
@@ -487,7 +501,7 @@ class DiskJob:
             vm = self.svc.vm(vm_id)
             coll = self.collection_id(vm.id, vm.name)
             self.svc.ensure_collection(
-                coll, vm.location, vm.id, {TAG_PLAN: self.plan.name, TAG_JOB: self.name}
+                coll, vm.location, vm.id, {TAG_PLAN: self.job.plan, TAG_JOB: self.name}
             )
             existing = self.svc.restore_points(coll)
             if len(existing) >= MAX_DISK_SNAPSHOTS:
@@ -541,10 +555,10 @@ class DiskJob:
         usable = [p for p in points if p.provisioning == "Succeeded" and point_time(p)]
         by_id = {p.id: p for p in usable}
         decisions = decide(
-            self.job.retention.policy(),
+            self.job.retention,
             [Point(p.id, point_time(p)) for p in usable],  # type: ignore[arg-type]
             self.clock.now(),
-            self.plan.timezone.zone,
+            self.job.timezone,
         )
         for d in decisions:
             entry = {"id": d.point.id, "time": d.point.time.isoformat()}

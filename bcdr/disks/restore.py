@@ -107,7 +107,7 @@ def restore_disk(
     now = runner.clock.now()
     name = name or resource_name(rid.name, "drill", stamp_of(now))
     new_id = rid.sibling("disks", name, runner.resource_group(rid))
-    tags = {TAG_PLAN: runner.plan.name, TAG_JOB: runner.name, TAG_DISK: disk, TAG_ROLE: ROLE_DRILL}
+    tags = {TAG_PLAN: runner.job.plan, TAG_JOB: runner.name, TAG_DISK: disk, TAG_ROLE: ROLE_DRILL}
     started = time.monotonic()
     runner.tick(f"{rid.name}: creating disk {name} in {region} from {found.id.rsplit('/', 1)[-1]}")
     op = runner.svc.create_disk(new_id, region, found.option, found.id, tags)

@@ -10,7 +10,6 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bcdr.compliance.context import RunContext
 from bcdr.plan.types import (
     DiskId,
     Duration,
@@ -348,18 +347,6 @@ class Plan:
     )
     file: Path = field(default=Path("plan.yaml"), metadata={"internal": True})
     digest: str = field(default="", metadata={"internal": True})  # SHA-256 of the file
-
-    def context(self, job: str, started: str | None = None) -> RunContext:
-        """What an evidence record says about a run of ``job`` of this plan."""
-        targets: dict[str, str] = {}
-        spec = self.backups.get(job) or self.snapshots.get(job)
-        drill = self.drills.get(job)
-        if drill is not None:
-            targets["rto"] = drill.rto.text
-            spec = self.backups.get(drill.backup or "") or self.snapshots.get(drill.snapshot or "")
-        if spec is not None and spec.rpo is not None:
-            targets["rpo"] = spec.rpo.text
-        return RunContext(self.name, self.digest or None, job, started, targets or None)
 
     @property
     def folder(self) -> Path:
