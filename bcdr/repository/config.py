@@ -29,7 +29,7 @@ class RepoConfig:
     content_id: str = CONTENT_ID
     fingerprint: str = FINGERPRINT
     compression: str = "zstd"
-    compression_level: int = 3
+    compression_level: int = 1
     pack_size: int = DEFAULT_PACK_SIZE
 
     @property
