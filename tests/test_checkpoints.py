@@ -98,3 +98,11 @@ def test_malformed_safetensors_is_backed_up_as_plain_bytes(tmp_path: Path, repo:
     for p in src.iterdir():
         assert (restored_root(out, src) / p.name).read_bytes() == p.read_bytes()
     assert os.listdir(restored_root(out, src))
+
+
+def test_byte_grouping_layout_is_the_documented_one() -> None:
+    """The stored form is part of the repository format (docs/repository-format.md): header
+    [elsize, lead], the lead bytes, plane 0 (byte 0 of every element), plane 1..., the tail."""
+    data = bytes(range(1, 12))  # lead 01, then the 2-byte elements 02 03, 04 05, ... 0a 0b
+    assert group_bytes(data, 2, 1) == bytes([2, 1, 1, 2, 4, 6, 8, 10, 3, 5, 7, 9, 11])
+    assert group_bytes(data[:9], 4, 0) == bytes([4, 0, 1, 5, 2, 6, 3, 7, 4, 8, 9])

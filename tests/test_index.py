@@ -115,3 +115,26 @@ def test_index_with_an_unknown_blob_type_is_refused() -> None:
     _, data = encode_index({_pack(rng): bad}, cipher)
     with pytest.raises(CorruptObject, match="unknown blob type"):
         decode_index_records(data, cipher, "index x")
+
+
+def test_lookup_many_agrees_with_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore looks up a folder's chunks together: the same answers as one by one, for ids
+    in frozen runs, in the session's recent dict, missing, repeated, and sharing the first
+    8 bytes of another id (the key column)."""
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 300)
+    rng = random.Random(7)
+    index = MasterIndex()
+    written: list[PackEntry] = []
+    for _ in range(7):
+        entries = _entries(rng, 97)
+        index.add_pack(_pack(rng), entries)
+        written += entries
+    twin = PackEntry(written[5].blob_id[:8] + rng.randbytes(24), DATA, 1, 10, 20, 30)
+    index.add_pack(_pack(rng), [twin])
+    assert index._runs and index._recent  # both kinds of storage are searched
+    missing = [rng.randbytes(32), written[9].blob_id[:8] + rng.randbytes(24)]
+    ids = [e.blob_id for e in written] + [twin.blob_id, written[3].blob_id] + missing
+    rng.shuffle(ids)
+    assert index.lookup_many(ids) == [index.lookup(i) for i in ids]
+    assert sum(loc is None for loc in index.lookup_many(ids)) == len(missing)
+    assert index.lookup_many([]) == []

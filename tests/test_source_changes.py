@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
+import pytest
+
 from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.archive import backup as backup_mod
 from bcdr.archive.backup import BackupStats
+from bcdr.archive.restore import Restorer
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
@@ -52,3 +57,33 @@ def test_file_changed_while_read_is_detected(tmp_path: Path) -> None:
     # The next backup sees the new mtime and reads the file again.
     again = run_backup(repo, BackupRequest(paths=(str(src),)))
     assert again.stats.bytes_read == 400_004 and not again.partial
+
+
+def test_small_file_gone_when_its_batch_is_read_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are read by a worker in batches, after their folder was listed and stat'ed:
+    one that cannot be opened by then is reported and left out of the tree, and the rest of
+    its batch and folder is stored and restores."""
+    files = {f"f{i:02d}": os.urandom(100 + i) for i in range(40)}
+    src = write_tree(tmp_path / "src", files)
+    repo = _repo(tmp_path)
+    real_open = backup_mod._open_noatime
+
+    def open_or_vanish(path: bytes) -> int:
+        if path.endswith(b"/f07"):
+            assert threading.current_thread() is not threading.main_thread()  # a batch
+            raise FileNotFoundError(path)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "_open_noatime", open_or_vanish)
+    result = run_backup(repo, BackupRequest(paths=(str(src),)))
+    assert [(s.path, s.reason) for s in result.skipped] == [
+        (str(src / "f07"), "vanished before it was read")
+    ]
+    assert result.stats.files_new == 39
+    out = tmp_path / "out"
+    Restorer(repo, os.fsencode(out)).run(bytes.fromhex(result.snapshot.tree))
+    restored = out / str(src).lstrip("/")
+    assert sorted(p.name for p in restored.iterdir()) == sorted(set(files) - {"f07"})
+    assert all((restored / n).read_bytes() == files[n] for n in files if n != "f07")

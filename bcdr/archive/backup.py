@@ -15,19 +15,24 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import BinaryIO, TypedDict
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import Segment, segments
 from bcdr.repository.chunker import Readable
-from bcdr.repository.hashing import new_fingerprint
+from bcdr.repository.hashing import fingerprint, new_fingerprint
 from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
 Layout = dict[bytes, "Layout | None"]
+SAFETENSORS = b".safetensors"
+#: Small files are read in batches of this many files or bytes, whichever comes first.
+BATCH_FILES = 64
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -100,6 +105,10 @@ class Archiver:
         self.stats = BackupStats()
         self.problems = ScanProblems()
         self._pipeline = ChunkPipeline(repo, workers)
+        self._whole_max = 4 * repo.chunker.params.max_size  # read whole, as Chunker does
+        self._batch: list[tuple[bytes, Node, bool]] = []
+        self._batch_bytes = 0
+        self._dropped: set[int] = set()  # id() of nodes whose file could not be read
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._last_progress = 0.0
         self._started = time.monotonic()
@@ -109,13 +118,17 @@ class Archiver:
         started = time.monotonic()
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
+        root = Node(b"", DIR)
         try:
-            root = self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree))
+            self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree), root)
+            self._flush_batch()
+            self._pipeline.drain()
         finally:
             sys.setrecursionlimit(old_limit)
             self._pipeline.close()
         self._started = started
-        return root
+        assert root.subtree
+        return root.subtree
 
     def finish_stats(self) -> BackupStats:
         """Fill in what the writer knows; call after the repository was flushed."""
@@ -139,25 +152,45 @@ class Archiver:
             return {}
         return self._children(pnode.subtree)
 
-    def _save_tree(self, nodes: list[Node]) -> bytes:
-        self._pipeline.drain()  # file nodes get their chunk ids filled in
-        tree_id = self.repo.save_blob(TREE, encode_tree(nodes))
-        self.stats.packs_written = self.repo.writer.packs_written
-        return tree_id
+    def _save_tree(
+        self,
+        into: Node,
+        nodes: list[Node],
+        parent: dict[bytes, Node] | None = None,
+        pnode: Node | None = None,
+    ) -> None:
+        """Store the tree of ``nodes`` as ``into.subtree`` once their files are read: queued
+        behind their tasks, so the walk goes on meanwhile. Files that could not be read are
+        left out then."""
 
-    def _save_virtual(self, path: bytes, layout: Layout, parent: dict[bytes, Node]) -> bytes:
+        def save() -> None:
+            kept = [n for n in nodes if id(n) not in self._dropped]
+            if parent is not None and self._same_as_parent(kept, parent, pnode):
+                assert pnode is not None
+                into.subtree = pnode.subtree
+                return
+            into.subtree = self.repo.save_blob(TREE, encode_tree(kept))
+            self.stats.packs_written = self.repo.writer.packs_written
+
+        self._flush_batch()
+        self._pipeline.then(save)
+
+    def _save_virtual(
+        self, path: bytes, layout: Layout, parent: dict[bytes, Node], into: Node
+    ) -> None:
+        """The folders above the backed-up paths; ``into.subtree`` is filled in when the
+        pipeline reaches it."""
         nodes = []
         for name, sub in sorted(layout.items()):
             full = os.path.join(path, name)
             if sub is None:
                 node = self._save_path(full, name, parent.get(name))
             else:
-                st = os.lstat(full)
-                subtree = self._save_virtual(full, sub, self._parent_children(parent.get(name)))
-                node = _dir_node(name, st, subtree)
+                node = _dir_node(name, os.lstat(full), None)
+                self._save_virtual(full, sub, self._parent_children(parent.get(name)), node)
             if node is not None:
                 nodes.append(node)
-        return self._save_tree(nodes)
+        self._save_tree(into, nodes)
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -202,10 +235,9 @@ class Archiver:
             if node is not None:
                 nodes.append(node)
         self.stats.dirs += 1
-        if self._same_as_parent(nodes, parent, pnode):
-            assert pnode is not None and pnode.subtree is not None
-            return _dir_node(name, st, pnode.subtree)
-        return _dir_node(name, st, self._save_tree(nodes))
+        node = _dir_node(name, st, None)
+        self._save_tree(node, nodes, parent, pnode)
+        return node
 
     def _same_as_parent(
         self, nodes: list[Node], parent: dict[bytes, Node], pnode: Node | None
@@ -249,6 +281,8 @@ class Archiver:
         ):
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
+        elif st.st_size <= self._whole_max and st.st_nlink == 1 and not path.endswith(SAFETENSORS):
+            self._queue_file(path, node, pnode is None)
         elif self._read_file(path, node):
             if pnode is None:
                 self.stats.files_new += 1
@@ -259,6 +293,78 @@ class Archiver:
         if st.st_nlink > 1:
             self._hardlinks[link_key] = node
         return node
+
+    def _queue_file(self, path: bytes, node: Node, new: bool) -> None:
+        """Read and store a file of at most a few chunks in a worker, batched with others."""
+        self._batch.append((path, node, new))
+        self._batch_bytes += node.size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        batch, self._batch, weight, self._batch_bytes = self._batch, [], self._batch_bytes, 0
+        if batch:
+            paths = [path for path, _, _ in batch]
+            self._pipeline.run(
+                partial(self._read_batch, paths), partial(self._batch_read, batch), weight
+            )
+
+    def _read_batch(self, paths: list[bytes]) -> list[WholeFile]:
+        """(worker) Read, cut and encode each file."""
+        return [self._read_whole(path) for path in paths]
+
+    def _read_whole(self, path: bytes) -> WholeFile:
+        try:
+            fd = _open_noatime(path)
+        except FileNotFoundError:
+            return WholeFile(error="vanished before it was read")
+        except OSError as exc:
+            return WholeFile(error=f"cannot open: {exc.strerror}")
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                before = os.fstat(fd)
+                data = f.readall()
+                after = os.fstat(fd)
+        except OSError as exc:
+            return WholeFile(error=f"read error: {exc.strerror}")
+        out = WholeFile(
+            size=len(data),
+            mtime_ns=before.st_mtime_ns,
+            ctime_ns=before.st_ctime_ns,
+            digest=fingerprint(data),
+            changed=len(data) != before.st_size
+            or (after.st_mtime_ns, after.st_size, after.st_ctime_ns)
+            != (before.st_mtime_ns, before.st_size, before.st_ctime_ns),
+        )
+        if len(data) <= self.repo.chunker.params.min_size:  # at most one chunk: no cut, no copy
+            if data:
+                out.chunks.append((*self._pipeline.encode(data), len(data)))
+            return out
+        for view in self.repo.chunker.chunks_of(data):
+            chunk = bytes(view)
+            out.chunks.append((*self._pipeline.encode(chunk), len(chunk)))
+        return out
+
+    def _batch_read(self, batch: list[tuple[bytes, Node, bool]], results: list[WholeFile]) -> None:
+        """(main thread) Fill in the nodes of a batch and store the new chunks, in order."""
+        for (path, node, new), res in zip(batch, results, strict=True):
+            if res.error is not None:
+                self._skip(path, res.error)
+                self._dropped.add(id(node))
+                continue
+            for blob_id, encoded, raw_len in res.chunks:
+                node.content.append(blob_id)
+                self._pipeline.store(blob_id, encoded, raw_len)
+            node.size, node.mtime_ns, node.ctime_ns = res.size, res.mtime_ns, res.ctime_ns
+            node.digest = res.digest
+            if res.changed:
+                self.problems.error(path, "changed while it was read; the stored copy may be torn")
+            self.stats.bytes_read += res.size
+            if new:
+                self.stats.files_new += 1
+            else:
+                self.stats.files_changed += 1
+            self._tick(path)
 
     def _read_file(self, path: bytes, node: Node) -> bool:
         """Chunk the file into ``node``; False (and recorded) if it could not be read."""
@@ -304,7 +410,7 @@ class Archiver:
     def _segments(self, path: bytes, f: BinaryIO, size: int) -> Iterator[tuple[Segment, Readable]]:
         """The byte ranges to chunk separately: tensors of a safetensors file, else one."""
         segs = None
-        if path.endswith(b".safetensors"):
+        if path.endswith(SAFETENSORS):
             segs = segments(f.fileno(), size, self.repo.chunker.params.min_size)
         if segs is None:
             yield Segment(0, size, 0), f
@@ -324,6 +430,20 @@ class Archiver:
             self._last_progress = now
             self.stats.bytes_added = self.repo.writer.bytes_added
             self.progress(self.stats, path)
+
+
+@dataclass
+class WholeFile:
+    """A file read whole by a worker: its chunks (id, sealed blob or None if stored, raw
+    length) or why it could not be read."""
+
+    error: str | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    digest: str = ""
+    changed: bool = False
+    chunks: list[tuple[bytes, tuple[int, bytes] | None, int]] = field(default_factory=list)
 
 
 class RangeReader:
@@ -399,5 +519,5 @@ def _file_node(name: bytes, st: os.stat_result) -> Node:
     )
 
 
-def _dir_node(name: bytes, st: os.stat_result, subtree: bytes) -> Node:
+def _dir_node(name: bytes, st: os.stat_result, subtree: bytes | None) -> Node:
     return Node(name, DIR, **_meta(st), subtree=subtree)

@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bcdr.errors import BcdrError
 from bcdr.repository.hashing import fingerprint, new_fingerprint
@@ -25,6 +25,9 @@ from bcdr.repository.tree import Node
 
 HOLE_BLOCK = 64 * 1024
 READ_BACK = 8 * 1024 * 1024
+#: One-chunk files are restored in batches of this many files or bytes, whichever comes first.
+BATCH_FILES = 256
+BATCH_BYTES = 8 * 1024 * 1024
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -86,6 +89,23 @@ class _Job:
     end: int = 0  # end of the last non-hole write
 
 
+@dataclass
+class _Tally:
+    """What one task restored, merged into the totals under the lock once per task."""
+
+    files: int = 0
+    bytes_total: int = 0
+    bytes_written: int = 0
+    first_byte_s: float | None = None
+    done: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def wrote(self, wrote: bool, n: int, started: float) -> None:
+        self.bytes_written += n
+        if wrote and self.first_byte_s is None:
+            self.first_byte_s = time.monotonic() - started
+
+
 class FileRestorer:
     """Restores files; ``on_done(snap_path, error_or_None, job)`` is called per file."""
 
@@ -106,15 +126,26 @@ class FileRestorer:
         self.done: dict[tuple[int, int], bytes] = {}  # hardlink key -> restored path
         self._tmp_prefix = b".bcdr-restore-%d-%s-" % (os.getpid(), secrets.token_hex(4).encode())
         self._seq = 0
+        self._small: list[tuple[Node, bytes, bytes]] = []
+        self._small_bytes = 0
         self._uid, self._gid = (os.geteuid(), os.getegid()) if AS_ROOT else (-1, -1)
 
     def submit(self, node: Node, dest: bytes, snap_path: bytes) -> None:
-        """Start restoring ``node`` to ``dest`` (main thread)."""
-        locs = []
+        """Start restoring ``node`` to ``dest`` (main thread). Files of at most one chunk are
+        gathered into batches: one task, one index search and one lock per batch instead of
+        per file, since handing work between threads costs more than a small file's I/O."""
+        if len(node.content) <= 1:
+            self._small.append((node, dest, snap_path))
+            self._small_bytes += node.size
+            if len(self._small) >= BATCH_FILES or self._small_bytes >= BATCH_BYTES:
+                self._flush_small()
+            return
+        locs: list[BlobLocation] = []
         offsets = []
         pos = 0
-        for blob_id in node.content:
-            loc = self.repo.index.lookup(blob_id)
+        for blob_id, loc in zip(
+            node.content, self.repo.index.lookup_many(node.content), strict=True
+        ):
             if loc is None:
                 self._fail(snap_path, f"chunk {blob_id.hex()[:12]} is not in the index")
                 return
@@ -124,15 +155,9 @@ class FileRestorer:
         if pos != node.size:
             self._fail(snap_path, f"chunks add up to {pos} bytes, the file has {node.size}")
             return
-        self._seq += 1
-        tmp = os.path.join(os.path.dirname(dest), b"%s%d" % (self._tmp_prefix, self._seq))
-        job = _Job(node, dest, snap_path, tmp, -1, remaining=len(node.content))
-        if len(node.content) <= 1:
-            self._slots.acquire()
-            self._pool.submit(self._small_file, job, locs[0] if locs else None)
-            return
+        job = self._job(node, dest, snap_path)
         try:
-            job.fd = _create(tmp)
+            job.fd = _create(job.tmp)
         except OSError as exc:
             self._fail(snap_path, exc.strerror or str(exc))
             return
@@ -140,7 +165,41 @@ class FileRestorer:
             self._slots.acquire()
             self._pool.submit(self._chunk, job, blob_id, loc, offset)
 
-    def _small_file(self, job: _Job, loc: BlobLocation | None) -> None:
+    def _job(self, node: Node, dest: bytes, snap_path: bytes) -> _Job:
+        self._seq += 1
+        tmp = os.path.join(os.path.dirname(dest), b"%s%d" % (self._tmp_prefix, self._seq))
+        return _Job(node, dest, snap_path, tmp, -1, remaining=len(node.content))
+
+    def _flush_small(self) -> None:
+        files, self._small, self._small_bytes = self._small, [], 0
+        if not files:
+            return
+        locs = iter(self.repo.index.lookup_many([n.content[0] for n, _, _ in files if n.content]))
+        batch: list[tuple[_Job, BlobLocation | None]] = []
+        for node, dest, snap_path in files:
+            loc = next(locs) if node.content else None
+            if node.content and loc is None:
+                self._fail(snap_path, f"chunk {node.content[0].hex()[:12]} is not in the index")
+            elif (loc.raw_len if loc else 0) != node.size:
+                got = loc.raw_len if loc else 0
+                self._fail(snap_path, f"chunks add up to {got} bytes, the file has {node.size}")
+            else:
+                batch.append((self._job(node, dest, snap_path), loc))
+        if batch:
+            self._slots.acquire()
+            self._pool.submit(self._small_batch, batch)
+
+    def _small_batch(self, batch: list[tuple[_Job, BlobLocation | None]]) -> None:
+        """Restore a batch of one-chunk files; counters and errors are merged once."""
+        tally = _Tally()
+        try:
+            for job, loc in batch:
+                self._small_file(job, loc, tally)
+        finally:
+            self._slots.release()
+            self._merge(tally)
+
+    def _small_file(self, job: _Job, loc: BlobLocation | None, tally: _Tally) -> None:
         """A file of at most one chunk, the common case: the chunk is read and verified in
         memory before anything is created, so the file is written straight to its name
         (one rename fewer per file). An existing file (``--overwrite``) is still replaced
@@ -158,29 +217,26 @@ class FileRestorer:
             except FileExistsError:
                 job.fd = _create(job.tmp)
             if data:
-                self._write(job, data, 0)
+                tally.wrote(self._write_chunk(job, data, 0), len(data), self.started)
         except BcdrError as exc:
             job.error = str(exc)
         except OSError as exc:
             job.error = exc.strerror or str(exc)
-        finally:
-            self._slots.release()
-        self._finalize(job)
+        self._finalize(job, tally)
 
-    def _write(self, job: _Job, data: bytes, offset: int) -> None:
-        """Write a verified chunk at ``offset`` (holes stay holes) and count it."""
+    def _write_chunk(self, job: _Job, data: bytes, offset: int) -> bool:
+        """Write a verified chunk at ``offset`` (holes stay holes); whether bytes were written."""
         wrote = write_sparse(job.fd, data, offset)
         if wrote and not _is_zero(data[-HOLE_BLOCK:]):
             job.end = max(job.end, offset + len(data))
-        with self._lock:
-            self.bytes_written += len(data)
-            if wrote and self.first_byte_s is None:
-                self.first_byte_s = time.monotonic() - self.started
+        return wrote
 
     def _chunk(self, job: _Job, blob_id: bytes, loc: BlobLocation, offset: int) -> None:
+        tally = _Tally()
         try:
             if job.error is None:
-                self._write(job, self.repo.load_blob(blob_id, loc), offset)
+                data = self.repo.load_blob(blob_id, loc)
+                tally.wrote(self._write_chunk(job, data, offset), len(data), self.started)
         except BcdrError as exc:
             job.error = str(exc)
         except OSError as exc:
@@ -191,9 +247,10 @@ class FileRestorer:
                 job.remaining -= 1
                 last = job.remaining == 0
         if last:
-            self._finalize(job)
+            self._finalize(job, tally)
+        self._merge(tally)
 
-    def _finalize(self, job: _Job) -> None:
+    def _finalize(self, job: _Job, tally: _Tally) -> None:
         node = job.node
         try:
             if job.error is None:
@@ -227,17 +284,27 @@ class FileRestorer:
                     os.unlink(job.tmp)
                 except FileNotFoundError:
                     pass
-            self._fail(job.snap_path, job.error)
+            tally.errors.append((job.snap_path, job.error))
             return
+        tally.files += 1
+        tally.bytes_total += node.size
+        if node.nlink > 1:
+            tally.done[(node.dev, node.inode)] = job.dest
+
+    def _merge(self, tally: _Tally) -> None:
         with self._lock:
-            self.files += 1
-            self.bytes_total += node.size
-            if node.nlink > 1:
-                self.done[(node.dev, node.inode)] = job.dest
+            self.files += tally.files
+            self.bytes_total += tally.bytes_total
+            self.bytes_written += tally.bytes_written
+            if self.first_byte_s is None:
+                self.first_byte_s = tally.first_byte_s
+            self.done.update(tally.done)
+            self.errors.extend(tally.errors)
 
     def _fail(self, snap_path: bytes, error: str) -> None:
         with self._lock:
             self.errors.append((snap_path, error))
 
     def wait(self) -> None:
+        self._flush_small()
         self._pool.shutdown(wait=True)

@@ -1,23 +1,34 @@
-"""Chunks flow from the reader to worker threads (hash, compress, seal) and on to the writer.
+"""Work flows from the reader to worker threads (read, cut, hash, compress, seal) and back.
 
-BLAKE3, zstd and AES-GCM release the GIL, so worker threads use every core while the main
-thread reads. Results are consumed in submission order; at most ``max_inflight`` chunks are
-held in memory at once.
+BLAKE3, zstd, AES-GCM and file reads release the GIL, so worker threads use every core while
+the main thread walks the tree. Results are handled in this (the main) thread in submission
+order, and work in flight is bounded by count and by bytes, so memory stays bounded.
+
+Handing work between threads costs tens of microseconds (a futex wake and a GIL hand-off,
+more in a VM): more than a small file's I/O. So small files travel in batches, one task per
+batch, and a folder's tree is stored by a callback queued behind its files' tasks, so the walk
+never waits for a folder to finish (see docs/performance.md).
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
 
 from bcdr.repository.compression import Layout
 from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
 
 INLINE_BELOW = 64 * 1024
+#: Raw bytes handed to workers and not yet handled, beyond the task count bound.
+MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
 
 Encoded = tuple[bytes, tuple[int, bytes] | None]
+Done = Callable[[Any], None]
 
 
 class ChunkPipeline:
@@ -25,14 +36,24 @@ class ChunkPipeline:
         self.repo = repo
         self.workers = workers or max(1, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bcdr-chunk")
-        self._inflight: deque[tuple[Future[Encoded], list[bytes], int, int]] = deque()
-        self._max_inflight = 2 * self.workers + 2
+        # (future or None for a callback, its handler, raw bytes it holds)
+        self._queue: deque[tuple[Future[Any] | None, Done, int]] = deque()
+        self._tasks = 0
+        self._bytes = 0
+        self._max_tasks = 2 * self.workers + 2
 
-    def _encode(self, data: bytes, layout: Layout | None) -> Encoded:
+    def encode(self, data: bytes, layout: Layout | None = None) -> Encoded:
+        """Content id, and the sealed blob unless it is already stored (any thread)."""
         blob_id = self.repo.content_id(data)
         if self.repo.has_blob(blob_id):
             return blob_id, None
         return blob_id, self.repo.encode_blob(blob_id, data, layout)
+
+    def store(self, blob_id: bytes, encoded: tuple[int, bytes] | None, raw_len: int) -> None:
+        """Add an encoded blob to the pack being written (main thread)."""
+        if encoded is not None:
+            codec, sealed = encoded
+            self.repo.writer.add(blob_id, DATA, codec, raw_len, sealed)
 
     def submit(self, data: bytes, sink: list[bytes], layout: Layout | None = None) -> None:
         """Append the id of ``data`` to ``sink`` (at this position) once it is computed.
@@ -40,30 +61,50 @@ class ChunkPipeline:
         pos = len(sink)
         sink.append(b"")
         if len(data) < INLINE_BELOW:
-            self._store(self._encode(data, layout), sink, pos, len(data))
+            self._stored(sink, pos, len(data), self.encode(data, layout))
             return
-        fut = self._pool.submit(self._encode, data, layout)
-        self._inflight.append((fut, sink, pos, len(data)))
-        while len(self._inflight) > self._max_inflight:
+        self.run(partial(self.encode, data, layout), partial(self._stored, sink, pos, len(data)))
+
+    def _stored(self, sink: list[bytes], pos: int, raw_len: int, result: Encoded) -> None:
+        sink[pos] = result[0]
+        self.store(result[0], result[1], raw_len)
+
+    def run(self, fn: Callable[[], Any], done: Done, weight: int = 0) -> None:
+        """Run ``fn()`` in a worker and ``done(result)`` in this thread, in submission order.
+        ``weight``: the raw bytes the task holds (bounds memory)."""
+        self._queue.append((self._pool.submit(fn), done, weight))
+        self._tasks += 1
+        self._bytes += weight
+        while self._tasks > self._max_tasks or (
+            self._bytes > MAX_INFLIGHT_BYTES and self._tasks > 1
+        ):
             self._complete_one()
 
-    def _store(self, result: Encoded, sink: list[bytes], pos: int, raw_len: int) -> None:
-        blob_id, encoded = result
-        sink[pos] = blob_id
-        if encoded is not None:
-            codec, sealed = encoded
-            self.repo.writer.add(blob_id, DATA, codec, raw_len, sealed)
+    def then(self, done: Callable[[], None]) -> None:
+        """Call ``done()`` in this thread once everything submitted before it was handled."""
+        if self._queue:
+            self._queue.append((None, lambda _result: done(), 0))
+        else:
+            done()
 
     def _complete_one(self) -> None:
-        fut, sink, pos, raw_len = self._inflight.popleft()
-        self._store(fut.result(), sink, pos, raw_len)
+        fut, done, weight = self._queue.popleft()
+        if fut is not None:
+            self._tasks -= 1
+            self._bytes -= weight
+            done(fut.result())
+        else:
+            done(None)
+        while self._queue and self._queue[0][0] is None:  # callbacks now due
+            self._queue.popleft()[1](None)
 
     def drain(self) -> None:
-        while self._inflight:
+        while self._queue:
             self._complete_one()
 
     def close(self) -> None:
-        for fut, *_ in self._inflight:
-            fut.cancel()
-        self._inflight.clear()
+        for fut, *_ in self._queue:
+            if fut is not None:
+                fut.cancel()
+        self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -28,26 +28,35 @@ CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", GROUPED_ZSTD: "grouped-zstd"}
 Layout = tuple[int, int]
 
 
+def _element_dtype(elsize: int) -> str:
+    return "<u2" if elsize == 2 else "<u4"
+
+
 def group_bytes(data: bytes, elsize: int, lead: int) -> bytes:
+    import numpy as np  # after the key is derived (see masterindex); cached after the first
+
     body_len = (len(data) - lead) // elsize * elsize
-    # Strided slices of bytes run in C; strided memoryviews converted to bytes are ~10x slower.
-    planes = [data[lead + i : lead + body_len : elsize] for i in range(elsize)]
-    return bytes([elsize, lead]) + data[:lead] + b"".join(planes) + data[lead + body_len :]
+    # Plane i holds byte i of every element: shifts on little-endian words run vectorised, 4x
+    # faster than strided slices (measured in docs/performance.md).
+    words = np.frombuffer(data, _element_dtype(elsize), body_len // elsize, lead)
+    planes = b"".join((words >> (8 * i)).astype(np.uint8).tobytes() for i in range(elsize))
+    return bytes([elsize, lead]) + data[:lead] + planes + data[lead + body_len :]
 
 
 def ungroup_bytes(payload: bytes, what: str) -> bytes:
+    import numpy as np
+
     if len(payload) < 2 or payload[0] not in (2, 4) or payload[1] >= payload[0]:
         raise CorruptObject(f"{what}: bad byte-group header")
     elsize, lead = payload[0], payload[1]
-    data = memoryview(payload)[2:]
-    body_len = (len(data) - lead) // elsize * elsize
+    body_len = (len(payload) - 2 - lead) // elsize * elsize
     plane = body_len // elsize
-    out = bytearray(len(data))
-    out[:lead] = data[:lead]
-    for i in range(elsize):
-        out[lead + i : lead + body_len : elsize] = data[lead + i * plane : lead + (i + 1) * plane]
-    out[lead + body_len :] = data[lead + body_len :]
-    return bytes(out)
+    planes = np.frombuffer(payload, np.uint8, body_len, 2 + lead).reshape(elsize, plane)
+    words = planes[0].astype(_element_dtype(elsize))
+    for i in range(1, elsize):
+        words |= planes[i].astype(words.dtype) << (8 * i)
+    body: bytes = words.tobytes()
+    return payload[2 : 2 + lead] + body + payload[2 + lead + body_len :]
 
 
 #: Byte planes of float tensors are close to i.i.d. symbols: short matches cost more than they

@@ -319,6 +319,40 @@ class MasterIndex:
                 return run.location(i, self._packs)
         return None
 
+    def lookup_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
+        """:meth:`lookup` for many ids at once: one vectorised search per run instead of a
+        numpy call per id (restore looks up every chunk of a folder's files together)."""
+        out: list[BlobLocation | None] = [None] * len(blob_ids)
+        rest = []
+        for n, blob_id in enumerate(blob_ids):
+            if blob_id in self._recent:
+                out[n] = self.lookup(blob_id)
+            else:
+                rest.append(n)
+        if not rest:
+            return out
+        ids = np.frombuffer(b"".join(blob_ids[n] for n in rest), dtype=">u8").reshape(-1, 4)
+        pending = np.arange(len(rest))
+        for run in self._runs:
+            if not len(run) or not len(pending):
+                continue
+            want = ids[pending]
+            i = np.minimum(run.key.searchsorted(want[:, 0]), len(run) - 1)
+            key_hit = run.key[i] == want[:, 0]
+            full = key_hit & (run.t1[i] == want[:, 1]) & (run.t2[i] == want[:, 2])
+            full &= run.t3[i] == want[:, 3]
+            rows, hits = pending[full], i[full]
+            meta, pack = run.meta[hits].tolist(), run.pack[hits].tolist()
+            offset, stored, raw = (c[hits].tolist() for c in (run.offset, run.stored, run.raw))
+            for j, row in enumerate(rows.tolist()):
+                out[rest[row]] = BlobLocation(
+                    self._packs[pack[j]], meta[j] >> 4, meta[j] & 15, offset[j], stored[j], raw[j]
+                )
+            for row in pending[key_hit & ~full].tolist():  # several ids share the key: rare
+                out[rest[row]] = self.lookup(blob_ids[rest[row]])
+            pending = pending[~key_hit]
+        return out
+
     def packs(self) -> set[str]:
         return set(self._packs)
 
