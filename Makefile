@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser run test bench lint clean
+.PHONY: install node browser restic run test bench lint clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || { \
 	    echo "make test needs Chromium: apt-get install -y chromium" >&2; exit 1; }; }
 
+# Debian's restic, the baseline `make bench` measures bcdr against.
+restic:
+	@command -v restic >/dev/null 2>&1 || { \
+	  echo "installing Debian's restic (the baseline of make bench)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null || { \
+	    echo "make bench compares with restic: apt-get install -y restic" >&2; exit 1; }; }
+
 # Demo: make a small tree, back it up to a local repository, restore it, compare, check.
 run: install
 	$(PY) -m bcdr.demo
@@ -40,7 +49,7 @@ run: install
 test: install node browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: install node
+bench: install node restic
 	$(PY) bench/run.py
 
 lint: install

@@ -110,29 +110,41 @@ def phases(tool: str, repo: Path, corpus: Path, restore_to: Path) -> list[tuple[
     ]
 
 
-def bench_tool(tool: str, corpus: Path) -> list[Measure]:
-    repo = OUT / f"repo-{tool}"
-    restore_to = OUT / f"restore-{tool}"
-    shutil.rmtree(repo, ignore_errors=True)
-    shutil.rmtree(restore_to, ignore_errors=True)
+def bench_tools(tools: list[str], corpus: Path) -> list[Measure]:
+    """Each phase for every tool in turn (the first tool alternates), so that the machine's
+    state at a phase (page cache, ext4's inode allocator after the corpus was rewritten,
+    steal from neighbours) is shared rather than falling on one tool's whole run. Dirty pages
+    are synced before each timed command, so no tool pays for the previous one's writeback."""
     env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+    plans = {}
+    for tool in tools:
+        repo, restore_to = OUT / f"repo-{tool}", OUT / f"restore-{tool}"
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(restore_to, ignore_errors=True)
+        plans[tool] = (repo, phases(tool, repo, corpus, restore_to))
     out = []
-    for phase, cmd in phases(tool, repo, corpus, restore_to):
+    names = [name for name, _ in plans[tools[0]][1]]
+    for step, phase in enumerate(names):
         # The corpus is made in its own process: a child's peak RSS starts at its parent's,
         # so this process must stay small (numpy lives only in corpus.py).
-        if phase == "incremental backup":
-            subprocess.run([*CORPUS, "change", str(corpus)], check=True)
         if phase == "initial backup":
             subprocess.run([*CORPUS, "make", str(corpus), str(SCALE)], check=True)
-        wall, cpu, rss, code = run(cmd, env)
-        if phase != "init":
-            out.append(Measure(tool, phase, wall, cpu, rss, du(repo), code))
-            print(
-                f"  {tool:6} {phase:20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB",
-                flush=True,
-            )
-    shutil.rmtree(restore_to, ignore_errors=True)
-    return out
+        if phase == "incremental backup":
+            subprocess.run([*CORPUS, "change", str(corpus)], check=True)
+        order = tools if step % 2 == 0 else tools[::-1]
+        for tool in order:
+            repo, steps = plans[tool]
+            os.sync()
+            wall, cpu, rss, code = run(dict(steps)[phase], env)
+            if phase != "init":
+                out.append(Measure(tool, phase, wall, cpu, rss, du(repo), code))
+                print(
+                    f"  {tool:6} {phase:20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB",
+                    flush=True,
+                )
+    for tool in tools:
+        shutil.rmtree(OUT / f"restore-{tool}", ignore_errors=True)
+    return sorted(out, key=lambda m: (tools.index(m.tool), names.index(m.phase)))
 
 
 def bench_cp(corpus: Path) -> Measure:
@@ -281,10 +293,8 @@ def main() -> int:
     tools = ["bcdr"] + (["restic"] if shutil.which("restic") else [])
     if "restic" not in tools:
         print("restic not found: install Debian's `restic` package for the comparison")
-    results: list[Measure] = []
-    for tool in tools:
-        print(f"{tool}:", flush=True)
-        results += bench_tool(tool, corpus)
+    results = bench_tools(tools, corpus)
+    os.sync()
     results.append(bench_cp(corpus))
     size = du(corpus)
     table = render(results)
