@@ -24,23 +24,23 @@ node_modules/.installed: package.json package-lock.json
 	$(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Debian's Chromium, for the test that renders the HTML compliance report headless.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium (the HTML report test renders in it)"; \
+# $(call apt-install,COMMAND,PACKAGE,WHAT FOR): install a Debian package when COMMAND is missing.
+define apt-install
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  echo "installing Debian's $(2) ($(3))"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || { \
-	    echo "make test needs Chromium: apt-get install -y chromium" >&2; exit 1; }; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null || { \
+	    echo "$(3) needs it: apt-get install -y $(2)" >&2; exit 1; }; }
+endef
+
+# Debian's Chromium, for the test that renders the HTML compliance report headless.
+browser:
+	$(call apt-install,chromium,chromium,the HTML report test)
 
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
-	@command -v restic >/dev/null 2>&1 || { \
-	  echo "installing Debian's restic (the baseline of make bench)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null || { \
-	    echo "make bench compares with restic: apt-get install -y restic" >&2; exit 1; }; }
+	$(call apt-install,restic,restic,make bench)
 
 # Demo: make a small tree, back it up to a local repository, restore it, compare, check.
 run: install
