@@ -5,7 +5,11 @@ Chunks are fetched, opened, verified and written by a pool of threads with posit
 thread that completes a file's last chunk finalises it: it reads the written bytes back,
 compares their xxh3-128 digest and size with the tree's record, sets owner and mode, and only
 then renames the temporary file into place. A file with any error is removed, never renamed.
-In-flight chunks are bounded, so memory stays at about ``2 * workers`` chunks.
+In-flight chunks are bounded, so memory stays at about ``2 * workers`` chunks (or batches).
+
+Files of one chunk, the common case, go to the workers in batches (BATCH_FILES or
+BATCH_BYTES), each verified in memory and written straight to its name: a hand-off between
+threads costs more than such a file's I/O.
 """
 
 from __future__ import annotations
