@@ -33,6 +33,7 @@ SAFETENSORS = b".safetensors"
 #: Small files are read in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
+CHANGED_WHILE_READ = "changed while it was read; the stored copy may be torn"
 
 
 @dataclass
@@ -105,7 +106,6 @@ class Archiver:
         self.stats = BackupStats()
         self.problems = ScanProblems()
         self._pipeline = ChunkPipeline(repo, workers)
-        self._whole_max = 4 * repo.chunker.params.max_size  # read whole, as Chunker does
         self._batch: list[tuple[bytes, Node, bool]] = []
         self._batch_bytes = 0
         self._dropped: set[int] = set()  # id() of nodes whose file could not be read
@@ -281,13 +281,14 @@ class Archiver:
         ):
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
-        elif st.st_size <= self._whole_max and st.st_nlink == 1 and not path.endswith(SAFETENSORS):
+        elif (
+            st.st_size <= self.repo.chunker.whole_max
+            and st.st_nlink == 1
+            and not path.endswith(SAFETENSORS)
+        ):
             self._queue_file(path, node, pnode is None)
         elif self._read_file(path, node):
-            if pnode is None:
-                self.stats.files_new += 1
-            else:
-                self.stats.files_changed += 1
+            self._count_read(pnode is None)
         else:
             return None
         if st.st_nlink > 1:
@@ -314,12 +315,9 @@ class Archiver:
         return [self._read_whole(path) for path in paths]
 
     def _read_whole(self, path: bytes) -> WholeFile:
-        try:
-            fd = _open_noatime(path)
-        except FileNotFoundError:
-            return WholeFile(error="vanished before it was read")
-        except OSError as exc:
-            return WholeFile(error=f"cannot open: {exc.strerror}")
+        fd = _open_source(path)
+        if isinstance(fd, str):
+            return WholeFile(error=fd)
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 before = os.fstat(fd)
@@ -332,9 +330,7 @@ class Archiver:
             mtime_ns=before.st_mtime_ns,
             ctime_ns=before.st_ctime_ns,
             digest=fingerprint(data),
-            changed=len(data) != before.st_size
-            or (after.st_mtime_ns, after.st_size, after.st_ctime_ns)
-            != (before.st_mtime_ns, before.st_size, before.st_ctime_ns),
+            changed=_changed(before, after, len(data)),
         )
         if len(data) <= self.repo.chunker.params.min_size:  # at most one chunk: no cut, no copy
             if data:
@@ -358,23 +354,22 @@ class Archiver:
             node.size, node.mtime_ns, node.ctime_ns = res.size, res.mtime_ns, res.ctime_ns
             node.digest = res.digest
             if res.changed:
-                self.problems.error(path, "changed while it was read; the stored copy may be torn")
+                self.problems.error(path, CHANGED_WHILE_READ)
             self.stats.bytes_read += res.size
-            if new:
-                self.stats.files_new += 1
-            else:
-                self.stats.files_changed += 1
+            self._count_read(new)
             self._tick(path)
+
+    def _count_read(self, new: bool) -> None:
+        if new:
+            self.stats.files_new += 1
+        else:
+            self.stats.files_changed += 1
 
     def _read_file(self, path: bytes, node: Node) -> bool:
         """Chunk the file into ``node``; False (and recorded) if it could not be read."""
-        try:
-            fd = _open_noatime(path)
-        except FileNotFoundError:
-            self._skip(path, "vanished before it was read")
-            return False
-        except OSError as exc:
-            self._skip(path, f"cannot open: {exc.strerror}")
+        fd = _open_source(path)
+        if isinstance(fd, str):
+            self._skip(path, fd)
             return False
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
@@ -395,12 +390,8 @@ class Archiver:
         except OSError as exc:
             self._skip(path, f"read error: {exc.strerror}")
             return False
-        if total != before.st_size or (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (
-            before.st_mtime_ns,
-            before.st_size,
-            before.st_ctime_ns,
-        ):
-            self.problems.error(path, "changed while it was read; the stored copy may be torn")
+        if _changed(before, after, total):
+            self.problems.error(path, CHANGED_WHILE_READ)
         node.size = total
         node.mtime_ns = before.st_mtime_ns
         node.ctime_ns = before.st_ctime_ns
@@ -463,6 +454,25 @@ class RangeReader:
         got = os.preadv(self._fd, [view], self._pos) if len(view) else 0
         self._pos += got
         return got
+
+
+def _open_source(path: bytes) -> int | str:
+    """A descriptor of the file to back up, or why it cannot be opened."""
+    try:
+        return _open_noatime(path)
+    except FileNotFoundError:
+        return "vanished before it was read"
+    except OSError as exc:
+        return f"cannot open: {exc.strerror}"
+
+
+def _changed(before: os.stat_result, after: os.stat_result, read: int) -> bool:
+    """Did the file change while it was read (``read`` bytes between two fstat calls)?"""
+    return read != before.st_size or (after.st_mtime_ns, after.st_size, after.st_ctime_ns) != (
+        before.st_mtime_ns,
+        before.st_size,
+        before.st_ctime_ns,
+    )
 
 
 def _open_noatime(path: bytes) -> int:

@@ -144,20 +144,8 @@ class FileRestorer:
             if len(self._small) >= BATCH_FILES or self._small_bytes >= BATCH_BYTES:
                 self._flush_small()
             return
-        locs: list[BlobLocation] = []
-        offsets = []
-        pos = 0
-        for blob_id, loc in zip(
-            node.content, self.repo.index.lookup_many(node.content), strict=True
-        ):
-            if loc is None:
-                self._fail(snap_path, f"chunk {blob_id.hex()[:12]} is not in the index")
-                return
-            locs.append(loc)
-            offsets.append(pos)
-            pos += loc.raw_len
-        if pos != node.size:
-            self._fail(snap_path, f"chunks add up to {pos} bytes, the file has {node.size}")
+        locs = self._located(node, snap_path, self.repo.index.lookup_many(node.content))
+        if locs is None:
             return
         job = self._job(node, dest, snap_path)
         try:
@@ -165,9 +153,28 @@ class FileRestorer:
         except OSError as exc:
             self._fail(snap_path, exc.strerror or str(exc))
             return
-        for blob_id, loc, offset in zip(node.content, locs, offsets, strict=True):
+        offset = 0
+        for blob_id, loc in zip(node.content, locs, strict=True):
             self._slots.acquire()
             self._pool.submit(self._chunk, job, blob_id, loc, offset)
+            offset += loc.raw_len
+
+    def _located(
+        self, node: Node, snap_path: bytes, locs: list[BlobLocation | None]
+    ) -> list[BlobLocation] | None:
+        """The index entries of ``node``'s chunks, or None (and recorded) if one is missing
+        or they do not add up to the file's size."""
+        found = []
+        for blob_id, loc in zip(node.content, locs, strict=True):
+            if loc is None:
+                self._fail(snap_path, f"chunk {blob_id.hex()[:12]} is not in the index")
+                return None
+            found.append(loc)
+        total = sum(loc.raw_len for loc in found)
+        if total != node.size:
+            self._fail(snap_path, f"chunks add up to {total} bytes, the file has {node.size}")
+            return None
+        return found
 
     def _job(self, node: Node, dest: bytes, snap_path: bytes) -> _Job:
         self._seq += 1
@@ -178,17 +185,12 @@ class FileRestorer:
         files, self._small, self._small_bytes = self._small, [], 0
         if not files:
             return
-        locs = iter(self.repo.index.lookup_many([n.content[0] for n, _, _ in files if n.content]))
+        found = iter(self.repo.index.lookup_many([b for n, _, _ in files for b in n.content]))
         batch: list[tuple[_Job, BlobLocation | None]] = []
         for node, dest, snap_path in files:
-            loc = next(locs) if node.content else None
-            if node.content and loc is None:
-                self._fail(snap_path, f"chunk {node.content[0].hex()[:12]} is not in the index")
-            elif (loc.raw_len if loc else 0) != node.size:
-                got = loc.raw_len if loc else 0
-                self._fail(snap_path, f"chunks add up to {got} bytes, the file has {node.size}")
-            else:
-                batch.append((self._job(node, dest, snap_path), loc))
+            locs = self._located(node, snap_path, [next(found) for _ in node.content])
+            if locs is not None:
+                batch.append((self._job(node, dest, snap_path), locs[0] if locs else None))
         if batch:
             self._slots.acquire()
             self._pool.submit(self._small_batch, batch)

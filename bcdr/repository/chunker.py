@@ -53,6 +53,11 @@ class Chunker:
             seed=params.seed,
         )
 
+    @property
+    def whole_max(self) -> int:
+        """Streams up to this size are read whole and cut in memory (see :meth:`chunks`)."""
+        return 4 * self.params.max_size
+
     def chunks(self, stream: Readable, size_hint: int = -1) -> Iterator[memoryview]:
         """Yield the chunks of ``stream``. Each view is valid only until the next is yielded.
 
@@ -60,7 +65,7 @@ class Chunker:
         in memory: pyfastcdc's stream reader sets up a max-size buffer per call, which
         dominates the cost of small files.
         """
-        if 0 <= size_hint <= 4 * self.params.max_size:
+        if 0 <= size_hint <= self.whole_max:
             data = stream.read()
             for chunk in self._cdc.cut_buf(data):
                 yield chunk.data
