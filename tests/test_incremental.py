@@ -100,3 +100,24 @@ def test_no_change_reuses_the_parents_folder_trees_without_encoding_them(
     # d7 and the folders above it are new trees; the 29 other subfolders are reused
     assert len(encoded) == len(src.parts) - 1 + 2, encoded
     assert third.snapshot.tree != first.snapshot.tree
+
+
+def test_metadata_change_reaches_the_next_snapshot(tmp_path: Path, repo: str) -> None:
+    """The no-change path reuses the parent's node only when every recorded field is equal:
+    a new mode or a new hard link must reach the next snapshot."""
+    from bcdr.actions.restore import restore
+    from tests.conftest import restored_root, snapshot_tree
+
+    src = write_tree(tmp_path / "src", {"a": os.urandom(5000), "b": os.urandom(5000)})
+    req = BackupRequest(paths=(str(src),), job="meta")
+    first = backup(repo, req)
+    os.chmod(src / "a", 0o600)
+    os.link(src / "b", src / "b-link")
+    second = backup(repo, req)
+    assert second.snapshot.tree != first.snapshot.tree
+    # ctime moved, so a and b are read again (b-link is b's content, met second)
+    assert second.stats.files_changed == 2 and second.stats.bytes_read == 10_000
+    restore(repo, "latest", str(tmp_path / "out"))
+    out = restored_root(tmp_path / "out", src)
+    assert snapshot_tree(out) == snapshot_tree(src)
+    assert os.stat(out / "b").st_ino == os.stat(out / "b-link").st_ino

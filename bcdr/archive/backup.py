@@ -227,8 +227,9 @@ class Archiver:
             return None
         parent = self._parent_children(pnode)
         nodes = []
+        prefix = path if path.endswith(b"/") else path + b"/"
         for child in names:
-            full = os.path.join(path, child)
+            full = prefix + child
             if self.excludes and self.excludes.matches(full):
                 continue
             node = self._save_path(full, child, parent.get(child))
@@ -249,7 +250,7 @@ class Archiver:
         is never reused (it may be swept)."""
         if pnode is None or pnode.subtree is None or len(nodes) != len(parent):
             return False
-        if any(a != b for a, b in zip(nodes, parent.values(), strict=True)):
+        if any(a is not b and a != b for a, b in zip(nodes, parent.values(), strict=True)):
             return False
         return self.repo.reusable([pnode.subtree])
 
@@ -265,9 +266,20 @@ class Archiver:
     def _save_file(
         self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
     ) -> Node | None:
-        node = _file_node(name, st)
         self.stats.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
+        if (
+            pnode is not None
+            and st.st_nlink == 1
+            and not self.force_read
+            and _identical(pnode, st)
+            and self.repo.reusable(pnode.content)
+        ):
+            # The no-change path: every recorded field is the same, so the parent's node is
+            # this file's node (no new object; the folder's comparison is an identity check).
+            self.stats.files_unchanged += 1
+            return pnode
+        node = _file_node(name, st)
         if st.st_nlink > 1 and link_key in self._hardlinks:
             first = self._hardlinks[link_key]
             node.content, node.digest = first.content, first.digest
@@ -489,6 +501,18 @@ def _open_noatime(path: bytes) -> int:
     return os.open(path, flags)
 
 
+def _identical(pnode: Node, st: os.stat_result) -> bool:
+    """Would a node made from ``st`` equal ``pnode``? (Names are equal by lookup.)"""
+    return (
+        _unchanged(pnode, st)
+        and pnode.mode == st.st_mode & 0o7777
+        and pnode.uid == st.st_uid
+        and pnode.gid == st.st_gid
+        and pnode.dev == st.st_dev
+        and pnode.nlink == st.st_nlink
+    )
+
+
 def _unchanged(pnode: Node, st: os.stat_result) -> bool:
     return (
         pnode.type == FILE
@@ -517,15 +541,19 @@ def _meta(st: os.stat_result) -> _Meta:
 
 
 def _file_node(name: bytes, st: os.stat_result) -> Node:
+    # Positional, one call: built once per file on every backup, the no-change path included.
     return Node(
         name,
         FILE,
-        **_meta(st),
-        ctime_ns=st.st_ctime_ns,
-        inode=st.st_ino,
-        dev=st.st_dev,
-        nlink=st.st_nlink,
-        size=st.st_size,
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        st.st_nlink,
+        st.st_size,
     )
 
 

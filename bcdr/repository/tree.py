@@ -21,7 +21,7 @@ SYMLINK = "symlink"
 NODE_TYPES = (FILE, DIR, SYMLINK)
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     name: bytes
     type: str
@@ -66,30 +66,30 @@ class Node:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Node:
+        # One constructor call per node, positional: decoding the parent's trees is most of
+        # the no-change path (see docs/performance.md).
         t = d["type"]
-        if t not in NODE_TYPES:
-            raise ValueError(f"unknown node type {t!r}")
-        node = cls(
-            name=_get_bytes(d, "name"),
-            type=t,
-            mode=int(d["mode"]),
-            uid=int(d["uid"]),
-            gid=int(d["gid"]),
-            mtime_ns=int(d["mtime_ns"]),
-        )
+        name = _get_bytes(d, "name")
+        meta = (int(d["mode"]), int(d["uid"]), int(d["gid"]), int(d["mtime_ns"]))
         if t == FILE:
-            node.ctime_ns = int(d["ctime_ns"])
-            node.inode = int(d["inode"])
-            node.dev = int(d["dev"])
-            node.nlink = int(d["nlink"])
-            node.size = int(d["size"])
-            node.content = [bytes.fromhex(c) for c in d["content"]]
-            node.digest = d["digest"]
-        elif t == DIR:
-            node.subtree = bytes.fromhex(d["subtree"]) if d["subtree"] else None
-        else:
-            node.target = _get_bytes(d, "target")
-        return node
+            return cls(
+                name,
+                t,
+                *meta,
+                int(d["ctime_ns"]),
+                int(d["inode"]),
+                int(d["dev"]),
+                int(d["nlink"]),
+                int(d["size"]),
+                [bytes.fromhex(c) for c in d["content"]],
+                d["digest"],
+            )
+        if t == DIR:
+            subtree = d["subtree"]
+            return cls(name, t, *meta, subtree=bytes.fromhex(subtree) if subtree else None)
+        if t == SYMLINK:
+            return cls(name, t, *meta, target=_get_bytes(d, "target"))
+        raise ValueError(f"unknown node type {t!r}")
 
 
 def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
