@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+
+import blake3
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
-from bcdr.repository.hashing import object_name
 from bcdr.repository.locks import is_stale, list_locks
-from bcdr.repository.pack import PackEntry, pack_key, parse_pack
+from bcdr.repository.pack import TRAILER, PackEntry, header_span, pack_key, read_header
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.storage.wrap import Transfer
@@ -55,6 +57,11 @@ class CheckReport:
 
 ProgressFn = Callable[[str, int, int], None]
 
+#: check --read-data reads packs in sections of about this size (each worker holds one).
+SECTION = 4 * 2**20
+#: The first read of a pack's end: trailer and header (about 50 bytes per blob).
+TAIL_READ = 64 * 1024
+
 
 class Checker:
     def __init__(self, repo: Repository, progress: ProgressFn | None = None):
@@ -67,9 +74,19 @@ class Checker:
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_index()
         packs = self._check_packs()
-        self._check_snapshots()
         if read_fraction > 0:
-            self._read_data(packs, read_fraction, seed)
+            # The snapshot walk (tree decoding: Python) runs in a thread beside the data read
+            # (hashing, decryption, zstd: mostly outside the GIL), so neither waits for the
+            # other; its findings are reported first, as if it had run alone.
+            walk_errors: list[str] = []
+            with ThreadPoolExecutor(1, thread_name_prefix="bcdr-check-trees") as pool:
+                walk = pool.submit(self._check_snapshots, walk_errors)
+                data_errors = self._read_data(packs, read_fraction, seed)
+                walk.result()  # raises what the walk raised
+            self.report.errors.extend(walk_errors)
+            self.report.errors.extend(data_errors)
+        else:
+            self._check_snapshots(self.report.errors)
         self._check_leftovers()
         return self.report
 
@@ -111,14 +128,14 @@ class Checker:
             )
         return stored
 
-    def _check_snapshots(self) -> None:
+    def _check_snapshots(self, errors: list[str]) -> None:
         seen_trees: set[bytes] = set()
         seen_blobs: set[bytes] = set()
         for name in sorted(self.repo.snapshot_names()):
             try:
                 snap = self.repo.load_snapshot(name)
             except (BcdrError, ObjectNotFound) as exc:
-                self.report.errors.append(f"snapshot {name[:12]}: {exc}")
+                errors.append(f"snapshot {name[:12]}: {exc}")
                 continue
             self.report.snapshots += 1
             stack = [(bytes.fromhex(snap.tree), b"")]
@@ -130,7 +147,7 @@ class Checker:
                 try:
                     nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
                 except BcdrError as exc:
-                    self.report.errors.append(
+                    errors.append(
                         f"snapshot {snap.short_id} {_show(path or b'/')}: tree unreadable: {exc}"
                     )
                     continue
@@ -140,11 +157,11 @@ class Checker:
                     if node.type == DIR and node.subtree is not None:
                         stack.append((node.subtree, sub))
                     elif node.type == FILE:
-                        self._check_content(snap.short_id, sub, node.content, seen_blobs)
+                        self._check_content(snap.short_id, sub, node.content, seen_blobs, errors)
         self.report.blobs_referenced = len(seen_blobs)
 
     def _check_content(
-        self, snap: str, path: bytes, content: list[bytes], seen: set[bytes]
+        self, snap: str, path: bytes, content: list[bytes], seen: set[bytes], errors: list[str]
     ) -> None:
         missing = 0
         for blob_id in content:
@@ -156,12 +173,13 @@ class Checker:
             else:
                 missing += 1
         if missing:
-            self.report.errors.append(
+            errors.append(
                 f"snapshot {snap} {_show(path)}: {missing} chunk(s) missing "
                 "(not indexed, or their pack is gone)"
             )
 
-    def _read_data(self, stored: dict[str, int], fraction: float, seed: int | None) -> None:
+    def _read_data(self, stored: dict[str, int], fraction: float, seed: int | None) -> list[str]:
+        """Read and verify the chosen packs; return the problems found."""
         names = sorted(stored)
         count = len(names) if fraction >= 1 else math.ceil(len(names) * fraction)
         chosen = names if count >= len(names) else random.Random(seed).sample(names, count)
@@ -169,42 +187,62 @@ class Checker:
         # Packs are downloaded and verified by a pool (hashing, decryption and zstd release
         # the GIL); at most 2 x workers packs are in memory at once.
         workers = max(2, self.repo.storage.concurrency)
-        results = ordered_map(self._read_pack, sorted(chosen), workers)
-        for i, result in enumerate(results):
-            self._count_read(result)
+        errors: list[str] = []
+        results = ordered_map(self._read_pack, [(n, stored[n]) for n in sorted(chosen)], workers)
+        for i, (size, found) in enumerate(results):
+            if size >= 0:
+                self.report.packs_read += 1
+                self.report.bytes_read += size
+            errors.extend(found)
             if self.progress:
                 self.progress("read-data", i, len(chosen))
+        return errors
 
-    def _count_read(self, result: tuple[int, list[str]]) -> None:
-        size, errors = result
-        if size >= 0:
-            self.report.packs_read += 1
-            self.report.bytes_read += size
-        self.report.errors.extend(errors)
-
-    def _read_pack(self, pack: str) -> tuple[int, list[str]]:
-        """Download and verify one pack: (bytes read or -1, problems found)."""
+    def _read_pack(self, item: tuple[str, int]) -> tuple[int, list[str]]:
+        """Download and verify one pack of ``size`` bytes, section by section (memory stays at
+        about SECTION per worker, not a pack): (bytes read or -1, problems found)."""
+        pack, size = item
+        what = f"pack {pack[:12]}"
+        storage, key = self.repo.storage, pack_key(pack)
         try:
-            data = self.repo.storage.get(pack_key(pack))
-        except BcdrError as exc:
-            return -1, [f"pack {pack[:12]}: cannot read: {exc}"]
-        errors = []
-        if object_name(data) != pack:
-            errors.append(f"pack {pack[:12]}: content does not match its name (damaged)")
-        try:
-            entries = parse_pack(data, self.repo.cipher, f"pack {pack[:12]}")
-        except CorruptObject as exc:
-            return len(data), [*errors, str(exc)]
-        for e in entries:
-            sealed = data[e.offset : e.offset + e.stored_len]
+            tail = storage.get(key, max(0, size - TAIL_READ))
+            errors: list[str] = []
+            entries: list[PackEntry] = []
             try:
-                self.repo.decode_blob(e.blob_id, e.codec, sealed, e.raw_len)
+                body_end = header_span(tail, size, what)
+                if size - body_end > len(tail):  # a header longer than the first read
+                    tail = storage.get(key, body_end)
+                header = tail[len(tail) - (size - body_end) : len(tail) - TRAILER.size]
+                entries = read_header(header, self.repo.cipher, body_end, what)
             except CorruptObject as exc:
-                errors.append(f"pack {pack[:12]}: {exc}")
+                errors.append(str(exc))
+                body_end = max(0, size - len(tail))  # still hash every byte for the name
+            hasher = blake3.blake3()
+            for start, end, blobs in _sections(entries, body_end):
+                data = storage.get(key, start, end - start)
+                if len(data) != end - start:
+                    return size, [f"{what}: shorter than listed ({size} bytes)"]
+                hasher.update(data)
+                view = memoryview(data)  # blobs are opened in place, not copied out
+                for e in blobs:
+                    sealed = view[e.offset - start : e.offset - start + e.stored_len]
+                    try:
+                        self.repo.decode_blob(e.blob_id, e.codec, sealed, e.raw_len)
+                    except CorruptObject as exc:
+                        errors.append(f"{what}: {exc}")
+            hasher.update(tail[len(tail) - (size - body_end) :])
+        except BcdrError as exc:
+            return -1, [f"{what}: cannot read: {exc}"]
+        if hasher.hexdigest() != pack:
+            errors.insert(0, f"{what}: content does not match its name (damaged)")
         indexed = self._indexed.get(pack)
-        if indexed is not None and sorted(indexed, key=_key) != sorted(entries, key=_key):
-            errors.append(f"pack {pack[:12]}: header does not match the index")
-        return len(data), errors
+        if (
+            entries
+            and indexed is not None
+            and sorted(indexed, key=_key) != sorted(entries, key=_key)
+        ):
+            errors.append(f"{what}: header does not match the index")
+        return size, errors
 
     def _check_leftovers(self) -> None:
         now = self.repo.clock.now()
@@ -218,6 +256,25 @@ class Checker:
         if leftover_tmp is not None:
             for name in leftover_tmp():
                 self.report.leftovers.append(f"temporary file tmp/{name} of an interrupted write")
+
+
+def _sections(
+    entries: list[PackEntry], body_end: int
+) -> Iterator[tuple[int, int, list[PackEntry]]]:
+    """Cut a pack's blob area ``[0, body_end)`` into consecutive reads of about SECTION bytes
+    that never split a blob: (start, end, the blobs starting inside). A read grows to the end
+    of every blob that starts in it, so a blob is always whole in one read."""
+    order = sorted(entries, key=lambda e: e.offset)
+    i, start = 0, 0
+    while start < body_end:
+        end = min(body_end, start + SECTION)
+        blobs = []
+        while i < len(order) and order[i].offset < end:
+            end = max(end, order[i].offset + order[i].stored_len)
+            blobs.append(order[i])
+            i += 1
+        yield start, end, blobs
+        start = end
 
 
 def _key(e: PackEntry) -> tuple[bytes, int]:

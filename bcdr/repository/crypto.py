@@ -49,7 +49,7 @@ class Cipher(Protocol):
 
     def seal(self, plain: bytes, aad: bytes) -> bytes: ...
 
-    def open(self, sealed: bytes, aad: bytes, what: str) -> bytes: ...
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes: ...
 
 
 class NullCipher:
@@ -60,8 +60,8 @@ class NullCipher:
     def seal(self, plain: bytes, aad: bytes) -> bytes:
         return plain
 
-    def open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
-        return sealed
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+        return bytes(sealed)  # no copy when given bytes
 
 
 class AesGcmCipher:
@@ -74,7 +74,7 @@ class AesGcmCipher:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, plain, aad)
 
-    def open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         if len(sealed) < SEAL_OVERHEAD:
             raise CorruptObject(f"{what}: too short to be sealed data ({len(sealed)} bytes)")
         try:

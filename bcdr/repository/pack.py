@@ -103,16 +103,27 @@ class PackBuilder:
 
 def parse_pack(data: bytes, cipher: Cipher, what: str) -> list[PackEntry]:
     """Parse the header of a whole pack held in memory; check entries lie inside the pack."""
-    if len(data) < TRAILER.size:
-        raise CorruptObject(f"{what}: truncated ({len(data)} bytes, no trailer)")
-    header_len, magic = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    body_end = header_span(data[-TRAILER.size :], len(data), what)
+    return read_header(data[body_end : len(data) - TRAILER.size], cipher, body_end, what)
+
+
+def header_span(trailer: bytes, size: int, what: str) -> int:
+    """Where the header of a pack of ``size`` bytes starts (= the end of its blobs), from its
+    last TRAILER.size bytes."""
+    if size < TRAILER.size or len(trailer) < TRAILER.size:
+        raise CorruptObject(f"{what}: truncated ({size} bytes, no trailer)")
+    header_len, magic = TRAILER.unpack_from(trailer, len(trailer) - TRAILER.size)
     if magic != MAGIC:
         raise CorruptObject(f"{what}: bad trailer magic (truncated or not a pack)")
-    body_end = len(data) - TRAILER.size - header_len
+    body_end = size - TRAILER.size - int(header_len)
     if body_end < 0:
         raise CorruptObject(f"{what}: header length {header_len} exceeds the pack")
-    header = cipher.open(data[body_end : len(data) - TRAILER.size], HEADER_AAD, what)
-    entries = decode_entries(header, what)
+    return body_end
+
+
+def read_header(header: bytes, cipher: Cipher, body_end: int, what: str) -> list[PackEntry]:
+    """Open a pack's sealed header; check its entries lie inside the blob area."""
+    entries = decode_entries(cipher.open(header, HEADER_AAD, what), what)
     for e in entries:
         if e.offset + e.stored_len > body_end:
             raise CorruptObject(f"{what}: blob {e.blob_id.hex()[:12]} lies past the blob area")

@@ -253,8 +253,11 @@ class Repository:
         codec, stored = self.compressor.compress(data, layout)
         return codec, self.cipher.seal(stored, blob_id)
 
-    def decode_blob(self, blob_id: bytes, codec: int, sealed: bytes, raw_len: int) -> bytes:
-        """Open, decompress and verify a blob; raises CorruptObject on any mismatch."""
+    def decode_blob(
+        self, blob_id: bytes, codec: int, sealed: bytes | memoryview, raw_len: int
+    ) -> bytes:
+        """Open, decompress and verify a blob; raises CorruptObject on any mismatch.
+        ``sealed`` may be a view into a pack (check reads packs whole)."""
         what = f"blob {blob_id.hex()[:12]}"
         stored = self.cipher.open(sealed, blob_id, what)
         data = self.compressor.decompress(codec, stored, raw_len, what)
