@@ -47,6 +47,18 @@ def test_stream_and_buffer_cut_identically(tmp_path: Path) -> None:
     assert b"".join(streamed) == data
 
 
+def test_chunks_of_a_stream_read_whole_stay_valid_without_a_copy(tmp_path: Path) -> None:
+    """Backup hands such chunks to workers as views (no copy); they must outlive the loop."""
+    chunker = Chunker(PARAMS)
+    data = random.Random(3).randbytes(chunker.whole_max - 1000)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    assert chunker.read_whole(len(data)) and not chunker.read_whole(chunker.whole_max + 1)
+    with open(p, "rb", buffering=0) as f:
+        kept = list(chunker.chunks(f, len(data)))  # views, kept past the next chunk
+    assert len(kept) > 2 and b"".join(kept) == data
+
+
 def test_dedup_across_files_and_snapshots(tmp_path: Path, repo: str) -> None:
     rng = random.Random(3)
     shared = rng.randbytes(1_000_000)

@@ -389,13 +389,18 @@ class Archiver:
                 digest = new_fingerprint()
                 total = 0
                 for seg, reader in self._segments(path, f, before.st_size):
+                    # A segment read whole is handed on as views of its buffer (no copy:
+                    # a tensor of up to 32 MiB is held once, not twice)
+                    keep = self.repo.chunker.read_whole(seg.end - seg.start)
                     for chunk in self.repo.chunker.chunks(reader, seg.end - seg.start):
                         layout = (
                             (seg.elsize, (seg.start - total) % seg.elsize) if seg.elsize else None
                         )
                         digest.update(chunk)
                         total += len(chunk)
-                        self._pipeline.submit(bytes(chunk), node.content, layout)
+                        self._pipeline.submit(
+                            chunk if keep else bytes(chunk), node.content, layout
+                        )
                         self.stats.bytes_read += len(chunk)
                         self._tick(path)
                 after = os.fstat(fd)

@@ -24,8 +24,9 @@ from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
 
 INLINE_BELOW = 64 * 1024
-#: Raw bytes handed to workers and not yet handled, beyond the task count bound.
-MAX_INFLIGHT_BYTES = 48 * 1024 * 1024
+#: Raw bytes handed to workers and not yet handled, beyond the task count bound (three 8 MiB
+#: batches: one per worker on 2 cores and one ready; more only raised peak RSS).
+MAX_INFLIGHT_BYTES = 24 * 1024 * 1024
 
 Encoded = tuple[bytes, tuple[int, bytes] | None]
 Done = Callable[[Any], None]
@@ -42,7 +43,7 @@ class ChunkPipeline:
         self._bytes = 0
         self._max_tasks = 2 * self.workers + 2
 
-    def encode(self, data: bytes, layout: Layout | None = None) -> Encoded:
+    def encode(self, data: bytes | memoryview, layout: Layout | None = None) -> Encoded:
         """Content id, and the sealed blob unless it is already stored (any thread)."""
         blob_id = self.repo.content_id(data)
         if self.repo.has_blob(blob_id):
@@ -55,7 +56,9 @@ class ChunkPipeline:
             codec, sealed = encoded
             self.repo.writer.add(blob_id, DATA, codec, raw_len, sealed)
 
-    def submit(self, data: bytes, sink: list[bytes], layout: Layout | None = None) -> None:
+    def submit(
+        self, data: bytes | memoryview, sink: list[bytes], layout: Layout | None = None
+    ) -> None:
         """Append the id of ``data`` to ``sink`` (at this position) once it is computed.
         ``layout`` marks a float-tensor chunk for byte-grouped compression."""
         pos = len(sink)

@@ -32,6 +32,7 @@ from bcdr.errors import (
     BcdrError,
     UsageError,
 )
+from bcdr.memory import limit_malloc_arenas
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import backup as backup_action
@@ -323,6 +324,8 @@ def progress_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:  # the bcdr command itself, not a caller in this process
+        limit_malloc_arenas()
     quiet_sdk_logging()
     progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
     try:

@@ -58,14 +58,20 @@ class Chunker:
         """Streams up to this size are read whole and cut in memory (see :meth:`chunks`)."""
         return 4 * self.params.max_size
 
+    def read_whole(self, size_hint: int) -> bool:
+        """Does :meth:`chunks` read a stream of ``size_hint`` bytes whole? Then its chunks
+        are views of one buffer that stay valid (no copy needed to keep them)."""
+        return 0 <= size_hint <= self.whole_max
+
     def chunks(self, stream: Readable, size_hint: int = -1) -> Iterator[memoryview]:
-        """Yield the chunks of ``stream``. Each view is valid only until the next is yielded.
+        """Yield the chunks of ``stream``. Each view is valid only until the next is yielded,
+        unless the stream was read whole (:meth:`read_whole`).
 
         Streams known to be small (``size_hint`` up to 4x max chunk size) are read whole and cut
         in memory: pyfastcdc's stream reader sets up a max-size buffer per call, which
         dominates the cost of small files.
         """
-        if 0 <= size_hint <= self.whole_max:
+        if self.read_whole(size_hint):
             data = stream.read()
             for chunk in self._cdc.cut_buf(data):
                 yield chunk.data

@@ -32,7 +32,7 @@ def _element_dtype(elsize: int) -> str:
     return "<u2" if elsize == 2 else "<u4"
 
 
-def group_bytes(data: bytes, elsize: int, lead: int) -> bytes:
+def group_bytes(data: bytes | memoryview, elsize: int, lead: int) -> bytes:
     import numpy as np  # after the key is derived (see masterindex); cached after the first
 
     body_len = (len(data) - lead) // elsize * elsize
@@ -99,9 +99,12 @@ class Compressor:
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: bytes, layout: Layout | None = None) -> tuple[int, bytes]:
+    def compress(
+        self, data: bytes | memoryview, layout: Layout | None = None
+    ) -> tuple[int, bytes | memoryview]:
         """Return (codec, stored bytes): byte-grouped zstd for float chunks (``layout``),
-        plain zstd otherwise; raw when compression saves less than MIN_SAVING."""
+        plain zstd otherwise; raw (``data`` itself) when compression saves less than
+        MIN_SAVING."""
         if layout is not None and len(data) >= 2 * layout[0]:
             codec, packed = GROUPED_ZSTD, self._contexts()[2].compress(group_bytes(data, *layout))
         else:

@@ -47,7 +47,7 @@ class MasterKey:
 class Cipher(Protocol):
     overhead: int
 
-    def seal(self, plain: bytes, aad: bytes) -> bytes: ...
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes: ...
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes: ...
 
@@ -57,8 +57,8 @@ class NullCipher:
 
     overhead = 0
 
-    def seal(self, plain: bytes, aad: bytes) -> bytes:
-        return plain
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes:
+        return bytes(plain)  # a view would keep its whole buffer alive in the pack
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         return bytes(sealed)  # no copy when given bytes
@@ -70,7 +70,7 @@ class AesGcmCipher:
     def __init__(self, key: bytes):
         self._aead = AESGCM(key)
 
-    def seal(self, plain: bytes, aad: bytes) -> bytes:
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, plain, aad)
 

@@ -246,7 +246,7 @@ class Repository:
         return blob_id in self.index and not self._avoided(blob_id)
 
     def encode_blob(
-        self, blob_id: bytes, data: bytes, layout: Layout | None = None
+        self, blob_id: bytes, data: bytes | memoryview, layout: Layout | None = None
     ) -> tuple[int, bytes]:
         """Compress (byte-grouped for float chunks with a ``layout``) and seal a blob
         (thread-safe)."""

@@ -46,8 +46,8 @@ class BlobWriter:
         self._uploads: deque[Future[tuple[str, list[PackEntry]]]] = deque()
         self._unindexed: dict[str, list[PackEntry]] = {}
         # As many uploads as the storage wants in flight (2 on a local disk, one per connection
-        # on Azure), plus one finished pack waiting: memory is bounded by (N + 1) packs.
-        self._max_in_flight = storage.concurrency + 1
+        # on Azure), the pack being built waiting for one: memory is bounded by N + 1 packs.
+        self._max_in_flight = storage.concurrency
         self._pool = ThreadPoolExecutor(storage.concurrency, thread_name_prefix="bcdr-upload")
         self.bytes_added = 0
         self.blobs_added = 0
