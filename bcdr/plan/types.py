@@ -10,8 +10,6 @@ from datetime import timedelta
 from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter
-
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 SHORTHANDS = ("hourly", "daily", "weekly", "monthly")
@@ -93,6 +91,8 @@ class Schedule:
                 f"{text!r} is neither a shorthand nor a 5-field cron expression",
                 "use hourly, daily, weekly, monthly, or minute hour day month weekday",
             )
+        from croniter import croniter  # 40 ms to import: only plans with cron specs pay
+
         if not croniter.is_valid(text):
             raise ValueError(
                 f"{text!r} is not a valid cron expression",
