@@ -8,7 +8,8 @@ size on disk after each phase. Ratios are bcdr / restic from the same run on the
 Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_DIR (default bench/out) holds
 the corpus, repositories, and results.json. Both tools run with encryption on (restic always
 encrypts) and warm page cache. Peak RSS has a floor of this harness's own RSS (~12 MiB), as
-Linux children start from their parent's high-water mark; ``cp -a`` shows that floor.
+Linux children start from their parent's high-water mark; ``cp -a`` shows that floor. bcdr's
+worker processes are counted (see :func:`run`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,17 +56,52 @@ def du(path: Path) -> int:
     return total
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and all its descendants (0 once it is gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+    """Wall and CPU time (children included) and peak memory of one command. Peak memory is
+    the larger of wait4's max RSS (one process's) and the peak of the summed RSS of the whole
+    process tree, sampled every 20 ms: bcdr forks worker processes, and their memory counts
+    (summing RSS counts the pages they share with their parent twice: it errs against bcdr)."""
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
+    done.set()
+    sampler.join()
     code = os.waitstatus_to_exitcode(status)
     if code != 0 and proc.stderr is not None:
         sys.stderr.write(f"{' '.join(cmd[:4])}... exited {code}: {proc.stderr.read().decode()}\n")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code
+    rss_mib = max(usage.ru_maxrss / 1024, peak[0] / 2**20)
+    return wall, usage.ru_utime + usage.ru_stime, rss_mib, code
 
 
 def phases(tool: str, repo: Path, corpus: Path, restore_to: Path) -> list[tuple[str, list[str]]]:

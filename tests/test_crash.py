@@ -135,3 +135,63 @@ def test_sigkill_after_every_kind_of_write(tmp_path: Path) -> None:
     assert run_process("restore", "--repo", repo, snaps[-1]["id"], "--target", out).code == 0
     assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
     assert _helper(repo, src, 0).returncode == 0
+
+
+STUCK_BACKUP = """
+import os, sys, time
+import bcdr.archive.backup as backup_mod
+from bcdr.actions.backup import BackupRequest, backup
+real_open = backup_mod._open_noatime
+def stuck_open(path):
+    if path.endswith(b"/stuck"):
+        time.sleep(600)  # a worker hangs on this file (a dead NFS server, say)
+    return real_open(path)
+backup_mod._open_noatime = stuck_open
+backup(sys.argv[1], BackupRequest(paths=(sys.argv[2],)))
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive, not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out |= {int(c) for c in f.read().split()}
+    return out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux")
+def test_worker_processes_die_with_a_killed_backup(tmp_path: Path, repo: str) -> None:
+    """bcdr killed (SIGKILL, the OOM killer) takes its worker processes with it: none lingers
+    holding its pipes or the source files."""
+    src = write_tree(tmp_path / "src", {f"f{i}": b"x" * 100 for i in range(10)} | {"stuck": b"s"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_BACKUP, repo, str(src)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        workers: set[int] = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = _children(proc.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the backup forked no worker processes"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:  # do not leave them behind even when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived the killed backup"

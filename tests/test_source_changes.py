@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.archive import backup as backup_mod
 from bcdr.archive.backup import BackupStats
+from bcdr.archive.pipeline import processes_enabled
 from bcdr.archive.restore import Restorer
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
@@ -69,10 +71,14 @@ def test_small_file_gone_when_its_batch_is_read_is_left_out(
     src = write_tree(tmp_path / "src", files)
     repo = _repo(tmp_path)
     real_open = backup_mod._open_noatime
+    walker = os.getpid()
 
     def open_or_vanish(path: bytes) -> int:
         if path.endswith(b"/f07"):
-            assert threading.current_thread() is not threading.main_thread()  # a batch
+            # read in a batch: by a worker process (or thread), not by the walk
+            assert (
+                os.getpid() != walker or threading.current_thread() is not threading.main_thread()
+            )
             raise FileNotFoundError(path)
         return real_open(path)
 
@@ -87,3 +93,69 @@ def test_small_file_gone_when_its_batch_is_read_is_left_out(
     restored = out / str(src).lstrip("/")
     assert sorted(p.name for p in restored.iterdir()) == sorted(set(files) - {"f07"})
     assert all((restored / n).read_bytes() == files[n] for n in files if n != "f07")
+
+
+@pytest.mark.skipif(not processes_enabled(2), reason="worker processes are forked on Linux")
+def test_worker_process_killed_fails_the_backup_cleanly_and_the_next_one_works(
+    tmp_path: Path,
+    repo: str,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """A worker process that dies (the OOM killer picks it) fails the backup with a clear
+    error and exit code 1; nothing is committed, the repository checks clean, and the next
+    backup stores everything."""
+    files = {f"d{d}/f{i}": os.urandom(300 + i) for d in range(3) for i in range(30)}
+    src = write_tree(tmp_path / "src", files | {"d1/poison": b"p"})
+    walker = os.getpid()
+    real_open = backup_mod._open_noatime
+
+    def open_or_die(path: bytes) -> int:
+        if path.endswith(b"/poison") and os.getpid() != walker:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "_open_noatime", open_or_die)
+    r = cli("backup", "--repo", repo, src)
+    assert r.code == 1, r.err
+    assert "worker process of this backup ended unexpectedly" in r.err
+    assert "Traceback" not in r.err
+    assert cli("snapshots", "--repo", repo, "--json").json() == []
+    assert cli("check", "--repo", repo, "--read-data").code == 0
+
+    monkeypatch.setattr(backup_mod, "_open_noatime", real_open)
+    r = cli("backup", "--repo", repo, src)
+    assert r.code == 0, r.err
+    out = tmp_path / "out"
+    assert cli("restore", "--repo", repo, "latest", "--target", out).code == 0
+    restored = out / str(src).lstrip("/")
+    assert all((restored / n).read_bytes() == data for n, data in files.items())
+
+
+@pytest.mark.skipif(not processes_enabled(2), reason="worker processes are forked on Linux")
+def test_worker_processes_and_threads_store_the_same_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files read by forked processes or by threads give the same snapshot tree (the
+    same bytes, chunked, hashed and recorded alike), and the processes really ran."""
+    rng = __import__("random").Random(7)
+    files = {
+        f"d{d}/f{i}": rng.randbytes(rng.randint(0, 40_000)) for d in range(4) for i in range(50)
+    }
+    src = write_tree(tmp_path / "src", files)
+    repo = _repo(tmp_path)
+    readers: set[int] = set()
+    real_open = backup_mod._open_noatime
+
+    def open_noting_reader(path: bytes) -> int:
+        readers.add(os.getpid())  # in a child, the parent never sees it: only threads count
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "_open_noatime", open_noting_reader)
+    forked = run_backup(repo, BackupRequest(paths=(str(src),), job="forked"))
+    assert readers == set()  # no file was opened in this process: workers did it
+    monkeypatch.setenv("BCDR_WORKER_PROCESSES", "0")
+    threaded = run_backup(repo, BackupRequest(paths=(str(src),), job="threads"))
+    assert readers == {os.getpid()}
+    assert threaded.snapshot.tree == forked.snapshot.tree
+    assert threaded.stats.bytes_read == forked.stats.bytes_read == sum(map(len, files.values()))

@@ -105,7 +105,7 @@ class Archiver:
         self.progress = progress
         self.stats = BackupStats()
         self.problems = ScanProblems()
-        self._pipeline = ChunkPipeline(repo, workers)
+        self._pipeline = ChunkPipeline(repo, workers, fork_for=self)
         self._batch: list[tuple[bytes, Node, bool]] = []
         self._batch_bytes = 0
         self._dropped: set[int] = set()  # id() of nodes whose file could not be read
@@ -120,6 +120,7 @@ class Archiver:
         sys.setrecursionlimit(max(old_limit, 20000))
         root = Node(b"", DIR)
         try:
+            self._pipeline.start()
             self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree), root)
             self._flush_batch()
             self._pipeline.drain()
@@ -318,12 +319,12 @@ class Archiver:
         batch, self._batch, weight, self._batch_bytes = self._batch, [], self._batch_bytes, 0
         if batch:
             paths = [path for path, _, _ in batch]
-            self._pipeline.run(
-                partial(self._read_batch, paths), partial(self._batch_read, batch), weight
+            self._pipeline.run_forked(
+                "_read_batch", (paths,), partial(self._batch_read, batch), weight
             )
 
     def _read_batch(self, paths: list[bytes]) -> list[WholeFile]:
-        """(worker) Read, cut and encode each file."""
+        """(worker process or thread) Read, cut and encode each file."""
         return [self._read_whole(path) for path in paths]
 
     def _read_whole(self, path: bytes) -> WholeFile:

@@ -8,17 +8,30 @@ Handing work between threads costs tens of microseconds (a futex wake and a GIL 
 more in a VM): more than a small file's I/O. So small files travel in batches, one task per
 batch, and a folder's tree is stored by a callback queued behind its files' tasks, so the walk
 never waits for a folder to finish (see docs/performance.md).
+
+Even batched, worker threads share one GIL with the walk: every syscall of a small file (open,
+fstat, read, close) gives it up and waits to take it back. So on Linux the batches of small
+files go to worker *processes* forked when the pipeline starts (before its threads exist): they
+read, cut, hash, compress and seal in parallel with the walk, on their own copy of the
+repository state (the index as loaded; a blob stored meanwhile is at worst encoded twice, and
+the writer keeps one). Results come back pickled, in order, like a thread's.
+``BCDR_WORKER_PROCESSES=0`` keeps them in threads.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any
 
+from bcdr.errors import BcdrError
 from bcdr.repository.compression import Layout
 from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
@@ -31,17 +44,75 @@ MAX_INFLIGHT_BYTES = 24 * 1024 * 1024
 Encoded = tuple[bytes, tuple[int, bytes] | None]
 Done = Callable[[Any], None]
 
+#: What forked workers call into, by token: each child has the copy it was forked with.
+_FORKED: dict[int, object] = {}
+
+
+def processes_enabled(workers: int) -> bool:
+    """Fork worker processes? (Linux, more than one worker, not turned off.)"""
+    return (
+        workers > 1
+        and sys.platform == "linux"
+        and os.environ.get("BCDR_WORKER_PROCESSES", "1") != "0"
+    )
+
+
+PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+
+
+def _child_init(parent: int) -> None:
+    # A worker dies with the backup: if bcdr is killed (SIGKILL, the OOM killer), no worker
+    # may linger holding its pipes (Linux sends SIGKILL when the forking thread ends).
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent stops the work and shuts the pool
+    # down; a child must not die of it mid-task with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call_forked(token: int, method: str, *args: Any) -> Any:
+    return getattr(_FORKED[token], method)(*args)
+
 
 class ChunkPipeline:
-    def __init__(self, repo: Repository, workers: int | None = None):
+    def __init__(
+        self, repo: Repository, workers: int | None = None, *, fork_for: object | None = None
+    ):
+        """``fork_for``: the object whose methods :meth:`run_forked` calls (in processes
+        forked by :meth:`start`, if :func:`processes_enabled`; else in threads)."""
         self.repo = repo
         self.workers = workers or max(1, os.cpu_count() or 1)
+        self._fork_for = fork_for
+        self._procs: ProcessPoolExecutor | None = None
+        self._token = id(self)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bcdr-chunk")
         # (future or None for a callback, its handler, raw bytes it holds)
         self._queue: deque[tuple[Future[Any] | None, Done, int]] = deque()
         self._tasks = 0
         self._bytes = 0
         self._max_tasks = 2 * self.workers + 2
+
+    def start(self) -> None:
+        """Fork the worker processes, once ``fork_for`` is complete and before any thread of
+        this pipeline runs (a child has only the forking thread)."""
+        if self._procs is not None or self._fork_for is None:
+            return
+        if not processes_enabled(self.workers):
+            return
+        _FORKED[self._token] = self._fork_for
+        try:
+            self._procs = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_child_init,
+                initargs=(os.getpid(),),
+            )
+            self._procs.submit(int).result()  # every worker forks at the first task
+        finally:
+            del _FORKED[self._token]  # the children have their copies
 
     def encode(self, data: bytes | memoryview, layout: Layout | None = None) -> Encoded:
         """Content id, and the sealed blob unless it is already stored (any thread)."""
@@ -75,7 +146,20 @@ class ChunkPipeline:
     def run(self, fn: Callable[[], Any], done: Done, weight: int = 0) -> None:
         """Run ``fn()`` in a worker and ``done(result)`` in this thread, in submission order.
         ``weight``: the raw bytes the task holds (bounds memory)."""
-        self._queue.append((self._pool.submit(fn), done, weight))
+        self._enqueue(self._pool.submit(fn), done, weight)
+
+    def run_forked(self, method: str, args: tuple[Any, ...], done: Done, weight: int = 0) -> None:
+        """:meth:`run` of ``fork_for.<method>(*args)``, in a worker process when there are
+        (arguments and result travel pickled)."""
+        if self._procs is None:
+            self.run(partial(getattr(self._fork_for, method), *args), done, weight)
+        else:
+            self._enqueue(
+                self._procs.submit(_call_forked, self._token, method, *args), done, weight
+            )
+
+    def _enqueue(self, fut: Future[Any], done: Done, weight: int) -> None:
+        self._queue.append((fut, done, weight))
         self._tasks += 1
         self._bytes += weight
         while self._tasks > self._max_tasks or (
@@ -95,7 +179,15 @@ class ChunkPipeline:
         if fut is not None:
             self._tasks -= 1
             self._bytes -= weight
-            done(fut.result())
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                raise BcdrError(
+                    "a worker process of this backup ended unexpectedly (killed, or out of "
+                    "memory); nothing was committed",
+                    hint="run the backup again; BCDR_WORKER_PROCESSES=0 uses threads instead",
+                ) from None
+            done(result)
         else:
             done(None)
         while self._queue and self._queue[0][0] is None:  # callbacks now due
@@ -111,3 +203,5 @@ class ChunkPipeline:
                 fut.cancel()
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=True, cancel_futures=True)
