@@ -1,4 +1,4 @@
-"""Process-wide memory tuning of the bcdr command."""
+"""Process-wide malloc tuning of the bcdr command."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import sys
 
 import pytest
 
-from bcdr.memory import limit_malloc_arenas
+from bcdr.memory import tune_malloc
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="malloc arenas are glibc's",
+    reason="mallopt is glibc's",
 )
-def test_malloc_arenas_are_capped_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert limit_malloc_arenas() is True  # glibc accepted M_ARENA_MAX
+def test_malloc_is_tuned_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+    for env in names:
+        monkeypatch.delenv(env, raising=False)
+    assert tune_malloc() == names[:1]
+    assert tune_malloc(keep=2**24) == names  # glibc accepted every one
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert limit_malloc_arenas() is False  # the user's setting wins
+    assert tune_malloc(keep=2**24) == names[1:]  # the user's setting wins

@@ -32,7 +32,7 @@ from bcdr.errors import (
     BcdrError,
     UsageError,
 )
-from bcdr.memory import limit_malloc_arenas
+from bcdr.memory import tune_malloc
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import backup as backup_action
@@ -322,10 +322,18 @@ def progress_logging(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+#: Freed memory each data command keeps for reuse (see bcdr/memory.py for the figures).
+KEEP_FREED: dict[Handler, int] = {
+    cmd_backup: 64 * 2**20,
+    cmd_restore: 64 * 2**20,
+    cmd_check: 16 * 2**20,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     if argv is None:  # the bcdr command itself, not a caller in this process
-        limit_malloc_arenas()
+        tune_malloc(keep=KEEP_FREED.get(args.handler, 0))
     quiet_sdk_logging()
     progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
     try:
