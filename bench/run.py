@@ -59,27 +59,46 @@ def du(path: Path) -> int:
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and all its descendants (0 once it is gone)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-    return total
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.extend(int(c) for c in f.read().split())
+    return out
+
+
+def _pss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_memory(pid: int) -> int:
+    """Memory of ``pid`` and its descendants, in bytes (0 once gone): the resident set of a
+    lone process; for a process tree (bcdr's forked workers) the summed proportional set
+    size, so that pages a child shares with its parent count once, not once each. (PSS is
+    read only for trees: reading it stalls the process's page faults.)"""
+    try:
+        tree, todo = [pid], _children(pid)
+        while todo:
+            p = todo.pop()
+            tree.append(p)
+            todo.extend(_children(p))
+        if len(tree) == 1:
+            with open(f"/proc/{pid}/statm") as f:
+                return int(f.read().split()[1]) * PAGE
+        return sum(_pss(p) for p in tree)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
     """Wall and CPU time (children included) and peak memory of one command. Peak memory is
-    the larger of wait4's max RSS (one process's) and the peak of the summed RSS of the whole
-    process tree, sampled every 20 ms: bcdr forks worker processes, and their memory counts
-    (summing RSS counts the pages they share with their parent twice: it errs against bcdr)."""
+    the larger of wait4's max RSS (one process's) and the peak of the process tree's summed
+    memory (:func:`tree_memory`), sampled every 100 ms: bcdr's forked worker processes count,
+    with the pages they share with their parent counted once."""
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -88,8 +107,8 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], tree_memory(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bcdr.memory import tune_malloc
+from bcdr.memory import big_buffers_ahead, tune_malloc
 
 
 @pytest.mark.skipif(
@@ -19,6 +19,10 @@ def test_malloc_is_tuned_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) 
     for env in names:
         monkeypatch.delenv(env, raising=False)
     assert tune_malloc() == names[:1]
-    assert tune_malloc(keep=2**24) == names  # glibc accepted every one
+    assert big_buffers_ahead() == []  # the command did not ask
+    assert tune_malloc(keep=2**24) == names[:1]
+    assert big_buffers_ahead() == names[1:]  # glibc accepted every one
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert tune_malloc(keep=2**24) == names[1:]  # the user's setting wins
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "8")
+    assert tune_malloc(keep=2**24) == []  # the user's settings win
+    assert big_buffers_ahead() == names[1:2]

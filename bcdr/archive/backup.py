@@ -21,6 +21,7 @@ from typing import BinaryIO, TypedDict
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import Segment, segments
+from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
 from bcdr.repository.hashing import fingerprint, new_fingerprint
 from bcdr.repository.pack import TREE
@@ -120,6 +121,7 @@ class Archiver:
         sys.setrecursionlimit(max(old_limit, 20000))
         root = Node(b"", DIR)
         try:
+            big_buffers_ahead()  # before the workers fork: they inherit it
             self._pipeline.start()
             self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree), root)
             self._flush_batch()

@@ -11,10 +11,10 @@ never waits for a folder to finish (see docs/performance.md).
 
 Even batched, worker threads share one GIL with the walk: every syscall of a small file (open,
 fstat, read, close) gives it up and waits to take it back. So on Linux the batches of small
-files go to worker *processes* forked when the pipeline starts (before its threads exist): they
-read, cut, hash, compress and seal in parallel with the walk, on their own copy of the
-repository state (the index as loaded; a blob stored meanwhile is at worst encoded twice, and
-the writer keeps one). Results come back pickled, in order, like a thread's.
+files go to worker *processes*, forked when the walk starts: they read, cut, hash, compress and
+seal in parallel with the walk, on their own copy of the repository state as it was then (a
+blob stored later is at worst encoded twice; the writer keeps one). Results come back pickled,
+in order, like a thread's.
 ``BCDR_WORKER_PROCESSES=0`` keeps them in threads.
 """
 
@@ -81,8 +81,8 @@ class ChunkPipeline:
     def __init__(
         self, repo: Repository, workers: int | None = None, *, fork_for: object | None = None
     ):
-        """``fork_for``: the object whose methods :meth:`run_forked` calls (in processes
-        forked by :meth:`start`, if :func:`processes_enabled`; else in threads)."""
+        """``fork_for``: the object whose methods :meth:`run_forked` calls (in worker
+        processes forked by :meth:`start` if :func:`processes_enabled`, else in threads)."""
         self.repo = repo
         self.workers = workers or max(1, os.cpu_count() or 1)
         self._fork_for = fork_for
@@ -96,8 +96,12 @@ class ChunkPipeline:
         self._max_tasks = 2 * self.workers + 2
 
     def start(self) -> None:
-        """Fork the worker processes, once ``fork_for`` is complete and before any thread of
-        this pipeline runs (a child has only the forking thread)."""
+        """Fork the worker processes, once ``fork_for`` is complete and before this pipeline
+        has started its threads or held big buffers (forked later, on the bench corpus, the
+        backup took 8 s instead of 4.5: the parent then copies every page it touches). A
+        child has only the forking thread: it works on its copy of ``fork_for`` and never
+        takes a lock another thread may hold (storage, uploads and the repository lock stay
+        with the parent)."""
         if self._procs is not None or self._fork_for is None:
             return
         if not processes_enabled(self.workers):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
+from bcdr.memory import big_buffers_ahead
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree
 
@@ -67,6 +68,7 @@ class Restorer:
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
+        big_buffers_ahead()
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
         try:

@@ -326,7 +326,6 @@ def progress_logging(quiet: bool) -> None:
 KEEP_FREED: dict[Handler, int] = {
     cmd_backup: 64 * 2**20,
     cmd_restore: 64 * 2**20,
-    cmd_check: 16 * 2**20,
 }
 
 
