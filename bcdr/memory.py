@@ -72,3 +72,14 @@ def _mallopt(settings: tuple[tuple[int, int, str], ...]) -> list[str]:
         for param, value, env in settings
         if env not in os.environ and mallopt(param, value) == 1
     ]
+
+
+def lean_heap() -> list[str]:
+    """Return freed buffers of 1 MiB and more to the kernel at once (a forked worker, whose
+    parent may have asked :func:`big_buffers_ahead` to keep them)."""
+    return _mallopt(
+        (
+            (M_MMAP_THRESHOLD, 2**20, "MALLOC_MMAP_THRESHOLD_"),
+            (M_TRIM_THRESHOLD, 2 * 2**20, "MALLOC_TRIM_THRESHOLD_"),
+        )
+    )

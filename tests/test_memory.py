@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bcdr.memory import big_buffers_ahead, tune_malloc
+from bcdr.memory import big_buffers_ahead, lean_heap, tune_malloc
 
 
 @pytest.mark.skipif(
@@ -26,3 +26,5 @@ def test_malloc_is_tuned_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "8")
     assert tune_malloc(keep=2**24) == []  # the user's settings win
     assert big_buffers_ahead() == names[1:2]
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert lean_heap() == names[1:]  # a forked worker gives buffers back at once
