@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from bcdr.errors import BcdrError
 from bcdr.repository.hashing import fingerprint, new_fingerprint
 from bcdr.repository.index import BlobLocation
+from bcdr.repository.pack import pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
 
@@ -32,6 +33,9 @@ READ_BACK = 8 * 1024 * 1024
 #: One-chunk files are restored in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 256
 BATCH_BYTES = 8 * 1024 * 1024
+#: A batch's blobs are read in runs: neighbours in a pack at most RUN_GAP apart, RUN_MAX a run.
+RUN_GAP = 64 * 1024
+RUN_MAX = 8 * 1024 * 1024
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -199,20 +203,65 @@ class FileRestorer:
         """Restore a batch of one-chunk files; counters and errors are merged once."""
         tally = _Tally()
         try:
+            sealed = self._read_runs([loc for _, loc in batch if loc is not None])
             for job, loc in batch:
-                self._small_file(job, loc, tally)
+                view = sealed.get((loc.pack, loc.offset)) if loc is not None else None
+                self._small_file(job, loc, tally, view)
         finally:
             self._slots.release()
             self._merge(tally)
 
-    def _small_file(self, job: _Job, loc: BlobLocation | None, tally: _Tally) -> None:
+    def _read_runs(self, locs: list[BlobLocation]) -> dict[tuple[str, int], memoryview]:
+        """Read the sealed blobs of a batch with one request per run of neighbouring blobs in
+        a pack (backup wrote a folder's files side by side) instead of one per blob: fewer
+        syscalls on a disk, far fewer GETs on Azure. A run that cannot be read whole is left
+        out: its blobs are then read one by one, and the error is told for its file."""
+        out: dict[tuple[str, int], memoryview] = {}
+        by_pack: dict[str, list[BlobLocation]] = {}
+        for loc in locs:
+            by_pack.setdefault(loc.pack, []).append(loc)
+        for pack, found in by_pack.items():
+            found.sort(key=lambda loc: loc.offset)
+            runs: list[tuple[int, int, list[BlobLocation]]] = []  # start, end, blobs
+            for loc in found:
+                end = loc.offset + loc.stored_len
+                if runs and loc.offset <= runs[-1][1] + RUN_GAP and end - runs[-1][0] <= RUN_MAX:
+                    start, run_end, blobs = runs[-1]
+                    runs[-1] = (start, max(run_end, end), blobs)
+                    blobs.append(loc)
+                else:
+                    runs.append((loc.offset, end, [loc]))
+            for start, end, blobs in runs:
+                try:
+                    data = self.repo.storage.get(pack_key(pack), start, end - start)
+                except BcdrError:
+                    continue
+                if len(data) != end - start:
+                    continue
+                view = memoryview(data)
+                for r in blobs:
+                    out[(pack, r.offset)] = view[r.offset - start : r.offset - start + r.stored_len]
+        return out
+
+    def _small_file(
+        self,
+        job: _Job,
+        loc: BlobLocation | None,
+        tally: _Tally,
+        sealed: memoryview | None = None,
+    ) -> None:
         """A file of at most one chunk, the common case: the chunk is read and verified in
         memory before anything is created, so the file is written straight to its name
         (one rename fewer per file). An existing file (``--overwrite``) is still replaced
         through a temporary name, so it is never lost to a failed restore."""
         node = job.node
         try:
-            data = self.repo.load_blob(node.content[0], loc) if node.content else b""
+            if not node.content:
+                data = b""
+            elif sealed is not None and loc is not None:
+                data = self.repo.decode_blob(node.content[0], loc.codec, sealed, loc.raw_len)
+            else:
+                data = self.repo.load_blob(node.content[0], loc)
             job.digest = fingerprint(data)
             if job.digest != node.digest:
                 raise BcdrError(
