@@ -207,3 +207,20 @@ def test_read_data_in_small_sections_passes_clean_packs_and_finds_damage(
     report = check.Checker(Repository.open(LocalStorage(repo))).run(read_fraction=1.0)
     assert report.errors[0] == f"pack {pack.name[:12]}: content does not match its name (damaged)"
     assert any(e.startswith(f"pack {pack.name[:12]}: blob ") for e in report.errors[1:])
+
+
+def test_a_pack_header_listing_nothing_is_reported_against_the_index(
+    populated: tuple[Path, Path],
+) -> None:
+    """A header that parses but lists no blobs (here: replaced by an empty one) still
+    contradicts the index, and check --read-data says so."""
+    from bcdr.repository.pack import MAGIC, TRAILER, header_span
+
+    repo, _ = populated
+    pack = _packs(repo)[0]
+    data = pack.read_bytes()
+    body_end = header_span(data[-TRAILER.size :], len(data), "pack")
+    pack.write_bytes(data[:body_end] + TRAILER.pack(0, MAGIC))  # unencrypted: empty header
+    r = run_process("check", "--repo", repo, "--read-data")
+    assert r.code == 1
+    assert f"pack {pack.name[:12]}: header does not match the index" in r.out

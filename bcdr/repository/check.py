@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-import blake3
-
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
+from bcdr.repository.hashing import new_object_hasher
 from bcdr.repository.locks import is_stale, list_locks
 from bcdr.repository.pack import TRAILER, PackEntry, header_span, pack_key, read_header
 from bcdr.repository.repo import Repository
@@ -185,7 +184,7 @@ class Checker:
         chosen = names if count >= len(names) else random.Random(seed).sample(names, count)
         self.report.read_fraction = fraction
         # Packs are downloaded and verified by a pool (hashing, decryption and zstd release
-        # the GIL); at most 2 x workers packs are in memory at once.
+        # the GIL), section by section: a worker holds one section, not a pack.
         workers = max(2, self.repo.storage.concurrency)
         errors: list[str] = []
         results = ordered_map(self._read_pack, [(n, stored[n]) for n in sorted(chosen)], workers)
@@ -207,7 +206,7 @@ class Checker:
         try:
             tail = storage.get(key, max(0, size - TAIL_READ))
             errors: list[str] = []
-            entries: list[PackEntry] = []
+            entries: list[PackEntry] | None = None  # None: the header does not parse
             try:
                 body_end = header_span(tail, size, what)
                 if size - body_end > len(tail):  # a header longer than the first read
@@ -217,11 +216,11 @@ class Checker:
             except CorruptObject as exc:
                 errors.append(str(exc))
                 body_end = max(0, size - len(tail))  # still hash every byte for the name
-            hasher = blake3.blake3()
-            for start, end, blobs in _sections(entries, body_end):
+            hasher = new_object_hasher()
+            for start, end, blobs in _sections(entries or [], body_end):
                 data = storage.get(key, start, end - start)
                 if len(data) != end - start:
-                    return size, [f"{what}: shorter than listed ({size} bytes)"]
+                    return size, [*errors, f"{what}: shorter than listed ({size} bytes)"]
                 hasher.update(data)
                 view = memoryview(data)  # blobs are opened in place, not copied out
                 for e in blobs:
@@ -237,7 +236,7 @@ class Checker:
             errors.insert(0, f"{what}: content does not match its name (damaged)")
         indexed = self._indexed.get(pack)
         if (
-            entries
+            entries is not None
             and indexed is not None
             and sorted(indexed, key=_key) != sorted(entries, key=_key)
         ):

@@ -34,7 +34,12 @@ def content_id_func(name: str, key: bytes) -> IdFunc:
 
 def object_name(data: bytes | memoryview) -> str:
     """The storage name of an immutable object: hex BLAKE3 of its stored bytes."""
-    return blake3.blake3(data).hexdigest()
+    return new_object_hasher(data).hexdigest()
+
+
+def new_object_hasher(data: bytes | memoryview = b"") -> blake3.blake3:
+    """An incremental :func:`object_name`: ``update`` it part by part, then ``hexdigest``."""
+    return blake3.blake3(data)
 
 
 def new_fingerprint() -> xxhash.xxh3_128:
