@@ -257,7 +257,7 @@ class Repository:
         self, blob_id: bytes, codec: int, sealed: bytes | memoryview, raw_len: int
     ) -> bytes:
         """Open, decompress and verify a blob; raises CorruptObject on any mismatch.
-        ``sealed`` may be a view into a pack (check reads packs whole)."""
+        ``sealed`` may be a view into a larger read (check's pack sections, restore's runs)."""
         what = f"blob {blob_id.hex()[:12]}"
         stored = self.cipher.open(sealed, blob_id, what)
         data = self.compressor.decompress(codec, stored, raw_len, what)

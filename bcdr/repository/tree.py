@@ -18,7 +18,6 @@ from bcdr.errors import CorruptObject
 FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
-NODE_TYPES = (FILE, DIR, SYMLINK)
 
 
 @dataclass(slots=True)
