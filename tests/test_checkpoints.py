@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bcdr.actions.backup import BackupRequest, backup
 from bcdr.actions.restore import restore
+from bcdr.errors import CorruptObject
 from bcdr.repository.compression import Compressor, group_bytes, ungroup_bytes
 from tests.conftest import restored_root
 
@@ -30,7 +32,15 @@ def _bf16(rng: np.random.Generator, n: int) -> bytes:
 @given(data=st.binary(max_size=3000), elsize=st.sampled_from([2, 4]), lead=st.integers(0, 3))
 def test_byte_grouping_is_exactly_invertible(data: bytes, elsize: int, lead: int) -> None:
     lead = min(lead % elsize, len(data))
-    assert ungroup_bytes(group_bytes(data, elsize, lead), "t") == data
+    assert ungroup_bytes(bytes(group_bytes(data, elsize, lead)), "t") == data
+
+
+def test_byte_grouped_payload_shorter_than_its_header_is_corrupt() -> None:
+    # elsize 4, 3 leading bytes announced, 1 present: damage, reported as such
+    with pytest.raises(CorruptObject, match="shorter than its header"):
+        ungroup_bytes(bytes([4, 3, 1]), "blob x")
+    with pytest.raises(CorruptObject, match="bad byte-group header"):
+        ungroup_bytes(bytes([3, 0, 1, 2]), "blob x")
 
 
 def test_grouped_zstd_beats_plain_zstd_on_trained_weights() -> None:
