@@ -62,13 +62,21 @@ def ungroup_bytes(payload: bytes, what: str) -> bytes:
     if len(payload) - 2 < lead:
         raise CorruptObject(f"{what}: byte-grouped data shorter than its header says")
     body_len = (len(payload) - 2 - lead) // elsize * elsize
-    plane = body_len // elsize
-    planes = np.frombuffer(payload, np.uint8, body_len, 2 + lead).reshape(elsize, plane)
-    words = planes[0].astype(_element_dtype(elsize))
-    for i in range(1, elsize):
-        words |= planes[i].astype(words.dtype) << (8 * i)
-    body: bytes = words.tobytes()
-    return payload[2 : 2 + lead] + body + payload[2 + lead + body_len :]
+    count = body_len // elsize
+    src = np.frombuffer(payload, np.uint8)
+    planes = src[2 + lead : 2 + lead + body_len].reshape(elsize, count)
+    out = np.empty(len(payload) - 2, np.uint8)
+    out[:lead] = src[2 : 2 + lead]
+    # The elements are assembled in place, in the output seen as little-endian words: the
+    # highest plane first, then shift and or in the next (no temporary arrays).
+    words = out[lead : lead + body_len].view(_element_dtype(elsize))
+    words[...] = planes[elsize - 1]
+    for i in range(elsize - 2, -1, -1):
+        np.left_shift(words, 8, out=words)
+        np.bitwise_or(words, planes[i], out=words)
+    out[lead + body_len :] = src[2 + lead + body_len :]
+    body: bytes = out.tobytes()
+    return body
 
 
 #: Byte planes of float tensors are close to i.i.d. symbols: short matches cost more than they
