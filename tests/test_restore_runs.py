@@ -1,4 +1,5 @@
-"""Restore reads a batch's small files in runs of neighbouring blobs, one request per run."""
+"""Restore reads neighbouring blobs in runs, one request per run: a batch's small files, and
+the consecutive chunks of a larger file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.archive.filerestore import PIECE_MAX
 from bcdr.archive.restore import Restorer
 from bcdr.repository.pack import pack_key
 from bcdr.repository.repo import Repository
@@ -19,9 +21,11 @@ class CountingGets:
     def __init__(self, inner: Any):
         self.inner = inner
         self.gets = 0
+        self.ranges: list[tuple[str, int, int | None]] = []
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         self.gets += 1
+        self.ranges.append((key, offset, length))
         return self.inner.get(key, offset, length)
 
     def __getattr__(self, name: str) -> Any:
@@ -69,3 +73,49 @@ def test_a_damaged_blob_in_a_run_fails_only_its_own_file(tmp_path: Path) -> None
     out = tmp_path / "out" / str(src).lstrip("/")
     assert not (out / "f030").exists()
     assert all((out / n).read_bytes() == d for n, d in files.items() if n != "f030")
+
+
+def test_a_large_file_is_read_in_pieces_not_chunk_by_chunk(tmp_path: Path) -> None:
+    rng = random.Random(13)
+    big = rng.randbytes(20 * 2**20)  # ~18 chunks of about 1 MiB, stored side by side
+    repo, tree, src = _backed_up(tmp_path, {"big.bin": big, "small": b"x"})
+    locs = [repo.index.lookup(repo.content_id(c)) for c in repo.chunker.chunks_of(big)]
+    assert len(locs) >= 10 and all(locs)
+    counting = CountingGets(repo.storage)
+    repo.storage = counting  # type: ignore[assignment]
+    stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
+    assert stats.errors == []
+    out = tmp_path / "out" / str(src).lstrip("/")
+    assert (out / "big.bin").read_bytes() == big
+    # reads that fetched the big file's chunks: 20 MiB in pieces of at most PIECE_MAX, and
+    # one more where a pack ends (reading chunk by chunk took 29 here)
+    big_reads = {
+        (key, offset)
+        for key, offset, length in counting.ranges
+        for loc in locs
+        if loc is not None
+        and key == pack_key(loc.pack)
+        and length is not None
+        and offset <= loc.offset < offset + length
+    }
+    assert len(big_reads) <= 20 * 2**20 // PIECE_MAX + 2, (len(big_reads), len(locs))
+
+
+def test_a_damaged_chunk_inside_a_piece_fails_its_file_and_leaves_nothing(tmp_path: Path) -> None:
+    rng = random.Random(14)
+    big = rng.randbytes(6 * 2**20)
+    files = {"big.bin": big, "other.bin": rng.randbytes(3 * 2**20)}
+    repo, tree, src = _backed_up(tmp_path, files)
+    views = list(repo.chunker.chunks_of(big))
+    middle = bytes(views[len(views) // 2])
+    loc = repo.index.lookup(repo.content_id(middle))
+    assert loc is not None and len(views) >= 3
+    pack = tmp_path / "repo" / pack_key(loc.pack)
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0x10
+    pack.write_bytes(bytes(data))
+    stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
+    assert [e["path"].rsplit("/", 1)[-1] for e in stats.errors] == ["big.bin"]
+    out = tmp_path / "out" / str(src).lstrip("/")
+    assert (out / "other.bin").read_bytes() == files["other.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["other.bin"]  # no partial, no temporary
