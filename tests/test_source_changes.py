@@ -159,3 +159,35 @@ def test_worker_processes_and_threads_store_the_same_tree(
     assert readers == {os.getpid()}
     assert threaded.snapshot.tree == forked.snapshot.tree
     assert threaded.stats.bytes_read == forked.stats.bytes_read == sum(map(len, files.values()))
+
+
+@pytest.mark.parametrize("told", [0, 5, 99_999, 100_000, 100_001, 250_000])
+def test_a_small_file_is_read_to_its_end_whatever_size_stat_told(tmp_path: Path, told: int) -> None:
+    # The size from fstat is only a hint: a file that grew or shrank since is read to its end
+    # (and the backup then reports it as changed while read)
+    data = os.urandom(100_000)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert backup_mod._read_to_end(fd, told) == data
+    finally:
+        os.close(fd)
+
+
+def test_short_reads_are_read_on_to_the_end(tmp_path: Path) -> None:
+    # A pipe gives short reads, as some network and FUSE file systems do
+    r, w = os.pipe()
+    parts = [os.urandom(3000) for _ in range(5)]
+
+    def feed() -> None:
+        for part in parts:
+            os.write(w, part)
+        os.close(w)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert backup_mod._read_to_end(r, 15_000) == b"".join(parts)
+    finally:
+        writer.join()
+        os.close(r)

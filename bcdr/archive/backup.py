@@ -332,45 +332,49 @@ class Archiver:
     def _read_whole(self, path: bytes) -> WholeFile:
         fd = _open_source(path)
         if isinstance(fd, str):
-            return WholeFile(error=fd)
+            return (fd, 0, 0, 0, "", False, [])
         try:
-            with os.fdopen(fd, "rb", buffering=0) as f:
-                before = os.fstat(fd)
-                data = f.readall()
-                after = os.fstat(fd)
+            before = os.fstat(fd)
+            data = _read_to_end(fd, before.st_size)
+            after = os.fstat(fd)
         except OSError as exc:
-            return WholeFile(error=f"read error: {exc.strerror}")
-        out = WholeFile(
-            size=len(data),
-            mtime_ns=before.st_mtime_ns,
-            ctime_ns=before.st_ctime_ns,
-            digest=fingerprint(data),
-            changed=_changed(before, after, len(data)),
-        )
+            return (f"read error: {exc.strerror}", 0, 0, 0, "", False, [])
+        finally:
+            os.close(fd)
+        chunks: list[ChunkOut] = []
         if len(data) <= self.repo.chunker.params.min_size:  # at most one chunk: no cut, no copy
             if data:
-                out.chunks.append((*self._pipeline.encode(data), len(data)))
-            return out
-        for view in self.repo.chunker.chunks_of(data):
-            chunk = bytes(view)
-            out.chunks.append((*self._pipeline.encode(chunk), len(chunk)))
-        return out
+                chunks.append((*self._pipeline.encode(data), len(data)))
+        else:
+            for view in self.repo.chunker.chunks_of(data):
+                chunk = bytes(view)
+                chunks.append((*self._pipeline.encode(chunk), len(chunk)))
+        changed = _changed(before, after, len(data))
+        return (
+            None,
+            len(data),
+            before.st_mtime_ns,
+            before.st_ctime_ns,
+            fingerprint(data),
+            changed,
+            chunks,
+        )
 
     def _batch_read(self, batch: list[tuple[bytes, Node, bool]], results: list[WholeFile]) -> None:
         """(main thread) Fill in the nodes of a batch and store the new chunks, in order."""
         for (path, node, new), res in zip(batch, results, strict=True):
-            if res.error is not None:
-                self._skip(path, res.error)
+            error, size, mtime_ns, ctime_ns, digest, changed, chunks = res
+            if error is not None:
+                self._skip(path, error)
                 self._dropped.add(id(node))
                 continue
-            for blob_id, encoded, raw_len in res.chunks:
+            for blob_id, encoded, raw_len in chunks:
                 node.content.append(blob_id)
                 self._pipeline.store(blob_id, encoded, raw_len)
-            node.size, node.mtime_ns, node.ctime_ns = res.size, res.mtime_ns, res.ctime_ns
-            node.digest = res.digest
-            if res.changed:
+            node.size, node.mtime_ns, node.ctime_ns, node.digest = size, mtime_ns, ctime_ns, digest
+            if changed:
                 self.problems.error(path, CHANGED_WHILE_READ)
-            self.stats.bytes_read += res.size
+            self.stats.bytes_read += size
             self._count_read(new)
             self._tick(path)
 
@@ -401,9 +405,7 @@ class Archiver:
                         )
                         digest.update(chunk)
                         total += len(chunk)
-                        self._pipeline.submit(
-                            chunk if keep else bytes(chunk), node.content, layout
-                        )
+                        self._pipeline.submit(chunk if keep else bytes(chunk), node.content, layout)
                         self.stats.bytes_read += len(chunk)
                         self._tick(path)
                 after = os.fstat(fd)
@@ -443,18 +445,12 @@ class Archiver:
             self.progress(self.stats, path)
 
 
-@dataclass
-class WholeFile:
-    """A file read whole by a worker: its chunks (id, sealed blob or None if stored, raw
-    length) or why it could not be read."""
-
-    error: str | None = None
-    size: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    digest: str = ""
-    changed: bool = False
-    chunks: list[tuple[bytes, tuple[int, bytes] | None, int]] = field(default_factory=list)
+#: A new chunk of a file read by a worker: id, sealed blob (None if already stored), raw length.
+ChunkOut = tuple[bytes, tuple[int, bytes] | None, int]
+#: A file read whole by a worker: (why it could not be read or None, size, mtime_ns, ctime_ns,
+#: fingerprint, changed while read, chunks). A plain tuple: results cross a pipe in batches,
+#: and a tuple pickles 5x faster than a dataclass (1.3 against 6.5 us a file).
+WholeFile = tuple[str | None, int, int, int, str, bool, list[ChunkOut]]
 
 
 class RangeReader:
@@ -474,6 +470,19 @@ class RangeReader:
         got = os.preadv(self._fd, [view], self._pos) if len(view) else 0
         self._pos += got
         return got
+
+
+def _read_to_end(fd: int, size: int) -> bytes:
+    """All of ``fd`` from its position, expected to be ``size`` bytes: one read (and no file
+    object) when it is; reads on to the end when it grew, shrank or a read came back short.
+    10 us a file less than ``os.fdopen(...).readall()``."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data
+    parts = [data]
+    while part := os.read(fd, max(size, 1 << 20)):
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _open_source(path: bytes) -> int | str:
