@@ -3,9 +3,11 @@
 ``python bench/index_scale.py make DIR N`` creates an encrypted repository in DIR whose index
 files list N synthetic blobs (64 packs per file, like a backup writes them) without writing the
 packs. ``python bench/index_scale.py load DIR`` opens it, loads the whole index, performs
-100,000 lookups (half hits, half misses) and prints one JSON line. ``bench/run.py`` runs both
-and, as the baseline, ``load`` on an empty repository in the same run: the difference in peak
-RSS is what the index costs.
+100,000 lookups (half hits, half misses) and prints one JSON line. ``python
+bench/index_scale.py check DIR`` runs ``bcdr check``'s structure pass on it instead (every pack
+is reported missing: only the index files exist) and prints its time and peak RSS.
+``bench/run.py`` runs them and, as the baseline, the same on an empty repository in the same
+run: the difference in peak RSS is what the index costs.
 """
 
 from __future__ import annotations
@@ -99,8 +101,30 @@ def load(root: Path) -> None:
     )
 
 
+def check(root: Path) -> None:
+    from bcdr.repository.check import Checker
+
+    started = time.monotonic()
+    repo = Repository.open(LocalStorage(root), password=lambda: PASSWORD)
+    report = Checker(repo).run()
+    print(
+        json.dumps(
+            {
+                "entries": len(repo.index),
+                "check_s": time.monotonic() - started,
+                "packs_missing": sum(
+                    "is listed in the index but missing" in e for e in report.errors
+                ),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(Path(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "check":
+        check(Path(sys.argv[2]))
     else:
         load(Path(sys.argv[2]))

@@ -222,23 +222,33 @@ def bench_index() -> dict[str, float]:
         root = OUT / f"index-{label}"
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run([*INDEX_SCALE, "make", str(root), str(n)], check=True)
-        line = subprocess.run(
-            [*INDEX_SCALE, "load", str(root)], check=True, capture_output=True, text=True
-        ).stdout
-        out[label] = json.loads(line)
+        out[label] = {}
+        for mode in ("load", "check"):
+            line = subprocess.run(
+                [*INDEX_SCALE, mode, str(root)], check=True, capture_output=True, text=True
+            ).stdout
+            out[label].update({f"{mode}_{k}": v for k, v in json.loads(line).items()})
         shutil.rmtree(root, ignore_errors=True)
     full, empty = out["full"], out["empty"]
-    n = max(1, int(full["entries"]))
+    n = max(1, int(full["load_entries"]))
+    check_mib = full["check_peak_rss_mib"] - empty["check_peak_rss_mib"]
     return {
-        "entries": full["entries"],
-        "load_s": full["load_s"],
-        "lookups_per_s": full["lookups_per_s"],
-        "steady_mib": full["rss_after_load_mib"] - empty["rss_after_load_mib"],
-        "peak_mib": full["peak_rss_mib"] - empty["peak_rss_mib"],
-        "steady_bytes_per_chunk": (full["rss_after_load_mib"] - empty["rss_after_load_mib"])
+        "entries": full["load_entries"],
+        "load_s": full["load_load_s"],
+        "lookups_per_s": full["load_lookups_per_s"],
+        "steady_mib": full["load_rss_after_load_mib"] - empty["load_rss_after_load_mib"],
+        "peak_mib": full["load_peak_rss_mib"] - empty["load_peak_rss_mib"],
+        "steady_bytes_per_chunk": (
+            full["load_rss_after_load_mib"] - empty["load_rss_after_load_mib"]
+        )
         * 2**20
         / n,
-        "peak_bytes_per_chunk": (full["peak_rss_mib"] - empty["peak_rss_mib"]) * 2**20 / n,
+        "peak_bytes_per_chunk": (full["load_peak_rss_mib"] - empty["load_peak_rss_mib"])
+        * 2**20
+        / n,
+        "check_s": full["check_check_s"],
+        "check_peak_mib": check_mib,
+        "check_bytes_per_chunk": check_mib * 2**20 / n,
     }
 
 
@@ -376,6 +386,11 @@ def main() -> int:
         f"RSS above an empty repository: {index['steady_mib']:.0f} MiB loaded "
         f"({index['steady_bytes_per_chunk']:.0f} B/chunk), "
         f"{index['peak_mib']:.0f} MiB peak ({index['peak_bytes_per_chunk']:.0f} B/chunk)"
+    )
+    print(
+        f"  check (structure; every pack missing) {index['check_s']:.1f} s, peak RSS above an "
+        f"empty repository's check {index['check_peak_mib']:.0f} MiB "
+        f"({index['check_bytes_per_chunk']:.0f} B/chunk)"
     )
     print(f"\nprune (mark and sweep), {PRUNE_CHUNKS:,} chunks:", flush=True)
     pruned = bench_prune()

@@ -224,3 +224,86 @@ def test_a_pack_header_listing_nothing_is_reported_against_the_index(
     r = run_process("check", "--repo", repo, "--read-data")
     assert r.code == 1
     assert f"pack {pack.name[:12]}: header does not match the index" in r.out
+
+
+def _rewrite_header(pack: Path, change: object) -> None:
+    """Rewrite an unencrypted pack's header with ``change(entries)`` applied."""
+    from bcdr.repository.pack import MAGIC, TRAILER, decode_entries, encode_entries, header_span
+
+    data = pack.read_bytes()
+    body_end = header_span(data[-TRAILER.size :], len(data), "pack")
+    entries = decode_entries(data[body_end : len(data) - TRAILER.size], "pack")
+    header = encode_entries(change(entries))  # type: ignore[operator]
+    pack.write_bytes(data[:body_end] + header + TRAILER.pack(len(header), MAGIC))
+
+
+def test_a_header_listing_the_same_blobs_in_another_order_matches_the_index(
+    populated: tuple[Path, Path],
+) -> None:
+    # check compares a header with the index as sets of entries (by a digest of the entries
+    # in a canonical order), not entry by entry in the order each was written
+    from bcdr.repository import check
+    from bcdr.repository.repo import Repository
+    from bcdr.storage.local import LocalStorage
+
+    repo, _ = populated
+    pack = max(_packs(repo), key=lambda p: p.stat().st_size)
+    _rewrite_header(pack, lambda entries: list(reversed(entries)))
+    report = check.Checker(Repository.open(LocalStorage(repo))).run(read_fraction=1.0)
+    assert f"pack {pack.name[:12]}: content does not match its name (damaged)" in report.errors
+    assert not [e for e in report.errors if "header does not match" in e], report.errors
+
+
+def test_a_header_with_one_entry_changed_does_not_match_the_index(
+    populated: tuple[Path, Path],
+) -> None:
+    from dataclasses import replace
+
+    from bcdr.repository import check
+    from bcdr.repository.repo import Repository
+    from bcdr.storage.local import LocalStorage
+
+    repo, _ = populated
+    pack = max(_packs(repo), key=lambda p: p.stat().st_size)
+
+    def bump_last(entries: list) -> list:  # type: ignore[type-arg]
+        return [*entries[:-1], replace(entries[-1], raw_len=entries[-1].raw_len + 1)]
+
+    _rewrite_header(pack, bump_last)
+    report = check.Checker(Repository.open(LocalStorage(repo))).run(read_fraction=1.0)
+    assert f"pack {pack.name[:12]}: header does not match the index" in report.errors
+
+
+def test_check_counts_each_referenced_chunk_once_and_names_files_whose_pack_is_gone(
+    tmp_path: Path, populated: tuple[Path, Path]
+) -> None:
+    from bcdr.repository import check
+    from bcdr.repository.pack import DATA
+    from bcdr.repository.repo import Repository
+    from bcdr.storage.local import LocalStorage
+
+    repo, src = populated
+    (src / "copy.bin").write_bytes((src / "file3.bin").read_bytes())  # the same chunks again
+    assert run_process("backup", "--repo", repo, src).code == 0
+    opened = Repository.open(LocalStorage(repo))
+    opened.load_index()
+    data_blobs = [b for b in opened.index.blobs() if opened.index.lookup(b).type == DATA]
+    report = check.Checker(Repository.open(LocalStorage(repo))).run()
+    assert report.ok and report.snapshots == 2
+    assert report.blobs_referenced == len(data_blobs)
+
+    # a data pack goes: check names exactly the files with a chunk in it, in each snapshot
+    loc = next(loc for b in data_blobs if (loc := opened.index.lookup(b)) is not None)
+    (repo / "data" / loc.pack[:2] / loc.pack).unlink()
+
+    def chunk_packs(path: Path) -> set[str]:
+        ids = [opened.content_id(c) for c in opened.chunker.chunks_of(path.read_bytes())]
+        return {found.pack for b in ids if (found := opened.index.lookup(b)) is not None}
+
+    hit = sorted(f.name for f in src.iterdir() if loc.pack in chunk_packs(f))
+    assert hit
+    report = check.Checker(Repository.open(LocalStorage(repo))).run()
+    missing = [e for e in report.errors if "chunk(s) missing" in e]
+    named = sorted({e.split(": ")[0].rsplit("/", 1)[-1] for e in missing})
+    assert named == hit, missing
+    assert f"pack {loc.pack[:12]} is listed in the index but missing" in "\n".join(report.errors)

@@ -6,6 +6,10 @@ Data (``read_fraction`` > 0): packs are read whole (all, or a random sample), th
 re-hashed, their header parsed, every blob opened, decompressed and re-hashed to its id, and
 the header compared with the index.
 
+Memory does not grow with objects per chunk: the index is loaded into the master index's
+columns, each pack the index lists is remembered by a digest of its entries (to compare with
+its header), and the chunks the snapshots reference are marked in one byte per index entry.
+
 Problems are *errors* (a snapshot may not restore) or *leftovers* (unreferenced packs of an
 interrupted backup, stale locks, temporary files): leftovers are harmless and prune or unlock
 removes them.
@@ -19,11 +23,22 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
-from bcdr.repository.hashing import new_object_hasher
+from bcdr.repository.hashing import new_object_hasher, object_name
 from bcdr.repository.locks import is_stale, list_locks
-from bcdr.repository.pack import TRAILER, PackEntry, header_span, pack_key, read_header
+from bcdr.repository.masterindex import ENTRY_DTYPE
+from bcdr.repository.pack import (
+    ENTRY,
+    TRAILER,
+    PackEntry,
+    encode_entries,
+    header_span,
+    pack_key,
+    read_header,
+)
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.storage.wrap import Transfer
@@ -62,13 +77,49 @@ SECTION = 4 * 2**20
 TAIL_READ = 64 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """What the index lists for one pack, with no object per blob."""
+
+    count: int
+    need: int  # where its last blob ends: the pack is at least this long
+    digest: bytes  # of its entries in a canonical order (:func:`_entries_digest`)
+
+
+def _entries_digest(records: np.ndarray) -> bytes:
+    """A digest of ENTRY records (``ENTRY_DTYPE``) that does not depend on their order:
+    sorted by every field, offset first, then hashed. Equal digests, equal entries."""
+    ids = records["id"]
+    order = np.lexsort(
+        (
+            records["raw"],
+            records["stored"],
+            ids[:, 3],
+            ids[:, 2],
+            ids[:, 1],
+            ids[:, 0],
+            records["codec"],
+            records["type"],
+            records["offset"],
+        )
+    )
+    return bytes.fromhex(object_name(records[order].tobytes()))
+
+
+def _listed(records: np.ndarray) -> _Listed:
+    ends = records["offset"].astype(np.uint64) + records["stored"]
+    return _Listed(len(records), int(ends.max()) if len(records) else 0, _entries_digest(records))
+
+
 class Checker:
     def __init__(self, repo: Repository, progress: ProgressFn | None = None):
         self.repo = repo
         self.report = CheckReport()
         self.progress = progress
-        self._indexed: dict[str, list[PackEntry]] = {}
+        self._indexed: dict[str, _Listed] = {}
         self._missing_packs: set[str] = set()
+        self._seen = np.zeros(0, dtype=bool)  # per index row: referenced by a snapshot
+        self._lost = np.zeros(0, dtype=bool)  # per index row: in a missing pack
 
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_index()
@@ -90,15 +141,22 @@ class Checker:
         return self.report
 
     def _check_index(self) -> None:
-        for name in self.repo.index_names():
-            try:
-                packs = self.repo.read_index(name)
-            except BcdrError as exc:
-                self.report.errors.append(f"index {name[:12]}: {exc}")
-                continue
-            self.repo.index.add_pack_entries(packs)
-            for pack, entries in packs.items():
-                self._indexed.setdefault(pack, entries)
+        infos = list(self.repo.storage.list("index/"))
+        names = sorted(info.key.removeprefix("index/") for info in infos)
+
+        def decoded() -> Iterator[list[tuple[str, np.ndarray]]]:
+            for name in names:
+                try:
+                    packs = self.repo.read_index_records(name)
+                except BcdrError as exc:
+                    self.report.errors.append(f"index {name[:12]}: {exc}")
+                    continue
+                for pack, records in packs:
+                    if pack not in self._indexed:
+                        self._indexed[pack] = _listed(records)
+                yield packs
+
+        self.repo.index.load(decoded(), sum(info.size for info in infos) // ENTRY.size)
         self.repo.index_loaded = True
 
     def _check_packs(self) -> dict[str, int]:
@@ -106,19 +164,17 @@ class Checker:
             info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.storage.list("data/")
         }
         self.report.packs = len(stored)
-        for pack, entries in sorted(self._indexed.items()):
+        for pack, listed in sorted(self._indexed.items()):
             if pack not in stored:
                 self._missing_packs.add(pack)
                 self.report.errors.append(
                     f"pack {pack[:12]} is listed in the index but missing "
-                    f"({len(entries)} blobs lost)"
+                    f"({listed.count} blobs lost)"
                 )
-            elif stored[pack] < (
-                need := max((e.offset + e.stored_len for e in entries), default=0)
-            ):
+            elif stored[pack] < listed.need:
                 self.report.errors.append(
                     f"pack {pack[:12]} is truncated: {stored[pack]} bytes, the index needs "
-                    f"at least {need}"
+                    f"at least {listed.need}"
                 )
         for pack in sorted(set(stored) - set(self._indexed)):
             self.report.leftovers.append(
@@ -129,7 +185,9 @@ class Checker:
 
     def _check_snapshots(self, errors: list[str]) -> None:
         seen_trees: set[bytes] = set()
-        seen_blobs: set[bytes] = set()
+        index = self.repo.index
+        self._seen = np.zeros(index.rows(), dtype=bool)
+        self._lost = index.rows_in(self._missing_packs) if self._missing_packs else self._lost
         for name in sorted(self.repo.snapshot_names()):
             try:
                 snap = self.repo.load_snapshot(name)
@@ -151,31 +209,39 @@ class Checker:
                     )
                     continue
                 self.report.trees += 1
+                files = []
                 for node in nodes:
                     sub = path + b"/" + node.name
                     if node.type == DIR and node.subtree is not None:
                         stack.append((node.subtree, sub))
-                    elif node.type == FILE:
-                        self._check_content(snap.short_id, sub, node.content, seen_blobs, errors)
-        self.report.blobs_referenced = len(seen_blobs)
+                    elif node.type == FILE and node.content:
+                        files.append((sub, node.content))
+                self._check_content(snap.short_id, files, errors)
+        self.report.blobs_referenced = int(self._seen.sum())
 
     def _check_content(
-        self, snap: str, path: bytes, content: list[bytes], seen: set[bytes], errors: list[str]
+        self, snap: str, files: list[tuple[bytes, list[bytes]]], errors: list[str]
     ) -> None:
-        missing = 0
-        for blob_id in content:
-            if blob_id in seen:
-                continue
-            loc = self.repo.index.lookup(blob_id)
-            if loc is not None and loc.pack not in self._missing_packs:
-                seen.add(blob_id)
-            else:
-                missing += 1
-        if missing:
-            errors.append(
-                f"snapshot {snap} {_show(path)}: {missing} chunk(s) missing "
-                "(not indexed, or their pack is gone)"
-            )
+        """Mark the chunks of a folder's files as referenced (one index search for them
+        all); report each file with chunks not indexed or in a pack that is gone."""
+        if not files:
+            return
+        rows = self.repo.index.rows_of([blob_id for _, content in files for blob_id in content])
+        bad = rows < 0
+        if len(self._lost):
+            bad |= self._lost[np.maximum(rows, 0)]
+        self._seen[rows[~bad]] = True
+        if not bad.any():
+            return
+        start = 0
+        for path, content in files:
+            missing = int(bad[start : start + len(content)].sum())
+            start += len(content)
+            if missing:
+                errors.append(
+                    f"snapshot {snap} {_show(path)}: {missing} chunk(s) missing "
+                    "(not indexed, or their pack is gone)"
+                )
 
     def _read_data(self, stored: dict[str, int], fraction: float, seed: int | None) -> list[str]:
         """Read and verify the chosen packs; return the problems found."""
@@ -234,11 +300,11 @@ class Checker:
             return -1, [f"{what}: cannot read: {exc}"]
         if hasher.hexdigest() != pack:
             errors.insert(0, f"{what}: content does not match its name (damaged)")
-        indexed = self._indexed.get(pack)
+        listed = self._indexed.get(pack)
         if (
             entries is not None
-            and indexed is not None
-            and sorted(indexed, key=_key) != sorted(entries, key=_key)
+            and listed is not None
+            and listed.digest != _entries_digest(_records(entries))
         ):
             errors.append(f"{what}: header does not match the index")
         return size, errors
@@ -276,8 +342,8 @@ def _sections(
         start = end
 
 
-def _key(e: PackEntry) -> tuple[bytes, int]:
-    return (e.blob_id, e.offset)
+def _records(entries: list[PackEntry]) -> np.ndarray:
+    return np.frombuffer(encode_entries(entries), dtype=ENTRY_DTYPE)
 
 
 def _show(path: bytes) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from bcdr.errors import CorruptObject
 from bcdr.repository.crypto import Cipher
 from bcdr.repository.hashing import object_name
-from bcdr.repository.pack import ENTRY, PackEntry, decode_entries, encode_entries
+from bcdr.repository.pack import ENTRY, PackEntry, encode_entries
 
 MAGIC = b"BCDRIX01"
 INDEX_AAD = b"index"
@@ -58,10 +58,3 @@ def iter_index_packs(stored: bytes, cipher: Cipher, what: str) -> Iterator[tuple
             raise CorruptObject(f"{what}: truncated entries")
         yield name.hex(), payload[pos:end], count
         pos = end
-
-
-def decode_index(stored: bytes, cipher: Cipher, what: str) -> dict[str, list[PackEntry]]:
-    """Per pack, its entries as objects (for check, which compares them with pack headers)."""
-    return {
-        name: decode_entries(raw, what) for name, raw, _ in iter_index_packs(stored, cipher, what)
-    }

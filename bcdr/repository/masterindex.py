@@ -226,10 +226,6 @@ class MasterIndex:
             if len(self._recent) >= RUN_SIZE:
                 self._freeze_recent()
 
-    def add_pack_entries(self, packs: dict[str, list[PackEntry]]) -> None:
-        for pack, entries in packs.items():
-            self.add_pack(pack, entries)
-
     def load(self, index_files: Iterable[list[tuple[str, np.ndarray]]], capacity: int) -> None:
         """Add decoded index files in bulk (see :func:`decode_index_records`).
 
@@ -352,6 +348,51 @@ class MasterIndex:
                 out[rest[row]] = self.lookup(blob_ids[rest[row]])
             pending = pending[~key_hit]
         return out
+
+    def rows(self) -> int:
+        """How many entries the columns hold (see :meth:`rows_of`)."""
+        with self._lock:
+            self._freeze_recent()
+            return sum(len(run) for run in self._runs)
+
+    def rows_of(self, blob_ids: list[bytes]) -> np.ndarray:
+        """Each id's row among the columns' entries, in ``range(rows())``, or -1 where it is
+        not indexed. Rows stay valid while nothing is added: a caller can mark entries in an
+        array of one byte per entry instead of keeping a set of ids (check)."""
+        out = np.full(len(blob_ids), -1, dtype=np.int64)
+        if not blob_ids:
+            return out
+        with self._lock:
+            self._freeze_recent()
+            runs = list(self._runs)
+        ids = np.frombuffer(b"".join(blob_ids), dtype=">u8").reshape(-1, 4)
+        pending = np.arange(len(blob_ids))
+        base = 0
+        for run in runs:
+            if len(run) and len(pending):
+                want = ids[pending]
+                i = np.minimum(run.key.searchsorted(want[:, 0]), len(run) - 1)
+                key_hit = run.key[i] == want[:, 0]
+                full = key_hit & (run.t1[i] == want[:, 1]) & (run.t2[i] == want[:, 2])
+                full &= run.t3[i] == want[:, 3]
+                out[pending[full]] = base + i[full]
+                for n in pending[key_hit & ~full].tolist():  # several ids share the key: rare
+                    row = run.find(ID_WORDS.unpack(blob_ids[n]))
+                    if row >= 0:
+                        out[n] = base + row
+                pending = pending[out[pending] < 0]
+            base += len(run)
+        return out
+
+    def rows_in(self, packs: set[str]) -> np.ndarray:
+        """One bool per row (see :meth:`rows_of`): whether its entry lies in one of ``packs``."""
+        with self._lock:
+            self._freeze_recent()
+            nos = [self._pack_no[p] for p in packs if p in self._pack_no]
+            runs = list(self._runs)
+        if not runs:
+            return np.zeros(0, dtype=bool)
+        return np.concatenate([np.isin(run.pack, nos) for run in runs])
 
     def packs(self) -> set[str]:
         return set(self._packs)

@@ -26,9 +26,9 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import BlobLocation, decode_index
+from bcdr.repository.index import BlobLocation
 from bcdr.repository.locks import RepoLock
-from bcdr.repository.pack import ENTRY, PackEntry, pack_key
+from bcdr.repository.pack import ENTRY, pack_key
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
 from bcdr.repository.writer import BlobWriter
 from bcdr.storage.base import Storage
@@ -231,8 +231,9 @@ class Repository:
             raise CorruptObject(f"index {name[:12]}: content does not match its name")
         return data
 
-    def read_index(self, name: str) -> dict[str, list[PackEntry]]:
-        return decode_index(self._read_index_bytes(name), self.cipher, f"index {name[:12]}")
+    def read_index_records(self, name: str) -> list[tuple[str, np.ndarray]]:
+        """An index file's packs, each with its entries as one record array."""
+        return self._decode_index(name, self._read_index_bytes(name))
 
     # -- blobs -------------------------------------------------------------------------------
 
