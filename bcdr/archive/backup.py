@@ -346,9 +346,8 @@ class Archiver:
             if data:
                 chunks.append((*self._pipeline.encode(data), len(data)))
         else:
-            for view in self.repo.chunker.chunks_of(data):
-                chunk = bytes(view)
-                chunks.append((*self._pipeline.encode(chunk), len(chunk)))
+            for view in self.repo.chunker.chunks_of(data):  # views: encode copies what it keeps
+                chunks.append((*self._pipeline.encode(view), len(view)))
         changed = _changed(before, after, len(data))
         return (
             None,
