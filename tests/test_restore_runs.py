@@ -41,6 +41,16 @@ def _backed_up(tmp_path: Path, files: dict[str, bytes]) -> tuple[Repository, byt
     return repo, bytes.fromhex(result.snapshot.tree), src
 
 
+def _damage(repo: Repository, root: Path, blob: bytes) -> None:
+    """Flip a bit in the middle of ``blob``'s stored bytes."""
+    loc = repo.index.lookup(repo.content_id(blob))
+    assert loc is not None
+    pack = root / pack_key(loc.pack)
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0x10
+    pack.write_bytes(bytes(data))
+
+
 def test_small_files_are_read_in_runs_and_restored_whole(tmp_path: Path) -> None:
     rng = random.Random(11)
     files = {
@@ -62,12 +72,7 @@ def test_a_damaged_blob_in_a_run_fails_only_its_own_file(tmp_path: Path) -> None
     rng = random.Random(12)
     files = {f"f{i:03d}": rng.randbytes(500 + i) for i in range(60)}
     repo, tree, src = _backed_up(tmp_path, files)
-    loc = repo.index.lookup(repo.content_id(files["f030"]))
-    assert loc is not None
-    pack = tmp_path / "repo" / pack_key(loc.pack)
-    data = bytearray(pack.read_bytes())
-    data[loc.offset + loc.stored_len // 2] ^= 0x10
-    pack.write_bytes(bytes(data))
+    _damage(repo, tmp_path / "repo", files["f030"])
     stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
     assert [e["path"].rsplit("/", 1)[-1] for e in stats.errors] == ["f030"]
     out = tmp_path / "out" / str(src).lstrip("/")
@@ -107,13 +112,8 @@ def test_a_damaged_chunk_inside_a_piece_fails_its_file_and_leaves_nothing(tmp_pa
     files = {"big.bin": big, "other.bin": rng.randbytes(3 * 2**20)}
     repo, tree, src = _backed_up(tmp_path, files)
     views = list(repo.chunker.chunks_of(big))
-    middle = bytes(views[len(views) // 2])
-    loc = repo.index.lookup(repo.content_id(middle))
-    assert loc is not None and len(views) >= 3
-    pack = tmp_path / "repo" / pack_key(loc.pack)
-    data = bytearray(pack.read_bytes())
-    data[loc.offset + loc.stored_len // 2] ^= 0x10
-    pack.write_bytes(bytes(data))
+    assert len(views) >= 3
+    _damage(repo, tmp_path / "repo", bytes(views[len(views) // 2]))
     stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
     assert [e["path"].rsplit("/", 1)[-1] for e in stats.errors] == ["big.bin"]
     out = tmp_path / "out" / str(src).lstrip("/")
