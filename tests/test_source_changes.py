@@ -12,7 +12,7 @@ import pytest
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.archive import backup as backup_mod
 from bcdr.archive.backup import BackupStats
-from bcdr.archive.pipeline import processes_enabled
+from bcdr.forked import processes_enabled
 from bcdr.archive.restore import Restorer
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository

@@ -20,19 +20,16 @@ in order, like a thread's.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import sys
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any
 
 from bcdr.errors import BcdrError
-from bcdr.memory import lean_heap
+from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.compression import Layout
 from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
@@ -45,43 +42,6 @@ MAX_INFLIGHT_BYTES = 24 * 1024 * 1024
 Encoded = tuple[bytes, tuple[int, bytes] | None]
 Done = Callable[[Any], None]
 
-#: What forked workers call into, by token: each child has the copy it was forked with.
-_FORKED: dict[int, object] = {}
-
-
-def processes_enabled(workers: int) -> bool:
-    """Fork worker processes? (Linux, more than one worker, not turned off.)"""
-    return (
-        workers > 1
-        and sys.platform == "linux"
-        and os.environ.get("BCDR_WORKER_PROCESSES", "1") != "0"
-    )
-
-
-PR_SET_PDEATHSIG = 1  # from linux/prctl.h
-
-
-def _child_init(parent: int) -> None:
-    # A worker dies with the backup: if bcdr is killed (SIGKILL, the OOM killer), no worker
-    # may linger holding its pipes (Linux sends SIGKILL when the forking thread ends).
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-    # A worker holds one batch at a time: it gives freed buffers back to the kernel at once
-    # instead of keeping them like the parent (bcdr/memory.py): the bench backup's memory,
-    # workers included, 168-178 -> 150-160 MiB.
-    lean_heap()
-    # Ctrl-C reaches the whole process group: the parent stops the work and shuts the pool
-    # down; a child must not die of it mid-task with a traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _call_forked(token: int, method: str, *args: Any) -> Any:
-    return getattr(_FORKED[token], method)(*args)
-
-
 class ChunkPipeline:
     def __init__(
         self, repo: Repository, workers: int | None = None, *, fork_for: object | None = None
@@ -91,8 +51,7 @@ class ChunkPipeline:
         self.repo = repo
         self.workers = workers or max(1, os.cpu_count() or 1)
         self._fork_for = fork_for
-        self._procs: ProcessPoolExecutor | None = None
-        self._token = id(self)
+        self._procs: ForkedPool | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bcdr-chunk")
         # (future or None for a callback, its handler, raw bytes it holds)
         self._queue: deque[tuple[Future[Any] | None, Done, int]] = deque()
@@ -108,19 +67,8 @@ class ChunkPipeline:
         repository lock stay with the parent)."""
         if self._procs is not None or self._fork_for is None:
             return
-        if not processes_enabled(self.workers):
-            return
-        _FORKED[self._token] = self._fork_for
-        try:
-            self._procs = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_child_init,
-                initargs=(os.getpid(),),
-            )
-            self._procs.submit(int).result()  # every worker forks at the first task
-        finally:
-            del _FORKED[self._token]  # the children have their copies
+        if processes_enabled(self.workers):
+            self._procs = ForkedPool(self._fork_for, self.workers)
 
     def encode(self, data: bytes | memoryview, layout: Layout | None = None) -> Encoded:
         """Content id, and the sealed blob unless it is already stored (any thread)."""
@@ -162,9 +110,7 @@ class ChunkPipeline:
         if self._procs is None:
             self.run(partial(getattr(self._fork_for, method), *args), done, weight)
         else:
-            self._enqueue(
-                self._procs.submit(_call_forked, self._token, method, *args), done, weight
-            )
+            self._enqueue(self._procs.submit(method, *args), done, weight)
 
     def _enqueue(self, fut: Future[Any], done: Done, weight: int) -> None:
         self._queue.append((fut, done, weight))
@@ -212,4 +158,4 @@ class ChunkPipeline:
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._procs is not None:
-            self._procs.shutdown(wait=True, cancel_futures=True)
+            self._procs.shutdown()
