@@ -14,6 +14,10 @@ fixed above 32 MiB and freed memory kept for reuse (measured 2026-11-29, bench c
 
 - backup (64 MiB kept): page faults 82-94k -> 50-54k, wall -6%, peak RSS unchanged;
 - restore (64 MiB kept): page faults 186k -> 19k, wall 5.2-5.5 -> 4.3-5.0 s, RSS 83 -> 100 MiB;
+- restore with worker processes for its small files (bcdr/forked.py), which then hold the
+  small buffers: the parent keeps 16 MiB (KEEP_WITH_WORKERS): the same wall time as 64 MiB
+  (3.39-3.76 against 3.47-3.72 s), peak memory, workers counted, 111-113 -> 91-95 MiB;
+  keeping 8 MiB was slower (3.70-4.09 s);
 - check --read-data (16 MiB kept): page faults 87k -> 27k, sys time halved, wall within the
   noise, RSS 87 -> 92-96 MiB: level with restic's, so check does not ask for it.
 
@@ -32,6 +36,8 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 ARENAS = ((M_ARENA_MAX, 2, "MALLOC_ARENA_MAX"),)
 MMAP_ABOVE = 32 * 2**20 + 4096
+#: Freed memory a restore keeps when worker processes restore its small files.
+KEEP_WITH_WORKERS = 16 * 2**20
 _keep = 0  # what the command asked big_buffers_ahead() to keep
 
 
@@ -43,17 +49,18 @@ def tune_malloc(keep: int = 0) -> list[str]:
     return _mallopt(ARENAS)
 
 
-def big_buffers_ahead() -> list[str]:
+def big_buffers_ahead(at_most: int | None = None) -> list[str]:
     """Called where backup and restore start moving big buffers (after the index is
     loaded: its temporary arrays go back to the kernel as usual; kept, they cost a no-change
     backup 13 MiB). If the command asked for it, serve buffers up to 32 MiB from the heap and
-    keep up to ``keep`` bytes freed for reuse."""
+    keep up to ``keep`` bytes freed for reuse (``at_most`` of them: a restore whose small
+    files go to worker processes keeps 16 MiB, see :data:`KEEP_WITH_WORKERS`)."""
     if not _keep:
         return []
     return _mallopt(
         (
             (M_MMAP_THRESHOLD, MMAP_ABOVE, "MALLOC_MMAP_THRESHOLD_"),
-            (M_TRIM_THRESHOLD, _keep, "MALLOC_TRIM_THRESHOLD_"),
+            (M_TRIM_THRESHOLD, min(_keep, at_most or _keep), "MALLOC_TRIM_THRESHOLD_"),
         )
     )
 

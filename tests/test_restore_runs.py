@@ -18,6 +18,9 @@ from tests.conftest import write_tree
 
 
 class CountingGets:
+    # counts the reads of this process: restore with threads here, not forked workers
+    fork_safe = False
+
     def __init__(self, inner: Any):
         self.inner = inner
         self.gets = 0

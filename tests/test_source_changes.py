@@ -12,8 +12,8 @@ import pytest
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.archive import backup as backup_mod
 from bcdr.archive.backup import BackupStats
-from bcdr.forked import processes_enabled
 from bcdr.archive.restore import Restorer
+from bcdr.forked import processes_enabled
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage

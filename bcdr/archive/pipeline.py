@@ -42,6 +42,7 @@ MAX_INFLIGHT_BYTES = 24 * 1024 * 1024
 Encoded = tuple[bytes, tuple[int, bytes] | None]
 Done = Callable[[Any], None]
 
+
 class ChunkPipeline:
     def __init__(
         self, repo: Repository, workers: int | None = None, *, fork_for: object | None = None

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
-from bcdr.memory import big_buffers_ahead
+from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree
 
@@ -68,7 +68,10 @@ class Restorer:
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
-        big_buffers_ahead()
+        # Workers fork first (they return freed buffers at once); the small files are theirs,
+        # and this process keeps less freed memory then.
+        forked = self._files.start()
+        big_buffers_ahead(KEEP_WITH_WORKERS if forked else None)
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
         try:

@@ -63,6 +63,13 @@ class LocalStorage:
     def url(self) -> str:
         return str(self.root)
 
+    #: Usable from a forked child (bcdr/forked.py): files are opened per process, and
+    #: descriptors inherited at the fork are only read with pread.
+    fork_safe = True
+
+    def after_fork(self) -> None:
+        self._fd_lock = threading.Lock()
+
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 

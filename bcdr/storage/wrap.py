@@ -38,6 +38,13 @@ class StorageWrapper:
     def concurrency(self) -> int:
         return self.inner.concurrency
 
+    def after_fork(self) -> None:
+        """In a forked child: locks another thread may have held at the fork are made anew
+        (see bcdr/forked.py; only storages with ``fork_safe`` are used there)."""
+        after_fork = getattr(self.inner, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
+
     def put(self, key: str, data: bytes) -> bool:
         return self.inner.put(key, data)
 
@@ -114,6 +121,10 @@ class RetryingStorage(StorageWrapper):
         self._on_retry = on_retry
         self._lock = threading.Lock()
         self.retries = 0
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        super().after_fork()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         started = self._monotonic()
@@ -215,6 +226,13 @@ class _Meter:
         span = self.last - self.first if self.first is not None else 0.0
         return Transfer(self.bytes, self.requests, span)
 
+    def merge(self, other: _Meter) -> None:
+        self.bytes += other.bytes
+        self.requests += other.requests
+        if other.first is not None:
+            self.first = other.first if self.first is None else min(self.first, other.first)
+        self.last = max(self.last, other.last)
+
 
 class MeteredStorage(StorageWrapper):
     """Counts the bytes written by ``put`` and read by ``get``, for upload/download rates."""
@@ -224,6 +242,26 @@ class MeteredStorage(StorageWrapper):
         self._lock = threading.Lock()
         self._up = _Meter()
         self._down = _Meter()
+
+    def after_fork(self) -> None:
+        # A forked worker counts only its own transfers: the parent adds them up
+        # (take_transfers in the child, add_transfers in the parent).
+        self._lock = threading.Lock()
+        self._up, self._down = _Meter(), _Meter()
+        super().after_fork()
+
+    def take_transfers(self) -> tuple[_Meter, _Meter]:
+        """(uploaded, downloaded) since the last call, counting afresh from now."""
+        with self._lock:
+            taken = self._up, self._down
+            self._up, self._down = _Meter(), _Meter()
+        return taken
+
+    def add_transfers(self, up: _Meter, down: _Meter) -> None:
+        """Count a forked worker's transfers (:meth:`take_transfers`) as this storage's."""
+        with self._lock:
+            self._up.merge(up)
+            self._down.merge(down)
 
     def put(self, key: str, data: bytes) -> bool:
         start = time.monotonic()
