@@ -21,7 +21,7 @@ from bcdr.errors import LockLost, ObjectNotFound
 from bcdr.repository.locks import BACKUP, RepoLock
 from bcdr.repository.marks import list_marks, marked_packs
 from bcdr.repository.prune import prune_repository
-from bcdr.repository.repo import Repository
+from bcdr.repository.repo import INDEX_LOAD_ATTEMPTS, Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.storage.local import LocalStorage
 from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
@@ -433,6 +433,32 @@ def test_index_file_replaced_while_loading_is_reloaded(
     assert len(repo.index) == len(
         _blobs(_repo(repo_path), two_generations[3]) | _blobs(_repo(repo_path), two_generations[2])
     )
+
+
+@pytest.mark.parametrize("misses", [INDEX_LOAD_ATTEMPTS - 1, INDEX_LOAD_ATTEMPTS])
+def test_index_replaced_load_after_load_is_retried_then_reported(
+    tmp_path: Path, two_generations: tuple[Path, Path, str, str], misses: int
+) -> None:
+    """A prune running round after round can replace an index file under several loads in a
+    row (it made a concurrent backup fail with three attempts): the loader backs off and
+    retries, and names the file once it has tried INDEX_LOAD_ATTEMPTS times."""
+    repo_path = two_generations[0]
+    missed: list[str] = []
+
+    class Rewritten(LocalStorage):
+        def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+            if key.startswith("index/") and len(missed) < misses:
+                missed.append(key)
+                raise ObjectNotFound(f"not found: {key}")
+            return super().get(key, offset, length)
+
+    repo = Repository.open(Rewritten(repo_path))
+    if misses < INDEX_LOAD_ATTEMPTS:
+        repo.load_index()
+        assert len(missed) == misses and len(repo.index) > 0
+    else:
+        with pytest.raises(ObjectNotFound, match="index/"):
+            repo.load_index()
 
 
 def test_bad_lock_wait_is_a_clear_error(tmp_path: Path, repo: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 PasswordProvider = Callable[[], bytes | None]
+#: Loads of the index that may find a file gone (a prune replaced it meanwhile) before one
+#: such miss is an error. Three were too few beside a prune running round after round.
+INDEX_LOAD_ATTEMPTS = 6
 
 
 def _no_password() -> bytes | None:
@@ -163,17 +168,20 @@ class Repository:
         ``only_type``: just the blobs of that type (prune reads trees only).
 
         See :meth:`_load_index_once`."""
-        for attempt in range(3):
+        for attempt in range(INDEX_LOAD_ATTEMPTS):
             try:
                 self._load_index_once(only_type)
                 return
             except ObjectNotFound:
-                if attempt == 2:
+                if attempt == INDEX_LOAD_ATTEMPTS - 1:
                     raise
                 from bcdr.repository.masterindex import MasterIndex
 
                 self.index = MasterIndex()
                 self._avoid = None
+                # A prune is replacing index files: let its round end (backing off, at
+                # random, so that two loaders do not retry in step; 1.6 s at most in all).
+                time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)
 
     def _load_index_once(self, only_type: int | None) -> None:
         """Load every index file. Packs a pending prune marked are loaded last, so a blob that
