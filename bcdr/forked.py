@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from bcdr.memory import lean_heap
@@ -83,10 +84,23 @@ class ForkedPool:
                 initializer=_child_init,
                 initargs=(os.getpid(), self._token),
             )
-            self._pool.submit(int).result()  # every worker forks at the first task
+            try:
+                self._pool.submit(int).result()  # every worker forks at the first task
+            except BaseException:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                raise
         finally:
             gc.unfreeze()
             del _FORKED[self._token]  # the children have their copies
+
+    @classmethod
+    def start(cls, target: object, workers: int) -> ForkedPool | None:
+        """A pool, or None when the processes cannot be made (a limit on processes or
+        memory): the caller then does the work in threads."""
+        try:
+            return cls(target, workers)
+        except (OSError, BrokenProcessPool):
+            return None
 
     def submit(self, method: str, *args: Any) -> Future[Any]:
         return self._pool.submit(_call, self._token, method, *args)

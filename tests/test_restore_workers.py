@@ -4,6 +4,7 @@ threads."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -140,3 +141,26 @@ def test_a_forked_child_reads_though_a_storage_lock_was_held_at_the_fork(tmp_pat
         pytest.fail("the forked child hung on a lock held at the fork")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert storage.downloaded.bytes == 4  # the parent's own read only
+
+
+@forking
+def test_when_no_process_can_be_made_backup_and_restore_use_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit on processes (EAGAIN from fork) is not an error: the work stays in threads."""
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    files = _files()
+    src = write_tree(tmp_path / "src", files)
+    Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+    monkeypatch.setattr(os, "fork", no_fork)
+    repo = Repository.open(LocalStorage(tmp_path / "repo"))
+    tree = bytes.fromhex(run_backup(repo, BackupRequest(paths=(str(src),))).snapshot.tree)
+    opened = Repository.open(LocalStorage(tmp_path / "repo"))
+    opened.load_index()
+    assert FileRestorer(opened).start() is False
+    stats = Restorer(opened, os.fsencode(tmp_path / "out")).run(tree)
+    assert stats.errors == [] and stats.files == len(files)
+    assert snapshot_tree(tmp_path / "out" / str(src).lstrip("/")) == snapshot_tree(src)

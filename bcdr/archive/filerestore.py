@@ -191,7 +191,7 @@ class FileRestorer:
             and processes_enabled(self.workers)
             and getattr(self.repo.storage, "fork_safe", False)
         ):
-            self._procs = ForkedPool(self, self.workers)
+            self._procs = ForkedPool.start(self, self.workers)
         return self._procs is not None
 
     def after_fork(self) -> None:

@@ -69,7 +69,7 @@ class ChunkPipeline:
         if self._procs is not None or self._fork_for is None:
             return
         if processes_enabled(self.workers):
-            self._procs = ForkedPool(self._fork_for, self.workers)
+            self._procs = ForkedPool.start(self._fork_for, self.workers)
 
     def encode(self, data: bytes | memoryview, layout: Layout | None = None) -> Encoded:
         """Content id, and the sealed blob unless it is already stored (any thread)."""
