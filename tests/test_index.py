@@ -138,3 +138,29 @@ def test_lookup_many_agrees_with_lookup(monkeypatch: pytest.MonkeyPatch) -> None
     assert index.lookup_many(ids) == [index.lookup(i) for i in ids]
     assert sum(loc is None for loc in index.lookup_many(ids)) == len(missing)
     assert index.lookup_many([]) == []
+
+
+def test_rows_of_numbers_each_indexed_id_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check marks chunks by row: every indexed id (twins sharing the key column included)
+    has its own row in range(rows()), the same one each time; a missing id has -1; rows_in
+    marks exactly the rows of the packs asked for."""
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 300)
+    rng = random.Random(8)
+    index = MasterIndex()
+    packs: dict[str, list[PackEntry]] = {}
+    for _ in range(7):
+        packs[_pack(rng)] = _entries(rng, 97)
+    first = next(iter(packs.values()))
+    packs[_pack(rng)] = [PackEntry(first[5].blob_id[:8] + rng.randbytes(24), DATA, 1, 10, 20, 30)]
+    for pack, entries in packs.items():
+        index.add_pack(pack, entries)
+    ids = [e.blob_id for entries in packs.values() for e in entries]
+    missing = [rng.randbytes(32), first[9].blob_id[:8] + rng.randbytes(24)]
+    rows = index.rows_of(ids + missing)
+    assert list(rows[len(ids) :]) == [-1, -1]
+    assert sorted(rows[: len(ids)]) == list(range(index.rows()))  # one row each, all used
+    assert list(index.rows_of(list(reversed(ids)))) == list(reversed(rows[: len(ids)]))
+    chosen = set(list(packs)[2:4])
+    marked = index.rows_in(chosen)
+    expect = {e.blob_id for p in chosen for e in packs[p]}
+    assert {ids[n] for n in range(len(ids)) if marked[rows[n]]} == expect

@@ -176,6 +176,29 @@ class _Run:
                 yield ID_WORDS.pack(*w)
 
 
+def _search(
+    runs: list[_Run], ids: np.ndarray
+) -> Iterator[tuple[int, _Run, np.ndarray, np.ndarray]]:
+    """Find ``ids`` (rows of four big-endian u64 words) in ``runs``, one vectorised search per
+    run: for each run, (its number, the run, the positions in ``ids`` of the ids it holds that
+    no earlier run held, their rows in the run)."""
+    pending = np.arange(len(ids))
+    for r, run in enumerate(runs):
+        if not len(run) or not len(pending):
+            continue
+        want = ids[pending]
+        i = np.minimum(run.key.searchsorted(want[:, 0]), len(run) - 1)
+        key_hit = run.key[i] == want[:, 0]
+        full = key_hit & (run.t1[i] == want[:, 1]) & (run.t2[i] == want[:, 2])
+        full &= run.t3[i] == want[:, 3]
+        rows = np.where(full, i, -1)
+        for j in np.flatnonzero(key_hit & ~full):  # several ids share the key: rare
+            rows[j] = run.find(tuple(int(w) for w in want[j]))  # type: ignore[arg-type]
+        hit = rows >= 0
+        yield r, run, pending[hit], rows[hit]
+        pending = pending[~hit]
+
+
 class MasterIndex:
     """All known blobs: those of loaded index files plus those written in this session.
 
@@ -328,25 +351,13 @@ class MasterIndex:
         if not rest:
             return out
         ids = np.frombuffer(b"".join(blob_ids[n] for n in rest), dtype=">u8").reshape(-1, 4)
-        pending = np.arange(len(rest))
-        for run in self._runs:
-            if not len(run) or not len(pending):
-                continue
-            want = ids[pending]
-            i = np.minimum(run.key.searchsorted(want[:, 0]), len(run) - 1)
-            key_hit = run.key[i] == want[:, 0]
-            full = key_hit & (run.t1[i] == want[:, 1]) & (run.t2[i] == want[:, 2])
-            full &= run.t3[i] == want[:, 3]
-            rows, hits = pending[full], i[full]
+        for _, run, found, hits in _search(list(self._runs), ids):
             meta, pack = run.meta[hits].tolist(), run.pack[hits].tolist()
             offset, stored, raw = (c[hits].tolist() for c in (run.offset, run.stored, run.raw))
-            for j, row in enumerate(rows.tolist()):
-                out[rest[row]] = BlobLocation(
+            for j, n in enumerate(found.tolist()):
+                out[rest[n]] = BlobLocation(
                     self._packs[pack[j]], meta[j] >> 4, meta[j] & 15, offset[j], stored[j], raw[j]
                 )
-            for row in pending[key_hit & ~full].tolist():  # several ids share the key: rare
-                out[rest[row]] = self.lookup(blob_ids[rest[row]])
-            pending = pending[~key_hit]
         return out
 
     def rows(self) -> int:
@@ -365,23 +376,10 @@ class MasterIndex:
         with self._lock:
             self._freeze_recent()
             runs = list(self._runs)
+        first_row = np.cumsum([0] + [len(run) for run in runs])
         ids = np.frombuffer(b"".join(blob_ids), dtype=">u8").reshape(-1, 4)
-        pending = np.arange(len(blob_ids))
-        base = 0
-        for run in runs:
-            if len(run) and len(pending):
-                want = ids[pending]
-                i = np.minimum(run.key.searchsorted(want[:, 0]), len(run) - 1)
-                key_hit = run.key[i] == want[:, 0]
-                full = key_hit & (run.t1[i] == want[:, 1]) & (run.t2[i] == want[:, 2])
-                full &= run.t3[i] == want[:, 3]
-                out[pending[full]] = base + i[full]
-                for n in pending[key_hit & ~full].tolist():  # several ids share the key: rare
-                    row = run.find(ID_WORDS.unpack(blob_ids[n]))
-                    if row >= 0:
-                        out[n] = base + row
-                pending = pending[out[pending] < 0]
-            base += len(run)
+        for r, _, found, hits in _search(runs, ids):
+            out[found] = first_row[r] + hits
         return out
 
     def rows_in(self, packs: set[str]) -> np.ndarray:
