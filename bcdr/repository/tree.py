@@ -92,11 +92,17 @@ class Node:
         raise ValueError(f"unknown node type {t!r}")
 
 
-def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
+def _bytes_field(key: str, value: bytes) -> tuple[str, str]:
+    """``(key, text)`` for UTF-8, else ``(key_b64, base64)``."""
     try:
-        d[key] = value.decode("utf-8")
+        return key, value.decode("utf-8")
     except UnicodeDecodeError:
-        d[key + "_b64"] = base64.b64encode(value).decode()
+        return key + "_b64", base64.b64encode(value).decode()
+
+
+def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
+    field_name, text = _bytes_field(key, value)
+    d[field_name] = text
 
 
 def _get_bytes(d: dict[str, Any], key: str) -> bytes:
@@ -115,8 +121,6 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 
 def _node_json(n: Node) -> str:
-    if n.type not in _FAST_TYPES:
-        return json.dumps(n.to_dict(), sort_keys=True, separators=(",", ":"))
     meta = f'"mode":{n.mode},"mtime_ns":{n.mtime_ns},{_json_bytes("name", n.name)}'
     if n.type == FILE:
         content = ",".join([f'"{c.hex()}"' for c in n.content])
@@ -129,19 +133,15 @@ def _node_json(n: Node) -> str:
     if n.type == DIR:
         subtree = f'"{n.subtree.hex()}"' if n.subtree else "null"
         return f'{{"gid":{n.gid},{meta},"subtree":{subtree},"type":"dir","uid":{n.uid}}}'
-    target = _json_bytes("target", n.target or b"")
-    return f'{{"gid":{n.gid},{meta},{target},"type":"symlink","uid":{n.uid}}}'
-
-
-_FAST_TYPES = (FILE, DIR, SYMLINK)
+    if n.type == SYMLINK:
+        target = _json_bytes("target", n.target or b"")
+        return f'{{"gid":{n.gid},{meta},{target},"type":"symlink","uid":{n.uid}}}'
+    return json.dumps(n.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def _json_bytes(key: str, value: bytes) -> str:
-    """``"key":"text"`` for UTF-8, else ``"key_b64":"..."`` (as :func:`_put_bytes`)."""
-    try:
-        return f'"{key}":{_json_str(value.decode("utf-8"))}'
-    except UnicodeDecodeError:
-        return f'"{key}_b64":"{base64.b64encode(value).decode()}"'
+    field_name, text = _bytes_field(key, value)
+    return f'"{field_name}":{_json_str(text)}'
 
 
 def decode_tree(data: bytes, what: str) -> list[Node]:
