@@ -31,7 +31,6 @@ from bcdr.repository.hashing import new_object_hasher, object_name
 from bcdr.repository.locks import is_stale, list_locks
 from bcdr.repository.masterindex import ENTRY_DTYPE
 from bcdr.repository.pack import (
-    ENTRY,
     TRAILER,
     PackEntry,
     encode_entries,
@@ -141,8 +140,7 @@ class Checker:
         return self.report
 
     def _check_index(self) -> None:
-        infos = list(self.repo.storage.list("index/"))
-        names = sorted(info.key.removeprefix("index/") for info in infos)
+        names, capacity = self.repo.index_files()
 
         def decoded() -> Iterator[list[tuple[str, np.ndarray]]]:
             for name in names:
@@ -156,7 +154,7 @@ class Checker:
                         self._indexed[pack] = _listed(records)
                 yield packs
 
-        self.repo.index.load(decoded(), sum(info.size for info in infos) // ENTRY.size)
+        self.repo.index.load(decoded(), capacity)
         self.repo.index_loaded = True
 
     def _check_packs(self) -> dict[str, int]:

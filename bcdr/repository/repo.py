@@ -160,8 +160,12 @@ class Repository:
 
     # -- index -------------------------------------------------------------------------------
 
-    def index_names(self) -> list[str]:
-        return sorted(info.key.removeprefix("index/") for info in self.storage.list("index/"))
+    def index_files(self) -> tuple[list[str], int]:
+        """The index files' names, sorted, and a bound on the entries they hold (their total
+        size over the entry size: what the master index allocates for them)."""
+        infos = list(self.storage.list("index/"))
+        names = sorted(info.key.removeprefix("index/") for info in infos)
+        return names, sum(info.size for info in infos) // ENTRY.size
 
     def load_index(self, only_type: int | None = None) -> None:
         """Load every index file (again, when a prune replaced one while we listed);
@@ -190,9 +194,9 @@ class Repository:
         from bcdr.repository.marks import marked_packs
 
         self.marked = marked_packs(self.storage, self.cipher)
-        infos = list(self.storage.list("index/"))
-        names = sorted(info.key.removeprefix("index/") for info in infos)
-        capacity = sum(info.size for info in infos) // ENTRY.size if only_type is None else 0
+        names, capacity = self.index_files()
+        if only_type is not None:
+            capacity = 0  # a fraction of the entries: the columns grow as needed
         # Index files are fetched in parallel (a remote storage's latency is hidden) and
         # decoded here, in name order: decoding in the pool's threads would spread the arrays
         # over per-thread malloc arenas and cost RSS.
