@@ -121,7 +121,7 @@ class Archiver:
         sys.setrecursionlimit(max(old_limit, 20000))
         root = Node(b"", DIR)
         try:
-            big_buffers_ahead()  # before the workers fork: they inherit it
+            big_buffers_ahead()  # workers forked next set their own, leaner heap
             self._pipeline.start()
             self._save_virtual(b"/", plan_layout(paths), self._children(self.parent_tree), root)
             self._flush_batch()
