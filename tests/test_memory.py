@@ -28,3 +28,19 @@ def test_malloc_is_tuned_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) 
     assert big_buffers_ahead() == names[1:2]
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     assert lean_heap() == names[1:]  # a forked worker gives buffers back at once
+
+
+def test_a_restore_with_workers_keeps_at_most_what_it_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """big_buffers_ahead(at_most) keeps the smaller of the command's figure and the caller's
+    (a restore whose small files are in worker processes keeps KEEP_WITH_WORKERS)."""
+    from bcdr import memory
+
+    asked: list[tuple[tuple[int, int, str], ...]] = []
+    monkeypatch.setattr(memory, "_mallopt", lambda settings: asked.append(settings) or [])
+    memory.tune_malloc(keep=64 * 2**20)
+    memory.big_buffers_ahead(memory.KEEP_WITH_WORKERS)
+    memory.big_buffers_ahead()
+    memory.big_buffers_ahead(2**30)
+    trims = [v for settings in asked for p, v, _ in settings if p == memory.M_TRIM_THRESHOLD]
+    assert trims == [memory.KEEP_WITH_WORKERS, 64 * 2**20, 64 * 2**20]
+    memory.tune_malloc(keep=0)
