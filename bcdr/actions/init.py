@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from bcdr.actions.common import read_password
 from bcdr.clock import Clock
 from bcdr.errors import PasswordRequired
+from bcdr.password import read_password
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.storage.url import StorageSpec, open_storage

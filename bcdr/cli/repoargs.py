@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from urllib.parse import urlparse
 
-from bcdr.errors import UsageError
+from bcdr.errors import BcdrError, UsageError
+from bcdr.password import read_password
+from bcdr.repository.kdf import derive_ahead
 from bcdr.storage.azureauth import AzureAuth
-from bcdr.storage.url import TIERS, StorageSpec
+from bcdr.storage.url import TIERS, StorageSpec, open_storage
 
 REPO_ENV = "BCDR_REPO"
 CREDENTIAL_FLAGS = (
@@ -79,3 +82,30 @@ def storage_spec(args: argparse.Namespace) -> StorageSpec:
         tier=args.data_tier,
         connections=args.connections,
     )
+
+
+def derive_key_ahead(args: argparse.Namespace) -> bool:
+    """For a command on a local repository with the password in the environment: read its
+    key file and start deriving the key now (scrypt, 0.15 s, in a thread), so that the
+    command's modules load meanwhile (bcdr/repository/kdf.py). True when started.
+
+    Azure repositories are left to the command: reading their key file here would cost
+    requests, and retries on an unreachable endpoint, before the command even starts. Never
+    fails: opening the repository reports whatever is wrong."""
+    if "repo" not in vars(args):
+        return False  # the command takes no repository
+    try:
+        spec = storage_spec(args)
+        if urlparse(spec.url).scheme == "azure":
+            return False
+        password = read_password()
+        if password is None:
+            return False
+        storage = open_storage(spec)
+        try:
+            keys = sorted(info.key for info in storage.list("keys/"))
+            return bool(keys) and derive_ahead(storage.get(keys[0]), password)
+        finally:
+            storage.close()
+    except (BcdrError, OSError, ValueError):
+        return False

@@ -10,7 +10,6 @@ associated data binds a blob to its id so that a swapped blob fails to open.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import secrets
@@ -21,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bcdr.errors import CorruptObject, NotARepository, WrongPassword
+from bcdr.repository.kdf import derive
 
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -90,10 +90,6 @@ def cipher_for(key: MasterKey) -> Cipher:
     return AesGcmCipher(key.enc_key) if key.enc_key else NullCipher()
 
 
-def _derive(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32)
-
-
 def wrap_key(key: MasterKey, password: bytes | None) -> bytes:
     """Serialise ``key`` for ``keys/<id>``; encrypted repositories need ``password``."""
     payload = json.dumps(
@@ -109,7 +105,7 @@ def wrap_key(key: MasterKey, password: bytes | None) -> bytes:
         if not password:
             raise ValueError("an encrypted repository needs a password")
         salt = secrets.token_bytes(16)
-        kek = _derive(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        kek = derive(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
         sealed = AesGcmCipher(kek).seal(payload, b"bcdr-key")
         doc = {
             "kdf": "scrypt",
@@ -132,7 +128,7 @@ def unwrap_key(blob: bytes, password: bytes | None, where: str) -> MasterKey:
         elif doc["kdf"] == "scrypt":
             if password is None:
                 raise WrongPassword("no password given", where=where)
-            kek = _derive(
+            kek = derive(
                 password, base64.b64decode(doc["salt"]), int(doc["n"]), int(doc["r"]), int(doc["p"])
             )
             try:
