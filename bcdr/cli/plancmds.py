@@ -14,7 +14,7 @@ from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.clock import SystemClock
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError
-from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
+from bcdr.scheduler import STATE_ENV
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import plans as plans_action
@@ -22,12 +22,14 @@ if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import tick as tick
     from bcdr.plan import docs as plan_docs
     from bcdr.plan import loader as loader
+    from bcdr.scheduler import history as run_history
 else:
     plans_action = lazy("bcdr.actions.plans")
     run_action = lazy("bcdr.actions.run")
     tick = lazy("bcdr.actions.tick")
     plan_docs = lazy("bcdr.plan.docs")
     loader = lazy("bcdr.plan.loader")
+    run_history = lazy("bcdr.scheduler.history")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -111,7 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     execute = None
     if not args.dry_run:
         sched = tick.Scheduler(
-            History(Path(args.state_dir) if args.state_dir else default_state_dir()),
+            run_history.History(
+                Path(args.state_dir) if args.state_dir else run_history.default_state_dir()
+            ),
             SystemClock(),
             source="run",
         )

@@ -7,7 +7,6 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bcdr.geo.verify import VERIFIED
 from bcdr.units import human_bytes, human_seconds
 
 if TYPE_CHECKING:  # types only: the command a user runs loads only what it needs
@@ -127,6 +126,8 @@ def plan_job_text(r: JobResult) -> None:
     out(f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else ""))
     if r.backup is not None:
         backup_text(r.backup)
+    from bcdr.geo.verify import VERIFIED  # not at import: most commands never get here
+
     if r.placement is not None and (r.placement.region or r.placement.status == VERIFIED):
         out(f"  placement {r.placement.describe()}")
     for note in r.notes:

@@ -12,23 +12,25 @@ from typing import TYPE_CHECKING
 from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.errors import EXIT_OK, EXIT_TARGET_MISSED, UsageError
-from bcdr.plan.types import Duration
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import report as report_action
     from bcdr.compliance import controls as controls
     from bcdr.compliance import render as report_render
     from bcdr.plan import loader as loader
+    from bcdr.plan import types as plan_types
+    from bcdr.plan.types import Duration
 else:
     report_action = lazy("bcdr.actions.report")
     controls = lazy("bcdr.compliance.controls")
     report_render = lazy("bcdr.compliance.render")
     loader = lazy("bcdr.plan.loader")
+    plan_types = lazy("bcdr.plan.types")
 
 
 def _window(text: str) -> Duration:
     try:
-        return Duration.parse(text)
+        return plan_types.Duration.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc.args[0])) from None
 
@@ -84,7 +86,7 @@ def add_report_commands(command: Command) -> None:
     p.add_argument(
         "--since",
         type=_window,
-        default=Duration(90 * 86400, "90d"),
+        default="90d",  # a string: converted by _window when the command runs
         metavar="DURATION",
         help="the window: this far back from now (default 90d; e.g. 2w, 30d)",
     )

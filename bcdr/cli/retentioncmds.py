@@ -13,15 +13,16 @@ from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.cli.repoargs import storage_spec
 from bcdr.errors import EXIT_OK, UsageError
-from bcdr.plan.types import Duration
-from bcdr.retention import Policy
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import forget as forget_action
     from bcdr.actions import prune as prune_action
+    from bcdr.plan import types as plan_types
+    from bcdr.plan.types import Duration
 else:
     forget_action = lazy("bcdr.actions.forget")
     prune_action = lazy("bcdr.actions.prune")
+    plan_types = lazy("bcdr.plan.types")
 
 
 def _count(text: str) -> int:
@@ -36,7 +37,7 @@ def _count(text: str) -> int:
 
 def _duration(text: str) -> Duration:
     try:
-        return Duration.parse(text)
+        return plan_types.Duration.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc.args[0])) from None
 
@@ -62,6 +63,8 @@ def _zone(name: str | None) -> tzinfo:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     within = args.keep_within
+    from bcdr.retention import Policy
+
     policy = Policy(
         last=args.keep_last,
         hourly=args.keep_hourly,

@@ -22,26 +22,32 @@ from bcdr.errors import (
     BcdrError,
     UsageError,
 )
-from bcdr.scheduler import install
-from bcdr.scheduler.history import STATE_ENV, History, default_state_dir
+from bcdr.scheduler import STATE_ENV
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import run as run_action
     from bcdr.actions import tick as tick
     from bcdr.plan import loader as loader
     from bcdr.plan.model import Plan
+    from bcdr.scheduler import history as run_history
+    from bcdr.scheduler import install as install
     from bcdr.scheduler import status as status
+    from bcdr.scheduler.history import History
 else:
     run_action = lazy("bcdr.actions.run")
     tick = lazy("bcdr.actions.tick")
     loader = lazy("bcdr.plan.loader")
     status = lazy("bcdr.scheduler.status")
+    install = lazy("bcdr.scheduler.install")
+    run_history = lazy("bcdr.scheduler.history")
 
 DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans
 
 
 def _state(args: argparse.Namespace) -> History:
-    return History(Path(args.state_dir) if args.state_dir else default_state_dir())
+    return run_history.History(
+        Path(args.state_dir) if args.state_dir else run_history.default_state_dir()
+    )
 
 
 def _metrics_path(args: argparse.Namespace, plan: Plan) -> Path | None:

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bcdr.errors import UsageError
+from bcdr.scheduler import STATE_ENV
 
-STATE_ENV = "BCDR_STATE_DIR"
 RUNNING, CRASHED, INTERRUPTED = "running", "crashed", "interrupted"
 GOOD = ("ok", "partial")  # statuses that produced a recovery point
 FINISHED_SLOT = ("ok", "partial", "failed", "not available")  # the slot is done
