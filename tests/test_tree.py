@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bcdr.errors import CorruptObject
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
 ints = st.integers(min_value=0, max_value=2**63)
@@ -58,3 +60,48 @@ def test_names_that_need_escaping_encode_like_json() -> None:
         Node(os.fsencode("plain"), SYMLINK, target="→ there".encode()),
     ]
     assert encode_tree(items) == reference(items)
+
+
+GOOD_FILE = {
+    "content": ["ab" * 32],
+    "ctime_ns": 1,
+    "dev": 2,
+    "digest": None,
+    "gid": 0,
+    "inode": 3,
+    "mode": 420,
+    "mtime_ns": 4,
+    "name": "f",
+    "nlink": 1,
+    "size": 5,
+    "type": "file",
+    "uid": 0,
+}
+
+
+def test_a_well_formed_node_decodes() -> None:
+    (node,) = decode_tree(json.dumps({"nodes": [GOOD_FILE]}).encode(), "t")
+    assert node == Node(b"f", FILE, 420, 0, 0, 4, 1, 3, 2, 1, 5, [bytes.fromhex("ab" * 32)])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": None},  # a file's field missing
+        {"mode": "420"},  # a number as text
+        {"type": "fifo"},  # a type no tree holds
+        {"name": None},  # neither name nor name_b64
+        {"content": ["not hex"]},
+        {"name": None, "name_b64": "***"},  # not base64
+    ],
+)
+def test_malformed_nodes_are_reported_as_a_corrupt_tree(change: dict[str, object]) -> None:
+    node = {k: v for k, v in {**GOOD_FILE, **change}.items() if v is not None or k == "digest"}
+    with pytest.raises(CorruptObject, match="^t: tree does not parse"):
+        decode_tree(json.dumps({"nodes": [node]}).encode(), "t")
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"[]", b'{"nodes": {}}', b'{"nodes": [1]}'])
+def test_malformed_tree_documents_are_reported_as_corrupt(data: bytes) -> None:
+    with pytest.raises(CorruptObject, match="^t: tree does not parse"):
+        decode_tree(data, "t")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 from typing import Any
 
+import msgspec
+
 from bcdr.errors import CorruptObject
 
 FILE = "file"
@@ -64,33 +66,6 @@ class Node:
             _put_bytes(d, "target", self.target or b"")
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Node:
-        # One constructor call per node, positional: decoding the parent's trees is most of
-        # the no-change path (see docs/performance.md).
-        t = d["type"]
-        name = _get_bytes(d, "name")
-        meta = (int(d["mode"]), int(d["uid"]), int(d["gid"]), int(d["mtime_ns"]))
-        if t == FILE:
-            return cls(
-                name,
-                t,
-                *meta,
-                int(d["ctime_ns"]),
-                int(d["inode"]),
-                int(d["dev"]),
-                int(d["nlink"]),
-                int(d["size"]),
-                [bytes.fromhex(c) for c in d["content"]],
-                d["digest"],
-            )
-        if t == DIR:
-            subtree = d["subtree"]
-            return cls(name, t, *meta, subtree=bytes.fromhex(subtree) if subtree else None)
-        if t == SYMLINK:
-            return cls(name, t, *meta, target=_get_bytes(d, "target"))
-        raise ValueError(f"unknown node type {t!r}")
-
 
 def _bytes_field(key: str, value: bytes) -> tuple[str, str]:
     """``(key, text)`` for UTF-8, else ``(key_b64, base64)``."""
@@ -103,12 +78,6 @@ def _bytes_field(key: str, value: bytes) -> tuple[str, str]:
 def _put_bytes(d: dict[str, Any], key: str, value: bytes) -> None:
     field_name, text = _bytes_field(key, value)
     d[field_name] = text
-
-
-def _get_bytes(d: dict[str, Any], key: str) -> bytes:
-    if key in d:
-        return str(d[key]).encode("utf-8")
-    return base64.b64decode(d[key + "_b64"])
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -144,9 +113,82 @@ def _json_bytes(key: str, value: bytes) -> str:
     return f'"{field_name}":{_json_str(text)}'
 
 
+class _Wire(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
+    """A node as a tree blob stores it; msgspec checks every field's type while parsing (in
+    C, with no dict per node: 2x faster than json.loads and a conversion, and decoding the
+    parent's trees is most of a no-change backup; see docs/performance.md)."""
+
+    name: str | None = None
+    name_b64: str | None = None
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+class _FileWire(_Wire, tag=FILE, kw_only=True, gc=False):
+    ctime_ns: int
+    inode: int
+    dev: int
+    nlink: int
+    size: int
+    content: list[str]
+    digest: str | None
+
+
+class _DirWire(_Wire, tag=DIR, kw_only=True, gc=False):
+    subtree: str | None
+
+
+class _SymlinkWire(_Wire, tag=SYMLINK, kw_only=True, gc=False):
+    target: str | None = None
+    target_b64: str | None = None
+
+
+class _TreeWire(msgspec.Struct, gc=False):
+    nodes: list[_FileWire | _DirWire | _SymlinkWire]
+
+
+_decoder = msgspec.json.Decoder(_TreeWire)
+
+
+def _text_or_b64(text: str | None, b64: str | None, what: str) -> bytes:
+    if text is not None:
+        return text.encode("utf-8")
+    if b64 is not None:
+        return base64.b64decode(b64, validate=True)
+    raise ValueError(f"a node without a {what}")
+
+
+def _node(w: _FileWire | _DirWire | _SymlinkWire) -> Node:
+    # One constructor call per node, positional: see _Wire.
+    name = _text_or_b64(w.name, w.name_b64, "name")
+    if type(w) is _FileWire:
+        return Node(
+            name,
+            FILE,
+            w.mode,
+            w.uid,
+            w.gid,
+            w.mtime_ns,
+            w.ctime_ns,
+            w.inode,
+            w.dev,
+            w.nlink,
+            w.size,
+            [bytes.fromhex(c) for c in w.content],
+            w.digest,
+        )
+    if type(w) is _DirWire:
+        subtree = bytes.fromhex(w.subtree) if w.subtree else None
+        return Node(name, DIR, w.mode, w.uid, w.gid, w.mtime_ns, subtree=subtree)
+    assert type(w) is _SymlinkWire
+    target = _text_or_b64(w.target, w.target_b64, "target")
+    return Node(name, SYMLINK, w.mode, w.uid, w.gid, w.mtime_ns, target=target)
+
+
 def decode_tree(data: bytes, what: str) -> list[Node]:
     try:
-        doc = json.loads(data)
-        return [Node.from_dict(n) for n in doc["nodes"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        return [_node(w) for w in _decoder.decode(data).nodes]
+    except ValueError as exc:  # msgspec's errors are ValueErrors; so are fromhex's
         raise CorruptObject(f"{what}: tree does not parse ({exc})") from None
