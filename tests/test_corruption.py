@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bcdr.repository.hashing import fingerprint
+from bcdr.repository.pack import DATA, TREE
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, encode_tree
+from bcdr.storage.local import LocalStorage
 from tests.conftest import init_small, restored_root, run_process, write_tree
 
 
@@ -307,3 +314,65 @@ def test_check_counts_each_referenced_chunk_once_and_names_files_whose_pack_is_g
     named = sorted({e.split(": ")[0].rsplit("/", 1)[-1] for e in missing})
     assert named == hit, missing
     assert f"pack {loc.pack[:12]} is listed in the index but missing" in "\n".join(report.errors)
+
+
+EVIL = b"EVIL!"
+
+
+def _tampered_snapshot(
+    tmp_path: Path, nodes_of: Callable[[Repository, bytes], list[Node]]
+) -> tuple[Path, str]:
+    """An unencrypted repository (anyone who can write to its storage can also make valid
+    blobs) with a snapshot whose root tree is ``nodes_of(repo, id of a 5-byte chunk)``."""
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    src = write_tree(tmp_path / "src", {"f": EVIL})
+    assert run_process("backup", "--repo", repo_path, src).code == 0
+    repo = Repository.open(LocalStorage(repo_path))
+    repo.load_index()
+    snap = repo.list_snapshots()[-1]
+    with repo.writing():
+        chunk = repo.save_blob(DATA, EVIL)
+        root = repo.save_blob(TREE, encode_tree(nodes_of(repo, chunk)))
+    return repo_path, repo.save_snapshot(replace(snap, tree=root.hex())).id
+
+
+@pytest.mark.parametrize("name", [b"..", b"../../escaped", b"a/../../escaped", b".", b""])
+def test_a_tree_naming_a_node_outside_its_folder_restores_nothing_there(
+    tmp_path: Path, name: bytes
+) -> None:
+    def nodes(repo: Repository, chunk: bytes) -> list[Node]:
+        return [Node(name, FILE, 0o644, size=5, content=[chunk], digest=fingerprint(EVIL))]
+
+    repo_path, snap = _tampered_snapshot(tmp_path, nodes)
+    target = tmp_path / "out" / "deep" / "target"
+    r = run_process("restore", "--repo", repo_path, snap, "--target", target)
+    assert r.code != 0 and "tree does not parse" in r.err, r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "out" / "escaped").exists() and not (tmp_path / "escaped").exists()
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written == []
+
+
+def test_a_tree_listing_a_name_twice_cannot_restore_through_its_own_symlink(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def nodes(repo: Repository, chunk: bytes) -> list[Node]:
+        inner = repo.save_blob(
+            TREE,
+            encode_tree(
+                [Node(b"x", FILE, 0o644, size=5, content=[chunk], digest=fingerprint(EVIL))]
+            ),
+        )
+        return [
+            Node(b"d", SYMLINK, 0o777, target=os.fsencode(outside)),
+            Node(b"d", DIR, 0o755, subtree=inner),
+        ]
+
+    repo_path, snap = _tampered_snapshot(tmp_path, nodes)
+    r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "target")
+    assert r.code != 0 and "tree does not parse" in r.err, r.err
+    assert list(outside.iterdir()) == []

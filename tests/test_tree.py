@@ -16,8 +16,9 @@ ints = st.integers(min_value=0, max_value=2**63)
 names = st.one_of(
     st.text(min_size=1, max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.binary(min_size=1, max_size=20),  # often not UTF-8: stored as name_b64
-)
+).filter(lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
 ids = st.binary(min_size=32, max_size=32)
+targets = st.binary(max_size=30)  # a symlink may point anywhere: ../x, /etc, ''
 
 
 @st.composite
@@ -36,7 +37,7 @@ def nodes(draw: st.DrawFn) -> Node:
         )
     if kind == DIR:
         return Node(name, kind, *meta, subtree=draw(st.one_of(st.none(), ids)))
-    return Node(name, kind, *meta, target=draw(names))
+    return Node(name, kind, *meta, target=draw(targets))
 
 
 def reference(items: list[Node]) -> bytes:

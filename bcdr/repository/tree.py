@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from itertools import pairwise
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 from typing import Any
 
@@ -160,9 +161,15 @@ def _text_or_b64(text: str | None, b64: str | None, what: str) -> bytes:
     raise ValueError(f"a node without a {what}")
 
 
+#: Names no directory entry has: a tree naming a node so would have restore write elsewhere.
+_NOT_NAMES = frozenset((b"", b".", b".."))
+
+
 def _node(w: _FileWire | _DirWire | _SymlinkWire) -> Node:
     # One constructor call per node, positional: see _Wire.
     name = _text_or_b64(w.name, w.name_b64, "name")
+    if name in _NOT_NAMES or b"/" in name or b"\0" in name:
+        raise ValueError(f"a node named {name!r} (not a name a folder can hold)")
     if type(w) is _FileWire:
         return Node(
             name,
@@ -188,7 +195,15 @@ def _node(w: _FileWire | _DirWire | _SymlinkWire) -> Node:
 
 
 def decode_tree(data: bytes, what: str) -> list[Node]:
+    """The nodes of a tree blob, sorted by name. A tree that does not parse, names a node
+    with something other than one path component (``..``, ``a/b``), or lists a name twice
+    is corrupt: restore would otherwise write outside its target, or through a symlink it
+    had just made, when a repository someone could write to was tampered with."""
     try:
-        return [_node(w) for w in _decoder.decode(data).nodes]
+        nodes = [_node(w) for w in _decoder.decode(data).nodes]
+        for a, b in pairwise(nodes):
+            if not a.name < b.name:
+                raise ValueError(f"{b.name!r} after {a.name!r} (names sorted, once each)")
     except ValueError as exc:  # msgspec's errors are ValueErrors; so are fromhex's
         raise CorruptObject(f"{what}: tree does not parse ({exc})") from None
+    return nodes
