@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.errors import PasswordRequired, RepositoryNotFound
 from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
-from bcdr.plan.model import Credential, Plan
-from bcdr.plan.model import Repository as PlanRepository
 from bcdr.repository.repo import Repository
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.url import StorageSpec, open_storage
 from bcdr.storage.wrap import MeteredStorage, Transfer
+
+if TYPE_CHECKING:  # the plan model is loaded by plan commands; --repo ones never need it
+    from bcdr.plan.model import Plan
+    from bcdr.plan.model import Repository as PlanRepository
 
 
 def open_repo(
@@ -37,6 +39,8 @@ def transfer(repo: Repository, direction: Literal["up", "down"]) -> Transfer | N
 def plan_storage_spec(declared: PlanRepository) -> StorageSpec:
     """How to reach a repository a plan declares (its url is already resolved to the plan's
     folder by the loader)."""
+    from bcdr.plan.model import Credential
+
     cred = declared.credential
     auth = AzureAuth()
     if isinstance(cred, Credential):
