@@ -9,13 +9,16 @@ import stat
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.actions.restore import restore
+from bcdr.archive.backup import WORKER_FILE_MAX, Archiver
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
+from bcdr.repository.tree import Node
 from bcdr.storage.local import LocalStorage
 from tests.conftest import restored_root, snapshot_tree
 
@@ -143,3 +146,30 @@ def test_restore_of_backup_is_identical(spec: list[tuple[list[bytes], str, bytes
         assert snapshot_tree(out) == snapshot_tree(src)
     finally:
         shutil.rmtree(work)
+
+
+def test_files_above_the_worker_limit_are_read_by_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes read files up to WORKER_FILE_MAX; larger ones are read by the walk
+    (their chunks compressed in threads), so a worker never holds a big file whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"small": 1000, "at-limit": WORKER_FILE_MAX, "above": WORKER_FILE_MAX + 1}
+    for name, size in sizes.items():
+        (src / name).write_bytes(os.urandom(size))
+    by_walk: list[bytes] = []
+    read_file = Archiver._read_file
+
+    def recording(self: Archiver, path: bytes, node: Node) -> bool:
+        by_walk.append(os.path.basename(path))
+        return read_file(self, path, node)
+
+    monkeypatch.setattr(Archiver, "_read_file", recording)
+    repo = Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+    assert repo.chunker.whole_max > WORKER_FILE_MAX  # the default chunker: the limit decides
+    run_backup(repo, BackupRequest(paths=(str(src),)))
+    repo.close()
+    assert by_walk == [b"above"]
+    res = restore(str(tmp_path / "repo"), "latest", str(tmp_path / "out"))
+    assert res.ok and snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)

@@ -34,6 +34,13 @@ SAFETENSORS = b".safetensors"
 #: Small files are read in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
+#: Files up to this size are read by the worker processes, where per-file Python work is
+#: spread over the cores. Larger ones are read by the walk, their chunks compressed in threads
+#: (native code that releases the GIL): a worker holding an 8 MiB dataset shard whole, with its
+#: compressed and sealed copies, raised each worker by about 12 MiB. Bench corpus, initial
+#: backup, 9 alternating runs: peak memory, workers counted, median 151 -> 136 MiB; wall
+#: unchanged (medians 4.3 and 4.2 s).
+WORKER_FILE_MAX = 1024 * 1024
 CHANGED_WHILE_READ = "changed while it was read; the stored copy may be torn"
 
 
@@ -297,7 +304,7 @@ class Archiver:
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
         elif (
-            st.st_size <= self.repo.chunker.whole_max
+            st.st_size <= min(WORKER_FILE_MAX, self.repo.chunker.whole_max)
             and st.st_nlink == 1
             and not path.endswith(SAFETENSORS)
         ):
