@@ -12,7 +12,9 @@ faulted in again (6 us a page on this VM). Backup reads tensors of up to 32 MiB 
 and check handle chunks and sections of megabytes, one after another. With the threshold
 fixed above 32 MiB and freed memory kept for reuse (measured 2026-11-29, bench corpus):
 
-- backup (64 MiB kept): page faults 82-94k -> 50-54k, wall -6%, peak RSS unchanged;
+- backup (64 MiB kept): page faults 82-94k -> 50-54k, wall -6%, peak RSS unchanged; once
+  its workers read only files up to 1 MiB (2026-11-29, night), keeping 32 MiB instead of 64
+  lowered its peak, workers counted, from 135-143 to 123-136 MiB with no loss of speed;
 - restore (64 MiB kept): page faults 186k -> 19k, wall 5.2-5.5 -> 4.3-5.0 s, RSS 83 -> 100 MiB;
 - restore with worker processes for its small files (bcdr/forked.py), which then hold the
   small buffers: the parent keeps 16 MiB (KEEP_WITH_WORKERS): the same wall time as 64 MiB

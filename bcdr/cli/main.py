@@ -324,7 +324,7 @@ def progress_logging(quiet: bool) -> None:
 
 #: Freed memory each data command keeps for reuse (see bcdr/memory.py for the figures).
 KEEP_FREED: dict[Handler, int] = {
-    cmd_backup: 64 * 2**20,
+    cmd_backup: 32 * 2**20,
     cmd_restore: 64 * 2**20,
 }
 
