@@ -195,3 +195,10 @@ def test_disk_full_commits_nothing_and_next_backup_works(tmp_path: Path) -> None
         assert r.code == 0, r.out
         out = tmp_path / "out"
         assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
+
+
+def test_backing_up_the_root_folder_is_refused_not_stored_empty(repo: str) -> None:
+    r = run_process("backup", "--repo", repo, "/")
+    _clean(r)
+    assert r.code == 1 and "backing up / itself is not supported" in r.err
+    assert not os.listdir(Path(repo, "snapshots")) if Path(repo, "snapshots").exists() else True

@@ -74,6 +74,14 @@ def resolve_sources(paths: tuple[str, ...]) -> list[bytes]:
     out, missing = [], []
     for p in paths:
         abs_path = os.path.abspath(os.fsencode(p))
+        if abs_path == b"/":
+            # The snapshot's root folder stands for "/" (it holds the backed-up paths): "/"
+            # itself has no place in it, and was stored as an empty snapshot.
+            raise SourceError(
+                "backing up / itself is not supported",
+                where=p,
+                hint="give its folders instead, e.g. /home /etc /data",
+            )
         if os.path.lexists(abs_path):
             out.append(abs_path)
         else:
