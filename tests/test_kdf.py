@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from bcdr.cli.main import parse
+from bcdr.cli.main import main, parse
 from bcdr.cli.repoargs import derive_key_ahead
 from bcdr.repository import kdf
 from tests.conftest import write_tree
@@ -128,3 +129,35 @@ def test_only_local_repositories_with_a_password_are_read_ahead(
     # a command without a repository
     assert not derive_key_ahead(parse(["plan", "docs"]))
     assert derivations == []
+
+
+def test_a_password_pipe_is_left_for_the_command_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derivations: list[str]
+) -> None:
+    """BCDR_PASSWORD_FILE=<(...) or a FIFO gives its content once: reading ahead would leave
+    the command an empty password file. A regular file is read ahead as usual."""
+    repo = tmp_path / "repo"
+    monkeypatch.setenv("BCDR_PASSWORD", "pw")
+    assert main(["init", "--repo", str(repo), "--encrypt", "-q"]) == 0
+    kdf._pending.clear()
+    monkeypatch.delenv("BCDR_PASSWORD")
+    fifo = tmp_path / "pw.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("BCDR_PASSWORD_FILE", str(fifo))
+
+    def write_once() -> None:
+        with open(fifo, "wb") as f:  # blocks until someone opens the FIFO to read
+            f.write(b"pw\n")
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    assert not derive_key_ahead(parse(["snapshots", "--repo", str(repo)]))
+    writer.join(0.2)
+    assert writer.is_alive()  # nobody opened it: the command still can
+    assert fifo.read_bytes() == b"pw\n"
+    writer.join()
+
+    regular = tmp_path / "pw.txt"
+    regular.write_bytes(b"pw\n")
+    monkeypatch.setenv("BCDR_PASSWORD_FILE", str(regular))
+    assert derive_key_ahead(parse(["snapshots", "--repo", str(repo)]))

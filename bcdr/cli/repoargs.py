@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from urllib.parse import urlparse
 
 from bcdr.errors import BcdrError, UsageError
-from bcdr.password import read_password
+from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
 from bcdr.repository.kdf import derive_ahead
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.url import TIERS, StorageSpec, open_storage
@@ -98,6 +99,12 @@ def derive_key_ahead(args: argparse.Namespace) -> bool:
         spec = storage_spec(args)
         if urlparse(spec.url).scheme == "azure":
             return False
+        if not os.environ.get(PASSWORD_ENV):
+            # Read ahead only from a regular file: a pipe (BCDR_PASSWORD_FILE=<(...)) or FIFO
+            # gives its content once, and opening the repository must read it then.
+            path = os.environ.get(PASSWORD_FILE_ENV)
+            if not path or not stat.S_ISREG(os.stat(path).st_mode):
+                return False
         password = read_password()
         if password is None:
             return False
