@@ -59,3 +59,39 @@ def test_ls_path_and_snapshot_references(tmp_path: Path, repo: str) -> None:
     assert r.code == 1 and "too short" in r.err
     r = run_process("snapshots", "--repo", repo, "--job", "two", "--json")
     assert [s["job"] for s in r.json()] == ["two"]  # type: ignore[union-attr, index]
+
+
+def test_overwrite_replaces_a_symlink_where_the_snapshot_has_a_folder(
+    tmp_path: Path, repo: str
+) -> None:
+    """A link ``d -> elsewhere`` in the target where the snapshot has the folder ``d`` is
+    replaced by the folder, never followed: the folder's files would land in ``elsewhere``."""
+    src = write_tree(tmp_path / "src", {"d/f": b"data", "d/sub/g": b"more"})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = restored_root(out, src)
+    root.mkdir(parents=True)
+    (root / "d").symlink_to(elsewhere)
+    r = run_process("restore", "--repo", repo, "latest", "--target", out, "--overwrite")
+    assert r.code == 0, r.err
+    assert list(elsewhere.iterdir()) == []
+    assert not (root / "d").is_symlink() and (root / "d/f").read_bytes() == b"data"
+    assert (root / "d/sub/g").read_bytes() == b"more"
+
+
+def test_overwrite_follows_a_symlink_above_the_backed_up_paths(tmp_path: Path, repo: str) -> None:
+    """The folders above a backed-up path were recorded as folders whatever they were (/lib ->
+    usr/lib on merged-/usr systems): a link there is kept and followed, as before."""
+    src = write_tree(tmp_path / "src", {"f": b"data"})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    moved.mkdir()
+    first = str(src.resolve()).lstrip("/").split("/")[0]  # the top folder above the path
+    out.mkdir()
+    (out / first).symlink_to(moved)
+    r = run_process("restore", "--repo", repo, "latest", "--target", out, "--overwrite")
+    assert r.code == 0, r.err
+    assert (out / first).is_symlink()
+    inside = str(src.resolve()).lstrip("/").split("/", 1)[1]
+    assert (moved / inside / "f").read_bytes() == b"data"

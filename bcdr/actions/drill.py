@@ -274,6 +274,7 @@ def _backup_drill(
                 os.fsencode(target),
                 includes=PathSet(p for p, _ in chosen) if len(chosen) < len(files) else None,
                 progress=progress,
+                walked=snap.paths,
             )
             stats = restorer.run(bytes.fromhex(snap.tree))
             t = phases.done("restore", t)

@@ -73,6 +73,7 @@ def restore(
             os.fsencode(os.path.abspath(target)),
             includes=PathMatcher(includes),
             progress=progress,
+            walked=snap.paths,
         )
         stats = restorer.run(tree)
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))

@@ -12,9 +12,10 @@ first.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer
@@ -52,9 +53,16 @@ class Restorer:
         *,
         includes: PathMatcher | PathSet | None = None,
         progress: ProgressFn | None = None,
+        walked: Iterable[str] = (),
     ):
+        """``walked``: the snapshot's backed-up paths. Folders at or below them were real
+        folders when backed up, and are made as real folders: a symlink in the way of one is
+        replaced (the target is empty unless --overwrite), never followed. The folders above
+        them were recorded as folders whatever they were (/lib -> usr/lib on many systems), and
+        are made, or followed, as they are."""
         self.repo = repo
         self.target = target
+        self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
@@ -153,9 +161,27 @@ class Restorer:
         return included or restored
 
     def _makedirs(self, path: bytes) -> None:
-        if path not in self._made:
+        if path in self._made:
+            return
+        if self._walked_folder(path):
+            self._makedirs(os.path.dirname(path))
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):  # a symlink or file in the way
+                    _remove_existing(path)
+                    os.mkdir(path)
+        else:
             os.makedirs(path, exist_ok=True)
-            self._made.add(path)
+        self._made.add(path)
+
+    def _walked_folder(self, path: bytes) -> bool:
+        """Is ``path`` (under the target) a folder at or below a backed-up path?"""
+        prefix = self.target.rstrip(b"/") + b"/"
+        if not self._walked or not path.startswith(prefix):
+            return False
+        snap_path = b"/" + path[len(prefix) :]
+        return any(snap_path == w or snap_path.startswith(w + b"/") for w in self._walked)
 
     def _restore_entry(self, node: Node, snap_path: bytes) -> None:
         dest = self._dest(snap_path)
