@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bcdr.cli.main import parse
 from bcdr.compliance.controls import FAIL, NO_EVIDENCE, PASS, RepoEvidence, evaluate
 from bcdr.compliance.render import to_html, to_markdown
 from bcdr.plan.loader import parse_plan
@@ -258,6 +259,12 @@ drills:
     assert "tampered with" in r.out and "altered" in r.out
     r = run_process("report", f, "--since", "3x")
     assert r.code == 2 and "not a duration" in r.err
+
+
+def test_the_report_window_defaults_to_90_days() -> None:
+    # the default is text, converted by --since's type only when `report` runs
+    assert parse(["report", "plan.yaml"]).since.delta == timedelta(days=90)
+    assert parse(["report", "plan.yaml", "--since", "2w"]).since.delta == timedelta(weeks=2)
 
 
 # --- HTML in headless Chromium -----------------------------------------------------------------
