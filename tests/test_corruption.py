@@ -281,15 +281,23 @@ def test_a_header_with_one_entry_changed_does_not_match_the_index(
     assert f"pack {pack.name[:12]}: header does not match the index" in report.errors
 
 
+@pytest.mark.parametrize("batch", [None, 1])  # the chunk ids of many folders at once, or each
 def test_check_counts_each_referenced_chunk_once_and_names_files_whose_pack_is_gone(
-    tmp_path: Path, populated: tuple[Path, Path]
+    tmp_path: Path,
+    populated: tuple[Path, Path],
+    batch: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from bcdr.repository import check
     from bcdr.repository.pack import DATA
     from bcdr.repository.repo import Repository
     from bcdr.storage.local import LocalStorage
 
+    if batch is not None:
+        monkeypatch.setattr(check, "CONTENT_BATCH", batch)
     repo, src = populated
+    (src / "sub").mkdir()  # files in two folders: one search for both, or one each
+    (src / "sub" / "inner.bin").write_bytes((src / "file1.bin").read_bytes()[::-1])
     (src / "copy.bin").write_bytes((src / "file3.bin").read_bytes())  # the same chunks again
     assert run_process("backup", "--repo", repo, src).code == 0
     opened = Repository.open(LocalStorage(repo))
@@ -307,7 +315,7 @@ def test_check_counts_each_referenced_chunk_once_and_names_files_whose_pack_is_g
         ids = [opened.content_id(c) for c in opened.chunker.chunks_of(path.read_bytes())]
         return {found.pack for b in ids if (found := opened.index.lookup(b)) is not None}
 
-    hit = sorted(f.name for f in src.iterdir() if loc.pack in chunk_packs(f))
+    hit = sorted(f.name for f in src.rglob("*") if f.is_file() and loc.pack in chunk_packs(f))
     assert hit
     report = check.Checker(Repository.open(LocalStorage(repo))).run()
     missing = [e for e in report.errors if "chunk(s) missing" in e]
