@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from bcdr.actions.keyahead import derive_key_ahead
 from bcdr.cli.main import main, parse
-from bcdr.cli.repoargs import derive_key_ahead
+from bcdr.cli.repoargs import named_repo
 from bcdr.repository import kdf
 from tests.conftest import write_tree
 
 N, R, P = 2**10, 8, 1  # small: these tests are about who derives, not how long it takes
+
+
+def ahead(*argv: str) -> bool:
+    """What the CLI does right after parsing ``bcdr ARGV``: start deriving ahead."""
+    repo = named_repo(parse(list(argv)))
+    return repo is not None and derive_key_ahead(repo)
 
 
 def key_file(salt: bytes, kdf_name: str = "scrypt") -> bytes:
@@ -118,16 +125,16 @@ def test_only_local_repositories_with_a_password_are_read_ahead(
 ) -> None:
     monkeypatch.setenv("BCDR_PASSWORD", "pw")
     # Azure: never contacted here (no endpoint would be reachable anyway)
-    assert not derive_key_ahead(parse(["snapshots", "--repo", "azure://acct/container"]))
+    assert not ahead("snapshots", "--repo", "azure://acct/container")
     # a folder that holds no repository: nothing read, nothing created
     missing = tmp_path / "none"
-    assert not derive_key_ahead(parse(["snapshots", "--repo", str(missing)]))
+    assert not ahead("snapshots", "--repo", str(missing))
     assert not missing.exists()
     # no password in the environment
     monkeypatch.delenv("BCDR_PASSWORD")
-    assert not derive_key_ahead(parse(["snapshots", "--repo", str(tmp_path)]))
+    assert not ahead("snapshots", "--repo", str(tmp_path))
     # a command without a repository
-    assert not derive_key_ahead(parse(["plan", "docs"]))
+    assert not ahead("plan", "docs")
     assert derivations == []
 
 
@@ -151,7 +158,7 @@ def test_a_password_pipe_is_left_for_the_command_to_read(
 
     writer = threading.Thread(target=write_once, daemon=True)
     writer.start()
-    assert not derive_key_ahead(parse(["snapshots", "--repo", str(repo)]))
+    assert not ahead("snapshots", "--repo", str(repo))
     writer.join(0.2)
     assert writer.is_alive()  # nobody opened it: the command still can
     assert fifo.read_bytes() == b"pw\n"
@@ -160,4 +167,4 @@ def test_a_password_pipe_is_left_for_the_command_to_read(
     regular = tmp_path / "pw.txt"
     regular.write_bytes(b"pw\n")
     monkeypatch.setenv("BCDR_PASSWORD_FILE", str(regular))
-    assert derive_key_ahead(parse(["snapshots", "--repo", str(repo)]))
+    assert ahead("snapshots", "--repo", str(repo))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from bcdr import __version__
+from bcdr.actions.keyahead import derive_key_ahead
 from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
@@ -20,7 +21,7 @@ from bcdr.cli.evidencecmds import add_evidence_commands
 from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
-from bcdr.cli.repoargs import add_repo_options, derive_key_ahead, storage_spec
+from bcdr.cli.repoargs import add_repo_options, named_repo, storage_spec
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
@@ -333,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     if argv is None:  # the bcdr command itself, not a caller in this process
         tune_malloc(keep=KEEP_FREED.get(args.handler, 0))
-    derive_key_ahead(args)  # before the command's modules load: they overlap scrypt
+    repo = named_repo(args)
+    if repo is not None:
+        derive_key_ahead(repo)  # before the command's modules load: they overlap scrypt
     quiet_sdk_logging()
     progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
     try:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
-from urllib.parse import urlparse
 
-from bcdr.errors import BcdrError, UsageError
-from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
-from bcdr.repository.kdf import derive_ahead
+from bcdr.errors import UsageError
 from bcdr.storage.azureauth import AzureAuth
-from bcdr.storage.url import TIERS, StorageSpec, open_storage
+from bcdr.storage.url import TIERS, StorageSpec
 
 REPO_ENV = "BCDR_REPO"
 CREDENTIAL_FLAGS = (
@@ -85,34 +81,11 @@ def storage_spec(args: argparse.Namespace) -> StorageSpec:
     )
 
 
-def derive_key_ahead(args: argparse.Namespace) -> bool:
-    """For a command on a local repository with the password in the environment: read its
-    key file and start deriving the key now (scrypt, 0.15 s, in a thread), so that the
-    command's modules load meanwhile (bcdr/repository/kdf.py). True when started.
-
-    Azure repositories are left to the command: reading their key file here would cost
-    requests, and retries on an unreachable endpoint, before the command even starts. Never
-    fails: opening the repository reports whatever is wrong."""
+def named_repo(args: argparse.Namespace) -> StorageSpec | None:
+    """The repository the command names, or None when it takes none or none was given."""
     if "repo" not in vars(args):
-        return False  # the command takes no repository
+        return None
     try:
-        spec = storage_spec(args)
-        if urlparse(spec.url).scheme == "azure":
-            return False
-        if not os.environ.get(PASSWORD_ENV):
-            # Read ahead only from a regular file: a pipe (BCDR_PASSWORD_FILE=<(...)) or FIFO
-            # gives its content once, and opening the repository must read it then.
-            path = os.environ.get(PASSWORD_FILE_ENV)
-            if not path or not stat.S_ISREG(os.stat(path).st_mode):
-                return False
-        password = read_password()
-        if password is None:
-            return False
-        storage = open_storage(spec)
-        try:
-            keys = sorted(info.key for info in storage.list("keys/"))
-            return bool(keys) and derive_ahead(storage.get(keys[0]), password)
-        finally:
-            storage.close()
-    except (BcdrError, OSError, ValueError):
-        return False
+        return storage_spec(args)
+    except UsageError:
+        return None
