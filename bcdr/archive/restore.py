@@ -63,6 +63,7 @@ class Restorer:
         self.repo = repo
         self.target = target
         self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
+        self._under_target = target.rstrip(b"/") + b"/"  # what paths under the target start with
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
@@ -177,7 +178,7 @@ class Restorer:
 
     def _walked_folder(self, path: bytes) -> bool:
         """Is ``path`` (under the target) a folder at or below a backed-up path?"""
-        prefix = self.target.rstrip(b"/") + b"/"
+        prefix = self._under_target
         if not self._walked or not path.startswith(prefix):
             return False
         snap_path = b"/" + path[len(prefix) :]

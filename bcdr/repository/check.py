@@ -228,8 +228,9 @@ class Checker:
     def _check_content(
         self, snap: str, files: list[tuple[bytes, list[bytes]]], errors: list[str]
     ) -> None:
-        """Mark the chunks of a folder's files as referenced (one index search for them
-        all); report each file with chunks not indexed or in a pack that is gone."""
+        """Mark the chunks of ``files`` (of one or more folders) as referenced, with one index
+        search for them all; report each file with chunks not indexed or in a pack that is
+        gone."""
         if not files:
             return
         rows = self.repo.index.rows_of([blob_id for _, content in files for blob_id in content])
