@@ -78,6 +78,8 @@ def test_no_change_reuses_the_parents_folder_trees_without_encoding_them(
 ) -> None:
     files = {f"d{d}/f{i}.txt": os.urandom(100) for d in range(30) for i in range(20)}
     src = write_tree(tmp_path / "src", files)
+    os.link(src / "d0" / "f0.txt", src / "d0" / "hard")  # files with a second name: d0
+    os.symlink("f1.txt", src / "d1" / "link")  # and a symlink: d1
     req = BackupRequest(paths=(str(src),), job="small")
     first = backup(repo, req)
     import bcdr.archive.backup as archive
@@ -121,3 +123,19 @@ def test_metadata_change_reaches_the_next_snapshot(tmp_path: Path, repo: str) ->
     out = restored_root(tmp_path / "out", src)
     assert snapshot_tree(out) == snapshot_tree(src)
     assert os.stat(out / "b").st_ino == os.stat(out / "b-link").st_ino
+
+
+def test_a_file_backed_up_by_its_own_path_keeps_its_content_when_unchanged(
+    tmp_path: Path, repo: str
+) -> None:
+    from bcdr.actions.restore import restore
+
+    data = os.urandom(30_000)
+    src = write_tree(tmp_path / "src", {"model.bin": data, "other": b"not backed up"})
+    req = BackupRequest(paths=(str(src / "model.bin"),), job="one-file")
+    first = backup(repo, req)
+    second = backup(repo, req)
+    assert second.stats.files_unchanged == 1 and second.stats.bytes_read == 0
+    assert second.snapshot.tree == first.snapshot.tree
+    restore(repo, "latest", str(tmp_path / "out"))
+    assert (tmp_path / "out" / str(src / "model.bin").lstrip("/")).read_bytes() == data
