@@ -388,3 +388,22 @@ def test_a_tree_listing_a_name_twice_cannot_restore_through_its_own_symlink(
     r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "target")
     assert r.code != 0 and "tree does not parse" in r.err, r.err
     assert list(outside.iterdir()) == []
+
+
+def test_a_tree_with_a_content_id_of_the_wrong_length_is_reported_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    # check reads the ids of many folders as one array of 32-byte ids: a 5-byte id in a
+    # tampered tree failed it with a traceback before trees checked each id's length
+    def nodes(repo: Repository, chunk: bytes) -> list[Node]:
+        return [
+            Node(b"a", FILE, 0o644, size=5, content=[chunk[:5]], digest=fingerprint(EVIL)),
+            Node(b"b", FILE, 0o644, size=5, content=[chunk], digest=fingerprint(EVIL)),
+        ]
+
+    repo_path, snap = _tampered_snapshot(tmp_path, nodes)
+    r = run_process("check", "--repo", repo_path)
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    assert f"snapshot {snap[:8]} /: tree unreadable" in r.out and "tree does not parse" in r.out
+    r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "out")
+    assert r.code != 0 and "tree does not parse" in r.err and "Traceback" not in r.err, r.err

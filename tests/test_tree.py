@@ -94,6 +94,10 @@ def test_a_well_formed_node_decodes() -> None:
         {"name": None},  # neither name nor name_b64
         {"content": ["not hex"]},
         {"name": None, "name_b64": "***"},  # not base64
+        {"content": ["ab" * 5]},  # an id of 5 bytes
+        {"content": ["ab" * 32, "ab" * 33]},  # one of 33
+        {"type": "dir", "subtree": "ab" * 31},
+        {"type": "symlink", "target_b64": "***"},
     ],
 )
 def test_malformed_nodes_are_reported_as_a_corrupt_tree(change: dict[str, object]) -> None:

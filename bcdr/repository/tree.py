@@ -13,11 +13,12 @@ import json
 from dataclasses import dataclass, field
 from itertools import pairwise
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from bcdr.errors import CorruptObject
+from bcdr.repository.hashing import ID_LEN
 
 FILE = "file"
 DIR = "dir"
@@ -127,18 +128,24 @@ class _Wire(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     mtime_ns: int
 
 
+#: A blob id as a tree stores it: 64 hex digits (the length checked while parsing, in C;
+#: the digits by fromhex). A shorter id once reached check's index search, which reads many
+#: ids as one array of 32-byte ids, and failed there with a traceback.
+_HexId = Annotated[str, msgspec.Meta(min_length=2 * ID_LEN, max_length=2 * ID_LEN)]
+
+
 class _FileWire(_Wire, tag=FILE, kw_only=True, gc=False):
     ctime_ns: int
     inode: int
     dev: int
     nlink: int
     size: int
-    content: list[str]
+    content: list[_HexId]
     digest: str | None
 
 
 class _DirWire(_Wire, tag=DIR, kw_only=True, gc=False):
-    subtree: str | None
+    subtree: _HexId | None
 
 
 class _SymlinkWire(_Wire, tag=SYMLINK, kw_only=True, gc=False):
