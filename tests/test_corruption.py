@@ -407,3 +407,53 @@ def test_a_tree_with_a_content_id_of_the_wrong_length_is_reported_not_a_crash(
     assert f"snapshot {snap[:8]} /: tree unreadable" in r.out and "tree does not parse" in r.out
     r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "out")
     assert r.code != 0 and "tree does not parse" in r.err and "Traceback" not in r.err, r.err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tree": "zz" * 32},  # not hex
+        {"tree": "abcd"},  # too short
+        {"tree": 5},
+        {"time": "yesterday"},
+        {"time": "2026-11-29T10:00:00"},  # no UTC offset: cannot be compared with the others
+        {"paths": "/data"},
+        {"stats": [1, 2]},
+        {"hostname": None},
+        {"job": 7},
+        {"skipped": [{"path": 1}]},
+    ],
+    ids=lambda change: "-".join(f"{k}={v}" for k, v in change.items()),
+)
+def test_a_snapshot_with_a_field_of_the_wrong_kind_is_damaged_not_a_crash(
+    tmp_path: Path,
+    cli,
+    change: dict[str, object],  # type: ignore[no-untyped-def]
+) -> None:
+    # each of these failed snapshots, ls, restore, forget or backup with a traceback
+    from bcdr.repository.hashing import object_name
+    from bcdr.repository.snapshot import SNAPSHOT_AAD
+
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    src = write_tree(tmp_path / "src", {"f": b"data" * 100})
+    assert cli("backup", "--repo", repo_path, "--job", "j", src).code == 0
+    repo = Repository.open(LocalStorage(repo_path))
+    good = repo.list_snapshots()[-1]
+    doc = {**json.loads(good.to_bytes()), **change}
+    sealed = repo.cipher.seal(json.dumps(doc).encode(), SNAPSHOT_AAD)
+    bad = object_name(sealed)
+    repo.storage.put(f"snapshots/{bad}", sealed)
+
+    r = cli("snapshots", "--repo", repo_path, "--json")
+    assert r.code == 0 and [s["id"] for s in json.loads(r.out)] == [good.id]
+    assert f"snapshot {bad[:12]} is damaged" in r.err
+    r = cli("check", "--repo", repo_path)
+    assert r.code == 1 and f"error: snapshot {bad[:12]}: does not parse (" in r.out, r.out
+    r = cli("restore", "--repo", repo_path, "latest", "--target", tmp_path / "out")
+    assert r.code == 0, r.err
+    assert (restored_root(tmp_path / "out", src) / "f").read_bytes() == b"data" * 100
+    r = cli("forget", "--repo", repo_path, "--keep-last", "1", "--dry-run")
+    assert r.code == 0, r.err
+    r = cli("backup", "--repo", repo_path, "--job", "j", src)
+    assert r.code == 0 and "Traceback" not in r.err, r.err

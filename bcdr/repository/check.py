@@ -192,6 +192,9 @@ class Checker:
         for name in sorted(self.repo.snapshot_names()):
             try:
                 snap = self.repo.load_snapshot(name)
+            except CorruptObject as exc:  # its message names the snapshot
+                errors.append(str(exc))
+                continue
             except (BcdrError, ObjectNotFound) as exc:
                 errors.append(f"snapshot {name[:12]}: {exc}")
                 continue

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from bcdr.errors import CorruptObject
+from bcdr.repository.hashing import ID_LEN
 
 SNAPSHOT_AAD = b"snapshot"
 
@@ -54,14 +57,59 @@ class Snapshot:
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str) -> Snapshot:
+        """Parse a snapshot document, each field's type checked (a field of the wrong type,
+        or a time that is not ISO 8601 with an offset, is a damaged snapshot: commands skip
+        it and check reports it, instead of failing on it later). Fields a newer bcdr added
+        are ignored, so older versions still read its snapshots."""
         try:
-            doc = json.loads(data)
-            doc["paths"] = tuple(doc["paths"])
-            doc["excludes"] = tuple(doc.get("excludes", ()))
-            doc["tags"] = tuple(doc.get("tags", ()))
-            doc["skipped"] = tuple(SkippedPath(**s) for s in doc.get("skipped", ()))
-            known = {f.name for f in fields(cls)} - {"id"}
-            # Fields a newer bcdr added are ignored, so older versions still read its snapshots.
-            return cls(**{k: v for k, v in doc.items() if k in known}, id=name)
-        except (ValueError, KeyError, TypeError) as exc:
+            w = _decoder.decode(data)
+            when = datetime.fromisoformat(w.time)
+            if when.tzinfo is None:
+                raise ValueError(f"time {w.time!r} has no UTC offset")
+            bytes.fromhex(w.tree)
+        except ValueError as exc:  # msgspec's errors are ValueErrors; so are the others
             raise CorruptObject(f"snapshot {name[:12]}: does not parse ({exc})") from None
+        return cls(
+            time=w.time,
+            hostname=w.hostname,
+            username=w.username,
+            paths=tuple(w.paths),
+            tree=w.tree,
+            job=w.job,
+            parent=w.parent,
+            plan=w.plan,
+            excludes=tuple(w.excludes),
+            tags=tuple(w.tags),
+            stats=w.stats,
+            skipped=tuple(SkippedPath(s.path, s.reason) for s in w.skipped),
+            program_version=w.program_version,
+            placement=w.placement,
+            id=name,
+        )
+
+
+class _SkippedWire(msgspec.Struct):
+    path: str
+    reason: str
+
+
+class _SnapshotWire(msgspec.Struct, kw_only=True):
+    """A snapshot document as stored (see Snapshot)."""
+
+    time: str
+    hostname: str
+    username: str
+    paths: list[str]
+    tree: Annotated[str, msgspec.Meta(min_length=2 * ID_LEN, max_length=2 * ID_LEN)]
+    job: str | None = None
+    parent: str | None = None
+    plan: str | None = None
+    excludes: list[str] = []
+    tags: list[str] = []
+    stats: dict[str, int | float] = {}
+    skipped: list[_SkippedWire] = []
+    program_version: str = ""
+    placement: dict[str, Any] | None = None
+
+
+_decoder = msgspec.json.Decoder(_SnapshotWire)
