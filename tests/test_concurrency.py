@@ -137,6 +137,45 @@ def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str
     assert list_locks(storage) == []
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"expires": "garbage"},
+        {"expires": 5},
+        {"expires": "2099-01-01T00:00:00"},  # no UTC offset: cannot be compared with now
+        {"pid": "x"},  # on this host: its process would be looked up with kill(pid, 0)
+        {"pid": -1},
+        {"hostname": 5},
+        None,  # not an object
+    ],
+    ids=lambda change: "-".join(f"{k}={v}" for k, v in (change or {"doc": "list"}).items()),
+)
+def test_a_lock_object_with_a_field_of_the_wrong_kind_is_stale_not_a_crash(
+    tmp_path: Path, repo: str, change: dict[str, object] | None
+) -> None:
+    # each failed backup, check, unlock and prune with a traceback
+    storage = LocalStorage(repo)
+    doc = {
+        "kind": "backup",
+        "hostname": socket.gethostname(),
+        "pid": 1,
+        "username": "u",
+        "created": "2026-11-29T10:00:00+00:00",
+        "expires": "2099-01-01T00:00:00+00:00",
+    }
+    storage.put(
+        "locks/0badf00d", json.dumps([1, 2] if change is None else {**doc, **change}).encode()
+    )
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    r = run_process("backup", "--repo", repo, src)
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    r = run_process("check", "--repo", repo)
+    assert r.code == 0 and "stale sweep lock 0badf00d" in r.out, r.out + r.err
+    r = run_process("unlock", "--repo", repo)
+    assert r.code == 0 and "1 lock(s) removed" in r.out, r.out + r.err
+    assert list_locks(storage) == []
+
+
 def test_live_sweep_lock_blocks_restore_but_not_backup(
     tmp_path: Path, repo: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

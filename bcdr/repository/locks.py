@@ -102,24 +102,44 @@ def is_stale(lock: LockInfo, now: datetime) -> bool:
 
 
 def list_locks(storage: Storage) -> list[LockInfo]:
+    """Every lock object. One that cannot be read as a lock (not JSON, a field missing or of
+    the wrong kind, an expiry that is not ISO 8601 with an offset) is listed as an expired
+    sweep lock: it blocks no one and is reported as stale, with the command that removes it."""
     out = []
     for info in storage.list(PREFIX):
         try:
-            doc = json.loads(storage.get(info.key))
-            kind = doc.get("kind") or (SWEEP if doc["exclusive"] else BACKUP)
-            out.append(
-                LockInfo(
-                    key=info.key,
-                    kind=kind if kind in KINDS else SWEEP,  # unknown: the most careful reading
-                    session=str(doc.get("session", info.key)),
-                    **{k: doc[k] for k in ("hostname", "pid", "username", "created", "expires")},
-                )
-            )
+            out.append(_lock_info(info.key, json.loads(storage.get(info.key))))
         except ObjectNotFound:
             continue  # released while we listed
         except (ValueError, KeyError, TypeError):
             out.append(LockInfo(info.key, SWEEP, "?", 0, "?", "?", "1970-01-01T00:00:00+00:00"))
     return out
+
+
+def _lock_info(key: str, doc: object) -> LockInfo:
+    """A lock object's document, checked (raises ValueError, KeyError or TypeError): each
+    field is later compared, parsed or passed to ``kill`` as it is."""
+    if not isinstance(doc, dict):
+        raise TypeError("not a JSON object")
+    kind = doc.get("kind") or (SWEEP if doc["exclusive"] else BACKUP)
+    hostname, pid, username, created, expires = (
+        doc[k] for k in ("hostname", "pid", "username", "created", "expires")
+    )
+    texts = (hostname, username, created, expires)
+    if not all(isinstance(v, str) for v in texts) or type(pid) is not int or pid <= 0:
+        raise TypeError("a field of the wrong kind")
+    if datetime.fromisoformat(expires).tzinfo is None:
+        raise ValueError("an expiry without a UTC offset")
+    return LockInfo(
+        key=key,
+        kind=kind if kind in KINDS else SWEEP,  # unknown: the most careful reading
+        session=str(doc.get("session", key)),
+        hostname=hostname,
+        pid=pid,
+        username=username,
+        created=created,
+        expires=expires,
+    )
 
 
 class RepoLock:
