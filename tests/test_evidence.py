@@ -218,3 +218,13 @@ def test_a_backup_whose_record_cannot_be_written_keeps_its_snapshot_and_says_so(
     result = backup(str(url), BackupRequest(paths=(str(src),), job="j"))
     assert result.evidence is None and "evidence lock" in (result.evidence_error or "")
     assert open_repo(str(url)).list_snapshots("j")  # the snapshot stands
+
+
+def test_evidence_list_shows_a_record_whose_fields_are_not_text(tmp_path: Path) -> None:
+    # a record written by another version, or by hand: `evidence list` failed with a traceback
+    url = _repo_with_records(tmp_path, 1)
+    write_record(open_repo(str(url)), ["odd"], {}, result={"n": 1})  # type: ignore[arg-type]
+    r = run_process("evidence", "list", "--repo", url)
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    assert "['odd']" in r.out and "{'n': 1}" in r.out
+    assert run_process("evidence", "verify", "--repo", url).code == 0

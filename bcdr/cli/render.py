@@ -207,8 +207,8 @@ def evidence_list_text(records: list[dict[str, Any]]) -> None:
         seq = f"#{d['seq']}" if "seq" in d else "-"
         where = "/".join(str(x) for x in (d.get("plan"), d.get("job")) if x)
         out(
-            f"{seq:>6}  {str(d.get('time', ''))[:19]}  {d['id'][:12]}  {d.get('kind', '?'):<13} "
-            f"{d.get('result', '-'):<8} {where}"
+            f"{seq:>6}  {str(d.get('time', ''))[:19]}  {d['id'][:12]}  "
+            f"{str(d.get('kind', '?')):<13} {str(d.get('result', '-')):<8} {where}"
         )
 
 
