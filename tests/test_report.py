@@ -261,6 +261,63 @@ drills:
     assert r.code == 2 and "not a duration" in r.err
 
 
+@pytest.mark.parametrize(
+    "facts",
+    [
+        {"snapshot_time": "2026-11-29T10:00:00"},  # no UTC offset: compared with nothing
+        {"placement": "westeurope"},  # not an object
+        {"disks": [{"disk": 5}]},
+    ],
+    ids=["naive-time", "placement-text", "disk-without-name"],
+)
+def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
+    tmp_path: Path, facts: dict[str, object]
+) -> None:
+    # each of these failed `bcdr report` with a traceback
+    from bcdr.actions.common import open_repo
+    from bcdr.compliance.context import RunContext
+    from bcdr.compliance.evidence import write_record
+
+    src = write_tree(tmp_path / "src", {"w.bin": os.urandom(5_000)})
+    f = tmp_path / "plan.yaml"
+    f.write_text(f"""\
+version: 1
+name: real
+repositories:
+  local: {{url: repo}}
+backups:
+  b: {{paths: [{src}], repository: local, schedule: daily, rpo: 26h}}
+""")
+    assert run_process("run", f, "--state-dir", tmp_path / "state").code == 0
+    repo = open_repo(str(tmp_path / "repo"))
+    bad = write_record(repo, "backup", facts, context=RunContext("real", None, "b"))
+    r = run_process("report", f)
+    assert r.code == 4 and "Traceback" not in r.err, r.out + r.err
+    assert f"({bad[:12]}): not usable as evidence" in r.out, r.out
+    r = run_process("report", f, "--format", "json")
+    doc = r.json()
+    assert _status(doc, "b", "rpo") == PASS  # type: ignore[arg-type]  # the good record stands
+
+
+def test_the_report_sees_a_geo_redundant_secondary_region() -> None:
+    # backups record the account's paired region as placement.secondary_region; the report
+    # read "secondary", so a secondary outside the allowed geographies passed
+    records = _history()
+    for d in records:
+        if d["kind"] == "backup":
+            d["facts"]["placement"] = {
+                "region": "westeurope",
+                "secondary_region": "brazilsouth",
+                "status": "verified",
+            }
+    repos = [RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, ()))]
+    doc = evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
+    assert _status(doc, "ckpt", "residency") == FAIL
+    [job] = [j for j in doc["jobs"] if j["name"] == "ckpt"]
+    [residency] = [c for c in job["controls"] if c["id"] == "residency"]
+    assert "brazilsouth" in residency["summary"]
+
+
 def test_the_report_window_defaults_to_90_days() -> None:
     # the default is text, converted by --since's type only when `report` runs
     assert parse(["report", "plan.yaml"]).since.delta == timedelta(days=90)

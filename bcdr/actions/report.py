@@ -9,7 +9,7 @@ from typing import Any
 from bcdr.actions.common import open_plan_repo
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import RepoEvidence, evaluate
-from bcdr.compliance.evidence import read_chain
+from bcdr.compliance.evidence import ChainProblem, read_chain, record_problem
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.model import Plan
 
@@ -34,6 +34,12 @@ def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
         try:
             ev.encryption = repo.config.encryption
             ev.records, chain = read_chain(repo)
+            for d in ev.records:  # in the chain, yet not evidence: named, and not trusted
+                problem = record_problem(d)
+                if problem is not None:
+                    label = f"#{d['seq']} ({d['id'][:12]})" if "seq" in d else d["id"][:12]
+                    chain.problems.append(ChainProblem(label, f"not usable as evidence: {problem}"))
+                    chain.bad_ids.add(d["id"])
             ev.chain = chain.to_dict()
         except BcdrError as exc:
             ev.error = str(exc)

@@ -56,9 +56,10 @@ def _t(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return when if when.tzinfo is not None else None  # a naive time compares with nothing
 
 
 def control(
@@ -395,8 +396,8 @@ def evaluate(
             how = p.get("status") or "declared"
             if p.get("region"):
                 places.append((p["region"], how, d["id"]))
-            if p.get("secondary"):
-                places.append((p["secondary"], f"{how} secondary", d["id"]))
+            if p.get("secondary_region"):  # a geo-redundant account's paired region
+                places.append((p["secondary_region"], f"{how} secondary", d["id"]))
         declared = plan.repositories[bjob.repository].region
         if declared and not places:
             places.append((declared, "declared in the plan", None))

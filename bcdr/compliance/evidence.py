@@ -25,7 +25,10 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from bcdr import __version__
 from bcdr.compliance.context import RunContext
@@ -244,3 +247,76 @@ def read_chain(
                 )
             )
     return documents, report
+
+
+# -- what a record must look like to serve as evidence ----------------------------------------
+# The fields the compliance report reads, with their types; other fields are free. Written by
+# this module and its callers; checked when read, since a record that opens and sits in its
+# place in the chain may still come from another version, a bug, or someone who could write
+# to an unencrypted repository.
+
+
+class _Placement(msgspec.Struct):
+    region: str | None = None
+    secondary_region: str | None = None
+    status: str | None = None
+
+
+class _Copy(msgspec.Struct):
+    region: str
+    state: str | None = None
+
+
+class _Disk(msgspec.Struct):
+    disk: str
+    name: str
+    region: str | None = None
+    status: str | None = None
+    time: str | None = None
+    copies: list[_Copy] = []
+
+
+class _Facts(msgspec.Struct):
+    snapshot: str | None = None
+    snapshot_time: str | None = None
+    placement: _Placement | None = None
+    disks: list[_Disk] | None = None
+    reasons: list[str] | None = None
+    verdict: str | None = None
+    rto_s: float | None = None
+    rpo_s: float | None = None
+    files_verified: int | None = None
+
+
+class _Record(msgspec.Struct):
+    time: str
+    kind: str
+    plan: str | None = None
+    job: str | None = None
+    result: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    facts: _Facts | None = None
+
+
+def record_problem(doc: Mapping[str, Any]) -> str | None:
+    """Why a record cannot serve as evidence (a field of the wrong kind, a time that is not
+    ISO 8601 with a UTC offset), or None when it can."""
+    try:
+        rec = msgspec.convert(doc, _Record)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    times = [("time", rec.time), ("started", rec.started), ("finished", rec.finished)]
+    if rec.facts is not None:
+        times.append(("facts.snapshot_time", rec.facts.snapshot_time))
+        times += [("facts.disks[].time", d.time) for d in rec.facts.disks or []]
+    for where, value in times:
+        if value is None:
+            continue
+        try:
+            naive = datetime.fromisoformat(value).tzinfo is None
+        except ValueError:
+            return f"{where} {value[:40]!r} is not an ISO 8601 time"
+        if naive:
+            return f"{where} {value[:40]!r} has no UTC offset"
+    return None
