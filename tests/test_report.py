@@ -225,7 +225,8 @@ def test_the_cases_say_what_they_should() -> None:
     assert "TAMPERED" in to_markdown(tampered) or "tampered with" in to_markdown(tampered)
 
 
-def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None:
+def _real_plan_run(tmp_path: Path, drills: str = "") -> Path:
+    """Plan "real": backup job b of a real folder into ./repo (and ``drills``), run once."""
     src = write_tree(tmp_path / "src", {"w.bin": os.urandom(50_000)})
     f = tmp_path / "plan.yaml"
     f.write_text(f"""\
@@ -235,10 +236,13 @@ repositories:
   local: {{url: repo}}
 backups:
   b: {{paths: [{src}], repository: local, schedule: daily, rpo: 26h}}
-drills:
-  d: {{backup: b, schedule: weekly, rto: 1h}}
-""")
+{drills}""")
     assert run_process("run", f, "--state-dir", tmp_path / "state").code == 0
+    return f
+
+
+def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None:
+    f = _real_plan_run(tmp_path, "drills:\n  d: {backup: b, schedule: weekly, rto: 1h}\n")
     r = run_process("report", f, "--format", "json")
     assert r.code == 0, r.out + r.err
     doc = r.json()
@@ -278,17 +282,7 @@ def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
     from bcdr.compliance.context import RunContext
     from bcdr.compliance.evidence import write_record
 
-    src = write_tree(tmp_path / "src", {"w.bin": os.urandom(5_000)})
-    f = tmp_path / "plan.yaml"
-    f.write_text(f"""\
-version: 1
-name: real
-repositories:
-  local: {{url: repo}}
-backups:
-  b: {{paths: [{src}], repository: local, schedule: daily, rpo: 26h}}
-""")
-    assert run_process("run", f, "--state-dir", tmp_path / "state").code == 0
+    f = _real_plan_run(tmp_path)
     repo = open_repo(str(tmp_path / "repo"))
     bad = write_record(repo, "backup", facts, context=RunContext("real", None, "b"))
     r = run_process("report", f)
