@@ -50,6 +50,36 @@ def test_corrupted_config(repo: str) -> None:
     assert r.code == 1 and "not valid JSON" in r.err
 
 
+@pytest.mark.parametrize(
+    ("sizes", "said"),
+    [
+        ("1,2,3", "MIN 1 is not a size from 64 to 1048576 bytes"),
+        ("4096,1024,8192", "MIN <= AVG <= MAX does not hold (4096, 1024, 8192)"),
+        ("2000000,2000000,4000000", "MIN 2000000 is not a size"),
+        ("524288,524288,33554432", "MAX 33554432 is not a size from 1024 to 16777216"),
+    ],
+)
+def test_chunk_sizes_fastcdc_refuses_are_a_usage_error_and_create_nothing(
+    tmp_path: Path, sizes: str, said: str
+) -> None:
+    # init wrote the config and key, then failed on pyfastcdc's ValueError with a traceback,
+    # leaving a repository that neither opened nor could be created again
+    r = run_process("init", "--repo", tmp_path / "repo", "--chunk-size", sizes)
+    _clean(r)
+    assert r.code == 2 and f"--chunk-size: {said}" in r.err, r.err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_config_with_chunk_sizes_fastcdc_refuses_is_reported(repo: str) -> None:
+    cfg = Path(repo, "config")
+    doc = json.loads(cfg.read_bytes())
+    doc["chunker"]["min_size"] = 1
+    cfg.write_text(json.dumps(doc))
+    r = run_process("backup", "--repo", repo, repo)
+    _clean(r)
+    assert r.code == 1 and "config is missing or has a bad field: chunker: MIN 1" in r.err, r.err
+
+
 def test_unknown_format_version_refused(repo: str) -> None:
     cfg = Path(repo, "config")
     doc = json.loads(cfg.read_bytes())

@@ -20,6 +20,10 @@ from bcdr.errors import UnsupportedFormat
 FASTCDC = "fastcdc2020"
 
 
+#: The sizes FastCDC takes, in bytes (pyfastcdc's bounds, from the reference implementation).
+SIZE_BOUNDS = {"min": (64, 1024**2), "avg": (256, 4 * 1024**2), "max": (1024, 16 * 1024**2)}
+
+
 @dataclass(frozen=True)
 class ChunkerParams:
     name: str = FASTCDC
@@ -36,7 +40,27 @@ class ChunkerParams:
         params = cls(**doc)  # type: ignore[arg-type]
         if params.name != FASTCDC:
             raise UnsupportedFormat(f"unknown chunker {params.name!r}")
+        problem = params.problem()
+        if problem is not None:
+            raise ValueError(f"chunker: {problem}")
         return params
+
+    def problem(self) -> str | None:
+        """What FastCDC refuses in these sizes, or None. Checked before a repository is
+        created with them (pyfastcdc's own errors name the wrong parameter)."""
+        for what, value, (lo, hi) in (
+            ("MIN", self.min_size, SIZE_BOUNDS["min"]),
+            ("AVG", self.avg_size, SIZE_BOUNDS["avg"]),
+            ("MAX", self.max_size, SIZE_BOUNDS["max"]),
+        ):
+            if type(value) is not int or not lo <= value <= hi:
+                return f"{what} {value!r} is not a size from {lo} to {hi} bytes"
+        if not self.min_size <= self.avg_size <= self.max_size:
+            return (
+                f"MIN <= AVG <= MAX does not hold ({self.min_size}, {self.avg_size}, "
+                f"{self.max_size})"
+            )
+        return None
 
 
 class Readable(Protocol):
