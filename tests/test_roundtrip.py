@@ -173,3 +173,30 @@ def test_files_above_the_worker_limit_are_read_by_the_walk(
     assert by_walk == [b"above"]
     res = restore(str(tmp_path / "repo"), "latest", str(tmp_path / "out"))
     assert res.ok and snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)
+
+
+def test_folders_nested_deeper_than_the_recursion_limit(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # ls walked a snapshot's trees by recursion: 1,100 nested folders failed it with a
+    # RecursionError (backup and restore raise the limit for their own recursion)
+    import json
+    import sys
+
+    depth = sys.getrecursionlimit() + 100
+    src = tmp_path / "src"
+    folder = src
+    src.mkdir()
+    for _ in range(depth):  # one by one: mkdir(parents=True) recurses too
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "leaf").write_bytes(b"deep")
+    repo = tmp_path / "repo"
+    assert cli("init", "--repo", repo).code == 0
+    assert cli("backup", "--repo", repo, src).code == 0
+    r = cli("ls", "--repo", repo, "latest", "--json")
+    assert r.code == 0, r.err
+    paths = [e["path"] for e in json.loads(r.out)["entries"]]
+    assert len(paths) >= depth + 1 and paths[-1] == str(folder / "leaf"), paths[-1][-80:]
+    r = cli("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
+    assert r.code == 0, r.err
+    leaf = restored_root(tmp_path / "out", src).joinpath(*["d"] * depth, "leaf")
+    assert leaf.read_bytes() == b"deep"

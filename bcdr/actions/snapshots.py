@@ -48,20 +48,31 @@ def walk(
     prefix: bytes = b"",
     on_error: Callable[[bytes, BcdrError], None] | None = None,
 ) -> Iterator[tuple[bytes, Node]]:
-    """Every node below ``tree_id`` with its snapshot path, parents before children. A folder
-    listing that cannot be read raises, or with ``on_error`` is reported and skipped."""
-    try:
-        nodes = decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
-    except BcdrError as exc:
-        if on_error is None:
-            raise
-        on_error(prefix or b"/", exc)
-        return
-    for node in nodes:
-        path = prefix + b"/" + node.name
+    """Every node below ``tree_id`` with its snapshot path, parents before children, depth
+    first (a stack of folder listings, not recursion: a snapshot may hold folders nested
+    deeper than Python's recursion limit). A folder listing that cannot be read raises, or
+    with ``on_error`` is reported and skipped."""
+
+    def listing(tree_id: bytes, path: bytes) -> Iterator[Node]:
+        try:
+            return iter(decode_tree(repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}"))
+        except BcdrError as exc:
+            if on_error is None:
+                raise
+            on_error(path or b"/", exc)
+            return iter(())
+
+    stack = [(listing(tree_id, prefix), prefix)]
+    while stack:
+        nodes, folder = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = folder + b"/" + node.name
         yield path, node
         if node.type == DIR and node.subtree:
-            yield from walk(repo, node.subtree, path, on_error)
+            stack.append((listing(node.subtree, path), path))
 
 
 def ls(
