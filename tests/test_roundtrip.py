@@ -175,13 +175,18 @@ def test_files_above_the_worker_limit_are_read_by_the_walk(
     assert res.ok and snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)
 
 
-def test_folders_nested_deeper_than_the_recursion_limit(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_folders_nested_deeper_than_the_recursion_limit(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest,
+) -> None:
     # ls walked a snapshot's trees by recursion: 1,100 nested folders failed it with a
     # RecursionError (backup and restore raise the limit for their own recursion)
     import json
     import sys
 
     depth = sys.getrecursionlimit() + 100
+    request.addfinalizer(lambda: _remove_deep(tmp_path))  # pytest's cleanup would recurse
     src = tmp_path / "src"
     folder = src
     src.mkdir()
@@ -200,3 +205,18 @@ def test_folders_nested_deeper_than_the_recursion_limit(tmp_path: Path, cli) -> 
     assert r.code == 0, r.err
     leaf = restored_root(tmp_path / "out", src).joinpath(*["d"] * depth, "leaf")
     assert leaf.read_bytes() == b"deep"
+
+
+def _remove_deep(top: Path) -> None:
+    """Remove a folder however deep, without recursion (shutil.rmtree recurses per level)."""
+    path = str(top)
+    while os.path.lexists(top):
+        entries = list(os.scandir(path))
+        folders = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        if folders:
+            path = folders[0]
+            continue
+        for e in entries:
+            os.unlink(e.path)
+        os.rmdir(path)
+        path = os.path.dirname(path)
