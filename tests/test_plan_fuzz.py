@@ -69,6 +69,9 @@ def broken_plans(rng: random.Random) -> Iterator[tuple[str, bytes]]:
         yield "alias bomb", ("\n".join(ALIAS_BOMB.splitlines()[:depth]) + "\n").encode()
     yield "recursive alias", b"a: &a [*a]\n"
     yield "deep", b"x: " + b"[" * 200 + b"]" * 200 + b"\n"
+    for depth in (2_000, 5_000):  # composing these recursed once per level, past the limit
+        yield "deeper than recursion", b"x: " + b"[" * depth + b"]" * depth + b"\n"
+        yield "deeper than recursion", b"x: " + b"{a: " * depth + b"1" + b"}" * depth + b"\n"
     for doc in (b"", b"# only a comment\n", b"- a list\n", b"just text\n", b"42\n", b"---\n---\n"):
         yield "not a mapping", doc
     for _ in range(300):  # random damage: several wrong values at once
@@ -100,6 +103,7 @@ def test_broken_plans_as_real_processes(tmp_path: Path) -> None:
         "binary.yaml": bytes(range(256)),
         "latin1.yaml": "version: 1\nname: caf\xe9\n".encode("latin-1"),
         "dup.yaml": QUICKSTART.encode() + b"name: again\n",
+        "deep.yaml": b"version: 1\nname: " + b"[" * 5000 + b"]" * 5000 + b"\n",
     }
     for name, data in cases.items():
         f = tmp_path / name

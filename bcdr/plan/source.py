@@ -91,6 +91,19 @@ def read_source(file: str, raw: bytes) -> Source:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
+        deep = _nesting_beyond(text, MAX_DEPTH + 1)  # the root is level 0 of a path
+        if deep is not None:  # composing it would recurse once per level, past Python's limit
+            src.problems.append(
+                PlanProblem(
+                    file,
+                    deep.line + 1,
+                    deep.column + 1,
+                    "",
+                    f"the document nests deeper than {MAX_DEPTH} levels",
+                    "plans do not need deep nesting or aliases that expand",
+                )
+            )
+            return src
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
@@ -125,6 +138,26 @@ def read_source(file: str, raw: bytes) -> Source:
         src.problem((), str(exc), "plans do not need deep nesting or aliases that expand")
         src.data = None
     return src
+
+
+def _nesting_beyond(text: str, limit: int) -> yaml.Mark | None:
+    """Where the document's mappings and sequences first nest deeper than ``limit``, or None;
+    from the parser's events, which come without recursion."""
+    depth = 0
+    loader = _Loader(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                depth += 1
+                if depth > limit:
+                    mark: yaml.Mark = event.start_mark
+                    return mark
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+    return None
 
 
 def _convert(
