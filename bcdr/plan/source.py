@@ -96,8 +96,7 @@ def read_source(file: str, raw: bytes) -> Source:
             src.problems.append(
                 PlanProblem(
                     file,
-                    deep.line + 1,
-                    deep.column + 1,
+                    *deep,
                     "",
                     f"the document nests deeper than {MAX_DEPTH} levels",
                     "plans do not need deep nesting or aliases that expand",
@@ -140,19 +139,19 @@ def read_source(file: str, raw: bytes) -> Source:
     return src
 
 
-def _nesting_beyond(text: str, limit: int) -> yaml.Mark | None:
-    """Where the document's mappings and sequences first nest deeper than ``limit``, or None;
-    from the parser's events, which come without recursion."""
+def _nesting_beyond(text: str, limit: int) -> tuple[int, int] | None:
+    """Where (line, column) the document's mappings and sequences first nest deeper than
+    ``limit``, or None; from the parser's events, which come without recursion."""
     depth = 0
     loader = _Loader(text)
     try:
         while loader.check_event():
-            event = loader.get_event()
+            event = loader.get_event()  # type: ignore[no-untyped-call]
             if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 depth += 1
                 if depth > limit:
-                    mark: yaml.Mark = event.start_mark
-                    return mark
+                    mark = event.start_mark
+                    return (mark.line + 1, mark.column + 1) if mark else (1, 1)
             elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
                 depth -= 1
     finally:
