@@ -139,3 +139,24 @@ def test_a_file_backed_up_by_its_own_path_keeps_its_content_when_unchanged(
     assert second.snapshot.tree == first.snapshot.tree
     restore(repo, "latest", str(tmp_path / "out"))
     assert (tmp_path / "out" / str(src / "model.bin").lstrip("/")).read_bytes() == data
+
+
+def test_a_repository_inside_the_backed_up_folder_is_not_backed_up_into_itself(
+    tmp_path: Path,
+) -> None:
+    # it was: every backup stored the packs the one before had written, as new data
+    from tests.conftest import run_process
+
+    src = write_tree(tmp_path / "src", {"model.bin": os.urandom(200_000)})
+    repo = src / "backups"
+    assert run_process("init", "--repo", repo).code == 0
+    first = run_process("backup", "--repo", repo, "--json", src)
+    assert first.code == 0, first.err
+    warned = {(w["path"], w["reason"]) for w in first.json()["warnings"]}  # type: ignore[index]
+    assert (str(repo), "the repository itself: not backed up into itself") in warned
+    paths = [
+        e["path"] for e in run_process("ls", "--repo", repo, "latest", "--json").json()["entries"]
+    ]  # type: ignore[index]
+    assert str(src / "model.bin") in paths and not [p for p in paths if p.startswith(str(repo))]
+    second = run_process("backup", "--repo", repo, "--json", src)
+    assert second.code == 0 and second.json()["stats"]["bytes_added"] < 5_000  # type: ignore[index]

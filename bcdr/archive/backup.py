@@ -120,6 +120,7 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._last_progress = 0.0
         self._started = time.monotonic()
+        self._repo_folder = _folder_id(getattr(repo.storage, "root", None))
 
     def run(self, paths: list[bytes]) -> bytes:
         """Back up ``paths`` (absolute, existing); return the root tree id."""
@@ -217,6 +218,9 @@ class Archiver:
         if stat.S_ISREG(mode):
             return self._save_file(path, name, st, pnode)
         if stat.S_ISDIR(mode):
+            if (st.st_dev, st.st_ino) == self._repo_folder:
+                self.problems.warn(path, "the repository itself: not backed up into itself")
+                return None
             return self._save_dir(path, name, st, pnode)
         if stat.S_ISLNK(mode):
             return self._save_symlink(path, name, st)
@@ -522,6 +526,17 @@ def _open_noatime(path: bytes) -> int:
             if exc.errno != errno.EPERM:
                 raise
     return os.open(path, flags)
+
+
+def _folder_id(path: str | os.PathLike[str] | None) -> tuple[int, int] | None:
+    """(device, inode) of a local repository's folder, or None (not local, not there)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _identical(pnode: Node, st: os.stat_result) -> bool:
