@@ -164,6 +164,18 @@ def test_restore_refuses_non_empty_target(tmp_path: Path, repo: str) -> None:
     assert r.code == 0 and (target / "existing").read_bytes() == b"keep me"
 
 
+def test_restore_into_the_repositorys_own_folder_is_refused(tmp_path: Path, repo: str) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    before = sorted(p.relative_to(repo) for p in Path(repo).rglob("*"))
+    (tmp_path / "link").symlink_to(repo)
+    for target in (Path(repo) / "restored", tmp_path / "link" / "restored"):
+        r = run_process("restore", "--repo", repo, "latest", "--target", target)
+        _clean(r)
+        assert r.code == 2 and "is inside the repository" in r.err, r.err
+    assert sorted(p.relative_to(repo) for p in Path(repo).rglob("*")) == before
+
+
 def test_json_error_output(tmp_path: Path) -> None:
     r = run_process("snapshots", "--repo", tmp_path / "nope", "--json")
     doc = json.loads(r.out)

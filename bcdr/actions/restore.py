@@ -13,6 +13,7 @@ from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
 from bcdr.repository.locks import READ, read_wait
+from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.url import StorageSpec
 from bcdr.storage.wrap import Transfer
@@ -49,6 +50,20 @@ def check_target(target: str, overwrite: bool) -> None:
         )
 
 
+def _not_into_the_repository(repo: Repository, target: str) -> None:
+    """A restore into a local repository's own folder is refused: it is never what was meant,
+    and it leaves the restored files among the repository's objects."""
+    root = getattr(repo.storage, "root", None)
+    if root is None:
+        return
+    inside, folder = os.path.realpath(target), os.path.realpath(root)
+    if os.path.commonpath([inside, folder]) == folder:
+        raise UsageError(
+            f"restore target {target} is inside the repository {folder}",
+            hint="choose a folder outside the repository",
+        )
+
+
 def restore(
     where: StorageSpec | str,
     ref: str,
@@ -63,6 +78,7 @@ def restore(
 ) -> RestoreResult:
     check_target(target, overwrite)
     repo = open_repo(where, clock=clock, env=env)
+    _not_into_the_repository(repo, target)
     with repo.lock(READ, wait=read_wait()):  # a prune's sweep must not delete packs under us
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index()
