@@ -176,6 +176,27 @@ def test_restore_into_the_repositorys_own_folder_is_refused(tmp_path: Path, repo
     assert sorted(p.relative_to(repo) for p in Path(repo).rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    ("job", "said"),
+    [
+        ("", "a job needs a name"),
+        ("  ", "a job needs a name"),
+        ("a\nb", "is not a name"),  # listings and reports show one job per line
+        ("x" * 201, "is not a name"),
+    ],
+)
+def test_a_backup_job_name_is_one_line_of_text(
+    tmp_path: Path, repo: str, job: str, said: str
+) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    r = run_process("backup", "--repo", repo, "--job", job, src)
+    _clean(r)
+    assert r.code == 2 and said in r.err, r.err
+    assert run_process("snapshots", "--repo", repo, "--json").json() == []
+    r = run_process("backup", "--repo", repo, "--job", "Nightly checkpoints, é", src)
+    assert r.code == 0, r.err
+
+
 def test_json_error_output(tmp_path: Path) -> None:
     r = run_process("snapshots", "--repo", tmp_path / "nope", "--json")
     doc = json.loads(r.out)

@@ -182,6 +182,17 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _job_name(text: str) -> str:
+    """A job name a backup records: shown in listings and reports, so one line of text."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a job needs a name")
+    if not text.isprintable() or len(text) > 200:
+        raise argparse.ArgumentTypeError(
+            f"{text[:60]!r} is not a name: at most 200 characters, no control characters"
+        )
+    return text
+
+
 def _percent(text: str) -> float:
     try:
         return float(text.rstrip("%"))
@@ -235,7 +246,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
-    p.add_argument("--job", metavar="NAME", help="job name; the parent is its newest snapshot")
+    p.add_argument(
+        "--job",
+        type=_job_name,
+        metavar="NAME",
+        help="job name; the parent is its newest snapshot",
+    )
     p.add_argument(
         "--exclude",
         "-e",
