@@ -53,7 +53,7 @@ def check_target(target: str, overwrite: bool) -> None:
 def _not_into_the_repository(repo: Repository, target: str) -> None:
     """A restore into a local repository's own folder is refused: it is never what was meant,
     and it leaves the restored files among the repository's objects."""
-    root = getattr(repo.storage, "root", None)
+    root = repo.local_folder
     if root is None:
         return
     inside, folder = os.path.realpath(target), os.path.realpath(root)

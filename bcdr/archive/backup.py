@@ -120,7 +120,7 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._last_progress = 0.0
         self._started = time.monotonic()
-        self._repo_folder = _folder_id(getattr(repo.storage, "root", None))
+        self._repo_folder = _folder_id(repo.local_folder)
 
     def run(self, paths: list[bytes]) -> bytes:
         """Back up ``paths`` (absolute, existing); return the root tree id."""
@@ -528,7 +528,7 @@ def _open_noatime(path: bytes) -> int:
     return os.open(path, flags)
 
 
-def _folder_id(path: str | os.PathLike[str] | None) -> tuple[int, int] | None:
+def _folder_id(path: str | None) -> tuple[int, int] | None:
     """(device, inode) of a local repository's folder, or None (not local, not there)."""
     if path is None:
         return None

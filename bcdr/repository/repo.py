@@ -282,6 +282,13 @@ class Repository:
         return data
 
     @property
+    def local_folder(self) -> str | None:
+        """The folder of a repository on the local disk, or None (Azure): backup does not
+        walk into it, and restore does not write into it."""
+        root = getattr(self.storage, "root", None)  # LocalStorage's, through any wrapper
+        return None if root is None else str(root)
+
+    @property
     def writer(self) -> BlobWriter:
         if self._writer is None:
             self._writer = BlobWriter(
