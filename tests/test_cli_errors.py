@@ -66,7 +66,7 @@ def test_chunk_sizes_fastcdc_refuses_are_a_usage_error_and_create_nothing(
     # leaving a repository that neither opened nor could be created again
     r = run_process("init", "--repo", tmp_path / "repo", "--chunk-size", sizes)
     _clean(r)
-    assert r.code == 2 and f"--chunk-size: {said}" in r.err, r.err
+    assert r.code == 2 and f"chunk sizes (MIN,AVG,MAX): {said}" in r.err, r.err
     assert not (tmp_path / "repo").exists()
 
 

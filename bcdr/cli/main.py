@@ -69,13 +69,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         from bcdr.repository.chunker import ChunkerParams
 
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
-        problem = chunker.problem()
-        if problem is not None:
-            raise UsageError(
-                f"--chunk-size: {problem}",
-                hint="e.g. 524288,524288,8388608 (the default); MIN 64 B-1 MiB, "
-                "AVG 256 B-4 MiB, MAX 1 KiB-16 MiB",
-            )
     if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
         raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")
     result = init_action.init_repository(

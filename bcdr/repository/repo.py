@@ -91,6 +91,13 @@ class Repository:
                 hint="choose an empty or new folder/container",
             )
         params = chunker or ChunkerParams(seed=secrets.randbelow(2**31))
+        problem = params.problem()
+        if problem is not None:  # before anything is written: FastCDC would refuse them later
+            raise UsageError(
+                f"chunk sizes (MIN,AVG,MAX): {problem}",
+                hint="e.g. 524288,524288,8388608 (the default); MIN 64 B-1 MiB, "
+                "AVG 256 B-4 MiB, MAX 1 KiB-16 MiB",
+            )
         config = RepoConfig(
             id=secrets.token_hex(16),
             created=clock.now().isoformat(),
