@@ -46,3 +46,14 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self._now += timedelta(seconds=seconds)
+
+
+def parse_aware(text: object) -> datetime:
+    """A stored time: ISO 8601 with a UTC offset, as everything bcdr writes. Raises ValueError
+    for anything else; a time without an offset cannot be compared with the others."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a time")
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"time {text[:40]!r} has no UTC offset")
+    return when

@@ -26,6 +26,7 @@ from typing import Any
 
 from croniter import croniter
 
+from bcdr.clock import parse_aware
 from bcdr.geo.catalog import Catalog, catalog
 from bcdr.geo.residency import Allowed
 from bcdr.plan.model import Plan, Timing
@@ -53,13 +54,10 @@ class RepoEvidence:
 
 
 def _t(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
     try:
-        when = datetime.fromisoformat(value)
+        return parse_aware(value)  # a time without an offset compares with nothing
     except ValueError:
         return None
-    return when if when.tzinfo is not None else None  # a naive time compares with nothing
 
 
 def control(

@@ -25,12 +25,12 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from bcdr import __version__
+from bcdr.clock import parse_aware
 from bcdr.compliance.context import RunContext
 from bcdr.errors import BcdrError, ObjectNotFound
 from bcdr.repository.hashing import object_name
@@ -314,9 +314,7 @@ def record_problem(doc: Mapping[str, Any]) -> str | None:
         if value is None:
             continue
         try:
-            naive = datetime.fromisoformat(value).tzinfo is None
-        except ValueError:
-            return f"{where} {value[:40]!r} is not an ISO 8601 time"
-        if naive:
-            return f"{where} {value[:40]!r} has no UTC offset"
+            parse_aware(value)
+        except ValueError as exc:
+            return f"{where}: {exc}"
     return None

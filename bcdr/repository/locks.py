@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bcdr.clock import Clock
+from bcdr.clock import Clock, parse_aware
 from bcdr.errors import LockConflict, LockLost, ObjectNotFound, UsageError
 from bcdr.repository.hashing import object_name
 from bcdr.storage.base import Storage
@@ -128,8 +128,7 @@ def _lock_info(key: str, doc: object) -> LockInfo:
     texts = (hostname, username, created, expires)
     if not all(isinstance(v, str) for v in texts) or type(pid) is not int or pid <= 0:
         raise TypeError("a field of the wrong kind")
-    if datetime.fromisoformat(expires).tzinfo is None:
-        raise ValueError("an expiry without a UTC offset")
+    parse_aware(expires)
     return LockInfo(
         key=key,
         kind=kind if kind in KINDS else SWEEP,  # unknown: the most careful reading

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from bcdr.clock import parse_aware
 from bcdr.errors import CorruptObject
 from bcdr.repository.hashing import ID_LEN
 
@@ -63,9 +64,7 @@ class Snapshot:
         are ignored, so older versions still read its snapshots."""
         try:
             w = _decoder.decode(data)
-            when = datetime.fromisoformat(w.time)
-            if when.tzinfo is None:
-                raise ValueError(f"time {w.time!r} has no UTC offset")
+            parse_aware(w.time)
             bytes.fromhex(w.tree)
         except ValueError as exc:  # msgspec's errors are ValueErrors; so are the others
             raise CorruptObject(f"snapshot {name[:12]}: does not parse ({exc})") from None
