@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
 from bcdr.clock import parse_aware
 from bcdr.errors import CorruptObject
-from bcdr.repository.hashing import ID_LEN
+from bcdr.repository.tree import HexId
 
 SNAPSHOT_AAD = b"snapshot"
 
@@ -99,7 +99,7 @@ class _SnapshotWire(msgspec.Struct, kw_only=True):
     hostname: str
     username: str
     paths: list[str]
-    tree: Annotated[str, msgspec.Meta(min_length=2 * ID_LEN, max_length=2 * ID_LEN)]
+    tree: HexId
     job: str | None = None
     parent: str | None = None
     plan: str | None = None

@@ -131,7 +131,7 @@ class _Wire(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
 #: A blob id as a tree stores it: 64 hex digits (the length checked while parsing, in C;
 #: the digits by fromhex). A shorter id once reached check's index search, which reads many
 #: ids as one array of 32-byte ids, and failed there with a traceback.
-_HexId = Annotated[str, msgspec.Meta(min_length=2 * ID_LEN, max_length=2 * ID_LEN)]
+HexId = Annotated[str, msgspec.Meta(min_length=2 * ID_LEN, max_length=2 * ID_LEN)]
 
 
 class _FileWire(_Wire, tag=FILE, kw_only=True, gc=False):
@@ -140,12 +140,12 @@ class _FileWire(_Wire, tag=FILE, kw_only=True, gc=False):
     dev: int
     nlink: int
     size: int
-    content: list[_HexId]
+    content: list[HexId]
     digest: str | None
 
 
 class _DirWire(_Wire, tag=DIR, kw_only=True, gc=False):
-    subtree: _HexId | None
+    subtree: HexId | None
 
 
 class _SymlinkWire(_Wire, tag=SYMLINK, kw_only=True, gc=False):
