@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.archive import filerestore
 from bcdr.archive.filerestore import PIECE_MAX
 from bcdr.archive.restore import Restorer
-from bcdr.repository.pack import pack_key
+from bcdr.repository.pack import TREE, pack_key
 from bcdr.repository.repo import Repository
+from bcdr.repository.tree import Node, decode_tree, encode_tree
 from bcdr.storage.local import LocalStorage
 from tests.conftest import write_tree
 
@@ -125,6 +130,64 @@ def test_a_damaged_chunk_inside_a_piece_fails_its_file_and_leaves_nothing(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["other.bin"]  # no partial, no temporary
 
 
+def _leaf_nodes(repo: Repository, tree: bytes, src: Path) -> list[Node]:
+    """The nodes of the backed-up folder ``src``, found from the snapshot's root tree."""
+    nodes = decode_tree(repo.load_blob(tree), "root")
+    for part in src.parts[1:]:
+        (folder,) = (n for n in nodes if n.name == os.fsencode(part))
+        assert folder.subtree is not None
+        nodes = decode_tree(repo.load_blob(folder.subtree), part)
+    return nodes
+
+
+def test_a_larger_file_whose_chunks_do_not_make_its_digest_fails_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Each chunk matches its id, but the tree lists them in another order than the file's
+    (its digest): restore verifies the bytes it writes, in file order, against the digest."""
+    rng = random.Random(15)
+    files = {"big.bin": rng.randbytes(12 * 2**20), "other.bin": rng.randbytes(3 * 2**20)}
+    repo, tree, src = _backed_up(tmp_path, files)
+    nodes = {n.name: n for n in _leaf_nodes(repo, tree, src)}
+    big = nodes[b"big.bin"]
+    assert len(big.content) >= 6
+    swapped = [*big.content[:2], big.content[3], big.content[2], *big.content[4:]]
+    nodes[b"big.bin"] = replace(big, content=swapped)
+    with repo.writing():
+        flat = repo.save_blob(TREE, encode_tree(sorted(nodes.values(), key=lambda n: n.name)))
+    stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(flat)
+    assert [(e["path"], e["error"].split(":")[0]) for e in stats.errors] == [
+        ("/big.bin", "verification failed")
+    ]
+    assert (tmp_path / "out" / "other.bin").read_bytes() == files["other.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["other.bin"]
+
+
+def test_a_short_positioned_write_is_completed_not_left_as_a_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pwrite may write fewer bytes than it was given; restore writes the rest (its digest is
+    of the bytes it handed over, so a gap would go unnoticed)."""
+    rng = random.Random(16)
+    files = {"big.bin": rng.randbytes(5 * 2**20), "small.bin": rng.randbytes(70_000)}
+    repo, tree, src = _backed_up(tmp_path, files)
+    repo.storage = CountingGets(repo.storage)  # type: ignore[assignment]  # threads only
+    calls = []
+    pwrite = os.pwrite
+
+    def short(fd: int, data: Any, pos: int) -> int:
+        calls.append(len(data))
+        return pwrite(fd, memoryview(data)[:4096], pos)
+
+    monkeypatch.setattr(filerestore.os, "pwrite", short)
+    stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
+    monkeypatch.undo()
+    assert stats.errors == [] and stats.files == 2
+    out = tmp_path / "out" / str(src).lstrip("/")
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+    assert len(calls) > 5 * 2**20 // 4096
+
+
 def test_larger_files_pieces_are_handed_out_in_turn_across_files(tmp_path: Path) -> None:
     """Buffered writes to one file are serialised by the kernel: restore spreads its workers
     over several larger files at once (one piece of each in turn), and writes each file's
@@ -147,9 +210,9 @@ def test_larger_files_pieces_are_handed_out_in_turn_across_files(tmp_path: Path)
     def name_of(job: Any) -> str:
         return os.fsdecode(job.dest).rsplit("/", 1)[-1]
 
-    def recording(job: Any, turn: Any, part: Any) -> None:
+    def recording(job: Any, order: Any, index: int, part: Any) -> None:
         started.append(name_of(job))
-        piece(job, turn, part)
+        piece(job, order, index, part)
 
     def one_writer(job: Any, data: bytes, offset: int) -> bool:
         name = name_of(job)
