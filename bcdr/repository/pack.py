@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from bcdr.errors import CorruptObject
 from bcdr.repository.crypto import Cipher
-from bcdr.repository.hashing import object_name
 
 MAGIC = b"BCDRPK01"
 TRAILER = struct.Struct("<I8s")
@@ -91,14 +90,14 @@ class PackBuilder:
         self._parts.append(sealed)
         self._size += len(sealed)
 
-    def finish(self) -> tuple[str, bytes]:
-        """Return (name, bytes) of the finished pack."""
+    def finish(self) -> bytes:
+        """The finished pack's bytes (named by their hash: ``hashing.object_name``)."""
         header = self._cipher.seal(encode_entries(self.entries), HEADER_AAD)
         self._parts.append(header)
         self._parts.append(TRAILER.pack(len(header), MAGIC))
         data = b"".join(self._parts)
         self._parts = []
-        return object_name(data), data
+        return data
 
 
 def parse_pack(data: bytes, cipher: Cipher, what: str) -> list[PackEntry]:
