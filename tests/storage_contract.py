@@ -84,6 +84,19 @@ class StorageContract:
         assert storage.size("data/ff/big") == len(data)
         assert storage.get("data/ff/big", 8 * 1024 * 1024, 1024) == data[8 * 1024 * 1024 :][:1024]
 
+    def test_put_parts_stores_them_joined(self, storage: Storage) -> None:
+        parts = [bytes([i]) * (100_000 + 7 * i) for i in range(40)] + [b"", b"tail"]  # ~4 MiB
+        assert storage.put_parts("data/cd/parts", parts) is True
+        whole = b"".join(parts)
+        assert storage.size("data/cd/parts") == len(whole)
+        assert storage.get("data/cd/parts") == whole
+        assert storage.get("data/cd/parts", 1_000_003, 200_000) == whole[1_000_003:1_200_003]
+        # put-if-absent, as put
+        assert storage.put_parts("data/cd/parts", [b"other"]) is False
+        assert storage.get("data/cd/parts") == whole
+        assert storage.put_parts("locks/none", []) is True
+        assert storage.get("locks/none") == b""
+
     def test_invalid_keys_refused(self, storage: Storage) -> None:
         for bad in ("../escape", "/abs", "a//b", ""):
             with pytest.raises(ValueError):

@@ -43,3 +43,8 @@ def test_disk_full_is_translated_and_leaves_nothing(tmp_path: Path) -> None:
         assert "nothing half-written" in (exc.value.hint or "")
         assert not s.exists("data/aa/big")
         assert s.leftover_temp_files() == []
+        # a pack written part by part: the disk fills at a later part, nothing stays
+        with pytest.raises(StorageFull):
+            s.put_parts("data/aa/parts", [os.urandom(300_000) for _ in range(8)])
+        assert not s.exists("data/aa/parts")
+        assert s.leftover_temp_files() == []

@@ -89,6 +89,13 @@ def test_a_put_that_landed_before_its_connection_broke_counts_as_ours(tmp_path: 
     other = FaultyStorage(LocalStorage(tmp_path), flaky_puts=1)
     LocalStorage(tmp_path).put("locks/theirs", b"other writer")
     assert _retrying(other, RetryPolicy(), t).put("locks/theirs", b"payload") is False
+    # a pack stored in parts: compared with the parts joined
+    landed = FaultyStorage(LocalStorage(tmp_path), flaky_puts=1, flaky_lands=True)
+    assert _retrying(landed, RetryPolicy(), t).put_parts("data/ab/p", [b"pa", b"ck"]) is True
+    assert LocalStorage(tmp_path).get("data/ab/p") == b"pack"
+    LocalStorage(tmp_path).put("data/ab/q", b"some other pack")
+    clash = FaultyStorage(LocalStorage(tmp_path), flaky_puts=1)
+    assert _retrying(clash, RetryPolicy(), t).put_parts("data/ab/q", [b"pa", b"ck"]) is False
 
 
 def test_server_retry_after_is_honoured() -> None:
@@ -101,8 +108,9 @@ def test_meter_counts_bytes_that_moved(tmp_path: Path) -> None:
     s = MeteredStorage(LocalStorage(tmp_path))
     s.put("data/aa/p", b"x" * 1000)
     s.put("data/aa/p", b"x" * 1000)  # already there: nothing uploaded
+    s.put_parts("data/aa/q", [b"y" * 300, b"z" * 200])  # a pack: its parts' bytes
     s.get("data/aa/p", 0, 10)
-    assert (s.uploaded.bytes, s.uploaded.requests) == (1000, 2)
+    assert (s.uploaded.bytes, s.uploaded.requests) == (1500, 3)
     assert s.downloaded.bytes == 10
     assert s.uploaded.rate > 0
 

@@ -90,14 +90,14 @@ class PackBuilder:
         self._parts.append(sealed)
         self._size += len(sealed)
 
-    def finish(self) -> bytes:
-        """The finished pack's bytes (named by their hash: ``hashing.object_name``)."""
+    def finish(self) -> list[bytes]:
+        """The finished pack, as its parts in order (stored with ``Storage.put_parts``, not
+        joined: joining copied every pack on backup's main thread)."""
         header = self._cipher.seal(encode_entries(self.entries), HEADER_AAD)
         self._parts.append(header)
         self._parts.append(TRAILER.pack(len(header), MAGIC))
-        data = b"".join(self._parts)
-        self._parts = []
-        return data
+        parts, self._parts = self._parts, []
+        return parts
 
 
 def parse_pack(data: bytes, cipher: Cipher, what: str) -> list[PackEntry]:

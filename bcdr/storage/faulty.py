@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Sequence
 
 from bcdr.errors import StorageError, TransientStorageError
 from bcdr.storage.base import Storage
@@ -56,6 +57,9 @@ class FaultyStorage(StorageWrapper):
             result = self.inner.delete(key)
             self._wrote()
             return result
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
+        return self.put(key, b"".join(parts))  # every fault applies to packs too
 
     def put(self, key: str, data: bytes) -> bool:
         with self._lock:

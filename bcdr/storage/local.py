@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bcdr.errors import (
@@ -79,6 +79,9 @@ class LocalStorage:
             self._made_dirs.add(path)
 
     def put(self, key: str, data: bytes) -> bool:
+        return self.put_parts(key, (data,))
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
         final = self._path(key)
         tmp_dir = self.root / TMP_DIR
         tmp = tmp_dir / f"{final.name}.{secrets.token_hex(6)}.tmp"
@@ -87,10 +90,11 @@ class LocalStorage:
             self._ensure_dir(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 if self._fsync:
                     os.fsync(fd)
             finally:

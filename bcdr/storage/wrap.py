@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,6 +47,9 @@ class StorageWrapper:
 
     def put(self, key: str, data: bytes) -> bool:
         return self.inner.put(key, data)
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
+        return self.inner.put_parts(key, parts)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.inner.get(key, offset, length)
@@ -151,17 +154,23 @@ class RetryingStorage(StorageWrapper):
                 retry += 1
 
     def put(self, key: str, data: bytes) -> bool:
+        return self._put(key, lambda: self.inner.put(key, data), lambda: data)
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
+        return self._put(key, lambda: self.inner.put_parts(key, parts), lambda: b"".join(parts))
+
+    def _put(self, key: str, put: Callable[[], bool], data: Callable[[], bytes]) -> bool:
         failed_before = False
 
         def attempt() -> bool:
             nonlocal failed_before
             try:
-                created = self.inner.put(key, data)
+                created = put()
             except TransientStorageError:
                 failed_before = True
                 raise
             if not created and failed_before:
-                return self.inner.get(key) == data
+                return self.inner.get(key) == data()
             return created
 
         return self._call(f"put {key}", attempt)
@@ -264,10 +273,13 @@ class MeteredStorage(StorageWrapper):
             self._down.merge(down)
 
     def put(self, key: str, data: bytes) -> bool:
+        return self.put_parts(key, (data,))
+
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
         start = time.monotonic()
-        created = self.inner.put(key, data)
+        created = self.inner.put_parts(key, parts)
         with self._lock:
-            self._up.record(len(data) if created else 0, start, time.monotonic())
+            self._up.record(sum(map(len, parts)) if created else 0, start, time.monotonic())
         return created
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
