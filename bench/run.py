@@ -5,7 +5,9 @@ check with read-data. Each phase runs as a child process; wall time is measured 
 time and peak RSS come from wait4(2)'s rusage of that child. Stored bytes is the repository's
 size on disk after each phase. Ratios are bcdr / restic from the same run on the same corpus.
 
-Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_DIR (default bench/out) holds
+Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_ROUNDS (default 3) is how many
+times every phase runs (the table gives medians, each round's ratios follow it, and
+results.json keeps every run); BENCH_DIR (default bench/out) holds
 the corpus, repositories, and results.json. Both tools run with encryption on (restic always
 encrypts) and warm page cache. Peak RSS has a floor of this harness's own RSS (~12 MiB), as
 Linux children start from their parent's high-water mark; ``cp -a`` shows that floor. bcdr's
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +33,7 @@ from azure_rates import bench_azure  # beside this file
 CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
 OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 PASSWORD = "bench-password"
 BCDR = [sys.executable, "-m", "bcdr"]
 
@@ -166,15 +170,50 @@ def phases(tool: str, repo: Path, corpus: Path, restore_to: Path) -> list[tuple[
     ]
 
 
-def bench_tools(tools: list[str], corpus: Path) -> list[Measure]:
-    """Each phase for every tool in turn (the first tool alternates), so that the machine's
-    state at a phase (page cache, ext4's inode allocator after the corpus was rewritten,
-    steal from neighbours) is shared rather than falling on one tool's whole run. Dirty pages
-    are synced before each timed command, so no tool pays for the previous one's writeback."""
+def bench_rounds(tools: list[str], corpus: Path) -> tuple[list[Measure], list[list[Measure]]]:
+    """BENCH_ROUNDS rounds of every phase of every tool (fresh repositories and corpus each
+    round) and of ``cp -a``: (each tool's phase as its median over the rounds, the rounds).
+    One run of a phase on this kind of VM varies by 10-30% with the state of its memory and
+    disk (guest memory not touched since the host took it back costs a first touch; see
+    docs/performance.md), the same for both tools but not at the same moment."""
+    rounds = []
+    for k in range(ROUNDS):
+        print(f"round {k + 1} of {ROUNDS}", flush=True)
+        measured = bench_tools(tools, corpus, k)
+        os.sync()
+        measured.append(bench_cp(corpus, k))
+        rounds.append(measured)
+    for path in OUT.glob("restore-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    return [_median(runs) for runs in zip(*rounds, strict=True)], rounds
+
+
+def _median(runs: tuple[Measure, ...]) -> Measure:
+    first = runs[0]
+    assert all((m.tool, m.phase) == (first.tool, first.phase) for m in runs)
+    return Measure(
+        first.tool,
+        first.phase,
+        statistics.median(m.wall_s for m in runs),
+        statistics.median(m.cpu_s for m in runs),
+        statistics.median(m.peak_rss_mib for m in runs),
+        int(statistics.median(m.stored_bytes for m in runs)),
+        max(m.exit_code for m in runs),
+    )
+
+
+def bench_tools(tools: list[str], corpus: Path, round_no: int = 0) -> list[Measure]:
+    """Each phase for every tool in turn (the first tool alternates, phase by phase and round
+    by round), so that the machine's state at a phase (page cache, ext4's inode allocator
+    after the corpus was rewritten, steal from neighbours) is shared rather than falling on
+    one tool's whole run. Dirty pages are synced before each timed command, so no tool pays
+    for the previous one's writeback. Each round restores into folders of its own, deleted
+    only at the end: a restore into a folder deleted a moment before spends its time in
+    ext4's scan for recently deleted inodes."""
     env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
     plans = {}
     for tool in tools:
-        repo, restore_to = OUT / f"repo-{tool}", OUT / f"restore-{tool}"
+        repo, restore_to = OUT / f"repo-{tool}", OUT / f"restore-{tool}-{round_no}"
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(restore_to, ignore_errors=True)
         plans[tool] = (repo, phases(tool, repo, corpus, restore_to))
@@ -187,7 +226,7 @@ def bench_tools(tools: list[str], corpus: Path) -> list[Measure]:
             subprocess.run([*CORPUS, "make", str(corpus), str(SCALE)], check=True)
         if phase == "incremental backup":
             subprocess.run([*CORPUS, "change", str(corpus)], check=True)
-        order = tools if step % 2 == 0 else tools[::-1]
+        order = tools if (step + round_no) % 2 == 0 else tools[::-1]
         for tool in order:
             repo, steps = plans[tool]
             os.sync()
@@ -198,16 +237,14 @@ def bench_tools(tools: list[str], corpus: Path) -> list[Measure]:
                     f"  {tool:6} {phase:20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB",
                     flush=True,
                 )
-    for tool in tools:
-        shutil.rmtree(OUT / f"restore-{tool}", ignore_errors=True)
     return sorted(out, key=lambda m: (tools.index(m.tool), names.index(m.phase)))
 
 
-def bench_cp(corpus: Path) -> Measure:
-    target = OUT / "restore-cp"
+def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
+    target = OUT / f"restore-cp-{round_no}"
     shutil.rmtree(target, ignore_errors=True)
     wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {})
-    shutil.rmtree(target, ignore_errors=True)
+    print(f"  cp -a  {'full restore':20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB")
     return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
 
 
@@ -359,11 +396,9 @@ def main() -> int:
     tools = ["bcdr"] + (["restic"] if shutil.which("restic") else [])
     if "restic" not in tools:
         print("restic not found: install Debian's `restic` package for the comparison")
-    results = bench_tools(tools, corpus)
-    os.sync()
-    results.append(bench_cp(corpus))
+    results, rounds = bench_rounds(tools, corpus)
     size = du(corpus)
-    table = render(results)
+    table = render(results, rounds)
     print(table)
     print(f"\n{SMALL_FILES:,} small files, no-change re-run; checkpoint series:", flush=True)
     extra = bench_extra(corpus, tools)
@@ -416,6 +451,7 @@ def main() -> int:
         "scale": SCALE,
         "corpus_bytes": size,
         "results": [asdict(m) for m in results],
+        "rounds": [[asdict(m) for m in measured] for measured in rounds],
         "ratios": ratios(results),
         "index": index,
         "prune": pruned,
@@ -449,9 +485,10 @@ def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
     return out
 
 
-def render(results: list[Measure]) -> str:
+def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
     rows = [
-        f"\n{'tool':7} {'phase':20} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'stored MiB':>11}"
+        f"\nmedians of {len(rounds)} round(s):",
+        f"{'tool':7} {'phase':20} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'stored MiB':>11}",
     ]
     for m in results:
         rows.append(
@@ -469,6 +506,13 @@ def render(results: list[Measure]) -> str:
                 )
         if "wall_vs_cp" in rat.get("full restore", {}):
             rows.append(f"full restore bcdr / cp -a: {rat['full restore']['wall_vs_cp']:.2f}")
+        per_round = [ratios(measured) for measured in rounds]
+        rows.append(f"\n{'bcdr/restic, each round':28} {'wall':>20} {'rss':>20}")
+        for phase in rat:
+            if "wall" in rat[phase]:
+                walls = " ".join(f"{r[phase]['wall']:.2f}" for r in per_round)
+                rsss = " ".join(f"{r[phase]['rss']:.2f}" for r in per_round)
+                rows.append(f"{phase:28} {walls:>20} {rsss:>20}")
     return "\n".join(rows)
 
 
