@@ -452,7 +452,7 @@ def main() -> int:
         "corpus_bytes": size,
         "results": [asdict(m) for m in results],
         "rounds": [[asdict(m) for m in measured] for measured in rounds],
-        "ratios": ratios(results),
+        "ratios": paired_ratios(rounds),
         "index": index,
         "prune": pruned,
         "azure": azure,
@@ -485,6 +485,16 @@ def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
     return out
 
 
+def paired_ratios(rounds: list[list[Measure]]) -> dict[str, dict[str, float]]:
+    """Each ratio as the median of the rounds' ratios: within a round the tools ran side by
+    side, on the same state of the machine, which drifts from round to round."""
+    per_round = [ratios(measured) for measured in rounds]
+    return {
+        phase: {key: statistics.median(r[phase][key] for r in per_round) for key in keys}
+        for phase, keys in per_round[0].items()
+    }
+
+
 def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
     rows = [
         f"\nmedians of {len(rounds)} round(s):",
@@ -495,9 +505,10 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
             f"{m.tool:7} {m.phase:20} {m.wall_s:8.2f} {m.cpu_s:8.2f} "
             f"{m.peak_rss_mib:8.0f} {m.stored_bytes / 2**20:11.1f}"
         )
-    rat = ratios(results)
+    rat = paired_ratios(rounds)
     if rat:
-        rows.append(f"\n{'bcdr/restic':28} {'wall':>6} {'cpu':>6} {'rss':>6} {'stored':>7}")
+        rows.append(f"\nbcdr/restic, median of the {len(rounds)} rounds' ratios:")
+        rows.append(f"{'':28} {'wall':>6} {'cpu':>6} {'rss':>6} {'stored':>7}")
         for phase, r in rat.items():
             if "wall" in r:
                 rows.append(
