@@ -97,6 +97,25 @@ class StorageContract:
         assert storage.put_parts("locks/none", []) is True
         assert storage.get("locks/none") == b""
 
+    def test_staged_object_is_committed_under_its_key_or_discarded(self, storage: Storage) -> None:
+        parts = [b"\x01" * 3_000_000, b"small", b"", b"\x02" * 700_000, b"tail"]
+        staged = storage.stage()
+        for part in parts:
+            staged.write(part)
+        assert staged.commit("data/ef/staged") is True
+        assert storage.get("data/ef/staged") == b"".join(parts)
+        again = storage.stage()
+        again.write(b"another")
+        assert again.commit("data/ef/staged") is False  # put-if-absent
+        assert storage.get("data/ef/staged") == b"".join(parts)
+        dropped = storage.stage()
+        dropped.write(b"\x03" * 2_000_000)
+        dropped.discard()
+        empty = storage.stage()
+        assert empty.commit("locks/staged-empty") is True
+        assert storage.get("locks/staged-empty") == b""
+        assert {o.key for o in storage.list("data/ef/")} == {"data/ef/staged"}
+
     def test_invalid_keys_refused(self, storage: Storage) -> None:
         for bad in ("../escape", "/abs", "a//b", ""):
             with pytest.raises(ValueError):

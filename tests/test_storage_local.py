@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from bcdr.errors import StorageFull, StoragePermission
+from bcdr.repository.pack import DATA
+from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
 from tests.conftest import tmpfs
 from tests.storage_contract import StorageContract
@@ -24,6 +26,61 @@ def test_temp_files_never_listed(tmp_path: Path) -> None:
     (tmp_path / "tmp" / "half-written.tmp").write_bytes(b"partial")
     assert {o.key for o in s.list("")} == {"index/a"}
     assert s.leftover_temp_files() == ["half-written.tmp"]
+
+
+def test_a_staged_object_is_written_to_disk_as_it_comes_and_never_left_behind(
+    tmp_path: Path,
+) -> None:
+    """A pack being filled is in a temporary file, not in memory; committed or discarded,
+    the temporary file is gone."""
+    s = LocalStorage(tmp_path)
+    staged = s.stage()
+    staged.write(b"a" * 1000)  # small parts are gathered ...
+    staged.write(b"b" * (3 << 20))  # ... and written before a large one
+    (tmp,) = (tmp_path / "tmp").iterdir()
+    assert tmp.stat().st_size == 1000 + (3 << 20)
+    assert staged.commit("data/aa/p") is True
+    assert s.leftover_temp_files() == []
+    dropped = s.stage()
+    dropped.write(b"c" * (2 << 20))
+    assert len(s.leftover_temp_files()) == 1
+    dropped.discard()
+    assert s.leftover_temp_files() == []
+    with pytest.raises(ValueError):  # a bad key: refused, and nothing left
+        bad = s.stage()
+        bad.write(b"d" * (2 << 20))
+        bad.commit("../escape")
+    assert s.leftover_temp_files() == []
+
+
+def test_a_staged_object_that_fills_the_disk_is_discarded(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
+        s = LocalStorage(mnt)
+        staged = s.stage()
+        with pytest.raises(StorageFull):
+            for _ in range(8):
+                staged.write(os.urandom(300_000))
+        assert s.leftover_temp_files() == []
+
+
+def test_an_interrupted_backup_leaves_no_pack_being_filled(tmp_path: Path) -> None:
+    """Backup writes its packs as it fills them (Storage.stage): an error midway discards
+    the pack being filled and those not committed yet."""
+    repo = Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+    store = LocalStorage(tmp_path / "repo")
+    with pytest.raises(RuntimeError), repo.writing():
+        for _ in range(40):  # 20 MiB that do not compress: one pack full, one being filled
+            repo.save_blob(DATA, os.urandom(512 * 1024))
+        assert len(store.leftover_temp_files()) >= 1  # on disk, not in memory
+        raise RuntimeError("interrupted")
+    assert store.leftover_temp_files() == []
+    repo = Repository.open(LocalStorage(tmp_path / "repo"))
+    with repo.writing():
+        blob = repo.save_blob(DATA, b"x" * 100_000)
+    assert store.leftover_temp_files() == []
+    repo = Repository.open(LocalStorage(tmp_path / "repo"))
+    repo.load_index()
+    assert repo.load_blob(blob) == b"x" * 100_000
 
 
 def test_read_only_filesystem_is_translated(tmp_path: Path) -> None:

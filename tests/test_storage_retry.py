@@ -109,8 +109,12 @@ def test_meter_counts_bytes_that_moved(tmp_path: Path) -> None:
     s.put("data/aa/p", b"x" * 1000)
     s.put("data/aa/p", b"x" * 1000)  # already there: nothing uploaded
     s.put_parts("data/aa/q", [b"y" * 300, b"z" * 200])  # a pack: its parts' bytes
+    staged = s.stage()  # a pack written as it is filled: counted when committed
+    staged.write(b"w" * 4000)
+    assert s.uploaded.bytes == 1500
+    assert staged.commit("data/aa/r") is True
     s.get("data/aa/p", 0, 10)
-    assert (s.uploaded.bytes, s.uploaded.requests) == (1500, 3)
+    assert (s.uploaded.bytes, s.uploaded.requests) == (5500, 4)
     assert s.downloaded.bytes == 10
     assert s.uploaded.rate > 0
 

@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bcdr.errors import CorruptObject
 from bcdr.repository.crypto import Cipher
+from bcdr.repository.hashing import new_object_hasher
+from bcdr.storage.base import Staged
+
+T = TypeVar("T")
+#: Parts are handed to the spool thread in batches of at least this many bytes.
+SPOOL_BATCH = 1 << 20
 
 MAGIC = b"BCDRPK01"
 TRAILER = struct.Struct("<I8s")
@@ -63,7 +73,9 @@ PAD = 16  # random bytes before blob 0: two packs never share a name, even unenc
 
 
 class PackBuilder:
-    """Accumulates sealed blobs until the pack is big enough to write.
+    """Writes sealed blobs into a staged object of the storage (``Storage.stage``: on the
+    local disk a temporary file, elsewhere held in memory) until the pack is big enough, and
+    hashes them for the pack's name as they go.
 
     A pack starts with ``PAD`` random bytes. Without them, an unencrypted pack holding the
     same blobs in the same order as an existing one would get the same name, and a backup
@@ -72,11 +84,58 @@ class PackBuilder:
     invisible to them.
     """
 
-    def __init__(self, cipher: Cipher):
+    def __init__(self, cipher: Cipher, stage: Callable[[], Staged], spool: Spool):
+        """``spool``: the thread that writes and hashes the parts, in order."""
         self._cipher = cipher
-        self._parts: list[bytes] = [secrets.token_bytes(PAD)]
-        self._size = PAD
+        self._stage = stage
+        self._spool = spool
+        self._staged: Staged | None = None  # from the first blob on
+        self._hasher = new_object_hasher()
+        self._size = 0
+        self._failed: BaseException | None = None  # a write's error, told by the name
+        self._batch: list[bytes] = []  # parts not handed to the spool yet
+        self._batch_bytes = 0
         self.entries: list[PackEntry] = []
+
+    def _start(self) -> Staged:
+        if self._staged is None:
+            self._staged = self._stage()
+            self._write(self._staged, secrets.token_bytes(PAD))
+        return self._staged
+
+    def _write(self, staged: Staged, data: bytes) -> None:
+        """Parts go to the spool in batches of SPOOL_BATCH bytes: a hand-off between threads
+        costs more than a small file's blob."""
+        if self._failed is not None:
+            raise self._failed
+        self._size += len(data)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= SPOOL_BATCH:
+            self._hand_over(staged)
+
+    def _hand_over(self, staged: Staged) -> None:
+        batch, size, self._batch, self._batch_bytes = self._batch, self._batch_bytes, [], 0
+        if batch:
+            self._spool.submit(size, self._put, staged, batch)
+
+    def _put(self, staged: Staged, parts: list[bytes]) -> None:
+        """(the spool thread) Write parts and hash them; after an error, nothing more."""
+        if self._failed is not None:
+            return
+        try:
+            for data in parts:
+                staged.write(data)
+                self._hasher.update(data)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _name(self) -> str:
+        """(the spool thread, after every part) The pack's name, or its write's error."""
+        if self._failed is not None:
+            raise self._failed
+        return self._hasher.hexdigest()
 
     @property
     def size(self) -> int:
@@ -86,18 +145,58 @@ class PackBuilder:
         return len(self.entries)
 
     def add(self, blob_id: bytes, blob_type: int, codec: int, raw_len: int, sealed: bytes) -> None:
+        staged = self._start()
         self.entries.append(PackEntry(blob_id, blob_type, codec, self._size, len(sealed), raw_len))
-        self._parts.append(sealed)
-        self._size += len(sealed)
+        self._write(staged, sealed)
 
-    def finish(self) -> list[bytes]:
-        """The finished pack, as its parts in order (stored with ``Storage.put_parts``, not
-        joined: joining copied every pack on backup's main thread)."""
+    def finish(self) -> tuple[Future[str], Staged]:
+        """(the pack's name once every part is written, its staged object, to be committed
+        under ``pack_key(name)``)."""
+        staged = self._start()
         header = self._cipher.seal(encode_entries(self.entries), HEADER_AAD)
-        self._parts.append(header)
-        self._parts.append(TRAILER.pack(len(header), MAGIC))
-        parts, self._parts = self._parts, []
-        return parts
+        self._write(staged, header)
+        self._write(staged, TRAILER.pack(len(header), MAGIC))
+        self._hand_over(staged)
+        self._staged = None
+        return self._spool.submit(0, self._name), staged
+
+    def discard(self) -> None:
+        """Drop what was written (a backup that fails or is interrupted; the spool has
+        stopped)."""
+        self._batch, self._batch_bytes = [], 0
+        if self._staged is not None:
+            self._staged.discard()
+            self._staged = None
+
+
+class Spool:
+    """One thread that writes the packs' parts in order (:class:`PackBuilder`), at most
+    ``behind`` bytes behind its caller. Backup's main thread also reads, cuts and
+    fingerprints the files while the chunk threads wait for it: writing and hashing the
+    packs there made a backup of the bench corpus 6% slower than holding them in memory;
+    handed over in batches to this thread, 8% faster (6 alternating rounds each)."""
+
+    def __init__(self, behind: int = 8 << 20):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bcdr-spool")
+        self._behind = behind
+        self._queued: deque[tuple[Future[Any], int]] = deque()
+        self._bytes = 0
+
+    def submit(self, size: int, fn: Callable[..., T], *args: Any) -> Future[T]:
+        fut = self._pool.submit(fn, *args)
+        self._queued.append((fut, size))
+        self._bytes += size
+        while self._queued and (self._queued[0][0].done() or self._bytes > self._behind):
+            done, n = self._queued.popleft()
+            self._bytes -= n
+            done.exception()  # waits; a write's error is told by its pack's name
+        return fut
+
+    def stop(self) -> None:
+        """Cancel what has not started, and wait for what has."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queued.clear()
+        self._bytes = 0
 
 
 def parse_pack(data: bytes, cipher: Cipher, what: str) -> list[PackEntry]:

@@ -46,7 +46,7 @@ from bcdr.errors import (
     TransientStorageError,
 )
 from bcdr.storage.azureauth import AzureAccess
-from bcdr.storage.base import REHYDRATE_HINT, ObjectInfo, check_key
+from bcdr.storage.base import REHYDRATE_HINT, HeldParts, ObjectInfo, Staged, check_key
 
 TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -202,6 +202,11 @@ class AzureBlobStorage:
         """Joined first: blocks are cut at fixed offsets, not at the parts' ends. (The join
         runs in the caller's upload thread, and a join of megabytes releases the GIL.)"""
         return self.put(key, b"".join(parts))
+
+    def stage(self) -> Staged:
+        """The parts are held in memory: a blob's blocks are staged under its name, which
+        a pack has only once it is whole."""
+        return HeldParts(self)
 
     def _create_container(self) -> None:
         """The first write into a container that does not exist yet (``bcdr init``) creates it."""

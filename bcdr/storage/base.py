@@ -20,6 +20,14 @@ checks each one):
     storage can (the local disk) instead of joined first: a pack is the sealed blobs of up to
     16 MiB, and joining them cost backup's main thread a copy of every pack.
 
+``stage()``
+    A :class:`Staged` writer of one new object whose key is known only once it is written (a
+    pack is named by the hash of its bytes): ``write(part)`` part after part, then
+    ``commit(key)``, which is ``put_parts(key, the parts)`` with the same guarantees and
+    result, or ``discard()``. Either ends it; an error in ``write`` discards it. The local disk
+    writes the parts into a temporary file as they come, so a pack being filled or waiting
+    for its upload is not held in memory; other storages hold the parts (:class:`HeldParts`).
+
 ``get(key, offset=0, length=None)``
     The bytes ``[offset, offset+length)`` (to the end when ``length`` is None). A range past the
     end returns what exists (possibly ``b""``). Raises :class:`ObjectNotFound`.
@@ -70,6 +78,36 @@ class ObjectInfo:
     rehydrating: bool = False  # an Archive-tier object whose rehydration has been requested
 
 
+class Staged(Protocol):
+    """One object being written, its key not known yet (see ``stage()`` above)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self, key: str) -> bool: ...
+
+    def discard(self) -> None: ...
+
+
+class HeldParts:
+    """A :class:`Staged` object that holds the parts in memory and commits them with
+    ``storage.put_parts`` (storages that cannot write an object before its key is known, and
+    wrappers whose ``put`` does more than pass the bytes on)."""
+
+    def __init__(self, storage: Storage):
+        self._storage = storage
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def commit(self, key: str) -> bool:
+        parts, self._parts = self._parts, []
+        return self._storage.put_parts(key, parts)
+
+    def discard(self) -> None:
+        self._parts = []
+
+
 @runtime_checkable
 class Storage(Protocol):
     """See the module docstring for the contract of each method."""
@@ -82,6 +120,8 @@ class Storage(Protocol):
     def put(self, key: str, data: bytes) -> bool: ...
 
     def put_parts(self, key: str, parts: Sequence[bytes]) -> bool: ...
+
+    def stage(self) -> Staged: ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

@@ -3,7 +3,8 @@
 Put-if-absent is atomic: the bytes are written and fsynced to a temporary file in
 ``<root>/tmp/``, then ``link(2)``-ed to the final name, which fails if the name exists; the
 temporary file is removed either way. A crash leaves at most a file in ``tmp/`` that no listing
-of a repository prefix shows.
+of a repository prefix shows. ``stage()`` opens such a temporary file before the name is
+known, and writes a pack's parts into it as the pack is filled (:class:`TempFile`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bcdr.storage.base import ObjectInfo, check_key
 TMP_DIR = "tmp"
 MAX_OPEN_READERS = 32  # per thread
 LOCAL_CONCURRENCY = 2  # uploads in flight: one disk gains little from more
+COALESCE = 1 << 20  # parts of a staged object smaller than this are gathered into one write
 
 
 def translate_os_error(exc: OSError, what: str) -> StorageError:
@@ -82,37 +84,13 @@ class LocalStorage:
         return self.put_parts(key, (data,))
 
     def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
-        final = self._path(key)
-        tmp_dir = self.root / TMP_DIR
-        tmp = tmp_dir / f"{final.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            self._ensure_dir(tmp_dir)
-            self._ensure_dir(final.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                return False
-            if self._fsync:
-                _fsync_dir(final.parent)
-            return True
-        except OSError as exc:
-            raise translate_os_error(exc, f"{self.url}/{key}") from None
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        staged = self.stage(check_key(key).rsplit("/", 1)[-1])
+        for part in parts:
+            staged.write(part)
+        return staged.commit(key)
+
+    def stage(self, hint: str = "staged") -> TempFile:
+        return TempFile(self, hint)
 
     def _read_fd(self, key: str) -> int:
         """A cached read descriptor. Each thread has its own cache, so a descriptor is only
@@ -233,6 +211,79 @@ def _pread_exact(fd: int, length: int, offset: int) -> bytes:
         chunks.append(part)
         got += len(part)
     return b"".join(chunks)
+
+
+class TempFile:
+    """A :class:`~bcdr.storage.base.Staged` object of the local disk: the parts go into a
+    temporary file in ``tmp/`` as they come (small ones gathered into writes of COALESCE
+    bytes), fsynced and linked to the key on commit. Discarded (closed and removed) by
+    ``commit``, ``discard`` or any error; a crash leaves only the temporary file."""
+
+    def __init__(self, storage: LocalStorage, hint: str):
+        self._storage = storage
+        self._tmp = storage.root / TMP_DIR / f"{hint}.{secrets.token_hex(6)}.tmp"
+        self._fd = -1
+        self._small = bytearray()
+
+    def _open(self) -> None:
+        self._storage._ensure_dir(self._tmp.parent)
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        if self._fd < 0:
+            self._open()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _write_small(self) -> None:
+        small, self._small = self._small, bytearray()
+        self._write_all(small)
+
+    def write(self, data: bytes) -> None:
+        try:
+            if len(data) < COALESCE:
+                self._small += data
+                if len(self._small) >= COALESCE:
+                    self._write_small()
+                return
+            if self._small:
+                self._write_small()
+            self._write_all(data)
+        except OSError as exc:
+            self.discard()
+            raise translate_os_error(exc, f"{self._storage.url}/{TMP_DIR}") from None
+
+    def commit(self, key: str) -> bool:
+        try:
+            final = self._storage._path(key)
+            self._write_small()  # opens the file of an empty object too
+            if self._storage._fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._storage._ensure_dir(final.parent)
+            try:
+                os.link(self._tmp, final)
+            except FileExistsError:
+                return False
+            if self._storage._fsync:
+                _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self._storage.url}/{key}") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self._small = bytearray()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _fsync_dir(path: Path) -> None:

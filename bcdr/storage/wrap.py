@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bcdr.errors import TransientStorageError
-from bcdr.storage.base import ObjectInfo, Storage
+from bcdr.storage.base import HeldParts, ObjectInfo, Staged, Storage
 
 T = TypeVar("T")
 
@@ -50,6 +50,12 @@ class StorageWrapper:
 
     def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
         return self.inner.put_parts(key, parts)
+
+    def stage(self) -> Staged:
+        """Held in memory and committed through this wrapper's ``put_parts``, so that what
+        it does to a put (retry, inject a fault) applies; a wrapper that only looks on passes
+        the inner storage's own staging on (:class:`MeteredStorage`)."""
+        return HeldParts(self)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.inner.get(key, offset, length)
@@ -278,9 +284,15 @@ class MeteredStorage(StorageWrapper):
     def put_parts(self, key: str, parts: Sequence[bytes]) -> bool:
         start = time.monotonic()
         created = self.inner.put_parts(key, parts)
-        with self._lock:
-            self._up.record(sum(map(len, parts)) if created else 0, start, time.monotonic())
+        self._uploaded(sum(map(len, parts)) if created else 0, start)
         return created
+
+    def _uploaded(self, size: int, start: float) -> None:
+        with self._lock:
+            self._up.record(size, start, time.monotonic())
+
+    def stage(self) -> Staged:
+        return _MeteredStaged(self, self.inner.stage())
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         start = time.monotonic()
@@ -298,3 +310,29 @@ class MeteredStorage(StorageWrapper):
     def downloaded(self) -> Transfer:
         with self._lock:
             return self._down.snapshot()
+
+
+class _MeteredStaged:
+    """The inner storage's staged object, its bytes counted as uploaded when committed, over
+    the time from its first write (the local disk writes them as the pack is filled)."""
+
+    def __init__(self, meter: MeteredStorage, inner: Staged):
+        self._meter = meter
+        self._inner = inner
+        self._size = 0
+        self._start: float | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._start is None:
+            self._start = time.monotonic()
+        self._inner.write(data)
+        self._size += len(data)
+
+    def commit(self, key: str) -> bool:
+        start = self._start if self._start is not None else time.monotonic()
+        created = self._inner.commit(key)
+        self._meter._uploaded(self._size if created else 0, start)
+        return created
+
+    def discard(self) -> None:
+        self._inner.discard()
