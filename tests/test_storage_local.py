@@ -46,6 +46,9 @@ def test_a_staged_object_is_written_to_disk_as_it_comes_and_never_left_behind(
     assert len(s.leftover_temp_files()) == 1
     dropped.discard()
     assert s.leftover_temp_files() == []
+    with pytest.raises(ValueError):  # ended: no temporary file is made anew
+        dropped.write(b"e" * (2 << 20))
+    assert s.leftover_temp_files() == []
     with pytest.raises(ValueError):  # a bad key: refused, and nothing left
         bad = s.stage()
         bad.write(b"d" * (2 << 20))

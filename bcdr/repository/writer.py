@@ -44,14 +44,15 @@ class BlobWriter:
         # Packs are written as they are filled (Storage.stage), by a spool thread: on the
         # local disk straight into a temporary file, so neither the pack being filled nor
         # those waiting for their commit are held in memory (a backup's peak, workers
-        # counted, 121-146 -> 99-103 MiB on the bench corpus); Azure holds them until sent.
+        # counted, median 144 -> 106 MiB on the bench corpus); Azure holds them until sent.
         self._spool = Spool()
         self._builder = self._new_builder()
         self._pending: set[bytes] = set()
         self._uploads: deque[tuple[Future[tuple[str, list[PackEntry]]], Staged]] = deque()
         self._unindexed: dict[str, list[PackEntry]] = {}
         # As many uploads as the storage wants in flight (2 on a local disk, one per connection
-        # on Azure), the pack being built waiting for one: memory is bounded by N + 1 packs.
+        # on Azure), the pack being built waiting for one: on Azure memory is bounded by N + 1
+        # packs; the local disk holds none (they are in tmp/).
         self._max_in_flight = storage.concurrency
         self._pool = ThreadPoolExecutor(storage.concurrency, thread_name_prefix="bcdr-upload")
         self.bytes_added = 0

@@ -224,8 +224,11 @@ class TempFile:
         self._tmp = storage.root / TMP_DIR / f"{hint}.{secrets.token_hex(6)}.tmp"
         self._fd = -1
         self._small = bytearray()
+        self._ended = False
 
     def _open(self) -> None:
+        if self._ended:  # a bug: the temporary file is not made anew
+            raise ValueError("write or commit of a staged object already committed or discarded")
         self._storage._ensure_dir(self._tmp.parent)
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
@@ -276,6 +279,7 @@ class TempFile:
             self.discard()
 
     def discard(self) -> None:
+        self._ended = True
         self._small = bytearray()
         if self._fd >= 0:
             os.close(self._fd)
