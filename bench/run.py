@@ -508,7 +508,9 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
             f"{m.peak_rss_mib:8.0f} {m.stored_bytes / 2**20:11.1f}"
         )
     rat = paired_ratios(rounds)
-    if rat:
+    if "wall_vs_cp" in rat.get("full restore", {}):
+        rows.append(f"\nfull restore bcdr / cp -a: {rat['full restore']['wall_vs_cp']:.2f}")
+    if any("wall" in r for r in rat.values()):  # restic was measured
         rows.append(f"\nbcdr/restic, median of the {len(rounds)} rounds' ratios:")
         rows.append(f"{'':28} {'wall':>6} {'cpu':>6} {'rss':>6} {'stored':>7}")
         for phase, r in rat.items():
@@ -517,8 +519,6 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
                     f"{phase:28} {r['wall']:6.2f} {r['cpu']:6.2f} {r['rss']:6.2f} "
                     f"{r['stored']:7.2f}"
                 )
-        if "wall_vs_cp" in rat.get("full restore", {}):
-            rows.append(f"full restore bcdr / cp -a: {rat['full restore']['wall_vs_cp']:.2f}")
         per_round = [ratios(measured) for measured in rounds]
         rows.append(f"\n{'bcdr/restic, each round':28} {'wall':>20} {'rss':>20}")
         for phase in rat:
