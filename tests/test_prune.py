@@ -4,6 +4,7 @@ kill at any moment."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -464,3 +465,31 @@ def test_index_replaced_load_after_load_is_retried_then_reported(
 def test_bad_lock_wait_is_a_clear_error(tmp_path: Path, repo: str) -> None:
     r = run_process("check", "--repo", repo, env={"BCDR_LOCK_WAIT": "soon"})
     assert r.code == 2 and "BCDR_LOCK_WAIT='soon'" in r.err and "Traceback" not in r.err
+
+
+def test_prune_removes_temporary_files_of_writes_interrupted_a_day_ago(
+    tmp_path: Path, repo: str
+) -> None:
+    """A crashed backup leaves the pack it was filling in tmp/ (nothing refers to it). Prune
+    removes such files once nothing has written to them for a day; a file being written by
+    a live backup is seconds old and stays, whatever the grace period."""
+    src = write_tree(tmp_path / "src", {"f": b"data" * 1000})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    tmp = Path(repo) / "tmp"
+    tmp.mkdir(exist_ok=True)
+    old, fresh = tmp / "staged.0a1b2c.tmp", tmp / "staged.3d4e5f.tmp"
+    old.write_bytes(b"half a pack")
+    fresh.write_bytes(b"a pack being filled")
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(old, (two_days_ago, two_days_ago))
+
+    r = run_process("prune", "--repo", repo, "--dry-run")
+    assert r.code == 0 and "would remove 1 temporary file(s) in tmp/" in r.out, r.out + r.err
+    assert old.exists() and fresh.exists()
+    r = run_process("prune", "--repo", repo, "--grace", "0")
+    assert r.code == 0 and "removed 1 temporary file(s) in tmp/" in r.out, r.out + r.err
+    assert not old.exists() and fresh.exists()
+    r = run_process("check", "--repo", repo)
+    assert "temporary file tmp/staged.3d4e5f.tmp" in r.out and "0a1b2c" not in r.out
+    r = run_process("prune", "--repo", repo, "--json")
+    assert r.code == 0 and json.loads(r.out)["temp_files_removed"] == []

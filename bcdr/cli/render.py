@@ -305,6 +305,12 @@ def prune_text(r: PruneReport) -> None:
         )
     for pack in r.packs_kept:
         out(f"kept pack {pack[:12]}: a snapshot written since it was marked needs it")
+    if r.temp_files_removed:
+        removed = "would remove" if r.dry_run else "removed"
+        out(
+            f"{removed} {len(r.temp_files_removed)} temporary file(s) in tmp/ of writes "
+            "interrupted a day or more ago"
+        )
     for why in r.postponed:
         out(f"postponed: {why}")
     for problem in r.problems:

@@ -54,6 +54,9 @@ from bcdr.repository.writer import BlobWriter
 
 LogFn = Callable[[str], None]
 ID = np.dtype("S32")
+#: A temporary file in ``tmp/`` nothing has written to for this long is a crashed writer's
+#: (a backup writes its pack there as it fills it): prune removes it, whatever its grace.
+TEMP_IDLE = 24 * 3600.0
 
 
 class PruneRefused(RepositoryError):
@@ -87,6 +90,7 @@ class PruneReport:
     pending: int = 0  # marks left for a later prune
     problems: list[str] = field(default_factory=list)
     stale_locks_removed: int = 0
+    temp_files_removed: list[str] = field(default_factory=list)  # in tmp/ (local disk)
     evidence: str | None = None
     uploaded: dict[str, float | int] | None = None
     downloaded: dict[str, float | int] | None = None
@@ -176,6 +180,9 @@ class Pruner:
         if not self.dry_run:  # what dead processes left: they never block, but clutter
             removed = remove_locks(self.repo.storage, self.repo.clock, remove_all=False)
             self.report.stale_locks_removed = len(removed)
+        remove_temp = getattr(self.repo.storage, "remove_temp_files", None)
+        if remove_temp is not None:  # a crashed writer's half-written object, on a local disk
+            self.report.temp_files_removed = remove_temp(TEMP_IDLE, dry_run=self.dry_run)
         self.sweep()
         self.mark_unused()
         if not self.dry_run and self.grace <= timedelta(0) and self.report.mark:

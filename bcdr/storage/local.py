@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -187,6 +188,29 @@ class LocalStorage:
         """Temporary files a crashed writer left behind (never part of the repository)."""
         tmp = self.root / TMP_DIR
         return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+    def remove_temp_files(self, idle: float, *, dry_run: bool = False) -> builtins.list[str]:
+        """Remove the temporary files nothing has written to for ``idle`` seconds: a crashed
+        writer's (a backup writes the pack it is filling into one as it goes, so a live
+        writer's file is seconds old). The names removed (or that would be)."""
+        tmp = self.root / TMP_DIR
+        if not tmp.is_dir():
+            return []
+        cutoff = time.time() - idle
+        gone = []
+        try:
+            for entry in os.scandir(tmp):
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    if not dry_run:
+                        os.unlink(entry.path)
+                except FileNotFoundError:  # its writer committed or discarded it meanwhile
+                    continue
+                gone.append(entry.name)
+        except OSError as exc:
+            raise translate_os_error(exc, f"{self.url}/{TMP_DIR}") from None
+        return sorted(gone)
 
     def close(self) -> None:
         """Close cached descriptors (call when no other thread is reading)."""
