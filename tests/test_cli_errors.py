@@ -252,6 +252,8 @@ def test_disk_full_commits_nothing_and_next_backup_works(tmp_path: Path) -> None
         r = run_process("backup", "--repo", repo, big)
         _clean(r)
         assert r.code == 1 and "no space left" in r.err
+        # the pack being filled (written into tmp/ as it goes) was discarded with the backup
+        assert not (repo / "tmp").exists() or list((repo / "tmp").iterdir()) == []
         r = run_process("snapshots", "--repo", repo, "--json")
         assert len(json.loads(r.out)) == 1  # the failed backup committed no snapshot
         r = run_process("check", "--repo", repo, "--read-data")
