@@ -89,9 +89,10 @@ class Staged(Protocol):
 
 
 class HeldParts:
-    """A :class:`Staged` object that holds the parts in memory and commits them with
-    ``storage.put_parts`` (storages that cannot write an object before its key is known, and
-    wrappers whose ``put`` does more than pass the bytes on)."""
+    """A :class:`Staged` object that holds the parts in memory and commits them joined, with
+    ``storage.put`` (storages that cannot write an object before its key is known, and
+    wrappers whose ``put`` does more than pass the bytes on). The parts are let go once
+    joined, so one copy is held while it is sent (a retry needs it whole anyway)."""
 
     def __init__(self, storage: Storage):
         self._storage = storage
@@ -101,8 +102,9 @@ class HeldParts:
         self._parts.append(data)
 
     def commit(self, key: str) -> bool:
-        parts, self._parts = self._parts, []
-        return self._storage.put_parts(key, parts)
+        data = b"".join(self._parts)
+        self._parts = []
+        return self._storage.put(key, data)
 
     def discard(self) -> None:
         self._parts = []
