@@ -3,7 +3,8 @@
 Phases: initial backup, no-change re-run, incremental after a day-1 change, full restore, and
 check with read-data. Each phase runs as a child process; wall time is measured around it, CPU
 time and peak RSS come from wait4(2)'s rusage of that child. Stored bytes is the repository's
-size on disk after each phase. Ratios are bcdr / restic from the same run on the same corpus.
+size on disk after each phase. Ratios are bcdr / restic, the median of each round's ratio
+(within a round the tools run side by side on the same corpus).
 
 Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_ROUNDS (default 4) is how many
 times every phase runs (the table gives medians, each round's ratios follow it with
@@ -455,7 +456,7 @@ def main() -> int:
         "corpus_bytes": size,
         "results": [asdict(m) for m in results],
         "rounds": [[asdict(m) for m in measured] for measured in rounds],
-        "ratios": paired_ratios(rounds),
+        "ratios": paired_ratios([ratios(measured) for measured in rounds]),
         "index": index,
         "prune": pruned,
         "azure": azure,
@@ -490,10 +491,10 @@ def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
     return out
 
 
-def paired_ratios(rounds: list[list[Measure]]) -> dict[str, dict[str, float]]:
-    """Each ratio as the median of the rounds' ratios: within a round the tools ran side by
-    side, on the same state of the machine, which drifts from round to round."""
-    per_round = [ratios(measured) for measured in rounds]
+def paired_ratios(per_round: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each ratio as the median of the rounds' ratios (:func:`ratios` of each round): within
+    a round the tools ran side by side, on the same state of the machine, which drifts from
+    round to round."""
     return {
         phase: {key: statistics.median(r[phase][key] for r in per_round) for key in keys}
         for phase, keys in per_round[0].items()
@@ -510,7 +511,8 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
             f"{m.tool:7} {m.phase:20} {m.wall_s:8.2f} {m.cpu_s:8.2f} "
             f"{m.peak_rss_mib:8.0f} {m.stored_bytes / 2**20:11.1f}"
         )
-    rat = paired_ratios(rounds)
+    per_round = [ratios(measured) for measured in rounds]
+    rat = paired_ratios(per_round)
     if "wall_vs_cp" in rat.get("full restore", {}):
         rows.append(f"\nfull restore bcdr / cp -a: {rat['full restore']['wall_vs_cp']:.2f}")
     if any("wall" in r for r in rat.values()):  # restic was measured
@@ -522,14 +524,13 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
                     f"{phase:28} {r['wall']:6.2f} {r['cpu']:6.2f} {r['rss']:6.2f} "
                     f"{r['stored']:7.2f}"
                 )
-        per_round = [ratios(measured) for measured in rounds]
         rows.append(f"\n{'bcdr/restic, each round':28} {'wall':>20} {'rss':>20}")
         for phase in rat:
             if "wall" in rat[phase]:
                 walls = " ".join(f"{r[phase]['wall']:.2f}" for r in per_round)
                 rsss = " ".join(f"{r[phase]['rss']:.2f}" for r in per_round)
                 rows.append(f"{phase:28} {walls:>20} {rsss:>20}")
-        floor = " ".join(f"{_floor(measured):.2f}" for measured in rounds)
+        floor = " ".join(f"{r['full restore']['cp_vs_restic']:.2f}" for r in per_round)
         rows.append(f"{'cp -a / restic (the floor)':28} {floor:>20}")
     return "\n".join(rows)
 
