@@ -155,7 +155,8 @@ def add_retention_commands(command: Command) -> None:
         "prune",
         cmd_prune,
         "Delete data no snapshot needs: marks it now, deletes it after a grace period "
-        "(a later prune). Backups may run meanwhile.",
+        "(a later prune). Backups may run meanwhile. Also removes stale locks and, in a local "
+        "repository, temporary files in tmp/ that nothing has written to for a day.",
     )
     p.add_argument(
         "--max-unused",
