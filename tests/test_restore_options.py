@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.conftest import restored_root, run_process, write_tree
@@ -95,3 +96,24 @@ def test_overwrite_follows_a_symlink_above_the_backed_up_paths(tmp_path: Path, r
     assert (out / first).is_symlink()
     inside = str(src.resolve()).lstrip("/").split("/", 1)[1]
     assert (moved / inside / "f").read_bytes() == b"data"
+
+
+def test_restore_tells_what_it_wrote_around_the_page_cache_and_buffered_writes_none(
+    tmp_path: Path, repo: str
+) -> None:
+    """Files of 8 MiB or more are written with O_DIRECT unless --buffered; the report says
+    how many bytes were (text and --json)."""
+    big = os.urandom(9 * 2**20)
+    src = write_tree(tmp_path / "src", {"ckpt/model.bin": big, "small.txt": b"x" * 100})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "a")
+    assert r.code == 0, r.err
+    assert "direct     9.0 MiB written around the page cache (O_DIRECT)" in r.out
+    assert (restored_root(tmp_path / "a", src) / "ckpt/model.bin").read_bytes() == big
+    r = run_process(
+        "restore", "--repo", repo, "latest", "--target", tmp_path / "b", "--buffered", "--json"
+    )
+    assert r.code == 0, r.err
+    assert r.json()["bytes_direct"] == 0  # type: ignore[index]
+    assert r.json()["bytes_total"] == len(big) + 100  # type: ignore[index]
+    assert (restored_root(tmp_path / "b", src) / "ckpt/model.bin").read_bytes() == big

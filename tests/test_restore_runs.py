@@ -188,10 +188,13 @@ def test_a_short_positioned_write_is_completed_not_left_as_a_gap(
     assert len(calls) > 5 * 2**20 // 4096
 
 
-def test_larger_files_pieces_are_handed_out_in_turn_across_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_larger_files_pieces_are_handed_out_in_turn_across_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
     """Buffered writes to one file are serialised by the kernel: restore spreads its workers
     over several larger files at once (one piece of each in turn), and writes each file's
-    pieces one at a time. Every file still comes back whole."""
+    pieces one at a time, buffered or with O_DIRECT. Every file still comes back whole."""
     rng = random.Random(14)
     # a and b: more pieces each (40 MiB / PIECE_MAX) than restore has slots on a small machine,
     # so the walk has queued b long before a's last piece is handed out
@@ -200,39 +203,36 @@ def test_larger_files_pieces_are_handed_out_in_turn_across_files(tmp_path: Path)
     files.update({f"small/f{i:02d}": rng.randbytes(100 + i) for i in range(40)})
     repo, tree, src = _backed_up(tmp_path, files)
     repo.storage = CountingGets(repo.storage)  # type: ignore[assignment]  # threads only
-    restorer = Restorer(repo, os.fsencode(tmp_path / "out"))
+    restorer = Restorer(repo, os.fsencode(tmp_path / "out"), direct=direct)
     started: list[str] = []
-    in_file: dict[str, int] = {}
-    overlapped: list[str] = []
+    in_file: dict[int, int] = {}
+    overlapped: list[int] = []
     counting = threading.Lock()
-    piece, write = restorer._files._piece, restorer._files._write_chunk
-
-    def name_of(job: Any) -> str:
-        return os.fsdecode(job.dest).rsplit("/", 1)[-1]
+    piece, write = restorer._files._piece, filerestore.write_sparse
 
     def recording(job: Any, order: Any, index: int, part: Any) -> None:
-        started.append(name_of(job))
+        started.append(os.fsdecode(job.dest).rsplit("/", 1)[-1])
         piece(job, order, index, part)
 
-    def one_writer(job: Any, data: bytes, offset: int) -> bool:
-        name = name_of(job)
+    def one_writer(fd: int, data: Any, pos: int) -> bool:
         with counting:
-            in_file[name] = in_file.get(name, 0) + 1
-            if in_file[name] > 1:
-                overlapped.append(name)
+            in_file[fd] = in_file.get(fd, 0) + 1
+            if in_file[fd] > 1:
+                overlapped.append(fd)
         try:
-            return write(job, data, offset)
+            return write(fd, data, pos)
         finally:
             with counting:
-                in_file[name] -= 1
+                in_file[fd] -= 1
 
-    restorer._files._write_chunk = one_writer  # type: ignore[method-assign]
+    monkeypatch.setattr(filerestore, "write_sparse", one_writer)
     restorer._files._piece = recording  # type: ignore[method-assign]
     stats = restorer.run(tree)
     assert stats.errors == [] and stats.files == len(files)
     out = tmp_path / "out" / str(src).lstrip("/")
     assert all((out / name).read_bytes() == data for name, data in files.items())
     assert overlapped == []  # never two writes into one file at once
+    assert stats.bytes_direct == (sum(len(files[n]) for n in ("a.bin", "b.bin", "c.bin")) * direct)
     # a and b are restored together: b's first piece starts before a's last (one file after
     # the other, all of a's pieces came first)
     last_a = len(started) - 1 - started[::-1].index("a.bin")

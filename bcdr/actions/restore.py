@@ -72,6 +72,7 @@ def restore(
     job: str | None = None,
     includes: tuple[str, ...] = (),
     overwrite: bool = False,
+    direct: bool = True,
     progress: ProgressFn | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
@@ -90,6 +91,7 @@ def restore(
             includes=PathMatcher(includes),
             progress=progress,
             walked=snap.paths,
+            direct=direct,
         )
         stats = restorer.run(tree)
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))

@@ -34,6 +34,7 @@ class RestoreStats:
     hardlinks: int = 0
     bytes_written: int = 0
     bytes_total: int = 0
+    bytes_direct: int = 0  # of bytes_total, in files written with O_DIRECT
     duration_s: float = 0.0
     first_byte_s: float | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -54,12 +55,14 @@ class Restorer:
         includes: PathMatcher | PathSet | None = None,
         progress: ProgressFn | None = None,
         walked: Iterable[str] = (),
+        direct: bool = True,
     ):
         """``walked``: the snapshot's backed-up paths. Folders at or below them were real
         folders when backed up, and are made as real folders: a symlink in the way of one is
         replaced (the target is empty unless --overwrite), never followed. The folders above
         them were recorded as folders whatever they were (/lib -> usr/lib on many systems), and
-        are made, or followed, as they are."""
+        are made, or followed, as they are. ``direct``: larger files are written with
+        ``O_DIRECT`` (bcdr/archive/filerestore.py)."""
         self.repo = repo
         self.target = target
         self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
@@ -67,7 +70,7 @@ class Restorer:
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
-        self._files = FileRestorer(repo)
+        self._files = FileRestorer(repo, direct=direct)
         self._links: list[tuple[Node, bytes, bytes]] = []
         self._link_keys: set[tuple[int, int]] = set()
         self._dirs: list[tuple[bytes, Node]] = []
@@ -102,6 +105,7 @@ class Restorer:
         self.stats.files = f.files
         self.stats.bytes_written = f.bytes_written
         self.stats.bytes_total += f.bytes_total
+        self.stats.bytes_direct = f.bytes_direct
         self.stats.first_byte_s = f.first_byte_s
         for snap_path, error in sorted(f.errors):
             self._error(snap_path, error)

@@ -99,6 +99,8 @@ def restore_text(r: RestoreResult) -> None:
     out(f"restored snapshot {r.snapshot.short_id} to {r.target}")
     out(f"  files      {s.files} ({s.hardlinks} hardlinks), dirs {s.dirs}, symlinks {s.symlinks}")
     out(f"  bytes      {human_bytes(s.bytes_total)} verified")
+    if s.bytes_direct:
+        out(f"  direct     {human_bytes(s.bytes_direct)} written around the page cache (O_DIRECT)")
     transfer_line("downloaded", r.downloaded)
     out(f"  duration   {s.duration_s:.2f}s")
     for e in s.errors:

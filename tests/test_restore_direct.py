@@ -1,0 +1,169 @@
+"""Larger files are restored around the page cache (O_DIRECT): byte for byte, holes kept,
+tails of any length, and buffered where the filesystem refuses O_DIRECT."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.archive import filerestore
+from bcdr.archive.filerestore import DIRECT_BUFFER, DIRECT_MIN, O_DIRECT
+from bcdr.archive.restore import Restorer, RestoreStats
+from bcdr.repository.repo import Repository
+from bcdr.storage.local import LocalStorage
+from tests.conftest import write_tree
+
+pytestmark = pytest.mark.skipif(not O_DIRECT, reason="O_DIRECT is Linux's")
+
+MiB = 2**20
+
+
+def _files() -> dict[str, bytes]:
+    rng = random.Random(21)
+    return {
+        # a tail that is no multiple of a page, and one past a whole buffer
+        "ckpt/model.safetensors": rng.randbytes(DIRECT_MIN + DIRECT_BUFFER + 12_345),
+        # random, then 8 MiB of zeros (holes), then random, then zeros to the end
+        "ckpt/sparse.bin": rng.randbytes(5 * MiB)
+        + bytes(8 * MiB)
+        + rng.randbytes(3 * MiB + 7)
+        + bytes(DIRECT_BUFFER + 100),
+        "ckpt/exact.bin": rng.randbytes(DIRECT_MIN),  # the smallest written direct
+        "ckpt/below.bin": rng.randbytes(DIRECT_MIN - 1),  # buffered
+        "small/a.txt": b"a" * 1000,
+    }
+
+
+def _restore(tmp_path: Path, name: str = "out", **kwargs: Any) -> tuple[RestoreStats, Path]:
+    files = _files()
+    src = tmp_path / "src"
+    if not src.exists():
+        write_tree(src, files)
+        repo = Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+        run_backup(repo, BackupRequest(paths=(str(src),)))
+    repo = Repository.open(LocalStorage(tmp_path / "repo"))
+    repo.load_index()
+    snap = repo.resolve_snapshot("latest", None)
+    stats = Restorer(repo, os.fsencode(tmp_path / name), **kwargs).run(bytes.fromhex(snap.tree))
+    return stats, tmp_path / name / str(src).lstrip("/")
+
+
+def _resident(path: Path) -> float:
+    """The fraction of ``path``'s pages in the page cache (mincore(2))."""
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+        start = ctypes.c_char.from_buffer(mm)
+        try:
+            assert libc.mincore(ctypes.addressof(start), size, vec) == 0, ctypes.get_errno()
+        finally:
+            del start
+    return sum(v & 1 for v in vec) / pages
+
+
+def test_larger_files_are_written_around_the_page_cache_byte_for_byte(tmp_path: Path) -> None:
+    files = _files()
+    stats, out = _restore(tmp_path)
+    assert stats.errors == [] and stats.files == len(files)
+    direct = [k for k, v in files.items() if len(v) >= DIRECT_MIN]
+    assert stats.bytes_direct == sum(len(files[k]) for k in direct)
+    for name in direct:  # nothing of them went through the page cache
+        assert _resident(out / name) == 0.0, name
+    # read only now: the bytes on the disk, not the ones restore had in memory
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name
+    # zeros stay holes: 8 MiB and the zeros at the end are not allocated
+    sparse = out / "ckpt" / "sparse.bin"
+    assert sparse.stat().st_size == len(files["ckpt/sparse.bin"])
+    assert sparse.stat().st_blocks * 512 <= len(files["ckpt/sparse.bin"]) - 9 * MiB
+
+
+def test_buffered_writes_every_file_through_the_page_cache(tmp_path: Path) -> None:
+    files = _files()
+    stats, out = _restore(tmp_path, direct=False)
+    assert stats.errors == [] and stats.bytes_direct == 0
+    assert _resident(out / "ckpt" / "model.safetensors") > 0.9
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+
+
+def test_a_filesystem_refusing_o_direct_gets_the_files_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tmpfs before Linux 6.6 and some FUSE filesystems refuse O_DIRECT (EINVAL from fcntl)."""
+    real = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(filerestore.fcntl, "fcntl", refusing)
+    files = _files()
+    stats, out = _restore(tmp_path)
+    monkeypatch.undo()
+    assert stats.errors == [] and stats.bytes_direct == 0
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+
+
+def test_a_write_refused_with_o_direct_is_written_buffered_and_so_are_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem may take O_DIRECT at open and refuse a write (an alignment larger than a
+    page): that file goes on buffered, whole and right."""
+    real = os.pwrite
+    refused: list[int] = []
+    after: list[int] = []
+
+    def picky(fd: int, data: Any, pos: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            if pos >= DIRECT_BUFFER:  # the first buffer is taken, the second refused
+                refused.append(fd)
+                raise OSError(errno.EINVAL, "Invalid argument")
+        elif fd in refused:
+            after.append(pos)
+        return real(fd, data, pos)
+
+    monkeypatch.setattr(filerestore.os, "pwrite", picky)
+    files = _files()
+    stats, out = _restore(tmp_path)
+    monkeypatch.undo()
+    assert stats.errors == [] and refused and after
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+
+
+def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwrite
+
+    def full(fd: int, data: Any, pos: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT and pos >= DIRECT_BUFFER:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, pos)
+
+    monkeypatch.setattr(filerestore.os, "pwrite", full)
+    files = _files()
+    stats, out = _restore(tmp_path)
+    monkeypatch.undo()
+    failed = {e["path"].rsplit("/", 1)[-1]: e["error"] for e in stats.errors}
+    # every file written direct has bytes past its first buffer, and fails; nothing else
+    assert failed == {
+        "model.safetensors": "No space left on device",
+        "sparse.bin": "No space left on device",
+        "exact.bin": "No space left on device",
+    }
+    # no temporary file is left beside it
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["below.bin"]
+    assert (out / "ckpt" / "below.bin").read_bytes() == files["ckpt/below.bin"]
