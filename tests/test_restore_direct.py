@@ -9,6 +9,8 @@ import fcntl
 import mmap
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,22 @@ import pytest
 
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.archive import filerestore
-from bcdr.archive.filerestore import DIRECT_BUFFER, DIRECT_MIN, O_DIRECT
+from bcdr.archive.filerestore import (
+    DIRECT_BUFFER,
+    DIRECT_FILESYSTEMS,
+    DIRECT_MIN,
+    O_DIRECT,
+    filesystem_of,
+)
 from bcdr.archive.restore import Restorer, RestoreStats
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
 from tests.conftest import write_tree
 
-pytestmark = pytest.mark.skipif(not O_DIRECT, reason="O_DIRECT is Linux's")
+pytestmark = pytest.mark.skipif(
+    not O_DIRECT or filesystem_of(tempfile.gettempdir()) not in DIRECT_FILESYSTEMS,
+    reason="O_DIRECT is Linux's, and the tests' temporary folder must be on a local disk",
+)
 
 MiB = 2**20
 
@@ -43,7 +54,9 @@ def _files() -> dict[str, bytes]:
     }
 
 
-def _restore(tmp_path: Path, name: str = "out", **kwargs: Any) -> tuple[RestoreStats, Path]:
+def _restore(
+    tmp_path: Path, target: Path | None = None, **kwargs: Any
+) -> tuple[RestoreStats, Path]:
     files = _files()
     src = tmp_path / "src"
     if not src.exists():
@@ -53,8 +66,9 @@ def _restore(tmp_path: Path, name: str = "out", **kwargs: Any) -> tuple[RestoreS
     repo = Repository.open(LocalStorage(tmp_path / "repo"))
     repo.load_index()
     snap = repo.resolve_snapshot("latest", None)
-    stats = Restorer(repo, os.fsencode(tmp_path / name), **kwargs).run(bytes.fromhex(snap.tree))
-    return stats, tmp_path / name / str(src).lstrip("/")
+    target = target or tmp_path / "out"
+    stats = Restorer(repo, os.fsencode(target), **kwargs).run(bytes.fromhex(snap.tree))
+    return stats, target / str(src).lstrip("/")
 
 
 def _resident(path: Path) -> float:
@@ -167,3 +181,44 @@ def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(
     # no temporary file is left beside it
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["below.bin"]
     assert (out / "ckpt" / "below.bin").read_bytes() == files["ckpt/below.bin"]
+
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw
+30 25 0:27 / /dev/shm rw,relatime - xfs /dev/sdb rw
+41 27 0:40 / /mnt/team\040data rw,relatime shared:7 - nfs4 10.0.0.4:/export rw,vers=4.1
+42 27 0:41 / /mnt/blob rw,nosuid - fuse.blobfuse2 blobfuse2 rw
+"""
+
+
+@pytest.mark.parametrize(
+    "path, fstype",
+    [
+        ("/mnt/team data/ckpt", "nfs4"),  # a mount point with a space (escaped as \040)
+        ("/mnt/team data", "nfs4"),
+        ("/mnt/team", "ext4"),  # a prefix of a mount point, not below it
+        ("/mnt/blob/restore", "fuse.blobfuse2"),
+        ("/dev/shm/x", "xfs"),  # mounted over the tmpfs: the last listed wins
+        ("/srv/restore/not-yet-made", "ext4"),
+    ],
+)
+def test_the_filesystem_of_a_target_is_that_of_its_innermost_mount(path: str, fstype: str) -> None:
+    assert filesystem_of(path, MOUNTINFO) == fstype
+
+
+def test_a_target_not_on_a_local_disk_is_written_buffered(tmp_path: Path) -> None:
+    """tmpfs takes O_DIRECT (since Linux 6.6) but has no disk to write to; network and FUSE
+    filesystems make each direct write a round trip. Only local disks get O_DIRECT."""
+    if filesystem_of("/dev/shm") != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        files = _files()
+        stats, out = _restore(tmp_path, shm / "out")
+        assert stats.errors == [] and stats.bytes_direct == 0
+        assert all((out / name).read_bytes() == data for name, data in files.items())
+        stats, _ = _restore(tmp_path, tmp_path / "local")  # the same snapshot, onto ext4
+        assert stats.bytes_direct > 0
+    finally:
+        shutil.rmtree(shm)

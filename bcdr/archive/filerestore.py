@@ -33,8 +33,10 @@ that is written whole, and reused, the last block padded and the file cut to its
 restore of a checkpoint of hundreds of GiB then runs at the disk's speed without first
 filling the machine's memory with dirty pages and evicting what it had cached (a training
 job's dataset), and costs less CPU: the kernel copies nothing. A filesystem that refuses
-``O_DIRECT`` (at ``open`` or at a write) gets the same bytes buffered. ``direct=False``
-(``bcdr restore --buffered``) writes every file through the page cache. See
+``O_DIRECT`` (at ``open`` or at a write) gets the same bytes buffered. Only a target on a
+local block-device filesystem (DIRECT_FILESYSTEMS) is written direct: on NFS, SMB, Lustre or
+FUSE a direct write is a synchronous round trip, and tmpfs has no device to write to.
+``direct=False`` (``bcdr restore --buffered``) writes every file through the page cache. See
 docs/decisions.md.
 """
 
@@ -47,6 +49,7 @@ import itertools
 import mmap
 import os
 import queue
+import re
 import secrets
 import threading
 import time
@@ -85,6 +88,8 @@ DIRECT_BUFFER = 2 * 1024 * 1024
 #: ... at offsets and lengths that are multiples of this (a page, and every disk's sector).
 DIRECT_ALIGN = 4096
 O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: Filesystems on a local block device: a target on one of them gets O_DIRECT writes.
+DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -127,6 +132,35 @@ def write_sparse(fd: int, data: bytes | memoryview, pos: int) -> bool:
         pwrite_all(fd, view[start:], pos + start)
         wrote = True
     return wrote
+
+
+def filesystem_of(path: str | bytes, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem ``path`` is (or would be) on: that of the mount with the
+    longest mount point above its real path, the last listed of equals (mounted over the
+    others), from ``mountinfo`` (/proc/self/mountinfo's text). None if unknown."""
+    real = os.path.realpath(os.fsdecode(path))
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                mountinfo = f.read()
+        except OSError:
+            return None
+    longest, found = -1, None
+    for line in mountinfo.splitlines():
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if not sep or len(parts) < 5 or not rest:
+            continue
+        # spaces, tabs, newlines and backslashes in a mount point are octal escapes
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= longest:
+            longest, found = len(point), rest.split(" ", 1)[0]
+    return found
+
+
+def direct_suits(target: str | bytes) -> bool:
+    """Whether files restored under ``target`` are written with ``O_DIRECT``."""
+    return bool(O_DIRECT) and filesystem_of(target) in DIRECT_FILESYSTEMS
 
 
 def _write_direct(fd: int, data: memoryview, pos: int) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from bcdr.archive.filerestore import AS_ROOT, FileRestorer
+from bcdr.archive.filerestore import AS_ROOT, FileRestorer, direct_suits
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
@@ -62,7 +62,7 @@ class Restorer:
         replaced (the target is empty unless --overwrite), never followed. The folders above
         them were recorded as folders whatever they were (/lib -> usr/lib on many systems), and
         are made, or followed, as they are. ``direct``: larger files are written with
-        ``O_DIRECT`` (bcdr/archive/filerestore.py)."""
+        ``O_DIRECT`` if the target is on a local disk (bcdr/archive/filerestore.py)."""
         self.repo = repo
         self.target = target
         self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
@@ -70,7 +70,7 @@ class Restorer:
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
-        self._files = FileRestorer(repo, direct=direct)
+        self._files = FileRestorer(repo, direct=direct and direct_suits(target))
         self._links: list[tuple[Node, bytes, bytes]] = []
         self._link_keys: set[tuple[int, int]] = set()
         self._dirs: list[tuple[bytes, Node]] = []

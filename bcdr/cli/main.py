@@ -284,8 +284,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--buffered",
         action="store_true",
-        help="write every file through the page cache. By default files of 8 MiB or more are "
-        "written with O_DIRECT: at the disk's speed, without filling memory with dirty pages "
+        help="write every file through the page cache. By default files of 8 MiB or more "
+        "restored onto a local disk (ext4, XFS, Btrfs...) are written with O_DIRECT: at the "
+        "disk's speed, without filling memory with dirty pages "
         "or evicting what the machine has cached. Buffered is faster for a restore that fits "
         "in memory onto a slow disk, and leaves the files cached for their next read",
     )
