@@ -71,6 +71,17 @@ def _restore(
     return stats, target / str(src).lstrip("/")
 
 
+def _restore_patched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: Any, name: str, fake: Any
+) -> tuple[dict[str, bytes], RestoreStats, Path]:
+    """Restore with ``module.name`` replaced by ``fake`` (a filesystem's behaviour), and
+    the files that were backed up."""
+    monkeypatch.setattr(module, name, fake)
+    stats, out = _restore(tmp_path)
+    monkeypatch.undo()
+    return _files(), stats, out
+
+
 def _resident(path: Path) -> float:
     """The fraction of ``path``'s pages in the page cache (mincore(2))."""
     size = path.stat().st_size
@@ -123,10 +134,9 @@ def test_a_filesystem_refusing_o_direct_gets_the_files_buffered(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, cmd, arg)
 
-    monkeypatch.setattr(filerestore.fcntl, "fcntl", refusing)
-    files = _files()
-    stats, out = _restore(tmp_path)
-    monkeypatch.undo()
+    files, stats, out = _restore_patched(
+        tmp_path, monkeypatch, filerestore.fcntl, "fcntl", refusing
+    )
     assert stats.errors == [] and stats.bytes_direct == 0
     assert all((out / name).read_bytes() == data for name, data in files.items())
 
@@ -149,10 +159,7 @@ def test_a_write_refused_with_o_direct_is_written_buffered_and_so_are_the_rest(
             after.append(pos)
         return real(fd, data, pos)
 
-    monkeypatch.setattr(filerestore.os, "pwrite", picky)
-    files = _files()
-    stats, out = _restore(tmp_path)
-    monkeypatch.undo()
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, filerestore.os, "pwrite", picky)
     assert stats.errors == [] and refused and after
     assert all((out / name).read_bytes() == data for name, data in files.items())
 
@@ -167,10 +174,7 @@ def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data, pos)
 
-    monkeypatch.setattr(filerestore.os, "pwrite", full)
-    files = _files()
-    stats, out = _restore(tmp_path)
-    monkeypatch.undo()
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, filerestore.os, "pwrite", full)
     failed = {e["path"].rsplit("/", 1)[-1]: e["error"] for e in stats.errors}
     # every file written direct has bytes past its first buffer, and fails; nothing else
     assert failed == {
