@@ -4,6 +4,7 @@ process silently."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bcdr.clock import FakeClock
+from bcdr.clock import FakeClock, SystemClock
 from bcdr.errors import LockConflict, LockLost
 from bcdr.repository.locks import BACKUP, PRUNE, READ, SWEEP, RepoLock, list_locks
 from bcdr.storage.local import LocalStorage
@@ -190,3 +191,28 @@ def test_live_sweep_lock_blocks_restore_but_not_backup(
         assert r.code == 1 and "repository is locked" in r.err and "--remove-all" in r.err
     finally:
         held.release()
+
+
+def test_check_beside_a_live_writer_does_not_call_its_pack_being_filled_a_leftover(
+    tmp_path: Path, repo: str
+) -> None:
+    """A backup fills its pack in tmp/ as it goes. While a writer's lock is live, check lists
+    only temporary files nothing has written to for ten minutes; with no writer, every one
+    is a leftover of an interrupted write."""
+    storage = LocalStorage(repo)
+    tmp = Path(repo) / "tmp"
+    tmp.mkdir(exist_ok=True)
+    filling, crashed = tmp / "staged.1a2b3c.tmp", tmp / "staged.4d5e6f.tmp"
+    filling.write_bytes(b"the pack a live backup is filling")
+    crashed.write_bytes(b"half a pack")
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
+    os.utime(crashed, (an_hour_ago, an_hour_ago))
+
+    backup = RepoLock(storage, SystemClock(), kind=BACKUP, url=repo).acquire()
+    r = run_process("check", "--repo", repo)
+    assert r.code == 0, r.err
+    assert "leftover: temporary file tmp/staged.4d5e6f.tmp" in r.out and "1a2b3c" not in r.out
+    assert "prune removes it once nothing has written to it for a day" in r.out
+    backup.release()
+    r = run_process("check", "--repo", repo)
+    assert "tmp/staged.1a2b3c.tmp" in r.out and "tmp/staged.4d5e6f.tmp" in r.out

@@ -28,7 +28,7 @@ import numpy as np
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
 from bcdr.repository.hashing import new_object_hasher, object_name
-from bcdr.repository.locks import is_stale, list_locks
+from bcdr.repository.locks import READ, is_stale, list_locks
 from bcdr.repository.masterindex import ENTRY_DTYPE
 from bcdr.repository.pack import (
     TRAILER,
@@ -77,6 +77,9 @@ TAIL_READ = 64 * 1024
 #: Chunk ids looked up in the index at once while walking a snapshot's trees (one search per
 #: folder before; 4096 ids hold about 1 MiB of paths and ids).
 CONTENT_BATCH = 4096
+#: While another command holds a live lock, a temporary file written to in this many seconds
+#: may be the one it is filling (a backup writes a pack there as it goes), not a leftover.
+TEMP_BUSY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,15 +325,21 @@ class Checker:
     def _check_leftovers(self) -> None:
         now = self.repo.clock.now()
         url = self.repo.storage.url
+        writing = False  # another command holds a live lock: it may be writing
         for lock in list_locks(self.repo.storage):
             if is_stale(lock, now):
                 self.report.leftovers.append(
                     f"stale {lock.describe()}; remove it with `bcdr unlock --repo {url}`"
                 )
+            elif lock.kind != READ:
+                writing = True
         leftover_tmp = getattr(self.repo.storage, "leftover_temp_files", None)
         if leftover_tmp is not None:
-            for name in leftover_tmp():
-                self.report.leftovers.append(f"temporary file tmp/{name} of an interrupted write")
+            for name in leftover_tmp(TEMP_BUSY if writing else 0.0):
+                self.report.leftovers.append(
+                    f"temporary file tmp/{name} of an interrupted write; prune removes it "
+                    "once nothing has written to it for a day"
+                )
 
 
 def _sections(

@@ -184,33 +184,44 @@ class LocalStorage:
     def concurrency(self) -> int:
         return LOCAL_CONCURRENCY
 
-    def leftover_temp_files(self) -> builtins.list[str]:
-        """Temporary files a crashed writer left behind (never part of the repository)."""
-        tmp = self.root / TMP_DIR
-        return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+    def leftover_temp_files(self, idle: float = 0.0) -> builtins.list[str]:
+        """Temporary files (never part of the repository) nothing has written to for
+        ``idle`` seconds: a crashed writer's, or with ``idle`` 0 a live one's too."""
+        return sorted(entry.name for entry in self._idle_temp_files(idle))
 
     def remove_temp_files(self, idle: float, *, dry_run: bool = False) -> builtins.list[str]:
         """Remove the temporary files nothing has written to for ``idle`` seconds: a crashed
         writer's (a backup writes the pack it is filling into one as it goes, so a live
         writer's file is seconds old). The names removed (or that would be)."""
-        tmp = self.root / TMP_DIR
-        if not tmp.is_dir():
-            return []
-        cutoff = time.time() - idle
         gone = []
-        try:
-            for entry in os.scandir(tmp):
+        for entry in self._idle_temp_files(idle):
+            if not dry_run:
                 try:
-                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                        continue
-                    if not dry_run:
-                        os.unlink(entry.path)
+                    os.unlink(entry.path)
                 except FileNotFoundError:  # its writer committed or discarded it meanwhile
                     continue
-                gone.append(entry.name)
+                except OSError as exc:
+                    raise translate_os_error(exc, f"{self.url}/{TMP_DIR}") from None
+            gone.append(entry.name)
+        return sorted(gone)
+
+    def _idle_temp_files(self, idle: float) -> Iterator[os.DirEntry[str]]:
+        """The files in tmp/ last written to at least ``idle`` seconds ago."""
+        tmp = self.root / TMP_DIR
+        if not tmp.is_dir():
+            return
+        cutoff = time.time() - idle
+        try:
+            entries = list(os.scandir(tmp))
         except OSError as exc:
             raise translate_os_error(exc, f"{self.url}/{TMP_DIR}") from None
-        return sorted(gone)
+        for entry in entries:
+            try:
+                if idle and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:  # its writer committed or discarded it meanwhile
+                continue
+            yield entry
 
     def close(self) -> None:
         """Close cached descriptors (call when no other thread is reading)."""
