@@ -9,7 +9,6 @@ import fcntl
 import mmap
 import os
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from bcdr.archive.filerestore import (
 from bcdr.archive.restore import Restorer, RestoreStats
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
-from tests.conftest import write_tree
+from tests.conftest import tmpfs, write_tree
 
 pytestmark = pytest.mark.skipif(
     not O_DIRECT or filesystem_of(tempfile.gettempdir()) not in DIRECT_FILESYSTEMS,
@@ -50,6 +49,7 @@ def _files() -> dict[str, bytes]:
         + bytes(DIRECT_BUFFER + 100),
         "ckpt/exact.bin": rng.randbytes(DIRECT_MIN),  # the smallest written direct
         "ckpt/below.bin": rng.randbytes(DIRECT_MIN - 1),  # buffered
+        "data/shard.bin": rng.randbytes(DIRECT_MIN + 1),
         "small/a.txt": b"a" * 1000,
     }
 
@@ -181,9 +181,11 @@ def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(
         "model.safetensors": "No space left on device",
         "sparse.bin": "No space left on device",
         "exact.bin": "No space left on device",
+        "shard.bin": "No space left on device",
     }
-    # no temporary file is left beside it
+    # no temporary file is left beside them
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == ["below.bin"]
+    assert list((out / "data").iterdir()) == []
     assert (out / "ckpt" / "below.bin").read_bytes() == files["ckpt/below.bin"]
 
 
@@ -211,18 +213,20 @@ def test_the_filesystem_of_a_target_is_that_of_its_innermost_mount(path: str, fs
     assert filesystem_of(path, MOUNTINFO) == fstype
 
 
-def test_a_target_not_on_a_local_disk_is_written_buffered(tmp_path: Path) -> None:
+def test_files_not_on_a_local_disk_are_written_buffered(tmp_path: Path) -> None:
     """tmpfs takes O_DIRECT (since Linux 6.6) but has no disk to write to; network and FUSE
-    filesystems make each direct write a round trip. Only local disks get O_DIRECT."""
-    if filesystem_of("/dev/shm") != "tmpfs":
-        pytest.skip("no tmpfs at /dev/shm on this machine")
-    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    try:
-        files = _files()
+    filesystems make each direct write a round trip. Only local disks get O_DIRECT, decided
+    for the folder each file is in: a folder under the target may be another mount."""
+    files = _files()
+    with tmpfs(tmp_path / "shm", "100m") as shm:  # the whole target
         stats, out = _restore(tmp_path, shm / "out")
         assert stats.errors == [] and stats.bytes_direct == 0
         assert all((out / name).read_bytes() == data for name, data in files.items())
-        stats, _ = _restore(tmp_path, tmp_path / "local")  # the same snapshot, onto ext4
-        assert stats.bytes_direct > 0
-    finally:
-        shutil.rmtree(shm)
+    # the target on the local disk, its ckpt/ folder a tmpfs mounted there beforehand
+    target = tmp_path / "mixed"
+    ckpt = target / str(tmp_path / "src" / "ckpt").lstrip("/")
+    ckpt.mkdir(parents=True)
+    with tmpfs(ckpt, "100m"):
+        stats, out = _restore(tmp_path, target)
+        assert stats.errors == [] and stats.bytes_direct == len(files["data/shard.bin"])
+        assert all((out / name).read_bytes() == data for name, data in files.items())

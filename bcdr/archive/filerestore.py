@@ -33,9 +33,10 @@ that is written whole, and reused, the last block padded and the file cut to its
 restore of a checkpoint of hundreds of GiB then runs at the disk's speed without first
 filling the machine's memory with dirty pages and evicting what it had cached (a training
 job's dataset), and costs less CPU: the kernel copies nothing. A filesystem that refuses
-``O_DIRECT`` (at ``open`` or at a write) gets the same bytes buffered. Only a target on a
-local block-device filesystem (DIRECT_FILESYSTEMS) is written direct: on NFS, SMB, Lustre or
-FUSE a direct write is a synchronous round trip, and tmpfs has no device to write to.
+``O_DIRECT`` (at ``open`` or at a write) gets the same bytes buffered. Only files on a local
+block-device filesystem (DIRECT_FILESYSTEMS; looked up once per device met) are written
+direct: on NFS, SMB, Lustre or FUSE a direct write is a synchronous round trip, and tmpfs has
+no device to write to.
 ``direct=False`` (``bcdr restore --buffered``) writes every file through the page cache. See
 docs/decisions.md.
 """
@@ -158,9 +159,9 @@ def filesystem_of(path: str | bytes, mountinfo: str | None = None) -> str | None
     return found
 
 
-def direct_suits(target: str | bytes) -> bool:
-    """Whether files restored under ``target`` are written with ``O_DIRECT``."""
-    return bool(O_DIRECT) and filesystem_of(target) in DIRECT_FILESYSTEMS
+def direct_suits(folder: str | bytes) -> bool:
+    """Whether files restored into ``folder`` are written with ``O_DIRECT``."""
+    return bool(O_DIRECT) and filesystem_of(folder) in DIRECT_FILESYSTEMS
 
 
 def _write_direct(fd: int, data: memoryview, pos: int) -> None:
@@ -329,6 +330,7 @@ class FileRestorer:
         """``direct``: files of DIRECT_MIN bytes or more are written with ``O_DIRECT``."""
         self.repo = repo
         self.direct = direct and bool(O_DIRECT)
+        self._direct_on: dict[int, bool] = {}  # st_dev -> whether its files get O_DIRECT
         self._buffers: list[memoryview] = []  # DIRECT_BUFFER each, reused (their pages warm)
         # On a local disk more threads than cores only add kernel contention on directory
         # locks; a remote storage needs one per connection to hide its latency.
@@ -445,7 +447,7 @@ class FileRestorer:
         pieces = _pieces(node.content, locs)
         job.remaining = len(pieces)
         order = _InOrder()
-        if self.direct and node.size >= DIRECT_MIN and _set_direct(job.fd):
+        if node.size >= DIRECT_MIN and self._direct_here(job) and _set_direct(job.fd):
             with self._lock:
                 buffer = self._buffers.pop() if self._buffers else None
             order.direct = _DirectOut(
@@ -453,6 +455,17 @@ class FileRestorer:
             )
             job.direct = True
         return job, order, enumerate(pieces)
+
+    def _direct_here(self, job: _Job) -> bool:
+        """(the feeder thread) Whether ``job``'s file is on a filesystem that gets
+        ``O_DIRECT``: a folder under the target may be another mount than the target."""
+        if not self.direct:
+            return False
+        dev = os.fstat(job.fd).st_dev
+        found = self._direct_on.get(dev)
+        if found is None:
+            found = self._direct_on[dev] = direct_suits(os.path.dirname(job.tmp))
+        return found
 
     def _located(
         self, node: Node, snap_path: bytes, locs: list[BlobLocation | None]

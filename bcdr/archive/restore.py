@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from bcdr.archive.filerestore import AS_ROOT, FileRestorer, direct_suits
+from bcdr.archive.filerestore import AS_ROOT, FileRestorer
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
@@ -70,7 +70,7 @@ class Restorer:
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
-        self._files = FileRestorer(repo, direct=direct and direct_suits(target))
+        self._files = FileRestorer(repo, direct=direct)
         self._links: list[tuple[Node, bytes, bytes]] = []
         self._link_keys: set[tuple[int, int]] = set()
         self._dirs: list[tuple[bytes, Node]] = []
