@@ -125,8 +125,10 @@ def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str
     }
     storage.put("locks/deadbeef", json.dumps(doc).encode())
     src = write_tree(tmp_path / "src", {"a": b"1"})
-    # A stale sweep lock does not block a backup or a restore ...
-    assert run_process("backup", "--repo", repo, src).code == 0
+    # A stale sweep lock does not block a backup or a restore, which say they ignored it ...
+    r = run_process("backup", "--repo", repo, src)
+    assert r.code == 0 and "note: ignored the stale sweep lock deadbeef by pid" in r.err, r.err
+    assert f"`bcdr unlock --repo {repo}` removes it" in r.err
     r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
     assert r.code == 0, r.err
     # ... and check names it with the command that clears it.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import random
 import secrets
@@ -37,6 +38,8 @@ from bcdr.clock import Clock, parse_aware
 from bcdr.errors import LockConflict, LockLost, ObjectNotFound, UsageError
 from bcdr.repository.hashing import object_name
 from bcdr.storage.base import Storage
+
+log = logging.getLogger("bcdr.locks")
 
 PREFIX = "locks/"
 TTL = timedelta(minutes=30)
@@ -222,6 +225,12 @@ class RepoLock:
             self._clock.sleep(min(2.0, self._wait) * random.uniform(0.2, 1.0))
         self._thread = threading.Thread(target=self._refresh_loop, name="bcdr-lock", daemon=True)
         self._thread.start()
+        for lock in self.stale_seen:  # they block no one, but they should not pile up unseen
+            log.warning(
+                "note: ignored the stale %s; `bcdr unlock --repo %s` removes it",
+                lock.describe(),
+                self._url,
+            )
         return self
 
     def _refresh_loop(self) -> None:
