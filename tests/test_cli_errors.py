@@ -43,6 +43,38 @@ def test_init_refuses_existing_and_non_empty(tmp_path: Path, repo: str) -> None:
     assert r.code == 2 and "not empty" in r.err
 
 
+def test_init_over_an_init_that_did_not_finish_says_so(tmp_path: Path) -> None:
+    """init writes the key, then the config (whose presence marks a repository): one that
+    stopped between the two left only keys/, and is told apart from a folder of other data."""
+    assert run_process("init", "--repo", tmp_path / "repo").code == 0
+    (tmp_path / "repo" / "config").unlink()  # as if it had stopped before writing it
+    r = run_process("init", "--repo", tmp_path / "repo")
+    _clean(r)
+    assert r.code == 2 and "only the key file(s) of an init that did not finish" in r.err, r.err
+    assert "delete the keys/ folder and run init again" in r.err
+    shutil.rmtree(tmp_path / "repo" / "keys")
+    assert run_process("init", "--repo", tmp_path / "repo").code == 0
+
+
+def test_of_two_inits_at_once_one_makes_the_repository(tmp_path: Path) -> None:
+    """The config is written last and never over another: the init that loses the race
+    takes its key back and says so, and the winner's repository opens."""
+    from bcdr.errors import RepositoryExists
+    from bcdr.repository.repo import Repository
+    from bcdr.storage.local import LocalStorage
+
+    class Racing(LocalStorage):
+        def put(self, key: str, data: bytes) -> bool:
+            if key.startswith("keys/"):  # both found the folder empty; the other is faster
+                Repository.init(LocalStorage(self.root), password=None)
+            return super().put(key, data)
+
+    with pytest.raises(RepositoryExists, match="another init created a repository here"):
+        Repository.init(Racing(tmp_path / "repo"), password=None)
+    assert len(list((tmp_path / "repo" / "keys").iterdir())) == 1  # the winner's only
+    Repository.open(LocalStorage(tmp_path / "repo")).load_index()
+
+
 def test_corrupted_config(repo: str) -> None:
     Path(repo, "config").write_bytes(b"{garbage")
     r = run_process("snapshots", "--repo", repo)

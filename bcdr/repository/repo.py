@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import secrets
 import time
@@ -84,7 +85,16 @@ class Repository:
         clock = clock or SystemClock()
         if storage.exists(CONFIG_KEY):
             raise RepositoryExists("a repository already exists here", where=storage.url)
-        if next(iter(storage.list("")), None) is not None:
+        found = [o.key for o in itertools.islice(storage.list(""), 100)]
+        if found and all(k.startswith("keys/") for k in found):
+            # keys are written before the config, whose presence marks a whole repository
+            raise UsageError(
+                "the location holds only the key file(s) of an init that did not finish "
+                f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})",
+                where=storage.url,
+                hint="nothing was backed up with them: delete the keys/ folder and run init again",
+            )
+        if found:
             raise UsageError(
                 "the location is not empty and holds no bcdr repository",
                 where=storage.url,
@@ -107,8 +117,15 @@ class Repository:
         )
         key = MasterKey.generate(encrypted=password is not None)
         wrapped = wrap_key(key, password)
-        storage.put(f"keys/{object_name(wrapped)}", wrapped)
-        storage.put(CONFIG_KEY, config.to_bytes())  # last: its presence marks a whole repo
+        key_name = f"keys/{object_name(wrapped)}"
+        storage.put(key_name, wrapped)
+        # last: its presence marks a whole repository; put never overwrites, so of two inits
+        # at once one makes the repository and the other takes its key back
+        if not storage.put(CONFIG_KEY, config.to_bytes()):
+            storage.delete(key_name)
+            raise RepositoryExists(
+                "another init created a repository here at the same time", where=storage.url
+            )
         return cls(storage, config, key, clock)
 
     @classmethod
