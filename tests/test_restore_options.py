@@ -60,6 +60,12 @@ def test_ls_path_and_snapshot_references(tmp_path: Path, repo: str) -> None:
     assert r.code == 1 and "too short" in r.err
     r = run_process("snapshots", "--repo", repo, "--job", "two", "--json")
     assert [s["job"] for s in r.json()] == ["two"]  # type: ignore[union-attr, index]
+    # a job name with no snapshot (a typo): told, with the jobs that have some
+    r = run_process("restore", "--repo", repo, "latest", "--job", "tow", "-t", tmp_path / "o")
+    assert r.code == 1 and "no snapshot of job 'tow'" in r.err
+    assert "hint: jobs with snapshots here: one, two" in r.err
+    r = run_process("snapshots", "--repo", repo, "--job", "tow")
+    assert r.code == 0 and r.out.strip() == "no snapshots of job 'tow'"
 
 
 def test_overwrite_replaces_a_symlink_where_the_snapshot_has_a_folder(

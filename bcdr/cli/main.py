@@ -112,7 +112,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     if args.json:
         render.emit_json([s.to_dict() for s in snaps])
     else:
-        render.snapshots_text(snaps)
+        render.snapshots_text(snaps, args.job)
     return EXIT_OK
 
 

@@ -71,9 +71,9 @@ def transfer_line(label: str, t: Transfer | None) -> None:
         out(f"  {label:10} {human_bytes(t.bytes)} in {t.seconds:.2f}s ({human_bytes(t.rate)}/s)")
 
 
-def snapshots_text(snaps: list[Snapshot]) -> None:
+def snapshots_text(snaps: list[Snapshot], job: str | None = None) -> None:
     if not snaps:
-        out("no snapshots")
+        out(f"no snapshots of job {job!r}" if job else "no snapshots")
         return
     out(f"{'ID':8}  {'TIME':19}  {'HOST':16}  {'JOB':16}  {'SIZE':>10}  PATHS")
     for s in snaps:

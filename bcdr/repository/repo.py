@@ -412,8 +412,11 @@ class Repository:
             snaps = self.list_snapshots(job)
             if not snaps:
                 scope = f" of job {job!r}" if job else ""
+                jobs = sorted({s.job for s in self.list_snapshots() if s.job}) if job else []
                 raise SnapshotNotFound(
-                    f"no snapshot{scope} in the repository", where=self.storage.url
+                    f"no snapshot{scope} in the repository",
+                    where=self.storage.url,
+                    hint=f"jobs with snapshots here: {', '.join(jobs)}" if jobs else None,
                 )
             return snaps[-1]
         matches = [n for n in self.snapshot_names() if n.startswith(ref.lower())]
