@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,19 @@ def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
         yield path
     finally:
         os.system(f"umount {path}")
+
+
+def temp_files(repo: str, fresh: str, idle: str, idle_for: timedelta) -> tuple[Path, Path]:
+    """Two files in a local repository's tmp/ (where backup fills its packs): ``fresh``
+    written now, ``idle`` last written ``idle_for`` ago."""
+    tmp = Path(repo) / "tmp"
+    tmp.mkdir(exist_ok=True)
+    new, old = tmp / fresh, tmp / idle
+    new.write_bytes(b"a pack being filled")
+    old.write_bytes(b"half a pack")
+    then = (datetime.now(UTC) - idle_for).timestamp()
+    os.utime(old, (then, then))
+    return new, old
 
 
 def write_tree(base: Path, files: dict[str, bytes]) -> Path:

@@ -4,7 +4,6 @@ process silently."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import subprocess
@@ -18,7 +17,14 @@ from bcdr.clock import FakeClock, SystemClock
 from bcdr.errors import LockConflict, LockLost
 from bcdr.repository.locks import BACKUP, PRUNE, READ, SWEEP, RepoLock, list_locks
 from bcdr.storage.local import LocalStorage
-from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
+from tests.conftest import (
+    init_small,
+    restored_root,
+    run_process,
+    snapshot_tree,
+    temp_files,
+    write_tree,
+)
 
 
 def test_two_backups_at_the_same_time(tmp_path: Path) -> None:
@@ -202,14 +208,7 @@ def test_check_beside_a_live_writer_does_not_call_its_pack_being_filled_a_leftov
     only temporary files nothing has written to for ten minutes; with no writer, every one
     is a leftover of an interrupted write."""
     storage = LocalStorage(repo)
-    tmp = Path(repo) / "tmp"
-    tmp.mkdir(exist_ok=True)
-    filling, crashed = tmp / "staged.1a2b3c.tmp", tmp / "staged.4d5e6f.tmp"
-    filling.write_bytes(b"the pack a live backup is filling")
-    crashed.write_bytes(b"half a pack")
-    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
-    os.utime(crashed, (an_hour_ago, an_hour_ago))
-
+    temp_files(repo, "staged.1a2b3c.tmp", "staged.4d5e6f.tmp", timedelta(hours=1))
     backup = RepoLock(storage, SystemClock(), kind=BACKUP, url=repo).acquire()
     r = run_process("check", "--repo", repo)
     assert r.code == 0, r.err

@@ -4,7 +4,6 @@ kill at any moment."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,14 @@ from bcdr.repository.prune import prune_repository
 from bcdr.repository.repo import INDEX_LOAD_ATTEMPTS, Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.storage.local import LocalStorage
-from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
+from tests.conftest import (
+    init_small,
+    restored_root,
+    run_process,
+    snapshot_tree,
+    temp_files,
+    write_tree,
+)
 from tests.prune_helper import tree_digests
 
 CHUNKS = "16384,16384,131072"
@@ -475,13 +481,7 @@ def test_prune_removes_temporary_files_of_writes_interrupted_a_day_ago(
     a live backup is seconds old and stays, whatever the grace period."""
     src = write_tree(tmp_path / "src", {"f": b"data" * 1000})
     assert run_process("backup", "--repo", repo, src).code == 0
-    tmp = Path(repo) / "tmp"
-    tmp.mkdir(exist_ok=True)
-    old, fresh = tmp / "staged.0a1b2c.tmp", tmp / "staged.3d4e5f.tmp"
-    old.write_bytes(b"half a pack")
-    fresh.write_bytes(b"a pack being filled")
-    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
-    os.utime(old, (two_days_ago, two_days_ago))
+    fresh, old = temp_files(repo, "staged.3d4e5f.tmp", "staged.0a1b2c.tmp", timedelta(days=2))
 
     r = run_process("prune", "--repo", repo, "--dry-run")
     assert r.code == 0 and "would remove 1 temporary file(s) in tmp/" in r.out, r.out + r.err
