@@ -54,7 +54,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -197,36 +197,42 @@ class _DirectOut:
     buffer of DIRECT_BUFFER bytes that is written whole with ``O_DIRECT`` when full; at the
     end the rest is padded to DIRECT_ALIGN and written, and the file is cut to its size. The
     buffer's offsets in the file are aligned, so runs of 64 KiB of zeros still stay holes.
-    The file's digest is computed over the buffer as it is written, gathering included."""
+    The file's digest is computed over the buffer as it is written, gathering included.
+    The buffer is taken (``take``) at the first bytes, not when the file is started: the
+    next files are started while the last pieces of the ones before are still written."""
 
-    def __init__(self, buffer: memoryview, hasher: Any) -> None:
-        self.buffer = buffer
+    def __init__(self, take: Callable[[], memoryview], hasher: Any) -> None:
+        self.take = take
+        self.buffer: memoryview | None = None
         self.hasher = hasher
         self.fill = 0  # bytes gathered in the buffer
         self.pos = 0  # where in the file the buffer's first byte goes
 
-    def _write(self, fd: int, length: int) -> None:
+    def _write(self, fd: int, buffer: memoryview, length: int) -> None:
         """Write the buffer's ``length`` bytes (``fill``, padded at the end) and empty it."""
-        self.hasher.update(self.buffer[: self.fill])
-        _write_direct(fd, self.buffer[:length], self.pos)
+        self.hasher.update(buffer[: self.fill])
+        _write_direct(fd, buffer[:length], self.pos)
         self.pos += self.fill
         self.fill = 0
 
     def add(self, fd: int, data: bytes | memoryview) -> None:
+        buffer = self.buffer
+        if buffer is None:
+            buffer = self.buffer = self.take()
         src = memoryview(data)
         while src:
-            n = min(len(src), len(self.buffer) - self.fill)
-            self.buffer[self.fill : self.fill + n] = src[:n]
+            n = min(len(src), len(buffer) - self.fill)
+            buffer[self.fill : self.fill + n] = src[:n]
             self.fill += n
             src = src[n:]
-            if self.fill == len(self.buffer):
-                self._write(fd, self.fill)
+            if self.fill == len(buffer):
+                self._write(fd, buffer, self.fill)
 
     def end(self, fd: int, size: int) -> None:
-        if self.fill:
+        if self.fill and self.buffer is not None:
             padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
             self.buffer[self.fill : padded] = bytes(padded - self.fill)
-            self._write(fd, padded)
+            self._write(fd, self.buffer, padded)
         os.ftruncate(fd, size)
 
 
@@ -448,13 +454,16 @@ class FileRestorer:
         job.remaining = len(pieces)
         order = _InOrder()
         if node.size >= DIRECT_MIN and self._direct_here(job) and _set_direct(job.fd):
-            with self._lock:
-                buffer = self._buffers.pop() if self._buffers else None
-            order.direct = _DirectOut(
-                buffer or memoryview(mmap.mmap(-1, DIRECT_BUFFER)), order.hasher
-            )
+            order.direct = _DirectOut(self._take_buffer, order.hasher)
             job.direct = True
         return job, order, enumerate(pieces)
+
+    def _take_buffer(self) -> memoryview:
+        """A DIRECT_BUFFER-sized page-aligned buffer: one a finished file gave back, or new."""
+        with self._lock:
+            if self._buffers:
+                return self._buffers.pop()
+        return memoryview(mmap.mmap(-1, DIRECT_BUFFER))
 
     def _direct_here(self, job: _Job) -> bool:
         """(the feeder thread) Whether ``job``'s file is on a filesystem that gets
@@ -688,8 +697,9 @@ class FileRestorer:
         except OSError as exc:
             job.error = exc.strerror or str(exc)
         finally:
-            with self._lock:
-                self._buffers.append(out.buffer)
+            if out.buffer is not None:
+                with self._lock:
+                    self._buffers.append(out.buffer)
 
     def _write_held(
         self, job: _Job, order: _InOrder, held: list[tuple[bytes, int]], tally: _Tally
