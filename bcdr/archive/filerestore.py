@@ -195,7 +195,8 @@ def _set_direct(fd: int) -> bool:
 class _DirectOut:
     """(in its file's turn) A larger file's bytes, gathered in file order into a page-aligned
     buffer of DIRECT_BUFFER bytes that is written whole with ``O_DIRECT`` when full; at the
-    end the rest is padded to DIRECT_ALIGN and written, and the file is cut to its size. The
+    end the rest is padded to DIRECT_ALIGN and written (the file is cut to its size when it
+    is finalised, as one that ends in a hole is: ``_Job.end`` stays 0). The
     buffer's offsets in the file are aligned, so runs of 64 KiB of zeros still stay holes.
     The file's digest is computed over the buffer as it is written, gathering included.
     The buffer is taken (``take``) at the first bytes, not when the file is started: the
@@ -228,12 +229,11 @@ class _DirectOut:
             if self.fill == len(buffer):
                 self._write(fd, buffer, self.fill)
 
-    def end(self, fd: int, size: int) -> None:
+    def end(self, fd: int) -> None:
         if self.fill and self.buffer is not None:
             padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
             self.buffer[self.fill : padded] = bytes(padded - self.fill)
             self._write(fd, self.buffer, padded)
-        os.ftruncate(fd, size)
 
 
 #: Consecutive chunks of a file read at once: (id, location, offset in the file) each.
@@ -682,18 +682,18 @@ class FileRestorer:
                 last = job.remaining == 0
         if last:
             if order.direct is not None:
-                self._end_direct(job, order.direct, tally)
+                self._end_direct(job, order.direct)
             job.digest = order.hasher.hexdigest()
             self._finalize(job, tally)
         self._merge(tally)
 
-    def _end_direct(self, job: _Job, out: _DirectOut, tally: _Tally) -> None:
+    def _end_direct(self, job: _Job, out: _DirectOut) -> None:
         """(the file's last piece, every write done) Write the rest of a file written with
-        ``O_DIRECT`` and cut it to its size; its buffer goes back for the next file."""
+        ``O_DIRECT`` (padded: :meth:`_finalize` cuts it to its size); its buffer goes back for
+        the next file."""
         try:
             if job.error is None:
-                out.end(job.fd, job.node.size)
-                job.end = job.node.size
+                out.end(job.fd)
         except OSError as exc:
             job.error = exc.strerror or str(exc)
         finally:
@@ -721,7 +721,7 @@ class FileRestorer:
         node = job.node
         try:
             if job.error is None:
-                if job.end != node.size:  # ends in a hole (or is empty)
+                if job.end != node.size:  # ends in a hole, is empty, or was padded (direct)
                     os.ftruncate(job.fd, node.size)
                 if job.digest != node.digest:
                     job.error = (
