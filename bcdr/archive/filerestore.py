@@ -333,7 +333,8 @@ class FileRestorer:
     """Restores files; ``on_done(snap_path, error_or_None, job)`` is called per file."""
 
     def __init__(self, repo: Repository, workers: int | None = None, *, direct: bool = True):
-        """``direct``: files of DIRECT_MIN bytes or more are written with ``O_DIRECT``."""
+        """``direct``: files of DIRECT_MIN bytes or more on a local disk are written with
+        ``O_DIRECT`` (:meth:`_direct_here`)."""
         self.repo = repo
         self.direct = direct and bool(O_DIRECT)
         self._direct_on: dict[int, bool] = {}  # st_dev -> whether its files get O_DIRECT
