@@ -15,7 +15,16 @@ import pytest
 
 from bcdr.clock import FakeClock, SystemClock
 from bcdr.errors import LockConflict, LockLost
-from bcdr.repository.locks import BACKUP, PRUNE, READ, SWEEP, RepoLock, list_locks
+from bcdr.repository.locks import (
+    BACKUP,
+    PRUNE,
+    READ,
+    SWEEP,
+    RepoLock,
+    boot_id,
+    list_locks,
+    pid_namespace,
+)
 from bcdr.storage.local import LocalStorage
 from tests.conftest import (
     init_small,
@@ -123,6 +132,8 @@ def test_lock_of_dead_process_is_reported_and_unlocked(tmp_path: Path, repo: str
         "kind": "sweep",
         "exclusive": True,
         "hostname": socket.gethostname(),
+        "boot_id": boot_id(),
+        "pid_ns": pid_namespace(),
         "pid": 2**22 + 12345,
         "username": "ghost",
         "created": datetime.now(UTC).isoformat(),

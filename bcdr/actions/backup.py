@@ -15,7 +15,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
-from bcdr.errors import BcdrError, SourceError
+from bcdr.errors import BcdrError, RepositoryError, SourceError
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
@@ -44,6 +44,7 @@ class BackupResult:
     uploaded: Transfer | None = None
     evidence: str | None = None  # the evidence record of this backup
     evidence_error: str | None = None  # why the record could not be written (snapshot kept)
+    notes: list[str] = field(default_factory=list)  # lost packs found and healed
 
     @property
     def partial(self) -> bool:
@@ -64,6 +65,7 @@ class BackupResult:
             "uploaded": self.uploaded.to_dict() if self.uploaded else None,
             "evidence": self.evidence,
             "evidence_error": self.evidence_error,
+            "notes": self.notes,
         }
 
 
@@ -94,6 +96,27 @@ def resolve_sources(paths: tuple[str, ...]) -> list[bytes]:
     return out
 
 
+#: Passes of a backup before the commit guard gives up: the first, then one per time it found
+#: reused blobs gone (a second pass stores them again; a third means something keeps deleting).
+GUARD_PASSES = 3
+
+
+def _pack_list(packs: list[str]) -> str:
+    if not packs:
+        return ""
+    more = f" and {len(packs) - 3} more" if len(packs) > 3 else ""
+    return f" (pack(s) {', '.join(p[:12] for p in packs[:3])}{more})"
+
+
+def _lost_pack_notes(packs: list[str]) -> list[str]:
+    if not packs:
+        return []
+    return [
+        f"{len(packs)} pack(s) the index lists are missing{_pack_list(packs)}: blobs only "
+        "they held are stored again; run `bcdr check`, then `bcdr repair index`"
+    ]
+
+
 def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot | None:
     """Newest snapshot of the same job; without a job, of the same paths on this host."""
     host = socket.gethostname()
@@ -115,18 +138,44 @@ def run_backup(
     paths = [os.fsdecode(p) for p in sources]
     started = repo.clock.now().isoformat()
     with repo.lock(BACKUP) as lock:
-        repo.load_index()
+        repo.load_index(verify_packs=True)
+        notes = _lost_pack_notes(sorted(repo.missing_packs))
         parent = find_parent(repo, request.job, paths)
-        archiver = Archiver(
-            repo,
-            parent_tree=bytes.fromhex(parent.tree) if parent else None,
-            excludes=PathMatcher(request.excludes),
-            force_read=request.force_read,
-            progress=progress,
-        )
-        with repo.writing():
-            root = archiver.run(sources)
+        bytes_read = 0
+        for attempt in range(1, GUARD_PASSES + 1):
+            repo.begin_snapshot()
+            archiver = Archiver(
+                repo,
+                parent_tree=bytes.fromhex(parent.tree) if parent else None,
+                excludes=PathMatcher(request.excludes),
+                force_read=request.force_read,
+                progress=progress,
+            )
+            with repo.writing():
+                root = archiver.run(sources)
+            bytes_read += archiver.stats.bytes_read
+            lock.ensure_valid()  # an expired lock may have let a prune sweep what we reused
+            # The commit guard: what the snapshot reuses must still be stored, and not in a
+            # pack a prune may sweep without waiting for us. If not, store it again.
+            gone, lost = repo.lost_references(lock.session)
+            if not lost:
+                break
+            notes.append(
+                f"{lost} reused blob(s) were no longer safely stored"
+                f"{_pack_list(gone)}; pass {attempt + 1} stores them again from the source"
+            )
+        else:
+            raise RepositoryError(
+                f"the snapshot would still refer to {lost} blob(s) that are not stored after "
+                f"{GUARD_PASSES} passes{_pack_list(gone)}; no snapshot was written",
+                where=repo.storage.url,
+                hint="something is deleting packs while backups run: look for a prune or a "
+                "lifecycle rule that does not honour bcdr's locks, then run "
+                f"`bcdr repair index --repo {repo.storage.url}` and back up again",
+            )
+        repo.unlist_lost_own_packs()
         stats = archiver.finish_stats()
+        stats.bytes_read = bytes_read
         snap = Snapshot(
             **repo.new_snapshot_fields(),
             hostname=socket.gethostname(),
@@ -142,7 +191,7 @@ def run_backup(
             skipped=tuple(archiver.problems.skipped),
             placement=request.placement,
         )
-        lock.ensure_valid()  # an expired lock may have let a prune sweep what we reused
+        lock.ensure_valid()
         snap = repo.save_snapshot(snap)
     result = BackupResult(
         snap,
@@ -150,6 +199,7 @@ def run_backup(
         archiver.problems.skipped,
         archiver.problems.warnings,
         uploaded=transfer(repo, "up"),
+        notes=notes,
     )
     # written last (DESIGN: packs, index, snapshot, then evidence): a crash before this leaves
     # a good snapshot without its record, never a record of a snapshot that does not exist
@@ -177,6 +227,7 @@ def _record(
             "bytes_read": stats.bytes_read,
             "bytes_added": stats.bytes_added,
             "skipped": len(result.skipped),
+            "healed": result.notes,
             "placement": request.placement,
             "encryption": repo.config.encryption,
         },

@@ -248,7 +248,7 @@ def _backup_drill(
                 exc.hint = exc.hint or f"run the backup job first: bcdr run --job {drill.backup}"
                 raise
             report.snapshot, report.snapshot_time = snap.id, snap.time
-            repo.load_index()
+            repo.load_index(verify_packs=True)
             t = phases.done("open", t)
 
             files = _files(repo, bytes.fromhex(snap.tree), report.failures)

@@ -82,7 +82,7 @@ def restore(
     _not_into_the_repository(repo, target)
     with repo.lock(READ, wait=read_wait()):  # a prune's sweep must not delete packs under us
         snap = repo.resolve_snapshot(ref, job)
-        repo.load_index()
+        repo.load_index(verify_packs=True)  # a copy in a pack that is gone is read last
         tree = bytes.fromhex(snap.tree)
         require_online(repo, tree, snap.short_id, PathMatcher(includes) or None)
         restorer = Restorer(

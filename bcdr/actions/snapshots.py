@@ -88,7 +88,7 @@ def ls(
     repo = open_repo(where, clock=clock, env=env)
     with repo.lock(READ, wait=read_wait()):
         snap = repo.resolve_snapshot(ref, job)
-        repo.load_index()
+        repo.load_index(verify_packs=True)  # a copy in a pack that is gone is read last
         walked = list(walk(repo, bytes.fromhex(snap.tree)))
     want = os.fsencode(path).rstrip(b"/") if path else b""
     entries = []

@@ -21,6 +21,7 @@ from typing import BinaryIO, TypedDict
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import Segment, segments
+from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
 from bcdr.repository.hashing import fingerprint, new_fingerprint
@@ -152,16 +153,23 @@ class Archiver:
 
     # -- trees -------------------------------------------------------------------------------
 
-    def _children(self, tree_id: bytes | None) -> dict[bytes, Node]:
+    def _children(self, tree_id: bytes | None, path: bytes = b"/") -> dict[bytes, Node]:
+        """The parent snapshot's entries of a folder. A folder whose tree cannot be read (lost
+        pack, damaged blob, deleted index file) has no parent: its files are read again, so
+        one damaged snapshot does not stop every later backup of its job."""
         if tree_id is None:
             return {}
-        nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+        try:
+            nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+        except CorruptObject as exc:
+            self.problems.warn(path, f"unreadable in the parent snapshot ({exc}); read in full")
+            return {}
         return {n.name: n for n in nodes}
 
-    def _parent_children(self, pnode: Node | None) -> dict[bytes, Node]:
+    def _parent_children(self, pnode: Node | None, path: bytes) -> dict[bytes, Node]:
         if pnode is None or pnode.type != DIR:
             return {}
-        return self._children(pnode.subtree)
+        return self._children(pnode.subtree, path)
 
     def _save_tree(
         self,
@@ -198,7 +206,7 @@ class Archiver:
                 node = self._save_path(full, name, parent.get(name))
             else:
                 node = _dir_node(name, os.lstat(full), None)
-                self._save_virtual(full, sub, self._parent_children(parent.get(name)), node)
+                self._save_virtual(full, sub, self._parent_children(parent.get(name), full), node)
             if node is not None:
                 nodes.append(node)
         self._save_tree(into, nodes)
@@ -239,7 +247,7 @@ class Archiver:
         except OSError as exc:
             self._skip(path, f"cannot list directory: {exc.strerror}")
             return None
-        parent = self._parent_children(pnode)
+        parent = self._parent_children(pnode, path)
         nodes = []
         prefix = path if path.endswith(b"/") else path + b"/"
         for child in names:

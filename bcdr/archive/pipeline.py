@@ -80,7 +80,9 @@ class ChunkPipeline:
 
     def store(self, blob_id: bytes, encoded: tuple[int, bytes] | None, raw_len: int) -> None:
         """Add an encoded blob to the pack being written (main thread)."""
-        if encoded is not None:
+        if encoded is None:
+            self.repo.note_reused(blob_id)
+        else:
             codec, sealed = encoded
             self.repo.writer.add(blob_id, DATA, codec, raw_len, sealed)
 

@@ -54,6 +54,8 @@ def backup_text(r: BackupResult) -> None:
     )
     transfer_line("uploaded", r.uploaded)
     out(f"  duration   {s.duration_s:.2f}s")
+    for note in r.notes:
+        sys.stderr.write(f"note: {note}\n")
     for w in r.warnings:
         sys.stderr.write(f"warning: {w.path}: {w.reason}\n")
     for sk in r.skipped:

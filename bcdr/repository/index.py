@@ -13,10 +13,11 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bcdr.errors import CorruptObject
+from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.repository.crypto import Cipher
 from bcdr.repository.hashing import object_name
 from bcdr.repository.pack import ENTRY, PackEntry, encode_entries
+from bcdr.storage.base import Storage
 
 MAGIC = b"BCDRIX01"
 INDEX_AAD = b"index"
@@ -40,6 +41,32 @@ def encode_index(packs: dict[str, list[PackEntry]], cipher: Cipher) -> tuple[str
         parts.append(encode_entries(entries))
     stored = MAGIC + cipher.seal(b"".join(parts), INDEX_AAD)
     return object_name(stored), stored
+
+
+def without_packs(storage: Storage, cipher: Cipher, name: str, gone: set[str]) -> str | None:
+    """Rewrite index file ``name`` without the packs in ``gone``: the new file first, then the
+    old one is deleted (a crash between leaves duplicate entries, which are harmless).
+    Returns the new file's name, or None when nothing is left of it (or it was gone)."""
+    try:
+        stored = storage.get(f"index/{name}")
+    except ObjectNotFound:
+        return None
+    rest = [
+        (pack, records, count)
+        for pack, records, count in iter_index_packs(stored, cipher, f"index {name[:12]}")
+        if pack not in gone
+    ]
+    new_name = None
+    if rest:
+        payload = b"".join(
+            PACK_RECORD.pack(bytes.fromhex(p), count) + records for p, records, count in rest
+        )
+        data = MAGIC + cipher.seal(payload, INDEX_AAD)
+        new_name = object_name(data)
+        storage.put(f"index/{new_name}", data)
+    if new_name != name:
+        storage.delete(f"index/{name}")
+    return new_name
 
 
 def iter_index_packs(stored: bytes, cipher: Cipher, what: str) -> Iterator[tuple[str, bytes, int]]:

@@ -11,11 +11,17 @@ Kinds, and what excludes what (nothing ever blocks a backup):
 A prune never needs to stop backups: see docs/repository-format.md ("Prune") for why the
 packs it deletes cannot be referenced by a backup that is running.
 
-A lock is *stale* when its expiry has passed, or when it was taken on this host by a process
-that no longer exists; stale locks never block anyone and are reported with the command that
-removes them. A holder refreshes its lock (writes a new object, deletes the old) well before
-expiry; the ``session`` id stays the same across refreshes, so prune can tell whether a backup
-it saw is still running. A holder that could not refresh for longer than the expiry must assume
+A lock is *stale* when its expiry has passed (its holder stopped refreshing it), or when it
+provably belongs to a process that no longer exists: the lock records the holder's hostname,
+the kernel's boot id, its pid namespace and its start time, and only a lock that names this
+host, this boot *and* this pid namespace is looked up by pid. Containers share hostnames (host
+UTS namespace, ``hostNetwork`` pods, cloned VM images) but not pid namespaces, so a live
+holder in another container is never judged dead by its pid: its lock stays live until it
+stops refreshing it. A pid that exists but started at another time is a reused pid: stale.
+Stale locks never block anyone and are reported with the command that removes them.
+A holder refreshes its lock (writes a new object, deletes the old) well before expiry; the
+``session`` id stays the same across refreshes, so prune can tell whether a backup it saw is
+still running. A holder that could not refresh for longer than the expiry must assume
 its lock was taken for stale and must not commit (:meth:`RepoLock.ensure_valid`). Taking a lock
 is: check for conflicts, write ours, check again (another writer may have raced us), and back
 off if a conflict appeared.
@@ -61,6 +67,9 @@ class LockInfo:
     created: str
     expires: str
     session: str = ""
+    boot_id: str = ""  # the kernel's boot id of the holder's machine ("" in older locks)
+    pid_ns: str = ""  # its pid namespace, e.g. "pid:[4026531836]" ("" in older locks)
+    started: int = 0  # its start time in clock ticks since boot (0: unknown)
 
     def describe(self) -> str:
         return (
@@ -88,20 +97,70 @@ def conflicts_with(mine: str, theirs: str) -> bool:
     return (mine, theirs) in CONFLICTS
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def boot_id() -> str:
+    """This kernel's boot id ("" where there is none): shared by every container on it."""
+    return _read_text("/proc/sys/kernel/random/boot_id")
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace, e.g. ``pid:[4026531836]`` ("" where unknown)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/PID/stat); 0 when
+    it does not exist or cannot be read. The command name may hold spaces and parentheses,
+    so fields are counted after its closing one."""
+    stat_line = _read_text(f"/proc/{pid}/stat")
+    _, _, rest = stat_line.rpartition(")")
+    fields = rest.split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _pid_alive(pid: int, started: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started:
+        now_started = process_start(pid)
+        return now_started == 0 or now_started == started  # another start: a reused pid
     return True
 
 
+def same_process_space(lock: LockInfo) -> bool:
+    """Is the lock's holder in this host, this boot and this pid namespace, where its pid
+    means what it says? Unknown fields (older locks, no /proc) never count as the same."""
+    return (
+        lock.hostname == socket.gethostname()
+        and bool(lock.boot_id)
+        and lock.boot_id == boot_id()
+        and bool(lock.pid_ns)
+        and lock.pid_ns == pid_namespace()
+    )
+
+
 def is_stale(lock: LockInfo, now: datetime) -> bool:
+    """Stale: expired (not refreshed in time), or provably of a process that is gone."""
     if datetime.fromisoformat(lock.expires) < now:
         return True
-    return lock.hostname == socket.gethostname() and not _pid_alive(lock.pid)
+    return same_process_space(lock) and not _pid_alive(lock.pid, lock.started)
 
 
 def list_locks(storage: Storage) -> list[LockInfo]:
@@ -132,6 +191,10 @@ def _lock_info(key: str, doc: object) -> LockInfo:
     if not all(isinstance(v, str) for v in texts) or type(pid) is not int or pid <= 0:
         raise TypeError("a field of the wrong kind")
     parse_aware(expires)
+    extra = (doc.get("boot_id", ""), doc.get("pid_ns", ""))
+    started = doc.get("started", 0)
+    if not all(isinstance(v, str) for v in extra) or type(started) is not int:
+        raise TypeError("a field of the wrong kind")
     return LockInfo(
         key=key,
         kind=kind if kind in KINDS else SWEEP,  # unknown: the most careful reading
@@ -141,6 +204,9 @@ def _lock_info(key: str, doc: object) -> LockInfo:
         username=username,
         created=created,
         expires=expires,
+        boot_id=extra[0],
+        pid_ns=extra[1],
+        started=started,
     )
 
 
@@ -162,6 +228,15 @@ class RepoLock:
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self.stale_seen: list[LockInfo] = []
+        pid = os.getpid()
+        self._holder = {
+            "hostname": socket.gethostname(),
+            "pid": pid,
+            "boot_id": boot_id(),
+            "pid_ns": pid_namespace(),
+            "started": process_start(pid),
+            "username": getpass.getuser(),
+        }
 
     def _write(self) -> str:
         now = self._clock.now()
@@ -169,9 +244,7 @@ class RepoLock:
             "kind": self.kind,
             "session": self.session,
             "exclusive": self.kind == SWEEP,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "username": getpass.getuser(),
+            **self._holder,
             "created": now.isoformat(),
             "expires": (now + TTL).isoformat(),
             "nonce": secrets.token_hex(8),

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from bcdr.clock import parse_aware
 from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.repository.crypto import Cipher
 from bcdr.storage.base import Storage
@@ -33,6 +34,7 @@ class Mark:
     packs: tuple[str, ...]  # candidate pack names
     ready: datetime | None = None  # when the lock sessions were recorded
     sessions: tuple[str, ...] = ()  # lock sessions that must end before the sweep
+    damaged: str = ""  # why it could not be read ("" when it could)
 
 
 def _key(mark_id: str, part: str) -> str:
@@ -41,7 +43,7 @@ def _key(mark_id: str, part: str) -> str:
 
 def _load(storage: Storage, cipher: Cipher, key: str) -> dict[str, object]:
     raw = storage.get(key)
-    doc = json.loads(cipher.open(raw, MARK_AAD, key))
+    doc = json.loads(cipher.open(raw, MARK_AAD, key))  # CorruptObject, ValueError
     if not isinstance(doc, dict):
         raise CorruptObject(f"{key}: not a prune mark")
     return doc
@@ -61,8 +63,9 @@ def write_ready(
 
 
 def list_marks(storage: Storage, cipher: Cipher) -> Iterator[Mark]:
-    """Every readable mark (with or without ``ready``). A mark that does not open is an error:
-    its candidates are unknown, and readers must not guess."""
+    """Every mark (with or without ``ready``). One that does not open or parse is yielded with
+    ``damaged`` set and no packs: readers and backups ignore it (a damaged mark is never
+    swept: prune discards it and marks afresh), check reports it, prune removes it."""
     parts: dict[str, set[str]] = {}
     for info in storage.list(PREFIX):
         mark_id, _, part = info.key.removeprefix(PREFIX).partition("/")
@@ -73,17 +76,30 @@ def list_marks(storage: Storage, cipher: Cipher) -> Iterator[Mark]:
         try:
             doc = _load(storage, cipher, _key(mark_id, "packs"))
             ready_doc = _load(storage, cipher, _key(mark_id, "ready")) if "ready" in have else {}
+            yield _parse(mark_id, doc, ready_doc)
         except ObjectNotFound:
             continue  # swept while we listed
-        except (ValueError, TypeError) as exc:
-            raise CorruptObject(f"prune mark {mark_id}: does not parse ({exc})") from None
-        ready = ready_doc.get("ready")
-        yield Mark(
-            id=mark_id,
-            packs=tuple(str(p) for p in doc["packs"]),  # type: ignore[attr-defined]
-            ready=datetime.fromisoformat(str(ready)) if ready else None,
-            sessions=tuple(ready_doc.get("sessions", ())),  # type: ignore[arg-type]
-        )
+        except (CorruptObject, ValueError, TypeError, KeyError) as exc:
+            yield Mark(mark_id, (), damaged=str(exc) or type(exc).__name__)
+
+
+def _parse(mark_id: str, doc: dict[str, object], ready_doc: dict[str, object]) -> Mark:
+    """A mark from its two documents; ValueError/TypeError/KeyError when they do not fit."""
+    packs, sessions, ready = doc["packs"], ready_doc.get("sessions", []), ready_doc.get("ready")
+    if not isinstance(packs, list) or not isinstance(sessions, list):
+        raise TypeError("packs and sessions must be lists")
+    for name in packs:
+        if not isinstance(name, str) or len(name) != 64:
+            raise ValueError(f"{name!r} is not a pack name")
+        bytes.fromhex(name)
+    if ready is not None and not isinstance(ready, str):
+        raise TypeError("ready must be a time")
+    return Mark(
+        id=mark_id,
+        packs=tuple(packs),
+        ready=parse_aware(ready) if ready else None,
+        sessions=tuple(str(x) for x in sessions),
+    )
 
 
 def remove_mark(storage: Storage, mark_id: str) -> None:
@@ -95,5 +111,5 @@ def remove_mark(storage: Storage, mark_id: str) -> None:
 def marked_packs(storage: Storage, cipher: Cipher) -> set[str]:
     out: set[str] = set()
     for mark in list_marks(storage, cipher):
-        out.update(mark.packs)
+        out.update(mark.packs)  # a damaged mark has none: it is never swept
     return out

@@ -69,6 +69,20 @@ def decode_index_records(stored: bytes, cipher: Cipher, what: str) -> list[tuple
     return out
 
 
+def contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each of ``ids``, whether it is in ``sorted_ids`` (both ``S32``, the first sorted)."""
+    if not len(sorted_ids) or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
+    i = np.minimum(sorted_ids.searchsorted(ids), len(sorted_ids) - 1)
+    found: np.ndarray = sorted_ids[i] == ids
+    return found
+
+
+def id_array(blob_ids: Iterable[bytes]) -> np.ndarray:
+    """32-byte ids as one sorted, unique ``S32`` array."""
+    return np.unique(np.frombuffer(b"".join(blob_ids), dtype="S32"))
+
+
 def _fill(cols: Columns, at: int, records: np.ndarray, pack_no: int) -> None:
     """Write one pack's ENTRY records into the columns from row ``at``."""
     end = at + len(records)
@@ -234,18 +248,21 @@ class MasterIndex:
         return no
 
     def add_pack(self, pack: str, entries: list[PackEntry]) -> None:
+        """Add a pack written in this session. A blob the loaded index already holds gets
+        this copy too (a backup stores a blob again when its old copy is lost or marked):
+        lookups find it first, and :meth:`only_in` counts it."""
         with self._lock:
             no = self._intern(pack)
             for e in entries:
-                if e.blob_id not in self:
-                    self._recent[e.blob_id] = (
-                        no,
-                        e.type,
-                        e.codec,
-                        e.offset,
-                        e.stored_len,
-                        e.raw_len,
-                    )
+                # the newest copy of this session wins: its pack was just written
+                self._recent[e.blob_id] = (
+                    no,
+                    e.type,
+                    e.codec,
+                    e.offset,
+                    e.stored_len,
+                    e.raw_len,
+                )
             if len(self._recent) >= RUN_SIZE:
                 self._freeze_recent()
 
@@ -391,6 +408,37 @@ class MasterIndex:
         if not runs:
             return np.zeros(0, dtype=bool)
         return np.concatenate([np.isin(run.pack, nos) for run in runs])
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """For each id of ``ids`` (``S32``), whether the index holds it (vectorised)."""
+        out = np.zeros(len(ids), dtype=bool)
+        if not len(ids):
+            return out
+        with self._lock:
+            self._freeze_recent()
+            runs = list(self._runs)
+        words = np.frombuffer(ids.astype("S32").tobytes(), dtype=">u8").reshape(-1, 4)
+        for _, _, found, _ in _search(runs, words):
+            out[found] = True
+        return out
+
+    def only_in(self, packs: set[str]) -> np.ndarray:
+        """The ids (sorted, unique, ``S32``) whose every indexed copy lies in one of ``packs``:
+        the blobs lost if those packs are gone. Vectorised over the columns."""
+        with self._lock:
+            self._freeze_recent()
+            nos = [self._pack_no[p] for p in packs if p in self._pack_no]
+            runs = list(self._runs)
+        if not nos or not runs:
+            return np.empty(0, dtype="S32")
+        inside = np.concatenate([np.isin(run.pack, nos) for run in runs])
+        words = np.concatenate(
+            [np.stack([run.key, run.t1, run.t2, run.t3], axis=1) for run in runs]
+        )
+        ids = words.astype(">u8").view("S32").ravel()
+        there, elsewhere = np.unique(ids[inside]), np.unique(ids[~inside])
+        lost: np.ndarray = there[~contains(elsewhere, there)]
+        return lost
 
     def packs(self) -> set[str]:
         return set(self._packs)

@@ -29,8 +29,7 @@ import numpy as np
 
 from bcdr.errors import BcdrError, CorruptObject, LockConflict, ObjectNotFound, RepositoryError
 from bcdr.parallel import ordered_map
-from bcdr.repository.hashing import object_name
-from bcdr.repository.index import INDEX_AAD, MAGIC, PACK_RECORD
+from bcdr.repository.index import without_packs
 from bcdr.repository.locks import (
     PRUNE,
     SWEEP,
@@ -46,7 +45,7 @@ from bcdr.repository.marks import (
     write_packs,
     write_ready,
 )
-from bcdr.repository.masterindex import MasterIndex, decode_index_records
+from bcdr.repository.masterindex import MasterIndex, contains, decode_index_records
 from bcdr.repository.pack import ENTRY, TREE, pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
@@ -129,15 +128,6 @@ class IdSet:
     def result(self) -> np.ndarray:
         self._flush()
         return self._sorted
-
-
-def contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """For each of ``ids``, whether it is in ``sorted_ids`` (both ``S32``)."""
-    if not len(sorted_ids) or not len(ids):
-        return np.zeros(len(ids), dtype=bool)
-    i = np.minimum(sorted_ids.searchsorted(ids), len(sorted_ids) - 1)
-    found: np.ndarray = sorted_ids[i] == ids
-    return found
 
 
 @dataclass
@@ -459,6 +449,16 @@ class Pruner:
         due: list[Mark] = []
         now = repo.clock.now()
         for mark in list_marks(repo.storage, repo.cipher):
+            if mark.damaged:
+                # Nobody honours it (its packs are unknown), so it is never swept: discarded,
+                # its packs are found unused again and marked afresh by this run.
+                self.report.problems.append(
+                    f"prune mark {mark.id} is damaged ({mark.damaged}): "
+                    + ("would be discarded" if self.dry_run else "discarded; marked afresh")
+                )
+                if not self.dry_run:
+                    remove_mark(repo.storage, mark.id)
+                continue
             if mark.ready is None:
                 # Its prune died while marking (we hold the prune lock: none is marking now).
                 if not self.dry_run:
@@ -533,17 +533,7 @@ class Pruner:
         harmless)."""
         files = sorted({f for p in gone for f in table.files_of.get(p, ())})
         for name in files:
-            decoded = self._fetch_index(name)
-            if decoded is None:
-                continue
-            rest = [(p, r) for p, r in decoded if p not in gone]
-            if rest:
-                payload = b"".join(
-                    PACK_RECORD.pack(bytes.fromhex(p), len(r)) + r.tobytes() for p, r in rest
-                )
-                data = MAGIC + self.repo.cipher.seal(payload, INDEX_AAD)
-                self.repo.storage.put(f"index/{object_name(data)}", data)
-            self.repo.storage.delete(f"index/{name}")
+            without_packs(self.repo.storage, self.repo.cipher, name, gone)
             self.report.index_rewritten += 1
 
 

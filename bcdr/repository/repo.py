@@ -29,7 +29,7 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import BlobLocation
+from bcdr.repository.index import BlobLocation, without_packs
 from bcdr.repository.locks import RepoLock
 from bcdr.repository.pack import ENTRY, pack_key
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
@@ -65,9 +65,13 @@ class Repository:
         self.index = MasterIndex()
         self.index_loaded = False
         self.marked: set[str] = set()  # packs a pending prune marked (see repository/marks.py)
+        self.missing_packs: set[str] = set()  # packs the index names that storage lacks
         self._avoid: np.ndarray | None = None  # sorted ids (S32) whose only copies are marked
         self.damaged_snapshots: list[str] = []
         self._writer: BlobWriter | None = None
+        self._reused: list[bytes] = []  # ids the snapshot being written refers to, not stored
+        self._own_before: set[str] = set()  # packs written before the snapshot being written
+        self._own_gone: set[str] = set()  # packs this run wrote that were swept under it
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,14 +195,17 @@ class Repository:
         names = sorted(info.key.removeprefix("index/") for info in infos)
         return names, sum(info.size for info in infos) // ENTRY.size
 
-    def load_index(self, only_type: int | None = None) -> None:
+    def load_index(self, only_type: int | None = None, *, verify_packs: bool = False) -> None:
         """Load every index file (again, when a prune replaced one while we listed);
-        ``only_type``: just the blobs of that type (prune reads trees only).
+        ``only_type``: just the blobs of that type (prune reads trees only). With
+        ``verify_packs`` the packs in storage are listed too, and packs the index names that
+        are gone count as marked ones do (``missing_packs``): loaded last, and their blobs
+        are not built on.
 
         See :meth:`_load_index_once`."""
         for attempt in range(INDEX_LOAD_ATTEMPTS):
             try:
-                self._load_index_once(only_type)
+                self._load_index_once(only_type, verify_packs)
                 return
             except ObjectNotFound:
                 if attempt == INDEX_LOAD_ATTEMPTS - 1:
@@ -211,14 +218,19 @@ class Repository:
                 # random, so that two loaders do not retry in step; 1.6 s at most in all).
                 time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)
 
-    def _load_index_once(self, only_type: int | None) -> None:
-        """Load every index file. Packs a pending prune marked are loaded last, so a blob that
-        also lives in an unmarked pack is found there; blobs whose only copies are marked are
-        remembered so that :meth:`has_blob` and :meth:`reusable` do not build on them."""
+    def _load_index_once(self, only_type: int | None, verify_packs: bool) -> None:
+        """Load every index file. Packs a pending prune marked (and, with ``verify_packs``,
+        packs that are gone) are loaded last, so a blob that also lives in another pack is
+        found there; blobs whose only copies are in them are remembered so that
+        :meth:`has_blob` and :meth:`reusable` do not build on them."""
         from bcdr.repository.marks import marked_packs
 
         self.marked = marked_packs(self.storage, self.cipher)
         names, capacity = self.index_files()
+        # Listed after the index files: a pack is written before the index naming it, so a
+        # pack a listed index file names and this listing lacks is really gone.
+        stored = set(self.stored_packs()) if verify_packs else None
+        self.missing_packs = set()
         if only_type is not None:
             capacity = 0  # a fraction of the entries: the columns grow as needed
         # Index files are fetched in parallel (a remote storage's latency is hidden) and
@@ -227,13 +239,19 @@ class Repository:
         fetched = ordered_map(self._read_index_bytes, names, self.storage.concurrency)
         held_back: list[tuple[str, np.ndarray]] = []
 
+        def usable(pack: str) -> bool:
+            if stored is not None and pack not in stored:
+                self.missing_packs.add(pack)
+                return False
+            return pack not in self.marked
+
         def unmarked() -> Iterator[list[tuple[str, np.ndarray]]]:
             for name, data in zip(names, fetched, strict=True):
                 packs = self._decode_index(name, data)
                 if only_type is not None:
                     packs = [(p, r[r["type"] == only_type]) for p, r in packs]
-                held_back.extend(p for p in packs if p[0] in self.marked)
-                yield [p for p in packs if p[0] not in self.marked]
+                held_back.extend(p for p in packs if not usable(p[0]))
+                yield [p for p in packs if usable(p[0])]
 
         self.index.load(unmarked(), capacity)
         if held_back:
@@ -250,11 +268,76 @@ class Repository:
 
     def reusable(self, blob_ids: list[bytes]) -> bool:
         """May a new snapshot refer to these blobs without storing them again? False when
-        one's only copy is in a pack a pending prune marked (the backup reads the file)."""
-        if self._avoid is None or not len(self._avoid):
-            return True
-        stored_again = self._writer.has if self._writer is not None else (lambda _b: False)
-        return not any(self._avoided(b) and not stored_again(b) for b in blob_ids)
+        one's only copy is in a pack a pending prune marked or that is gone (the backup then
+        reads the file). Approved ids are remembered for the commit guard."""
+        if self._avoid is not None and len(self._avoid):
+            stored_again = self._writer.has if self._writer is not None else (lambda _b: False)
+            if any(self._avoided(b) and not stored_again(b) for b in blob_ids):
+                return False
+        self._reused.extend(blob_ids)
+        return True
+
+    def note_reused(self, blob_id: bytes) -> None:
+        """A blob a new snapshot refers to was found stored (deduplicated): remembered for the
+        commit guard (main thread)."""
+        self._reused.append(blob_id)
+
+    # -- the commit guard --------------------------------------------------------------------
+
+    def stored_packs(self) -> dict[str, int]:
+        """Every pack in storage with its size (one listing of ``data/``)."""
+        return {info.key.rsplit("/", 1)[-1]: info.size for info in self.storage.list("data/")}
+
+    def begin_snapshot(self) -> None:
+        """Start remembering the blobs a new snapshot reuses and the packs it writes (see
+        :meth:`lost_references`)."""
+        self._reused = []
+        self._own_before = set(self._writer.packs) if self._writer is not None else set()
+
+    def lost_references(self, session: str) -> tuple[list[str], int]:
+        """The commit guard, run after the snapshot's blobs are flushed and before it is
+        written: are the blobs it reuses, and the packs this run wrote, still safely stored?
+        A blob is not when every copy is in a pack that is gone or in a prune mark that does
+        not wait for ``session`` (or one seen at the start), or when it is not indexed at all.
+        If any is lost, the avoided blobs are computed afresh (a new pass of the backup then
+        stores exactly those again). Returns (the packs found gone or being swept, how many
+        blobs are lost); (``[]``, 0) means the snapshot may be written."""
+        import numpy as np
+
+        from bcdr.repository.marks import list_marks
+        from bcdr.repository.masterindex import contains, id_array
+
+        reused = id_array(self._reused) if self._reused else np.empty(0, dtype="S32")
+        unsafe = self.index.packs() - set(self.stored_packs())
+        for mark in list_marks(self.storage, self.cipher):
+            if mark.ready is not None and session not in mark.sessions:
+                unsafe.update(mark.packs)  # a sweep of it will not wait for us
+        avoid = self.index.only_in(unsafe | self.marked)
+        indexed = self.index.holds(reused)
+        lost = int((~indexed | contains(avoid, reused)).sum())
+        own = (self._writer.packs if self._writer is not None else set()) - self._own_before
+        lost += len(self.index.only_in(unsafe & own)) if unsafe & own else 0
+        self._own_gone = (self._writer.packs & unsafe) if self._writer is not None else set()
+        if not lost:
+            return [], 0
+        self._avoid = np.union1d(avoid, reused[~indexed])
+        if self._writer is not None:
+            self._writer.forget_pending()  # what it stored is in the index, or must be again
+        return sorted(unsafe & self.index.packs()), lost
+
+    def unlist_lost_own_packs(self) -> None:
+        """After the commit guard passed: packs this run wrote in an earlier pass that were
+        swept under it are taken out of the index files it wrote (their blobs are stored
+        again), so the index names no pack that is gone."""
+        writer = self._writer
+        if writer is None or not self._own_gone:
+            return
+        files: dict[str, set[str]] = {}
+        for pack in self._own_gone:
+            files.setdefault(writer.index_of[pack], set()).add(pack)
+        for name, gone in files.items():
+            without_packs(self.storage, self.cipher, name, gone)
+        self._own_gone = set()
 
     def _decode_index(self, name: str, data: bytes) -> list[tuple[str, np.ndarray]]:
         from bcdr.repository.masterindex import decode_index_records
@@ -323,7 +406,9 @@ class Repository:
     def save_blob(self, blob_type: int, data: bytes) -> bytes:
         """Store ``data`` (deduplicated) and return its id. For trees and small blobs."""
         blob_id = self.content_id(data)
-        if not self.has_blob(blob_id):
+        if self.has_blob(blob_id):
+            self._reused.append(blob_id)
+        else:
             codec, sealed = self.encode_blob(blob_id, data)
             self.writer.add(blob_id, blob_type, codec, len(data), sealed)
         return blob_id

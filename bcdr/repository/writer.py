@@ -59,6 +59,13 @@ class BlobWriter:
         self.blobs_added = 0
         self.packs_written = 0
         self.index_files: list[str] = []
+        self.packs: set[str] = set()  # the packs this writer committed
+        self.index_of: dict[str, str] = {}  # pack -> the index file that lists it
+
+    def forget_pending(self) -> None:
+        """After a flush: stop treating what this writer stored as stored (the commit guard
+        found some of it gone); whatever is indexed in a pack still there stays known."""
+        self._pending.clear()
 
     def has(self, blob_id: bytes) -> bool:
         return blob_id in self._pending
@@ -102,6 +109,7 @@ class BlobWriter:
     def _complete_upload(self) -> None:
         name, entries = self._uploads.popleft()[0].result()
         self._unindexed[name] = entries
+        self.packs.add(name)
         self.packs_written += 1
         if len(self._unindexed) >= PACKS_PER_INDEX:
             self._write_index()
@@ -113,6 +121,7 @@ class BlobWriter:
         self._storage.put(f"index/{name}", data)
         self.index_files.append(name)
         for pack, entries in self._unindexed.items():
+            self.index_of[pack] = name
             self._index.add_pack(pack, entries)
             for e in entries:
                 if self._known(e.blob_id):  # a re-stored marked blob stays pending: in use
