@@ -29,6 +29,7 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
     │   └── LockConflict                    another process holds a conflicting lock
     ├── RestoreError                        a restore could not write or verify files
     ├── CheckFailed                         check found problems (listed)
+    ├── Interrupted (exit 130)              SIGINT/SIGTERM; says what was committed
     └── PartialFailure (exit 3)             finished, but some files were skipped
 """
 
@@ -197,6 +198,12 @@ class RestoreError(BcdrError):
 
 class CheckFailed(BcdrError):
     pass
+
+
+class Interrupted(BcdrError):
+    """SIGINT or SIGTERM stopped a command; the message says what it committed."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class PartialFailure(BcdrError):

@@ -53,6 +53,7 @@ def _child_init(parent: int, token: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the work and shuts the pool
     # down; a child must not die of it mid-task with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise (it dies with its parent)
     after_fork = getattr(_FORKED[token], "after_fork", None)
     if after_fork is not None:
         after_fork()

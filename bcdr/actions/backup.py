@@ -15,7 +15,8 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
-from bcdr.errors import BcdrError, RepositoryError, SourceError
+from bcdr.errors import BcdrError, Interrupted, RepositoryError, SourceError
+from bcdr.interrupts import held_interrupts
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
@@ -192,7 +193,29 @@ def run_backup(
             placement=request.placement,
         )
         lock.ensure_valid()
-        snap = repo.save_snapshot(snap)
+        # The commit: an interrupt from here on is held until the snapshot has its record.
+        with held_interrupts() as interrupts:
+            snap = repo.save_snapshot(snap)
+            result = _commit(repo, request, snap, stats, archiver, notes, started)
+    if interrupts:
+        raise Interrupted(
+            f"interrupted after snapshot {snap.short_id} was committed"
+            + (" and recorded as evidence" if result.evidence else "")
+            + f" ({snap.id})",
+            hint="the snapshot is complete and restores; nothing else was left half-done",
+        )
+    return result
+
+
+def _commit(
+    repo: Repository,
+    request: BackupRequest,
+    snap: Snapshot,
+    stats: BackupStats,
+    archiver: Archiver,
+    notes: list[str],
+    started: str,
+) -> BackupResult:
     result = BackupResult(
         snap,
         stats,

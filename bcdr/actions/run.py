@@ -28,6 +28,7 @@ from bcdr.compliance.evidence import write_record
 from bcdr.disks.job import PROTECTED, DiskJobReport
 from bcdr.errors import (
     BcdrError,
+    Interrupted,
     RepositoryNotFound,
     TransientStorageError,
     UsageError,
@@ -418,6 +419,8 @@ def _backup(
             retention_error = _retention(result, plan, name, job, repo, context)
         finally:
             repo.close()
+    except Interrupted:
+        raise  # not a failure: it names the snapshot it committed
     except BcdrError as exc:
         return _failed(result, exc)
     result.status = PARTIAL if backup.partial or backup.evidence_error else OK

@@ -27,6 +27,7 @@ from bcdr.actions.common import password_env, plan_storage_spec
 from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
+from bcdr.errors import Interrupted
 from bcdr.plan.model import Plan
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import due_slot, latest_slot, next_slot
@@ -230,13 +231,15 @@ class Scheduler:
         t0 = time.monotonic()
         try:
             result = self.runner(plan, name, self.clock)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as exc:
             self.history.finish(
                 run_id,
                 status=INTERRUPTED,
                 finished=self.clock.now(),
                 duration_s=time.monotonic() - t0,
-                message="stopped by a signal; nothing half-written was committed",
+                message=str(exc)
+                if isinstance(exc, Interrupted)
+                else "stopped by a signal; nothing half-written was committed",
             )
             self.log("job-interrupted", plan=plan.name, job=name)
             raise

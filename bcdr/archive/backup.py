@@ -163,6 +163,7 @@ class Archiver:
             nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
         except CorruptObject as exc:
             self.problems.warn(path, f"unreadable in the parent snapshot ({exc}); read in full")
+            self.repo.distrust(tree_id)  # its tree, saved again, must not dedup against it
             return {}
         return {n.name: n for n in nodes}
 

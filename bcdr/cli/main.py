@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from bcdr.cli.evidencecmds import add_evidence_commands
 from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
+from bcdr.cli.repaircmds import add_repair_commands
 from bcdr.cli.repoargs import add_repo_options, named_repo, storage_spec
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
@@ -31,8 +33,10 @@ from bcdr.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     BcdrError,
+    Interrupted,
     UsageError,
 )
+from bcdr.interrupts import terminate_as_interrupt
 from bcdr.memory import tune_malloc
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
@@ -94,6 +98,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     )
     try:
         result = backup_action.backup(storage_spec(args), request, progress=progress.backup)
+    except KeyboardInterrupt:  # before the commit: a later one is held and named
+        raise Interrupted(
+            "interrupted before a snapshot was committed; no snapshot was written",
+            hint="run it again: packs already uploaded are reused, or collected by prune",
+        ) from None
     finally:
         progress.done()
     if args.json:
@@ -308,6 +317,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_drill_commands(command)
     add_evidence_commands(command)
     add_report_commands(command)
+    add_repair_commands(command)
     add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")
@@ -364,12 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = named_repo(args)
     if repo is not None:
         derive_key_ahead(repo)  # before the command's modules load: they overlap scrypt
+    terminate_as_interrupt()
     quiet_sdk_logging()
     progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
     try:
         code: int = args.handler(args)
         return code
     except BcdrError as exc:
+        if isinstance(exc, Interrupted):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if getattr(args, "json", False):
             render.emit_json(exc.to_dict())
         for problem in getattr(exc, "problems", ()):
@@ -379,7 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"hint: {exc.hint}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("bcdr: interrupted; nothing half-written was committed\n")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback now
+        sys.stderr.write(
+            "bcdr: interrupted; every write is atomic, so nothing half-written is visible "
+            "(run the command again to finish it)\n"
+        )
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

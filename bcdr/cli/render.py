@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # types only: the command a user runs loads only what it need
     from bcdr.geo.residency import Placement
     from bcdr.repository.check import CheckReport
     from bcdr.repository.prune import PruneReport
+    from bcdr.repository.repair import IndexRepair, SnapshotRepair
     from bcdr.repository.snapshot import Snapshot
     from bcdr.scheduler.status import JobStatus
     from bcdr.storage.wrap import Transfer
@@ -124,6 +125,75 @@ def check_text(r: CheckReport) -> None:
     for line in r.errors:
         out(f"error: {line}")
     out("no errors found" if r.ok else f"{len(r.errors)} error(s) found")
+    for line in r.repairs:
+        out(f"to repair: {line}")
+
+
+def _short(names: list[str]) -> str:
+    shown = ", ".join(n[:12] for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def repair_index_text(r: IndexRepair) -> None:
+    would = "would be " if r.dry_run else ""
+    out(f"{r.packs} packs in storage")
+    if r.missing_packs:
+        out(
+            f"  {len(r.missing_packs)} missing pack(s) {would}dropped from the index: "
+            f"{_short(r.missing_packs)}"
+        )
+    if r.truncated_packs:
+        out(
+            f"  {len(r.truncated_packs)} truncated pack(s) {would}dropped from the index: "
+            f"{_short(r.truncated_packs)}"
+        )
+    if r.damaged_index_files:
+        out(
+            f"  {len(r.damaged_index_files)} damaged index file(s) {would}removed: "
+            f"{_short(r.damaged_index_files)}"
+        )
+    if r.packs_indexed:
+        out(
+            f"  {len(r.packs_indexed)} pack(s) {would}indexed from their headers: "
+            f"{_short(r.packs_indexed)}"
+        )
+    for pack in r.unreadable_packs:
+        out(f"  pack {pack[:12]}: header does not open; left unindexed (prune removes it)")
+    if not r.changed:
+        out("the index matches the packs: nothing to repair")
+    elif not r.dry_run:
+        out(
+            f"index repaired: {r.index_files_written} file(s) written, "
+            f"{r.index_files_removed} removed; next: `bcdr repair snapshots`"
+        )
+
+
+def repair_snapshots_text(r: SnapshotRepair) -> None:
+    out(f"{r.snapshots} snapshots walked")
+    for item in r.repaired:
+        if item.new:
+            head = f"snapshot {item.snapshot[:8]} repaired as {item.new[:8]}"
+        elif r.dry_run:
+            head = f"snapshot {item.snapshot[:8]} would be repaired"
+        else:
+            head = f"snapshot {item.snapshot[:8]}: nothing readable is left"
+        if item.forgotten:
+            head += "; original removed"
+        out(f"{head}: {item.lost_count} path(s) lost")
+        for path in item.lost[:20]:
+            out(f"  lost {path}")
+        if item.lost_count > 20:
+            out(f"  ... and {item.lost_count - 20} more (see --json)")
+    for name in r.damaged_manifests:
+        done = name in r.manifests_removed
+        out(
+            f"snapshot {name[:12]}: manifest unreadable; "
+            + ("removed" if done else "remove it with --forget")
+        )
+    if not r.changed:
+        out("every snapshot's trees and chunks are stored: nothing to repair")
+    elif r.repaired and not r.forget and not r.dry_run:
+        out("originals kept; `bcdr repair snapshots --forget` removes them")
 
 
 def plan_job_text(r: JobResult) -> None:

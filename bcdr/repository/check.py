@@ -29,7 +29,7 @@ from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
 from bcdr.repository.hashing import new_object_hasher, object_name
 from bcdr.repository.locks import READ, is_stale, list_locks
-from bcdr.repository.masterindex import ENTRY_DTYPE
+from bcdr.repository.masterindex import ENTRY_DTYPE, contains
 from bcdr.repository.pack import (
     TRAILER,
     PackEntry,
@@ -56,6 +56,8 @@ class CheckReport:
     read_fraction: float = 0.0
     downloaded: Transfer | None = None
     evidence: str | None = None  # the evidence record of this check
+    damaged_snapshots: list[str] = field(default_factory=list)  # ids that do not restore whole
+    repairs: list[str] = field(default_factory=list)  # the commands that fix what was found
 
     @property
     def ok(self) -> bool:
@@ -124,7 +126,14 @@ class Checker:
         self._indexed: dict[str, _Listed] = {}
         self._missing_packs: set[str] = set()
         self._seen = np.zeros(0, dtype=bool)  # per index row: referenced by a snapshot
-        self._lost = np.zeros(0, dtype=bool)  # per index row: in a missing pack
+        self._lost_ids = np.empty(0, dtype="S32")  # every copy in a missing pack
+        self._index_damage = False  # an index file or a listed pack is damaged or gone
+        self._bad_manifests = 0
+        self._bad_trees: set[bytes] = set()  # unreadable, or with a file whose chunks are lost
+        self._subtrees: dict[bytes, list[bytes]] = {}
+        self._roots: list[tuple[str, bytes]] = []  # (snapshot id, root tree)
+        self._bad_marks: list[str] = []
+        self._bad_packs = False  # --read-data found a damaged pack
 
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_index()
@@ -142,8 +151,71 @@ class Checker:
             self.report.errors.extend(data_errors)
         else:
             self._check_snapshots(self.report.errors)
+        self._name_damaged_snapshots()
+        self._check_marks()
         self._check_leftovers()
+        self._suggest_repairs()
         return self.report
+
+    def _name_damaged_snapshots(self) -> None:
+        """Every snapshot that reaches a damaged tree is named, not only the first one walked
+        (later ones share its trees and were not walked again)."""
+        damaged: dict[bytes, bool] = {}
+
+        def bad(tree: bytes) -> bool:
+            stack, order = [tree], []
+            while stack:  # iterative post-order: trees may nest deeper than the stack
+                t = stack.pop()
+                if t in damaged:
+                    continue
+                order.append(t)
+                damaged[t] = t in self._bad_trees
+                stack.extend(c for c in self._subtrees.get(t, ()) if c not in damaged)
+            for t in reversed(order):
+                damaged[t] = damaged[t] or any(
+                    damaged.get(c, False) for c in self._subtrees.get(t, ())
+                )
+            return damaged[tree]
+
+        for snap_id, root in self._roots:
+            if bad(root):
+                self.report.damaged_snapshots.append(snap_id)
+                if not any(snap_id[:8] in e for e in self.report.errors):
+                    self.report.errors.append(
+                        f"snapshot {snap_id[:8]}: shares damaged folders with a snapshot named "
+                        "above; it does not restore whole"
+                    )
+
+    def _check_marks(self) -> None:
+        from bcdr.repository.marks import list_marks
+
+        for mark in list_marks(self.repo.storage, self.repo.cipher):
+            if mark.damaged:
+                self._bad_marks.append(mark.id)
+                self.report.errors.append(
+                    f"prune mark {mark.id} is damaged ({mark.damaged}); nobody relies on it"
+                )
+
+    def _suggest_repairs(self) -> None:
+        url, fixes = self.repo.storage.url, self.report.repairs
+        if self._index_damage:
+            fixes.append(
+                f"`bcdr repair index --repo {url}` drops the entries of missing packs and "
+                "indexes the packs no index lists"
+            )
+        if self._bad_packs:
+            fixes.append(
+                "damaged packs: delete them, then `bcdr repair index`; the next backup of the "
+                "same files stores their blobs again (docs/repair.md)"
+            )
+        count = len(self.report.damaged_snapshots) + self._bad_manifests
+        if count:
+            fixes.append(
+                f"`bcdr repair snapshots --repo {url} --forget` rewrites {count} snapshot(s) "
+                "without what is lost (run it after `repair index`)"
+            )
+        if self._bad_marks:
+            fixes.append(f"`bcdr prune --repo {url}` discards the damaged prune mark(s)")
 
     def _check_index(self) -> None:
         names, capacity = self.repo.index_files()
@@ -154,6 +226,7 @@ class Checker:
                     packs = self.repo.read_index_records(name)
                 except BcdrError as exc:
                     self.report.errors.append(f"index {name[:12]}: {exc}")
+                    self._index_damage = True
                     continue
                 for pack, records in packs:
                     if pack not in self._indexed:
@@ -170,12 +243,14 @@ class Checker:
         self.report.packs = len(stored)
         for pack, listed in sorted(self._indexed.items()):
             if pack not in stored:
+                self._index_damage = True
                 self._missing_packs.add(pack)
                 self.report.errors.append(
                     f"pack {pack[:12]} is listed in the index but missing "
                     f"({listed.count} blobs lost)"
                 )
             elif stored[pack] < listed.need:
+                self._index_damage = True
                 self.report.errors.append(
                     f"pack {pack[:12]} is truncated: {stored[pack]} bytes, the index needs "
                     f"at least {listed.need}"
@@ -191,19 +266,22 @@ class Checker:
         seen_trees: set[bytes] = set()
         index = self.repo.index
         self._seen = np.zeros(index.rows(), dtype=bool)
-        self._lost = index.rows_in(self._missing_packs) if self._missing_packs else self._lost
+        # Blobs whose every copy is in a missing pack (a copy stored again elsewhere counts)
+        self._lost_ids = index.only_in(self._missing_packs)
         for name in sorted(self.repo.snapshot_names()):
             try:
                 snap = self.repo.load_snapshot(name)
             except CorruptObject as exc:  # its message names the snapshot
                 errors.append(str(exc))
+                self._bad_manifests += 1
                 continue
             except (BcdrError, ObjectNotFound) as exc:
                 errors.append(f"snapshot {name[:12]}: {exc}")
                 continue
             self.report.snapshots += 1
+            self._roots.append((snap.id, bytes.fromhex(snap.tree)))
             stack = [(bytes.fromhex(snap.tree), b"")]
-            files: list[tuple[bytes, list[bytes]]] = []
+            files: list[tuple[bytes, list[bytes], bytes]] = []
             ids = 0
             while stack:
                 tree_id, path = stack.pop()
@@ -216,14 +294,17 @@ class Checker:
                     errors.append(
                         f"snapshot {snap.short_id} {_show(path or b'/')}: tree unreadable: {exc}"
                     )
+                    self._bad_trees.add(tree_id)
                     continue
                 self.report.trees += 1
+                subtrees = self._subtrees.setdefault(tree_id, [])
                 for node in nodes:
                     sub = path + b"/" + node.name
                     if node.type == DIR and node.subtree is not None:
                         stack.append((node.subtree, sub))
+                        subtrees.append(node.subtree)
                     elif node.type == FILE and node.content:
-                        files.append((sub, node.content))
+                        files.append((sub, node.content, tree_id))
                         ids += len(node.content)
                 if ids >= CONTENT_BATCH:  # one index search for many folders' files
                     self._check_content(snap.short_id, files, errors)
@@ -232,25 +313,27 @@ class Checker:
         self.report.blobs_referenced = int(self._seen.sum())
 
     def _check_content(
-        self, snap: str, files: list[tuple[bytes, list[bytes]]], errors: list[str]
+        self, snap: str, files: list[tuple[bytes, list[bytes], bytes]], errors: list[str]
     ) -> None:
         """Mark the chunks of ``files`` (of one or more folders) as referenced, with one index
         search for them all; report each file with chunks not indexed or in a pack that is
         gone."""
         if not files:
             return
-        rows = self.repo.index.rows_of([blob_id for _, content in files for blob_id in content])
+        ids = [blob_id for _, content, _ in files for blob_id in content]
+        rows = self.repo.index.rows_of(ids)
         bad = rows < 0
-        if len(self._lost):
-            bad |= self._lost[np.maximum(rows, 0)]
+        if len(self._lost_ids):
+            bad |= contains(self._lost_ids, np.frombuffer(b"".join(ids), dtype="S32"))
         self._seen[rows[~bad]] = True
         if not bad.any():
             return
         start = 0
-        for path, content in files:
+        for path, content, tree_id in files:
             missing = int(bad[start : start + len(content)].sum())
             start += len(content)
             if missing:
+                self._bad_trees.add(tree_id)
                 errors.append(
                     f"snapshot {snap} {_show(path)}: {missing} chunk(s) missing "
                     "(not indexed, or their pack is gone)"
@@ -272,6 +355,7 @@ class Checker:
                 self.report.packs_read += 1
                 self.report.bytes_read += size
             errors.extend(found)
+            self._bad_packs = self._bad_packs or bool(found)
             if self.progress:
                 self.progress("read-data", i, len(chosen))
         return errors

@@ -355,6 +355,22 @@ class MasterIndex:
                 return run.location(i, self._packs)
         return None
 
+    def lookup_all(self, blob_id: bytes) -> list[BlobLocation]:
+        """Every indexed copy of a blob (a blob stored again has two): the newest first."""
+        out = []
+        loc = self._recent.get(blob_id)
+        if loc is not None:
+            no, t, codec, off, stored, raw = loc
+            out.append(BlobLocation(self._packs[no], t, codec, off, stored, raw))
+        k, t1, t2, t3 = ID_WORDS.unpack(blob_id)
+        for run in reversed(self._runs):
+            i = int(run.key.searchsorted(np.uint64(k)))
+            while i < len(run) and int(run.key[i]) == k:
+                if (int(run.t1[i]), int(run.t2[i]), int(run.t3[i])) == (t1, t2, t3):
+                    out.append(run.location(i, self._packs))
+                i += 1
+        return out
+
     def lookup_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
         """:meth:`lookup` for many ids at once: one vectorised search per run instead of a
         numpy call per id (restore looks up every chunk of a folder's files together)."""

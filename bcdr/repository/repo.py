@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from bcdr import __version__
 from bcdr.clock import Clock, SystemClock
@@ -40,6 +40,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 PasswordProvider = Callable[[], bytes | None]
+
+
+class SnapshotFields(TypedDict):
+    time: str
+    program_version: str
+
+
 #: Loads of the index that may find a file gone (a prune replaced it meanwhile) before one
 #: such miss is an error. Three were too few beside a prune running round after round.
 INDEX_LOAD_ATTEMPTS = 6
@@ -277,6 +284,13 @@ class Repository:
         self._reused.extend(blob_ids)
         return True
 
+    def distrust(self, blob_id: bytes) -> None:
+        """A blob found damaged: never deduplicate against it (store it again)."""
+        import numpy as np
+
+        ids = np.frombuffer(blob_id, dtype="S32")
+        self._avoid = ids if self._avoid is None else np.union1d(self._avoid, ids)
+
     def note_reused(self, blob_id: bytes) -> None:
         """A blob a new snapshot refers to was found stored (deduplicated): remembered for the
         commit guard (main thread)."""
@@ -415,12 +429,20 @@ class Repository:
 
     def load_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes:
         """Read, open, decompress and verify a blob (``loc``: its index entry, if known)."""
-        loc = loc or self.index.lookup(blob_id)
         if loc is None:
-            raise CorruptObject(
-                f"blob {blob_id.hex()[:12]} is not in the index",
-                hint="run `bcdr check` to see what is missing",
-            )
+            copies = self.index.lookup_all(blob_id)
+            if not copies:
+                raise CorruptObject(
+                    f"blob {blob_id.hex()[:12]} is not in the index",
+                    hint="run `bcdr check` to see what is missing",
+                )
+            # A blob stored again (its first copy lost or damaged) has several: try each.
+            for other in copies[:-1]:
+                try:
+                    return self.load_blob(blob_id, other)
+                except CorruptObject:
+                    continue
+            loc = copies[-1]
         try:
             sealed = self.storage.get(pack_key(loc.pack), loc.offset, loc.stored_len)
         except ObjectNotFound:
@@ -495,6 +517,17 @@ class Repository:
         """``ref`` is an id, a unique id prefix, or ``latest`` (of ``job`` if given)."""
         if ref == "latest":
             snaps = self.list_snapshots(job)
+            if self.damaged_snapshots:
+                # An unreadable snapshot may be the newest (of the job): "latest" must not
+                # quietly mean an older one.
+                names = ", ".join(n[:12] for n in self.damaged_snapshots[:3])
+                raise CorruptObject(
+                    f"snapshot(s) {names} cannot be read, and may be the newest"
+                    + (f" of job {job!r}" if job else ""),
+                    where=self.storage.url,
+                    hint="name the snapshot to use (`bcdr snapshots` lists the readable ones), "
+                    "or remove the damaged one with `bcdr repair snapshots --forget`",
+                )
             if not snaps:
                 scope = f" of job {job!r}" if job else ""
                 jobs = sorted({s.job for s in self.list_snapshots() if s.job}) if job else []
@@ -523,5 +556,5 @@ class Repository:
             raise SnapshotNotFound(f"snapshot {ref} belongs to job {snap.job!r}, not {job!r}")
         return snap
 
-    def new_snapshot_fields(self) -> dict[str, str]:
+    def new_snapshot_fields(self) -> SnapshotFields:
         return {"time": self.clock.now().isoformat(), "program_version": __version__}

@@ -38,6 +38,7 @@ class Snapshot:
     skipped: tuple[SkippedPath, ...] = ()
     program_version: str = ""
     placement: dict[str, Any] | None = None  # region, redundancy, secondary, verified/declared
+    repaired: dict[str, Any] | None = None  # `bcdr repair snapshots`: from, time, what was lost
     id: str = ""  # the storage name; not part of the stored document
 
     @property
@@ -51,6 +52,8 @@ class Snapshot:
     def to_bytes(self) -> bytes:
         doc = asdict(self)
         del doc["id"]
+        if doc["repaired"] is None:  # written only by a repair: other snapshots as before
+            del doc["repaired"]
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +86,7 @@ class Snapshot:
             skipped=tuple(SkippedPath(s.path, s.reason) for s in w.skipped),
             program_version=w.program_version,
             placement=w.placement,
+            repaired=w.repaired,
             id=name,
         )
 
@@ -109,6 +113,7 @@ class _SnapshotWire(msgspec.Struct, kw_only=True):
     skipped: list[_SkippedWire] = []
     program_version: str = ""
     placement: dict[str, Any] | None = None
+    repaired: dict[str, Any] | None = None
 
 
 _decoder = msgspec.json.Decoder(_SnapshotWire)

@@ -1,0 +1,44 @@
+"""Holding SIGINT and SIGTERM over a step that must not be cut in two.
+
+A backup's commit (snapshot, then its evidence record) is short; an interrupt that arrives
+in the middle of it is held until the step is done, so that a committed snapshot always gets
+its record and the message after the interrupt can say truthfully what was committed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def held_interrupts() -> Iterator[list[int]]:
+    """Inside: SIGINT and SIGTERM are recorded (in the yielded list), not acted on. The caller
+    decides after the block what to do about them. Outside the main thread (where handlers
+    cannot be set) nothing is held."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in HELD}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM (systemd stopping a unit, a scheduler's timeout, ``kill``) stops a command as
+    Ctrl-C does: it unwinds, releases its locks and says what was committed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
