@@ -4,6 +4,7 @@ subclass ``StorageContract`` and provide a ``storage`` fixture."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -47,6 +48,9 @@ class StorageContract:
         keys = {f"data/{i:02x}/{i:064x}" for i in range(40)} | {"index/a", "index/b", "config"}
         for k in keys:
             storage.put(k, k.encode())
+        for info in storage.list(""):  # when it was written, by the storage's clock
+            assert info.modified is not None and info.modified.tzinfo is not None
+            assert abs((info.modified - datetime.now(UTC)).total_seconds()) < 300
         listed = {(o.key, o.size) for o in storage.list("data/")}
         assert listed == {(k, len(k)) for k in keys if k.startswith("data/")}
         assert {o.key for o in storage.list("index/")} == {"index/a", "index/b"}

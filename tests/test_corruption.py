@@ -117,10 +117,13 @@ def test_one_damaged_snapshot_does_not_hide_the_others(
     first = next((repo / "snapshots").iterdir())
     (src / "file0.bin").write_bytes(b"changed")
     assert run_process("backup", "--repo", repo, src).code == 0
+    stored_at = first.stat()
     first.write_bytes(b"\x00" + first.read_bytes()[1:])
+    os.utime(first, ns=(stored_at.st_atime_ns, stored_at.st_mtime_ns))  # bit rot: same time
     r = run_process("snapshots", "--repo", repo, "--json")
     assert r.code == 0 and len(json.loads(r.out)) == 1
     assert f"snapshot {first.name[:12]} is damaged" in r.err
+    # The damaged one was stored before the newest readable one: "latest" is that one.
     r = run_process("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
     assert r.code == 0, r.err
 
@@ -450,7 +453,11 @@ def test_a_snapshot_with_a_field_of_the_wrong_kind_is_damaged_not_a_crash(
     assert f"snapshot {bad[:12]} is damaged" in r.err
     r = cli("check", "--repo", repo_path)
     assert r.code == 1 and f"error: snapshot {bad[:12]}: does not parse (" in r.out, r.out
+    # Stored after the good one, it may be the newest: "latest" names it instead of quietly
+    # restoring an older snapshot; the good one is restored by its id.
     r = cli("restore", "--repo", repo_path, "latest", "--target", tmp_path / "out")
+    assert r.code == 1 and bad[:12] in r.err and "may be the newest" in r.err, r.err
+    r = cli("restore", "--repo", repo_path, good.id, "--target", tmp_path / "out")
     assert r.code == 0, r.err
     assert (restored_root(tmp_path / "out", src) / "f").read_bytes() == b"data" * 100
     r = cli("forget", "--repo", repo_path, "--keep-last", "1", "--dry-run")

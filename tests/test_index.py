@@ -75,17 +75,36 @@ def test_first_location_of_a_blob_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     index = MasterIndex()
     index.add_pack(first, entries)
     index.add_pack(second, entries)  # the same blobs packed again (e.g. two racing backups)
-    assert len(index) == 25
+    assert len(index) == 50  # every copy is kept: a reader falls back on the other
     for e in entries:
         _assert_found(index, first, e)
+        assert [loc.pack for loc in index.lookup_all(e.blob_id)] == [first, second]
+
+
+def test_copies_in_a_demoted_pack_are_found_last() -> None:
+    """A blob whose first copy is in a pack that is gone or marked is found in its other copy,
+    whichever was indexed first."""
+    rng = random.Random(4)
+    gone, kept = _pack(rng), _pack(rng)
+    entries = _entries(rng, 30)
+    cipher = AesGcmCipher(os.urandom(32))
+    data = encode_index({gone: entries, kept: entries}, cipher)[1]
+    index = MasterIndex()
+    index.demote(gone)
+    index.load([decode_index_records(data, cipher, "file")], 60)
+    for e in entries:
+        _assert_found(index, kept, e)
+    assert not len(index.only_in({gone}))
+    assert len(index.only_in({gone, kept})) == 30
 
 
 @pytest.mark.parametrize("bound", ["exact", "too small"])
-def test_bulk_load_from_index_files_dedups_and_keeps_order(bound: str) -> None:
+def test_bulk_load_from_index_files_keeps_every_copy_in_order(bound: str) -> None:
     rng = random.Random(3)
     cipher = AesGcmCipher(os.urandom(32))
     files = []
     expected: dict[bytes, tuple[str, PackEntry]] = {}
+    total = 0
     shared = _entries(rng, 50)
     for f in range(6):
         packs = {}
@@ -93,6 +112,7 @@ def test_bulk_load_from_index_files_dedups_and_keeps_order(bound: str) -> None:
             pack = _pack(rng)
             entries = _entries(rng, 40) + (shared if f in (1, 4) else [])
             packs[pack] = entries
+            total += len(entries)
             for e in entries:
                 expected.setdefault(e.blob_id, (pack, e))
         files.append(encode_index(packs, cipher)[1])
@@ -101,9 +121,9 @@ def test_bulk_load_from_index_files_dedups_and_keeps_order(bound: str) -> None:
     index.load(
         (decode_index_records(data, cipher, f"file {i}") for i, data in enumerate(files)), capacity
     )
-    assert len(index) == len(expected)
-    assert index.memory_bytes() == BYTES_PER_ENTRY * len(expected)
-    for pack, e in expected.values():
+    assert len(index) == total == len(expected) + 9 * 50  # the shared blobs in 10 packs
+    assert index.memory_bytes() == BYTES_PER_ENTRY * total
+    for pack, e in expected.values():  # the first copy is found first
         _assert_found(index, pack, e)
     assert len(index.packs()) == 30
 

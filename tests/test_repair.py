@@ -9,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
 from tests.conftest import (
@@ -106,9 +107,19 @@ def test_repair_snapshots_leaves_out_what_is_lost_and_says_so(tmp_path: Path) ->
     repo, src = _repo(tmp_path), _tree(tmp_path / "src")
     first = _backup(repo, src)
     second = _backup(repo, src, "--force-read")
-    for pack in _packs(repo)[::3]:
-        pack.unlink()
-    assert _repair(repo, "index")["missing_packs"]
+    # Packs of chunks only: files are lost, every folder stays readable.
+    rp = Repository.open(LocalStorage(str(repo)))
+    names, _ = rp.index_files()
+    chunk_packs = sorted(
+        pack
+        for name in names
+        for pack, records in rp.read_index_records(name)
+        if not (records["type"] == TREE).any()
+    )
+    for pack in _packs(repo):
+        if pack.name in chunk_packs[::3]:
+            pack.unlink()
+    assert _repair(repo, "index")["missing_packs"] == chunk_packs[::3]
     snaps = _repair(repo, "snapshots", "--forget")
     repaired = {r["snapshot"]: r for r in snaps["repaired"]}  # type: ignore[union-attr]
     assert set(repaired) == {first["snapshot"], second["snapshot"]}
@@ -122,6 +133,7 @@ def test_repair_snapshots_leaves_out_what_is_lost_and_says_so(tmp_path: Path) ->
     new = repo_obj.load_snapshot(repaired[first["snapshot"]]["new"])
     assert new.repaired and new.repaired["from"] == first["snapshot"] and "repaired" in new.tags
     assert new.repaired["lost_count"] == repaired[first["snapshot"]]["lost_count"]
+    assert all("(file: chunks missing)" in path for path in new.repaired["lost"])
     r = run_process("evidence", "list", "--repo", repo, "--json")
     kinds = [rec["kind"] for rec in json.loads(r.out)]
     assert kinds.count("repair") == 2

@@ -124,6 +124,7 @@ class Checker:
         self.report = CheckReport()
         self.progress = progress
         self._indexed: dict[str, _Listed] = {}
+        self._stored: dict[str, int] = {}  # pack -> size, as listed
         self._missing_packs: set[str] = set()
         self._seen = np.zeros(0, dtype=bool)  # per index row: referenced by a snapshot
         self._lost_ids = np.empty(0, dtype="S32")  # every copy in a missing pack
@@ -219,6 +220,9 @@ class Checker:
 
     def _check_index(self) -> None:
         names, capacity = self.repo.index_files()
+        # Listed after the index files (a pack is written before the index naming it); a copy
+        # of a blob in a pack that is gone is found after every other copy.
+        self._stored = self.repo.stored_packs()
 
         def decoded() -> Iterator[list[tuple[str, np.ndarray]]]:
             for name in names:
@@ -231,15 +235,15 @@ class Checker:
                 for pack, records in packs:
                     if pack not in self._indexed:
                         self._indexed[pack] = _listed(records)
+                    if pack not in self._stored:
+                        self.repo.index.demote(pack)
                 yield packs
 
         self.repo.index.load(decoded(), capacity)
         self.repo.index_loaded = True
 
     def _check_packs(self) -> dict[str, int]:
-        stored = {
-            info.key.rsplit("/", 1)[-1]: info.size for info in self.repo.storage.list("data/")
-        }
+        stored = self._stored
         self.report.packs = len(stored)
         for pack, listed in sorted(self._indexed.items()):
             if pack not in stored:

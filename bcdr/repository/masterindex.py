@@ -96,7 +96,7 @@ def _fill(cols: Columns, at: int, records: np.ndarray, pack_no: int) -> None:
     cols["raw"][at:end] = records["raw"]
 
 
-def _build_run(parts: list[Columns]) -> _Run:
+def _build_run(parts: list[Columns], demoted: np.ndarray | None = None) -> _Run:
     """Concatenate column parts (oldest first) into one sorted run. Each input column is freed
     as soon as it is copied."""
     cols: Columns = {}
@@ -104,29 +104,22 @@ def _build_run(parts: list[Columns]) -> _Run:
         cols[name] = (
             np.concatenate([p.pop(name) for p in parts]) if parts else np.empty(0, dtype=dtype)
         )
-    return _sorted_run(cols)
+    return _sorted_run(cols, demoted)
 
 
-def _sorted_run(cols: Columns) -> _Run:
-    """Sort columns by key, keeping insertion order among equal keys, and drop later duplicates
-    of an id. Columns are permuted one at a time: the peak is the columns plus 16 bytes per
-    entry (the permutation and one column being rewritten)."""
-    order = np.argsort(cols["key"], kind="stable")
+def _sorted_run(cols: Columns, demoted: np.ndarray | None = None) -> _Run:
+    """Sort columns by key, keeping insertion order among equal keys, except that copies in
+    ``demoted`` packs (numbers) come after the others. Every copy of a blob is kept: a blob
+    stored again (its first copy lost, marked or damaged) has several, and a reader finds
+    the first and can fall back on the rest. Columns are permuted one at a time: the peak is
+    the columns plus 16 bytes per entry (the permutation and one column being rewritten)."""
+    if demoted is not None and len(demoted):
+        order = np.lexsort((np.isin(cols["pack"], demoted), cols["key"]))  # stable
+    else:
+        order = np.argsort(cols["key"], kind="stable")
     for name in COLUMNS:
         cols[name] = cols[name][order]
     del order
-    if len(cols["key"]) > 1:
-        dup = np.zeros(len(cols["key"]), dtype=bool)
-        dup[1:] = (
-            (cols["key"][1:] == cols["key"][:-1])
-            & (cols["t1"][1:] == cols["t1"][:-1])
-            & (cols["t2"][1:] == cols["t2"][:-1])
-            & (cols["t3"][1:] == cols["t3"][:-1])
-        )
-        if dup.any():
-            keep = ~dup
-            for name in COLUMNS:
-                cols[name] = cols[name][keep]
     return _Run(cols)
 
 
@@ -224,6 +217,7 @@ class MasterIndex:
         self._pack_no: dict[str, int] = {}
         self._runs: list[_Run] = []
         self._recent: dict[bytes, tuple[int, int, int, int, int, int]] = {}
+        self._demoted: set[int] = set()  # pack numbers whose copies are found last
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -238,6 +232,14 @@ class MasterIndex:
     def memory_bytes(self) -> int:
         """Bytes held by the columns (the dict of recent blobs not included)."""
         return sum(len(r) for r in self._runs) * BYTES_PER_ENTRY
+
+    def demote(self, pack: str) -> None:
+        """Copies in ``pack`` (marked by a prune, or gone) are found after every other copy
+        of the same blob, in the runs built from now on."""
+        self._demoted.add(self._intern(pack))
+
+    def _demoted_numbers(self) -> np.ndarray | None:
+        return np.fromiter(self._demoted, dtype=np.uint32) if self._demoted else None
 
     def _intern(self, pack: str) -> int:
         no = self._pack_no.get(pack)
@@ -289,7 +291,7 @@ class MasterIndex:
             self._freeze_recent()
             filled = {name: col[:n] for name, col in cols.items()}
             del cols  # the views alone keep the buffers, so sorting frees each as it goes
-            self._push(_sorted_run(filled))
+            self._push(_sorted_run(filled, self._demoted_numbers()))
 
     def _freeze_recent(self) -> None:
         if not self._recent:
@@ -310,7 +312,7 @@ class MasterIndex:
             "stored": vals[:, 4].astype(np.uint32),
             "raw": vals[:, 5].astype(np.uint32),
         }
-        self._push(_build_run([part]))
+        self._push(_build_run([part], self._demoted_numbers()))
         self._recent = {}
 
     def _push(self, run: _Run) -> None:
@@ -319,7 +321,7 @@ class MasterIndex:
         while len(runs) > 1 and len(runs[-1]) * 2 >= len(runs[-2]):
             newer = runs.pop().columns()
             older = runs.pop().columns()
-            runs.append(_build_run([older, newer]))
+            runs.append(_build_run([older, newer], self._demoted_numbers()))
         self._runs = runs
 
     def missing_ids(self, records: list[np.ndarray]) -> np.ndarray:
@@ -356,14 +358,15 @@ class MasterIndex:
         return None
 
     def lookup_all(self, blob_id: bytes) -> list[BlobLocation]:
-        """Every indexed copy of a blob (a blob stored again has two): the newest first."""
+        """Every indexed copy of a blob (a blob stored again has two or more), in the order
+        :meth:`lookup` prefers them."""
         out = []
         loc = self._recent.get(blob_id)
         if loc is not None:
             no, t, codec, off, stored, raw = loc
             out.append(BlobLocation(self._packs[no], t, codec, off, stored, raw))
         k, t1, t2, t3 = ID_WORDS.unpack(blob_id)
-        for run in reversed(self._runs):
+        for run in list(self._runs):
             i = int(run.key.searchsorted(np.uint64(k)))
             while i < len(run) and int(run.key[i]) == k:
                 if (int(run.t1[i]), int(run.t2[i]), int(run.t3[i])) == (t1, t2, t3):

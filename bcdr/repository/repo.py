@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, TypedDict
 
 from bcdr import __version__
@@ -75,6 +76,7 @@ class Repository:
         self.missing_packs: set[str] = set()  # packs the index names that storage lacks
         self._avoid: np.ndarray | None = None  # sorted ids (S32) whose only copies are marked
         self.damaged_snapshots: list[str] = []
+        self._stored_at: dict[str, datetime | None] = {}  # snapshot -> when storage wrote it
         self._writer: BlobWriter | None = None
         self._reused: list[bytes] = []  # ids the snapshot being written refers to, not stored
         self._own_before: set[str] = set()  # packs written before the snapshot being written
@@ -249,8 +251,12 @@ class Repository:
         def usable(pack: str) -> bool:
             if stored is not None and pack not in stored:
                 self.missing_packs.add(pack)
+                self.index.demote(pack)
                 return False
-            return pack not in self.marked
+            if pack in self.marked:
+                self.index.demote(pack)
+                return False
+            return True
 
         def unmarked() -> Iterator[list[tuple[str, np.ndarray]]]:
             for name, data in zip(names, fetched, strict=True):
@@ -501,7 +507,9 @@ class Repository:
         named in ``damaged_snapshots`` (check reports them as errors)."""
         snaps = []
         self.damaged_snapshots = []
-        for name in self.snapshot_names():
+        self._stored_at = {}
+        for info in self.storage.list("snapshots/"):
+            name = info.key.removeprefix("snapshots/")
             try:
                 snap = self.load_snapshot(name)
             except ObjectNotFound:
@@ -509,18 +517,34 @@ class Repository:
             except CorruptObject:
                 self.damaged_snapshots.append(name)
                 continue
+            finally:
+                self._stored_at[name] = info.modified
             if job is None or snap.job == job:
                 snaps.append(snap)
         return sorted(snaps, key=lambda s: (s.datetime, s.id))
+
+    def _maybe_newer_damaged(self, newest: Snapshot | None) -> list[str]:
+        """The unreadable snapshots (of the last listing) that may be newer than ``newest``:
+        all but those the storage wrote before it (both times by the storage's own clock;
+        where it gives none, every one)."""
+        stored = self._stored_at.get(newest.id) if newest is not None else None
+        if stored is None:
+            return list(self.damaged_snapshots)
+        return [
+            name
+            for name in self.damaged_snapshots
+            if (when := self._stored_at.get(name)) is None or when >= stored
+        ]
 
     def resolve_snapshot(self, ref: str, job: str | None = None) -> Snapshot:
         """``ref`` is an id, a unique id prefix, or ``latest`` (of ``job`` if given)."""
         if ref == "latest":
             snaps = self.list_snapshots(job)
-            if self.damaged_snapshots:
+            newer = self._maybe_newer_damaged(snaps[-1] if snaps else None)
+            if newer:
                 # An unreadable snapshot may be the newest (of the job): "latest" must not
                 # quietly mean an older one.
-                names = ", ".join(n[:12] for n in self.damaged_snapshots[:3])
+                names = ", ".join(n[:12] for n in newer[:3])
                 raise CorruptObject(
                     f"snapshot(s) {names} cannot be read, and may be the newest"
                     + (f" of job {job!r}" if job else ""),

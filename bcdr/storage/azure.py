@@ -279,6 +279,7 @@ class AzureBlobStorage:
                     int(item.size),
                     tier=str(tier.value if hasattr(tier, "value") else tier) if tier else None,
                     rehydrating=bool(item.archive_status),
+                    modified=item.last_modified,
                 )
         except ResourceNotFoundError as exc:
             if error_code(exc) != "ContainerNotFound":

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 REHYDRATE_HINT = (
@@ -76,6 +77,7 @@ class ObjectInfo:
     size: int
     tier: str | None = None  # access tier where the storage has tiers (Azure: Hot, Cool...)
     rehydrating: bool = False  # an Archive-tier object whose rehydration has been requested
+    modified: datetime | None = None  # when it was written, by the storage's clock (aware)
 
 
 class Staged(Protocol):

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bcdr.errors import (
@@ -156,10 +157,11 @@ class LocalStorage:
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if key.startswith(prefix):
                     try:
-                        size = os.stat(os.path.join(dirpath, name)).st_size
+                        st = os.stat(os.path.join(dirpath, name))
                     except FileNotFoundError:
                         continue
-                    yield ObjectInfo(key, size)
+                    when = datetime.fromtimestamp(st.st_mtime, UTC)
+                    yield ObjectInfo(key, st.st_size, modified=when)
 
     def _forget_fd(self, key: str) -> None:
         cache: OrderedDict[str, int] | None = getattr(self._local, "fds", None)
