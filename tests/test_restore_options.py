@@ -87,21 +87,34 @@ def test_overwrite_replaces_a_symlink_where_the_snapshot_has_a_folder(
     assert (root / "d/sub/g").read_bytes() == b"more"
 
 
-def test_overwrite_follows_a_symlink_above_the_backed_up_paths(tmp_path: Path, repo: str) -> None:
+def test_overwrite_follows_a_symlink_above_the_backed_up_paths_only_inside_the_target(
+    tmp_path: Path, repo: str
+) -> None:
     """The folders above a backed-up path were recorded as folders whatever they were (/lib ->
-    usr/lib on merged-/usr systems): a link there is kept and followed, as before."""
+    usr/lib on merged-/usr systems): a link there is kept and followed while it leads to a
+    place inside the target. One that leads outside is never followed: nothing is written
+    there, and the restore names it and fails."""
     src = write_tree(tmp_path / "src", {"f": b"data"})
     assert run_process("backup", "--repo", repo, src).code == 0
-    out, moved = tmp_path / "out", tmp_path / "moved"
-    moved.mkdir()
     first = str(src.resolve()).lstrip("/").split("/")[0]  # the top folder above the path
-    out.mkdir()
-    (out / first).symlink_to(moved)
+    inside = str(src.resolve()).lstrip("/").split("/", 1)[1]
+    out = tmp_path / "out"
+    (out / "moved").mkdir(parents=True)
+    (out / first).symlink_to(out / "moved")
     r = run_process("restore", "--repo", repo, "latest", "--target", out, "--overwrite")
     assert r.code == 0, r.err
     assert (out / first).is_symlink()
-    inside = str(src.resolve()).lstrip("/").split("/", 1)[1]
-    assert (moved / inside / "f").read_bytes() == b"data"
+    assert (out / "moved" / inside / "f").read_bytes() == b"data"
+
+    out2, outside = tmp_path / "out2", tmp_path / "outside"
+    out2.mkdir()
+    outside.mkdir()
+    (out2 / first).symlink_to(outside)
+    r = run_process("restore", "--repo", repo, "latest", "--target", out2, "--overwrite")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "is a link to a place outside the restore target; not followed" in r.out + r.err
+    assert list(outside.iterdir()) == []
+    assert (out2 / first).is_symlink()
 
 
 def test_restore_tells_what_it_wrote_around_the_page_cache_and_buffered_writes_none(

@@ -41,6 +41,11 @@ class RestoreResult:
 
 
 def check_target(target: str, overwrite: bool) -> None:
+    if not target.strip():
+        raise UsageError(
+            "the restore target is empty",
+            hint="give the folder to restore into, e.g. --target /scratch/restore",
+        )
     if os.path.exists(target) and not os.path.isdir(target):
         raise UsageError(f"restore target is not a directory: {target}")
     if os.path.isdir(target) and any(os.scandir(target)) and not overwrite:
@@ -73,6 +78,7 @@ def restore(
     includes: tuple[str, ...] = (),
     overwrite: bool = False,
     direct: bool = True,
+    setid: bool = False,
     progress: ProgressFn | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
@@ -92,6 +98,7 @@ def restore(
             progress=progress,
             walked=snap.paths,
             direct=direct,
+            setid=setid,
         )
         stats = restorer.run(tree)
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))

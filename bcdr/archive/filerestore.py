@@ -332,10 +332,19 @@ class _Tally:
 class FileRestorer:
     """Restores files; ``on_done(snap_path, error_or_None, job)`` is called per file."""
 
-    def __init__(self, repo: Repository, workers: int | None = None, *, direct: bool = True):
+    def __init__(
+        self,
+        repo: Repository,
+        workers: int | None = None,
+        *,
+        direct: bool = True,
+        mode_mask: int = 0o7777,
+    ):
         """``direct``: files of DIRECT_MIN bytes or more on a local disk are written with
-        ``O_DIRECT`` (:meth:`_direct_here`)."""
+        ``O_DIRECT`` (:meth:`_direct_here`). ``mode_mask``: the mode bits restored (without
+        0o6000, setuid and setgid are not)."""
         self.repo = repo
+        self._mode_mask = mode_mask
         self.direct = direct and bool(O_DIRECT)
         self._direct_on: dict[int, bool] = {}  # st_dev -> whether its files get O_DIRECT
         self._buffers: list[memoryview] = []  # DIRECT_BUFFER each, reused (their pages warm)
@@ -731,10 +740,12 @@ class FileRestorer:
             if job.error is None:
                 if AS_ROOT and (node.uid, node.gid) != (self._uid, self._gid):
                     os.fchown(job.fd, node.uid, node.gid)
-                os.fchmod(job.fd, node.mode)
+                os.fchmod(job.fd, node.mode & self._mode_mask)
                 os.utime(job.fd, ns=(node.mtime_ns, node.mtime_ns))
         except OSError as exc:
             job.error = exc.strerror or str(exc)
+        except (OverflowError, ValueError) as exc:  # a crafted tree's out-of-range field
+            job.error = f"cannot set metadata: {exc}"
         finally:
             if job.fd >= 0:
                 os.close(job.fd)

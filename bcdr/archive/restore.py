@@ -56,13 +56,16 @@ class Restorer:
         progress: ProgressFn | None = None,
         walked: Iterable[str] = (),
         direct: bool = True,
+        setid: bool = False,
     ):
         """``walked``: the snapshot's backed-up paths. Folders at or below them were real
         folders when backed up, and are made as real folders: a symlink in the way of one is
         replaced (the target is empty unless --overwrite), never followed. The folders above
         them were recorded as folders whatever they were (/lib -> usr/lib on many systems), and
         are made, or followed, as they are. ``direct``: larger files are written with
-        ``O_DIRECT`` if the target is on a local disk (bcdr/archive/filerestore.py)."""
+        ``O_DIRECT`` if the target is on a local disk (bcdr/archive/filerestore.py).
+        ``setid``: restore setuid and setgid bits (off: a repository someone else could write
+        to must not plant a setuid program)."""
         self.repo = repo
         self.target = target
         self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
@@ -70,11 +73,12 @@ class Restorer:
         self.includes = includes if includes else None
         self.progress = progress
         self.stats = RestoreStats()
-        self._files = FileRestorer(repo, direct=direct)
+        self._mode_mask = 0o7777 if setid else 0o1777
+        self._files = FileRestorer(repo, direct=direct, mode_mask=self._mode_mask)
         self._links: list[tuple[Node, bytes, bytes]] = []
         self._link_keys: set[tuple[int, int]] = set()
         self._dirs: list[tuple[bytes, Node]] = []
-        self._made: set[bytes] = set()
+        self._made: set[bytes] = {target}
         self._started = 0.0
         self._last_progress = 0.0
 
@@ -157,6 +161,9 @@ class Restorer:
             except OSError as exc:
                 self._error(snap_path, f"cannot create directory: {exc.strerror}")
                 return False
+            except BcdrError as exc:
+                self._error(snap_path, str(exc))
+                return False
         restored = node.subtree is not None and self._restore_tree(
             node.subtree, snap_path, included
         )
@@ -166,19 +173,36 @@ class Restorer:
         return included or restored
 
     def _makedirs(self, path: bytes) -> None:
-        if path in self._made:
+        """Make ``path`` (under the target) a folder, component by component, never through a
+        link that leads out of the target. What is in the way of a folder is replaced: a
+        file, or a link at or below a backed-up path (there were real folders there). A link
+        above the backed-up paths (/lib -> usr/lib) is kept and followed only while it leads
+        to a place inside the target; one that leads outside stops this part of the restore
+        with an error and is never followed."""
+        if path in self._made or path == self.target:
             return
-        if self._walked_folder(path):
-            self._makedirs(os.path.dirname(path))
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):  # a symlink or file in the way
-                    _remove_existing(path)
-                    os.mkdir(path)
-        else:
-            os.makedirs(path, exist_ok=True)
+        self._makedirs(os.path.dirname(path))
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o700)  # its mode is applied last
+            self._made.add(path)
+            return
+        if stat.S_ISLNK(st.st_mode) and not self._walked_folder(path):
+            if not self._inside(path):
+                raise BcdrError(
+                    f"{os.fsdecode(path)} is a link to a place outside the restore target; "
+                    "not followed (remove it, or restore into an empty folder)"
+                )
+        elif not stat.S_ISDIR(st.st_mode):  # a file, or a link where a real folder was
+            _remove_existing(path)
+            os.mkdir(path, 0o700)
         self._made.add(path)
+
+    def _inside(self, path: bytes) -> bool:
+        """Does ``path``, with every link resolved, lie inside the target?"""
+        real, root = os.path.realpath(path), os.path.realpath(self.target)
+        return real == root or real.startswith(root.rstrip(b"/") + b"/")
 
     def _walked_folder(self, path: bytes) -> bool:
         """Is ``path`` (under the target) a folder at or below a backed-up path?"""
@@ -215,14 +239,28 @@ class Restorer:
         self._tick(snap_path)
 
     def _apply_meta(self, path: bytes, node: Node) -> None:
+        """Owner, mode and times of a folder (through a descriptor opened without following
+        a link, so a link swapped in is never changed through) or of a symlink itself."""
         try:
-            if AS_ROOT:
-                os.chown(path, node.uid, node.gid, follow_symlinks=False)
-            if node.type != SYMLINK:
-                os.chmod(path, node.mode)
-            os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            if node.type == SYMLINK:
+                if AS_ROOT:
+                    os.chown(path, node.uid, node.gid, follow_symlinks=False)
+                os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+                return
+            if os.path.islink(path):
+                return  # a link kept above the backed-up paths: nothing is changed through it
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if AS_ROOT:
+                    os.fchown(fd, node.uid, node.gid)
+                os.fchmod(fd, node.mode & self._mode_mask)
+                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            finally:
+                os.close(fd)
         except OSError as exc:
             self._error(path, f"cannot set metadata: {exc.strerror}")
+        except (OverflowError, ValueError) as exc:  # a crafted tree's out-of-range field
+            self._error(path, f"cannot set metadata: {exc}")
 
     def _tick(self, path: bytes) -> None:
         if self.progress is None:

@@ -145,6 +145,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             includes=tuple(args.include),
             overwrite=args.overwrite,
             direct=not args.buffered,
+            setid=args.keep_setuid,
             progress=progress.restore,
         )
     finally:
@@ -290,6 +291,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="restore only matching paths (and everything below them); repeatable",
     )
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty target")
+    p.add_argument(
+        "--keep-setuid",
+        action="store_true",
+        help="restore setuid and setgid bits too (off by default: whoever can write to the "
+        "repository must not be able to plant a setuid program)",
+    )
     p.add_argument(
         "--buffered",
         action="store_true",

@@ -1,0 +1,247 @@
+"""Restore never creates, changes or follows anything outside its target, whatever the snapshot
+holds (it comes from a repository someone else may write to) and whatever the target already
+holds (links left by an earlier restore, or planted)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bcdr.actions.restore import restore
+from bcdr.errors import BcdrError
+from bcdr.repository.hashing import fingerprint
+from bcdr.repository.pack import DATA, TREE
+from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import Snapshot
+from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, encode_tree
+from bcdr.storage.local import LocalStorage
+from tests.conftest import init_small, run_process, write_tree
+
+ROOT = os.geteuid() == 0
+
+
+def _state(folder: Path) -> dict[str, tuple[object, ...]]:
+    """Everything restore must not change outside its target: each entry's type, mode,
+    owner, size, times and link target or bytes."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [".", *dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            st_ = os.lstat(full)
+            body: object = None
+            if stat.S_ISLNK(st_.st_mode):
+                body = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                body = Path(full).read_bytes()
+            out[os.path.relpath(full, folder)] = (
+                st_.st_mode,
+                st_.st_uid,
+                st_.st_gid,
+                st_.st_size,
+                st_.st_mtime_ns,
+                body,
+            )
+    return out
+
+
+def _snapshot(repo_path: Path, nodes_of: object) -> str:
+    """A snapshot (of the path /src) whose root tree the test builds from nodes."""
+    repo = Repository.open(LocalStorage(str(repo_path)))
+    repo.load_index()
+    with repo.writing():
+        root = nodes_of(repo)  # type: ignore[operator]
+    snap = Snapshot(
+        time="2026-12-01T00:00:00+00:00",
+        hostname="h",
+        username="u",
+        paths=("/src",),
+        tree=root.hex(),
+    )
+    name = repo.save_snapshot(snap).id
+    repo.close()
+    return name
+
+
+def _file(repo: Repository, name: bytes, data: bytes, mode: int = 0o644, **kw: int) -> Node:
+    chunk = repo.save_blob(DATA, data) if data else None
+    return Node(
+        name,
+        FILE,
+        mode,
+        size=len(data),
+        content=[chunk] if chunk else [],
+        digest=fingerprint(data),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _dir(repo: Repository, name: bytes, nodes: list[Node], mode: int = 0o755) -> Node:
+    return Node(name, DIR, mode, subtree=repo.save_blob(TREE, encode_tree(nodes)))
+
+
+def _tree(repo: Repository, nodes: list[Node]) -> bytes:
+    return repo.save_blob(TREE, encode_tree([_dir(repo, b"src", nodes)]))
+
+
+def test_a_symlink_in_the_target_is_never_followed_out_of_it(tmp_path: Path) -> None:
+    """The reported escape: with --overwrite, a link already in the target was followed; a
+    file landed outside, the outside folder was chmod-ed 0777 and a setuid file planted."""
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    snap = _snapshot(
+        repo_path,
+        lambda repo: _tree(
+            repo,
+            [_dir(repo, b"d", [_file(repo, b"evil", b"#!/bin/sh\n", 0o4777)], mode=0o777)],
+        ),
+    )
+    outside = write_tree(tmp_path / "outside", {"keep": b"mine"})
+    target = tmp_path / "target"
+    (target / "src").mkdir(parents=True)
+    (target / "src" / "d").symlink_to(outside)
+    before = _state(outside)
+    r = run_process("restore", "--repo", repo_path, snap, "--target", target, "--overwrite")
+    assert "Traceback" not in r.err, r.err
+    assert _state(outside) == before
+    # the folder the snapshot has there is made, in place of the link
+    assert (target / "src" / "d").is_dir() and not (target / "src" / "d").is_symlink()
+    evil = target / "src" / "d" / "evil"
+    assert evil.read_bytes() == b"#!/bin/sh\n"
+    assert stat.S_IMODE(evil.stat().st_mode) == 0o777  # no setuid without --keep-setuid
+
+
+@pytest.mark.skipif(not ROOT, reason="setting setuid on a file one does not own needs root")
+def test_setuid_and_setgid_bits_are_restored_only_with_keep_setuid(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    src = write_tree(tmp_path / "src", {"tool": b"x", "shared/f": b"y"})
+    os.chmod(src / "tool", 0o4755)
+    os.chmod(src / "shared", 0o2775)
+    assert run_process("backup", "--repo", repo_path, src).code == 0
+    for flag, tool, shared in (([], 0o755, 0o775), (["--keep-setuid"], 0o4755, 0o2775)):
+        out = tmp_path / f"out{len(flag)}"
+        r = run_process("restore", "--repo", repo_path, "latest", "--target", out, *flag)
+        assert r.code == 0, r.err
+        root = out / str(src).lstrip("/")
+        assert stat.S_IMODE((root / "tool").stat().st_mode) == tool
+        assert stat.S_IMODE((root / "shared").stat().st_mode) == shared
+
+
+@pytest.mark.parametrize("target", ["", " "])
+def test_an_empty_target_is_a_usage_error(tmp_path: Path, repo: str, target: str) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    r = run_process("restore", "--repo", repo, "latest", "--target", target, cwd=tmp_path)
+    assert r.code == 2 and "the restore target is empty" in r.err, r.err
+    assert sorted(os.listdir(tmp_path)) == ["repo", "src"]  # nothing restored into the cwd
+
+
+def test_out_of_range_modes_and_owners_are_errors_not_tracebacks(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    snap = _snapshot(
+        repo_path,
+        lambda repo: _tree(
+            repo,
+            [
+                _dir(repo, b"d", [_file(repo, b"f", b"x", 2**70)], mode=2**70),
+                _file(repo, b"g", b"y", 0o644, uid=2**40, gid=2**40),
+            ],
+        ),
+    )
+    r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "out")
+    assert "Traceback" not in r.err, r.err
+
+
+# -- the property ---------------------------------------------------------------------------
+
+NAMES = st.sampled_from([b"a", b"b", b"c", b"d\n\x1b[31m", b"\xff\xfe", b" sp", b"-x"])
+LINK_TARGETS = st.sampled_from([b"/", b"..", b"../..", b"../../outside", b"a", b"/etc", b""])
+MODES = st.sampled_from([0o644, 0o4755, 0o2755, 0o777, 0o000, 0o1777])
+
+
+@st.composite
+def hostile_nodes(draw: st.DrawFn, depth: int = 0) -> list[tuple[str, object]]:
+    """A random folder: (kind, args) per entry, turned into nodes once a repository is open."""
+    names = draw(st.lists(NAMES, unique=True, max_size=4))
+    out = []
+    for name in names:
+        kinds = ["file", "link", "hardlink"] + (["dir"] if depth < 3 else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "dir":
+            out.append(("dir", (name, draw(MODES), draw(hostile_nodes(depth + 1)))))
+        elif kind == "link":
+            out.append(("link", (name, draw(LINK_TARGETS))))
+        else:
+            data = draw(st.binary(max_size=300))
+            out.append((kind, (name, data, draw(MODES))))
+    return out
+
+
+def _build(repo: Repository, spec: list[tuple[str, object]]) -> list[Node]:
+    nodes = []
+    for kind, args in spec:
+        if kind == "dir":
+            name, mode, sub = args  # type: ignore[misc]
+            nodes.append(_dir(repo, name, _build(repo, sub), mode))
+        elif kind == "link":
+            name, target = args  # type: ignore[misc]
+            nodes.append(Node(name, SYMLINK, 0o777, target=target))
+        else:
+            name, data, mode = args  # type: ignore[misc]
+            extra = {"inode": 7, "dev": 1, "nlink": 2} if kind == "hardlink" else {}
+            nodes.append(_file(repo, name, data, mode, **extra))
+    return nodes
+
+
+PLANTS = st.lists(
+    st.tuples(
+        st.sampled_from(["src", "src/a", "src/b", "src/a/b", "src/c/a", "x"]),
+        st.sampled_from(["outside", "outside/sub", "/", "inside"]),
+    ),
+    max_size=3,
+)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=int(os.environ.get("BCDR_PROP_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(spec=hostile_nodes(), plants=PLANTS, overwrite=st.booleans())
+def test_no_snapshot_and_no_target_makes_restore_touch_anything_outside(
+    tmp_path_factory: pytest.TempPathFactory,
+    spec: list[tuple[str, object]],
+    plants: list[tuple[str, str]],
+    overwrite: bool,
+) -> None:
+    base = tmp_path_factory.mktemp("hostile")
+    repo_path = base / "repo"
+    init_small(repo_path)
+    snap = _snapshot(repo_path, lambda repo: _tree(repo, _build(repo, spec)))
+    outside = write_tree(base / "outside", {"keep": b"mine", "sub/deep": b"more"})
+    target = base / "target"
+    target.mkdir()
+    (target / "inside").mkdir()
+    for where, to in plants:  # links an earlier restore (or someone) left in the target
+        link = target / where
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(link):
+            link.symlink_to(base / to if to != "/" else Path("/"))
+    before = _state(outside)
+    try:
+        restore(str(repo_path), snap, str(target), overwrite=overwrite)
+    except BcdrError:
+        pass  # refused (a non-empty target without --overwrite): a clear error, no traceback
+    assert _state(outside) == before
+    assert sorted(os.listdir(base)) == ["outside", "repo", "target"]
+    for dirpath, _, filenames in os.walk(target):
+        for name in filenames:
+            st_ = os.lstat(os.path.join(dirpath, name))
+            assert not st_.st_mode & 0o6000, (dirpath, name)  # no setuid without the flag
