@@ -38,6 +38,7 @@ from bcdr.errors import (
 )
 from bcdr.interrupts import terminate_as_interrupt
 from bcdr.memory import tune_malloc
+from bcdr.text import printable
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import backup as backup_action
@@ -393,10 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False):
             render.emit_json(exc.to_dict())
         for problem in getattr(exc, "problems", ()):
-            sys.stderr.write(f"{problem}\n")
-        sys.stderr.write(f"bcdr: error: {exc}\n")
+            sys.stderr.write(f"{printable(str(problem))}\n")
+        sys.stderr.write(f"bcdr: error: {printable(str(exc))}\n")
         if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
+            sys.stderr.write(f"hint: {printable(exc.hint)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback now

@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bcdr.text import printable
 from bcdr.units import human_bytes, human_seconds
 
 if TYPE_CHECKING:  # types only: the command a user runs loads only what it needs
@@ -58,9 +59,9 @@ def backup_text(r: BackupResult) -> None:
     for note in r.notes:
         sys.stderr.write(f"note: {note}\n")
     for w in r.warnings:
-        sys.stderr.write(f"warning: {w.path}: {w.reason}\n")
+        sys.stderr.write(f"warning: {printable(w.path)}: {printable(w.reason)}\n")
     for sk in r.skipped:
-        sys.stderr.write(f"error: {sk.path}: {sk.reason}\n")
+        sys.stderr.write(f"error: {printable(sk.path)}: {printable(sk.reason)}\n")
     if r.partial:
         sys.stderr.write(f"backup is partial: {len(r.skipped)} path(s) not backed up or torn\n")
     if r.evidence_error:
@@ -82,19 +83,20 @@ def snapshots_text(snaps: list[Snapshot], job: str | None = None) -> None:
     for s in snaps:
         when = datetime.fromisoformat(s.time).strftime("%Y-%m-%d %H:%M:%S")
         size = human_bytes(float(s.stats.get("bytes_total", 0)))
+        host, job_name = printable(s.hostname)[:16], printable(s.job or "-")[:16]
         out(
-            f"{s.short_id:8}  {when:19}  {s.hostname[:16]:16}  {(s.job or '-')[:16]:16}  "
-            f"{size:>10}  {', '.join(s.paths)}"
+            f"{s.short_id:8}  {when:19}  {host:16}  {job_name:16}  "
+            f"{size:>10}  {', '.join(printable(p) for p in s.paths)}"
         )
     out(f"{len(snaps)} snapshot(s)")
 
 
 def ls_text(snap: Snapshot, entries: list[LsEntry]) -> None:
-    out(f"snapshot {snap.short_id} of {snap.time}:")
+    out(f"snapshot {snap.short_id} of {printable(snap.time)}:")
     for e in entries:
         kind = {"dir": "d", "file": "-", "symlink": "l"}[e.type]
-        link = f" -> {e.target}" if e.target is not None else ""
-        out(f"{kind}{e.mode:04o} {e.size:>14}  {e.path}{link}")
+        link = f" -> {printable(e.target)}" if e.target is not None else ""
+        out(f"{kind}{e.mode:04o} {e.size:>14}  {printable(e.path)}{link}")
 
 
 def restore_text(r: RestoreResult) -> None:
@@ -107,7 +109,7 @@ def restore_text(r: RestoreResult) -> None:
     transfer_line("downloaded", r.downloaded)
     out(f"  duration   {s.duration_s:.2f}s")
     for e in s.errors:
-        sys.stderr.write(f"error: {e['path']}: {e['error']}\n")
+        sys.stderr.write(f"error: {printable(e['path'])}: {printable(e['error'])}\n")
     if s.errors:
         sys.stderr.write(f"restore failed for {len(s.errors)} path(s); nothing wrong was written\n")
 
@@ -121,9 +123,9 @@ def check_text(r: CheckReport) -> None:
     )
     transfer_line("downloaded", r.downloaded)
     for line in r.leftovers:
-        out(f"leftover: {line}")
+        out(f"leftover: {printable(line)}")
     for line in r.errors:
-        out(f"error: {line}")
+        out(f"error: {printable(line)}")
     out("no errors found" if r.ok else f"{len(r.errors)} error(s) found")
     for line in r.repairs:
         out(f"to repair: {line}")
@@ -181,7 +183,7 @@ def repair_snapshots_text(r: SnapshotRepair) -> None:
             head += "; original removed"
         out(f"{head}: {item.lost_count} path(s) lost")
         for path in item.lost[:20]:
-            out(f"  lost {path}")
+            out(f"  lost {printable(path)}")
         if item.lost_count > 20:
             out(f"  ... and {item.lost_count - 20} more (see --json)")
     for name in r.damaged_manifests:
