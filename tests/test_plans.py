@@ -88,6 +88,13 @@ def test_quickstart_validates(cli) -> None:  # type: ignore[no-untyped-def]
             "backups.checkpoints.schedule",
             "not a valid cron",
         ),
+        (
+            "schedule: daily",
+            "schedule: '0 0 30 2 *'",
+            15,
+            "backups.checkpoints.schedule",
+            "never fires",
+        ),
         ("timezone: UTC", "timezone: Europe/Atlantis", 3, "timezone", "not a known time zone"),
         (
             "region: westeurope",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -71,6 +71,18 @@ class Duration:
         return self.text
 
 
+def _fires(cron: str) -> bool:
+    """Does a valid cron expression match any time at all? (One that matches only 29 February
+    fires in every leap year.)"""
+    from croniter import CroniterBadDateError, croniter
+
+    try:
+        croniter(cron, datetime(2001, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A shorthand or a 5-field cron expression."""
@@ -97,6 +109,12 @@ class Schedule:
             raise ValueError(
                 f"{text!r} is not a valid cron expression",
                 "fields: minute hour day-of-month month day-of-week",
+            )
+        if not _fires(text):
+            raise ValueError(
+                f"{text!r} never fires: no date matches its day and month fields "
+                "(February 30th never comes)",
+                "check the day-of-month and month fields",
             )
         return cls(text)
 
