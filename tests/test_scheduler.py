@@ -21,7 +21,7 @@ from bcdr.actions.tick import BUSY, Scheduler, retry_delay
 from bcdr.clock import Clock, FakeClock
 from bcdr.errors import TransientStorageError
 from bcdr.plan.loader import load_plan
-from bcdr.plan.model import Plan
+from bcdr.plan.model import Plan, secret_env_names
 from bcdr.scheduler.due import due_slot
 from bcdr.scheduler.history import History
 from bcdr.scheduler.locks import job_lock, plan_slot
@@ -336,3 +336,40 @@ def test_hooks_run_with_facts_and_a_failing_hook_never_fails_the_job(
         assert any("hook on_success failed: command exited with status 3" in n for n in ck.notes)
     finally:
         server.shutdown()
+
+
+def test_hook_commands_get_no_secrets_unless_the_plan_passes_them(
+    tmp_path: Path, history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook is often a script someone else maintains (a chat notifier): it must not see the
+    repository password, the Azure keys or the variables the plan names as secrets."""
+    secrets = {
+        "PLAN_PW": "s1-plan-password",
+        "BCDR_PASSWORD": "s2-bcdr-password",
+        "AZURE_STORAGE_KEY": "s3-account-key",
+        "AZURE_CLIENT_SECRET": "s4-client-secret",
+        "AZURE_STORAGE_SAS_TOKEN": "s5-sas",
+        "NOTIFY_TOKEN": "s6-passed-on-purpose",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "hook-env.txt"
+    plan = _plan(
+        tmp_path,
+        extra=f"hooks:\n  on_success: 'env > {dump}'\n  pass_env: [NOTIFY_TOKEN]\n",
+    )
+    text = (
+        (tmp_path / "plan.yaml")
+        .read_text()
+        .replace("    url: repo\n", "    url: repo\n    encryption: {password_env: PLAN_PW}\n")
+    )
+    (tmp_path / "plan.yaml").write_text(text)
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert "PLAN_PW" in secret_env_names(plan)
+    clock = FakeClock(datetime(2026, 11, 2, 3, 0, tzinfo=UTC))
+    outcomes = {o.job: o for o in Scheduler(history, clock).tick(plan)}
+    assert outcomes["ckpt"].status == "ok", outcomes["ckpt"].message
+    seen = dump.read_text()
+    assert "BCDR_JOB=" in seen and "PATH=" in seen
+    for name, value in secrets.items():
+        assert (value in seen) == (name == "NOTIFY_TOKEN"), name

@@ -28,11 +28,11 @@ from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
 from bcdr.errors import Interrupted
-from bcdr.plan.model import Plan
+from bcdr.plan.model import Plan, secret_env_names
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import due_slot, latest_slot, next_slot
 from bcdr.scheduler.history import INTERRUPTED, History
-from bcdr.scheduler.hooks import run_hook
+from bcdr.scheduler.hooks import hook_base_env, run_hook
 from bcdr.scheduler.locks import job_lock, plan_slot
 from bcdr.scheduler.metrics import render_metrics, write_metrics
 
@@ -292,7 +292,10 @@ class Scheduler:
             "snapshot": backup.snapshot.id if backup else None,
             "bytes_added": backup.stats.bytes_added if backup else None,
         }
-        problem = run_hook(spec, facts, cwd=str(plan.folder))
+        environment = hook_base_env(
+            os.environ, secret_env_names(plan), tuple(e.name for e in plan.hooks.pass_env)
+        )
+        problem = run_hook(spec, facts, base_env=environment, cwd=str(plan.folder))
         if problem is None:
             return []
         which = "on_success" if out.status in (OK, PARTIAL) else "on_failure"

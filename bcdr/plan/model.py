@@ -6,6 +6,7 @@ This is the single source: ``schema`` validates YAML against these classes, ``do
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -304,6 +305,32 @@ class Hooks:
 
     on_success: str | None = spec("A command, or an http(s) URL.", default=None)
     on_failure: str | None = spec("A command, or an http(s) URL.", default=None)
+    pass_env: tuple[EnvName, ...] = spec(
+        "Variables a hook command gets although they may hold secrets. Without them, hook "
+        "commands run without the variables this plan names (`*_env`), `BCDR_PASSWORD*` "
+        "and Azure's credential variables.",
+        default=(),
+    )
+
+
+def secret_env_names(node: object) -> set[str]:
+    """The environment variables a plan names as holding secrets: every ``*_env`` field
+    anywhere in it (credentials, passwords, tokens)."""
+    found: set[str] = set()
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if f.name.endswith("_env") and isinstance(value, EnvName):
+                found.add(value.name)
+            elif f.name != "pass_env":
+                found |= secret_env_names(value)
+    elif isinstance(node, dict):
+        for value in node.values():
+            found |= secret_env_names(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found |= secret_env_names(value)
+    return found
 
 
 @dataclass(frozen=True, kw_only=True)
