@@ -263,6 +263,28 @@ def _pieces(content: list[bytes], locs: list[BlobLocation]) -> list[_Piece]:
     return pieces
 
 
+#: The names of files being restored, before they are renamed into place.
+TEMP_PREFIX = b".bcdr-restore-"
+
+
+def remove_leftover_temps(folder: bytes) -> int:
+    """Remove the temporary files a killed restore left in ``folder`` (regular files named
+    TEMP_PREFIX..., never followed through a link); how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def _create(path: bytes) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
@@ -362,7 +384,7 @@ class FileRestorer:
         self.first_byte_s: float | None = None
         self.errors: list[tuple[bytes, str]] = []
         self.done: dict[tuple[int, int], bytes] = {}  # hardlink key -> restored path
-        self._tmp_prefix = b".bcdr-restore-%d-%s-" % (os.getpid(), secrets.token_hex(4).encode())
+        self._tmp_prefix = TEMP_PREFIX + b"%d-%s-" % (os.getpid(), secrets.token_hex(4).encode())
         self._seq = itertools.count(1)  # next() is atomic: the walk and the feeder both call
         self._small: list[tuple[Node, bytes, bytes]] = []
         self._small_bytes = 0
@@ -612,9 +634,10 @@ class FileRestorer:
         sealed: memoryview | None = None,
     ) -> None:
         """A file of at most one chunk, the common case: the chunk is read and verified in
-        memory before anything is created, so the file is written straight to its name
-        (one rename fewer per file). An existing file (``--overwrite``) is still replaced
-        through a temporary name, so it is never lost to a failed restore."""
+        memory before anything is created, then written to a temporary name and renamed into
+        place, as every file is: a restore killed at any moment leaves no file at its final
+        name with other bytes than the snapshot's (the next restore removes the temporary
+        file), and an existing file (``--overwrite``) is never lost to a failed restore."""
         node = job.node
         try:
             if not node.content:
@@ -628,10 +651,7 @@ class FileRestorer:
                 raise BcdrError(
                     f"verification failed: restored digest {job.digest}, expected {node.digest}"
                 )
-            try:
-                job.fd, job.tmp = _create(job.dest), job.dest
-            except FileExistsError:
-                job.fd = _create(job.tmp)
+            job.fd = _create(job.tmp)
             if data:
                 tally.wrote(self._write_chunk(job, data, 0), len(data), self.started)
         except BcdrError as exc:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from bcdr.archive.filerestore import AS_ROOT, FileRestorer
+from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
@@ -37,6 +37,7 @@ class RestoreStats:
     bytes_direct: int = 0  # of bytes_total, in files written with O_DIRECT
     duration_s: float = 0.0
     first_byte_s: float | None = None
+    temps_removed: int = 0  # temporary files of an earlier, killed restore
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -92,6 +93,7 @@ class Restorer:
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
             os.makedirs(self.target, exist_ok=True)
+            self.stats.temps_removed += remove_leftover_temps(self.target)
             self._restore_tree(root_tree, b"", self.includes is None)
         finally:
             sys.setrecursionlimit(old_limit)
@@ -197,6 +199,8 @@ class Restorer:
         elif not stat.S_ISDIR(st.st_mode):  # a file, or a link where a real folder was
             _remove_existing(path)
             os.mkdir(path, 0o700)
+        else:  # a folder that was there: what a killed restore left in it goes
+            self.stats.temps_removed += remove_leftover_temps(path)
         self._made.add(path)
 
     def _inside(self, path: bytes) -> bool:
