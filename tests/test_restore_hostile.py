@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,54 @@ def test_no_snapshot_and_no_target_makes_restore_touch_anything_outside(
         for name in filenames:
             st_ = os.lstat(os.path.join(dirpath, name))
             assert not st_.st_mode & 0o6000, (dirpath, name)  # no setuid without the flag
+
+
+def _bomb(repo: Repository, depth: int) -> bytes:
+    """Each folder lists the next one twice: 2**depth files from ``depth`` trees."""
+    leaf = [_file(repo, b"f", b"x")]
+    node = _dir(repo, b"d", leaf)
+    for _ in range(depth):
+        sub = repo.save_blob(
+            TREE, encode_tree([replace(node, name=b"a"), replace(node, name=b"b")])
+        )
+        node = Node(b"d", DIR, 0o755, subtree=sub)
+    return _tree(repo, [node])
+
+
+def test_a_tree_bomb_is_refused_by_restore_ls_and_drills_and_reported_by_check(
+    tmp_path: Path,
+) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    snap = _snapshot(repo_path, lambda repo: _bomb(repo, 40))  # 2**40 files in 41 trees
+    assert sum(p.stat().st_size for p in repo_path.rglob("*") if p.is_file()) < 200_000
+    for args in (["restore", snap, "--target", tmp_path / "out"], ["ls", snap]):
+        r = run_process(*args[:1], "--repo", repo_path, *args[1:], timeout=60)
+        assert r.code == 1 and "Traceback" not in r.err, r.err
+        assert "expand to more than 100,000,000 entries" in r.err
+    assert not (tmp_path / "out" / "src").exists()
+    r = run_process("check", "--repo", repo_path, timeout=60)
+    assert r.code == 1 and f"snapshot {snap[:8]}: its folders expand" in r.out, r.out
+    # a genuine snapshot with a folder reused a few times is restored
+    small = _snapshot(repo_path, lambda repo: _bomb(repo, 4))
+    r = run_process("restore", "--repo", repo_path, small, "--target", tmp_path / "ok")
+    assert r.code == 0, r.err
+    assert len([p for p in (tmp_path / "ok").rglob("f")]) == 16
+    r = run_process("ls", "--repo", repo_path, small, env={"BCDR_MAX_TREE_DEPTH": "3"})
+    assert r.code == 1 and "nest deeper than 3 levels" in r.err, r.err
+
+
+def test_a_hardlink_group_whose_members_disagree_is_an_error(tmp_path: Path) -> None:
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    link = {"inode": 9, "dev": 1, "nlink": 2}
+    snap = _snapshot(
+        repo_path,
+        lambda repo: _tree(
+            repo, [_file(repo, b"a", b"real", **link), _file(repo, b"b", b"other", **link)]
+        ),
+    )
+    r = run_process("restore", "--repo", repo_path, snap, "--target", tmp_path / "out")
+    assert r.code == 1 and "hardlinked to a file with other contents" in r.err, r.err
+    assert (tmp_path / "out" / "src" / "a").read_bytes() == b"real"
+    assert not (tmp_path / "out" / "src" / "b").exists()

@@ -47,6 +47,7 @@ from bcdr.disks.restore import delete_restored, restore_disk
 from bcdr.errors import BcdrError, RepositoryNotFound, SnapshotNotFound, UsageError
 from bcdr.plan.model import Drill, Plan
 from bcdr.plan.types import Duration
+from bcdr.repository.bounds import check_snapshot_size
 from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
@@ -251,6 +252,7 @@ def _backup_drill(
             repo.load_index(verify_packs=True)
             t = phases.done("open", t)
 
+            check_snapshot_size(repo, bytes.fromhex(snap.tree), f"snapshot {snap.short_id}")
             files = _files(repo, bytes.fromhex(snap.tree), report.failures)
             report.seed = seed if seed is not None else secrets.randbits(63)
             report.sample_percent = drill.sample.value

@@ -12,6 +12,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
+from bcdr.repository.bounds import check_snapshot_size
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -90,6 +91,7 @@ def restore(
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index(verify_packs=True)  # a copy in a pack that is gone is read last
         tree = bytes.fromhex(snap.tree)
+        check_snapshot_size(repo, tree, f"snapshot {snap.short_id}")
         require_online(repo, tree, snap.short_id, PathMatcher(includes) or None)
         restorer = Restorer(
             repo,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.errors import BcdrError, UsageError
+from bcdr.repository.bounds import check_snapshot_size
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -89,6 +90,7 @@ def ls(
     with repo.lock(READ, wait=read_wait()):
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index(verify_packs=True)  # a copy in a pack that is gone is read last
+        check_snapshot_size(repo, bytes.fromhex(snap.tree), f"snapshot {snap.short_id}")
         walked = list(walk(repo, bytes.fromhex(snap.tree)))
     want = os.fsencode(path).rstrip(b"/") if path else b""
     entries = []

@@ -77,7 +77,7 @@ class Restorer:
         self._mode_mask = 0o7777 if setid else 0o1777
         self._files = FileRestorer(repo, direct=direct, mode_mask=self._mode_mask)
         self._links: list[tuple[Node, bytes, bytes]] = []
-        self._link_keys: set[tuple[int, int]] = set()
+        self._link_firsts: dict[tuple[int, int], Node] = {}  # the first file of each group
         self._dirs: list[tuple[bytes, Node]] = []
         self._made: set[bytes] = {target}
         self._started = 0.0
@@ -235,10 +235,18 @@ class Restorer:
     def _restore_file(self, node: Node, dest: bytes, snap_path: bytes) -> None:
         link_key = (node.dev, node.inode)
         if node.nlink > 1:
-            if link_key in self._link_keys:
+            first = self._link_firsts.get(link_key)
+            if first is not None:
+                if (first.content, first.digest, first.size) != (
+                    node.content,
+                    node.digest,
+                    node.size,
+                ):  # a crafted tree: linking would give this path the other's bytes
+                    self._error(snap_path, "hardlinked to a file with other contents; not restored")
+                    return
                 self._links.append((node, dest, snap_path))
                 return
-            self._link_keys.add(link_key)
+            self._link_firsts[link_key] = node
         self._files.submit(node, dest, snap_path)
         self._tick(snap_path)
 

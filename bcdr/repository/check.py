@@ -27,6 +27,7 @@ import numpy as np
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
+from bcdr.repository.bounds import expanded_size
 from bcdr.repository.hashing import new_object_hasher, object_name
 from bcdr.repository.locks import READ, is_stale, list_locks
 from bcdr.repository.masterindex import ENTRY_DTYPE, contains
@@ -132,6 +133,7 @@ class Checker:
         self._bad_manifests = 0
         self._bad_trees: set[bytes] = set()  # unreadable, or with a file whose chunks are lost
         self._subtrees: dict[bytes, list[bytes]] = {}
+        self._entries: dict[bytes, int] = {}  # tree -> its own entry count
         self._roots: list[tuple[str, bytes]] = []  # (snapshot id, root tree)
         self._bad_marks: list[str] = []
         self._bad_packs = False  # --read-data found a damaged pack
@@ -178,7 +180,18 @@ class Checker:
                 )
             return damaged[tree]
 
+        def listing(tree: bytes) -> tuple[int, list[bytes]] | None:
+            if tree not in self._entries:
+                return None
+            return self._entries[tree], self._subtrees.get(tree, [])
+
         for snap_id, root in self._roots:
+            try:
+                expanded_size(root, listing, f"snapshot {snap_id[:8]}")
+            except CorruptObject as exc:  # a tree bomb: no walker will expand it
+                self.report.errors.append(str(exc))
+                self.report.damaged_snapshots.append(snap_id)
+                continue
             if bad(root):
                 self.report.damaged_snapshots.append(snap_id)
                 if not any(snap_id[:8] in e for e in self.report.errors):
@@ -301,6 +314,7 @@ class Checker:
                     self._bad_trees.add(tree_id)
                     continue
                 self.report.trees += 1
+                self._entries[tree_id] = len(nodes)
                 subtrees = self._subtrees.setdefault(tree_id, [])
                 for node in nodes:
                     sub = path + b"/" + node.name
