@@ -4,6 +4,7 @@ names. (Standard library only: the CLI reads it before loading a command's modul
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def read_password(env: Mapping[str, str] | None = None) -> bytes | None:
     if path:
         try:
             text = Path(path).read_bytes()
+            _warn_if_readable_by_others(path)
         except OSError as exc:
             raise UsageError(
                 f"cannot read the password file: {exc.strerror}",
@@ -36,3 +38,18 @@ def read_password(env: Mapping[str, str] | None = None) -> bytes | None:
             raise UsageError("the password file is empty", where=f"{PASSWORD_FILE_ENV}={path}")
         return password
     return None
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_if_readable_by_others(path: str) -> None:
+    """A password file others can read is a password others can read: say so, once (as ssh
+    and restic do; the file is still used)."""
+    mode = os.stat(path).st_mode
+    if mode & 0o077 and path not in _WARNED:
+        _WARNED.add(path)
+        sys.stderr.write(
+            f"warning: the password file {path} can be read by its group or others "
+            f"(mode {mode & 0o777:04o}); make it private: chmod 600 {path}\n"
+        )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bcdr.atomicfile import write_atomic
 from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.errors import EXIT_OK, EXIT_TARGET_MISSED, UsageError
@@ -48,10 +48,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out)
+            write_atomic(out, text.encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot write the report: {exc.strerror}", where=str(out)) from None
         c = doc["counts"]

@@ -103,9 +103,13 @@ class History:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            db_path = state_dir / "history.db"
+            if not db_path.exists():  # created private: it names hosts, paths and results
+                os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                os.chmod(db_path, 0o600)
             self.db = sqlite3.connect(
-                state_dir / "history.db",
+                db_path,
                 timeout=30,
                 isolation_level=None,
                 check_same_thread=False,

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from bcdr.atomicfile import write_atomic
 from bcdr.errors import UsageError
 from bcdr.plan.model import Plan
 from bcdr.scheduler.history import History
@@ -67,18 +66,9 @@ def render_metrics(plans: list[Plan], history: History, now: datetime) -> str:
 
 
 def write_metrics(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``."""
+    """Atomically replace ``path`` with ``text``, mode 0640 (bcdr/atomicfile.py)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, text.encode())
     except OSError as exc:
         raise UsageError(
             f"cannot write the metrics file: {exc.strerror}",
