@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic run test bench lint clean
+.PHONY: install node browser restic systemd run test bench lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -41,6 +41,10 @@ endef
 browser:
 	$(call apt-install,chromium,chromium,the HTML report test)
 
+# Debian's systemd, for systemd-analyze verify of the units `schedule install` writes.
+systemd:
+	$(call apt-install,systemd-analyze,systemd,the unit-file tests)
+
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
 	$(call apt-install,restic,restic,make bench)
@@ -49,7 +53,7 @@ restic:
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node browser
+test: install node browser systemd
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install node restic

@@ -226,7 +226,8 @@ def test_install_and_remove_a_systemd_timer(tmp_path: Path) -> None:
     assert r.code == 0, r.out + r.err
     service = (units / "bcdr-cli-sched.service").read_text()
     timer = (units / "bcdr-cli-sched.timer").read_text()
-    assert f" tick {f}" in service and "--state-dir" in service and "Type=oneshot" in service
+    assert f' "tick" "{f}"' in service and '"--state-dir"' in service
+    assert "Type=oneshot" in service
     assert "OnCalendar=*:0/10" in timer
     if shutil.which("systemd-analyze"):
         proc = subprocess.run(
@@ -305,3 +306,92 @@ def test_bcdr_run_takes_the_job_lock_and_records_its_runs(tmp_path: Path) -> Non
     assert _rows(state) == [("ok", 1)]
     r = run_process("status", f, "--state-dir", state)
     assert r.code == 0 and "ok: newest" in r.out
+
+
+def _systemd_words(line: str) -> list[str]:
+    """ExecStart= words as systemd.syntax(7) and systemd.service(5) read them: quoted words
+    with C escapes, ``%%`` a literal percent, ``$$`` a literal dollar."""
+    words, i = [], 0
+    while i < len(line):
+        if line[i] == " ":
+            i += 1
+            continue
+        assert line[i] == '"', line[i:]
+        i += 1
+        word = []
+        while line[i] != '"':
+            if line[i] == "\\":
+                word.append(line[i + 1])
+                i += 2
+            elif line[i] in "%$":
+                assert line[i + 1] == line[i], f"unescaped {line[i]} in {line!r}"
+                word.append(line[i])
+                i += 2
+            else:
+                word.append(line[i])
+                i += 1
+        words.append("".join(word))
+        i += 1
+    return words
+
+
+def test_units_and_crontab_lines_say_exactly_the_paths_they_were_given(tmp_path: Path) -> None:
+    """A plan path with spaces, %, $, quotes and backslashes is one argument in the unit and
+    the crontab line; one with a newline (which would add an ExecStartPre= or a cron entry
+    of its own) is refused."""
+    from bcdr.scheduler.install import TickCommand
+
+    odd = tmp_path / 'we ird %h $HOME \\x "q" \'s'
+    odd.mkdir()
+    f = _plan(odd)
+    units = tmp_path / "units"
+    state = odd / "st %n"
+    r = run_process(
+        "schedule",
+        "install",
+        f,
+        "--systemd",
+        "--user",
+        "--unit-dir",
+        units,
+        "--no-enable",
+        "--state-dir",
+        state,
+    )
+    assert r.code == 0, r.out + r.err
+    service = (units / "bcdr-cli-sched.service").read_text()
+    [exec_start] = [ln for ln in service.splitlines() if ln.startswith("ExecStart")]
+    want = TickCommand((f.resolve(),), state_dir=state).argv()
+    want[0] = exec_start.split('"')[1]  # the interpreter of the process that wrote it
+    assert _systemd_words(exec_start.removeprefix("ExecStart=")) == want
+    assert "%h" not in service.replace("%%h", "")  # every specifier escaped
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, units.iterdir())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # the crontab line: sh reads back the same words once cron has turned \% into %
+    line = run_process("schedule", "install", f, "--cron", "--print", "--state-dir", state).out
+    entry = [ln for ln in line.splitlines() if "bcdr-schedule:" in ln][0]
+    command = entry.split(" ", 5)[5].rsplit(" # bcdr-schedule:", 1)[0]
+    assert "%" not in command.replace("\\%", "")
+    words = subprocess.run(
+        ["/bin/sh", "-c", f"set -- {command.replace(chr(92) + '%', '%')}; printf '%s\\0' \"$@\""],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")[:-1]
+    assert words[1:] == [*want[1:]]
+    # a newline in a path is refused, and nothing is written
+    bad_dir = tmp_path / "x\nExecStartPre=!evil"
+    bad_dir.mkdir()
+    bad = _plan(bad_dir)
+    for how in (
+        ["--systemd", "--user", "--unit-dir", tmp_path / "u2", "--no-enable"],
+        ["--cron", "--print"],
+    ):
+        r = run_process("schedule", "install", bad, *how)
+        assert r.code == 2 and "control character" in r.err and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "u2").exists() or not list((tmp_path / "u2").iterdir())

@@ -58,12 +58,40 @@ def unit_name(name: str | None, plan_names: list[str]) -> str:
     return text
 
 
+def _one_line(values: list[str]) -> None:
+    """Refuse a value no unit setting or crontab line can hold: a newline (it would start a
+    setting or a cron entry of its own) or another control character."""
+    for value in values:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UsageError(
+                f"{value!r} holds a control character (a newline?), which a systemd unit or a "
+                "crontab line cannot hold",
+                hint="rename the file or folder, or choose another path",
+            )
+
+
+def systemd_word(arg: str) -> str:
+    """One ``ExecStart=`` argument as systemd reads it back whole (systemd.syntax(7),
+    systemd.service(5)): double-quoted, backslash and quote escaped, ``%`` doubled (else a
+    specifier) and ``$`` doubled (else a variable)."""
+    text = arg.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("%", "%%").replace("$", "$$") + '"'
+
+
 def systemd_units(
     name: str, cmd: TickCommand, *, user: bool, env_file: Path | None = None
 ) -> dict[str, str]:
-    """``{"NAME.service": text, "NAME.timer": text}``."""
-    plans = " ".join(str(p) for p in cmd.plans)
-    env = f"EnvironmentFile={env_file}\n" if env_file else ""
+    """``{"NAME.service": text, "NAME.timer": text}``. Every path is quoted or escaped so
+    that the unit says exactly it; one with a control character is refused."""
+    _one_line([*cmd.argv(), *([str(env_file)] if env_file else [])])
+    if env_file and any(c.isspace() for c in str(env_file)):
+        raise UsageError(
+            f"--env-file {str(env_file)!r}: systemd's EnvironmentFile= takes a path without "
+            "spaces",
+            hint="move the file to a path without spaces",
+        )
+    plans = " ".join(str(p) for p in cmd.plans).replace("%", "%%")
+    env = f"EnvironmentFile={str(env_file).replace('%', '%%')}\n" if env_file else ""
     service = (
         "[Unit]\n"
         f"Description=bcdr: run due backup jobs of {plans}\n"
@@ -72,7 +100,7 @@ def systemd_units(
         "[Service]\n"
         "Type=oneshot\n"
         f"{env}"
-        f"ExecStart={shlex.join(cmd.argv())}\n"
+        f"ExecStart={' '.join(map(systemd_word, cmd.argv()))}\n"
         # SIGTERM stops the current job cleanly (nothing half-committed); give it time.
         "TimeoutStopSec=120\n"
         "Nice=10\n"
@@ -101,8 +129,12 @@ def unit_dir(user: bool) -> Path:
 
 
 def cron_line(name: str, cmd: TickCommand, log_file: Path | None = None) -> str:
+    """The crontab entry: the command quoted for /bin/sh, and every ``%`` escaped (crontab(5)
+    turns an unescaped one into a newline and feeds the rest to the command's stdin)."""
+    _one_line([*cmd.argv(), *([str(log_file)] if log_file else [])])
     out = f" >> {shlex.quote(str(log_file))} 2>&1" if log_file else ""
-    return f"*/{cmd.every_minutes} * * * * {shlex.join(cmd.argv())}{out} {MARK}{name}"
+    command = f"{shlex.join(cmd.argv())}{out}".replace("%", "\\%")
+    return f"*/{cmd.every_minutes} * * * * {command} {MARK}{name}"
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
