@@ -1,3 +1,3 @@
-from bcdr.cli.main import main
+from bcdr.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -37,8 +37,23 @@ def held_interrupts() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
+_RECEIVED: list[int] = []
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
 def terminate_as_interrupt() -> None:
     """SIGTERM (systemd stopping a unit, a scheduler's timeout, ``kill``) stops a command as
-    Ctrl-C does: it unwinds, releases its locks and says what was committed."""
+    Ctrl-C does: it unwinds, releases its locks and says what was committed. Both are
+    remembered (:func:`was_interrupted`): an interrupt that lands inside an import can
+    surface as an ImportError of the half-loaded module, which is then an interrupt too."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def was_interrupted() -> bool:
+    return bool(_RECEIVED)

@@ -36,7 +36,7 @@ from bcdr.errors import (
     Interrupted,
     UsageError,
 )
-from bcdr.interrupts import terminate_as_interrupt
+from bcdr.interrupts import terminate_as_interrupt, was_interrupted
 from bcdr.memory import tune_malloc
 from bcdr.text import printable
 
@@ -376,15 +376,31 @@ KEEP_FREED: dict[Handler, int] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(list(sys.argv[1:] if argv is None else argv))
-    if argv is None:  # the bcdr command itself, not a caller in this process
-        tune_malloc(keep=KEEP_FREED.get(args.handler, 0))
-    repo = named_repo(args)
-    if repo is not None:
-        derive_key_ahead(repo)  # before the command's modules load: they overlap scrypt
-    terminate_as_interrupt()
-    quiet_sdk_logging()
-    progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
+    try:
+        args = parse(list(sys.argv[1:] if argv is None else argv))
+        if argv is None:  # the bcdr command itself, not a caller in this process
+            tune_malloc(keep=KEEP_FREED.get(args.handler, 0))
+        repo = named_repo(args)
+        if repo is not None:
+            derive_key_ahead(repo)  # before the command's modules load: they overlap scrypt
+        terminate_as_interrupt()
+        quiet_sdk_logging()
+        progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
+        return _run(args)
+    except (KeyboardInterrupt, ImportError) as exc:  # before the command started
+        if isinstance(exc, ImportError) and not was_interrupted():
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stderr.write("bcdr: interrupted before the command started; nothing was done\n")
+        return EXIT_INTERRUPTED
+    finally:
+        if argv is None:  # the process is about to exit: a Ctrl-C now has nothing to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Call the command's handler; map what it raises to a message and an exit code."""
     try:
         code: int = args.handler(args)
         return code
@@ -399,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             sys.stderr.write(f"hint: {printable(exc.hint)}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as exc:
+        if isinstance(exc, ImportError) and not was_interrupted():
+            raise  # a broken install: its traceback is the report
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback now
         sys.stderr.write(
             "bcdr: interrupted; every write is atomic, so nothing half-written is visible "

@@ -86,8 +86,7 @@ def systemd_units(
     _one_line([*cmd.argv(), *([str(env_file)] if env_file else [])])
     if env_file and any(c.isspace() for c in str(env_file)):
         raise UsageError(
-            f"--env-file {str(env_file)!r}: systemd's EnvironmentFile= takes a path without "
-            "spaces",
+            f"--env-file {str(env_file)!r}: systemd's EnvironmentFile= takes a path without spaces",
             hint="move the file to a path without spaces",
         )
     plans = " ".join(str(p) for p in cmd.plans).replace("%", "%%")

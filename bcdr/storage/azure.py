@@ -119,6 +119,18 @@ def _retry_after(exc: HttpResponseError) -> float | None:
     return seconds
 
 
+def not_blob_storage(url: str, what: str, exc: Exception) -> StorageError:
+    """The endpoint answered, but not as Azure Blob Storage does (a proxy, a web server, the
+    wrong port): said plainly instead of the SDK's parsing error."""
+    return StorageError(
+        f"{what}: the endpoint's answer is not Azure Blob Storage's ({exc})",
+        where=url,
+        hint="check the blob endpoint (--azure-endpoint, the plan's endpoint:, or the "
+        "connection string's BlobEndpoint): it must be the storage account's blob service, "
+        "e.g. https://ACCOUNT.blob.core.windows.net",
+    )
+
+
 class AzureBlobStorage:
     """Storage in an Azure Blob container. ``access`` says where and how to sign in."""
 
@@ -172,6 +184,7 @@ class AzureBlobStorage:
         return self._container.get_blob_client(self._root + check_key(key))
 
     def _fail(self, exc: AzureError, what: str) -> StorageError:
+        """An SDK error as a storage error with a hint (bcdr/storage/azureauth.py)."""
         return translate(exc, what, self.access)
 
     def put(self, key: str, data: bytes) -> bool:
@@ -254,6 +267,8 @@ class AzureBlobStorage:
             raise self._fail(exc, f"get {key}") from None
         except AzureError as exc:
             raise self._fail(exc, f"get {key}") from None
+        except ValueError as exc:  # the SDK's word for a response it cannot read
+            raise not_blob_storage(self.url, f"get {key}", exc) from None
 
     def size(self, key: str) -> int:
         try:

@@ -48,6 +48,11 @@ def translate_os_error(exc: OSError, what: str) -> StorageError:
         )
     if exc.errno == errno.ENOENT:
         return ObjectNotFound(f"not found: {what}")
+    if exc.errno == errno.ENOTDIR:
+        return StorageError(
+            f"a part of the path is a file, not a folder ({what})",
+            hint="a repository on a local disk is a folder: check the --repo path",
+        )
     return StorageError(f"{exc.strerror or exc} ({what})")
 
 
@@ -323,7 +328,7 @@ class TempFile:
             self._fd = -1
         try:
             os.unlink(self._tmp)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
 
 
