@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bcdr.actions.restore import restore
+from bcdr.archive.beneath import BENEATH_SUPPORTED
+from bcdr.archive.restore import Restorer
 from bcdr.errors import BcdrError
 from bcdr.repository.hashing import fingerprint
 from bcdr.repository.pack import DATA, TREE
@@ -301,3 +303,52 @@ def test_a_hardlink_group_whose_members_disagree_is_an_error(tmp_path: Path) -> 
     assert r.code == 1 and "hardlinked to a file with other contents" in r.err, r.err
     assert (tmp_path / "out" / "src" / "a").read_bytes() == b"real"
     assert not (tmp_path / "out" / "src" / "b").exists()
+
+
+@pytest.mark.skipif(not BENEATH_SUPPORTED, reason="the kernel has no openat2 (Linux < 5.6)")
+def test_a_folder_swapped_for_a_link_while_the_restore_runs_is_not_followed(
+    tmp_path: Path,
+) -> None:
+    """The race: a process that can write into the target swaps a folder the restore has just
+    made for a link to an outside folder, before the restore writes its files. Every file is
+    created, renamed and linked in a folder opened beneath the target by the kernel, so the
+    swap is refused, not followed."""
+    repo_path = tmp_path / "repo"
+    init_small(repo_path)
+    snap = _snapshot(
+        repo_path,
+        lambda repo: _tree(
+            repo,
+            [
+                _dir(
+                    repo,
+                    b"d",
+                    [
+                        _file(repo, b"small", b"s" * 100),
+                        _file(repo, b"big", os.urandom(300_000)),
+                        Node(b"link", SYMLINK, 0o777, target=b"x"),
+                    ],
+                )
+            ],
+        ),
+    )
+    outside = write_tree(tmp_path / "outside", {"keep": b"mine"})
+    before = _state(outside)
+    target = tmp_path / "target"
+    repo = Repository.open(LocalStorage(str(repo_path)))
+    repo.load_index()
+    restorer = Restorer(repo, os.fsencode(target), walked=["/src"])
+    made = restorer._makedirs
+
+    def makedirs_then_swap(path: bytes) -> None:
+        made(path)
+        if path.endswith(b"/src/d") and not os.path.islink(path):
+            os.rename(path, path + b".moved")  # the racer moves the folder away ...
+            os.symlink(os.fsencode(outside), path)  # ... and puts a link in its place
+
+    restorer._makedirs = makedirs_then_swap  # type: ignore[method-assign]
+    stats = restorer.run(bytes.fromhex(repo.load_snapshot(snap).tree))
+    assert _state(outside) == before
+    assert stats.errors and all(
+        "leads out of the restore target" in e["error"] for e in stats.errors
+    )

@@ -100,7 +100,7 @@ def test_overwrite_follows_a_symlink_above_the_backed_up_paths_only_inside_the_t
     inside = str(src.resolve()).lstrip("/").split("/", 1)[1]
     out = tmp_path / "out"
     (out / "moved").mkdir(parents=True)
-    (out / first).symlink_to(out / "moved")
+    (out / first).symlink_to("moved")  # relative: an absolute link is never followed
     r = run_process("restore", "--repo", repo, "latest", "--target", out, "--overwrite")
     assert r.code == 0, r.err
     assert (out / first).is_symlink()
@@ -112,7 +112,8 @@ def test_overwrite_follows_a_symlink_above_the_backed_up_paths_only_inside_the_t
     (out2 / first).symlink_to(outside)
     r = run_process("restore", "--repo", repo, "latest", "--target", out2, "--overwrite")
     assert r.code == 1 and "Traceback" not in r.err
-    assert "is a link to a place outside the restore target; not followed" in r.out + r.err
+    assert "is a link to a place outside the restore target" in r.out + r.err
+    assert "not followed" in r.out + r.err
     assert list(outside.iterdir()) == []
     assert (out2 / first).is_symlink()
 

@@ -44,9 +44,9 @@ def test_worker_processes_and_threads_restore_the_same_files_and_count_transfers
     created_here: list[bytes] = []
     real_create = filerestore._create
 
-    def create_noting(path: bytes) -> int:
+    def create_noting(path: bytes, dir_fd: int | None = None) -> int:
         created_here.append(os.path.basename(path))  # a worker's calls are not seen here
-        return real_create(path)
+        return real_create(path, dir_fd)
 
     monkeypatch.setattr(filerestore, "_create", create_noting)
     results = {}

@@ -52,6 +52,7 @@ import os
 import queue
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from bcdr.archive.beneath import Beneath
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, new_fingerprint
@@ -267,26 +269,29 @@ def _pieces(content: list[bytes], locs: list[BlobLocation]) -> list[_Piece]:
 TEMP_PREFIX = b".bcdr-restore-"
 
 
-def remove_leftover_temps(folder: bytes) -> int:
-    """Remove the temporary files a killed restore left in ``folder`` (regular files named
-    TEMP_PREFIX..., never followed through a link); how many."""
+def remove_leftover_temps(folder_fd: int) -> int:
+    """Remove the temporary files a killed restore left in the folder ``folder_fd`` can list
+    (regular files named TEMP_PREFIX..., by name in that folder); how many."""
     removed = 0
+    prefix = os.fsdecode(TEMP_PREFIX)
     try:
-        entries = list(os.scandir(folder))
+        names = [e.name for e in os.scandir(folder_fd) if e.name.startswith(prefix)]
     except OSError:
         return 0
-    for entry in entries:
-        if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
+    for name in names:
+        try:
+            if stat.S_ISREG(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=folder_fd)
                 removed += 1
-            except FileNotFoundError:
-                pass
+        except FileNotFoundError:
+            pass
     return removed
 
 
-def _create(path: bytes) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def _create(path: bytes, dir_fd: int | None = None) -> int:
+    """A new file (never one that exists, nor through a link), relative to ``dir_fd``."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o600, dir_fd=dir_fd)
 
 
 def file_digest(fd: int, size: int) -> str:
@@ -313,6 +318,7 @@ class _Job:
     digest: str | None = None  # of the bytes written, computed from memory
     end: int = 0  # end of the last non-hole write
     direct: bool = False  # written with O_DIRECT
+    dir_fd: int = -1  # its folder, opened beneath the target (bcdr/archive/beneath.py)
 
 
 @dataclass
@@ -361,12 +367,15 @@ class FileRestorer:
         *,
         direct: bool = True,
         mode_mask: int = 0o7777,
+        root: bytes | None = None,
     ):
         """``direct``: files of DIRECT_MIN bytes or more on a local disk are written with
         ``O_DIRECT`` (:meth:`_direct_here`). ``mode_mask``: the mode bits restored (without
         0o6000, setuid and setgid are not)."""
         self.repo = repo
         self._mode_mask = mode_mask
+        # every file is created, renamed and removed in a folder opened beneath the target
+        self._beneath = Beneath(root) if root is not None else None
         self.direct = direct and bool(O_DIRECT)
         self._direct_on: dict[int, bool] = {}  # st_dev -> whether its files get O_DIRECT
         self._buffers: list[memoryview] = []  # DIRECT_BUFFER each, reused (their pages warm)
@@ -478,9 +487,14 @@ class FileRestorer:
         numbered in file order), or None (and recorded) if it cannot be created."""
         job = self._job(node, dest, snap_path)
         try:
-            job.fd = _create(job.tmp)
+            job.fd = self._create_tmp(job)
         except OSError as exc:
+            self._close_dir(job)
             self._fail(snap_path, exc.strerror or str(exc))
+            return None
+        except BcdrError as exc:
+            self._close_dir(job)
+            self._fail(snap_path, str(exc))
             return None
         pieces = _pieces(node.content, locs)
         job.remaining = len(pieces)
@@ -489,6 +503,26 @@ class FileRestorer:
             order.direct = _DirectOut(self._take_buffer, order.hasher)
             job.direct = True
         return job, order, enumerate(pieces)
+
+    def _create_tmp(self, job: _Job) -> int:
+        """Create ``job``'s temporary file: by its name in its folder, opened beneath the
+        target (raises BcdrError when that folder leads out of it), or by path when this
+        restore has no target root."""
+        if self._beneath is None:
+            return _create(job.tmp)
+        job.dir_fd = self._beneath.folder(os.path.dirname(job.dest))
+        return _create(os.path.basename(job.tmp), job.dir_fd)
+
+    def close_root(self) -> None:
+        """Close this process's descriptor of the target (workers' end with them)."""
+        if self._beneath is not None:
+            self._beneath.close()
+
+    @staticmethod
+    def _close_dir(job: _Job) -> None:
+        if job.dir_fd >= 0:
+            os.close(job.dir_fd)
+            job.dir_fd = -1
 
     def _take_buffer(self) -> memoryview:
         """A DIRECT_BUFFER-sized page-aligned buffer: one a finished file gave back, or new."""
@@ -651,7 +685,7 @@ class FileRestorer:
                 raise BcdrError(
                     f"verification failed: restored digest {job.digest}, expected {node.digest}"
                 )
-            job.fd = _create(job.tmp)
+            job.fd = self._create_tmp(job)
             if data:
                 tally.wrote(self._write_chunk(job, data, 0), len(data), self.started)
         except BcdrError as exc:
@@ -769,19 +803,24 @@ class FileRestorer:
         finally:
             if job.fd >= 0:
                 os.close(job.fd)
-        if job.error is None and job.tmp != job.dest:
+        tmp, dest, dir_fd = job.tmp, job.dest, None
+        if job.dir_fd >= 0:  # single names in the folder opened beneath the target
+            tmp, dest, dir_fd = os.path.basename(tmp), os.path.basename(dest), job.dir_fd
+        if job.error is None:
             try:
-                os.replace(job.tmp, job.dest)  # fails on a directory in the way
+                # fails on a directory in the way
+                os.replace(tmp, dest, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except IsADirectoryError:
                 job.error = "a directory is in the way of this file"
             except OSError as exc:
                 job.error = exc.strerror or str(exc)
+        if job.error is not None and job.fd >= 0:  # only a file this restore created
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        self._close_dir(job)
         if job.error is not None:
-            if job.fd >= 0:  # only a file this restore created (O_EXCL) is removed
-                try:
-                    os.unlink(job.tmp)
-                except FileNotFoundError:
-                    pass
             tally.errors.append((job.snap_path, job.error))
             return
         tally.files += 1

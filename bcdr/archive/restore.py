@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
+from bcdr.archive.beneath import Beneath, parent_of
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import BcdrError
@@ -75,7 +76,8 @@ class Restorer:
         self.progress = progress
         self.stats = RestoreStats()
         self._mode_mask = 0o7777 if setid else 0o1777
-        self._files = FileRestorer(repo, direct=direct, mode_mask=self._mode_mask)
+        self._beneath = Beneath(target)  # every folder is opened beneath the target
+        self._files = FileRestorer(repo, direct=direct, mode_mask=self._mode_mask, root=target)
         self._links: list[tuple[Node, bytes, bytes]] = []
         self._link_firsts: dict[tuple[int, int], Node] = {}  # the first file of each group
         self._dirs: list[tuple[bytes, Node]] = []
@@ -93,16 +95,18 @@ class Restorer:
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
             os.makedirs(self.target, exist_ok=True)
-            self.stats.temps_removed += remove_leftover_temps(self.target)
+            self.stats.temps_removed += self._remove_temps(self.target)
             self._restore_tree(root_tree, b"", self.includes is None)
         finally:
             sys.setrecursionlimit(old_limit)
             self._files.wait()
+            self._files.close_root()
         self._collect_files()
         for node, dest, snap_path in self._links:
             self._link(node, dest, snap_path)
         for path, node in reversed(self._dirs):
             self._apply_meta(path, node)
+        self._beneath.close()
         self.stats.duration_s = time.monotonic() - self._started
         return self.stats
 
@@ -122,8 +126,12 @@ class Restorer:
             self._error(snap_path, "not restored: the file it is a hardlink of failed")
             return
         try:
-            _remove_existing(dest)
-            os.link(first, dest)
+            with (
+                parent_of(self._beneath, first) as (src_fd, src),
+                parent_of(self._beneath, dest) as (dst_fd, name),
+            ):
+                _remove_existing(dst_fd, name)
+                os.link(src, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
             self.stats.hardlinks += 1
             self.stats.files += 1
         except BcdrError as exc:
@@ -184,27 +192,40 @@ class Restorer:
         if path in self._made or path == self.target:
             return
         self._makedirs(os.path.dirname(path))
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o700)  # its mode is applied last
-            self._made.add(path)
-            return
-        if stat.S_ISLNK(st.st_mode) and not self._walked_folder(path):
-            if not self._inside(path):
-                raise BcdrError(
-                    f"{os.fsdecode(path)} is a link to a place outside the restore target; "
-                    "not followed (remove it, or restore into an empty folder)"
-                )
-        elif not stat.S_ISDIR(st.st_mode):  # a file, or a link where a real folder was
-            _remove_existing(path)
-            os.mkdir(path, 0o700)
-        else:  # a folder that was there: what a killed restore left in it goes
-            self.stats.temps_removed += remove_leftover_temps(path)
+        with parent_of(self._beneath, path) as (dir_fd, name):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)  # its mode is applied last
+                self._made.add(path)
+                return
+            if stat.S_ISLNK(st.st_mode) and not self._walked_folder(path):
+                if not self._inside(path):
+                    raise BcdrError(
+                        f"{os.fsdecode(path)} is a link to a place outside the restore target "
+                        "(or an absolute one); not followed (remove it, or restore into an "
+                        "empty folder)"
+                    )
+            elif not stat.S_ISDIR(st.st_mode):  # a file, or a link where a real folder was
+                _remove_existing(dir_fd, name)
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+            else:  # a folder that was there: what a killed restore left in it goes
+                self.stats.temps_removed += self._remove_temps(path)
         self._made.add(path)
 
+    def _remove_temps(self, path: bytes) -> int:
+        fd = self._beneath.folder(path, readable=True)
+        try:
+            return remove_leftover_temps(fd)
+        finally:
+            os.close(fd)
+
     def _inside(self, path: bytes) -> bool:
-        """Does ``path``, with every link resolved, lie inside the target?"""
+        """Does the link ``path`` lead, relatively, to a place inside the target? (An
+        absolute link is never followed: the kernel resolves folders beneath the target,
+        bcdr/archive/beneath.py, unless the target is /.)"""
+        if self.target != b"/" and os.readlink(path).startswith(b"/"):
+            return False
         real, root = os.path.realpath(path), os.path.realpath(self.target)
         return real == root or real.startswith(root.rstrip(b"/") + b"/")
 
@@ -223,8 +244,9 @@ class Restorer:
             if node.type == FILE:
                 self._restore_file(node, dest, snap_path)
             elif node.type == SYMLINK:
-                _remove_existing(dest)
-                os.symlink(node.target or b"", dest)
+                with parent_of(self._beneath, dest) as (dir_fd, name):
+                    _remove_existing(dir_fd, name)
+                    os.symlink(node.target or b"", name, dir_fd=dir_fd)
                 self._apply_meta(dest, node)
                 self.stats.symlinks += 1
         except BcdrError as exc:
@@ -254,14 +276,17 @@ class Restorer:
         """Owner, mode and times of a folder (through a descriptor opened without following
         a link, so a link swapped in is never changed through) or of a symlink itself."""
         try:
-            if node.type == SYMLINK:
-                if AS_ROOT:
-                    os.chown(path, node.uid, node.gid, follow_symlinks=False)
-                os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
-                return
-            if os.path.islink(path):
-                return  # a link kept above the backed-up paths: nothing is changed through it
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with parent_of(self._beneath, path) as (dir_fd, name):
+                if node.type == SYMLINK:
+                    if AS_ROOT:
+                        os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+                    times = (node.mtime_ns, node.mtime_ns)
+                    os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+                    return
+                if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    return  # a link kept above the backed-up paths: nothing is changed through it
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(name, flags, dir_fd=dir_fd)
             try:
                 if AS_ROOT:
                     os.fchown(fd, node.uid, node.gid)
@@ -269,6 +294,8 @@ class Restorer:
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             finally:
                 os.close(fd)
+        except BcdrError as exc:
+            self._error(path, str(exc))
         except OSError as exc:
             self._error(path, f"cannot set metadata: {exc.strerror}")
         except (OverflowError, ValueError) as exc:  # a crafted tree's out-of-range field
@@ -285,8 +312,13 @@ class Restorer:
             self.progress(self.stats, path)
 
 
-def _remove_existing(path: bytes) -> None:
-    if os.path.islink(path) or os.path.isfile(path):
-        os.unlink(path)
-    elif os.path.isdir(path):
+def _remove_existing(dir_fd: int, name: bytes) -> None:
+    """Remove what is at ``name`` in the folder ``dir_fd`` (a file or a link, never followed)
+    to make room; a folder in the way is an error."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
         raise BcdrError("a directory is in the way")
+    os.unlink(name, dir_fd=dir_fd)

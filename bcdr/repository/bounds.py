@@ -9,7 +9,7 @@ once, and refuse one beyond the bounds; check reports it.
 
 The bounds (environment variables override them): ``BCDR_MAX_TREE_ENTRIES`` (default 100
 million entries in a snapshot, folders and files counted where they appear) and
-``BCDR_MAX_TREE_DEPTH`` (default 1024 nested folders).
+``BCDR_MAX_TREE_DEPTH`` (default 4096 nested folders).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bcdr.repository.repo import Repository
 
 MAX_ENTRIES = 100_000_000
-MAX_DEPTH = 1024
+MAX_DEPTH = 4096  # PATH_MAX (4096) holds at most 2048 one-letter folders
 
 #: A tree's own entry count and its subtrees, or None when it cannot be read (a walker then
 #: reports it where it meets it).
