@@ -248,9 +248,9 @@ def drill_text(r: DrillReport) -> None:
     if r.phases:
         out("  phases: " + ", ".join(f"{k} {_secs(v)}" for k, v in r.phases.items()))
     for reason in r.reasons:
-        out(f"  - {reason}")
+        out(f"  - {printable(reason)}")
     for f in r.failures[:20]:
-        out(f"    {f['path']}: {f['error']}")
+        out(f"    {printable(f['path'])}: {printable(f['error'])}")
     if r.source_compared or r.drift:
         out(f"  source compared: {r.source_compared} unchanged file(s), {len(r.drift)} drifted")
     for d in r.drift:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from bcdr.compliance.controls import FAIL, NO_EVIDENCE, PASS
+from bcdr.text import printable
 from bcdr.units import human_seconds
 
 COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", NO_EVIDENCE: "#6e7781"}
@@ -31,7 +32,8 @@ def _short(ids: list[str]) -> str:
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell: terminal controls escaped (it may be printed), pipes too."""
+    return printable(str(text).replace("\n", " ")).replace("|", "\\|")
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
