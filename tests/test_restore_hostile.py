@@ -53,7 +53,10 @@ def _state(folder: Path) -> dict[str, tuple[object, ...]]:
 
 
 def _snapshot(repo_path: Path, nodes_of: object) -> str:
-    """A snapshot (of the path /src) whose root tree the test builds from nodes."""
+    """A snapshot (of the path /src) whose root tree the test builds from nodes, in an
+    unencrypted repository (made here if there is none yet)."""
+    if not (repo_path / "config").exists():
+        init_small(repo_path)
     repo = Repository.open(LocalStorage(str(repo_path)))
     repo.load_index()
     with repo.writing():
@@ -95,7 +98,6 @@ def test_a_symlink_in_the_target_is_never_followed_out_of_it(tmp_path: Path) -> 
     """The reported escape: with --overwrite, a link already in the target was followed; a
     file landed outside, the outside folder was chmod-ed 0777 and a setuid file planted."""
     repo_path = tmp_path / "repo"
-    init_small(repo_path)
     snap = _snapshot(
         repo_path,
         lambda repo: _tree(
@@ -146,7 +148,6 @@ def test_an_empty_target_is_a_usage_error(tmp_path: Path, repo: str, target: str
 
 def test_out_of_range_modes_and_owners_are_errors_not_tracebacks(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
-    init_small(repo_path)
     snap = _snapshot(
         repo_path,
         lambda repo: _tree(
@@ -226,7 +227,6 @@ def test_no_snapshot_and_no_target_makes_restore_touch_anything_outside(
 ) -> None:
     base = tmp_path_factory.mktemp("hostile")
     repo_path = base / "repo"
-    init_small(repo_path)
     snap = _snapshot(repo_path, lambda repo: _tree(repo, _build(repo, spec)))
     outside = write_tree(base / "outside", {"keep": b"mine", "sub/deep": b"more"})
     target = base / "target"
@@ -270,7 +270,6 @@ def test_a_tree_bomb_is_refused_by_restore_ls_and_drills_and_reported_by_check(
     tmp_path: Path,
 ) -> None:
     repo_path = tmp_path / "repo"
-    init_small(repo_path)
     snap = _snapshot(repo_path, lambda repo: _bomb(repo, 40))  # 2**40 files in 41 trees
     assert sum(p.stat().st_size for p in repo_path.rglob("*") if p.is_file()) < 200_000
     for args in (["restore", snap, "--target", tmp_path / "out"], ["ls", snap]):
@@ -291,7 +290,6 @@ def test_a_tree_bomb_is_refused_by_restore_ls_and_drills_and_reported_by_check(
 
 def test_a_hardlink_group_whose_members_disagree_is_an_error(tmp_path: Path) -> None:
     repo_path = tmp_path / "repo"
-    init_small(repo_path)
     link = {"inode": 9, "dev": 1, "nlink": 2}
     snap = _snapshot(
         repo_path,
@@ -314,7 +312,6 @@ def test_a_folder_swapped_for_a_link_while_the_restore_runs_is_not_followed(
     created, renamed and linked in a folder opened beneath the target by the kernel, so the
     swap is refused, not followed."""
     repo_path = tmp_path / "repo"
-    init_small(repo_path)
     snap = _snapshot(
         repo_path,
         lambda repo: _tree(
