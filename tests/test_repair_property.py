@@ -152,9 +152,13 @@ def test_every_listed_snapshot_restores_or_is_named_and_repair_restores_all(
         if snap.id in lost_in:
             original = expected[lost_in[snap.id].snapshot]
             assert snap.repaired and snap.repaired["from"] == lost_in[snap.id].snapshot
-            # what is left is exactly the original's, file for file
+            # what is left is exactly the original's, file for file, and every file that is
+            # not there is one the repair says it lost (itself, or a folder above it)
             assert all(original[name] == data for name, data in got.items())
-            assert len(got) + lost_in[snap.id].lost_count >= len(original)
+            lost = [p.split(" (")[0].rstrip("/") for p in lost_in[snap.id].lost]
+            for name in set(original) - set(got):
+                full = f"{src}/{name}"
+                assert any(full == p or full.startswith(p + "/") for p in lost), (name, lost)
         else:
             assert got == expected[snap.id], snap.id
     assert check(repo).ok
