@@ -17,6 +17,7 @@ racing the restore could win. ``BENEATH_SUPPORTED`` says which holds.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -120,3 +121,55 @@ def _outside(path: bytes) -> BcdrError:
         f"{os.fsdecode(path)} leads out of the restore target (through a link, or an absolute "
         "one); not followed"
     )
+
+
+class FolderCache:
+    """Descriptors of folders under the root, shared by the threads of one process: a folder
+    is opened once while files in it are being restored, and the last few idle ones stay
+    open (files of one folder come together), so a file costs no ``openat2`` of its own."""
+
+    IDLE = 32
+
+    def __init__(self, beneath: Beneath):
+        self._beneath = beneath
+        self._lock = threading.Lock()
+        self._open: dict[bytes, list[int]] = {}  # folder -> [descriptor, users]
+        self._idle: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+    def acquire(self, path: bytes) -> int:
+        """A descriptor of the folder ``path`` (see :meth:`Beneath.folder`); give it back
+        with :meth:`release`."""
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is not None:
+                entry[1] += 1
+                self._idle.pop(path, None)
+                return entry[0]
+        fd = self._beneath.folder(path)
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is not None:  # another thread opened it meanwhile
+                os.close(fd)
+                entry[1] += 1
+                self._idle.pop(path, None)
+                return entry[0]
+            self._open[path] = [fd, 1]
+            return fd
+
+    def release(self, path: bytes) -> None:
+        with self._lock:
+            entry = self._open[path]
+            entry[1] -= 1
+            if entry[1]:
+                return
+            self._idle[path] = None
+            while len(self._idle) > self.IDLE:
+                old, _ = self._idle.popitem(last=False)
+                os.close(self._open.pop(old)[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, _ in self._open.values():
+                os.close(fd)
+            self._open.clear()
+            self._idle.clear()

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from bcdr.archive.beneath import Beneath
+from bcdr.archive.beneath import Beneath, FolderCache
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, new_fingerprint
@@ -265,6 +265,8 @@ def _pieces(content: list[bytes], locs: list[BlobLocation]) -> list[_Piece]:
     return pieces
 
 
+_UNNAMED_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_CLOEXEC
+
 #: The names of files being restored, before they are renamed into place.
 TEMP_PREFIX = b".bcdr-restore-"
 
@@ -319,6 +321,7 @@ class _Job:
     end: int = 0  # end of the last non-hole write
     direct: bool = False  # written with O_DIRECT
     dir_fd: int = -1  # its folder, opened beneath the target (bcdr/archive/beneath.py)
+    unnamed: bool = False  # an O_TMPFILE file, linked to its name once whole
 
 
 @dataclass
@@ -376,6 +379,8 @@ class FileRestorer:
         self._mode_mask = mode_mask
         # every file is created, renamed and removed in a folder opened beneath the target
         self._beneath = Beneath(root) if root is not None else None
+        self._folders = FolderCache(self._beneath) if self._beneath is not None else None
+        self._unnamed_ok = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         self.direct = direct and bool(O_DIRECT)
         self._direct_on: dict[int, bool] = {}  # st_dev -> whether its files get O_DIRECT
         self._buffers: list[memoryview] = []  # DIRECT_BUFFER each, reused (their pages warm)
@@ -504,25 +509,38 @@ class FileRestorer:
             job.direct = True
         return job, order, enumerate(pieces)
 
-    def _create_tmp(self, job: _Job) -> int:
+    def _create_tmp(self, job: _Job, *, unnamed: bool = False) -> int:
         """Create ``job``'s temporary file: by its name in its folder, opened beneath the
         target (raises BcdrError when that folder leads out of it), or by path when this
-        restore has no target root."""
-        if self._beneath is None:
+        restore has no target root. ``unnamed``: a file with no name at all (``O_TMPFILE``,
+        where the filesystem has it), linked to its name when whole (:meth:`_name_unnamed`):
+        a killed restore leaves nothing, and a small file costs no rename."""
+        if self._folders is None:
             return _create(job.tmp)
-        job.dir_fd = self._beneath.folder(os.path.dirname(job.dest))
+        job.dir_fd = self._folders.acquire(os.path.dirname(job.dest))
+        if unnamed and self._unnamed_ok:
+            try:
+                fd = os.open(b".", _UNNAMED_FLAGS, 0o600, dir_fd=job.dir_fd)
+                job.unnamed = True
+                return fd
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._unnamed_ok = False  # this filesystem has no O_TMPFILE: named ones
         return _create(os.path.basename(job.tmp), job.dir_fd)
 
     def close_root(self) -> None:
-        """Close this process's descriptor of the target (workers' end with them)."""
+        """Close this process's descriptors of the target and its folders (workers' end
+        with them)."""
+        if self._folders is not None:
+            self._folders.close()
         if self._beneath is not None:
             self._beneath.close()
 
-    @staticmethod
-    def _close_dir(job: _Job) -> None:
-        if job.dir_fd >= 0:
-            os.close(job.dir_fd)
-            job.dir_fd = -1
+    def _close_dir(self, job: _Job) -> None:
+        if job.dir_fd >= 0 and self._folders is not None:
+            self._folders.release(os.path.dirname(job.dest))
+        job.dir_fd = -1
 
     def _take_buffer(self) -> memoryview:
         """A DIRECT_BUFFER-sized page-aligned buffer: one a finished file gave back, or new."""
@@ -685,7 +703,7 @@ class FileRestorer:
                 raise BcdrError(
                     f"verification failed: restored digest {job.digest}, expected {node.digest}"
                 )
-            job.fd = self._create_tmp(job)
+            job.fd = self._create_tmp(job, unnamed=True)
             if data:
                 tally.wrote(self._write_chunk(job, data, 0), len(data), self.started)
         except BcdrError as exc:
@@ -796,6 +814,8 @@ class FileRestorer:
                     os.fchown(job.fd, node.uid, node.gid)
                 os.fchmod(job.fd, node.mode & self._mode_mask)
                 os.utime(job.fd, ns=(node.mtime_ns, node.mtime_ns))
+            if job.error is None and job.unnamed:
+                self._name_unnamed(job)
         except OSError as exc:
             job.error = exc.strerror or str(exc)
         except (OverflowError, ValueError) as exc:  # a crafted tree's out-of-range field
@@ -803,6 +823,10 @@ class FileRestorer:
         finally:
             if job.fd >= 0:
                 os.close(job.fd)
+        if job.unnamed:  # already at its name, or never named (nothing to remove)
+            self._close_dir(job)
+            self._tally_file(job, tally)
+            return
         tmp, dest, dir_fd = job.tmp, job.dest, None
         if job.dir_fd >= 0:  # single names in the folder opened beneath the target
             tmp, dest, dir_fd = os.path.basename(tmp), os.path.basename(dest), job.dir_fd
@@ -820,6 +844,30 @@ class FileRestorer:
             except FileNotFoundError:
                 pass
         self._close_dir(job)
+        self._tally_file(job, tally)
+
+    def _name_unnamed(self, job: _Job) -> None:
+        """Give the unnamed file of ``job`` (``O_TMPFILE``, whole and verified) its name: a
+        link appears at once with every byte; an existing file (``--overwrite``) is replaced
+        through a temporary name, as named temporary files are."""
+        proc = f"/proc/self/fd/{job.fd}"
+        name = os.path.basename(job.dest)
+        try:
+            os.link(proc, name, dst_dir_fd=job.dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            tmp = os.path.basename(job.tmp)
+            os.link(proc, tmp, dst_dir_fd=job.dir_fd, follow_symlinks=True)
+            try:
+                os.replace(tmp, name, src_dir_fd=job.dir_fd, dst_dir_fd=job.dir_fd)
+            except OSError:
+                os.unlink(tmp, dir_fd=job.dir_fd)
+                raise
+        except IsADirectoryError:
+            job.error = "a directory is in the way of this file"
+
+    @staticmethod
+    def _tally_file(job: _Job, tally: _Tally) -> None:
+        node = job.node
         if job.error is not None:
             tally.errors.append((job.snap_path, job.error))
             return

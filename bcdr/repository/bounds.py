@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bcdr.errors import CorruptObject, ObjectOffline, UsageError
-from bcdr.repository.tree import DIR, decode_tree
+from bcdr.repository.tree import tree_shape
 
 if TYPE_CHECKING:
     from bcdr.repository.repo import Repository
@@ -104,10 +104,9 @@ def repo_listing(repo: Repository) -> Listing:
 
     def listing(tree: bytes) -> tuple[int, list[bytes]] | None:
         try:
-            nodes = decode_tree(repo.load_blob(tree), f"tree {tree.hex()[:12]}")
+            return tree_shape(repo.load_blob(tree), f"tree {tree.hex()[:12]}")
         except (CorruptObject, ObjectOffline):
             return None  # the walk (or the archive check) reports it where it meets it
-        return len(nodes), [n.subtree for n in nodes if n.type == DIR and n.subtree is not None]
 
     return listing
 

@@ -160,6 +160,30 @@ class _TreeWire(msgspec.Struct, gc=False):
 _decoder = msgspec.json.Decoder(_TreeWire)
 
 
+class _EntryShape(msgspec.Struct, gc=False):
+    type: str
+    subtree: HexId | None = None
+
+
+class _TreeShape(msgspec.Struct, gc=False):
+    nodes: list[_EntryShape]
+
+
+_shape_decoder = msgspec.json.Decoder(_TreeShape)
+
+
+def tree_shape(data: bytes, what: str) -> tuple[int, list[bytes]]:
+    """A tree's entry count and subtree ids, read in C without making its nodes (the
+    expansion bound of bcdr/repository/bounds.py reads every tree of a snapshot before a
+    restore does). CorruptObject when it does not parse."""
+    try:
+        nodes = _shape_decoder.decode(data).nodes
+        subtrees = [bytes.fromhex(n.subtree) for n in nodes if n.type == DIR and n.subtree]
+    except ValueError as exc:  # msgspec's errors are ValueErrors, as fromhex's
+        raise CorruptObject(f"{what}: tree does not parse ({exc})") from None
+    return len(nodes), subtrees
+
+
 def _text_or_b64(text: str | None, b64: str | None, what: str) -> bytes:
     if text is not None:
         return text.encode("utf-8")
