@@ -81,6 +81,7 @@ class Repository:
         self._reused: list[bytes] = []  # ids the snapshot being written refers to, not stored
         self._own_before: set[str] = set()  # packs written before the snapshot being written
         self._own_gone: set[str] = set()  # packs this run wrote that were swept under it
+        self._distrusted: list[bytes] = []  # blobs found damaged (see distrust)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -296,6 +297,7 @@ class Repository:
 
         ids = np.frombuffer(blob_id, dtype="S32")
         self._avoid = ids if self._avoid is None else np.union1d(self._avoid, ids)
+        self._distrusted.append(blob_id)
 
     def note_reused(self, blob_id: bytes) -> None:
         """A blob a new snapshot refers to was found stored (deduplicated): remembered for the
@@ -341,6 +343,8 @@ class Repository:
         if not lost:
             return [], 0
         self._avoid = np.union1d(avoid, reused[~indexed])
+        if self._distrusted:  # still damaged: a later pass must not build on them either
+            self._avoid = np.union1d(self._avoid, id_array(self._distrusted))
         if self._writer is not None:
             self._writer.forget_pending()  # what it stored is in the index, or must be again
         return sorted(unsafe & self.index.packs()), lost
