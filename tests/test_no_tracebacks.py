@@ -112,7 +112,7 @@ def test_ctrl_c_at_any_moment_prints_no_traceback(tmp_path: Path, repo: str) -> 
         )
         # from bcdr's first import to the command's exit (a signal inside the interpreter's
         # own start-up, the first few milliseconds, is Python's to report, not bcdr's)
-        time.sleep(rng.uniform(0.15, 0.7))
+        time.sleep(rng.uniform(0.3, 0.8))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert "Traceback" not in err and "Exception ignored" not in err, (n, command, err)
