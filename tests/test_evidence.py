@@ -79,7 +79,7 @@ prunes:
 
     r = run_process("evidence", "verify", "--repo", tmp_path / "repo")
     assert r.code == 0 and "evidence chain intact: 5 record(s)" in r.out
-    assert f"head #5 {records[-1]['id']}" in r.out
+    assert f"head 5:{records[-1]['id']}" in r.out
     r = run_process("evidence", "list", "--repo", tmp_path / "repo", "--kind", "drill", "--json")
     assert [d["kind"] for d in r.json()] == ["drill"]  # type: ignore[union-attr]
 
@@ -143,9 +143,17 @@ def test_deleted_altered_reordered_and_inserted_records_are_named(tmp_path: Path
     assert head is not None
     for p in _files(url)[1:]:
         p.unlink()  # truncate the chain after #1: internally consistent, but the head is gone
-    assert run_process("evidence", "verify", "--repo", url).code == 0
-    r = run_process("evidence", "verify", "--repo", url, "--head", head[:16])
-    assert r.code == 1 and "the chain was truncated or rebuilt" in r.out
+    # this host appended #3: it knows the chain was longer
+    r = run_process("evidence", "verify", "--repo", url)
+    assert r.code == 1 and "#2–#3: missing: cut from the end of the chain" in r.out, r.out
+    assert "but this host (appended" in r.out
+    # another host (its own state folder) never saw the head: only a head kept elsewhere helps
+    elsewhere = {"BCDR_STATE_DIR": str(tmp_path / "other-host")}
+    assert run_process("evidence", "verify", "--repo", url, env=elsewhere).code == 0
+    r = run_process("evidence", "verify", "--repo", url, "--head", head[:16], env=elsewhere)
+    assert r.code == 1 and "the chain was cut short or rebuilt" in r.out
+    r = run_process("evidence", "verify", "--repo", url, "--head", f"3:{head}", env=elsewhere)
+    assert r.code == 1 and "#2–#3: missing: cut from the end of the chain" in r.out, r.out
 
 
 def test_a_record_inserted_beside_another_is_named(tmp_path: Path) -> None:

@@ -67,10 +67,12 @@ def test_tick_runs_what_is_due_logs_json_and_writes_the_plans_metrics(tmp_path: 
     assert [e["event"] for e in events] == ["job-start", "job-end"]
     assert events[1]["status"] == "ok" and events[1]["job"] == "ckpt"
     assert events[1]["bytes_added"] > 0
-    assert (
-        'bcdr_last_status_ok{plan="cli-sched",job="ckpt",kind="backup"} 1'
-        in (tmp_path / "metrics" / "bcdr.prom").read_text()
-    )
+    metrics = (tmp_path / "metrics" / "bcdr.prom").read_text()
+    assert 'bcdr_last_status_ok{plan="cli-sched",job="ckpt",kind="backup"} 1' in metrics
+    # the evidence head the backup appended, kept in --state-dir and published for monitoring
+    [record] = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()  # type: ignore[misc]
+    assert f'head_id="{record["id"]}"}} 1' in metrics, metrics
+    assert "bcdr_evidence_head_sequence{repository_id=" in metrics
     r = run_process("tick", f, "--state-dir", state)
     assert r.code == 0 and "nothing due" in r.out
     r = run_process("status", f, "--state-dir", state, "--json")

@@ -205,6 +205,15 @@ def _percent(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that an epilog of examples keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one parser per command."""
     parser = argparse.ArgumentParser(
@@ -219,9 +228,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     commands: dict[str, argparse.ArgumentParser] = {}
 
     def command(
-        name: str, handler: Handler, help_text: str, *, repo: bool = True
+        name: str,
+        handler: Handler,
+        help_text: str,
+        *,
+        repo: bool = True,
+        epilog: str | None = None,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=HelpFormatter,
+        )
         if repo:
             add_repo_options(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bcdr import statedir
 from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.clock import SystemClock
@@ -113,9 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     execute = None
     if not args.dry_run:
         sched = tick.Scheduler(
-            run_history.History(
-                Path(args.state_dir) if args.state_dir else run_history.default_state_dir()
-            ),
+            run_history.History(statedir.use_state_dir(args.state_dir)),
             SystemClock(),
             source="run",
         )

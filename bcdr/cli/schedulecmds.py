@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bcdr import statedir
 from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.clock import SystemClock
@@ -45,9 +46,7 @@ DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans
 
 
 def _state(args: argparse.Namespace) -> History:
-    return run_history.History(
-        Path(args.state_dir) if args.state_dir else run_history.default_state_dir()
-    )
+    return run_history.History(statedir.use_state_dir(args.state_dir))
 
 
 def _metrics_path(args: argparse.Namespace, plan: Plan) -> Path | None:

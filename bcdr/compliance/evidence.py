@@ -2,17 +2,21 @@
 
 ``evidence/<seq>-<id>``: ``seq`` is the record's place in the chain (ten digits, from 1) and
 ``id`` the BLAKE3 of its stored bytes (``seal(json, aad=b"evidence")``). Each record's document
-carries ``prev``, the id of the record before it, so:
+carries ``prev``, the id of the record before it, and ``repository``, the id of the repository
+it was written to, so:
 
 - an **altered** record no longer matches its id;
 - a **deleted** record leaves a gap in ``seq`` and a ``prev`` that names nothing;
-- **reordered** or renamed records disagree with the ``seq`` and ``prev`` inside them.
+- **reordered** or renamed records disagree with the ``seq`` and ``prev`` inside them;
+- a record **copied** from another repository names another repository;
+- records **cut from the end** are caught against a head kept outside the repository
+  (``compliance/anchors.py``): this host's, a previous report's, or ``--head``.
 
 Appends take the repository's ``evidence`` lock, so two jobs finishing together still make one
-chain. In an encrypted repository records are sealed with the repository key: nobody without it
-can write a record that opens, so the chain cannot be rebuilt after tampering. In an unencrypted
-one someone with write access could rewrite the whole tail; ``bcdr evidence verify`` prints the
-head so it can be kept elsewhere and checked later with ``--head``.
+chain. In an encrypted repository records are sealed (AES-256-GCM) with the repository key:
+a record written, edited or re-chained by anyone without the key does not open, so it is
+named as forged. In an unencrypted one anyone with write access could rewrite the chain from
+any record on; only an anchor kept outside catches that, and reports say so.
 
 Records written before the chain existed (``evidence/<id>``) are read and reported as unchained.
 """
@@ -31,6 +35,8 @@ import msgspec
 
 from bcdr import __version__
 from bcdr.clock import parse_aware
+from bcdr.compliance import anchors
+from bcdr.compliance.anchors import Anchor
 from bcdr.compliance.context import RunContext
 from bcdr.errors import BcdrError, ObjectNotFound
 from bcdr.repository.hashing import object_name
@@ -77,9 +83,11 @@ def write_record(
         chained = [e for e in _entries(repo) if e.seq is not None]
         last = chained[-1] if chained else None
         now = repo.clock.now().isoformat()
+        seq = (last.seq or 0) + 1 if last else 1
         doc = {
+            "repository": repo.config.id,
             "kind": kind,
-            "seq": (last.seq or 0) + 1 if last else 1,
+            "seq": seq,
             "prev": last.id if last else None,
             "time": now,
             "hostname": socket.gethostname(),
@@ -96,7 +104,8 @@ def write_record(
         }
         sealed = repo.cipher.seal(json.dumps(doc, sort_keys=True).encode(), EVIDENCE_AAD)
         rid = object_name(sealed)
-        repo.storage.put(f"{PREFIX}{doc['seq']:010d}-{rid}", sealed)
+        repo.storage.put(f"{PREFIX}{seq:010d}-{rid}", sealed)
+    anchors.remember(repo.config.id, seq, rid, "appended")
     return rid
 
 
@@ -109,11 +118,23 @@ def _open(repo: Repository, entry: Entry) -> tuple[dict[str, Any] | None, str | 
     if object_name(sealed) != entry.id:
         return None, "altered: its content does not match its id"
     try:
-        doc = json.loads(repo.cipher.open(sealed, EVIDENCE_AAD, f"evidence {entry.id[:12]}"))
-    except (BcdrError, ValueError) as exc:
+        plain = repo.cipher.open(sealed, EVIDENCE_AAD, f"evidence {entry.id[:12]}")
+    except BcdrError as exc:
+        if repo.config.encryption != "none":
+            return None, (
+                "forged: it is not sealed with this repository's key (written by someone "
+                f"without it), or damaged ({exc})"
+            )
+        return None, f"unreadable: {exc}"
+    try:
+        doc = json.loads(plain)
+    except ValueError as exc:
         return None, f"unreadable: {exc}"
     if not isinstance(doc, dict):
         return None, "unreadable: not a record"
+    written_to = doc.get("repository")
+    if written_to is not None and written_to != repo.config.id:
+        return None, f"copied from another repository ({str(written_to)[:12]})"
     return doc, None
 
 
@@ -147,6 +168,10 @@ class ChainReport:
     unchained: int = 0
     problems: list[ChainProblem] = field(default_factory=list)
     bad_ids: set[str] = field(default_factory=set)  # records not to be trusted
+    repository_id: str | None = None
+    authenticated: bool = False  # records sealed with the repository key (encrypted)
+    anchors: list[dict[str, object]] = field(default_factory=list)  # heads checked against
+    anchor_notes: list[str] = field(default_factory=list)  # e.g. host heads unreadable
 
     @property
     def ok(self) -> bool:
@@ -160,19 +185,25 @@ class ChainReport:
         return d
 
 
-def verify_chain(repo: Repository, head: str | None = None) -> ChainReport:
+def verify_chain(
+    repo: Repository, given: list[Anchor] | None = None, *, host: bool = True
+) -> ChainReport:
     """Check every record of the chain: content against id, ``seq`` against name and order,
-    ``prev`` against the record before. ``head``: an id (or prefix) recorded earlier, which
-    must still be in the chain (a truncated chain loses it)."""
-    return read_chain(repo, head)[1]
+    ``prev`` against the record before; and the chain against the heads seen before (``given``
+    ones, and this host's unless ``host`` is False): a chain cut or rewritten after them
+    fails."""
+    return read_chain(repo, given, host=host)[1]
 
 
 def read_chain(
-    repo: Repository, head: str | None = None
+    repo: Repository, given: list[Anchor] | None = None, *, host: bool = True
 ) -> tuple[list[dict[str, Any]], ChainReport]:
     """``verify_chain`` and ``read_records`` in one pass over storage: every readable record
-    (unchained ones first, each with its ``id``) and the chain's report."""
-    report = ChainReport()
+    (unchained ones first, each with its ``id``) and the chain's report. An intact chain's
+    head is remembered on this host."""
+    report = ChainReport(
+        repository_id=repo.config.id, authenticated=repo.config.encryption != "none"
+    )
     entries = _entries(repo)
     documents: list[dict[str, Any]] = []
     for e in entries:
@@ -238,15 +269,51 @@ def read_chain(
                 report.bad_ids.add(entry.id)
         prev_id, expected_seq = entry.id, seq + 1
         report.head_seq, report.head_id = seq, entry.id
-    if head:
-        if not any(e.id.startswith(head.lower()) for e in chained):
-            report.problems.append(
-                ChainProblem(
-                    f"head {head[:12]}",
-                    "the record known as the head is gone: the chain was truncated or rebuilt",
-                )
-            )
+    checked = list(given or [])
+    if host:
+        mine, why_not = anchors.host_anchor(repo.config.id)
+        if mine is not None:
+            checked.append(mine)
+        if why_not:
+            report.anchor_notes.append(why_not)
+    ids_at = {e.seq: e.id for e in chained if e.seq is not None}
+    for anchor in checked:
+        wrong = _against(anchor, ids_at, report.head_seq)
+        report.anchors.append({**anchor.to_dict(), "ok": wrong is None})
+        if wrong is not None:
+            report.problems.append(wrong)
+    if report.ok and report.head_id and host:
+        anchors.remember(repo.config.id, report.head_seq, report.head_id, "verified")
     return documents, report
+
+
+def _against(anchor: Anchor, ids_at: dict[int, str], head_seq: int) -> ChainProblem | None:
+    """What is wrong with the chain (``ids_at``: record id by place) given a head seen
+    before, or None."""
+    short = anchor.id[:12]
+    if anchor.seq is None:  # a bare id: it must still be somewhere in the chain
+        if any(i.startswith(anchor.id) for i in ids_at.values()):
+            return None
+        return ChainProblem(
+            f"head {short}",
+            f"{anchor.source} saw this record as the head; it is gone: the chain was cut "
+            "short or rebuilt",
+        )
+    if anchor.seq > head_seq:
+        gone = f"#{head_seq + 1}" + (f"–#{anchor.seq}" if anchor.seq > head_seq + 1 else "")
+        return ChainProblem(
+            gone,
+            f"missing: cut from the end of the chain. The chain ends at #{head_seq}, but "
+            f"{anchor.source} saw #{anchor.seq} {short} as its head",
+        )
+    actual = ids_at.get(anchor.seq)
+    if actual is None or not actual.startswith(anchor.id):
+        return ChainProblem(
+            f"#{anchor.seq}",
+            f"rewritten: {anchor.source} saw {short} here, the chain now holds "
+            f"{(actual or 'nothing')[:12]}; the chain was rebuilt from here on",
+        )
+    return None
 
 
 # -- what a record must look like to serve as evidence ----------------------------------------

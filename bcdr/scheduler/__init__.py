@@ -1,4 +1,3 @@
 """The scheduler: what is due, run history, locks, retries, hooks, metrics, installs."""
 
-#: The environment variable naming the folder of run history and job locks.
-STATE_ENV = "BCDR_STATE_DIR"
+from bcdr.statedir import STATE_ENV as STATE_ENV  # the folder of run history and job locks

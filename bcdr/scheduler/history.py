@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bcdr.errors import UsageError
-from bcdr.scheduler import STATE_ENV
+from bcdr.statedir import STATE_ENV, default_state_dir
+
+__all__ = ["History", "Run", "default_state_dir"]
 
 RUNNING, CRASHED, INTERRUPTED = "running", "crashed", "interrupted"
 GOOD = ("ok", "partial")  # statuses that produced a recovery point
@@ -57,18 +59,6 @@ def utc(when: datetime | str) -> str:
     """Times are stored as UTC ISO strings, so they sort as text across offsets (DST)."""
     dt = datetime.fromisoformat(when) if isinstance(when, str) else when
     return dt.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def default_state_dir() -> Path:
-    """$BCDR_STATE_DIR, else $XDG_STATE_HOME/bcdr, else /var/lib/bcdr for root, else
-    ~/.local/state/bcdr."""
-    if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV])
-    if os.environ.get("XDG_STATE_HOME"):
-        return Path(os.environ["XDG_STATE_HOME"]) / "bcdr"
-    if os.geteuid() == 0:
-        return Path("/var/lib/bcdr")
-    return Path.home() / ".local" / "state" / "bcdr"
 
 
 @dataclass(frozen=True)

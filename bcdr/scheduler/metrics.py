@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bcdr.atomicfile import write_atomic
+from bcdr.compliance.anchors import Anchor, HeadStore
 from bcdr.errors import UsageError
 from bcdr.plan.model import Plan
 from bcdr.scheduler.history import History
@@ -19,6 +20,11 @@ METRICS = (
     ("bcdr_rpo_target_seconds", "The job's recovery point objective."),
     ("bcdr_failures_total", "Failed or crashed attempts of the job, ever."),
     ("bcdr_last_status_ok", "1 if the job's last finished attempt succeeded, else 0."),
+    (
+        "bcdr_evidence_head_sequence",
+        "Sequence number of the newest evidence record this host has seen in each repository "
+        "(head_id: the record's id); a chain later found shorter was cut.",
+    ),
 )
 
 
@@ -58,11 +64,30 @@ def render_metrics(plans: list[Plan], history: History, now: datetime) -> str:
             if rpo is not None:
                 put("bcdr_rpo_target_seconds", rpo.delta.total_seconds())
             put("bcdr_failures_total", history.failures(plan.name, job_name))
+    for head in _heads(history):
+        samples["bcdr_evidence_head_sequence"].append(
+            f'bcdr_evidence_head_sequence{{repository_id="{_label(head.repository_id or "")}",'
+            f'head_id="{_label(head.id)}"}} {head.seq}'
+        )
     lines = []
     for name, help_text in METRICS:
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples[name]]
     return "\n".join(lines) + "\n"
+
+
+def _heads(history: History) -> list[Anchor]:
+    """The evidence heads kept in the same state folder (none when they cannot be read)."""
+    import sqlite3
+
+    try:
+        store = HeadStore(history.state_dir)
+        try:
+            return store.all_newest()
+        finally:
+            store.close()
+    except (OSError, sqlite3.Error):
+        return []
 
 
 def write_metrics(path: Path, text: str) -> None:
