@@ -230,7 +230,7 @@ def test_disk_drill_makes_a_disk_from_the_newest_copy_and_deletes_it(
 version: 1
 name: diskdrill
 repositories:
-  local: {{url: repo}}
+  local: {{url: repo, region: westeurope}}  # evidence records only; a residency rule needs it
 residency:
   allowed_geographies: [Europe, France]
 snapshots:

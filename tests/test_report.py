@@ -27,6 +27,7 @@ from tests.conftest import run_process, write_tree
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+WINDOW = NOW - timedelta(days=10)  # the synthetic evidence begins before it: full coverage
 PLAN = b"""\
 version: 1
 name: audit
@@ -150,6 +151,10 @@ def _chain(records: list[dict], bad: tuple[str, ...] = ()) -> dict:
         "problems": problems,
         "bad_ids": list(bad),
         "ok": not problems,
+        "repository_id": "5eed" * 16,
+        "authenticated": True,
+        "anchors": [],
+        "anchor_notes": [],
     }
 
 
@@ -166,7 +171,7 @@ def _case(name: str) -> dict:
         repos = [
             RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, bad))
         ]
-    return evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
+    return evaluate(_plan(), repos, NOW, WINDOW)
 
 
 @pytest.mark.parametrize("case", ["met", "missed", "no_evidence", "tampered"])
@@ -184,6 +189,14 @@ def _status(doc: dict, job: str, control: str) -> str:
     [j] = [j for j in doc["jobs"] if j["name"] == job]
     [c] = [c for c in j["controls"] if c["id"] == control]
     return str(c["status"])
+
+
+def _covered(doc: dict, job: str, control: str) -> str:
+    """The status over the part of the window with evidence (a plan run seconds ago has
+    evidence for a sliver of any window: its controls are NO EVIDENCE, PASS over that part)."""
+    [j] = [j for j in doc["jobs"] if j["name"] == job]
+    [c] = [c for c in j["controls"] if c["id"] == control]
+    return str(c["details"].get("covered_status", c["status"]))
 
 
 def test_the_cases_say_what_they_should() -> None:
@@ -246,8 +259,9 @@ def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None
     r = run_process("report", f, "--format", "json")
     assert r.code == 0, r.out + r.err
     doc = r.json()
-    assert doc["schema"] == "bcdr.report/1" and doc["verdict"] in (PASS, NO_EVIDENCE)  # type: ignore[index]
-    assert _status(doc, "b", "rpo") == PASS and _status(doc, "b", "rto") == PASS  # type: ignore[arg-type]
+    assert doc["schema"] == "bcdr.report/1" and doc["verdict"] == NO_EVIDENCE  # type: ignore[index]
+    assert _status(doc, "b", "rpo") == NO_EVIDENCE  # type: ignore[arg-type]  # seconds of 90 days
+    assert _covered(doc, "b", "rpo") == PASS and _covered(doc, "b", "rto") == PASS  # type: ignore[arg-type]
     out = tmp_path / "out" / "report.html"
     r = run_process("report", f, "--out", out)
     assert r.code == 0 and f"report written to {out}" in r.out
@@ -290,7 +304,7 @@ def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
     assert f"({bad[:12]}): not usable as evidence" in r.out, r.out
     r = run_process("report", f, "--format", "json")
     doc = r.json()
-    assert _status(doc, "b", "rpo") == PASS  # type: ignore[arg-type]  # the good record stands
+    assert _covered(doc, "b", "rpo") == PASS  # type: ignore[arg-type]  # the good record stands
 
 
 def test_the_report_sees_a_geo_redundant_secondary_region() -> None:
@@ -305,7 +319,7 @@ def test_the_report_sees_a_geo_redundant_secondary_region() -> None:
                 "status": "verified",
             }
     repos = [RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, ()))]
-    doc = evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
+    doc = evaluate(_plan(), repos, NOW, WINDOW)
     assert _status(doc, "ckpt", "residency") == FAIL
     [job] = [j for j in doc["jobs"] if j["name"] == "ckpt"]
     [residency] = [c for c in job["controls"] if c["id"] == "residency"]
@@ -428,3 +442,34 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     pdf = tmp_path / "report.pdf"
     r = _browser(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
     assert r.returncode == 0 and pdf.read_bytes()[:5] == b"%PDF-", r.stderr.decode()[-2000:]
+
+
+def test_html_report_shows_coverage_and_heads_in_headless_chromium(tmp_path: Path) -> None:
+    # the synthetic evidence spans 10 days: in a 90-day window, most of it has none
+    records = _history()
+    repos = [RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records))]
+    partial = evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
+    assert partial["verdict"] == NO_EVIDENCE and not partial["window"]["coverage"]["complete"]
+    pages = {}
+    for name, doc in (("partial", partial), ("full", _case("met"))):
+        page = tmp_path / f"{name}.html"
+        page.write_text(to_html(doc))
+        pages[name] = page
+
+    dom = _browser(tmp_path, "--dump-dom", pages["partial"].as_uri())
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    html = dom.stdout.decode()
+    assert "evidence only from 2026-11-10T02:05" in html and "the rest has NO EVIDENCE" in html
+    assert "Evidence heads" in html
+    assert f"bcdr-evidence-head repository=main id={'5eed' * 16} head=24:" in html
+    assert html.count('class="uncovered"') == len(partial["jobs"])
+
+    grey = {}
+    for name, page in pages.items():
+        shot = tmp_path / f"{name}.png"
+        r = _browser(tmp_path, f"--screenshot={shot}", "--window-size=1100,2600", page.as_uri())
+        assert r.returncode == 0 and shot.exists(), r.stderr.decode()[-2000:]
+        _, _, rows = _png_pixels(shot.read_bytes())
+        grey[name] = _count_colour(rows, (0xD0, 0xD7, 0xDE), tolerance=4)
+    # the part of each timeline without evidence is drawn: a wide grey band per job on screen
+    assert grey["partial"] - grey["full"] > 20_000, grey

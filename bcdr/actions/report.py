@@ -3,20 +3,55 @@ controls, render."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from bcdr.actions.common import open_plan_repo
 from bcdr.clock import Clock, SystemClock
+from bcdr.compliance.anchors import Anchor
 from bcdr.compliance.controls import RepoEvidence, evaluate
 from bcdr.compliance.evidence import ChainProblem, read_chain, record_problem
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.model import Plan
 
 
-def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
+@dataclass
+class Anchors:
+    """Heads to check the chains against besides this host's: ``--head REPO=SEQ:ID`` (by the
+    plan's repository name) and the heads of previous reports (name, head)."""
+
+    by_name: dict[str, list[Anchor]] = field(default_factory=dict)
+    previous: list[tuple[str, Anchor]] = field(default_factory=list)
+
+    def for_repo(self, name: str, repository_id: str) -> tuple[list[Anchor], list[ChainProblem]]:
+        """The heads that apply to repository ``name`` (id ``repository_id``), and a problem
+        for each previous report that covered a repository of that name with another id
+        (replaced, its evidence with it)."""
+        given = list(self.by_name.get(name, []))
+        problems = []
+        for prev_name, a in self.previous:
+            if a.repository_id == repository_id:
+                given.append(a)
+            elif prev_name == name:
+                problems.append(
+                    ChainProblem(
+                        f"repository {name}",
+                        f"{a.source} covered a repository {name} with id "
+                        f"{str(a.repository_id)[:12]} (head #{a.seq}); the one there now has id "
+                        f"{repository_id[:12]}: it was replaced, and the evidence with it",
+                    )
+                )
+        return given, problems
+
+
+def gather(
+    plan: Plan, clock: Clock | None = None, given: Anchors | None = None
+) -> list[RepoEvidence]:
     """Records, chain and encryption of each repository (a repository that cannot be read is
-    reported, not fatal: its controls say NO EVIDENCE)."""
+    reported, not fatal: its controls say NO EVIDENCE). Each chain is checked against this
+    host's newest head and the ``given`` ones."""
+    given = given or Anchors()
     out = []
     for name, declared in plan.repositories.items():
         ev = RepoEvidence(name, declared.url)
@@ -33,7 +68,9 @@ def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
             continue
         try:
             ev.encryption = repo.config.encryption
-            ev.records, chain = read_chain(repo)
+            heads, replaced = given.for_repo(name, repo.config.id)
+            ev.records, chain = read_chain(repo, heads)
+            chain.problems += replaced
             for d in ev.records:  # in the chain, yet not evidence: named, and not trusted
                 problem = record_problem(d)
                 if problem is not None:
@@ -49,6 +86,8 @@ def gather(plan: Plan, clock: Clock | None = None) -> list[RepoEvidence]:
     return out
 
 
-def build_report(plan: Plan, since: timedelta, clock: Clock | None = None) -> dict[str, Any]:
+def build_report(
+    plan: Plan, since: timedelta, clock: Clock | None = None, given: Anchors | None = None
+) -> dict[str, Any]:
     now = (clock or SystemClock()).now()
-    return evaluate(plan, gather(plan, clock), now, now - since)
+    return evaluate(plan, gather(plan, clock, given), now, now - since)

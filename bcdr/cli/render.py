@@ -229,6 +229,7 @@ def drill_text(r: DrillReport) -> None:
         out(
             f"  sample {r.sample_percent:g}%{seed}: {r.files_selected} of "
             f"{r.files_total} files, {human_bytes(r.bytes_selected)}"
+            + (f" of {human_bytes(r.bytes_total)}" if r.sample_percent < 100 else "")
         )
         out(f"  verified {r.files_verified} files, {human_bytes(r.bytes_verified)}")
     for d in r.restored_disks:
@@ -245,6 +246,11 @@ def drill_text(r: DrillReport) -> None:
         f"  time to first byte {_secs(r.ttfb_s)}; RTO {_secs(r.rto_s)}{target}; "
         f"RPO {_secs(r.rpo_s)}{rpo}"
     )
+    if r.rto_estimate_s is not None:
+        out(
+            f"  sampled drill: a full restore is estimated at {_secs(r.rto_estimate_s)}"
+            f"{_target(r.rto_estimate_s, r.rto_target_s, r.rto_target)} ({r.rto_estimate_method})"
+        )
     if r.phases:
         out("  phases: " + ", ".join(f"{k} {_secs(v)}" for k, v in r.phases.items()))
     for reason in r.reasons:
@@ -267,10 +273,24 @@ def evidence_verify_text(r: ChainReport) -> None:
     else:
         out(f"evidence chain BROKEN: {len(r.problems)} problem(s) in {r.records} record(s)")
         for p in r.problems:
-            out(f"  {p}")
+            out(f"  {printable(str(p))}")
+    for a in r.anchors:
+        seq = f"#{a['seq']} " if a["seq"] is not None else ""
+        verdict = "holds" if a["ok"] else "NOT in the chain"
+        out(f"checked against {a['source']}: {seq}{str(a['id'])[:12]} {verdict}")
+    for note in r.anchor_notes:
+        out(f"note: {printable(note)}")
     if r.head_id:
-        out(f"head #{r.head_seq} {r.head_id}")
-        out("  keep this id outside the repository; `--head ID` later proves nothing was cut")
+        out(f"head {r.head_seq}:{r.head_id}")
+        out(
+            "  this host keeps it; keep it outside the repository too: `--head "
+            f"{r.head_seq}:{r.head_id[:12]}` later proves nothing was cut"
+        )
+    if not r.authenticated:
+        out(
+            "note: unencrypted repository: records are not authenticated, so anyone who can "
+            "write to it can rewrite the chain; only heads kept outside catch that"
+        )
     if r.unchained:
         out(f"{r.unchained} record(s) written before the chain existed (not chained)")
 

@@ -27,6 +27,7 @@ from typing import Any
 from croniter import croniter
 
 from bcdr.clock import parse_aware
+from bcdr.compliance.anchors import token as anchor_token
 from bcdr.geo.catalog import Catalog, catalog
 from bcdr.geo.residency import Allowed
 from bcdr.plan.model import Plan, Timing
@@ -77,9 +78,17 @@ def control(
 
 
 def schedule_control(
-    plan: Plan, name: str, job: Timing, runs: list[dict[str, Any]], start: datetime, now: datetime
+    plan: Plan,
+    name: str,
+    job: Timing,
+    runs: list[dict[str, Any]],
+    start: datetime,
+    now: datetime,
+    meets: tuple[str, ...] | None = GOOD,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Slots of the job's schedule in [start, now] against good runs; and the missed slots."""
+    """Slots of the job's schedule in [start, now] against the runs that meet a slot (results
+    in ``meets``; None: any run that finished, for jobs whose result is a control of its own:
+    a drill that ran and failed kept its schedule); and the missed slots."""
     tz = plan.timezone.zone
     cron = cron_for(job.schedule, plan.name, name, job.at, job.on)
     it = croniter(cron, start.astimezone(tz))
@@ -90,7 +99,9 @@ def schedule_control(
             break
         slots.append(s)
     good = sorted(
-        (t, r["id"]) for r in runs if r.get("result") in GOOD and (t := _t(r.get("started")))
+        (t, r["id"])
+        for r in runs
+        if (meets is None or r.get("result") in meets) and (t := _t(r.get("started")))
     )
     missed: list[str] = []
     met_by: set[str] = set()
@@ -117,10 +128,12 @@ def schedule_control(
             missed,
         )
     status = FAIL if missed else PASS
+    passed = sum(1 for r in runs if r.get("result") in GOOD)
+    done = f"{len(good)} good run(s)" if meets is not None else f"{len(runs)} run(s), {passed} ok"
     summary = (
-        f"{expected - len(missed)} of {expected} slot(s) met, {len(good)} good run(s)"
+        f"{expected - len(missed)} of {expected} slot(s) met, {done}"
         if expected
-        else f"no slot due yet; {len(good)} good run(s)"
+        else f"no slot due yet; {done}"
     )
     if missed:
         summary += f"; missed: {', '.join(m[:16] for m in missed[:5])}" + (
@@ -186,8 +199,49 @@ def rpo_control(
     return control("rpo", "RPO", PASS if ok else FAIL, summary, ids, **details)
 
 
+def rto_estimate(facts: dict[str, Any]) -> tuple[float | None, str | None]:
+    """A full restore's time estimated from a sampled drill, and how: the fixed phases (open,
+    select) as measured, the phases that grow with the data (restore, verify) scaled by the
+    snapshot's bytes over the bytes restored (by files when the record has no byte total).
+    (None, None) for a full drill."""
+    share = facts.get("sample_percent")
+    rto = facts.get("rto_s")
+    if rto is None or share is None or share >= 100:
+        return None, None
+    total, chosen = facts.get("bytes_total"), facts.get("bytes_selected")
+    if total and chosen:
+        scale, by = total / chosen, "bytes"
+    elif facts.get("files_total") and facts.get("files_selected"):
+        scale, by = facts["files_total"] / facts["files_selected"], "files"
+    else:
+        return None, None
+    phases = facts.get("phases") or {}
+    growing = sum(float(phases.get(k) or 0) for k in ("restore", "verify")) or float(rto)
+    fixed = max(float(rto) - growing, 0.0)
+    method = (
+        f"restore and verify times scaled by the snapshot's {by} over the {by} restored "
+        f"(x{scale:.3g}), open and select as measured"
+    )
+    return fixed + growing * scale, method
+
+
+def sample_label(facts: dict[str, Any]) -> str | None:
+    """ "sampled: 10% of files (12 of 120), 9.8% of bytes", or None for a full drill."""
+    share = facts.get("sample_percent")
+    if share is None or share >= 100:
+        return None
+    label = f"sampled: {share:g}% of files ({facts.get('files_selected')} of " + (
+        f"{facts.get('files_total')})"
+    )
+    total, chosen = facts.get("bytes_total"), facts.get("bytes_selected")
+    if total and chosen is not None:
+        label += f", {chosen / total:.1%} of bytes"
+    return label
+
+
 def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-    """RTO and restore verification from the newest drill of the job."""
+    """RTO and restore verification from the newest drill of the job. A sampled drill is
+    labelled, and its RTO judged by the estimate of a full restore."""
     if not drills:
         why = (
             f"no drill recorded ({', '.join(names)} in the plan)"
@@ -201,18 +255,28 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
     latest = max(drills, key=lambda r: str(r.get("time")))
     f = latest.get("facts", {})
     rto, target = f.get("rto_s"), f.get("rto_target_s")
+    sampled = sample_label(f)
+    estimate, method = rto_estimate(f)
+    prefix = f"newest drill {str(latest.get('time'))[:16]}" + (f" ({sampled})" if sampled else "")
     if rto is None or target is None:
         rto_c = control("rto", "RTO (drills)", NO_EVIDENCE, "the newest drill measured no RTO")
     else:
+        judged = estimate if estimate is not None else rto
+        measured = f"{human_seconds(rto)} measured"
+        if estimate is not None:
+            measured += f", a full restore estimated at {human_seconds(estimate)}"
         rto_c = control(
             "rto",
             "RTO (drills)",
-            PASS if rto <= target else FAIL,
-            f"newest drill {str(latest.get('time'))[:16]}: {human_seconds(rto)}, target "
-            f"{f.get('rto_target') or human_seconds(target)}",
+            PASS if judged <= target else FAIL,
+            f"{prefix}: {measured}; target {f.get('rto_target') or human_seconds(target)}",
             [latest["id"]],
             rto_s=rto,
             target_s=target,
+            sampled=sampled is not None,
+            sample_percent=f.get("sample_percent", 100.0),
+            rto_estimate_s=_rounded(estimate),
+            estimate_method=method,
         )
     failures = f.get("failures") or []
     verified = f.get("files_verified", 0)
@@ -221,13 +285,15 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
         "Restore verification (drills)",
         FAIL if failures else PASS,
         (
-            f"newest drill: {len(failures)} item(s) failed verification"
+            f"{prefix}: {len(failures)} item(s) failed verification"
             if failures
-            else f"newest drill verified {verified} item(s), "
+            else f"{prefix} verified {verified} item(s), "
             f"{human_bytes(int(f.get('bytes_verified') or 0))}"
         ),
         [latest["id"]],
         failures=failures[:20],
+        sampled=sampled is not None,
+        sample_percent=f.get("sample_percent", 100.0),
     )
     return [rto_c, restore_c]
 
@@ -334,193 +400,335 @@ def integrity_control(checks: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- the report --------------------------------------------------------------------------
 
+#: Controls judged over the window's evidence: a window mostly without evidence cannot PASS
+#: them. (Encryption is read from the repository as it is now; the chain covers itself.)
+WINDOWED = (
+    "schedule",
+    "rpo",
+    "rto",
+    "restore",
+    "retention",
+    "residency",
+    "integrity",
+    "copies",
+    "result",
+)
+#: The part of a window that may lack evidence and still PASS. Only a plan whose first record
+#: falls inside the window has such a part; shorten the window to what the evidence covers.
+UNCOVERED_SHARE = 0.01
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
 
 def _event(time: object, kind: str, ok: bool, rid: str, label: str) -> dict[str, Any]:
     return {"time": str(time), "type": kind, "ok": ok, "evidence": rid, "label": label}
 
 
+@dataclass
+class _Evidence:
+    """The records of a plan, as the controls ask for them."""
+
+    plan: Plan
+    repos: dict[str, RepoEvidence]
+    untrusted: set[str]
+    since: datetime
+    now: datetime
+
+    def records(self, repo: str | None) -> list[dict[str, Any]]:
+        pool = self.repos[repo].records if repo in self.repos else []
+        return [d for d in pool if d["id"] not in self.untrusted]
+
+    def of_job(self, repo: str | None, name: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Records of job ``name`` of this plan. A backup run by hand (``bcdr backup --job``,
+        no plan) into the job's repository is one of its recovery points too."""
+        return [
+            d
+            for d in self.records(repo)
+            if d.get("job") == name
+            and d.get("kind") in kinds
+            and (d.get("plan") == self.plan.name or (d.get("plan") is None and "backup" in kinds))
+        ]
+
+    def drills_of(self, repo: str | None, kind: str, job: str) -> list[dict[str, Any]]:
+        """Drills of this plan that restored ``job`` (``kind`` backup or disk), as their records
+        say: a drill counts for what it restored, whatever the plan says now."""
+        return [
+            d
+            for d in self.window(self.records(repo))
+            if d.get("kind") == "drill"
+            and d.get("plan") == self.plan.name
+            and d.get("result") is not None
+            and (d.get("facts") or {}).get("job") == job
+            and (d.get("facts") or {}).get("kind", kind) == kind
+        ]
+
+    def window(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            d for d in runs if (t := _t(d.get("time"))) is not None and self.since <= t <= self.now
+        ]
+
+
+def coverage(start: datetime, since: datetime, now: datetime) -> dict[str, Any]:
+    """Which part of the window [since, now] has evidence: from ``start`` (the plan's first
+    record, or ``since`` when evidence began before the window)."""
+    span = max((now - since).total_seconds(), 1.0)
+    covered = max((now - start).total_seconds(), 0.0)
+    uncovered = timedelta(seconds=span - covered)
+    complete = uncovered <= (now - since) * UNCOVERED_SHARE
+    return {
+        "from": start.isoformat(),
+        "to": now.isoformat(),
+        "fraction": round(min(covered / span, 1.0), 4),
+        "complete": complete,
+    }
+
+
+def _cover(controls: list[dict[str, Any]], cov: dict[str, Any]) -> None:
+    """Each windowed control says what part of the window it has evidence for; a PASS over a
+    window mostly without evidence is NO EVIDENCE (the PASS stays in ``covered_status``)."""
+    for c in controls:
+        if c["id"] not in WINDOWED:
+            continue
+        c["coverage"] = cov
+        if not cov["complete"] and c["status"] == PASS:
+            c["details"]["covered_status"] = PASS
+            c["status"] = NO_EVIDENCE
+            c["summary"] = (
+                f"evidence covers only {cov['fraction']:.1%} of the window (from "
+                f"{cov['from'][:16]}); over that part PASS: {c['summary']}"
+            )
+
+
 def evaluate(
     plan: Plan, repos: list[RepoEvidence], now: datetime, since: datetime
 ) -> dict[str, Any]:
-    cat = catalog()
-    rule = allowed(plan)
     untrusted: set[str] = set()
     for r in repos:
         untrusted.update(r.chain.get("bad_ids") or [])
-    by_repo = {r.name: r for r in repos}
-
-    def records(repo: str | None) -> list[dict[str, Any]]:
-        pool = by_repo[repo].records if repo in by_repo else []
-        return [d for d in pool if d["id"] not in untrusted]
-
-    def of_job(repo: str | None, name: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
-        return [
-            d
-            for d in records(repo)
-            if d.get("plan") == plan.name and d.get("job") == name and d.get("kind") in kinds
-        ]
-
-    def window(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [d for d in runs if (t := _t(d.get("time"))) is not None and since <= t <= now]
-
-    plan_times = [
-        t
+    ev = _Evidence(plan, {r.name: r for r in repos}, untrusted, since, now)
+    ours = [
+        d
         for r in repos
         for d in r.records
-        if d.get("plan") == plan.name and (t := _t(d.get("started") or d.get("time")))
+        if d["id"] not in untrusted
+        and (d.get("plan") == plan.name or (d.get("plan") is None and d.get("kind") == "backup"))
     ]
+    plan_times = [t for d in ours if (t := _t(d.get("started") or d.get("time")))]
     start = max(since, min(plan_times)) if plan_times else since
+    cov = coverage(start, since, now)
 
-    jobs: list[dict[str, Any]] = []
-    for name, bjob in plan.backups.items():
-        runs = of_job(bjob.repository, name, ("backup",))
-        in_window = window(runs)
-        sched, missed = schedule_control(plan, name, bjob, in_window, start, now)
-        points = [
-            (t, d["id"])
-            for d in runs
-            if d.get("result") in GOOD and (t := _t(d["facts"].get("snapshot_time")))
-        ]
-        drill_names = [n for n, d in plan.drills.items() if d.backup == name]
-        drills = [
-            d
-            for n in drill_names
-            for d in window(of_job(bjob.repository, n, ("drill",)))
-            if d.get("result") is not None
-        ]
-        places = []
-        for d in in_window:
-            p = d["facts"].get("placement") or {}
-            how = p.get("status") or "declared"
-            if p.get("region"):
-                places.append((p["region"], how, d["id"]))
-            if p.get("secondary_region"):  # a geo-redundant account's paired region
-                places.append((p["secondary_region"], f"{how} secondary", d["id"]))
-        declared = plan.repositories[bjob.repository].region
-        if declared and not places:
-            places.append((declared, "declared in the plan", None))
-        controls = [
-            sched,
-            rpo_control(bjob.rpo, points, since, now, f"job {name}"),
-            *drill_controls(drills, drill_names),
-        ]
-        ret = retention_control(
-            bjob.retention is not None, window(of_job(bjob.repository, name, ("forget",)))
+    jobs = [
+        *(_backup_job(ev, name, bjob, start) for name, bjob in plan.backups.items()),
+        *(_snapshot_job(ev, name, sjob, start) for name, sjob in plan.snapshots.items()),
+        *_simple_jobs(ev, start),
+    ]
+    for job in jobs:
+        _cover(job["controls"], cov)
+    repositories = [_repository(r) for r in repos]
+    statuses = [c["status"] for j in jobs for c in j["controls"]] + [
+        r["chain"]["status"] for r in repositories
+    ]
+    counts = {s: statuses.count(s) for s in (PASS, FAIL, NO_EVIDENCE)}
+    verdict = FAIL if counts[FAIL] else (PASS if not counts[NO_EVIDENCE] else NO_EVIDENCE)
+    return {
+        "schema": SCHEMA,
+        "plan": plan.name,
+        "plan_file": str(plan.file),
+        "plan_digest": plan.digest or None,
+        "plan_versions": plan_versions(ev.window(ours), plan.digest or None),
+        "generated": now.isoformat(),
+        "window": {
+            "since": since.isoformat(),
+            "until": now.isoformat(),
+            "start": start.isoformat(),
+            "coverage": cov,
+        },
+        "verdict": verdict,
+        "counts": counts,
+        "tampered": any(r["chain"]["status"] == FAIL for r in repositories),
+        "repositories": repositories,
+        "jobs": jobs,
+    }
+
+
+def plan_versions(records: list[dict[str, Any]], current: str | None) -> list[dict[str, Any]]:
+    """The plan files the window's records were written under (by digest), oldest first: more
+    than one means the plan changed within the window."""
+    seen: dict[str | None, dict[str, Any]] = {}
+    for d in sorted(records, key=lambda d: str(d.get("time"))):
+        digest = d.get("plan_digest")
+        v = seen.setdefault(
+            digest,
+            {"digest": digest, "first": d.get("time"), "last": None, "records": 0},
         )
-        if ret:
-            controls.append(ret)
-        controls.append(residency_control(rule, places, cat))
-        checks = window([d for d in records(bjob.repository) if d.get("kind") == "check"])
-        controls.append(integrity_control(checks))
-        repo_decl = plan.repositories[bjob.repository]
-        if repo_decl.encryption is not None:
-            enc = by_repo[bjob.repository].encryption if bjob.repository in by_repo else None
-            controls.append(
-                control(
-                    "encryption",
-                    "Encryption",
-                    NO_EVIDENCE if enc is None else (PASS if enc != "none" else FAIL),
-                    f"repository {bjob.repository}: {enc or 'unreadable'} (the plan requires "
-                    "encryption)",
-                )
-            )
-        timeline = [
-            _event(
-                d["facts"].get("snapshot_time") or d["time"],
-                "recovery_point" if d.get("result") in GOOD else "failure",
-                d.get("result") in GOOD,
-                d["id"],
-                (d["facts"].get("snapshot") or "")[:8] or str(d["facts"].get("error", ""))[:80],
-            )
-            for d in in_window
-        ] + [
-            _event(d["time"], "drill", d.get("result") == "ok", d["id"], d.get("job") or "")
-            for d in drills
-        ]
-        jobs.append(_job(name, "backup", bjob, controls, timeline, missed, drills, in_window))
+        v["last"] = d.get("time")
+        v["records"] += 1
+    for v in seen.values():
+        v["current"] = v["digest"] is not None and v["digest"] == current
+    return list(seen.values())
 
-    for name, sjob in plan.snapshots.items():
-        repo = sjob.evidence or next(iter(plan.repositories), None)
-        runs = of_job(repo, name, ("disk-snapshot", "snapshot"))
-        in_window = window(runs)
-        sched, missed = schedule_control(plan, name, sjob, in_window, start, now)
-        per_disk: dict[str, list[tuple[datetime, str]]] = {}
-        places = []
-        copies_bad: list[str] = []
-        for d in runs:
-            for disk in d["facts"].get("disks") or []:
-                when = _t(disk.get("time"))
-                if disk.get("status") in ("protected", "partial") and when:
-                    per_disk.setdefault(disk["disk"], []).append((when, d["id"]))
-        for d in in_window:
-            for disk in d["facts"].get("disks") or []:
-                if disk.get("region"):
-                    places.append((disk["region"], "verified (disk)", d["id"]))
-                for c in disk.get("copies") or []:
-                    places.append((c["region"], "verified (copy)", d["id"]))
-        latest = max(in_window, key=lambda r: str(r.get("time")), default=None)
-        if latest is not None:
-            for disk in latest["facts"].get("disks") or []:
-                for c in disk.get("copies") or []:
-                    if c.get("state") != "done":
-                        copies_bad.append(f"{disk['name']} to {c['region']}: {c.get('state')}")
-        per_disk_c = [
-            rpo_control(
-                sjob.rpo, per_disk.get(str(x), []), since, now, f"disk {x.id.rsplit('/', 1)[-1]}"
+
+def _backup_job(ev: _Evidence, name: str, bjob: Any, start: datetime) -> dict[str, Any]:
+    plan, since, now = ev.plan, ev.since, ev.now
+    runs = ev.of_job(bjob.repository, name, ("backup",))
+    in_window = ev.window(runs)
+    sched, missed = schedule_control(plan, name, bjob, in_window, start, now)
+    points = [
+        (t, d["id"])
+        for d in runs
+        if d.get("result") in GOOD and (t := _t(d["facts"].get("snapshot_time")))
+    ]
+    drill_names = [n for n, d in plan.drills.items() if d.backup == name]
+    drills = ev.drills_of(bjob.repository, "backup", name)
+    places = []
+    for d in in_window:
+        p = d["facts"].get("placement") or {}
+        how = p.get("status") or "declared"
+        if p.get("region"):
+            places.append((p["region"], how, d["id"]))
+        if p.get("secondary_region"):  # a geo-redundant account's paired region
+            places.append((p["secondary_region"], f"{how} secondary", d["id"]))
+    declared = plan.repositories[bjob.repository].region
+    if declared and not places:
+        places.append((declared, "declared in the plan", None))
+    controls = [
+        sched,
+        rpo_control(bjob.rpo, points, since, now, f"job {name}"),
+        *drill_controls(drills, drill_names),
+    ]
+    ret = retention_control(
+        bjob.retention is not None, ev.window(ev.of_job(bjob.repository, name, ("forget",)))
+    )
+    if ret:
+        controls.append(ret)
+    controls.append(residency_control(allowed(plan), places, catalog()))
+    checks = ev.window([d for d in ev.records(bjob.repository) if d.get("kind") == "check"])
+    controls.append(integrity_control(checks))
+    if plan.repositories[bjob.repository].encryption is not None:
+        repo = ev.repos.get(bjob.repository)
+        enc = repo.encryption if repo is not None else None
+        controls.append(
+            control(
+                "encryption",
+                "Encryption",
+                NO_EVIDENCE if enc is None else (PASS if enc != "none" else FAIL),
+                f"repository {bjob.repository}: {enc or 'unreadable'} (the plan requires "
+                "encryption)",
             )
-            for x in sjob.disks
-        ]
-        rank = {NO_EVIDENCE: 2, FAIL: 1, PASS: 0}
-        rpo_c = max(
-            per_disk_c,
-            key=lambda c: (rank[c["status"]], c["details"].get("longest_gap_s", 0)),
         )
-        drill_names = [n for n, d in plan.drills.items() if d.snapshot == name]
-        drills = [d for n in drill_names for d in window(of_job(repo, n, ("drill",)))]
-        controls = [sched, rpo_c]
-        if sjob.copy_to:
-            controls.append(
-                control(
-                    "copies",
-                    "Cross-region copies",
-                    NO_EVIDENCE if latest is None else (FAIL if copies_bad else PASS),
-                    "no run recorded"
-                    if latest is None
-                    else (
-                        "; ".join(copies_bad)
-                        if copies_bad
-                        else f"newest run copied every disk to {', '.join(sjob.copy_to)}"
-                    ),
-                    [latest["id"]] if latest else [],
-                )
+    timeline = [
+        _event(
+            d["facts"].get("snapshot_time") or d["time"],
+            "recovery_point" if d.get("result") in GOOD else "failure",
+            d.get("result") in GOOD,
+            d["id"],
+            (
+                (d["facts"].get("snapshot") or "")[:8]
+                + (" (by hand)" if d.get("plan") is None else "")
             )
-        controls += drill_controls(drills, drill_names)
-        if sjob.retention is not None:
-            controls.append(
-                control(
-                    "retention",
-                    "Retention",
-                    PASS if latest else NO_EVIDENCE,
-                    "applied by each run (per disk and region)" if latest else "no run recorded",
-                    [latest["id"]] if latest else [],
-                )
-            )
-        if not places:
-            places.append((sjob.region, "declared in the plan", None))
-            places += [(r, "declared copy", None) for r in sjob.copy_to]
-        controls.append(residency_control(rule, places, cat))
-        timeline = [
-            _event(
-                d["time"],
-                "recovery_point" if d.get("result") in GOOD else "failure",
-                d.get("result") == "ok",
-                d["id"],
-                str(d.get("result")),
-            )
-            for d in in_window
-        ] + [_event(d["time"], "drill", d.get("result") == "ok", d["id"], "") for d in drills]
-        jobs.append(_job(name, "snapshot", sjob, controls, timeline, missed, drills, in_window))
+            if d.get("result") in GOOD
+            else str(d["facts"].get("error", ""))[:80],
+        )
+        for d in in_window
+    ] + [_drill_event(d) for d in drills]
+    return _job(name, "backup", bjob, controls, timeline, missed, drills, in_window)
 
+
+def _drill_event(d: dict[str, Any]) -> dict[str, Any]:
+    sampled = sample_label(d.get("facts") or {})
+    label = str(d.get("job") or "") + (f" ({sampled})" if sampled else "")
+    return _event(d["time"], "drill", d.get("result") == "ok", d["id"], label)
+
+
+def _snapshot_job(ev: _Evidence, name: str, sjob: Any, start: datetime) -> dict[str, Any]:
+    plan, since, now = ev.plan, ev.since, ev.now
+    repo = sjob.evidence or next(iter(plan.repositories), None)
+    runs = ev.of_job(repo, name, ("disk-snapshot", "snapshot"))
+    in_window = ev.window(runs)
+    sched, missed = schedule_control(plan, name, sjob, in_window, start, now)
+    per_disk: dict[str, list[tuple[datetime, str]]] = {}
+    places = []
+    copies_bad: list[str] = []
+    for d in runs:
+        for disk in d["facts"].get("disks") or []:
+            when = _t(disk.get("time"))
+            if disk.get("status") in ("protected", "partial") and when:
+                per_disk.setdefault(disk["disk"], []).append((when, d["id"]))
+    for d in in_window:
+        for disk in d["facts"].get("disks") or []:
+            if disk.get("region"):
+                places.append((disk["region"], "verified (disk)", d["id"]))
+            for c in disk.get("copies") or []:
+                places.append((c["region"], "verified (copy)", d["id"]))
+    latest = max(in_window, key=lambda r: str(r.get("time")), default=None)
+    if latest is not None:
+        for disk in latest["facts"].get("disks") or []:
+            for c in disk.get("copies") or []:
+                if c.get("state") != "done":
+                    copies_bad.append(f"{disk['name']} to {c['region']}: {c.get('state')}")
+    per_disk_c = [
+        rpo_control(
+            sjob.rpo, per_disk.get(str(x), []), since, now, f"disk {x.id.rsplit('/', 1)[-1]}"
+        )
+        for x in sjob.disks
+    ]
+    rank = {NO_EVIDENCE: 2, FAIL: 1, PASS: 0}
+    rpo_c = max(
+        per_disk_c,
+        key=lambda c: (rank[c["status"]], c["details"].get("longest_gap_s", 0)),
+    )
+    drill_names = [n for n, d in plan.drills.items() if d.snapshot == name]
+    drills = ev.drills_of(repo, "disk", name)
+    controls = [sched, rpo_c]
+    if sjob.copy_to:
+        controls.append(
+            control(
+                "copies",
+                "Cross-region copies",
+                NO_EVIDENCE if latest is None else (FAIL if copies_bad else PASS),
+                "no run recorded"
+                if latest is None
+                else (
+                    "; ".join(copies_bad)
+                    if copies_bad
+                    else f"newest run copied every disk to {', '.join(sjob.copy_to)}"
+                ),
+                [latest["id"]] if latest else [],
+            )
+        )
+    controls += drill_controls(drills, drill_names)
+    if sjob.retention is not None:
+        controls.append(
+            control(
+                "retention",
+                "Retention",
+                PASS if latest else NO_EVIDENCE,
+                "applied by each run (per disk and region)" if latest else "no run recorded",
+                [latest["id"]] if latest else [],
+            )
+        )
+    if not places:
+        places.append((sjob.region, "declared in the plan", None))
+        places += [(r, "declared copy", None) for r in sjob.copy_to]
+    controls.append(residency_control(allowed(plan), places, catalog()))
+    timeline = [
+        _event(
+            d["time"],
+            "recovery_point" if d.get("result") in GOOD else "failure",
+            d.get("result") == "ok",
+            d["id"],
+            str(d.get("result")),
+        )
+        for d in in_window
+    ] + [_drill_event(d) for d in drills]
+    return _job(name, "snapshot", sjob, controls, timeline, missed, drills, in_window)
+
+
+def _simple_jobs(ev: _Evidence, start: datetime) -> list[dict[str, Any]]:
+    """Drills, checks and prunes: did they run on schedule, and how did the newest end."""
+    plan = ev.plan
     simple: list[tuple[str, str, Timing, str | None, str]] = [
         *(
             (
@@ -538,9 +746,10 @@ def evaluate(
         *((n, "check", c, c.repository, "Check result") for n, c in plan.checks.items()),
         *((n, "prune", p, p.repository, "Prune result") for n, p in plan.prunes.items()),
     ]
+    jobs = []
     for name, kind, tjob, repo, title in simple:
-        runs = window(of_job(repo, name, (kind,)))
-        sched, missed = schedule_control(plan, name, tjob, runs, start, now)
+        runs = ev.window(ev.of_job(repo, name, (kind,)))
+        sched, missed = schedule_control(plan, name, tjob, runs, start, ev.now, meets=None)
         controls = [sched, latest_result_control("result", title, runs)]
         timeline = [
             _event(
@@ -553,50 +762,53 @@ def evaluate(
             for d in runs
         ]
         jobs.append(_job(name, kind, tjob, controls, timeline, missed, [], runs))
+    return jobs
 
-    repositories: list[dict[str, Any]] = []
-    for r in repos:
-        chain = r.chain
-        if r.error:
-            status, summary = NO_EVIDENCE, f"cannot read the repository: {r.error}"
-        elif chain.get("ok", True):
-            status = PASS
-            summary = (
-                f"{chain.get('records', 0)} record(s) chained, head #{chain.get('head_seq')} "
-                f"{str(chain.get('head_id') or '')[:12]}"
+
+def _repository(r: RepoEvidence) -> dict[str, Any]:
+    """A repository's entry: its evidence chain as a control, and its head."""
+    chain = r.chain
+    head = None
+    if chain.get("head_id") and chain.get("repository_id"):
+        head = {
+            "repository_id": chain["repository_id"],
+            "seq": chain["head_seq"],
+            "id": chain["head_id"],
+            "token": anchor_token(
+                r.name, chain["repository_id"], chain["head_seq"], chain["head_id"]
+            ),
+        }
+    if r.error:
+        status, summary = NO_EVIDENCE, f"cannot read the repository: {r.error}"
+    elif chain.get("ok", True):
+        status = PASS
+        summary = (
+            f"{chain.get('records', 0)} record(s) chained, head #{chain.get('head_seq')} "
+            f"{str(chain.get('head_id') or '')[:12]}"
+        )
+        held = [a for a in chain.get("anchors") or [] if a.get("ok")]
+        if held:
+            summary += "; holds " + ", ".join(
+                f"#{a['seq']} seen by {a['source']}" for a in held if a.get("seq") is not None
             )
         else:
-            status = FAIL
-            summary = "TAMPERED: " + "; ".join(chain.get("problems") or [])
-        repositories.append(
-            {
-                "name": r.name,
-                "url": r.url,
-                "encryption": r.encryption,
-                "chain": control("chain", "Evidence chain", status, summary, **chain),
-            }
+            summary += "; no head kept outside the repository was known to check against"
+    else:
+        status = FAIL
+        summary = "TAMPERED: " + "; ".join(chain.get("problems") or [])
+    authenticated = None if r.error else bool(chain.get("authenticated", r.encryption != "none"))
+    if authenticated is False:
+        summary += (
+            "; unencrypted repository: its records are not authenticated, so anyone who can "
+            "write to it can rewrite them; only heads kept outside the repository catch that"
         )
-    statuses = [c["status"] for j in jobs for c in j["controls"]] + [
-        r["chain"]["status"] for r in repositories
-    ]
-    counts = {s: statuses.count(s) for s in (PASS, FAIL, NO_EVIDENCE)}
-    verdict = FAIL if counts[FAIL] else (PASS if not counts[NO_EVIDENCE] else NO_EVIDENCE)
     return {
-        "schema": SCHEMA,
-        "plan": plan.name,
-        "plan_file": str(plan.file),
-        "plan_digest": plan.digest or None,
-        "generated": now.isoformat(),
-        "window": {
-            "since": since.isoformat(),
-            "until": now.isoformat(),
-            "start": start.isoformat(),
-        },
-        "verdict": verdict,
-        "counts": counts,
-        "tampered": any(r["chain"]["status"] == FAIL for r in repositories),
-        "repositories": repositories,
-        "jobs": jobs,
+        "name": r.name,
+        "url": r.url,
+        "encryption": r.encryption,
+        "authenticated": authenticated,
+        "head": head,
+        "chain": control("chain", "Evidence chain", status, summary, **chain),
     }
 
 
@@ -627,6 +839,9 @@ def _job(
                 "rto_s": d["facts"].get("rto_s"),
                 "rpo_s": d["facts"].get("rpo_s"),
                 "files_verified": d["facts"].get("files_verified"),
+                "sampled": sample_label(d["facts"]),
+                "sample_percent": d["facts"].get("sample_percent", 100.0),
+                "rto_estimate_s": _rounded(rto_estimate(d["facts"])[0]),
                 "evidence": d["id"],
             }
             for d in sorted(drills, key=lambda d: str(d.get("time")))

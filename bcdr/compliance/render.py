@@ -16,6 +16,7 @@ from bcdr.text import printable
 from bcdr.units import human_seconds
 
 COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", NO_EVIDENCE: "#6e7781"}
+UNCOVERED = "#d0d7de"  # the part of the window without evidence
 MARKS = {
     "recovery_point": ("#1a7f37", "recovery point"),
     "failure": ("#cf222e", "failure"),
@@ -36,6 +37,30 @@ def _cell(text: object) -> str:
     return printable(str(text).replace("\n", " ")).replace("|", "\\|")
 
 
+def coverage_text(w: dict[str, Any]) -> str:
+    cov = w.get("coverage") or {}
+    text = f"{w['since'][:16]} to {w['until'][:16]}"
+    if cov.get("complete", True):
+        return text + f" (evidence from {w['start'][:16]}: the whole window)"
+    return (
+        text + f": evidence only from {w['start'][:16]}, {cov['fraction']:.1%} of the window; "
+        "the rest has NO EVIDENCE"
+    )
+
+
+def versions_text(doc: dict[str, Any]) -> str | None:
+    """A note when the window's evidence was written under several plan files."""
+    versions = doc.get("plan_versions") or []
+    if len(versions) < 2:
+        return None
+    parts = [
+        f"`{str(v['digest'] or '?')[:12]}` {str(v['first'])[:10]} to {str(v['last'])[:10]} "
+        f"({v['records']} record(s){', this plan' if v['current'] else ''})"
+        for v in versions
+    ]
+    return f"The plan changed within the window: {len(versions)} versions: " + "; ".join(parts)
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     w = doc["window"]
     lines = [
@@ -43,13 +68,16 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"- **Verdict: {doc['verdict']}** ({doc['counts'][PASS]} pass, {doc['counts'][FAIL]} "
         f"fail, {doc['counts'][NO_EVIDENCE]} no evidence)",
-        f"- Window: {w['since'][:16]} to {w['until'][:16]} (evidence from {w['start'][:16]})",
+        f"- Window: {coverage_text(w)}",
         f"- Plan file: `{doc['plan_file']}` (SHA-256 `{doc['plan_digest'] or '?'}`)",
         f"- Generated: {doc['generated'][:19]} by bcdr, schema `{doc['schema']}`",
         "",
     ]
     if doc["tampered"]:
         lines += ["> **The evidence chain was tampered with.** See Repositories.", ""]
+    note = versions_text(doc)
+    if note:
+        lines += [f"> {_cell(note)}", ""]
     lines += [
         "## Summary",
         "",
@@ -76,7 +104,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
             for d in job["drills"]:
                 lines.append(
                     f"| {str(d['time'])[:16]} | {_cell(d['drill'])} | {d['verdict']} | "
-                    f"{_secs(d['rto_s'])} | {_secs(d['rpo_s'])} | {d['files_verified']} |"
+                    f"{_rto(d)} | {_secs(d['rpo_s'])} | {d['files_verified']}"
+                    f"{' (' + _cell(d['sampled']) + ')' if d.get('sampled') else ''} |"
                 )
         if job["failures"]:
             lines += ["", "Failures:", ""]
@@ -92,11 +121,30 @@ def to_markdown(doc: dict[str, Any]) -> str:
             f"| {_cell(r['name'])} (`{_cell(r['url'])}`) | {r['encryption'] or '?'} | "
             f"**{c['status']}**: {_cell(c['summary'])} |"
         )
+    heads = [r["head"] for r in doc["repositories"] if r.get("head")]
+    if heads:
+        lines += ["", "## Evidence heads", "", HEADS_NOTE, ""]
+        lines += [f"    {h['token']}" for h in heads]
     return "\n".join(lines) + "\n"
+
+
+HEADS_NOTE = (
+    "Keep this report (or these lines) where the backup host cannot change them. "
+    "`bcdr report PLAN --previous-report THIS-FILE` (or `bcdr evidence verify "
+    "--previous-report THIS-FILE`) later fails if a chain no longer holds its head."
+)
 
 
 def _secs(value: object) -> str:
     return human_seconds(value, precision=1) if isinstance(value, int | float) else "-"
+
+
+def _rto(d: dict[str, Any]) -> str:
+    """A drill's RTO, with the full-restore estimate of a sampled one."""
+    text = _secs(d.get("rto_s"))
+    if d.get("rto_estimate_s") is not None:
+        text += f" (full: ~{_secs(d['rto_estimate_s'])})"
+    return text
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -115,6 +163,8 @@ font-size:12px;white-space:nowrap}
 font-weight:600}
 code,.ids{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}.meta{color:#57606a}
 .legend span{margin-right:14px}svg{display:block;margin:4px 0}
+.note{background:#fff8c5;border:1px solid #bf8700;padding:6px 10px;margin:10px 0}
+.sampled{color:#9a6700;font-weight:600}pre.head{font-size:11px;white-space:pre-wrap}
 section{break-inside:avoid;page-break-inside:avoid}
 @media print{body{margin:0;max-width:none;font-size:11px}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}h2{break-after:avoid}
@@ -130,7 +180,11 @@ def _badge(status: str) -> str:
     return f'<span class="badge {status.replace(" ", "")}">{_e(status)}</span>'
 
 
-def _timeline(job: dict[str, Any], since: datetime, until: datetime) -> str:
+def _timeline(
+    job: dict[str, Any], since: datetime, until: datetime, start: datetime | None = None
+) -> str:
+    """The whole window, ``since`` to ``until``; the part before ``start`` (no evidence) is
+    hatched grey."""
     width, height, left, right = 960, 64, 10, 10
     span = max((until - since).total_seconds(), 1.0)
 
@@ -152,6 +206,13 @@ def _timeline(job: dict[str, Any], since: datetime, until: datetime) -> str:
         f'<text x="{width - right}" y="60" font-size="11" fill="#57606a" text-anchor="end">'
         f"{_e(until.strftime('%Y-%m-%d %H:%M'))}</text>",
     ]
+    if start is not None and start > since:
+        end = x(start.isoformat())
+        parts.append(
+            f'<rect class="uncovered" x="{left}" y="16" width="{max(end - left, 1):.1f}" '
+            f'height="28" fill="{UNCOVERED}"><title>no evidence before '
+            f"{_e(start.isoformat()[:16])}</title></rect>"
+        )
     for ev in job["timeline"]:
         cx = x(ev["time"])
         tip = f"<title>{_e(ev['type'])} {_e(ev['time'][:16])} {_e(ev['label'])}</title>"
@@ -183,7 +244,8 @@ def _timeline(job: dict[str, Any], since: datetime, until: datetime) -> str:
 
 def to_html(doc: dict[str, Any]) -> str:
     w = doc["window"]
-    since = datetime.fromisoformat(w["start"])
+    since = datetime.fromisoformat(w["since"])
+    start = datetime.fromisoformat(w["start"])
     until = datetime.fromisoformat(w["until"])
     out = [
         "<!doctype html>",
@@ -191,8 +253,8 @@ def to_html(doc: dict[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>bcdr report: {_e(doc['plan'])}</title><style>{CSS}</style></head><body>",
         f"<h1>Recovery report: plan {_e(doc['plan'])} {_badge(doc['verdict'])}</h1>",
-        f'<p class="meta">Window {_e(w["since"][:16])} to {_e(w["until"][:16])} (evidence '
-        f"from {_e(w['start'][:16])}) · {doc['counts'][PASS]} pass, {doc['counts'][FAIL]} "
+        f'<p class="meta">Window <span class="coverage">{_e(coverage_text(w))}</span> · '
+        f"{doc['counts'][PASS]} pass, {doc['counts'][FAIL]} "
         f"fail, {doc['counts'][NO_EVIDENCE]} no evidence<br>Plan file "
         f"<code>{_e(doc['plan_file'])}</code>, SHA-256 <code>{_e(doc['plan_digest'] or '?')}"
         f"</code><br>Generated {_e(doc['generated'][:19])}, schema <code>{_e(doc['schema'])}"
@@ -205,6 +267,9 @@ def to_html(doc: dict[str, Any]) -> str:
             + "; ".join(f"{_e(r['name'])}: {_e(r['chain']['summary'])}" for r in bad)
             + "</div>"
         )
+    note = versions_text(doc)
+    if note:
+        out.append(f'<div class="note">{_e(note)}</div>')
     out.append("<section><h2>Summary</h2><table><tr><th>job</th><th>kind</th><th>controls</th>")
     out.append("</tr>")
     for job in doc["jobs"]:
@@ -219,14 +284,14 @@ def to_html(doc: dict[str, Any]) -> str:
     legend = " ".join(
         f'<span><svg width="12" height="12" style="display:inline"><rect width="12" height="12"'
         f' fill="{colour}"/></svg> {label}</span>'
-        for colour, label in MARKS.values()
+        for colour, label in [*MARKS.values(), (UNCOVERED, "no evidence")]
     )
     for job in doc["jobs"]:
         out.append(
             f'<section id="job-{_e(job["name"])}"><h2>{_e(job["kind"])} {_e(job["name"])} '
             f'<span class="meta">({_e(job["schedule"])})</span></h2>'
         )
-        out.append(_timeline(job, since, until))
+        out.append(_timeline(job, since, until, start))
         out.append(f'<div class="legend meta">{legend}</div>')
         out.append(
             "<table><tr><th>control</th><th>status</th><th>summary</th><th>evidence</th></tr>"
@@ -245,8 +310,14 @@ def to_html(doc: dict[str, Any]) -> str:
             for d in job["drills"]:
                 out.append(
                     f"<tr><td>{_e(d['drill'])}</td><td>{_e(str(d['time'])[:16])}</td>"
-                    f"<td>{_e(d['verdict'])}</td><td>{_secs(d['rto_s'])}</td>"
-                    f"<td>{_secs(d['rpo_s'])}</td><td>{_e(d['files_verified'])}</td>"
+                    f"<td>{_e(d['verdict'])}</td><td>{_e(_rto(d))}</td>"
+                    f"<td>{_secs(d['rpo_s'])}</td><td>{_e(d['files_verified'])}"
+                    + (
+                        f' <span class="sampled">{_e(d["sampled"])}</span>'
+                        if d.get("sampled")
+                        else ""
+                    )
+                    + "</td>"
                     f'<td class="ids">{_e(d["evidence"][:12])}</td></tr>'
                 )
             out.append("</table>")
@@ -270,5 +341,11 @@ def to_html(doc: dict[str, Any]) -> str:
             f"<td>{_e(r['encryption'] or '?')}</td><td>{_badge(c['status'])} "
             f"{_e(c['summary'])}</td></tr>"
         )
-    out.append("</table></section></body></html>")
+    out.append("</table></section>")
+    heads = [r["head"] for r in doc["repositories"] if r.get("head")]
+    if heads:
+        out.append(f'<section><h2>Evidence heads</h2><p class="meta">{_e(HEADS_NOTE)}</p>')
+        out += [f'<pre class="head">{_e(h["token"])}</pre>' for h in heads]
+        out.append("</section>")
+    out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -23,6 +23,7 @@ UNKNOWN_GEOGRAPHY = "unknown geography"
 NO_PAIR = "geo-redundancy without a paired region"
 OUTSIDE = "region outside residency"
 SECONDARY_OUTSIDE = "geo-redundant secondary outside residency"
+NO_REGION = "repository without a region"
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ class Repository:
         example="../.bcdr/repo",
     )
     region: str | None = spec(
-        "Azure region the repository lives in (`westeurope`); checked against `residency`.",
+        "Azure region the repository lives in (`westeurope`); checked against `residency`. "
+        "Required under a `residency` rule; for a local repository, the region of the machine "
+        "or disk it is on.",
         example="westeurope",
         default=None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bcdr.geo.catalog import Catalog, catalog
 from bcdr.geo.residency import (
+    NO_REGION,
     Allowed,
     Placement,
     Violation,
@@ -77,6 +78,18 @@ def violations(plan: Plan, cat: Catalog | None = None) -> list[Violation]:
     # not write to.
     sites: list[Placement] = []
     for name, repo in plan.repositories.items():
+        if rule is not None and repo.region is None:
+            out.append(
+                Violation(
+                    NO_REGION,
+                    ("repositories", name, "region"),
+                    f"repository {name!r} has no region, so the residency rule cannot be "
+                    "checked for the data written to it",
+                    "name the Azure region the data is in (e.g. `region: westeurope`); for a "
+                    "local repository, the region of the machine or disk it is on",
+                    (),
+                )
+            )
         if repo.region is not None:
             out += no_pair(cat, repo.region, repo.redundancy, ("repositories", name, "redundancy"))
         sites += _repository(cat, "", name, repo)

@@ -581,7 +581,11 @@ class Repository:
             )
         snap = self.load_snapshot(matches[0])
         if job is not None and snap.job != job:
-            raise SnapshotNotFound(f"snapshot {ref} belongs to job {snap.job!r}, not {job!r}")
+            raise SnapshotNotFound(
+                f"snapshot {ref} belongs to job {snap.job!r}, not {job!r}",
+                where=self.storage.url,
+                hint=f"give a snapshot of job {job} (`bcdr snapshots --job {job}`)",
+            )
         return snap
 
     def new_snapshot_fields(self) -> SnapshotFields:
