@@ -24,7 +24,9 @@ The compute resources bcdr uses behave as Azure documents them:
 - **disks** are created from a snapshot in their own region (``Copy``) or a disk restore point
   (``Restore``);
 - **lists** page with ``nextLink`` (``page_size`` items per page);
-- **throttling**: ``throttle(method, pattern, times, retry_after)`` answers 429 with
+- **faults**: ``flaky_everywhere((429, 500))`` fails every distinct request once with each
+  status before serving it (reads, writes, deletes, polls alike);
+- **throttling**: ``throttle(method, pattern, times, retry_after, status)`` answers 429 with
   ``Retry-After``.
 
 HTTPS is required because azure-core only sends bearer tokens over TLS: the server makes a
@@ -251,10 +253,22 @@ class ArmServer:
             self.resources[d.lower()]["properties"]["diskState"] = "Attached"
         return rid
 
-    def throttle(self, method: str, pattern: str, times: int, retry_after: int = 1) -> None:
-        """The next ``times`` requests of ``method`` whose path matches ``pattern`` get 429."""
+    def throttle(
+        self, method: str, pattern: str, times: int, retry_after: int = 1, status: int = 429
+    ) -> None:
+        """The next ``times`` requests of ``method`` whose path matches ``pattern`` get
+        ``status`` (429 throttling, or 500/503 as a failing front end answers)."""
         with self.lock:
-            self._throttles.append([method, re.compile(pattern, re.IGNORECASE), times, retry_after])
+            self._throttles.append(
+                [method, re.compile(pattern, re.IGNORECASE), times, retry_after, status]
+            )
+
+    def flaky_everywhere(self, statuses: tuple[int, ...] = (429, 500)) -> None:
+        """Every distinct request (method and path: reads, writes, deletes, every poll of a
+        long-running operation) first gets each of ``statuses`` once, then is served."""
+        with self.lock:
+            self._flaky = list(statuses)
+            self._flaky_seen: dict[tuple[str, str], int] = {}
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         """Resources of a type (``snapshots``, ``disks``, ``restorePoints``), by id."""
@@ -263,12 +277,20 @@ class ArmServer:
                 doc for key, doc in self.resources.items() if key.rsplit("/", 2)[-2] == kind.lower()
             ]
 
-    def throttled(self, method: str, path: str) -> int | None:
+    def throttled(self, method: str, path: str) -> tuple[int, int] | None:
+        """(status, Retry-After) when this request is to fail, else None."""
         with self.lock:
             for t in self._throttles:
                 if t[0] == method and t[2] > 0 and t[1].search(path):
                     t[2] -= 1
-                    return int(t[3])
+                    return int(t[4]), int(t[3])
+            flaky = getattr(self, "_flaky", None)
+            if flaky:
+                key = (method, path.lower())
+                n = self._flaky_seen.get(key, 0)
+                if n < len(flaky):
+                    self._flaky_seen[key] = n + 1
+                    return flaky[n], 0
         return None
 
     # --- long-running operations -------------------------------------------------------------
@@ -665,12 +687,15 @@ def _handler(arm: ArmServer) -> type[BaseHTTPRequestHandler]:
                     "The api-version query parameter (?api-version=) is required.",
                 )
                 return None
-            wait = arm.throttled(self.command, url.path)
-            if wait is not None:
+            fault = arm.throttled(self.command, url.path)
+            if fault is not None:
+                status, wait = fault
                 self._error(
-                    429,
-                    "TooManyRequests",
-                    "The request was throttled; retry after the time in Retry-After.",
+                    status,
+                    "TooManyRequests" if status == 429 else "InternalServerError",
+                    "The request was throttled; retry after the time in Retry-After."
+                    if status == 429
+                    else "An injected server error.",
                     {"Retry-After": str(wait)},
                 )
                 return None

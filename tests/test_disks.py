@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -479,3 +481,85 @@ def test_the_report_covers_disk_jobs(tmp_path: Path, arm: ArmServer) -> None:
     [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]  # type: ignore[index]
     copies = [c for c in job["controls"] if c["id"] == "copies"][0]
     assert copies["status"] == "FAIL" and "data1 to northeurope: failed" in copies["summary"]
+
+
+def _kind(path: str) -> str:
+    """The kind of ARM call a path is: the resource type, or operations for polls."""
+    parts = path.lower().strip("/").split("/")
+    return "operations" if "operations" in parts else parts[-2] if len(parts) >= 2 else path
+
+
+def test_429_and_500_on_every_call_and_every_poll_are_retried(
+    tmp_path: Path, arm: ArmServer
+) -> None:
+    # snapshots with a copy to another region (PUT, CopyStart, polls, reads, lists), then a disk
+    # drill (PUT disk, polls, DELETE): each distinct request first gets a 429, then a 500
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(
+        tmp_path,
+        arm,
+        [d1],
+        extra="    rpo: 26h\n",
+    )
+    f.write_text(
+        f.read_text()
+        + "drills:\n  dr:\n    snapshot: scratch\n    schedule: weekly\n    rto: 30m\n"
+        "    scratch_region: northeurope\n"
+    )
+    arm.flaky_everywhere((429, 500))
+    r = _bcdr(arm, "run", f, "--job", "scratch")
+    assert r.code == 0, r.out + r.err
+    r = _bcdr(arm, "drill", f)
+    assert r.code == 0, r.out + r.err
+    failed: dict[tuple[str, str], list[int]] = {}
+    for _, method, path, status in arm.log:
+        failed.setdefault((method, _kind(path)), []).append(status)
+    kinds = {k for k, statuses in failed.items() if 429 in statuses and 500 in statuses}
+    assert {
+        ("PUT", "snapshots"),
+        ("GET", "snapshots"),
+        ("GET", "operations"),
+        ("PUT", "disks"),
+        ("DELETE", "disks"),
+    } <= kinds, sorted(failed.items())
+    for statuses in failed.values():  # every kind ended in success
+        assert statuses[-1] < 400, statuses
+
+
+def test_a_job_fails_only_after_the_retry_budget(tmp_path: Path, arm: ArmServer) -> None:
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(tmp_path, arm, [d1], copy_to="[]")
+    arm.throttle("PUT", r"/snapshots/", times=1000, retry_after=1, status=503)
+    started = time.monotonic()
+    r = run_process("run", f, "--job", "scratch", "--retry-budget", "4s", env=_env(arm))
+    took = time.monotonic() - started
+    assert r.code in (1, 3), r.out + r.err
+    assert 3.5 <= took < 60, took
+    assert "503" in r.out + r.err
+    assert "waiting for Resource Manager: PUT snapshots/" in r.err, r.err
+    puts = [s for (_, m, p, s) in arm.log if m == "PUT" and "/snapshots/" in p]
+    assert len(puts) >= 3 and set(puts) == {503}
+
+
+def test_a_default_credential_without_a_token_says_so(
+    tmp_path: Path, arm: ArmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the default chain, given a loopback identity endpoint that answers nothing (never IMDS)
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(tmp_path, arm, [d1], copy_to="[]")
+    f.write_text(f.read_text().replace("    token_env: BCDR_T_ARM\n", ""))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {
+        **_env(arm),
+        "IDENTITY_ENDPOINT": f"http://127.0.0.1:{closed}/msi/token",
+        "IDENTITY_HEADER": "loopback",
+        "AZURE_CONFIG_DIR": str(tmp_path / "no-az"),
+        "PATH": "/usr/bin:/bin",
+    }
+    r = run_process("run", f, "--job", "scratch", "--retry-budget", "2s", env=env)
+    assert r.code != 0, r.out + r.err
+    said = r.out + r.err
+    assert "no Azure identity could get a Resource Manager token" in said, said
+    assert "Reader role" not in said and "Traceback" not in r.err

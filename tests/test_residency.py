@@ -515,3 +515,19 @@ def test_snapshots_with_keys_a_newer_bcdr_added_still_parse() -> None:
     }
     snap = Snapshot.from_bytes(json.dumps(doc).encode(), "cd" * 32)
     assert snap.placement == {"status": "declared"} and snap.paths == ("/d",)
+
+
+def test_throttling_and_server_errors_on_the_account_read_are_waited_out(
+    azurite: Azurite, arm: ArmServer, tmp_path: Path
+) -> None:
+    # 3 x 429, then 3 x 500 on the storage-account read behind the residency check: the backup
+    # waits them out (each retry honours Retry-After) instead of failing the job
+    arm.storage_account(SUB, "ml-backups", ACCOUNT, location="westeurope", sku="Standard_LRS")
+    f, _ = _azure_plan(tmp_path, azurite, arm, region="westeurope", redundancy="LRS")
+    arm.throttle("GET", r"/storageaccounts/", times=3, retry_after=0, status=429)
+    arm.throttle("GET", r"/storageaccounts/", times=3, retry_after=0, status=500)
+    r = _run(f, azurite, arm, "--json")
+    assert r.code == 0, r.out + r.err
+    assert r.json()["jobs"][0]["placement"]["status"] == "verified"
+    reads = [s for (_, m, p, s) in arm.log if m == "GET" and "/storageaccounts/" in p.lower()]
+    assert reads[:7] == [429, 429, 429, 500, 500, 500, 200], reads

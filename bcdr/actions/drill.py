@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bcdr import retrybudget
 from bcdr.actions.common import open_or_init, open_plan_repo, run_context
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
 from bcdr.actions.snapshots import walk
@@ -140,6 +141,7 @@ def run_drill(
     when the drill could not run at all (no repository, no snapshot, unreadable)."""
     drill = plan.drills[name]
     clock = clock or SystemClock()
+    retrybudget.set_from_plan(plan.retry_budget.seconds if plan.retry_budget else None)
     if drill.backup is not None:
         report = DrillReport(plan.name, name, "backup", drill.backup, clock.now().isoformat())
         _backup_drill(plan, drill, report, snapshot, seed, clock, timer, progress)

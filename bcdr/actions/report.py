@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from bcdr import retrybudget
 from bcdr.actions.common import open_plan_repo
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.anchors import Anchor
@@ -90,4 +91,5 @@ def build_report(
     plan: Plan, since: timedelta, clock: Clock | None = None, given: Anchors | None = None
 ) -> dict[str, Any]:
     now = (clock or SystemClock()).now()
+    retrybudget.set_from_plan(plan.retry_budget.seconds if plan.retry_budget else None)
     return evaluate(plan, gather(plan, clock, given), now, now - since)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bcdr import retrybudget
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
 from bcdr.actions.common import (
@@ -119,6 +120,7 @@ def run_job(
     """Run one job of the plan now. Never raises a BcdrError: the result says what happened
     (``transient`` when a retry may succeed)."""
     started = time.monotonic()
+    retrybudget.set_from_plan(plan.retry_budget.seconds if plan.retry_budget else None)
     context = run_context(plan, name, (clock or SystemClock()).now().isoformat())
     kind, _ = plan.job(name)
     if kind == "backup":
@@ -422,6 +424,7 @@ def _backup(
     except Interrupted:
         raise  # not a failure: it names the snapshot it committed
     except BcdrError as exc:
+        result.evidence = exc.evidence  # a backup that began records its own failure
         return _failed(result, exc)
     result.status = PARTIAL if backup.partial or backup.evidence_error else OK
     result.message = f"snapshot {backup.snapshot.short_id} saved"

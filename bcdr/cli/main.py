@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from bcdr import __version__
+from bcdr import __version__, retrybudget
 from bcdr.actions.keyahead import derive_key_ahead
 from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
@@ -198,6 +199,16 @@ def _job_name(text: str) -> str:
     return text
 
 
+def _duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h``: seconds (plan durations, without loading the plan model)."""
+    m = re.fullmatch(r"\s*(\d{1,6})\s*([smhdw])\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write a number and a unit, e.g. 90s, 10m, 1h"
+        )
+    return float(int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]])
+
+
 def _percent(text: str) -> float:
     try:
         return float(text.rstrip("%"))
@@ -246,6 +257,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             add_repo_options(p)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+        p.add_argument(
+            "--retry-budget",
+            type=_duration,
+            metavar="DURATION",
+            help="how long one call to Azure keeps retrying outages and throttling before it "
+            "fails (default: the plan's retry_budget, $BCDR_RETRY_SECONDS, else 10m)",
+        )
         p.set_defaults(handler=handler, command=name)
         commands[name] = p
         return p
@@ -383,7 +401,9 @@ def progress_logging(quiet: bool) -> None:
         logger.addHandler(logging.NullHandler())
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("  %(message)s"))
+    # on a terminal, over the progress line (it is drawn again with the next update)
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    handler.setFormatter(logging.Formatter(clear + "  %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
@@ -404,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if repo is not None:
             derive_key_ahead(repo)  # before the command's modules load: they overlap scrypt
         terminate_as_interrupt()
+        if getattr(args, "retry_budget", None) is not None:
+            retrybudget.set_from_flag(args.retry_budget)
         quiet_sdk_logging()
         progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
         return _run(args)

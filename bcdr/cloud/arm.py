@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bcdr.errors import BcdrError, StoragePermission, TransientStorageError, UsageError
+from bcdr.retrybudget import budget_seconds, cap, say_waiting
 
 ARM_ENDPOINT = "https://management.azure.com"
 TOKEN_LIFETIME_S = 3600  # a token from the environment: its real expiry is not ours to parse
@@ -109,12 +111,72 @@ def arm_client(
         access.subscription_id,
         base_url=access.base_url,
         credential_scopes=[f"{access.base_url}/.default"],
-        retry_total=2,
-        retry_backoff_factor=0.5,
+        retry_policy=budgeted_retry_policy(),
         connection_timeout=15,
         read_timeout=60,
         polling_interval=polling_interval,
     )
+
+
+def budgeted_retry_policy() -> Any:
+    """azure-core's retry policy, bounded by the retry budget (``bcdr/retrybudget.py``) instead
+    of a count: every ARM request, the polls of long-running operations included, retries
+    connection errors, timeouts, 408, 429 and 5xx with exponential backoff and jitter (or the
+    answer's Retry-After) until the budget is spent, and says so while it waits."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    budget = budget_seconds()
+
+    class BudgetedRetry(RetryPolicy):  # type: ignore[type-arg]
+        def increment(
+            self, settings: dict[str, Any], response: Any = None, error: Any = None
+        ) -> bool:
+            started = settings.setdefault("bcdr_started", time.monotonic())
+            if time.monotonic() - started >= cap(budget):
+                return False
+            return bool(super().increment(settings, response=response, error=error))
+
+        def get_backoff_time(self, settings: dict[str, Any]) -> float:
+            ceiling = float(super().get_backoff_time(settings))
+            return random.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+
+        def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+            delay = self.get_retry_after(response) if response is not None else None
+            if not delay:
+                delay = self.get_backoff_time(settings)
+            started = settings.get("bcdr_started", time.monotonic())
+            delay = max(0.0, min(delay, cap(budget) - (time.monotonic() - started)))
+            http = getattr(response, "http_response", None)
+            request = getattr(response, "http_request", None) or getattr(http, "request", None)
+            what = f"{getattr(request, 'method', '')} {_resource(getattr(request, 'url', ''))}"
+            status = getattr(http, "status_code", None)
+            problem = f"answered {status}" if status else "no answer (connection or timeout)"
+            say_waiting(
+                "Resource Manager",
+                what.strip(),
+                problem,
+                len(settings.get("history") or ()),
+                delay,
+                time.monotonic() - started,
+            )
+            if delay > 0:
+                transport.sleep(delay)
+
+    return BudgetedRetry(
+        retry_total=1_000_000,
+        retry_connect=1_000_000,
+        retry_read=1_000_000,
+        retry_status=1_000_000,
+        retry_backoff_factor=0.5,
+        retry_backoff_max=30,
+        timeout=budget + 3600,  # the budget above decides; this only bounds one request
+    )
+
+
+def _resource(url: str) -> str:
+    """The last resource type and name of an ARM URL, for a progress line."""
+    path = urlparse(url).path.strip("/").split("/")
+    return "/".join(path[-2:]) if len(path) >= 2 else url
 
 
 def arm_error_code(exc: Exception) -> tuple[str, str]:
@@ -172,6 +234,15 @@ def translate_arm_error(
             f"{what} was not found ({code or 'not found'})",
             where=f"{where}, resource group {access.resource_group}",
             hint=not_found_hint,
+        )
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "response", None) is None:
+        # raised by the credential itself: nothing reached Resource Manager
+        return StoragePermission(
+            f"no Azure identity could get a Resource Manager token to {action} {what} "
+            f"({access.who()})",
+            where=access.base_url,
+            hint="sign in with `az login`, give the VM or pod a managed or workload identity, "
+            "or name a token variable (management.token_env); the role comes after sign-in",
         )
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
         return StoragePermission(

@@ -1,10 +1,10 @@
 """``DiskService`` on azure-mgmt-compute: one ComputeManagementClient per subscription, ARM's
 long-running operations awaited with a deadline and progress, throttling retried.
 
-Throttling: azure-core's retry policy already honours ``Retry-After`` on a 429 (a few quick
-tries); when it gives up, this layer waits what the last answer asked for and tries again, up to
-``THROTTLE_BUDGET_S`` in all. Errors reach callers as BcdrErrors that name the resource and
-ARM's error code and message, never the credential.
+Throttling and failing front ends: every request, polls included, is retried by the client's
+pipeline (``cloud/arm.py``: backoff with jitter, Retry-After honoured) for the whole retry budget
+(``bcdr/retrybudget.py``). Errors reach callers as BcdrErrors that name the resource and ARM's
+error code and message, never the credential.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from bcdr.errors import BcdrError, DiskOperationFailed, OperationTimedOut, Trans
 
 log = logging.getLogger("bcdr.disks")
 
-THROTTLE_BUDGET_S = 600.0  # longest total wait for throttling on one call
-THROTTLE_DEFAULT_WAIT_S = 10.0  # when a 429 says nothing
 PROGRESS_EVERY_S = 30.0  # a line about a long wait at most this often
 WRITER_ROLE = "Disk Snapshot Contributor (snapshots) or Virtual Machine Contributor"
 T = TypeVar("T")
@@ -94,13 +92,11 @@ class AzureDisks:
         token_env: str | None,
         endpoint: str | None,
         env: Mapping[str, str] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ):
         self._token_env = token_env
         self._endpoint = endpoint
         self._env = dict(os.environ if env is None else env)
         self._clients: dict[str, Any] = {}
-        self._sleep = sleep
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -137,27 +133,17 @@ class AzureDisks:
         return make
 
     def _call(self, rid: ResourceId, what: str, action: str, fn: Callable[[], T]) -> T:
-        """``fn()`` with throttling retried (honouring Retry-After) and errors translated."""
+        """``fn()`` with errors translated. Transient failures (429 and 5xx, dropped
+        connections) were retried by the client's pipeline for the whole retry budget."""
         from azure.core.exceptions import AzureError
 
-        spent = 0.0
-        fail = self._error(rid, what, action)
-        while True:
-            try:
-                return fn()
-            except AzureError as exc:
-                status = getattr(exc, "status_code", None)
-                if status != 429 or spent >= THROTTLE_BUDGET_S:
-                    err = fail(exc)
-                    if status == 429 and isinstance(err, TransientStorageError):
-                        err.retry_after = retry_after_s(exc)
-                    raise err from None
-                wait = retry_after_s(exc)
-                wait = THROTTLE_DEFAULT_WAIT_S if wait is None else wait
-                wait = min(wait, THROTTLE_BUDGET_S - spent)
-                log.info("%s: throttled by Azure (429); retrying in %.0fs", what, wait)
-                self._sleep(wait)
-                spent += max(wait, 0.001)
+        try:
+            return fn()
+        except AzureError as exc:
+            err = self._error(rid, what, action)(exc)
+            if isinstance(err, TransientStorageError):
+                err.retry_after = retry_after_s(exc)
+            raise err from None
 
     @staticmethod
     def _wire(model: Any) -> dict[str, Any]:

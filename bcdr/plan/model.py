@@ -361,6 +361,13 @@ class Plan:
         "Wait before the first retry (doubles each time, with jitter).",
         default=Duration(30, "30s"),
     )
+    retry_budget: Duration | None = spec(
+        "How long one call to Azure Storage or Resource Manager keeps retrying outages and "
+        "throttling (backoff with jitter, honouring Retry-After) before the job fails; "
+        "default `$BCDR_RETRY_SECONDS`, else 10m. `--retry-budget` overrides it.",
+        example="10m",
+        default=None,
+    )
     catch_up: bool = spec(
         "After missed slots (machine off), run a job once when the scheduler is back; "
         "`false` waits for the next slot.",

@@ -15,12 +15,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from bcdr.errors import UsageError
+from bcdr.retrybudget import budget_seconds
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.base import Storage
 from bcdr.storage.local import LocalStorage
 from bcdr.storage.wrap import MeteredStorage, RetryingStorage, RetryPolicy
 
-RETRY_SECONDS_ENV = "BCDR_RETRY_SECONDS"
 TIERS = ("hot", "cool", "cold")
 
 
@@ -40,19 +40,8 @@ class StorageSpec:
 
 
 def retry_policy(env: Mapping[str, str]) -> RetryPolicy:
-    """The default policy, with its total time capped by BCDR_RETRY_SECONDS when set."""
-    text = env.get(RETRY_SECONDS_ENV)
-    if not text:
-        return RetryPolicy()
-    try:
-        seconds = float(text)
-        if seconds < 0:
-            raise ValueError
-    except ValueError:
-        raise UsageError(
-            f"{RETRY_SECONDS_ENV} must be a number of seconds >= 0, not {text!r}"
-        ) from None
-    return replace(RetryPolicy(), max_elapsed=seconds)
+    """The default policy, its total time the retry budget (``bcdr/retrybudget.py``)."""
+    return RetryPolicy(max_elapsed=budget_seconds(env))
 
 
 def open_storage(

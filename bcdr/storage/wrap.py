@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bcdr.errors import TransientStorageError
+from bcdr.retrybudget import cap, say_waiting
 from bcdr.storage.base import HeldParts, ObjectInfo, Staged, Storage
 
 T = TypeVar("T")
@@ -81,22 +82,24 @@ class StorageWrapper:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded in attempts and in total time.
+    """Exponential backoff with jitter, bounded in total time (and optionally in attempts).
 
-    The n-th retry waits a random time in ``[0, min(max_delay, base_delay * 2**n)]``, or the
-    server's Retry-After when it sent one (capped at ``max_delay``). No retry starts once
-    ``max_elapsed`` seconds have passed since the first attempt.
+    The n-th retry waits a random time in ``[cap / 2, cap]``, ``cap = min(max_delay,
+    base_delay * 2**n)``, or the server's Retry-After when it sent one (capped at
+    ``max_delay``). No retry starts once it would end more than ``max_elapsed`` seconds after
+    the first attempt (the retry budget, ``bcdr/retrybudget.py``).
     """
 
-    attempts: int = 8
+    attempts: int | None = None
     base_delay: float = 0.5
     max_delay: float = 30.0
-    max_elapsed: float = 120.0
+    max_elapsed: float = 600.0
 
     def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
         if retry_after is not None:
             return min(self.max_delay, max(0.0, retry_after))
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2**retry)))
+        cap = min(self.max_delay, self.base_delay * (2 ** min(retry, 32)))
+        return rng.uniform(cap / 2, cap)
 
 
 RetryFn = Callable[[str, int, float, TransientStorageError], None]
@@ -145,15 +148,21 @@ class RetryingStorage(StorageWrapper):
                 elapsed = self._monotonic() - started
                 with self._lock:
                     delay = self.policy.delay(retry, exc.retry_after, self._rng)
-                if retry + 1 >= self.policy.attempts or elapsed + delay > self.policy.max_elapsed:
+                attempts = self.policy.attempts
+                if (attempts is not None and retry + 1 >= attempts) or (
+                    elapsed + delay > cap(self.policy.max_elapsed)
+                ):
                     exc.hint = (
-                        f"gave up after {retry + 1} attempt(s) over {elapsed:.1f} s; "
-                        "nothing half-written was committed; run the command again when the "
-                        "storage is reachable"
+                        f"gave up after {retry + 1} attempt(s) over {elapsed:.1f} s (the retry "
+                        f"budget is {self.policy.max_elapsed:g} s: --retry-budget, the plan's "
+                        "retry_budget or BCDR_RETRY_SECONDS); nothing half-written was "
+                        "committed; run the command again when the storage is reachable"
                     )
                     raise
                 if self._on_retry is not None:
                     self._on_retry(what, retry + 1, delay, exc)
+                else:
+                    say_waiting(self.url, what, exc.message, retry + 1, delay, elapsed)
                 with self._lock:
                     self.retries += 1
                 self._sleep(delay)
