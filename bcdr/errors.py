@@ -50,6 +50,9 @@ class BcdrError(Exception):
 
     exit_code = EXIT_FAILED
 
+    #: The id of the evidence record that says this failure happened, once one was written.
+    evidence: str | None = None
+
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message

@@ -9,19 +9,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bcdr import retrybudget
 from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
-from bcdr.errors import BcdrError, Interrupted, RepositoryError, SourceError
+from bcdr.errors import (
+    BcdrError,
+    Interrupted,
+    RepositoryError,
+    SourceError,
+    TransientStorageError,
+)
 from bcdr.interrupts import held_interrupts
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
+from bcdr.repository.writer import BlobWriter
 from bcdr.storage.url import StorageSpec
 from bcdr.storage.wrap import Transfer
+from bcdr.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -129,18 +138,85 @@ def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot
     return candidates[-1] if candidates else None
 
 
+#: How long recording a failed backup may retry: the storage may be the reason it failed.
+FAILURE_RECORD_BUDGET_S = 30.0
+
+
 def run_backup(
     repo: Repository,
     request: BackupRequest,
     *,
     progress: ProgressFn | None = None,
 ) -> BackupResult:
+    """Back up ``request.paths`` into a new snapshot. A backup that fails once it has begun
+    leaves a ``failed`` evidence record (its id on the error) and says what it uploaded that
+    the next backup will reuse."""
     sources = resolve_sources(request.paths)
-    paths = [os.fsdecode(p) for p in sources]
     started = repo.clock.now().isoformat()
+    began: list[BlobWriter] = []  # the writer, once the backup holds its lock
+    try:
+        return _run_backup(repo, request, sources, started, progress, began)
+    except Interrupted:
+        raise
+    except BcdrError as exc:
+        if began:
+            _kept(exc, began[0])
+            exc.evidence = _record_failure(repo, request, exc, started, began[0])
+        raise
+
+
+def _kept(exc: BcdrError, writer: BlobWriter) -> None:
+    if not writer.packs:
+        return
+    kept = (
+        f"the {len(writer.packs)} pack(s) ({human_bytes(writer.bytes_committed)}) this run "
+        "uploaded are kept: the next backup finds them and sends only the rest"
+    )
+    exc.hint = f"{exc.hint}; {kept}" if exc.hint else kept
+
+
+def _record_failure(
+    repo: Repository, request: BackupRequest, exc: BcdrError, started: str, writer: BlobWriter
+) -> str | None:
+    context = request.context or RunContext(request.plan, None, request.job, started)
+    try:
+        with retrybudget.capped(FAILURE_RECORD_BUDGET_S):
+            return write_record(
+                repo,
+                "backup",
+                {
+                    "error": exc.message,
+                    "transient": isinstance(exc, TransientStorageError),
+                    "kept_packs": len(writer.packs),
+                    "kept_bytes": writer.bytes_committed,
+                    "paths": list(request.paths),
+                },
+                context=context,
+                result="failed",
+            )
+    except BcdrError:
+        return None  # said by the caller's own record attempt, or not at all: storage is down
+
+
+def _run_backup(
+    repo: Repository,
+    request: BackupRequest,
+    sources: list[bytes],
+    started: str,
+    progress: ProgressFn | None,
+    began: list[BlobWriter],
+) -> BackupResult:
+    paths = [os.fsdecode(p) for p in sources]
     with repo.lock(BACKUP) as lock:
         repo.load_index(verify_packs=True)
         notes = _lost_pack_notes(sorted(repo.missing_packs))
+        adopted, adopted_bytes = repo.adopt_unindexed_packs()
+        if adopted:
+            notes.append(
+                f"{adopted} pack(s) ({human_bytes(adopted_bytes)}) an interrupted backup "
+                "uploaded were indexed from their headers and are reused"
+            )
+        began.append(repo.writer)
         parent = find_parent(repo, request.job, paths)
         bytes_read = 0
         for attempt in range(1, GUARD_PASSES + 1):

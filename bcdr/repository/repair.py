@@ -23,14 +23,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.repository.index import encode_index, without_packs
-from bcdr.repository.pack import TRAILER, TREE, PackEntry, header_span, pack_key, read_header
+from bcdr.repository.pack import TREE, PackEntry
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.repository.tree import DIR, FILE, Node, decode_tree, encode_tree
 from bcdr.repository.writer import PACKS_PER_INDEX
 
 #: The first read of a pack's end for its header (about 50 bytes a blob); longer ones re-read.
-TAIL_READ = 64 * 1024
 #: Lost paths a repaired snapshot names (the count is always whole).
 LOST_LISTED = 1000
 
@@ -58,19 +57,6 @@ class IndexRepair:
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "changed": self.changed}
-
-
-def read_pack_header(repo: Repository, pack: str, size: int) -> list[PackEntry]:
-    """A pack's blob list from its own header (two ranged reads at most); CorruptObject when
-    it does not open."""
-    what = f"pack {pack[:12]}"
-    key = pack_key(pack)
-    tail = repo.storage.get(key, max(0, size - TAIL_READ))
-    body_end = header_span(tail, size, what)
-    if size - body_end > len(tail):
-        tail = repo.storage.get(key, body_end)
-    header = tail[len(tail) - (size - body_end) : len(tail) - TRAILER.size]
-    return read_header(header, repo.cipher, body_end, what)
 
 
 def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepair:
@@ -101,7 +87,7 @@ def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepair:
         if pack in rep.missing_packs:
             continue
         try:
-            recovered[pack] = read_pack_header(repo, pack, stored[pack])
+            recovered[pack] = repo.pack_header(pack, stored[pack])
         except CorruptObject:
             rep.unreadable_packs.append(pack)
         except ObjectNotFound:

@@ -30,11 +30,18 @@ from bcdr.repository.compression import Compressor, Layout
 from bcdr.repository.config import CONFIG_KEY, DEFAULT_PACK_SIZE, RepoConfig
 from bcdr.repository.crypto import MasterKey, cipher_for, unwrap_key, wrap_key
 from bcdr.repository.hashing import content_id_func, object_name
-from bcdr.repository.index import BlobLocation, without_packs
+from bcdr.repository.index import BlobLocation, encode_index, without_packs
 from bcdr.repository.locks import RepoLock
-from bcdr.repository.pack import ENTRY, pack_key
+from bcdr.repository.pack import (
+    ENTRY,
+    TRAILER,
+    PackEntry,
+    header_span,
+    pack_key,
+    read_header,
+)
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
-from bcdr.repository.writer import BlobWriter
+from bcdr.repository.writer import PACKS_PER_INDEX, BlobWriter
 from bcdr.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -239,7 +246,9 @@ class Repository:
         names, capacity = self.index_files()
         # Listed after the index files: a pack is written before the index naming it, so a
         # pack a listed index file names and this listing lacks is really gone.
-        stored = set(self.stored_packs()) if verify_packs else None
+        sizes = self.stored_packs() if verify_packs else None
+        self.pack_sizes = sizes or {}
+        stored = set(sizes) if sizes is not None else None
         self.missing_packs = set()
         if only_type is not None:
             capacity = 0  # a fraction of the entries: the columns grow as needed
@@ -305,6 +314,52 @@ class Repository:
         self._reused.append(blob_id)
 
     # -- the commit guard --------------------------------------------------------------------
+
+    #: The end of a pack read first for its header (most headers fit; else a second read).
+    TAIL_READ = 64 * 1024
+
+    def pack_header(self, pack: str, size: int) -> list[PackEntry]:
+        """A pack's blob list from its own header (two ranged reads at most); CorruptObject
+        when it does not open."""
+        what = f"pack {pack[:12]}"
+        key = pack_key(pack)
+        tail = self.storage.get(key, max(0, size - self.TAIL_READ))
+        body_end = header_span(tail, size, what)
+        if size - body_end > len(tail):
+            tail = self.storage.get(key, body_end)
+        header = tail[len(tail) - (size - body_end) : len(tail) - TRAILER.size]
+        return read_header(header, self.cipher, body_end, what)
+
+    def adopt_unindexed_packs(self) -> tuple[int, int]:
+        """Index the packs in storage that no index file lists, from their own headers: a
+        backup that failed or was killed uploaded them before it wrote its index, and what they
+        hold is then not uploaded again (an index file per 64 packs, written before they are
+        built on). Packs a prune marked are left to it. Call after ``load_index(verify_packs=
+        True)``; returns (packs, bytes) adopted."""
+        indexed = self.index.packs()
+        orphans = sorted(p for p in self.pack_sizes if p not in indexed and p not in self.marked)
+        if not orphans:
+            return 0, 0
+
+        def header(pack: str) -> list[PackEntry] | None:
+            try:
+                return self.pack_header(pack, self.pack_sizes[pack])
+            except (CorruptObject, ObjectNotFound):  # damaged (check names it), or just swept
+                return None
+
+        found = [
+            (pack, entries)
+            for pack, entries in zip(
+                orphans, ordered_map(header, orphans, self.storage.concurrency), strict=True
+            )
+            if entries
+        ]
+        for start in range(0, len(found), PACKS_PER_INDEX):
+            name, data = encode_index(dict(found[start : start + PACKS_PER_INDEX]), self.cipher)
+            self.storage.put(f"index/{name}", data)
+        for pack, entries in found:
+            self.index.add_pack(pack, entries)
+        return len(found), sum(self.pack_sizes[p] for p, _ in found)
 
     def stored_packs(self) -> dict[str, int]:
         """Every pack in storage with its size (one listing of ``data/``)."""

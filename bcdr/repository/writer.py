@@ -7,6 +7,7 @@ reports as leftovers and prune collects.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +61,10 @@ class BlobWriter:
         self.packs_written = 0
         self.index_files: list[str] = []
         self.packs: set[str] = set()  # the packs this writer committed
+        self.bytes_committed = 0  # their blobs' stored bytes
+        # Set by an upload thread whose commit failed: the next add raises at once, rather
+        # than after as many more packs as are in flight (minutes of uploads thrown away).
+        self._failed = threading.Event()
         self.index_of: dict[str, str] = {}  # pack -> the index file that lists it
 
     def forget_pending(self) -> None:
@@ -71,6 +76,8 @@ class BlobWriter:
         return blob_id in self._pending
 
     def add(self, blob_id: bytes, blob_type: int, codec: int, raw_len: int, sealed: bytes) -> None:
+        if self._failed.is_set():
+            self._raise_failure()
         if blob_id in self._pending or self._known(blob_id):
             return
         self._builder.add(blob_id, blob_type, codec, raw_len, sealed)
@@ -90,6 +97,11 @@ class BlobWriter:
         while len(self._uploads) > self._max_in_flight:
             self._complete_upload()
 
+    def _raise_failure(self) -> None:
+        """Complete the uploads in order up to the one that failed, which raises."""
+        while self._uploads:
+            self._complete_upload()
+
     def _new_builder(self) -> PackBuilder:
         return PackBuilder(self._cipher, self._storage.stage, self._spool)
 
@@ -103,7 +115,11 @@ class BlobWriter:
         except BaseException:
             staged.discard()
             raise
-        staged.commit(pack_key(name))
+        try:
+            staged.commit(pack_key(name))
+        except BaseException:
+            self._failed.set()
+            raise
         return name, entries
 
     def _complete_upload(self) -> None:
@@ -111,6 +127,7 @@ class BlobWriter:
         self._unindexed[name] = entries
         self.packs.add(name)
         self.packs_written += 1
+        self.bytes_committed += sum(e.stored_len for e in entries)
         if len(self._unindexed) >= PACKS_PER_INDEX:
             self._write_index()
 
@@ -145,6 +162,12 @@ class BlobWriter:
             if fut.cancel():
                 staged.discard()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for fut, _ in self._uploads:  # committed after all: kept for the next backup
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                name, entries = fut.result()
+                self.packs.add(name)
+                self.bytes_committed += sum(e.stored_len for e in entries)
+        self._uploads.clear()
 
     def close(self) -> None:
         self._spool.stop()

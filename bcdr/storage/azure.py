@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 from azure.core import MatchConditions
@@ -29,6 +30,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -69,12 +71,25 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             where=where,
             hint=access.auth_hint(),
         )
+    if isinstance(exc, IncompleteReadError):  # the connection broke inside the body
+        return TransientStorageError(
+            f"{what}: the connection to Azure Storage broke mid-answer", where=where
+        )
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = error_code(exc)
         if code == "BlobArchived":
             return ObjectOffline(
                 f"{what}: the blob is in the Archive tier", where=where, hint=REHYDRATE_HINT
+            )
+        if status in (400, 404) and not endpoint_names_account(access):
+            return (ObjectNotFound if status == 404 else StorageError)(
+                f"{what}: Azure Storage answered {status} {code}".rstrip(),
+                where=where,
+                hint=f"the endpoint {access.endpoint} does not name account {access.account}: "
+                f"Azure's is https://{access.account}.blob.core.windows.net, an emulator's "
+                f"http://HOST:PORT/{access.account} (Azurite: http://127.0.0.1:10000/"
+                f"{access.account})",
             )
         if status == 404 and code == "ContainerNotFound":
             return ObjectNotFound(f"{what}: the container does not exist", where=where)
@@ -84,9 +99,9 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             return StoragePermission(
                 f"{what}: access denied ({status} {code}) for {access.identity(ask_token=True)}",
                 where=where,
-                hint=access.auth_hint(code),
+                hint=access.auth_hint(code, what),
             )
-        if status in TRANSIENT_STATUS:
+        if status in TRANSIENT_STATUS or (500 <= status <= 599 and status not in (501, 505)):
             return TransientStorageError(
                 f"{what}: Azure Storage answered {status} {code}".rstrip(),
                 where=where,
@@ -98,6 +113,15 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             f"{what}: cannot reach Azure Storage ({type(exc).__name__})", where=where
         )
     return StorageError(f"{what}: {type(exc).__name__}", where=where)
+
+
+def endpoint_names_account(access: AzureAccess) -> bool:
+    """Does the blob endpoint address the account, by host (``ACCOUNT.blob...``) or by path
+    (``http://HOST:PORT/ACCOUNT``, as emulators and some private endpoints take it)?"""
+    parsed = urlparse(access.endpoint)
+    host = (parsed.hostname or "").lower()
+    first = parsed.path.strip("/").split("/", 1)[0]
+    return host.startswith(f"{access.account.lower()}.") or first == access.account
 
 
 def error_code(exc: AzureError) -> str:

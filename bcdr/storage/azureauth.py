@@ -79,25 +79,63 @@ class AzureAccess:
                 text = f"{who} via DefaultAzureCredential"
         return f"{text} on account {self.account}"
 
-    def auth_hint(self, code: str = "") -> str:
-        if code == "AuthorizationPermissionMismatch":
+    def sas_permissions(self) -> str | None:
+        """The permissions (``sp=``) of the SAS in use, or None when not signed by a SAS. The
+        token itself is never returned."""
+        from azure.core.credentials import AzureSasCredential
+
+        if not isinstance(self.credential, AzureSasCredential):
+            return None
+        for part in self.credential.signature.split("&"):
+            name, _, value = part.partition("=")
+            if name == "sp":
+                return value
+        return ""
+
+    def auth_hint(self, code: str = "", what: str = "") -> str:
+        """What to do about a refused request, for the kind of credential used: a SAS names
+        the permission the operation needs and those it has; an identity the role; a key or
+        connection string to check it. ``what``: the operation (``put data/...``)."""
+        verb = what.split(" ", 1)[0]
+        needed = NEEDED_PERMISSION.get(verb)
+        sp = self.sas_permissions()
+        if sp is not None:
+            where = (
+                f"the SAS token in ${self.auth.env}"
+                if self.auth.kind == "sas"
+                else f"the SharedAccessSignature in the connection string in ${self.auth.env}"
+            )
+            need = f"{needed[0]} ({needed[1]})" if needed else "the operation"
             return (
-                "grant this identity the 'Storage Blob Data Contributor' role on the account or "
-                "container (docs/azure.md)"
+                f"{where} must allow {need} for this: it allows {sp or 'nothing'!r}. bcdr "
+                "needs racwdl (racwl for runs that never delete); also check that it is "
+                "unexpired, and the account's firewall admits this network"
             )
         if self.auth.kind == "account_key":
             return f"check that ${self.auth.env} holds a current key of account {self.account}"
-        if self.auth.kind == "sas":
-            return (
-                f"check that the SAS token in ${self.auth.env} is unexpired and allows read, add, "
-                "create, write, delete and list on the container"
-            )
         if self.auth.kind == "connection_string":
-            return f"check the account key or SAS inside the connection string in ${self.auth.env}"
+            return f"check the account key inside the connection string in ${self.auth.env}"
+        if code == "AuthorizationPermissionMismatch":
+            return (
+                "grant this identity the 'Storage Blob Data Contributor' role on the account or "
+                "container (docs/azure.md); a role assignment takes a few minutes to apply"
+            )
         return (
             "sign in with `az login`, or give the VM or pod a managed or workload identity with "
             "'Storage Blob Data Contributor'; also check the account's firewall admits this network"
         )
+
+
+#: What each storage operation needs from a SAS: (in words, as ``sp`` letters).
+NEEDED_PERMISSION = {
+    "put": ("create and write", "cw"),
+    "get": ("read", "r"),
+    "size": ("read", "r"),
+    "exists": ("read", "r"),
+    "list": ("list", "l"),
+    "delete": ("delete", "d"),
+    "create": ("create", "c"),
+}
 
 
 def parse_azure_url(url: str) -> tuple[str, str, str]:
