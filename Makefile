@@ -62,6 +62,7 @@ bench: install node restic
 lint: install
 	$(VENV)/bin/ruff check bcdr tests bench
 	$(VENV)/bin/mypy bcdr
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) node_modules demo .bcdr bench/out
