@@ -8,6 +8,7 @@ from datetime import datetime
 from bcdr.errors import PlanInvalid, PlanProblem
 from bcdr.geo.catalog import catalog
 from bcdr.geo.residency import Placement
+from bcdr.plan.kinds import KINDS, JobKind
 from bcdr.plan.loader import load_plan
 from bcdr.plan.model import Plan
 from bcdr.plan.residency import placements
@@ -25,10 +26,9 @@ class ValidateResult:
         p = self.plan
         if p is None:
             return f"{self.file}: {len(self.problems)} problem(s)"
+        counts = ", ".join(f"{len(k.jobs(p))} {k.label}" for k in KINDS)
         return (
-            f"{self.file}: valid — plan {p.name!r}, {len(p.repositories)} repository(ies), "
-            f"{len(p.backups)} backup(s), {len(p.snapshots)} disk snapshot job(s), "
-            f"{len(p.drills)} drill(s)"
+            f"{self.file}: valid — plan {p.name!r}, {len(p.repositories)} repository(ies), {counts}"
         )
 
 
@@ -46,13 +46,14 @@ def validate(files: list[str]) -> list[ValidateResult]:
 @dataclass(frozen=True)
 class JobView:
     name: str
-    kind: str  # backup | snapshot | drill
+    kind: str  # a job kind's name (plan/kinds.py)
     target: str  # repository name, disks, or the job a drill restores
     region: str | None
     cron: str
     next_runs: list[str]
     targets: dict[str, str]
     placements: list[Placement] = field(default_factory=list)  # every region its data lives in
+    verb: str = "to"  # joins it to its target in text: "restores", "checks"
 
     def to_dict(self) -> dict[str, object]:
         d = dict(vars(self))
@@ -71,33 +72,18 @@ def describe(plan: Plan, now: datetime) -> list[JobView]:
         where.setdefault(p.job, []).append(p)
 
     def view(
-        name: str, kind: str, job: object, target: str, region: str | None, targets: dict[str, str]
+        k: JobKind, name: str, job: object, target: str, region: str | None, targets: dict[str, str]
     ) -> None:
         cron = cron_for(job.schedule, plan.name, name, job.at, job.on)  # type: ignore[attr-defined]
         runs = [t.isoformat(timespec="minutes") for t in next_runs(cron, tz, now, 3)]
         if region is not None:
             known = catalog().get(region)
             region = known.name if known else region
-        views.append(JobView(name, kind, target, region, cron, runs, targets, where.get(name, [])))
-
-    for name, b in plan.backups.items():
-        repo = plan.repositories[b.repository]
-        targets = {"rpo": str(b.rpo)} if b.rpo else {}
-        view(name, "backup", b, b.repository, repo.region, targets)
-    for name, s in plan.snapshots.items():
-        targets = {"rpo": str(s.rpo)} if s.rpo else {}
-        view(name, "snapshot", s, f"{len(s.disks)} disk(s)", s.region, targets)
-    for name, d in plan.drills.items():
-        source = d.backup or d.snapshot or ""
-        region = None
-        if d.backup:
-            region = plan.repositories[plan.backups[d.backup].repository].region
-        view(
-            name,
-            "drill",
-            d,
-            source,
-            d.scratch_region or region,
-            {"rto": str(d.rto), "sample": str(d.sample)},
+        views.append(
+            JobView(name, k.name, target, region, cron, runs, targets, where.get(name, []), k.verb)
         )
+
+    for k in KINDS:
+        for name, job in k.jobs(plan).items():
+            view(k, name, job, k.target(plan, job), k.region(plan, job), k.targets(job))
     return views

@@ -18,7 +18,7 @@ from bcdr.actions.common import (
     plan_storage_spec,
     run_context,
 )
-from bcdr.actions.disks import evidence_repository, run_disk_job
+from bcdr.actions.disks import run_disk_job
 from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
@@ -35,6 +35,7 @@ from bcdr.errors import (
     UsageError,
 )
 from bcdr.geo.verify import PlacementRecord
+from bcdr.plan.kinds import kind_of
 from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
@@ -123,20 +124,13 @@ def run_job(
     retrybudget.set_from_plan(plan.retry_budget.seconds if plan.retry_budget else None)
     context = run_context(plan, name, (clock or SystemClock()).now().isoformat())
     kind, _ = plan.job(name)
-    if kind == "backup":
-        result = _backup(plan, name, plan.backups[name], dry_run, clock, context)
-    elif kind == "check":
-        result = _check(plan, name, plan.checks[name], dry_run, context)
-    elif kind == "prune":
-        result = _prune(plan, name, plan.prunes[name], dry_run, clock, context)
-    elif kind == "snapshot":
-        result = _disk_snapshots(plan, name, dry_run, clock)
-    elif kind == "drill":
-        result = drill_job(plan, name, dry_run=dry_run, clock=clock)
-    else:
+    runner = RUNNERS.get(kind)
+    if runner is None:
         result = JobResult(
             name, kind, NOT_AVAILABLE, f"{kind} jobs are not available in this version of bcdr yet"
         )
+    else:
+        result = runner(plan, name, dry_run, clock, context)
     result.duration_s = time.monotonic() - started
     if result.status == FAILED and result.evidence is None and not dry_run:
         _record_failure(plan, name, kind, result, context, clock)
@@ -145,20 +139,10 @@ def run_job(
 
 def evidence_repository_of(plan: Plan, name: str) -> str:
     """The repository that keeps a job's evidence."""
-    kind, _ = plan.job(name)
-    if kind == "backup":
-        return plan.backups[name].repository
-    if kind == "check":
-        return plan.checks[name].repository
-    if kind == "prune":
-        return plan.prunes[name].repository
-    if kind == "snapshot":
-        return evidence_repository(plan, plan.snapshots[name])
-    drill = plan.drills[name]
-    if drill.backup is not None:
-        return plan.backups[drill.backup].repository
-    assert drill.snapshot is not None
-    return evidence_repository(plan, plan.snapshots[drill.snapshot])
+    k, job = kind_of(plan, name)
+    repo = k.repository(plan, job)
+    assert repo is not None  # the plan check requires a repository for every kind that runs
+    return repo
 
 
 def _record_failure(
@@ -434,3 +418,19 @@ def _backup(
         _failed(result, retention_error)
         result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"
     return result
+
+
+Runner = Callable[[Plan, str, bool, "Clock | None", RunContext], JobResult]
+
+#: How a run of each job kind (``plan/kinds.py``) is carried out.
+RUNNERS: dict[str, Runner] = {
+    "backup": lambda plan, name, dry, clock, ctx: _backup(
+        plan, name, plan.backups[name], dry, clock, ctx
+    ),
+    "snapshot": lambda plan, name, dry, clock, ctx: _disk_snapshots(plan, name, dry, clock),
+    "drill": lambda plan, name, dry, clock, ctx: drill_job(plan, name, dry_run=dry, clock=clock),
+    "check": lambda plan, name, dry, clock, ctx: _check(plan, name, plan.checks[name], dry, ctx),
+    "prune": lambda plan, name, dry, clock, ctx: _prune(
+        plan, name, plan.prunes[name], dry, clock, ctx
+    ),
+}

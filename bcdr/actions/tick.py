@@ -23,11 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from bcdr.actions.common import password_env, plan_storage_spec
+from bcdr.actions.common import open_plan_repo, password_env, plan_storage_spec
 from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
-from bcdr.clock import Clock
-from bcdr.errors import Interrupted
+from bcdr.clock import Clock, parse_aware
+from bcdr.compliance.evidence import read_records, record_problem
+from bcdr.errors import Interrupted, RepositoryNotFound
+from bcdr.plan.kinds import KINDS
 from bcdr.plan.model import Plan, secret_env_names
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import due_slot, latest_slot, next_slot
@@ -304,9 +306,10 @@ class Scheduler:
 
 
 def rebuild(plan: Plan, history: History) -> dict[str, int]:
-    """Add the backups each job's repository holds for this plan to the history (those already
-    there are skipped). Returns rows added per job. Raises BcdrError if a repository cannot be
-    read."""
+    """Add the runs the repositories hold for this plan to the history (those already there are
+    skipped): backups from their snapshots, and every job of every kind from its evidence
+    records (failed runs and drills, checks, prunes and disk snapshots included). Returns rows
+    added per job. Raises BcdrError if a repository cannot be read."""
     added: dict[str, int] = {}
     for name, job in plan.backups.items():
         declared = plan.repositories[job.repository]
@@ -329,4 +332,49 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
                 bytes_added=int(snap.stats.get("bytes_added", 0)) or None,
             )
         added[name] = count
+    records: dict[str, list[dict[str, object]]] = {}
+    for k in KINDS:
+        for name, job in k.jobs(plan).items():
+            repo_name = k.repository(plan, job)
+            if repo_name is None:
+                continue
+            if repo_name not in records:
+                records[repo_name] = _evidence_of(plan, repo_name)
+            cron = cron_for(job.schedule, plan.name, name, job.at, job.on)
+            count = 0
+            for d in records[repo_name]:
+                if (
+                    d.get("plan") != plan.name
+                    or d.get("job") != name
+                    or d.get("kind") not in k.evidence
+                ):
+                    continue
+                if k.name == "backup" and d.get("result") != "failed":
+                    continue  # its good runs came from the snapshots above
+                started = parse_aware(d.get("started") or d.get("time"))
+                good = d.get("result") in ("ok", "partial")
+                count += history.add_rebuilt(
+                    plan.name,
+                    name,
+                    k.name,
+                    slot=latest_slot(cron, plan.timezone.zone, started),
+                    when=started.isoformat(),
+                    status=str(d.get("result")),
+                    snapshot=None,
+                    bytes_added=None,
+                    recovery_point=good and k.recovery_points,
+                )
+            added[name] = added.get(name, 0) + count
     return added
+
+
+def _evidence_of(plan: Plan, repo_name: str) -> list[dict[str, object]]:
+    """The readable evidence records of a plan's repository (none when it does not exist)."""
+    try:
+        repo = open_plan_repo(plan, repo_name)
+    except RepositoryNotFound:
+        return []
+    try:
+        return [d for d in read_records(repo) if record_problem(d) is None]
+    finally:
+        repo.close()

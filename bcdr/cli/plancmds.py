@@ -73,8 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for v in views:
         targets = ", ".join(f"{k} {val}" for k, val in v.targets.items()) or "no targets"
         region = f" in {v.region}" if v.region else ""
-        arrow = "restores" if v.kind == "drill" else "to"
-        render.out(f"\n  {v.kind} {v.name}: {arrow} {v.target}{region}; {targets}")
+        render.out(f"\n  {v.kind} {v.name}: {v.verb} {v.target}{region}; {targets}")
         render.out(f"    schedule  {v.cron}")
         render.out(f"    next      {', '.join(v.next_runs)}")
         if v.placements:

@@ -19,7 +19,7 @@ as altered, reordered or inserted are not used as evidence for anything else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from bcdr.clock import parse_aware
 from bcdr.compliance.anchors import token as anchor_token
 from bcdr.geo.catalog import Catalog, catalog
 from bcdr.geo.residency import Allowed
+from bcdr.plan.kinds import KINDS, JobKind
 from bcdr.plan.model import Plan, Timing
 from bcdr.plan.residency import allowed
 from bcdr.plan.schedules import cron_for
@@ -520,9 +521,9 @@ def evaluate(
     cov = coverage(start, since, now)
 
     jobs = [
-        *(_backup_job(ev, name, bjob, start) for name, bjob in plan.backups.items()),
-        *(_snapshot_job(ev, name, sjob, start) for name, sjob in plan.snapshots.items()),
-        *_simple_jobs(ev, start),
+        JOB_CONTROLS[k.name](ev, k, name, job, start)
+        for k in KINDS
+        for name, job in k.jobs(plan).items()
     ]
     for job in jobs:
         _cover(job["controls"], cov)
@@ -570,9 +571,9 @@ def plan_versions(records: list[dict[str, Any]], current: str | None) -> list[di
     return list(seen.values())
 
 
-def _backup_job(ev: _Evidence, name: str, bjob: Any, start: datetime) -> dict[str, Any]:
+def _backup_job(ev: _Evidence, k: JobKind, name: str, bjob: Any, start: datetime) -> dict[str, Any]:
     plan, since, now = ev.plan, ev.since, ev.now
-    runs = ev.of_job(bjob.repository, name, ("backup",))
+    runs = ev.of_job(bjob.repository, name, k.evidence)
     in_window = ev.window(runs)
     sched, missed = schedule_control(plan, name, bjob, in_window, start, now)
     points = [
@@ -642,10 +643,12 @@ def _drill_event(d: dict[str, Any]) -> dict[str, Any]:
     return _event(d["time"], "drill", d.get("result") == "ok", d["id"], label)
 
 
-def _snapshot_job(ev: _Evidence, name: str, sjob: Any, start: datetime) -> dict[str, Any]:
+def _snapshot_job(
+    ev: _Evidence, k: JobKind, name: str, sjob: Any, start: datetime
+) -> dict[str, Any]:
     plan, since, now = ev.plan, ev.since, ev.now
-    repo = sjob.evidence or next(iter(plan.repositories), None)
-    runs = ev.of_job(repo, name, ("disk-snapshot", "snapshot"))
+    repo = k.repository(plan, sjob)
+    runs = ev.of_job(repo, name, k.evidence)
     in_window = ev.window(runs)
     sched, missed = schedule_control(plan, name, sjob, in_window, start, now)
     per_disk: dict[str, list[tuple[datetime, str]]] = {}
@@ -726,43 +729,39 @@ def _snapshot_job(ev: _Evidence, name: str, sjob: Any, start: datetime) -> dict[
     return _job(name, "snapshot", sjob, controls, timeline, missed, drills, in_window)
 
 
-def _simple_jobs(ev: _Evidence, start: datetime) -> list[dict[str, Any]]:
+def _result_job(title: str) -> JobControls:
     """Drills, checks and prunes: did they run on schedule, and how did the newest end."""
-    plan = ev.plan
-    simple: list[tuple[str, str, Timing, str | None, str]] = [
-        *(
-            (
-                n,
-                "drill",
-                d,
-                plan.backups[d.backup].repository
-                if d.backup
-                else (plan.snapshots[d.snapshot].evidence if d.snapshot else None)
-                or next(iter(plan.repositories), None),
-                "Drill result",
-            )
-            for n, d in plan.drills.items()
-        ),
-        *((n, "check", c, c.repository, "Check result") for n, c in plan.checks.items()),
-        *((n, "prune", p, p.repository, "Prune result") for n, p in plan.prunes.items()),
-    ]
-    jobs = []
-    for name, kind, tjob, repo, title in simple:
-        runs = ev.window(ev.of_job(repo, name, (kind,)))
-        sched, missed = schedule_control(plan, name, tjob, runs, start, ev.now, meets=None)
-        controls = [sched, latest_result_control("result", title, runs)]
+
+    def controls(
+        ev: _Evidence, k: JobKind, name: str, tjob: Any, start: datetime
+    ) -> dict[str, Any]:
+        runs = ev.window(ev.of_job(k.repository(ev.plan, tjob), name, k.evidence))
+        sched, missed = schedule_control(ev.plan, name, tjob, runs, start, ev.now, meets=None)
         timeline = [
             _event(
                 d["time"],
-                kind if d.get("result") in GOOD else "failure",
+                k.name if d.get("result") in GOOD else "failure",
                 d.get("result") in GOOD,
                 d["id"],
                 str(d.get("result")),
             )
             for d in runs
         ]
-        jobs.append(_job(name, kind, tjob, controls, timeline, missed, [], runs))
-    return jobs
+        return _job(
+            name,
+            k.name,
+            tjob,
+            [sched, latest_result_control("result", title, runs)],
+            timeline,
+            missed,
+            [],
+            runs,
+        )
+
+    return controls
+
+
+JobControls = Callable[[_Evidence, JobKind, str, Any, datetime], dict[str, Any]]
 
 
 def _repository(r: RepoEvidence) -> dict[str, Any]:
@@ -856,3 +855,13 @@ def _job(
             if d.get("result") not in GOOD
         ],
     }
+
+
+#: The report's controls for each job kind (``plan/kinds.py``).
+JOB_CONTROLS: dict[str, JobControls] = {
+    "backup": _backup_job,
+    "snapshot": _snapshot_job,
+    "drill": _result_job("Drill result"),
+    "check": _result_job("Check result"),
+    "prune": _result_job("Prune result"),
+}

@@ -389,17 +389,14 @@ class Plan:
         return self.file.parent
 
     def job_names(self) -> list[str]:
-        return [*self.backups, *self.snapshots, *self.drills, *self.checks, *self.prunes]
+        """Every job of the plan, kind by kind (``plan/kinds.py``), in plan order."""
+        from bcdr.plan.kinds import KINDS
+
+        return [name for k in KINDS for name in getattr(self, k.section)]
 
     def job(self, name: str) -> tuple[str, Timing]:
         """(kind, job) of the job called ``name``; KeyError if there is none."""
-        for kind, jobs in (
-            ("backup", self.backups),
-            ("snapshot", self.snapshots),
-            ("drill", self.drills),
-            ("check", self.checks),
-            ("prune", self.prunes),
-        ):
-            if name in jobs:
-                return kind, jobs[name]
-        raise KeyError(name)
+        from bcdr.plan.kinds import kind_of
+
+        k, job = kind_of(self, name)
+        return k.name, job

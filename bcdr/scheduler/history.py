@@ -257,11 +257,22 @@ class History:
         slot: datetime | None,
         when: str,
         status: str,
-        snapshot: str,
+        snapshot: str | None,
         bytes_added: int | None,
+        recovery_point: bool = True,
     ) -> bool:
-        """A run read back from the repository; False when that snapshot is already known."""
+        """A run read back from the repository (a backup's snapshot, or any job's evidence
+        record); False when it is already known (the same snapshot, or a run of the job that
+        started at the same time)."""
         with self._tx() as db:
+            if (
+                snapshot is None
+                and db.execute(
+                    "SELECT 1 FROM runs WHERE plan = ? AND job = ? AND started = ?",
+                    (plan, job, utc(when)),
+                ).fetchone()
+            ):
+                return False
             cur = db.execute(
                 "INSERT OR IGNORE INTO runs (plan, job, kind, slot, attempt, started, finished,"
                 " status, duration_s, message, snapshot, recovery_point, bytes_added, host,"
@@ -276,7 +287,7 @@ class History:
                     status,
                     "rebuilt from the repository",
                     snapshot,
-                    utc(when),
+                    utc(when) if recovery_point else None,
                     bytes_added,
                     socket.gethostname(),
                 ),

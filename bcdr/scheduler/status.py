@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from bcdr.plan.kinds import BY_NAME
 from bcdr.plan.model import Plan
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import next_slot
@@ -44,7 +45,7 @@ def job_statuses(plan: Plan, history: History, now: datetime) -> list[JobStatus]
         age = None
         if good is not None and good.recovery_point:
             age = max(0.0, (now - datetime.fromisoformat(good.recovery_point)).total_seconds())
-        if kind not in ("backup", "snapshot") or rpo is None:
+        if not BY_NAME[kind].recovery_points or rpo is None:
             rpo_status = NO_TARGET
         elif age is None:
             rpo_status = RPO_NONE  # a job with a target and no recovery point misses it
