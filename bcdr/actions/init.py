@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from bcdr.clock import Clock
-from bcdr.errors import PasswordRequired
+from bcdr.errors import PasswordRequired, UsageError
 from bcdr.password import read_password
 from bcdr.repository.chunker import ChunkerParams
+from bcdr.repository.config import MAX_PACK_SIZE, MIN_PACK_SIZE
 from bcdr.repository.repo import Repository
 from bcdr.storage.url import StorageSpec, open_storage
 
@@ -34,6 +35,11 @@ def init_repository(
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
 ) -> InitResult:
+    if pack_size is not None and not MIN_PACK_SIZE <= pack_size <= MAX_PACK_SIZE:
+        raise UsageError(
+            f"--pack-size must be between {MIN_PACK_SIZE} and {MAX_PACK_SIZE} bytes",
+            hint="the default, 16777216 (16 MiB), suits most repositories",
+        )
     password = read_password(env) if encrypt else None
     if encrypt and password is None:
         raise PasswordRequired(

@@ -3,17 +3,21 @@ controls, render."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bcdr import retrybudget
 from bcdr.actions.common import open_plan_repo
+from bcdr.atomicfile import write_atomic
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.anchors import Anchor
 from bcdr.compliance.controls import RepoEvidence, evaluate
 from bcdr.compliance.evidence import ChainProblem, read_chain, record_problem
-from bcdr.errors import BcdrError, RepositoryNotFound
+from bcdr.compliance.render import to_html, to_markdown
+from bcdr.errors import BcdrError, RepositoryNotFound, UsageError
 from bcdr.plan.model import Plan
 
 
@@ -93,3 +97,21 @@ def build_report(
     now = (clock or SystemClock()).now()
     retrybudget.set_from_plan(plan.retry_budget.seconds if plan.retry_budget else None)
     return evaluate(plan, gather(plan, clock, given), now, now - since)
+
+
+def render(doc: dict[str, Any], fmt: str) -> str:
+    """The report document as ``json``, ``html`` or Markdown (``md``)."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if fmt == "html":
+        return to_html(doc)
+    return to_markdown(doc)
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the report file atomically (mode 0640); UsageError naming the file when it
+    cannot be written."""
+    try:
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot write the report: {exc.strerror}", where=str(path)) from None

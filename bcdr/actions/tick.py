@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -28,8 +28,9 @@ from bcdr.actions.run import FAILED, OK, PARTIAL, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock, parse_aware
 from bcdr.compliance.evidence import read_records, record_problem
-from bcdr.errors import Interrupted, RepositoryNotFound
+from bcdr.errors import BcdrError, Interrupted, RepositoryNotFound
 from bcdr.plan.kinds import KINDS
+from bcdr.plan.loader import load_plan
 from bcdr.plan.model import Plan, secret_env_names
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import due_slot, latest_slot, next_slot
@@ -378,3 +379,55 @@ def _evidence_of(plan: Plan, repo_name: str) -> list[dict[str, object]]:
         return [d for d in read_records(repo) if record_problem(d) is None]
     finally:
         repo.close()
+
+
+#: The daemon wakes at least this often, to pick up edited plans.
+DAEMON_MAX_SLEEP_S = 300.0
+
+
+def metrics_path(plan: Plan, given: str | None) -> Path | None:
+    """Where a tick writes the plan's metrics: ``--metrics-textfile``, else the plan's
+    ``metrics_textfile`` (relative to its folder), else nowhere."""
+    if given:
+        return Path(given)
+    if plan.metrics_textfile:
+        return plan.folder / plan.metrics_textfile
+    return None
+
+
+def load_plans(files: list[str], log: EventLog) -> tuple[list[Plan], int]:
+    """Every plan that loads; a plan that does not is logged (with its problems on stderr) and
+    the others still run. Returns the plans and how many did not load."""
+    plans, bad = [], 0
+    for f in files:
+        try:
+            plans.append(load_plan(f))
+        except BcdrError as exc:
+            bad += 1
+            log("plan-invalid", plan_file=f, error=exc.message, where=exc.where)
+            for problem in getattr(exc, "problems", ())[:20]:
+                sys.stderr.write(f"{problem}\n")
+    return plans, bad
+
+
+def run_daemon(
+    files: list[str], history: History, clock: Clock, log: EventLog, metrics: str | None
+) -> None:
+    """``bcdr schedule run``: tick every plan, sleep until the next slot (at most
+    ``DAEMON_MAX_SLEEP_S``, re-reading the plans each time), repeat; returns when interrupted
+    (SIGTERM is turned into KeyboardInterrupt by the caller), the running job stopped cleanly."""
+    sched = Scheduler(history, clock, log=log, source="daemon")
+    log("daemon-start", plans=" ".join(files), state_dir=str(history.state_dir))
+    try:
+        while True:
+            plans, _ = load_plans(files, log)
+            for plan in plans:
+                sched.tick(plan, metrics_path(plan, metrics))
+            wake = sched.next_wake(plans)
+            now = clock.now()
+            limit = now + timedelta(seconds=DAEMON_MAX_SLEEP_S)
+            until = min(wake, limit) if wake else limit
+            log("sleep", until=until.isoformat(timespec="seconds"))
+            clock.sleep((until - now).total_seconds() + 1)
+    except KeyboardInterrupt:
+        log("daemon-stop", reason="signal; the current job (if any) was stopped cleanly")

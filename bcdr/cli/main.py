@@ -75,8 +75,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         from bcdr.repository.chunker import ChunkerParams
 
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
-    if args.pack_size is not None and not 64 * 1024 <= args.pack_size <= 1024**3:
-        raise UsageError("--pack-size must be between 65536 and 1073741824 bytes")
     result = init_action.init_repository(
         storage_spec(args), encrypt=args.encrypt, chunker=chunker, pack_size=args.pack_size
     )

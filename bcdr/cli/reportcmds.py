@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bcdr.atomicfile import write_atomic
 from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.errors import EXIT_OK, EXIT_TARGET_MISSED, UsageError
@@ -17,7 +15,6 @@ if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import report as report_action
     from bcdr.compliance import anchors as anchors
     from bcdr.compliance import controls as controls
-    from bcdr.compliance import render as report_render
     from bcdr.plan import loader as loader
     from bcdr.plan import types as plan_types
     from bcdr.plan.model import Plan
@@ -26,7 +23,6 @@ else:
     report_action = lazy("bcdr.actions.report")
     anchors = lazy("bcdr.compliance.anchors")
     controls = lazy("bcdr.compliance.controls")
-    report_render = lazy("bcdr.compliance.render")
     loader = lazy("bcdr.plan.loader")
     plan_types = lazy("bcdr.plan.types")
 
@@ -74,18 +70,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     fmt = args.format or ("json" if args.json and not args.out else _guess(args.out))
     doc = report_action.build_report(plan, args.since.delta, given=_anchors(args, plan))
-    if fmt == "json":
-        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    elif fmt == "html":
-        text = report_render.to_html(doc)
-    else:
-        text = report_render.to_markdown(doc)
+    text = report_action.render(doc, fmt)
     if args.out:
         out = Path(args.out)
-        try:
-            write_atomic(out, text.encode("utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot write the report: {exc.strerror}", where=str(out)) from None
+        report_action.write_report(out, text)
         c = doc["counts"]
         if args.json:
             render.emit_json(

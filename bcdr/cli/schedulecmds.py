@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +18,6 @@ from bcdr.errors import (
     EXIT_PARTIAL,
     EXIT_TARGET_MISSED,
     EXIT_USAGE,
-    BcdrError,
-    UsageError,
 )
 from bcdr.scheduler import STATE_ENV
 
@@ -42,33 +38,9 @@ else:
     install = lazy("bcdr.scheduler.install")
     run_history = lazy("bcdr.scheduler.history")
 
-DAEMON_MAX_SLEEP_S = 300.0  # wake at least this often to pick up edited plans
-
 
 def _state(args: argparse.Namespace) -> History:
     return run_history.History(statedir.use_state_dir(args.state_dir))
-
-
-def _metrics_path(args: argparse.Namespace, plan: Plan) -> Path | None:
-    if getattr(args, "metrics_textfile", None):
-        return Path(args.metrics_textfile)
-    if plan.metrics_textfile:
-        return plan.folder / plan.metrics_textfile
-    return None
-
-
-def _load_all(files: list[str], log: tick.EventLog) -> tuple[list[Plan], int]:
-    """Every plan that loads; a plan that does not is reported and the others still run."""
-    plans, bad = [], 0
-    for f in files:
-        try:
-            plans.append(loader.load_plan(f))
-        except BcdrError as exc:
-            bad += 1
-            log("plan-invalid", plan_file=f, error=exc.message, where=exc.where)
-            for problem in getattr(exc, "problems", ())[:20]:
-                sys.stderr.write(f"{problem}\n")
-    return plans, bad
 
 
 def _exit_code(outcomes: list[tick.Outcome], bad_plans: int) -> int:
@@ -86,11 +58,13 @@ def cmd_tick(args: argparse.Namespace) -> int:
     clock = SystemClock()
     log = tick.EventLog(fmt=args.log_format, clock=clock)
     history = _state(args)
-    plans, bad = _load_all(args.plans, log)
+    plans, bad = tick.load_plans(args.plans, log)
     sched = tick.Scheduler(history, clock, log=log, source="tick")
     outcomes: list[tick.Outcome] = []
     for plan in plans:
-        outcomes += sched.tick(plan, _metrics_path(args, plan))
+        outcomes += sched.tick(
+            plan, tick.metrics_path(plan, getattr(args, "metrics_textfile", None))
+        )
     if args.json:
         render.emit_json({"outcomes": [o.to_dict() for o in outcomes]})
     elif not args.quiet:
@@ -114,27 +88,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _schedule_run(args: argparse.Namespace) -> int:
-    """The daemon: tick, sleep until the next slot, repeat; SIGTERM stops it cleanly."""
+    """The daemon (actions/tick.py ``run_daemon``); SIGTERM stops it cleanly."""
     clock = SystemClock()
     log = tick.EventLog(fmt=args.log_format, clock=clock)
-    history = _state(args)
-    sched = tick.Scheduler(history, clock, log=log, source="daemon")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt
-    log("daemon-start", plans=" ".join(args.plans), state_dir=str(history.state_dir))
-    try:
-        while True:
-            plans, _ = _load_all(args.plans, log)
-            for plan in plans:
-                sched.tick(plan, _metrics_path(args, plan))
-            wake = sched.next_wake(plans)
-            now = clock.now()
-            limit = now + timedelta(seconds=DAEMON_MAX_SLEEP_S)
-            until = min(wake, limit) if wake else limit
-            log("sleep", until=until.isoformat(timespec="seconds"))
-            clock.sleep((until - now).total_seconds() + 1)
-    except KeyboardInterrupt:
-        log("daemon-stop", reason="signal; the current job (if any) was stopped cleanly")
-        return EXIT_OK
+    tick.run_daemon(args.plans, _state(args), clock, log, getattr(args, "metrics_textfile", None))
+    return EXIT_OK
 
 
 def _plans_and_command(args: argparse.Namespace) -> tuple[list[Plan], install.TickCommand, str]:
@@ -151,50 +110,24 @@ def _plans_and_command(args: argparse.Namespace) -> tuple[list[Plan], install.Ti
 def _schedule_install(args: argparse.Namespace) -> int:
     _, cmd, name = _plans_and_command(args)
     if args.cron:
-        line = install.cron_line(
-            name, cmd, Path(args.log_file).resolve() if args.log_file else None
+        lines = install.install_cron(
+            name,
+            cmd,
+            Path(args.log_file).resolve() if args.log_file else None,
+            print_only=args.print,
         )
-        if args.print:
-            render.out(line)
-            return EXIT_OK
-        table = install.read_crontab()
-        install.write_crontab(install.with_line(table, name, line))
-        render.out(f"installed crontab entry {name}: bcdr tick every {args.every} minutes")
-        return EXIT_OK
-    env_file = Path(args.env_file).resolve() if args.env_file else None
-    units = install.systemd_units(name, cmd, user=args.user, env_file=env_file)
-    if args.print:
-        for fname, text in units.items():
-            render.out(f"# {fname}\n{text}")
-        return EXIT_OK
-    folder = Path(args.unit_dir) if args.unit_dir else install.unit_dir(args.user)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for fname, text in units.items():
-            (folder / fname).write_text(text)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write the units: {exc.strerror}",
-            where=str(folder),
-            hint="system units need root; use --user for your own timer, or --print",
-        ) from None
-    render.out(f"wrote {', '.join(str(folder / f) for f in units)}")
-    if args.no_enable:
-        scope = " --user" if args.user else ""
-        render.out(
-            f"enable with: systemctl{scope} daemon-reload && "
-            f"systemctl{scope} enable --now {name}.timer"
+    else:
+        lines = install.install_systemd(
+            name,
+            cmd,
+            user=args.user,
+            env_file=Path(args.env_file).resolve() if args.env_file else None,
+            folder=Path(args.unit_dir) if args.unit_dir else None,
+            print_only=args.print,
+            enable=not args.no_enable,
         )
-        return EXIT_OK
-    for step in (("daemon-reload",), ("enable", "--now", f"{name}.timer")):
-        problem = install.systemctl(args.user, *step)
-        if problem:
-            raise BcdrError(
-                f"the units are written, but `systemctl {' '.join(step)}` failed: {problem}",
-                hint="run it by hand once systemd is reachable (in a container there may be "
-                "none: use --cron or `bcdr schedule run` instead)",
-            )
-    render.out(f"enabled {name}.timer: bcdr tick every {args.every} minutes")
+    for line in lines:
+        render.out(line)
     return EXIT_OK
 
 
@@ -202,28 +135,16 @@ def _schedule_remove(args: argparse.Namespace) -> int:
     plans = [loader.load_plan(f) for f in args.plans]
     name = install.unit_name(args.name, [p.name for p in plans])
     if args.cron:
-        table = install.read_crontab()
-        new = install.with_line(table, name, None)
-        if new == table:
-            render.out(f"no crontab entry {name}; nothing to remove")
-            return EXIT_OK
-        install.write_crontab(new)
-        render.out(f"removed crontab entry {name}")
-        return EXIT_OK
-    folder = Path(args.unit_dir) if args.unit_dir else install.unit_dir(args.user)
-    if not args.no_enable:
-        install.systemctl(args.user, "disable", "--now", f"{name}.timer")
-    removed = []
-    for suffix in (".timer", ".service"):
-        f = folder / f"{name}{suffix}"
-        if f.exists():
-            f.unlink()
-            removed.append(str(f))
-    if not args.no_enable and removed:
-        install.systemctl(args.user, "daemon-reload")
-    render.out(
-        f"removed {', '.join(removed)}" if removed else f"no units {name}.*; nothing to remove"
-    )
+        render.out(install.remove_cron(name))
+    else:
+        render.out(
+            install.remove_systemd(
+                name,
+                user=args.user,
+                folder=Path(args.unit_dir) if args.unit_dir else None,
+                disable=not args.no_enable,
+            )
+        )
     return EXIT_OK
 
 

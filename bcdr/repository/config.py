@@ -17,6 +17,7 @@ FORMAT_VERSION = 1
 CONFIG_KEY = "config"
 KIND = "bcdr-repository"
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+MIN_PACK_SIZE, MAX_PACK_SIZE = 64 * 1024, 1024**3  # bounds of a repository's pack size
 
 
 @dataclass(frozen=True)

@@ -177,3 +177,84 @@ def systemctl(user: bool, *args: str) -> str | None:
     if proc.returncode != 0:
         return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
     return None
+
+
+# --- installing and removing: what `bcdr schedule install|remove` does ---------------------
+
+
+def install_cron(
+    name: str, cmd: TickCommand, log_file: Path | None, *, print_only: bool
+) -> list[str]:
+    """Add (or replace) the crontab entry ``name``; with ``print_only`` only show it."""
+    line = cron_line(name, cmd, log_file)
+    if print_only:
+        return [line]
+    write_crontab(with_line(read_crontab(), name, line))
+    return [f"installed crontab entry {name}: bcdr tick every {cmd.every_minutes} minutes"]
+
+
+def install_systemd(
+    name: str,
+    cmd: TickCommand,
+    *,
+    user: bool,
+    env_file: Path | None,
+    folder: Path | None,
+    print_only: bool,
+    enable: bool,
+) -> list[str]:
+    """Write the timer and service units ``name`` (and enable the timer); what was done."""
+    units = systemd_units(name, cmd, user=user, env_file=env_file)
+    if print_only:
+        return [f"# {fname}\n{text}" for fname, text in units.items()]
+    folder = folder or unit_dir(user)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname, text in units.items():
+            (folder / fname).write_text(text)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the units: {exc.strerror}",
+            where=str(folder),
+            hint="system units need root; use --user for your own timer, or --print",
+        ) from None
+    said = [f"wrote {', '.join(str(folder / f) for f in units)}"]
+    scope = " --user" if user else ""
+    if not enable:
+        return said + [
+            f"enable with: systemctl{scope} daemon-reload && "
+            f"systemctl{scope} enable --now {name}.timer"
+        ]
+    for step in (("daemon-reload",), ("enable", "--now", f"{name}.timer")):
+        problem = systemctl(user, *step)
+        if problem:
+            raise BcdrError(
+                f"the units are written, but `systemctl {' '.join(step)}` failed: {problem}",
+                hint="run it by hand once systemd is reachable (in a container there may be "
+                "none: use --cron or `bcdr schedule run` instead)",
+            )
+    return said + [f"enabled {name}.timer: bcdr tick every {cmd.every_minutes} minutes"]
+
+
+def remove_cron(name: str) -> str:
+    table = read_crontab()
+    new = with_line(table, name, None)
+    if new == table:
+        return f"no crontab entry {name}; nothing to remove"
+    write_crontab(new)
+    return f"removed crontab entry {name}"
+
+
+def remove_systemd(name: str, *, user: bool, folder: Path | None, disable: bool) -> str:
+    folder = folder or unit_dir(user)
+    if disable:
+        systemctl(user, "disable", "--now", f"{name}.timer")
+    removed = []
+    for suffix in (".timer", ".service"):
+        f = folder / f"{name}{suffix}"
+        if f.exists():
+            f.unlink()
+            removed.append(str(f))
+    if disable and removed:
+        systemctl(user, "daemon-reload")
+    return f"removed {', '.join(removed)}" if removed else f"no units {name}.*; nothing to remove"
