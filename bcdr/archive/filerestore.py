@@ -800,6 +800,15 @@ class FileRestorer:
         held.clear()
 
     def _finalize(self, job: _Job, tally: _Tally) -> None:
+        self._complete(job)
+        if not job.unnamed:  # an unnamed file is already at its name, or never named
+            self._place(job)
+        self._close_dir(job)
+        self._tally_file(job, tally)
+
+    def _complete(self, job: _Job) -> None:
+        """Cut the file to its size, check its digest, set its metadata, name it if it is
+        unnamed; then close it. A problem is kept in ``job.error``."""
         node = job.node
         try:
             if job.error is None:
@@ -823,10 +832,10 @@ class FileRestorer:
         finally:
             if job.fd >= 0:
                 os.close(job.fd)
-        if job.unnamed:  # already at its name, or never named (nothing to remove)
-            self._close_dir(job)
-            self._tally_file(job, tally)
-            return
+
+    @staticmethod
+    def _place(job: _Job) -> None:
+        """Rename the temporary file to its name, or remove it after a problem."""
         tmp, dest, dir_fd = job.tmp, job.dest, None
         if job.dir_fd >= 0:  # single names in the folder opened beneath the target
             tmp, dest, dir_fd = os.path.basename(tmp), os.path.basename(dest), job.dir_fd
@@ -843,8 +852,6 @@ class FileRestorer:
                 os.unlink(tmp, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
-        self._close_dir(job)
-        self._tally_file(job, tally)
 
     def _name_unnamed(self, job: _Job) -> None:
         """Give the unnamed file of ``job`` (``O_TMPFILE``, whole and verified) its name: a

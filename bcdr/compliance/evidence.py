@@ -219,54 +219,7 @@ def read_chain(
     for e in chained:
         by_seq.setdefault(e.seq or 0, []).append(e)
     for seq in sorted(by_seq):
-        group = by_seq[seq]
-        label = f"#{seq}"
-        if seq > expected_seq:
-            missing = f"#{expected_seq}" + (f"–#{seq - 1}" if seq - 1 > expected_seq else "")
-            report.problems.append(
-                ChainProblem(
-                    missing,
-                    "missing: deleted from the chain (the next record is "
-                    f"#{seq} {group[0].id[:12]})",
-                )
-            )
-        if len(group) > 1:
-            report.problems.append(
-                ChainProblem(
-                    label,
-                    f"{len(group)} records claim this place ("
-                    + ", ".join(e.id[:12] for e in group)
-                    + "): one was inserted",
-                )
-            )
-            report.bad_ids.update(e.id for e in group)
-        entry = group[0]
-        doc, problem = _open(repo, entry)
-        report.records += 1
-        if doc is not None:
-            documents.append({**doc, "id": entry.id})
-        if doc is None:
-            report.problems.append(ChainProblem(f"{label} ({entry.id[:12]})", str(problem)))
-            report.bad_ids.add(entry.id)
-        else:
-            if doc.get("seq") != seq:
-                report.problems.append(
-                    ChainProblem(
-                        f"{label} ({entry.id[:12]})",
-                        f"reordered: the record says it is #{doc.get('seq')}",
-                    )
-                )
-                report.bad_ids.add(entry.id)
-            elif seq == expected_seq and doc.get("prev") != prev_id:
-                report.problems.append(
-                    ChainProblem(
-                        f"{label} ({entry.id[:12]})",
-                        "chain broken: it follows "
-                        f"{str(doc.get('prev'))[:12]}, but the record before it is "
-                        f"{str(prev_id)[:12]} (reordered or replaced)",
-                    )
-                )
-                report.bad_ids.add(entry.id)
+        entry = _check_place(repo, report, documents, by_seq[seq], seq, expected_seq, prev_id)
         prev_id, expected_seq = entry.id, seq + 1
         report.head_seq, report.head_id = seq, entry.id
     checked = list(given or [])
@@ -285,6 +238,62 @@ def read_chain(
     if report.ok and report.head_id and host:
         anchors.remember(repo.config.id, report.head_seq, report.head_id, "verified")
     return documents, report
+
+
+def _check_place(
+    repo: Repository,
+    report: ChainReport,
+    documents: list[dict[str, Any]],
+    group: list[Entry],
+    seq: int,
+    expected_seq: int,
+    prev_id: str | None,
+) -> Entry:
+    """Check the record(s) at place ``seq`` of the chain (a gap before it, a second record
+    claiming it, its content, its own ``seq`` and ``prev``); the record taken as that place."""
+    label = f"#{seq}"
+    if seq > expected_seq:
+        missing = f"#{expected_seq}" + (f"–#{seq - 1}" if seq - 1 > expected_seq else "")
+        report.problems.append(
+            ChainProblem(
+                missing,
+                f"missing: deleted from the chain (the next record is #{seq} {group[0].id[:12]})",
+            )
+        )
+    if len(group) > 1:
+        report.problems.append(
+            ChainProblem(
+                label,
+                f"{len(group)} records claim this place ("
+                + ", ".join(e.id[:12] for e in group)
+                + "): one was inserted",
+            )
+        )
+        report.bad_ids.update(e.id for e in group)
+    entry = group[0]
+    doc, problem = _open(repo, entry)
+    report.records += 1
+    named = f"{label} ({entry.id[:12]})"
+    if doc is None:
+        report.problems.append(ChainProblem(named, str(problem)))
+        report.bad_ids.add(entry.id)
+        return entry
+    documents.append({**doc, "id": entry.id})
+    if doc.get("seq") != seq:
+        report.problems.append(
+            ChainProblem(named, f"reordered: the record says it is #{doc.get('seq')}")
+        )
+        report.bad_ids.add(entry.id)
+    elif seq == expected_seq and doc.get("prev") != prev_id:
+        report.problems.append(
+            ChainProblem(
+                named,
+                f"chain broken: it follows {str(doc.get('prev'))[:12]}, but the record before "
+                f"it is {str(prev_id)[:12]} (reordered or replaced)",
+            )
+        )
+        report.bad_ids.add(entry.id)
+    return entry
 
 
 def _against(anchor: Anchor, ids_at: dict[int, str], head_seq: int) -> ChainProblem | None:

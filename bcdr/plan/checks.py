@@ -15,8 +15,10 @@ from bcdr.plan.model import (
     BackupJob,
     CheckJob,
     DiskSnapshotJob,
+    Drill,
     Plan,
     PruneJob,
+    Repository,
     Retention,
     Timing,
 )
@@ -43,16 +45,7 @@ def check_plan(src: Source, plan: Plan) -> None:
         _timing(src, ("snapshots", name), plan, name, snap)
         _disk_job(src, ("snapshots", name), plan, snap)
     for name, drill in plan.drills.items():
-        path = ("drills", name)
-        if (drill.backup is None) == (drill.snapshot is None):
-            src.problem(path, "name exactly one of `backup` or `snapshot`")
-        elif drill.backup is not None:
-            _reference(src, (*path, "backup"), drill.backup, plan.backups, "backup job")
-        elif drill.snapshot is not None:
-            _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
-        if drill.sample.value == 0:
-            src.problem((*path, "sample"), "a drill must restore something", "e.g. 100% or 5%")
-        _timing(src, path, plan, name, drill)
+        _drill(src, ("drills", name), plan, name, drill)
     repo_jobs: list[tuple[str, str, CheckJob | PruneJob]] = [
         *(("checks", n, j) for n, j in plan.checks.items()),
         *(("prunes", n, j) for n, j in plan.prunes.items()),
@@ -62,45 +55,58 @@ def check_plan(src: Source, plan: Plan) -> None:
         _reference(src, (*path, "repository"), repo_job.repository, plan.repositories, "repository")
         _timing(src, path, plan, name, repo_job)
     for name, repo in plan.repositories.items():
-        path = ("repositories", name)
-        if repo.encryption is not None and (
-            (repo.encryption.password_env is None) == (repo.encryption.password_file is None)
-        ):
-            src.problem((*path, "encryption"), "give exactly one of password_env or password_file")
-        cred = repo.credential
-        if not isinstance(cred, str):
-            given = [
-                v
-                for v in (cred.connection_string_env, cred.account_key_env, cred.sas_env)
-                if v is not None
-            ]
-            if len(given) != 1:
-                src.problem(
-                    (*path, "credential"),
-                    "give exactly one of connection_string_env, "
-                    "account_key_env or sas_env (or `default`)",
-                )
-        is_azure = repo.url.startswith("azure://")
-        if not is_azure and (repo.endpoint or not isinstance(cred, str)):
-            src.problem(path, "`credential` and `endpoint` apply to azure:// repositories only")
-        if is_azure:
-            _storage_rule(src, (*path, "url"), parse_azure_url, repo.url)
-        if repo.endpoint is not None:
-            _storage_rule(src, (*path, "endpoint"), check_endpoint, repo.endpoint, "endpoint")
-        if repo.management is not None:
-            if not is_azure:
-                src.problem(
-                    (*path, "management"),
-                    "`management` applies to azure:// repositories only",
-                    "a local repository's region can only be declared",
-                )
-            if repo.management.endpoint is not None:
-                _storage_rule(
-                    src,
-                    (*path, "management", "endpoint"),
-                    check_arm_endpoint,
-                    repo.management.endpoint,
-                )
+        _repository(src, ("repositories", name), repo)
+
+
+def _drill(src: Source, path: tuple[str, ...], plan: Plan, name: str, drill: Drill) -> None:
+    if (drill.backup is None) == (drill.snapshot is None):
+        src.problem(path, "name exactly one of `backup` or `snapshot`")
+    elif drill.backup is not None:
+        _reference(src, (*path, "backup"), drill.backup, plan.backups, "backup job")
+    elif drill.snapshot is not None:
+        _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
+    if drill.sample.value == 0:
+        src.problem((*path, "sample"), "a drill must restore something", "e.g. 100% or 5%")
+    _timing(src, path, plan, name, drill)
+
+
+def _repository(src: Source, path: tuple[str, ...], repo: Repository) -> None:
+    if repo.encryption is not None and (
+        (repo.encryption.password_env is None) == (repo.encryption.password_file is None)
+    ):
+        src.problem((*path, "encryption"), "give exactly one of password_env or password_file")
+    cred = repo.credential
+    if not isinstance(cred, str):
+        given = [
+            v
+            for v in (cred.connection_string_env, cred.account_key_env, cred.sas_env)
+            if v is not None
+        ]
+        if len(given) != 1:
+            src.problem(
+                (*path, "credential"),
+                "give exactly one of connection_string_env, "
+                "account_key_env or sas_env (or `default`)",
+            )
+    is_azure = repo.url.startswith("azure://")
+    if not is_azure and (repo.endpoint or not isinstance(cred, str)):
+        src.problem(path, "`credential` and `endpoint` apply to azure:// repositories only")
+    if is_azure:
+        _storage_rule(src, (*path, "url"), parse_azure_url, repo.url)
+    if repo.endpoint is not None:
+        _storage_rule(src, (*path, "endpoint"), check_endpoint, repo.endpoint, "endpoint")
+    if repo.management is None:
+        return
+    if not is_azure:
+        src.problem(
+            (*path, "management"),
+            "`management` applies to azure:// repositories only",
+            "a local repository's region can only be declared",
+        )
+    if repo.management.endpoint is not None:
+        _storage_rule(
+            src, (*path, "management", "endpoint"), check_arm_endpoint, repo.management.endpoint
+        )
 
 
 def _disk_job(src: Source, path: tuple[str, ...], plan: Plan, job: DiskSnapshotJob) -> None:
