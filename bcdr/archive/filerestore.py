@@ -45,17 +45,15 @@ from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import itertools
 import mmap
 import os
 import queue
-import re
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -63,6 +61,17 @@ from functools import partial
 from typing import Any
 
 from bcdr.archive.beneath import Beneath, FolderCache
+from bcdr.archive.filewrite import (
+    DIRECT_BUFFER,
+    DIRECT_MIN,
+    HOLE_BLOCK,
+    O_DIRECT,
+    DirectOut,
+    direct_suits,
+    is_zero,
+    set_direct,
+    write_sparse,
+)
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, new_fingerprint
@@ -71,7 +80,6 @@ from bcdr.repository.pack import pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
 
-HOLE_BLOCK = 64 * 1024
 READ_BACK = 8 * 1024 * 1024
 #: One-chunk files are restored in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 256
@@ -84,158 +92,7 @@ RUN_MAX = 8 * 1024 * 1024
 PIECE_MAX = 4 * 1024 * 1024
 #: Larger files the walk may queue ahead of the one whose pieces are being started.
 LARGE_QUEUED = 256
-#: Files of at least this many bytes are written with O_DIRECT (unless ``direct=False``) ...
-DIRECT_MIN = 8 * 1024 * 1024
-#: ... through a page-aligned buffer of this size per file being written (reused) ...
-DIRECT_BUFFER = 2 * 1024 * 1024
-#: ... at offsets and lengths that are multiples of this (a page, and every disk's sector).
-DIRECT_ALIGN = 4096
-O_DIRECT = getattr(os, "O_DIRECT", 0)
-#: Filesystems on a local block device: a target on one of them gets O_DIRECT writes.
-DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _is_zero(data: bytes | memoryview) -> bool:
-    return data[:1] == b"\0" and data[-1:] == b"\0" and bytes(data).count(0) == len(data)
-
-
-def pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:
-    """Write all of ``data`` at ``pos``: ``pwrite`` may write less than it was given (a
-    signal, a file size limit, a full disk), and then the rest is written, or the error is
-    raised."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        if n <= 0:  # the kernel gives an error rather than 0 for a regular file
-            raise OSError(errno.EIO, "the disk accepted no bytes")
-        view, pos = view[n:], pos + n
-
-
-def write_sparse(fd: int, data: bytes | memoryview, pos: int) -> bool:
-    """Write ``data`` at ``pos``, leaving whole 64 KiB blocks of zeros as holes.
-
-    Returns whether anything was written."""
-    if len(data) <= HOLE_BLOCK:
-        if _is_zero(data):
-            return False
-        pwrite_all(fd, data, pos)
-        return True
-    view = memoryview(data)
-    wrote = False
-    start = None  # start of the pending non-zero run
-    for off in range(0, len(data), HOLE_BLOCK):
-        if _is_zero(view[off : off + HOLE_BLOCK]):
-            if start is not None:
-                pwrite_all(fd, view[start:off], pos + start)
-                wrote, start = True, None
-        elif start is None:
-            start = off
-    if start is not None:
-        pwrite_all(fd, view[start:], pos + start)
-        wrote = True
-    return wrote
-
-
-def filesystem_of(path: str | bytes, mountinfo: str | None = None) -> str | None:
-    """The type of the filesystem ``path`` is (or would be) on: that of the mount with the
-    longest mount point above its real path, the last listed of equals (mounted over the
-    others), from ``mountinfo`` (/proc/self/mountinfo's text). None if unknown."""
-    real = os.path.realpath(os.fsdecode(path))
-    if mountinfo is None:
-        try:
-            with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-                mountinfo = f.read()
-        except OSError:
-            return None
-    longest, found = -1, None
-    for line in mountinfo.splitlines():
-        fields, sep, rest = line.partition(" - ")
-        parts = fields.split(" ")
-        if not sep or len(parts) < 5 or not rest:
-            continue
-        # spaces, tabs, newlines and backslashes in a mount point are octal escapes
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= longest:
-            longest, found = len(point), rest.split(" ", 1)[0]
-    return found
-
-
-def direct_suits(folder: str | bytes) -> bool:
-    """Whether files restored into ``folder`` are written with ``O_DIRECT``."""
-    return bool(O_DIRECT) and filesystem_of(folder) in DIRECT_FILESYSTEMS
-
-
-def _write_direct(fd: int, data: memoryview, pos: int) -> None:
-    """Write aligned ``data`` at aligned ``pos`` (holes stay holes). A filesystem that took
-    ``O_DIRECT`` at ``open`` but refuses a write with it (EINVAL: an alignment it needs that
-    is larger than DIRECT_ALIGN) gets this write, and the file's next ones, buffered."""
-    try:
-        write_sparse(fd, data, pos)
-    except OSError as exc:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        if exc.errno != errno.EINVAL or not flags & O_DIRECT:
-            raise
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
-        write_sparse(fd, data, pos)
-
-
-def _set_direct(fd: int) -> bool:
-    """Turn ``O_DIRECT`` on for ``fd``; whether the filesystem took it (tmpfs before Linux
-    6.6, some FUSE and network filesystems refuse it: their files are written buffered).
-    Set after ``open``, not at it: an ``open`` refused for ``O_DIRECT`` may have created the
-    file all the same."""
-    if not O_DIRECT:
-        return False
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_DIRECT)
-    except OSError:
-        return False
-    return True
-
-
-class _DirectOut:
-    """(in its file's turn) A larger file's bytes, gathered in file order into a page-aligned
-    buffer of DIRECT_BUFFER bytes that is written whole with ``O_DIRECT`` when full; at the
-    end the rest is padded to DIRECT_ALIGN and written (the file is cut to its size when it
-    is finalised, as one that ends in a hole is: ``_Job.end`` stays 0). The
-    buffer's offsets in the file are aligned, so runs of 64 KiB of zeros still stay holes.
-    The file's digest is computed over the buffer as it is written, gathering included.
-    The buffer is taken (``take``) at the first bytes, not when the file is started: the
-    next files are started while the last pieces of the ones before are still written."""
-
-    def __init__(self, take: Callable[[], memoryview], hasher: Any) -> None:
-        self.take = take
-        self.buffer: memoryview | None = None
-        self.hasher = hasher
-        self.fill = 0  # bytes gathered in the buffer
-        self.pos = 0  # where in the file the buffer's first byte goes
-
-    def _write(self, fd: int, buffer: memoryview, length: int) -> None:
-        """Write the buffer's ``length`` bytes (``fill``, padded at the end) and empty it."""
-        self.hasher.update(buffer[: self.fill])
-        _write_direct(fd, buffer[:length], self.pos)
-        self.pos += self.fill
-        self.fill = 0
-
-    def add(self, fd: int, data: bytes | memoryview) -> None:
-        buffer = self.buffer
-        if buffer is None:
-            buffer = self.buffer = self.take()
-        src = memoryview(data)
-        while src:
-            n = min(len(src), len(buffer) - self.fill)
-            buffer[self.fill : self.fill + n] = src[:n]
-            self.fill += n
-            src = src[n:]
-            if self.fill == len(buffer):
-                self._write(fd, buffer, self.fill)
-
-    def end(self, fd: int) -> None:
-        if self.fill and self.buffer is not None:
-            padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
-            self.buffer[self.fill : padded] = bytes(padded - self.fill)
-            self._write(fd, self.buffer, padded)
 
 
 #: Consecutive chunks of a file read at once: (id, location, offset in the file) each.
@@ -331,7 +188,7 @@ class _InOrder:
     ``direct``, if the file is written with ``O_DIRECT``, gathers its bytes."""
 
     written: int = 0
-    direct: _DirectOut | None = None
+    direct: DirectOut | None = None
     hasher: Any = field(default_factory=new_fingerprint)
     turn: threading.Condition = field(default_factory=threading.Condition)
 
@@ -504,8 +361,8 @@ class FileRestorer:
         pieces = _pieces(node.content, locs)
         job.remaining = len(pieces)
         order = _InOrder()
-        if node.size >= DIRECT_MIN and self._direct_here(job) and _set_direct(job.fd):
-            order.direct = _DirectOut(self._take_buffer, order.hasher)
+        if node.size >= DIRECT_MIN and self._direct_here(job) and set_direct(job.fd):
+            order.direct = DirectOut(self._take_buffer, order.hasher)
             job.direct = True
         return job, order, enumerate(pieces)
 
@@ -715,7 +572,7 @@ class FileRestorer:
     def _write_chunk(self, job: _Job, data: bytes, offset: int) -> bool:
         """Write a verified chunk at ``offset`` (holes stay holes); whether bytes were written."""
         wrote = write_sparse(job.fd, data, offset)
-        if wrote and not _is_zero(data[-HOLE_BLOCK:]):
+        if wrote and not is_zero(data[-HOLE_BLOCK:]):
             job.end = max(job.end, offset + len(data))
         return wrote
 
@@ -769,7 +626,7 @@ class FileRestorer:
             self._finalize(job, tally)
         self._merge(tally)
 
-    def _end_direct(self, job: _Job, out: _DirectOut) -> None:
+    def _end_direct(self, job: _Job, out: DirectOut) -> None:
         """(the file's last piece, every write done) Write the rest of a file written with
         ``O_DIRECT`` (padded: :meth:`_finalize` cuts it to its size); its buffer goes back for
         the next file."""

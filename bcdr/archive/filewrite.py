@@ -1,0 +1,166 @@
+"""Writing restored bytes to a file: whole writes at an offset, runs of zeros left as holes,
+and ``O_DIRECT`` writes of larger files through a reused page-aligned buffer (the reasons and
+costs of ``O_DIRECT`` are in docs/decisions.md). Used by ``filerestore.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+HOLE_BLOCK = 64 * 1024
+#: Files of at least this many bytes are written with O_DIRECT (unless ``direct=False``) ...
+DIRECT_MIN = 8 * 1024 * 1024
+#: ... through a page-aligned buffer of this size per file being written (reused) ...
+DIRECT_BUFFER = 2 * 1024 * 1024
+#: ... at offsets and lengths that are multiples of this (a page, and every disk's sector).
+DIRECT_ALIGN = 4096
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: Filesystems on a local block device: a target on one of them gets O_DIRECT writes.
+DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    return data[:1] == b"\0" and data[-1:] == b"\0" and bytes(data).count(0) == len(data)
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:
+    """Write all of ``data`` at ``pos``: ``pwrite`` may write less than it was given (a
+    signal, a file size limit, a full disk), and then the rest is written, or the error is
+    raised."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        if n <= 0:  # the kernel gives an error rather than 0 for a regular file
+            raise OSError(errno.EIO, "the disk accepted no bytes")
+        view, pos = view[n:], pos + n
+
+
+def write_sparse(fd: int, data: bytes | memoryview, pos: int) -> bool:
+    """Write ``data`` at ``pos``, leaving whole 64 KiB blocks of zeros as holes.
+
+    Returns whether anything was written."""
+    if len(data) <= HOLE_BLOCK:
+        if is_zero(data):
+            return False
+        pwrite_all(fd, data, pos)
+        return True
+    view = memoryview(data)
+    wrote = False
+    start = None  # start of the pending non-zero run
+    for off in range(0, len(data), HOLE_BLOCK):
+        if is_zero(view[off : off + HOLE_BLOCK]):
+            if start is not None:
+                pwrite_all(fd, view[start:off], pos + start)
+                wrote, start = True, None
+        elif start is None:
+            start = off
+    if start is not None:
+        pwrite_all(fd, view[start:], pos + start)
+        wrote = True
+    return wrote
+
+
+def filesystem_of(path: str | bytes, mountinfo: str | None = None) -> str | None:
+    """The type of the filesystem ``path`` is (or would be) on: that of the mount with the
+    longest mount point above its real path, the last listed of equals (mounted over the
+    others), from ``mountinfo`` (/proc/self/mountinfo's text). None if unknown."""
+    real = os.path.realpath(os.fsdecode(path))
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                mountinfo = f.read()
+        except OSError:
+            return None
+    longest, found = -1, None
+    for line in mountinfo.splitlines():
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if not sep or len(parts) < 5 or not rest:
+            continue
+        # spaces, tabs, newlines and backslashes in a mount point are octal escapes
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= longest:
+            longest, found = len(point), rest.split(" ", 1)[0]
+    return found
+
+
+def direct_suits(folder: str | bytes) -> bool:
+    """Whether files restored into ``folder`` are written with ``O_DIRECT``."""
+    return bool(O_DIRECT) and filesystem_of(folder) in DIRECT_FILESYSTEMS
+
+
+def write_direct(fd: int, data: memoryview, pos: int) -> None:
+    """Write aligned ``data`` at aligned ``pos`` (holes stay holes). A filesystem that took
+    ``O_DIRECT`` at ``open`` but refuses a write with it (EINVAL: an alignment it needs that
+    is larger than DIRECT_ALIGN) gets this write, and the file's next ones, buffered."""
+    try:
+        write_sparse(fd, data, pos)
+    except OSError as exc:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if exc.errno != errno.EINVAL or not flags & O_DIRECT:
+            raise
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+        write_sparse(fd, data, pos)
+
+
+def set_direct(fd: int) -> bool:
+    """Turn ``O_DIRECT`` on for ``fd``; whether the filesystem took it (tmpfs before Linux
+    6.6, some FUSE and network filesystems refuse it: their files are written buffered).
+    Set after ``open``, not at it: an ``open`` refused for ``O_DIRECT`` may have created the
+    file all the same."""
+    if not O_DIRECT:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+class DirectOut:
+    """(in its file's turn) A larger file's bytes, gathered in file order into a page-aligned
+    buffer of DIRECT_BUFFER bytes that is written whole with ``O_DIRECT`` when full; at the
+    end the rest is padded to DIRECT_ALIGN and written (the file is cut to its size when it
+    is finalised, as one that ends in a hole is: ``_Job.end`` stays 0). The
+    buffer's offsets in the file are aligned, so runs of 64 KiB of zeros still stay holes.
+    The file's digest is computed over the buffer as it is written, gathering included.
+    The buffer is taken (``take``) at the first bytes, not when the file is started: the
+    next files are started while the last pieces of the ones before are still written."""
+
+    def __init__(self, take: Callable[[], memoryview], hasher: Any) -> None:
+        self.take = take
+        self.buffer: memoryview | None = None
+        self.hasher = hasher
+        self.fill = 0  # bytes gathered in the buffer
+        self.pos = 0  # where in the file the buffer's first byte goes
+
+    def _write(self, fd: int, buffer: memoryview, length: int) -> None:
+        """Write the buffer's ``length`` bytes (``fill``, padded at the end) and empty it."""
+        self.hasher.update(buffer[: self.fill])
+        write_direct(fd, buffer[:length], self.pos)
+        self.pos += self.fill
+        self.fill = 0
+
+    def add(self, fd: int, data: bytes | memoryview) -> None:
+        buffer = self.buffer
+        if buffer is None:
+            buffer = self.buffer = self.take()
+        src = memoryview(data)
+        while src:
+            n = min(len(src), len(buffer) - self.fill)
+            buffer[self.fill : self.fill + n] = src[:n]
+            self.fill += n
+            src = src[n:]
+            if self.fill == len(buffer):
+                self._write(fd, buffer, self.fill)
+
+    def end(self, fd: int) -> None:
+        if self.fill and self.buffer is not None:
+            padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
+            self.buffer[self.fill : padded] = bytes(padded - self.fill)
+            self._write(fd, self.buffer, padded)
