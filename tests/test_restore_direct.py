@@ -134,9 +134,7 @@ def test_a_filesystem_refusing_o_direct_gets_the_files_buffered(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, cmd, arg)
 
-    files, stats, out = _restore_patched(
-        tmp_path, monkeypatch, filewrite.fcntl, "fcntl", refusing
-    )
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, filewrite.fcntl, "fcntl", refusing)
     assert stats.errors == [] and stats.bytes_direct == 0
     assert all((out / name).read_bytes() == data for name, data in files.items())
 

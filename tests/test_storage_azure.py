@@ -13,8 +13,9 @@ import pytest
 from bcdr.errors import ObjectOffline, StoragePermission, TransientStorageError, UsageError
 from bcdr.storage.azure import AzureBlobStorage
 from bcdr.storage.azureauth import AzureAuth, resolve_access
+from bcdr.storage.base import Forkable, LocalFolder, Tiers
 from bcdr.storage.url import StorageSpec, open_storage
-from bcdr.storage.wrap import RetryingStorage, RetryPolicy
+from bcdr.storage.wrap import MeteredStorage, RetryingStorage, RetryPolicy
 from tests.azurite import ACCOUNT, KEY, Azurite, free_port
 from tests.storage_contract import StorageContract
 
@@ -38,6 +39,19 @@ class TestAzureStorage(StorageContract):
     @pytest.fixture
     def storage(self, azurite: Azurite) -> Iterator[AzureBlobStorage]:
         s = make_storage(azurite)
+        yield s
+        s.close()
+
+
+class TestAzureStorageAsOpened(StorageContract):
+    """Metered and retried, as ``open_storage`` returns it; Azure has tiers, no local folder,
+    and is not used from forked workers."""
+
+    @pytest.fixture
+    def storage(self, azurite: Azurite) -> Iterator[MeteredStorage]:
+        s = MeteredStorage(RetryingStorage(make_storage(azurite)))
+        assert s.capability(Tiers) is not None and s.capability(LocalFolder) is None
+        assert s.capability(Forkable) is None
         yield s
         s.close()
 

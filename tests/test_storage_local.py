@@ -8,7 +8,10 @@ import pytest
 from bcdr.errors import StorageFull, StoragePermission
 from bcdr.repository.pack import DATA
 from bcdr.repository.repo import Repository
+from bcdr.storage.base import Forkable, LocalFolder, Tiers, Transfers
+from bcdr.storage.faulty import FaultyStorage
 from bcdr.storage.local import LocalStorage
+from bcdr.storage.wrap import MeteredStorage, RetryingStorage
 from tests.conftest import tmpfs
 from tests.storage_contract import StorageContract
 
@@ -17,6 +20,60 @@ class TestLocalStorage(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> LocalStorage:
         return LocalStorage(tmp_path / "store")
+
+
+# The contract holds through every wrapper (storage/wrap.py, storage/faulty.py), alone and
+# stacked as bcdr stacks them.
+
+
+class TestRetryingStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> RetryingStorage:
+        return RetryingStorage(LocalStorage(tmp_path / "store"))
+
+
+class TestMeteredStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> MeteredStorage:
+        return MeteredStorage(LocalStorage(tmp_path / "store"))
+
+
+class TestFaultyStorageWithoutFaults(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> FaultyStorage:
+        return FaultyStorage(LocalStorage(tmp_path / "store"))
+
+
+class TestStackedWrappers(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> MeteredStorage:
+        return MeteredStorage(RetryingStorage(FaultyStorage(LocalStorage(tmp_path / "store"))))
+
+
+def test_capabilities_are_found_through_every_wrapper(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "store")
+    faulty = FaultyStorage(local)
+    retrying = RetryingStorage(faulty)
+    stacked = MeteredStorage(retrying)
+    assert stacked.capability(LocalFolder) is local
+    assert stacked.capability(Transfers) is stacked  # what the meter adds
+    assert retrying.capability(Transfers) is None
+    assert stacked.capability(Tiers) is None  # a local disk has no access tiers
+    # a forkable chain is forked whole: each wrapper's after_fork runs, the backend's last
+    assert stacked.capability(Forkable) is stacked
+    ran: list[str] = []
+    local.after_fork = lambda: ran.append("local")  # type: ignore[method-assign]
+    retrying_after = retrying.after_fork
+
+    def retrying_spy() -> None:
+        ran.append("retrying")
+        retrying_after()
+
+    retrying.after_fork = retrying_spy  # type: ignore[method-assign]
+    stacked.after_fork()
+    assert ran == ["retrying", "local"]
+    # no catch-all: what no layer offers is not reachable by accident
+    assert not hasattr(stacked, "leftover_temp_files")
 
 
 def test_temp_files_never_listed(tmp_path: Path) -> None:

@@ -38,10 +38,11 @@ from typing import Any
 from bcdr import retrybudget
 from bcdr.actions.common import open_or_init, open_plan_repo, run_context
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
+from bcdr.actions.restore import restore_snapshot
 from bcdr.actions.snapshots import walk
 from bcdr.archive.filerestore import file_digest
 from bcdr.archive.patterns import PathSet
-from bcdr.archive.restore import ProgressFn, Restorer
+from bcdr.archive.restore import ProgressFn
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import rto_estimate
 from bcdr.compliance.evidence import write_record
@@ -285,14 +286,14 @@ def _backup_drill(
             target = tempfile.mkdtemp(prefix=f"bcdr-drill-{report.drill}-", dir=scratch_parent)
             report.scratch = target
             restore_started = t
-            restorer = Restorer(
+            stats = restore_snapshot(
                 repo,
-                os.fsencode(target),
+                snap,
+                target,
                 includes=PathSet(p for p, _ in chosen) if len(chosen) < len(files) else None,
                 progress=progress,
-                walked=snap.paths,
+                sized=True,
             )
-            stats = restorer.run(bytes.fromhex(snap.tree))
             t = phases.done("restore", t)
             if stats.first_byte_s is not None:
                 report.ttfb_s = round(restore_started - phases.t0 + stats.first_byte_s, 6)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.availability import require_online
-from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
 from bcdr.errors import UsageError
@@ -90,17 +90,44 @@ def restore(
     with repo.lock(READ, wait=read_wait()):  # a prune's sweep must not delete packs under us
         snap = repo.resolve_snapshot(ref, job)
         repo.load_index(verify_packs=True)  # a copy in a pack that is gone is read last
-        tree = bytes.fromhex(snap.tree)
-        check_snapshot_size(repo, tree, f"snapshot {snap.short_id}")
-        require_online(repo, tree, snap.short_id, PathMatcher(includes) or None)
-        restorer = Restorer(
+        stats = restore_snapshot(
             repo,
-            os.fsencode(os.path.abspath(target)),
-            includes=PathMatcher(includes),
+            snap,
+            target,
+            includes=PathMatcher(includes) or None,
             progress=progress,
-            walked=snap.paths,
             direct=direct,
             setid=setid,
         )
-        stats = restorer.run(tree)
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))
+
+
+def restore_snapshot(
+    repo: Repository,
+    snap: Snapshot,
+    target: str,
+    *,
+    includes: PathMatcher | PathSet | None = None,
+    progress: ProgressFn | None = None,
+    direct: bool = True,
+    setid: bool = False,
+    sized: bool = False,
+) -> RestoreStats:
+    """Restore ``snap`` (or the paths ``includes`` matches) into ``target``, every file
+    verified; the caller holds a read lock and has loaded the index. Refused before a byte is
+    written when the snapshot is too large to walk (unless the caller checked: ``sized``) or
+    needs archived packs. ``bcdr restore`` and drills restore through here."""
+    tree = bytes.fromhex(snap.tree)
+    if not sized:
+        check_snapshot_size(repo, tree, f"snapshot {snap.short_id}")
+    require_online(repo, tree, snap.short_id, includes)
+    restorer = Restorer(
+        repo,
+        os.fsencode(os.path.abspath(target)),
+        includes=includes,
+        progress=progress,
+        walked=snap.paths,
+        direct=direct,
+        setid=setid,
+    )
+    return restorer.run(tree)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.errors import ObjectOffline, RestoreError
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
@@ -31,7 +31,9 @@ class Offline:
         return sum(p.size for p in self.packs)
 
 
-def packs_needed(repo: Repository, root_tree: bytes, includes: PathMatcher | None) -> set[str]:
+def packs_needed(
+    repo: Repository, root_tree: bytes, includes: PathMatcher | PathSet | None
+) -> set[str]:
     """Names of the packs holding the trees and file chunks a restore of ``root_tree`` reads
     (only paths ``includes`` selects, when given). Raises ObjectOffline if a tree is offline."""
     packs: set[str] = set()
@@ -55,7 +57,7 @@ def packs_needed(repo: Repository, root_tree: bytes, includes: PathMatcher | Non
 
 
 def offline_packs(
-    repo: Repository, root_tree: bytes, includes: PathMatcher | None = None
+    repo: Repository, root_tree: bytes, includes: PathMatcher | PathSet | None = None
 ) -> Offline | None:
     """The offline packs a restore of ``root_tree`` needs, or None when it can start now.
     Costs one listing of ``data/`` when nothing is archived (and nothing on a local disk)."""
@@ -74,7 +76,7 @@ def offline_packs(
 
 
 def require_online(
-    repo: Repository, root_tree: bytes, snapshot: str, includes: PathMatcher | None = None
+    repo: Repository, root_tree: bytes, snapshot: str, includes: PathMatcher | PathSet | None = None
 ) -> None:
     """Raise RestoreError (nothing written yet) when packs the restore needs are archived."""
     found = offline_packs(repo, root_tree, includes)

@@ -76,9 +76,9 @@ from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, new_fingerprint
 from bcdr.repository.index import BlobLocation
-from bcdr.repository.pack import pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
+from bcdr.storage.base import Forkable, Transfers
 
 READ_BACK = 8 * 1024 * 1024
 #: One-chunk files are restored in batches of this many files or bytes, whichever comes first.
@@ -275,7 +275,7 @@ class FileRestorer:
         if (
             self._procs is None
             and processes_enabled(self.workers)
-            and getattr(self.repo.storage, "fork_safe", False)
+            and self.repo.storage.capability(Forkable) is not None
         ):
             self._procs = ForkedPool.start(self, self.workers)
         return self._procs is not None
@@ -283,9 +283,9 @@ class FileRestorer:
     def after_fork(self) -> None:
         """(a forked worker) Locks the parent's threads may have held are made anew."""
         self._lock = threading.Lock()
-        after_fork = getattr(self.repo.storage, "after_fork", None)
-        if after_fork is not None:
-            after_fork()
+        storage = self.repo.storage.capability(Forkable)
+        if storage is not None:
+            storage.after_fork()
 
     def submit(self, node: Node, dest: bytes, snap_path: bytes) -> None:
         """Start restoring ``node`` to ``dest`` (main thread). Files of at most one chunk are
@@ -480,8 +480,8 @@ class FileRestorer:
         """(a forked worker) :meth:`_small_batch`, the tally and the transfers sent back."""
         tally = _Tally()
         self._restore_batch(batch, tally)
-        take = getattr(self.repo.storage, "take_transfers", None)
-        tally.transfers = take() if take is not None else None
+        meter = self.repo.storage.capability(Transfers)
+        tally.transfers = meter.take_transfers() if meter is not None else None
         return tally
 
     def _forked_batch_done(
@@ -499,9 +499,9 @@ class FileRestorer:
         finally:
             self._slots.release()
         if tally.transfers is not None:
-            add = getattr(self.repo.storage, "add_transfers", None)
-            if add is not None:
-                add(*tally.transfers)
+            meter = self.repo.storage.capability(Transfers)
+            if meter is not None:
+                meter.add_transfers(*tally.transfers)
         self._merge(tally)
 
     def _read_runs(self, locs: list[BlobLocation]) -> dict[tuple[str, int], memoryview]:
@@ -525,7 +525,7 @@ class FileRestorer:
                     runs.append((loc.offset, end, [loc]))
             for start, end, blobs in runs:
                 try:
-                    data = self.repo.storage.get(pack_key(pack), start, end - start)
+                    data = self.repo.read_pack_range(pack, start, end - start)
                 except BcdrError:
                     continue
                 if len(data) != end - start:

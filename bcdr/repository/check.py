@@ -41,6 +41,7 @@ from bcdr.repository.pack import (
 )
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
+from bcdr.storage.base import LocalFolder
 from bcdr.storage.wrap import Transfer
 
 
@@ -435,9 +436,9 @@ class Checker:
                 )
             elif lock.kind != READ:
                 writing = True
-        leftover_tmp = getattr(self.repo.storage, "leftover_temp_files", None)
-        if leftover_tmp is not None:
-            for name in leftover_tmp(TEMP_BUSY if writing else 0.0):
+        folder = self.repo.storage.capability(LocalFolder)
+        if folder is not None:
+            for name in folder.leftover_temp_files(TEMP_BUSY if writing else 0.0):
                 self.report.leftovers.append(
                     f"temporary file tmp/{name} of an interrupted write; prune removes it "
                     "once nothing has written to it for a day"

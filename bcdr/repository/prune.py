@@ -50,6 +50,7 @@ from bcdr.repository.pack import ENTRY, TREE, pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.repository.writer import BlobWriter
+from bcdr.storage.base import LocalFolder
 
 LogFn = Callable[[str], None]
 ID = np.dtype("S32")
@@ -170,9 +171,11 @@ class Pruner:
         if not self.dry_run:  # what dead processes left: they never block, but clutter
             removed = remove_locks(self.repo.storage, self.repo.clock, remove_all=False)
             self.report.stale_locks_removed = len(removed)
-        remove_temp = getattr(self.repo.storage, "remove_temp_files", None)
-        if remove_temp is not None:  # a crashed writer's half-written object, on a local disk
-            self.report.temp_files_removed = remove_temp(TEMP_IDLE, dry_run=self.dry_run)
+        folder = self.repo.storage.capability(LocalFolder)
+        if folder is not None:  # a crashed writer's half-written object, on a local disk
+            self.report.temp_files_removed = folder.remove_temp_files(
+                TEMP_IDLE, dry_run=self.dry_run
+            )
         self.sweep()
         self.mark_unused()
         if not self.dry_run and self.grace <= timedelta(0) and self.report.mark:

@@ -42,7 +42,7 @@ from bcdr.repository.pack import (
 )
 from bcdr.repository.snapshot import SNAPSHOT_AAD, Snapshot
 from bcdr.repository.writer import PACKS_PER_INDEX, BlobWriter
-from bcdr.storage.base import Storage
+from bcdr.storage.base import LocalFolder, Storage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -471,8 +471,8 @@ class Repository:
     def local_folder(self) -> str | None:
         """The folder of a repository on the local disk, or None (Azure): backup does not
         walk into it, and restore does not write into it."""
-        root = getattr(self.storage, "root", None)  # LocalStorage's, through any wrapper
-        return None if root is None else str(root)
+        folder = self.storage.capability(LocalFolder)
+        return None if folder is None else str(folder.root)
 
     @property
     def writer(self) -> BlobWriter:
@@ -492,6 +492,11 @@ class Repository:
             self.writer.add(blob_id, blob_type, codec, len(data), sealed)
         return blob_id
 
+    def read_pack_range(self, pack: str, offset: int, length: int) -> bytes:
+        """``length`` stored bytes of ``pack`` from ``offset`` (sealed blobs, one or a run of
+        them); fewer when the pack is shorter. Raises ObjectNotFound for a pack that is gone."""
+        return self.storage.get(pack_key(pack), offset, length)
+
     def load_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes:
         """Read, open, decompress and verify a blob (``loc``: its index entry, if known)."""
         if loc is None:
@@ -509,7 +514,7 @@ class Repository:
                     continue
             loc = copies[-1]
         try:
-            sealed = self.storage.get(pack_key(loc.pack), loc.offset, loc.stored_len)
+            sealed = self.read_pack_range(loc.pack, loc.offset, loc.stored_len)
         except ObjectNotFound:
             raise CorruptObject(
                 f"pack {loc.pack[:12]} holding blob {blob_id.hex()[:12]} is missing"

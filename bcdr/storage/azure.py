@@ -48,7 +48,14 @@ from bcdr.errors import (
     TransientStorageError,
 )
 from bcdr.storage.azureauth import AzureAccess
-from bcdr.storage.base import REHYDRATE_HINT, HeldParts, ObjectInfo, Staged, check_key
+from bcdr.storage.base import (
+    REHYDRATE_HINT,
+    HeldParts,
+    NativeCapabilities,
+    ObjectInfo,
+    Staged,
+    check_key,
+)
 
 TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -155,7 +162,7 @@ def not_blob_storage(url: str, what: str, exc: Exception) -> StorageError:
     )
 
 
-class AzureBlobStorage:
+class AzureBlobStorage(NativeCapabilities):
     """Storage in an Azure Blob container. ``access`` says where and how to sign in."""
 
     def __init__(

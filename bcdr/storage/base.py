@@ -52,16 +52,30 @@ checks each one):
     How many requests are worth having in flight at once (uploads, downloads): a local disk
     gains little past two, a remote object store needs many to hide latency.
 
+``capability(kind)``
+    The part of the storage that offers an optional capability (a protocol below), through any
+    wrappers, or None: ``storage.capability(LocalFolder)`` is the local folder behind a
+    metered, retried storage. Backends return themselves when they offer it
+    (:class:`NativeCapabilities`); wrappers forward every capability explicitly.
+
+Optional capabilities: :class:`LocalFolder` (a folder on this machine, with its temporary
+files), :class:`Forkable` (usable in forked worker processes), :class:`Tiers` (access tiers),
+:class:`Transfers` (metered bytes moved).
+
 Cross-cutting behaviour (retries, metering, fault injection) wraps a Storage: see
 ``bcdr/storage/wrap.py``.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+C = TypeVar("C")
 
 REHYDRATE_HINT = (
     "rehydrate the packs to Hot or Cool first (`az storage blob set-tier --tier Cool "
@@ -143,6 +157,53 @@ class Storage(Protocol):
     def concurrency(self) -> int: ...
 
     def close(self) -> None: ...
+
+    def capability(self, kind: type[C]) -> C | None: ...
+
+
+class NativeCapabilities:
+    """``capability`` of a backend: itself, when it implements the protocol ``kind``."""
+
+    def capability(self, kind: type[C]) -> C | None:
+        return self if isinstance(self, kind) else None
+
+
+@runtime_checkable
+class LocalFolder(Protocol):
+    """A storage that is a folder on this machine: backup does not walk into it, restore does
+    not write into it, and its temporary files (packs being written) are listed and cleaned."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def leftover_temp_files(self, idle: float = 0.0) -> builtins.list[str]: ...
+
+    def remove_temp_files(self, idle: float, *, dry_run: bool = False) -> builtins.list[str]: ...
+
+
+@runtime_checkable
+class Forkable(Protocol):
+    """A storage that forked worker processes may use, once ``after_fork`` ran in the child
+    (locks another thread held at the fork are made anew; see ``bcdr/forked.py``)."""
+
+    def after_fork(self) -> None: ...
+
+
+@runtime_checkable
+class Tiers(Protocol):
+    """Access tiers of stored objects (Azure: Hot, Cool, Cold, Archive)."""
+
+    def set_tier(self, key: str, tier: str) -> None: ...
+
+
+@runtime_checkable
+class Transfers(Protocol):
+    """Bytes moved, counted per process: a forked worker's are taken in the child and added in
+    the parent (``MeteredStorage``)."""
+
+    def take_transfers(self) -> tuple[Any, Any]: ...
+
+    def add_transfers(self, up: Any, down: Any) -> None: ...
 
 
 def check_key(key: str) -> str:

@@ -26,7 +26,7 @@ from bcdr.errors import (
     StorageFull,
     StoragePermission,
 )
-from bcdr.storage.base import ObjectInfo, check_key
+from bcdr.storage.base import NativeCapabilities, ObjectInfo, check_key
 
 TMP_DIR = "tmp"
 MAX_OPEN_READERS = 32  # per thread
@@ -56,7 +56,7 @@ def translate_os_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{exc.strerror or exc} ({what})")
 
 
-class LocalStorage:
+class LocalStorage(NativeCapabilities):
     """Storage in a local folder. ``root`` must exist for anything but ``put``."""
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
@@ -72,11 +72,9 @@ class LocalStorage:
     def url(self) -> str:
         return str(self.root)
 
-    #: Usable from a forked child (bcdr/forked.py): files are opened per process, and
-    #: descriptors inherited at the fork are only read with pread.
-    fork_safe = True
-
     def after_fork(self) -> None:
+        """(Forkable) Usable from a forked child (bcdr/forked.py): files are opened per
+        process, and descriptors inherited at the fork are only read with pread."""
         self._fd_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:

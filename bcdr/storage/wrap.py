@@ -13,23 +13,28 @@ from typing import TypeVar
 
 from bcdr.errors import TransientStorageError
 from bcdr.retrybudget import cap, say_waiting
-from bcdr.storage.base import HeldParts, ObjectInfo, Staged, Storage
+from bcdr.storage.base import C, Forkable, HeldParts, ObjectInfo, Staged, Storage, Transfers
 
 T = TypeVar("T")
 
 
 class StorageWrapper:
-    """Delegates every method to ``inner``; subclasses override what they change."""
+    """Delegates every method to ``inner``; subclasses override what they change. Optional
+    capabilities (``storage/base.py``) are forwarded explicitly by ``capability``: those a
+    wrapper adds itself are listed in ``OWN``; ``Forkable`` is this wrapper when what it wraps
+    is, so that ``after_fork`` runs through every wrapper of the chain."""
+
+    OWN: tuple[type, ...] = ()
 
     def __init__(self, inner: Storage):
         self.inner = inner
 
-    def __getattr__(self, name: str) -> object:
-        # Extras of one backend (LocalStorage.leftover_temp_files, AzureBlobStorage.set_tier)
-        # stay reachable through any number of wrappers.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def capability(self, kind: type[C]) -> C | None:
+        if kind in self.OWN:
+            return self  # type: ignore[return-value]
+        if kind is Forkable:
+            return self if self.inner.capability(Forkable) is not None else None  # type: ignore[return-value]
+        return self.inner.capability(kind)
 
     @property
     def url(self) -> str:
@@ -41,10 +46,10 @@ class StorageWrapper:
 
     def after_fork(self) -> None:
         """In a forked child: locks another thread may have held at the fork are made anew
-        (see bcdr/forked.py; only storages with ``fork_safe`` are used there)."""
-        after_fork = getattr(self.inner, "after_fork", None)
-        if after_fork is not None:
-            after_fork()
+        (see bcdr/forked.py; only ``Forkable`` storages are used there)."""
+        inner = self.inner.capability(Forkable)
+        if inner is not None:
+            inner.after_fork()
 
     def put(self, key: str, data: bytes) -> bool:
         return self.inner.put(key, data)
@@ -260,6 +265,8 @@ class _Meter:
 
 class MeteredStorage(StorageWrapper):
     """Counts the bytes written by ``put`` and read by ``get``, for upload/download rates."""
+
+    OWN = (Transfers,)
 
     def __init__(self, inner: Storage):
         super().__init__(inner)
