@@ -379,8 +379,8 @@ class ArmServer:
         props = body.get("properties") or {}
         found = self._creation(body, ("Copy", "CopyStart"))
         if len(found) == 2:
-            return found  # type: ignore[return-value]
-        option, data, source, location = found  # type: ignore[misc]
+            return found
+        option, data, source, location = found
         family = source["properties"].get("uniqueId") or source["properties"].get(
             "incrementalSnapshotFamilyId"
         )
@@ -467,8 +467,8 @@ class ArmServer:
     def put_disk(self, rid: str, body: dict[str, Any]) -> tuple[int, Any]:
         found = self._creation(body, ("Copy", "Restore"))
         if len(found) == 2:
-            return found  # type: ignore[return-value]
-        option, data, source, location = found  # type: ignore[misc]
+            return found
+        option, data, source, location = found
         kind = source.get("type")
         if option == "Copy" and kind != "Microsoft.Compute/snapshots":
             return 400, ("BadRequest", "createOption Copy needs a snapshot.")

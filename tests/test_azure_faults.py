@@ -187,7 +187,7 @@ def test_a_failed_backup_leaves_a_failed_evidence_record(tmp_path: Path, proxy: 
     assert r.code == 1, r.out + r.err
     proxy.heal()
     r = run_process("evidence", "list", *base, "--kind", "backup", "--json", env=env)
-    [record] = r.json()  # type: ignore[misc]
+    [record] = r.json()
     assert record["result"] == "failed" and "503" in record["facts"]["error"]
     assert record["facts"]["transient"] is True
 

@@ -431,7 +431,7 @@ def test_a_tree_with_a_content_id_of_the_wrong_length_is_reported_not_a_crash(
 def test_a_snapshot_with_a_field_of_the_wrong_kind_is_damaged_not_a_crash(
     tmp_path: Path,
     cli,
-    change: dict[str, object],  # type: ignore[no-untyped-def]
+    change: dict[str, object],
 ) -> None:
     # each of these failed snapshots, ls, restore, forget or backup with a traceback
     from bcdr.repository.hashing import object_name

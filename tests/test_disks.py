@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ def _bcdr(arm: ArmServer, *args: object) -> Result:
     return r
 
 
-def _snapshots(arm: ArmServer, region: str | None = None) -> list[dict]:
+def _snapshots(arm: ArmServer, region: str | None = None) -> list[dict[str, Any]]:
     docs = arm.of_type("snapshots")
     return sorted(
         (d for d in docs if region is None or d["location"] == region),
@@ -140,7 +141,7 @@ def test_run_snapshots_copies_records_evidence_and_lists(tmp_path: Path, arm: Ar
 
     r = _bcdr(arm, "disk-snapshots", f, "--json")
     assert r.code == 0, r.err
-    rows = r.json()["recovery_points"]  # type: ignore[index]
+    rows = r.json()["recovery_points"]
     assert {(x["disk"], x["kind"], x["region"], x["state"]) for x in rows} == {
         ("data1", "snapshot", "westeurope", "ready"),
         ("data1", "copy", "northeurope", "ready"),
@@ -178,7 +179,7 @@ def test_one_failing_disk_is_reported_without_hiding_the_others(
     f = _plan(tmp_path, arm, [d1, d2], copy_to="[]")
     r = _bcdr(arm, "run", f, "--job", "scratch", "--json")
     assert r.code == 3, r.out + r.err  # partial: some disks protected
-    [job] = r.json()["jobs"]  # type: ignore[index]
+    [job] = r.json()["jobs"]
     assert job["status"] == "partial" and "1 of 2 disk(s) protected (data1)" in job["message"]
     disks = {d["name"]: d for d in job["disks"]["disks"]}
     assert disks["data1"]["status"] == "protected"
@@ -464,7 +465,7 @@ def test_the_report_covers_disk_jobs(tmp_path: Path, arm: ArmServer) -> None:
     assert _bcdr(arm, "run", f, "--job", "scratch").code == 0
     r = _bcdr(arm, "report", f, "--format", "json")
     assert r.code == 0, r.out + r.err
-    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]  # type: ignore[index]
+    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]
     # evidence of seconds in a 90-day window: NO EVIDENCE, PASS over the part it covers
     controls = {c["id"]: c for c in job["controls"]}
     covered = {k: c["details"].get("covered_status", c["status"]) for k, c in controls.items()}
@@ -478,7 +479,7 @@ def test_the_report_covers_disk_jobs(tmp_path: Path, arm: ArmServer) -> None:
     assert _bcdr(arm, "run", f, "--job", "scratch").code == 3
     r = _bcdr(arm, "report", f, "--format", "json")
     assert r.code == 4  # the newest run's copy failed: the copies control fails
-    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]  # type: ignore[index]
+    [job] = [j for j in r.json()["jobs"] if j["name"] == "scratch"]
     copies = [c for c in job["controls"] if c["id"] == "copies"][0]
     assert copies["status"] == "FAIL" and "data1 to northeurope: failed" in copies["summary"]
 

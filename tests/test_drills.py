@@ -65,7 +65,7 @@ def test_a_drill_passes_on_a_good_repository_and_records_evidence(tmp_path: Path
     _backup(f)
     r = run_process("drill", f, "--json")
     assert r.code == 0, r.out + r.err
-    [report] = r.json()["drills"]  # type: ignore[index]
+    [report] = r.json()["drills"]
     assert report["verdict"] == "pass" and report["reasons"] == []
     assert report["files_verified"] == len(FILES) == report["files_total"]
     assert report["bytes_verified"] == sum(len(v) for v in FILES.values())
@@ -144,13 +144,13 @@ def test_a_sampled_drill_restores_a_share_and_replays_with_its_seed(tmp_path: Pa
     _backup(f)
     r = run_process("drill", f, "--json")
     assert r.code == 0, r.out + r.err
-    [first] = r.json()["drills"]  # type: ignore[index]
+    [first] = r.json()["drills"]
     assert first["files_selected"] == 5 == first["files_verified"] and first["files_total"] == 20
-    again = run_process("drill", f, "--json", "--seed", str(first["seed"])).json()["drills"][0]  # type: ignore[index]
+    again = run_process("drill", f, "--json", "--seed", str(first["seed"])).json()["drills"][0]
     assert again["sample_digest"] == first["sample_digest"]
     assert again["bytes_verified"] == first["bytes_verified"]
     others = {
-        run_process("drill", f, "--json", "--seed", str(s)).json()["drills"][0]["sample_digest"]  # type: ignore[index]
+        run_process("drill", f, "--json", "--seed", str(s)).json()["drills"][0]["sample_digest"]
         for s in (1, 2, 3)
     }
     assert len(others | {first["sample_digest"]}) > 1  # the seed decides the choice
@@ -168,7 +168,7 @@ def test_compare_source_reports_drift_without_failing(tmp_path: Path) -> None:
     (tmp_path / "ckpt" / "run1" / "step-004.bin").write_bytes(b"changed legitimately")
     r = run_process("drill", f, "--json")
     assert r.code == 0, r.out + r.err
-    [report] = r.json()["drills"]  # type: ignore[index]
+    [report] = r.json()["drills"]
     assert report["verdict"] == "pass"
     assert [d["path"] for d in report["drift"]] == [str(victim)]
     assert report["source_compared"] == len(FILES) - 1  # the changed file is not comparable
@@ -290,7 +290,7 @@ def test_an_unreadable_folder_listing_fails_the_drill_and_is_named(tmp_path: Pat
     pack.write_bytes(bytes(data))
     r = run_process("drill", f, "--json")
     assert r.code == 4, r.out + r.err
-    [report] = r.json()["drills"]  # type: ignore[index]
+    [report] = r.json()["drills"]
     assert report["verdict"] == "fail"
     assert [x["path"] for x in report["failures"]] == [os.fsdecode(run1)]
     assert "cannot read directory listing" in report["failures"][0]["error"]

@@ -81,7 +81,7 @@ prunes:
     assert r.code == 0 and "evidence chain intact: 5 record(s)" in r.out
     assert f"head 5:{records[-1]['id']}" in r.out
     r = run_process("evidence", "list", "--repo", tmp_path / "repo", "--kind", "drill", "--json")
-    assert [d["kind"] for d in r.json()] == ["drill"]  # type: ignore[union-attr]
+    assert [d["kind"] for d in r.json()] == ["drill"]
 
 
 def test_a_failed_run_is_recorded_too(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_deleted_altered_reordered_and_inserted_records_are_named(tmp_path: Path
     files[4].write_bytes(bytes(data))
     r = run_process("evidence", "verify", "--repo", url, "--json")
     assert r.code == 1
-    problems = r.json()["problems"]  # type: ignore[index]
+    problems = r.json()["problems"]
     assert problems == [
         f"#5 ({files[4].name.split('-')[1][:12]}): altered: its content does not match its id"
     ]

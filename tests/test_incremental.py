@@ -152,11 +152,11 @@ def test_a_repository_inside_the_backed_up_folder_is_not_backed_up_into_itself(
     assert run_process("init", "--repo", repo).code == 0
     first = run_process("backup", "--repo", repo, "--json", src)
     assert first.code == 0, first.err
-    warned = {(w["path"], w["reason"]) for w in first.json()["warnings"]}  # type: ignore[index]
+    warned = {(w["path"], w["reason"]) for w in first.json()["warnings"]}
     assert (str(repo), "the repository itself: not backed up into itself") in warned
     paths = [
         e["path"] for e in run_process("ls", "--repo", repo, "latest", "--json").json()["entries"]
-    ]  # type: ignore[index]
+    ]
     assert str(src / "model.bin") in paths and not [p for p in paths if p.startswith(str(repo))]
     second = run_process("backup", "--repo", repo, "--json", src)
-    assert second.code == 0 and second.json()["stats"]["bytes_added"] < 5_000  # type: ignore[index]
+    assert second.code == 0 and second.json()["stats"]["bytes_added"] < 5_000

@@ -76,14 +76,14 @@ prunes:
 
         r = run_process("plan", f, "--json", env=env)
         assert r.code == 0, r.err
-        assert {j["name"]: j["kind"] for j in r.json()["jobs"]} == kinds  # type: ignore[index]
+        assert {j["name"]: j["kind"] for j in r.json()["jobs"]} == kinds
         text = run_process("plan", f, env=env).out
         assert "check c: checks local" in text and "prune p: prunes local" in text
 
         r = run_process("run", f, "--state-dir", tmp_path / "host1", env=env)
         assert r.code == 0, r.out + r.err
         r = run_process("status", f, "--state-dir", tmp_path / "host1", "--json", env=env)
-        first = {j["job"]: j for j in r.json()["jobs"]}  # type: ignore[index]
+        first = {j["job"]: j for j in r.json()["jobs"]}
         assert set(first) == set(jobs) and all(first[j]["last_status"] == "ok" for j in jobs)
 
         # a new host: the history is read back from the repository, every kind of it
@@ -92,7 +92,7 @@ prunes:
         for j in jobs:
             assert f"kinds/{j}: 1 run(s) added from the repository" in r.out, r.out
         r = run_process("status", f, "--state-dir", tmp_path / "host2", "--json", env=env)
-        rebuilt = {j["job"]: j for j in r.json()["jobs"]}  # type: ignore[index]
+        rebuilt = {j["job"]: j for j in r.json()["jobs"]}
         for j in jobs:
             assert rebuilt[j]["kind"] == kinds[j] and rebuilt[j]["last_status"] == "ok", rebuilt[j]
         assert rebuilt["b"]["rpo_status"] == first["b"]["rpo_status"] == "ok"

@@ -218,7 +218,7 @@ def test_run_backs_up_with_paths_relative_to_the_plan(project: Path, tmp_path: P
     assert drill["drill"]["files_verified"] == drill["drill"]["files_total"] > 0
     repo = project / ".bcdr" / "quickstart-repo"
     snaps = run_process("snapshots", "--repo", repo, "--json").json()
-    assert sorted(s["job"] for s in snaps) == ["checkpoints", "datasets"]  # type: ignore[union-attr]
+    assert sorted(s["job"] for s in snaps) == ["checkpoints", "datasets"]
     ls = run_process("ls", "--repo", repo, "latest", "--job", "checkpoints").out
     assert "step-100.bin" in ls and "latest.tmp" not in ls  # the plan's exclude applied
 

@@ -351,9 +351,9 @@ prunes:
 
     records = list(read_records(repo, "forget"))
     assert len(records) == 4  # one per run, also when it removed nothing
-    assert [len(r["facts"]["removed"]) for r in records] == [0, 0, 1, 1]  # type: ignore[index]
+    assert [len(r["facts"]["removed"]) for r in records] == [0, 0, 1, 1]
     assert all(r["plan"] == "keep" and r["job"] == "ckpt" and r["plan_digest"] for r in records)
-    decisions = records[-1]["facts"]["groups"][0]["decisions"]  # type: ignore[index]
+    decisions = records[-1]["facts"]["groups"][0]["decisions"]
     assert [d["reasons"] for d in decisions] == [["newest", "last #1"], ["last #2"], []]
     first = run_process("run", plan, "--job", "gc", "--json", env=state)
     assert first.code == 0, first.err

@@ -81,12 +81,12 @@ def test_a_lost_pack_does_not_poison_later_backups_which_heal_every_snapshot(
     # check names every snapshot that lost something (they share it), and the repairs.
     code, report = _check(repo)
     assert code == 1
-    assert set(report["damaged_snapshots"]) == {first["snapshot"], second["snapshot"]}  # type: ignore[arg-type]
+    assert set(report["damaged_snapshots"]) == {first["snapshot"], second["snapshot"]}
     repairs = " ".join(report["repairs"])  # type: ignore[arg-type]
     assert "bcdr repair index" in repairs and "bcdr repair snapshots" in repairs
     # The next backup (no flag) sees the pack is gone and stores its blobs again ...
     third = _backup(repo, src)
-    assert any("missing" in n and "repair index" in n for n in third["notes"]), third  # type: ignore[union-attr]
+    assert any("missing" in n and "repair index" in n for n in third["notes"]), third
     assert _restores(repo, str(third["snapshot"]), src, tmp_path / "t3")
     # ... and is not damaged; the older ones are healed where their blobs were stored again.
     code, report = _check(repo)
@@ -121,7 +121,7 @@ def test_repair_snapshots_leaves_out_what_is_lost_and_says_so(tmp_path: Path) ->
             pack.unlink()
     assert _repair(repo, "index")["missing_packs"] == chunk_packs[::3]
     snaps = _repair(repo, "snapshots", "--forget")
-    repaired = {r["snapshot"]: r for r in snaps["repaired"]}  # type: ignore[union-attr]
+    repaired = {r["snapshot"]: r for r in snaps["repaired"]}
     assert set(repaired) == {first["snapshot"], second["snapshot"]}
     assert all(r["lost_count"] > 0 and r["new"] and r["forgotten"] for r in repaired.values())
     # Every listed snapshot restores (without what was lost), and check is clean.
@@ -154,7 +154,7 @@ def test_a_flipped_tree_blob_does_not_stop_the_next_backup(tmp_path: Path) -> No
     data[loc.offset + loc.stored_len // 2] ^= 0x40
     pack.write_bytes(bytes(data))
     second = _backup(repo, src)
-    assert any("unreadable in the parent snapshot" in w["reason"] for w in second["warnings"])  # type: ignore[union-attr,index]
+    assert any("unreadable in the parent snapshot" in w["reason"] for w in second["warnings"])
     assert _restores(repo, str(second["snapshot"]), src, tmp_path / "t2")
 
 
@@ -168,7 +168,7 @@ def test_a_deleted_index_file_does_not_stop_the_next_backup_and_repair_reindexes
     second = _backup(repo, src)
     assert _restores(repo, str(second["snapshot"]), src, tmp_path / "t2")
     # the backup found the packs no index named and indexed them from their headers itself
-    assert any("indexed from their headers" in n for n in second["notes"]), second  # type: ignore[union-attr]
+    assert any("indexed from their headers" in n for n in second["notes"]), second
     index = _repair(repo, "index")
     assert not index["packs_indexed"] and not index["missing_packs"]
     assert _check(repo)[0] == 0
@@ -190,7 +190,7 @@ def test_garbage_and_malformed_prune_marks_block_nothing(tmp_path: Path) -> None
     code, report = _check(repo)
     errors = " ".join(report["errors"])  # type: ignore[arg-type]
     assert code == 1 and "prune mark m1 is damaged" in errors and "prune mark m2" in errors
-    assert any("bcdr prune" in x for x in report["repairs"])  # type: ignore[union-attr]
+    assert any("bcdr prune" in x for x in report["repairs"])
     r = run_process("prune", "--repo", repo, "--json")
     assert r.code == 0 and "Traceback" not in r.err, r.err
     problems = json.loads(r.out)["problems"]

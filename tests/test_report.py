@@ -58,7 +58,9 @@ def _id(n: int) -> str:
     return f"{n:064x}"
 
 
-def _rec(n: int, kind: str, job: str, when: datetime, result: str = "ok", /, **facts: Any) -> dict:
+def _rec(
+    n: int, kind: str, job: str, when: datetime, result: str = "ok", /, **facts: Any
+) -> dict[str, Any]:
     return {
         "id": _id(n),
         "seq": n,
@@ -74,7 +76,7 @@ def _rec(n: int, kind: str, job: str, when: datetime, result: str = "ok", /, **f
     }
 
 
-def _history(skip_days: tuple[int, ...] = (), slow_drill: bool = False) -> list[dict]:
+def _history(skip_days: tuple[int, ...] = (), slow_drill: bool = False) -> list[dict[str, Any]]:
     out = []
     n = 0
     start = datetime(2026, 11, 10, 2, 5, tzinfo=UTC)
@@ -139,7 +141,7 @@ def _history(skip_days: tuple[int, ...] = (), slow_drill: bool = False) -> list[
     return out
 
 
-def _chain(records: list[dict], bad: tuple[str, ...] = ()) -> dict:
+def _chain(records: list[dict[str, Any]], bad: tuple[str, ...] = ()) -> dict[str, Any]:
     problems = [
         f"#{int(b, 16)} ({b[:12]}): altered: its content does not match its id" for b in bad
     ]
@@ -158,7 +160,7 @@ def _chain(records: list[dict], bad: tuple[str, ...] = ()) -> dict:
     }
 
 
-def _case(name: str) -> dict:
+def _case(name: str) -> dict[str, Any]:
     if name == "no_evidence":
         repos = [RepoEvidence("main", "/srv/bcdr/repo", error="it does not exist yet")]
     else:
@@ -185,13 +187,13 @@ def test_golden(case: str) -> None:
     assert text == path.read_text(), f"{case}: differs from {path} (BCDR_UPDATE_GOLDEN=1)"
 
 
-def _status(doc: dict, job: str, control: str) -> str:
+def _status(doc: dict[str, Any], job: str, control: str) -> str:
     [j] = [j for j in doc["jobs"] if j["name"] == job]
     [c] = [c for c in j["controls"] if c["id"] == control]
     return str(c["status"])
 
 
-def _covered(doc: dict, job: str, control: str) -> str:
+def _covered(doc: dict[str, Any], job: str, control: str) -> str:
     """The status over the part of the window with evidence (a plan run seconds ago has
     evidence for a sliver of any window: its controls are NO EVIDENCE, PASS over that part)."""
     [j] = [j for j in doc["jobs"] if j["name"] == job]
@@ -259,9 +261,9 @@ def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None
     r = run_process("report", f, "--format", "json")
     assert r.code == 0, r.out + r.err
     doc = r.json()
-    assert doc["schema"] == "bcdr.report/1" and doc["verdict"] == NO_EVIDENCE  # type: ignore[index]
-    assert _status(doc, "b", "rpo") == NO_EVIDENCE  # type: ignore[arg-type]  # seconds of 90 days
-    assert _covered(doc, "b", "rpo") == PASS and _covered(doc, "b", "rto") == PASS  # type: ignore[arg-type]
+    assert doc["schema"] == "bcdr.report/1" and doc["verdict"] == NO_EVIDENCE
+    assert _status(doc, "b", "rpo") == NO_EVIDENCE  # seconds of 90 days
+    assert _covered(doc, "b", "rpo") == PASS and _covered(doc, "b", "rto") == PASS
     out = tmp_path / "out" / "report.html"
     r = run_process("report", f, "--out", out)
     assert r.code == 0 and f"report written to {out}" in r.out
@@ -304,7 +306,7 @@ def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
     assert f"({bad[:12]}): not usable as evidence" in r.out, r.out
     r = run_process("report", f, "--format", "json")
     doc = r.json()
-    assert _covered(doc, "b", "rpo") == PASS  # type: ignore[arg-type]  # the good record stands
+    assert _covered(doc, "b", "rpo") == PASS  # the good record stands
 
 
 def test_the_report_sees_a_geo_redundant_secondary_region() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,7 +243,9 @@ def test_the_catalog_holds_together() -> None:
         )
 
 
-def _az(name: str, display: str, geo: str, pair: str | None, kind: str = "Physical") -> dict:  # type: ignore[type-arg]
+def _az(
+    name: str, display: str, geo: str, pair: str | None, kind: str = "Physical"
+) -> dict[str, Any]:  # type: ignore[type-arg]
     return {
         "name": name,
         "displayName": display,
@@ -423,7 +426,7 @@ def test_an_account_that_contradicts_the_plan_refuses_the_run_before_writing(
     arm: ArmServer,
     tmp_path: Path,
     account: dict,
-    words: list[str],  # type: ignore[type-arg]
+    words: list[str],
 ) -> None:
     arm.storage_account(SUB, "ml-backups", ACCOUNT, **account)
     f, url = _azure_plan(tmp_path, azurite, arm, region="westeurope", redundancy="LRS")

@@ -48,18 +48,18 @@ def test_ls_path_and_snapshot_references(tmp_path: Path, repo: str) -> None:
     first = snaps[0]["id"]
 
     r = run_process("ls", "--repo", repo, first[:8], str(src / "b"), "--json")
-    entries = r.json()["entries"]  # type: ignore[index]
+    entries = r.json()["entries"]
     assert [(e["path"], e["size"]) for e in entries] == [(str(src / "b"), 0), (str(src / "b/y"), 2)]
     r = run_process("ls", "--repo", repo, "latest", "--job", "one", str(src / "b/y"), "--json")
-    assert r.json()["entries"][0]["size"] == 2  # type: ignore[index]
+    assert r.json()["entries"][0]["size"] == 2
     r = run_process("ls", "--repo", repo, "latest", "--job", "two", str(src / "b/y"), "--json")
-    assert r.json()["entries"][0]["size"] == 3  # type: ignore[index]
+    assert r.json()["entries"][0]["size"] == 3
     r = run_process("ls", "--repo", repo, "latest", str(src / "nope"))
     assert r.code == 2 and "no path" in r.err
     r = run_process("ls", "--repo", repo, first[:3])
     assert r.code == 1 and "too short" in r.err
     r = run_process("snapshots", "--repo", repo, "--job", "two", "--json")
-    assert [s["job"] for s in r.json()] == ["two"]  # type: ignore[union-attr, index]
+    assert [s["job"] for s in r.json()] == ["two"]
     # a job name with no snapshot (a typo): told, with the jobs that have some
     r = run_process("restore", "--repo", repo, "latest", "--job", "tow", "-t", tmp_path / "o")
     assert r.code == 1 and "no snapshot of job 'tow'" in r.err
@@ -134,6 +134,6 @@ def test_restore_tells_what_it_wrote_around_the_page_cache_and_buffered_writes_n
         "restore", "--repo", repo, "latest", "--target", tmp_path / "b", "--buffered", "--json"
     )
     assert r.code == 0, r.err
-    assert r.json()["bytes_direct"] == 0  # type: ignore[index]
-    assert r.json()["bytes_total"] == len(big) + 100  # type: ignore[index]
+    assert r.json()["bytes_direct"] == 0
+    assert r.json()["bytes_total"] == len(big) + 100
     assert (restored_root(tmp_path / "b", src) / "ckpt/model.bin").read_bytes() == big

@@ -67,7 +67,7 @@ def test_small_files_are_read_in_runs_and_restored_whole(tmp_path: Path) -> None
     }
     repo, tree, src = _backed_up(tmp_path, files)
     counting = CountingGets(repo.storage)
-    repo.storage = counting  # type: ignore[assignment]
+    repo.storage = counting
     stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
     assert stats.errors == [] and stats.files == len(files)
     out = tmp_path / "out" / str(src).lstrip("/")
@@ -96,7 +96,7 @@ def test_a_large_file_is_read_in_pieces_not_chunk_by_chunk(tmp_path: Path) -> No
     locs = [repo.index.lookup(repo.content_id(c)) for c in repo.chunker.chunks_of(big)]
     assert len(locs) >= 10 and all(locs)
     counting = CountingGets(repo.storage)
-    repo.storage = counting  # type: ignore[assignment]
+    repo.storage = counting
     stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
     assert stats.errors == []
     out = tmp_path / "out" / str(src).lstrip("/")
@@ -171,7 +171,7 @@ def test_a_short_positioned_write_is_completed_not_left_as_a_gap(
     rng = random.Random(16)
     files = {"big.bin": rng.randbytes(5 * 2**20), "small.bin": rng.randbytes(70_000)}
     repo, tree, src = _backed_up(tmp_path, files)
-    repo.storage = CountingGets(repo.storage)  # type: ignore[assignment]  # threads only
+    repo.storage = CountingGets(repo.storage)  # threads only
     calls = []
     pwrite = os.pwrite
 
@@ -202,7 +202,7 @@ def test_larger_files_pieces_are_handed_out_in_turn_across_files(
     files["c.bin"] = rng.randbytes(12 * 2**20)
     files.update({f"small/f{i:02d}": rng.randbytes(100 + i) for i in range(40)})
     repo, tree, src = _backed_up(tmp_path, files)
-    repo.storage = CountingGets(repo.storage)  # type: ignore[assignment]  # threads only
+    repo.storage = CountingGets(repo.storage)  # threads only
     restorer = Restorer(repo, os.fsencode(tmp_path / "out"), direct=direct)
     started: list[str] = []
     in_file: dict[int, int] = {}

@@ -74,7 +74,7 @@ def test_a_killed_restore_worker_fails_the_restore_clearly_and_a_rerun_restores_
     tmp_path: Path,
     repo: str,
     cli,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = _files() | {"d2/poison": b"p"}
     src = write_tree(tmp_path / "src", files)

@@ -177,7 +177,7 @@ def test_files_above_the_worker_limit_are_read_by_the_walk(
 
 def test_folders_nested_deeper_than_the_recursion_limit(
     tmp_path: Path,
-    cli,  # type: ignore[no-untyped-def]
+    cli,
     request: pytest.FixtureRequest,
 ) -> None:
     # ls walked a snapshot's trees by recursion: 1,100 nested folders failed it with a

@@ -70,14 +70,14 @@ def test_tick_runs_what_is_due_logs_json_and_writes_the_plans_metrics(tmp_path: 
     metrics = (tmp_path / "metrics" / "bcdr.prom").read_text()
     assert 'bcdr_last_status_ok{plan="cli-sched",job="ckpt",kind="backup"} 1' in metrics
     # the evidence head the backup appended, kept in --state-dir and published for monitoring
-    [record] = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()  # type: ignore[misc]
+    [record] = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()
     assert f'head_id="{record["id"]}"}} 1' in metrics, metrics
     assert "bcdr_evidence_head_sequence{repository_id=" in metrics
     r = run_process("tick", f, "--state-dir", state)
     assert r.code == 0 and "nothing due" in r.out
     r = run_process("status", f, "--state-dir", state, "--json")
     assert r.code == 0, r.out
-    [job] = r.json()["jobs"]  # type: ignore[index]
+    [job] = r.json()["jobs"]
     assert job["last_status"] == "ok" and job["rpo_status"] == "ok"
     text = run_process("status", f, "--state-dir", state).out
     assert "cli-sched/ckpt" in text and "ok: newest" in text and "target 26h" in text
@@ -203,7 +203,7 @@ def test_rebuild_lets_a_new_host_take_over_without_rerunning(tmp_path: Path) -> 
     r = run_process("tick", f, "--state-dir", new)
     assert r.code == 0 and "nothing due" in r.out, r.out
     r = run_process("status", f, "--state-dir", new, "--json")
-    assert r.code == 0 and r.json()["jobs"][0]["rpo_status"] == "ok"  # type: ignore[index]
+    assert r.code == 0 and r.json()["jobs"][0]["rpo_status"] == "ok"
     again = run_process("schedule", "rebuild", f, "--state-dir", new)
     assert "1 run(s) added" not in again.out and "0 run(s) added" in again.out
 

@@ -100,7 +100,7 @@ def test_worker_process_killed_fails_the_backup_cleanly_and_the_next_one_works(
     tmp_path: Path,
     repo: str,
     cli,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A worker process that dies (the OOM killer picks it) fails the backup with a clear
     error and exit code 1; nothing is committed, the repository checks clean, and the next
