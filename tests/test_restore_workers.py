@@ -18,6 +18,7 @@ from bcdr.archive.filerestore import FileRestorer
 from bcdr.archive.restore import Restorer
 from bcdr.forked import processes_enabled
 from bcdr.repository.repo import Repository
+from bcdr.storage.base import C, Forkable
 from bcdr.storage.local import LocalStorage
 from bcdr.storage.wrap import MeteredStorage, RetryingStorage, StorageWrapper
 from tests.conftest import snapshot_tree, write_tree
@@ -101,9 +102,10 @@ def test_a_killed_restore_worker_fails_the_restore_clearly_and_a_rerun_restores_
 
 
 class NotForkable(StorageWrapper):
-    """A storage whose connections must not cross a fork (as Azure's)."""
+    """A storage whose connections must not cross a fork (as Azure's): not ``Forkable``."""
 
-    fork_safe = False
+    def capability(self, kind: type[C]) -> C | None:
+        return None if kind is Forkable else super().capability(kind)
 
 
 @forking
