@@ -19,13 +19,13 @@ from bcdr.archive.restore import Restorer
 from bcdr.repository.pack import TREE, pack_key
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node, decode_tree, encode_tree
+from bcdr.storage.base import C, Forkable
 from bcdr.storage.local import LocalStorage
 from tests.conftest import write_tree
 
 
 class CountingGets:
     # counts the reads of this process: restore with threads here, not forked workers
-    fork_safe = False
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -36,6 +36,9 @@ class CountingGets:
         self.gets += 1
         self.ranges.append((key, offset, length))
         return self.inner.get(key, offset, length)
+
+    def capability(self, kind: type[C]) -> C | None:
+        return None if kind is Forkable else self.inner.capability(kind)  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
