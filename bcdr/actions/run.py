@@ -41,9 +41,12 @@ from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
 from bcdr.repository.prune import PruneReport
 from bcdr.repository.repo import Repository as Repo
+from bcdr.scheduler.history import FAILED as FAILED
+from bcdr.scheduler.history import OK as OK
+from bcdr.scheduler.history import PARTIAL as PARTIAL
 from bcdr.units import human_bytes
 
-OK, PARTIAL, FAILED, DRY_RUN = "ok", "partial", "failed", "dry-run"
+DRY_RUN = "dry-run"
 NOT_AVAILABLE, SKIPPED = "not available", "skipped"
 
 
@@ -64,6 +67,18 @@ class JobResult:
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
     drill: DrillReport | None = None
     evidence: str | None = None  # the evidence record the run wrote
+
+    @property
+    def snapshot_id(self) -> str | None:
+        return self.backup.snapshot.id if self.backup else None
+
+    @property
+    def recovery_point(self) -> str | None:
+        return self.backup.snapshot.time if self.backup else None
+
+    @property
+    def bytes_added(self) -> int | None:
+        return self.backup.stats.bytes_added if self.backup else None
 
     def to_dict(self) -> dict[str, object]:
         objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill")

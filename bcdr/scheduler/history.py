@@ -25,7 +25,8 @@ from bcdr.statedir import STATE_ENV, default_state_dir
 __all__ = ["History", "Run", "default_state_dir"]
 
 RUNNING, CRASHED, INTERRUPTED = "running", "crashed", "interrupted"
-GOOD = ("ok", "partial")  # statuses that produced a recovery point
+OK, PARTIAL, FAILED = "ok", "partial", "failed"  # how a run ended (actions/run.py's too)
+GOOD = (OK, PARTIAL)  # statuses that produced a recovery point
 FINISHED_SLOT = ("ok", "partial", "failed", "not available")  # the slot is done
 
 SCHEMA = """
