@@ -634,7 +634,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _handler(arm: ArmServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901 (one class)
+def _handler(arm: ArmServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 

@@ -651,26 +651,10 @@ def _snapshot_job(
     runs = ev.of_job(repo, name, k.evidence)
     in_window = ev.window(runs)
     sched, missed = schedule_control(plan, name, sjob, in_window, start, now)
-    per_disk: dict[str, list[tuple[datetime, str]]] = {}
-    places = []
-    copies_bad: list[str] = []
-    for d in runs:
-        for disk in d["facts"].get("disks") or []:
-            when = _t(disk.get("time"))
-            if disk.get("status") in ("protected", "partial") and when:
-                per_disk.setdefault(disk["disk"], []).append((when, d["id"]))
-    for d in in_window:
-        for disk in d["facts"].get("disks") or []:
-            if disk.get("region"):
-                places.append((disk["region"], "verified (disk)", d["id"]))
-            for c in disk.get("copies") or []:
-                places.append((c["region"], "verified (copy)", d["id"]))
+    per_disk = _disk_points(runs)
+    places = _disk_places(in_window)
     latest = max(in_window, key=lambda r: str(r.get("time")), default=None)
-    if latest is not None:
-        for disk in latest["facts"].get("disks") or []:
-            for c in disk.get("copies") or []:
-                if c.get("state") != "done":
-                    copies_bad.append(f"{disk['name']} to {c['region']}: {c.get('state')}")
+    copies_bad = _copies_not_done(latest)
     per_disk_c = [
         rpo_control(
             sjob.rpo, per_disk.get(str(x), []), since, now, f"disk {x.id.rsplit('/', 1)[-1]}"
@@ -727,6 +711,40 @@ def _snapshot_job(
         for d in in_window
     ] + [_drill_event(d) for d in drills]
     return _job(name, "snapshot", sjob, controls, timeline, missed, drills, in_window)
+
+
+def _disk_points(runs: list[dict[str, Any]]) -> dict[str, list[tuple[datetime, str]]]:
+    """Each disk's recovery points (time, evidence id) in a disk job's records."""
+    per_disk: dict[str, list[tuple[datetime, str]]] = {}
+    for d in runs:
+        for disk in d["facts"].get("disks") or []:
+            when = _t(disk.get("time"))
+            if disk.get("status") in ("protected", "partial") and when:
+                per_disk.setdefault(disk["disk"], []).append((when, d["id"]))
+    return per_disk
+
+
+def _disk_places(runs: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    """Where a disk job's records say the disks and their copies are."""
+    places: list[tuple[str, str, str | None]] = []
+    for d in runs:
+        for disk in d["facts"].get("disks") or []:
+            if disk.get("region"):
+                places.append((disk["region"], "verified (disk)", d["id"]))
+            places += [(c["region"], "verified (copy)", d["id"]) for c in disk.get("copies") or []]
+    return places
+
+
+def _copies_not_done(latest: dict[str, Any] | None) -> list[str]:
+    """The copies of the newest run that did not complete, as "disk to region: state"."""
+    if latest is None:
+        return []
+    return [
+        f"{disk['name']} to {c['region']}: {c.get('state')}"
+        for disk in latest["facts"].get("disks") or []
+        for c in disk.get("copies") or []
+        if c.get("state") != "done"
+    ]
 
 
 def _result_job(title: str) -> JobControls:

@@ -109,7 +109,8 @@ def _repository(src: Source, path: tuple[str, ...], repo: Repository) -> None:
         )
 
 
-def _disk_job(src: Source, path: tuple[str, ...], plan: Plan, job: DiskSnapshotJob) -> None:
+def _disks_and_copies(src: Source, path: tuple[str, ...], job: DiskSnapshotJob) -> None:
+    """No disk listed twice; copies to other regions, each once, of crash-consistent points."""
     seen: set[str] = set()
     for i, disk in enumerate(job.disks):
         if disk.id.lower() in seen:
@@ -131,6 +132,10 @@ def _disk_job(src: Source, path: tuple[str, ...], plan: Plan, job: DiskSnapshotJ
             "use consistency: crash for a job that copies to other regions, or a second job "
             "without copy_to for the application-consistent restore points",
         )
+
+
+def _disk_job(src: Source, path: tuple[str, ...], plan: Plan, job: DiskSnapshotJob) -> None:
+    _disks_and_copies(src, path, job)
     if job.evidence is not None:
         _reference(src, (*path, "evidence"), job.evidence, plan.repositories, "repository")
     elif len(plan.repositories) > 1:

@@ -54,30 +54,9 @@ def _value(src: Source, hint: Any, raw: object, path: Path_, rules: dict[str, An
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if raw is None:
-            return None
-        if len(options) == 1:
-            return _value(src, options[0], raw, path, rules)
-        # A literal or a mapping (credential: default | {...}): pick by the value's shape.
-        for option in options:
-            if typing.get_origin(option) is Literal and not isinstance(raw, dict):
-                return _value(src, option, raw, path, rules)
-            if dataclasses.is_dataclass(option) and isinstance(raw, dict):
-                return _value(src, option, raw, path, rules)
-        src.problem(path, f"expected {_describe(hint)}, got {type_name(raw)}")
-        return None
+        return _union(src, hint, raw, path, rules)
     if origin is Literal:
-        if raw in args and type(raw) is type(args[0]):
-            return raw
-        allowed = ", ".join(str(a) for a in args)
-        suggestion = (
-            did_you_mean(str(raw), [str(a) for a in args]) if isinstance(raw, str) else None
-        )
-        if isinstance(raw, str) and raw.upper() in args:
-            return raw.upper()
-        src.problem(path, f"must be one of: {allowed}", suggestion)
-        return None
+        return _literal(src, args, raw, path)
     if origin is tuple:
         return _list(src, args[0], raw, path, rules)
     if origin is dict:
@@ -92,6 +71,34 @@ def _value(src: Source, hint: Any, raw: object, path: Path_, rules: dict[str, An
     if dataclasses.is_dataclass(hint):
         return _object(src, typing.cast(type, hint), raw, path)
     return _scalar(src, hint, raw, path, rules)
+
+
+def _union(src: Source, hint: Any, raw: object, path: Path_, rules: dict[str, Any]) -> Any:
+    """``X | None``, or a literal or a mapping (credential: default | {...}), chosen by the
+    value's shape."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    if raw is None:
+        return None
+    if len(options) == 1:
+        return _value(src, options[0], raw, path, rules)
+    for option in options:
+        if typing.get_origin(option) is Literal and not isinstance(raw, dict):
+            return _value(src, option, raw, path, rules)
+        if dataclasses.is_dataclass(option) and isinstance(raw, dict):
+            return _value(src, option, raw, path, rules)
+    src.problem(path, f"expected {_describe(hint)}, got {type_name(raw)}")
+    return None
+
+
+def _literal(src: Source, args: tuple[Any, ...], raw: object, path: Path_) -> Any:
+    if raw in args and type(raw) is type(args[0]):
+        return raw
+    allowed = ", ".join(str(a) for a in args)
+    suggestion = did_you_mean(str(raw), [str(a) for a in args]) if isinstance(raw, str) else None
+    if isinstance(raw, str) and raw.upper() in args:
+        return raw.upper()
+    src.problem(path, f"must be one of: {allowed}", suggestion)
+    return None
 
 
 def _scalar(src: Source, hint: Any, raw: object, path: Path_, rules: dict[str, Any]) -> Any:

@@ -59,12 +59,14 @@ class IndexRepair:
         return {**asdict(self), "changed": self.changed}
 
 
-def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepair:
-    """Make the index match the packs in storage (see the module's docstring)."""
-    rep = IndexRepair(dry_run=dry_run)
-    names, _ = repo.index_files()
+def _index_listing(
+    repo: Repository, rep: IndexRepair
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Every pack the index files name, with the files naming it and the length its entries
+    need; index files that do not open are added to ``rep.damaged_index_files``."""
     listed: dict[str, list[str]] = {}  # pack -> index files naming it
     need: dict[str, int] = {}  # pack -> the length its entries need
+    names, _ = repo.index_files()
     for name in names:
         try:
             packs = repo.read_index_records(name)
@@ -77,6 +79,13 @@ def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepair:
             listed.setdefault(pack, []).append(name)
             ends = records["offset"].astype("u8") + records["stored"]
             need[pack] = max(need.get(pack, 0), int(ends.max()) if len(records) else 0)
+    return listed, need
+
+
+def repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepair:
+    """Make the index match the packs in storage (see the module's docstring)."""
+    rep = IndexRepair(dry_run=dry_run)
+    listed, need = _index_listing(repo, rep)
     stored = repo.stored_packs()
     rep.packs = len(stored)
     rep.missing_packs = sorted(set(listed) - set(stored))
