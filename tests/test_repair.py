@@ -8,6 +8,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
@@ -33,10 +34,10 @@ def _repo(tmp_path: Path) -> Path:
     return repo
 
 
-def _backup(repo: Path, src: Path, *extra: str) -> dict[str, object]:
+def _backup(repo: Path, src: Path, *extra: str) -> dict[str, Any]:
     r = run_process("backup", "--repo", repo, "--job", "j", "--json", *extra, src)
     assert r.code == 0 and "Traceback" not in r.err, r.err
-    doc: dict[str, object] = json.loads(r.out)
+    doc: dict[str, Any] = json.loads(r.out)
     return doc
 
 
@@ -46,10 +47,10 @@ def _restores(repo: Path, snap: str, src: Path, target: Path) -> bool:
     return r.code == 0 and snapshot_tree(restored_root(target, src)) == snapshot_tree(src)
 
 
-def _check(repo: Path) -> tuple[int, dict[str, object]]:
+def _check(repo: Path) -> tuple[int, dict[str, Any]]:
     r = run_process("check", "--repo", repo, "--json")
     assert "Traceback" not in r.err, r.err
-    doc: dict[str, object] = json.loads(r.out)
+    doc: dict[str, Any] = json.loads(r.out)
     return r.code, doc
 
 
@@ -63,10 +64,10 @@ def _snapshot_ids(repo: Path) -> list[str]:
     return [s["id"] for s in json.loads(r.out)]
 
 
-def _repair(repo: Path, what: str, *extra: str) -> dict[str, object]:
+def _repair(repo: Path, what: str, *extra: str) -> dict[str, Any]:
     r = run_process("repair", what, "--repo", repo, "--json", *extra)
     assert r.code == 0 and "Traceback" not in r.err, r.err
-    doc: dict[str, object] = json.loads(r.out)
+    doc: dict[str, Any] = json.loads(r.out)
     return doc
 
 
@@ -82,7 +83,7 @@ def test_a_lost_pack_does_not_poison_later_backups_which_heal_every_snapshot(
     code, report = _check(repo)
     assert code == 1
     assert set(report["damaged_snapshots"]) == {first["snapshot"], second["snapshot"]}
-    repairs = " ".join(report["repairs"])  # type: ignore[arg-type]
+    repairs = " ".join(report["repairs"])
     assert "bcdr repair index" in repairs and "bcdr repair snapshots" in repairs
     # The next backup (no flag) sees the pack is gone and stores its blobs again ...
     third = _backup(repo, src)
@@ -90,7 +91,7 @@ def test_a_lost_pack_does_not_poison_later_backups_which_heal_every_snapshot(
     assert _restores(repo, str(third["snapshot"]), src, tmp_path / "t3")
     # ... and is not damaged; the older ones are healed where their blobs were stored again.
     code, report = _check(repo)
-    assert code == 1 and third["snapshot"] not in report["damaged_snapshots"], report  # type: ignore[operator]
+    assert code == 1 and third["snapshot"] not in report["damaged_snapshots"], report
     dry = _repair(repo, "index", "--dry-run")
     assert dry["missing_packs"] == [lost.name] and dry["dry_run"]
     assert _check(repo)[1]["errors"] == report["errors"]  # a dry run changes nothing
@@ -188,7 +189,7 @@ def test_garbage_and_malformed_prune_marks_block_nothing(tmp_path: Path) -> None
     r = run_process("ls", "--repo", repo, "latest")
     assert r.code == 0 and "Traceback" not in r.err, r.err
     code, report = _check(repo)
-    errors = " ".join(report["errors"])  # type: ignore[arg-type]
+    errors = " ".join(report["errors"])
     assert code == 1 and "prune mark m1 is damaged" in errors and "prune mark m2" in errors
     assert any("bcdr prune" in x for x in report["repairs"])
     r = run_process("prune", "--repo", repo, "--json")

@@ -245,7 +245,7 @@ def test_the_catalog_holds_together() -> None:
 
 def _az(
     name: str, display: str, geo: str, pair: str | None, kind: str = "Physical"
-) -> dict[str, Any]:  # type: ignore[type-arg]
+) -> dict[str, Any]:
     return {
         "name": name,
         "displayName": display,
