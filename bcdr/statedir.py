@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite3
 
 #: The environment variable naming the state folder.
 STATE_ENV = "BCDR_STATE_DIR"
@@ -31,3 +35,19 @@ def use_state_dir(path: str | os.PathLike[str] | None) -> Path:
     if path:
         os.environ[STATE_ENV] = str(Path(path).resolve())
     return default_state_dir()
+
+
+def open_state_db(folder: Path) -> sqlite3.Connection:
+    """The state folder's ``history.db`` (run history and evidence heads), created private
+    (0700 folder, 0600 file: it names hosts, paths and results), in WAL mode, autocommit.
+    sqlite3 loads here, not with every command."""
+    import sqlite3
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / "history.db"
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(path, 0o600)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db

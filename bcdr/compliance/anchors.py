@@ -22,7 +22,6 @@ failure that names what is missing.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,15 +109,9 @@ class HeadStore:
     """The heads this host has seen, in the state folder's ``history.db``."""
 
     def __init__(self, state_dir: Path | None = None):
-        import sqlite3  # loaded when a head is kept or read, not by every command
+        from bcdr.statedir import open_state_db  # sqlite3 loads when a head is kept or read
 
-        folder = state_dir or default_state_dir()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = folder / "history.db"
-        if not path.exists():  # private, like the run history it shares the file with
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_state_db(state_dir or default_state_dir())
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

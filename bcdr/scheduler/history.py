@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bcdr.errors import UsageError
-from bcdr.statedir import STATE_ENV, default_state_dir
+from bcdr.statedir import STATE_ENV, default_state_dir, open_state_db
 
 __all__ = ["History", "Run", "default_state_dir"]
 
@@ -94,18 +94,7 @@ class History:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db_path = state_dir / "history.db"
-            if not db_path.exists():  # created private: it names hosts, paths and results
-                os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                os.chmod(db_path, 0o600)
-            self.db = sqlite3.connect(
-                db_path,
-                timeout=30,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = open_state_db(state_dir)
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(

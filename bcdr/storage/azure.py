@@ -58,7 +58,6 @@ from bcdr.storage.base import (
 )
 
 TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 DEFAULT_CONNECTIONS = 8
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 LIST_PAGE_SIZE = 5000
@@ -108,7 +107,7 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
                 where=where,
                 hint=access.auth_hint(code, what),
             )
-        if status in TRANSIENT_STATUS or (500 <= status <= 599 and status not in (501, 505)):
+        if transient_status(status):
             return TransientStorageError(
                 f"{what}: Azure Storage answered {status} {code}".rstrip(),
                 where=where,
@@ -120,6 +119,12 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
             f"{what}: cannot reach Azure Storage ({type(exc).__name__})", where=where
         )
     return StorageError(f"{what}: {type(exc).__name__}", where=where)
+
+
+def transient_status(status: int) -> bool:
+    """A status a retry may fix: timeout, throttling, and every 5xx but "not implemented" and
+    "version not supported"."""
+    return status in (408, 429) or (500 <= status <= 599 and status not in (501, 505))
 
 
 def endpoint_names_account(access: AzureAccess) -> bool:
