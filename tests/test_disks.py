@@ -20,6 +20,7 @@ from bcdr.actions.common import open_repo
 from bcdr.actions.disks import EVIDENCE_KIND, disk_job, list_recovery_points, run_disk_job
 from bcdr.clock import FakeClock
 from bcdr.compliance.evidence import read_records
+from bcdr.compliance.records import DiskSnapshotFacts, to_document, typed
 from bcdr.disks.job import resource_name
 from bcdr.disks.restore import delete_restored, restore_disk
 from bcdr.errors import UsageError
@@ -128,16 +129,16 @@ def test_run_snapshots_copies_records_evidence_and_lists(tmp_path: Path, arm: Ar
     assert len(copy_reads) >= 3
 
     repo = open_repo(str(tmp_path / "repo"))
-    [record] = list(read_records(repo, EVIDENCE_KIND))
-    facts = record["facts"]
-    assert facts["job"] == "scratch" and facts["status"] == "ok"
-    by_disk = {d["disk"]: d for d in facts["disks"]}
-    assert by_disk[d1]["recovery_point"] in {s["id"] for s in sources}
-    assert by_disk[d1]["region"] == "westeurope"
-    [copy] = by_disk[d1]["copies"]
-    assert copy["region"] == "northeurope" and copy["state"] == "done"
-    assert copy["percent"] == 100 and copy["snapshot"] in {c["id"] for c in copies}
-    assert facts["started"] and facts["finished"]
+    [record] = typed(read_records(repo, EVIDENCE_KIND), DiskSnapshotFacts)
+    facts = record.facts
+    assert facts.job == "scratch" and facts.status == "ok"
+    by_disk = {d.disk: d for d in facts.disks or []}
+    assert by_disk[d1].recovery_point in {s["id"] for s in sources}
+    assert by_disk[d1].region == "westeurope"
+    [copy] = by_disk[d1].copies
+    assert copy.region == "northeurope" and copy.state == "done"
+    assert copy.percent == 100 and copy.snapshot in {c["id"] for c in copies}
+    assert facts.started and facts.finished
 
     r = _bcdr(arm, "disk-snapshots", f, "--json")
     assert r.code == 0, r.err
@@ -442,7 +443,7 @@ def test_evidence_keeps_no_secret(tmp_path: Path, arm: ArmServer) -> None:
     assert _bcdr(arm, "run", f, "--job", "scratch").code == 0
     repo = open_repo(str(tmp_path / "repo"))
     records = list(read_records(repo, EVIDENCE_KIND))
-    assert records and TOKEN not in json.dumps(records)
+    assert records and TOKEN not in json.dumps([to_document(r) for r in records])
     assert os.environ.get("BCDR_T_ARM") == TOKEN  # the fixture's token was the one in use
 
 

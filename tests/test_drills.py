@@ -20,6 +20,7 @@ from bcdr.actions.run import run_job
 from bcdr.actions.snapshots import walk
 from bcdr.clock import FakeClock
 from bcdr.compliance.evidence import read_records
+from bcdr.compliance.records import DrillFacts, typed
 from bcdr.plan.loader import load_plan
 from tests.arm_server import ArmServer
 from tests.conftest import run_process, write_tree
@@ -76,10 +77,10 @@ def test_a_drill_passes_on_a_good_repository_and_records_evidence(tmp_path: Path
     assert list((tmp_path / "scratch").iterdir()) == []  # cleaned up
 
     repo = open_repo(str(tmp_path / "repo"))
-    [record] = list(read_records(repo, EVIDENCE_KIND))
-    facts = record["facts"]
-    assert facts["verdict"] == "pass" and facts["seed"] == report["seed"]
-    assert facts["snapshot"] == report["snapshot"] and facts["bytes_verified"] > 0
+    [record] = typed(read_records(repo, EVIDENCE_KIND), DrillFacts)
+    facts = record.facts
+    assert facts.verdict == "pass" and facts.seed == report["seed"]
+    assert facts.snapshot == report["snapshot"] and facts.bytes_verified > 0
 
     text = run_process("drill", f).out
     assert "drill restore-ckpt: PASS" in text

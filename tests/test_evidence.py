@@ -18,7 +18,9 @@ from bcdr.compliance.evidence import (
     read_records,
     verify_chain,
     write_record,
+    write_untyped,
 )
+from bcdr.compliance.records import FORMAT, BackupFacts, CheckFacts, typed
 from tests.conftest import run_process, write_tree
 
 
@@ -27,7 +29,7 @@ def _repo_with_records(tmp_path: Path, n: int = 5) -> Path:
     assert run_process("init", "--repo", url).code == 0
     repo = open_repo(str(url))
     for i in range(n):
-        write_record(repo, "test", {"i": i})
+        write_record(repo, BackupFacts(files=i))
     return url
 
 
@@ -61,25 +63,28 @@ prunes:
     assert r.code == 0, r.out + r.err
     repo = open_repo(str(tmp_path / "repo"))
     records = read_records(repo)
-    assert [d["kind"] for d in records] == ["backup", "forget", "drill", "check", "prune"]
-    assert [d["seq"] for d in records] == [1, 2, 3, 4, 5]
-    assert records[0]["prev"] is None
-    assert [d["prev"] for d in records[1:]] == [d["id"] for d in records[:-1]]
+    assert [d.kind for d in records] == ["backup", "forget", "drill", "check", "prune"]
+    assert [d.seq for d in records] == [1, 2, 3, 4, 5]
+    assert records[0].prev is None
+    assert [d.prev for d in records[1:]] == [d.id for d in records[:-1]]
     for d in records:
-        assert d["plan"] == "chained" and len(d["plan_digest"]) == 64
-        assert d["started"] <= d["finished"] and d["hostname"]
+        assert d.plan == "chained" and len(d.plan_digest or "") == 64
+        assert d.started is not None and d.finished is not None
+        assert d.started <= d.finished and d.hostname
+        assert d.v == FORMAT and d.repository == repo.config.id
     backup = records[0]
-    assert backup["job"] == "b" and backup["result"] == "ok" and backup["targets"] == {"rpo": "26h"}
-    assert records[2]["targets"] == {"rto": "1h", "rpo": "26h"}  # the drill's, and its job's
-    assert backup["facts"]["snapshot"] and backup["facts"]["bytes_added"] > 0
-    assert records[3]["facts"]["read_fraction"] == 1.0
+    assert backup.job == "b" and backup.result == "ok" and backup.targets == {"rpo": "26h"}
+    assert records[2].targets == {"rto": "1h", "rpo": "26h"}  # the drill's, and its job's
+    assert isinstance(backup.facts, BackupFacts) and isinstance(records[3].facts, CheckFacts)
+    assert backup.facts.snapshot and (backup.facts.bytes_added or 0) > 0
+    assert records[3].facts.read_fraction == 1.0
     report = verify_chain(repo)
     assert report.ok and report.records == 5 and report.head_seq == 5
     assert read_chain(repo)[0] == records  # one pass gives what read_records gives
 
     r = run_process("evidence", "verify", "--repo", tmp_path / "repo")
     assert r.code == 0 and "evidence chain intact: 5 record(s)" in r.out
-    assert f"head 5:{records[-1]['id']}" in r.out
+    assert f"head 5:{records[-1].id}" in r.out
     r = run_process("evidence", "list", "--repo", tmp_path / "repo", "--kind", "drill", "--json")
     assert [d["kind"] for d in r.json()] == ["drill"]
 
@@ -100,8 +105,8 @@ checks:
     r = run_process("run", f, "--job", "b", "--state-dir", tmp_path / "state")
     assert r.code == 1
     [record] = read_records(open_repo(str(tmp_path / "repo")))
-    assert record["kind"] == "backup" and record["result"] == "failed"
-    assert "missing" in record["facts"]["error"]
+    assert record.kind == "backup" and record.result == "failed"
+    assert "missing" in (record.facts.error or "")
 
 
 def test_deleted_altered_reordered_and_inserted_records_are_named(tmp_path: Path) -> None:
@@ -178,9 +183,10 @@ WRITER = """
 import sys
 from bcdr.actions.common import open_repo
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import BackupFacts
 repo = open_repo(sys.argv[1])
 for i in range(8):
-    write_record(repo, "concurrent", {"writer": sys.argv[2], "i": i})
+    write_record(repo, BackupFacts(paths=[sys.argv[2]], files=i))
 """
 
 
@@ -193,7 +199,7 @@ def test_concurrent_writers_make_one_chain(tmp_path: Path) -> None:
     report = verify_chain(repo)
     assert report.ok, report.problems
     assert report.records == 24 and report.head_seq == 24
-    writers = [d["facts"]["writer"] for d in read_records(repo)]
+    writers = [d.facts.paths[0] for d in typed(read_records(repo), BackupFacts)]
     assert sorted(writers) == sorted(["0", "1", "2"] * 8)
 
 
@@ -231,8 +237,13 @@ def test_a_backup_whose_record_cannot_be_written_keeps_its_snapshot_and_says_so(
 def test_evidence_list_shows_a_record_whose_fields_are_not_text(tmp_path: Path) -> None:
     # a record written by another version, or by hand: `evidence list` failed with a traceback
     url = _repo_with_records(tmp_path, 1)
-    write_record(open_repo(str(url)), ["odd"], {}, result={"n": 1})  # type: ignore[arg-type]
+    write_untyped(open_repo(str(url)), ["odd"], {}, result={"n": 1})
     r = run_process("evidence", "list", "--repo", url)
     assert r.code == 0 and "Traceback" not in r.err, r.err
     assert "['odd']" in r.out and "{'n': 1}" in r.out
-    assert run_process("evidence", "verify", "--repo", url).code == 0
+    assert "NOT USABLE AS EVIDENCE: Expected `str`, got `array` - at `$.kind`" in r.out, r.out
+    r = run_process("evidence", "list", "--repo", url, "--json")
+    assert r.json()[-1]["kind"] == ["odd"] and "Expected `str`" in r.json()[-1]["problem"]
+    r = run_process("evidence", "verify", "--repo", url)
+    assert r.code == 0, r.out  # the chain is whole; the record is named as no evidence
+    assert "not usable as evidence" in r.out, r.out

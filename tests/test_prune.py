@@ -348,13 +348,14 @@ prunes:
     # The forget decisions are evidence: policy, and each snapshot kept or removed, and why.
     repo = _repo(tmp_path / "repo")
     from bcdr.compliance.evidence import read_records
+    from bcdr.compliance.records import ForgetFacts, typed
 
-    records = list(read_records(repo, "forget"))
+    records = typed(read_records(repo, "forget"), ForgetFacts)
     assert len(records) == 4  # one per run, also when it removed nothing
-    assert [len(r["facts"]["removed"]) for r in records] == [0, 0, 1, 1]
-    assert all(r["plan"] == "keep" and r["job"] == "ckpt" and r["plan_digest"] for r in records)
-    decisions = records[-1]["facts"]["groups"][0]["decisions"]
-    assert [d["reasons"] for d in decisions] == [["newest", "last #1"], ["last #2"], []]
+    assert [len(r.facts.removed) for r in records] == [0, 0, 1, 1]
+    assert all(r.plan == "keep" and r.job == "ckpt" and r.plan_digest for r in records)
+    decisions = records[-1].facts.groups[0].decisions
+    assert [d.reasons for d in decisions] == [["newest", "last #1"], ["last #2"], []]
     first = run_process("run", plan, "--job", "gc", "--json", env=state)
     assert first.code == 0, first.err
     time.sleep(1.2)  # the grace period

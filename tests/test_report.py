@@ -21,6 +21,7 @@ import pytest
 
 from bcdr.cli.main import parse
 from bcdr.compliance.controls import FAIL, NO_EVIDENCE, PASS, RepoEvidence, evaluate
+from bcdr.compliance.records import Facts, Record, from_document
 from bcdr.compliance.render import to_html, to_markdown
 from bcdr.plan.loader import parse_plan
 from tests.conftest import run_process, write_tree
@@ -141,6 +142,11 @@ def _history(skip_days: tuple[int, ...] = (), slow_drill: bool = False) -> list[
     return out
 
 
+def _typed(records: list[dict[str, Any]]) -> list[Record[Facts]]:
+    """The records as the report reads them from a repository."""
+    return [from_document(d) for d in records]
+
+
 def _chain(records: list[dict[str, Any]], bad: tuple[str, ...] = ()) -> dict[str, Any]:
     problems = [
         f"#{int(b, 16)} ({b[:12]}): altered: its content does not match its id" for b in bad
@@ -171,7 +177,9 @@ def _case(name: str) -> dict[str, Any]:
         }[name]()
         bad = (records[4]["id"],) if name == "tampered" else ()
         repos = [
-            RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, bad))
+            RepoEvidence(
+                "main", "/srv/bcdr/repo", "aes-256-gcm", _typed(records), _chain(records, bad)
+            )
         ]
     return evaluate(_plan(), repos, NOW, WINDOW)
 
@@ -282,25 +290,27 @@ def test_bcdr_report_on_a_real_plan_and_a_tampered_chain(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "facts",
+    ("kind", "facts"),
     [
-        {"snapshot_time": "2026-11-29T10:00:00"},  # no UTC offset: compared with nothing
-        {"placement": "westeurope"},  # not an object
-        {"disks": [{"disk": 5}]},
+        ("backup", {"snapshot_time": "2026-11-29T10:00:00"}),  # no UTC offset
+        ("backup", {"placement": "westeurope"}),  # not an object
+        ("disk-snapshot", {"disks": [{"disk": 5}]}),
+        ("drill", {"rto_s": "fast"}),
+        ("check", {"error_count": [1]}),
     ],
-    ids=["naive-time", "placement-text", "disk-without-name"],
+    ids=["naive-time", "placement-text", "disk-without-name", "rto-text", "count-list"],
 )
 def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
-    tmp_path: Path, facts: dict[str, object]
+    tmp_path: Path, kind: str, facts: dict[str, object]
 ) -> None:
     # each of these failed `bcdr report` with a traceback
     from bcdr.actions.common import open_repo
     from bcdr.compliance.context import RunContext
-    from bcdr.compliance.evidence import write_record
+    from bcdr.compliance.evidence import write_untyped
 
     f = _real_plan_run(tmp_path)
     repo = open_repo(str(tmp_path / "repo"))
-    bad = write_record(repo, "backup", facts, context=RunContext("real", None, "b"))
+    bad = write_untyped(repo, kind, facts, context=RunContext("real", None, "b"))
     r = run_process("report", f)
     assert r.code == 4 and "Traceback" not in r.err, r.out + r.err
     assert f"({bad[:12]}): not usable as evidence" in r.out, r.out
@@ -320,7 +330,9 @@ def test_the_report_sees_a_geo_redundant_secondary_region() -> None:
                 "secondary_region": "brazilsouth",
                 "status": "verified",
             }
-    repos = [RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records, ()))]
+    repos = [
+        RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", _typed(records), _chain(records, ()))
+    ]
     doc = evaluate(_plan(), repos, NOW, WINDOW)
     assert _status(doc, "ckpt", "residency") == FAIL
     [job] = [j for j in doc["jobs"] if j["name"] == "ckpt"]
@@ -449,7 +461,9 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 def test_html_report_shows_coverage_and_heads_in_headless_chromium(tmp_path: Path) -> None:
     # the synthetic evidence spans 10 days: in a 90-day window, most of it has none
     records = _history()
-    repos = [RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", records, _chain(records))]
+    repos = [
+        RepoEvidence("main", "/srv/bcdr/repo", "aes-256-gcm", _typed(records), _chain(records))
+    ]
     partial = evaluate(_plan(), repos, NOW, NOW - timedelta(days=90))
     assert partial["verdict"] == NO_EVIDENCE and not partial["window"]["coverage"]["complete"]
     pages = {}

@@ -19,6 +19,7 @@ import pytest
 from bcdr.actions.common import open_repo
 from bcdr.actions.drill import run_drill
 from bcdr.compliance.controls import NO_EVIDENCE, PASS, rto_estimate
+from bcdr.compliance.records import DrillFacts
 from bcdr.plan.loader import load_plan
 from tests.conftest import run_process, write_tree
 
@@ -208,7 +209,7 @@ def test_edited_rechained_forged_and_copied_records_are_named(
         e = _fresh_copy(tmp_path, "other-repo")
         repo_e = open_repo(str(e / "repo"), env=PW)
         object.__setattr__(repo_e.config, "id", "f" * 64)  # another repository, the same key
-        write_record(repo_e, "drill", {"verdict": "pass"}, context=RunContext("audit", None, "d"))
+        write_record(repo_e, DrillFacts(verdict="pass"), context=RunContext("audit", None, "d"))
         planted = sorted((e / "repo" / "evidence").iterdir())[-1]
         assert planted.name.startswith("0000000004-")
         shutil.copy(planted, d / "repo" / "evidence" / planted.name)
@@ -310,11 +311,12 @@ def test_the_estimate_keeps_fixed_phases_and_scales_the_rest() -> None:
         "bytes_total": 1000,
         "bytes_selected": 100,
     }
-    assert rto_estimate(facts)[0] == pytest.approx(2 + 10 * 10)
+    assert rto_estimate(DrillFacts.of(facts))[0] == pytest.approx(2 + 10 * 10)
     # an older record without byte totals scales by files
     del facts["bytes_total"]
-    assert rto_estimate({**facts, "files_total": 50, "files_selected": 5})[0] == 102
-    assert rto_estimate({**facts, "sample_percent": 100.0}) == (None, None)
+    older = DrillFacts.of({**facts, "files_total": 50, "files_selected": 5})
+    assert rto_estimate(older)[0] == 102
+    assert rto_estimate(DrillFacts.of({**facts, "sample_percent": 100.0})) == (None, None)
 
 
 def test_a_backup_by_hand_is_a_recovery_point_of_its_job(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from bcdr import retrybudget
 from bcdr.actions.common import open_repo, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
-from bcdr.clock import Clock
+from bcdr.clock import Clock, parse_aware
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import BackupFacts, Placement
 from bcdr.errors import (
     BcdrError,
     Interrupted,
@@ -183,14 +184,13 @@ def _record_failure(
         with retrybudget.capped(FAILURE_RECORD_BUDGET_S):
             return write_record(
                 repo,
-                "backup",
-                {
-                    "error": exc.message,
-                    "transient": isinstance(exc, TransientStorageError),
-                    "kept_packs": len(writer.packs),
-                    "kept_bytes": writer.bytes_committed,
-                    "paths": list(request.paths),
-                },
+                BackupFacts(
+                    error=exc.message,
+                    transient=isinstance(exc, TransientStorageError),
+                    kept_packs=len(writer.packs),
+                    kept_bytes=writer.bytes_committed,
+                    paths=list(request.paths),
+                ),
                 context=context,
                 result="failed",
             )
@@ -316,20 +316,19 @@ def _record(
     snap, stats = result.snapshot, result.stats
     return write_record(
         repo,
-        "backup",
-        {
-            "snapshot": snap.id,
-            "snapshot_time": snap.time,
-            "paths": list(snap.paths),
-            "parent": snap.parent,
-            "files": stats.files_new + stats.files_changed + stats.files_unchanged,
-            "bytes_read": stats.bytes_read,
-            "bytes_added": stats.bytes_added,
-            "skipped": len(result.skipped),
-            "healed": result.notes,
-            "placement": request.placement,
-            "encryption": repo.config.encryption,
-        },
+        BackupFacts(
+            snapshot=snap.id,
+            snapshot_time=parse_aware(snap.time),
+            paths=list(snap.paths),
+            parent=snap.parent,
+            files=stats.files_new + stats.files_changed + stats.files_unchanged,
+            bytes_read=stats.bytes_read,
+            bytes_added=stats.bytes_added,
+            skipped=len(result.skipped),
+            healed=list(result.notes),
+            placement=Placement.of(request.placement),
+            encryption=repo.config.encryption,
+        ),
         context=context,
         result="partial" if result.partial else "ok",
     )

@@ -8,6 +8,7 @@ from bcdr.actions.common import open_repo, transfer
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import CheckFacts
 from bcdr.errors import BcdrError, StoragePermission, UsageError
 from bcdr.repository.check import Checker, CheckReport, ProgressFn
 from bcdr.repository.locks import READ, read_wait
@@ -39,8 +40,7 @@ def check(
     try:
         report.evidence = write_record(
             repo,
-            "check",
-            facts,
+            CheckFacts.of(facts),
             context=context or RunContext(started=started),
             result="ok" if report.ok else "failed",
         )

@@ -11,13 +11,14 @@ from bcdr.actions.common import open_or_init, run_context
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import DiskSnapshotFacts
 from bcdr.disks.azure import AzureDisks, poll_seconds
 from bcdr.disks.job import DiskJob, DiskJobReport, DiskJobSpec, point_time
 from bcdr.disks.service import ROLE_COPY, TAG_SOURCE, DiskService, ResourceId, SnapshotInfo
 from bcdr.errors import BcdrError
 from bcdr.plan.model import DiskSnapshotJob, Plan
 
-EVIDENCE_KIND = "disk-snapshot"
+EVIDENCE_KIND = DiskSnapshotFacts.KIND
 ServiceFor = Callable[[DiskSnapshotJob], DiskService]
 
 
@@ -95,7 +96,9 @@ def _run_disk_job(
         notes.append(created)
     try:
         result = {"ok": "ok", "partial": "partial"}.get(report.status, "failed")
-        record = write_record(repo, EVIDENCE_KIND, report.to_dict(), context=context, result=result)
+        record = write_record(
+            repo, DiskSnapshotFacts.of(report.to_dict()), context=context, result=result
+        )
     finally:
         repo.close()
     return DiskRun(report, record, notes)

@@ -46,6 +46,7 @@ from bcdr.archive.restore import ProgressFn
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import rto_estimate
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import DrillFacts
 from bcdr.disks.restore import delete_restored, restore_disk
 from bcdr.errors import BcdrError, RepositoryNotFound, SnapshotNotFound, UsageError
 from bcdr.plan.model import Drill, Plan
@@ -157,8 +158,7 @@ def run_drill(
     try:
         report.evidence = write_record(
             repo,
-            EVIDENCE_KIND,
-            report.to_dict(),
+            DrillFacts.of(report.to_dict()),
             context=run_context(plan, name, report.started),
             result="ok" if report.passed else "failed",
         )
@@ -305,7 +305,7 @@ def _backup_drill(
         _verify(report, target, chosen, failed)
         t = phases.done("verify", t)
         report.rto_s = round(t - phases.t0, 6)
-        estimate, report.rto_estimate_method = rto_estimate(report.to_dict())
+        estimate, report.rto_estimate_method = rto_estimate(DrillFacts.of(report.to_dict()))
         report.rto_estimate_s = None if estimate is None else round(estimate, 6)
         _targets(report, drill, job.rpo)
         report.rpo_s = round((clock.now() - snap.datetime).total_seconds(), 3)

@@ -16,6 +16,7 @@ from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import ForgetFacts
 from bcdr.errors import UsageError
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
@@ -124,14 +125,15 @@ def apply_retention(
         # recorded even when nothing was removed: the report shows retention was applied
         result.evidence = write_record(
             repo,
-            "forget",
-            {
-                "plan": plan,
-                "policy": policy.to_dict(),
-                "timezone": str(tz),
-                "groups": [g.to_dict() for g in groups],
-                "removed": result.removed,
-            },
+            ForgetFacts.of(
+                {
+                    "plan": plan,
+                    "policy": policy.to_dict(),
+                    "timezone": str(tz),
+                    "groups": [g.to_dict() for g in groups],
+                    "removed": result.removed,
+                }
+            ),
             context=context or RunContext(plan, None, job),
         )
     return result

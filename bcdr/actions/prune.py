@@ -9,6 +9,7 @@ from bcdr.actions.common import open_repo, transfer
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import PruneFacts
 from bcdr.errors import UsageError
 from bcdr.repository.prune import LogFn, PruneReport, prune_repository
 from bcdr.storage.url import StorageSpec
@@ -37,8 +38,7 @@ def prune(
             facts = {"plan": plan, "max_unused": max_unused, "grace_s": grace.total_seconds()}
             report.evidence = write_record(
                 repo,
-                "prune",
-                {**facts, **report.to_dict()},
+                PruneFacts.of({**facts, **report.to_dict()}),
                 context=context or RunContext(plan),
                 result="ok" if not report.problems else "partial",
             )

@@ -9,6 +9,7 @@ from bcdr.actions.common import open_repo
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import RepairFacts
 from bcdr.repository.locks import BACKUP, PRUNE
 from bcdr.repository.repair import (
     IndexRepair,
@@ -38,8 +39,7 @@ def repair_index_action(
         if report.changed and not dry_run:
             evidence = write_record(
                 repo,
-                "repair",
-                {"what": "index", **report.to_dict()},
+                RepairFacts.of({"what": "index", **report.to_dict()}),
                 context=RunContext(started=started),
             )
         return report, evidence
@@ -66,8 +66,7 @@ def repair_snapshots_action(
         if report.changed and not dry_run:
             evidence = write_record(
                 repo,
-                "repair",
-                {"what": "snapshots", **report.to_dict()},
+                RepairFacts.of({"what": "snapshots", **report.to_dict()}),
                 context=RunContext(started=started),
                 result="partial" if any(r.new is None for r in report.repaired) else "ok",
             )

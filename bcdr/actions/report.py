@@ -15,7 +15,7 @@ from bcdr.atomicfile import write_atomic
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.anchors import Anchor
 from bcdr.compliance.controls import RepoEvidence, evaluate
-from bcdr.compliance.evidence import ChainProblem, read_chain, record_problem
+from bcdr.compliance.evidence import ChainProblem, read_chain
 from bcdr.compliance.render import to_html, to_markdown
 from bcdr.errors import BcdrError, RepositoryNotFound, UsageError
 from bcdr.plan.model import Plan
@@ -75,13 +75,7 @@ def gather(
             ev.encryption = repo.config.encryption
             heads, replaced = given.for_repo(name, repo.config.id)
             ev.records, chain = read_chain(repo, heads)
-            chain.problems += replaced
-            for d in ev.records:  # in the chain, yet not evidence: named, and not trusted
-                problem = record_problem(d)
-                if problem is not None:
-                    label = f"#{d['seq']} ({d['id'][:12]})" if "seq" in d else d["id"][:12]
-                    chain.problems.append(ChainProblem(label, f"not usable as evidence: {problem}"))
-                    chain.bad_ids.add(d["id"])
+            chain.problems += replaced + chain.unusable  # in the chain, yet not evidence
             ev.chain = chain.to_dict()
         except BcdrError as exc:
             ev.error = str(exc)

@@ -26,6 +26,7 @@ from bcdr.actions.prune import prune
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
+from bcdr.compliance.records import FACTS
 from bcdr.disks.job import PROTECTED, DiskJobReport
 from bcdr.errors import (
     BcdrError,
@@ -35,7 +36,7 @@ from bcdr.errors import (
     UsageError,
 )
 from bcdr.geo.verify import PlacementRecord
-from bcdr.plan.kinds import kind_of
+from bcdr.plan.kinds import BY_NAME, kind_of
 from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
@@ -180,10 +181,10 @@ def _record_failure(
         result.notes.append(f"the failure could not be recorded as evidence: {exc}")
         return
     try:
+        facts = FACTS[BY_NAME[kind].evidence[0]]
         result.evidence = write_record(
             repo,
-            kind,
-            {"error": result.message, "transient": result.transient},
+            facts(error=result.message, transient=result.transient),
             context=context,
             result="failed",
         )

@@ -18,8 +18,9 @@ from pathlib import Path
 from bcdr.actions.common import open_plan_repo, password_env, plan_storage_spec
 from bcdr.actions.run import FAILED, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
-from bcdr.clock import Clock, parse_aware
-from bcdr.compliance.evidence import read_records, record_problem
+from bcdr.clock import Clock
+from bcdr.compliance.evidence import read_records
+from bcdr.compliance.records import Facts, Record
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.kinds import KINDS
 from bcdr.plan.loader import load_plan
@@ -99,7 +100,7 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
                 bytes_added=int(snap.stats.get("bytes_added", 0)) or None,
             )
         added[name] = count
-    records: dict[str, list[dict[str, object]]] = {}
+    records: dict[str, list[Record[Facts]]] = {}
     for k in KINDS:
         for name, job in k.jobs(plan).items():
             repo_name = k.repository(plan, job)
@@ -110,23 +111,19 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
             cron = cron_for(job.schedule, plan.name, name, job.at, job.on)
             count = 0
             for d in records[repo_name]:
-                if (
-                    d.get("plan") != plan.name
-                    or d.get("job") != name
-                    or d.get("kind") not in k.evidence
-                ):
+                if d.plan != plan.name or d.job != name or d.kind not in k.evidence:
                     continue
-                if k.name == "backup" and d.get("result") != "failed":
+                if k.name == "backup" and d.result != "failed":
                     continue  # its good runs came from the snapshots above
-                started = parse_aware(d.get("started") or d.get("time"))
-                good = d.get("result") in ("ok", "partial")
+                started = d.begun
+                good = d.result in ("ok", "partial")
                 count += history.add_rebuilt(
                     plan.name,
                     name,
                     k.name,
                     slot=latest_slot(cron, plan.timezone.zone, started),
                     when=started.isoformat(),
-                    status=str(d.get("result")),
+                    status=str(d.result),
                     snapshot=None,
                     bytes_added=None,
                     recovery_point=good and k.recovery_points,
@@ -135,14 +132,14 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
     return added
 
 
-def _evidence_of(plan: Plan, repo_name: str) -> list[dict[str, object]]:
-    """The readable evidence records of a plan's repository (none when it does not exist)."""
+def _evidence_of(plan: Plan, repo_name: str) -> list[Record[Facts]]:
+    """The evidence records of a plan's repository (none when it does not exist)."""
     try:
         repo = open_plan_repo(plan, repo_name)
     except RepositoryNotFound:
         return []
     try:
-        return [d for d in read_records(repo) if record_problem(d) is None]
+        return read_records(repo)
     finally:
         repo.close()
 

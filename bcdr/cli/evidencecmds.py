@@ -26,9 +26,9 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     repo = common.open_repo(storage_spec(args))
     try:
         if args.action == "list":
-            records = evidence.read_records(repo, args.kind)
+            records = evidence.list_records(repo, args.kind)
             if args.json:
-                render.emit_json(records)
+                render.emit_json([evidence.as_document(r) for r in records])
             else:
                 render.evidence_list_text(records)
             return EXIT_OK

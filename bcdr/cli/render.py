@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # types only: the command a user runs loads only what it need
     from bcdr.actions.restore import RestoreResult
     from bcdr.actions.run import JobResult
     from bcdr.actions.snapshots import LsEntry
-    from bcdr.compliance.evidence import ChainReport
+    from bcdr.compliance.evidence import ChainReport, Unusable
+    from bcdr.compliance.records import Facts, Record
     from bcdr.geo.residency import Placement
     from bcdr.repository.check import CheckReport
     from bcdr.repository.prune import PruneReport
@@ -280,6 +281,10 @@ def evidence_verify_text(r: ChainReport) -> None:
         out(f"checked against {a['source']}: {seq}{str(a['id'])[:12]} {verdict}")
     for note in r.anchor_notes:
         out(f"note: {printable(note)}")
+    if r.unusable:
+        out(f"{len(r.unusable)} record(s) hold their place but are not evidence the report counts:")
+        for p in r.unusable:
+            out(f"  {printable(str(p))}")
     if r.head_id:
         out(f"head {r.head_seq}:{r.head_id}")
         out(
@@ -295,16 +300,26 @@ def evidence_verify_text(r: ChainReport) -> None:
         out(f"{r.unchained} record(s) written before the chain existed (not chained)")
 
 
-def evidence_list_text(records: list[dict[str, Any]]) -> None:
+def evidence_list_text(records: list[Record[Facts] | Unusable]) -> None:
+    from bcdr.compliance.evidence import Unusable  # loaded with the records already
+
     if not records:
         out("no evidence records")
         return
-    for d in records:
-        seq = f"#{d['seq']}" if "seq" in d else "-"
-        where = "/".join(str(x) for x in (d.get("plan"), d.get("job")) if x)
+    for r in records:
+        seq = f"#{r.seq}" if r.seq is not None else "-"
+        if isinstance(r, Unusable):
+            d = r.document
+            out(
+                f"{seq:>6}  {str(d.get('time', ''))[:19]}  {r.id[:12]}  "
+                f"{str(d.get('kind', '?')):<13} {str(d.get('result', '-')):<8} "
+                f"NOT USABLE AS EVIDENCE: {r.problem}"
+            )
+            continue
+        where = "/".join(x for x in (r.plan, r.job) if x)
         out(
-            f"{seq:>6}  {str(d.get('time', ''))[:19]}  {d['id'][:12]}  "
-            f"{str(d.get('kind', '?')):<13} {str(d.get('result', '-')):<8} {where}"
+            f"{seq:>6}  {r.time.isoformat()[:19]}  {r.id[:12]}  "
+            f"{r.kind:<13} {r.result or '-':<8} {where}"
         )
 
 

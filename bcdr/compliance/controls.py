@@ -19,15 +19,25 @@ as altered, reordered or inserted are not used as evidence for anything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from croniter import croniter
+from msgspec import to_builtins
 
-from bcdr.clock import parse_aware
 from bcdr.compliance.anchors import token as anchor_token
+from bcdr.compliance.records import (
+    BackupFacts,
+    CheckFacts,
+    DiskSnapshotFacts,
+    DrillFacts,
+    Facts,
+    ForgetFacts,
+    Record,
+    typed,
+)
 from bcdr.geo.catalog import Catalog, catalog
 from bcdr.geo.residency import Allowed
 from bcdr.plan.kinds import KINDS, JobKind
@@ -50,16 +60,21 @@ class RepoEvidence:
     name: str
     url: str
     encryption: str | None = None  # "none", "aes-256-gcm"; None when it could not be read
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record[Facts]] = field(default_factory=list)
     chain: dict[str, Any] = field(default_factory=dict)  # ChainReport.to_dict()
     error: str | None = None  # the repository could not be read
 
 
-def _t(value: object) -> datetime | None:
-    try:
-        return parse_aware(value)  # a time without an offset compares with nothing
-    except ValueError:
-        return None
+AnyRecord = Record[Facts]
+R = TypeVar("R", bound=Record[Any])
+
+
+def _newest(runs: list[R]) -> R:
+    return max(runs, key=lambda r: r.time)
+
+
+def _at(when: datetime, length: int = 16) -> str:
+    return when.isoformat()[:length]
 
 
 def control(
@@ -82,7 +97,7 @@ def schedule_control(
     plan: Plan,
     name: str,
     job: Timing,
-    runs: list[dict[str, Any]],
+    runs: Sequence[AnyRecord],
     start: datetime,
     now: datetime,
     meets: tuple[str, ...] | None = GOOD,
@@ -100,9 +115,9 @@ def schedule_control(
             break
         slots.append(s)
     good = sorted(
-        (t, r["id"])
+        (r.started, r.id)
         for r in runs
-        if (meets is None or r.get("result") in meets) and (t := _t(r.get("started")))
+        if (meets is None or r.result in meets) and r.started is not None
     )
     missed: list[str] = []
     met_by: set[str] = set()
@@ -129,7 +144,7 @@ def schedule_control(
             missed,
         )
     status = FAIL if missed else PASS
-    passed = sum(1 for r in runs if r.get("result") in GOOD)
+    passed = sum(1 for r in runs if r.result in GOOD)
     done = f"{len(good)} good run(s)" if meets is not None else f"{len(runs)} run(s), {passed} ok"
     summary = (
         f"{expected - len(missed)} of {expected} slot(s) met, {done}"
@@ -146,7 +161,7 @@ def schedule_control(
             "Schedule adherence",
             status,
             summary,
-            met_by or {r["id"] for r in runs},
+            met_by or {r.id for r in runs},
             expected=expected,
             done=len(good),
             missed=missed,
@@ -200,25 +215,22 @@ def rpo_control(
     return control("rpo", "RPO", PASS if ok else FAIL, summary, ids, **details)
 
 
-def rto_estimate(facts: dict[str, Any]) -> tuple[float | None, str | None]:
+def rto_estimate(facts: DrillFacts) -> tuple[float | None, str | None]:
     """A full restore's time estimated from a sampled drill, and how: the fixed phases (open,
     select) as measured, the phases that grow with the data (restore, verify) scaled by the
     snapshot's bytes over the bytes restored (by files when the record has no byte total).
     (None, None) for a full drill."""
-    share = facts.get("sample_percent")
-    rto = facts.get("rto_s")
-    if rto is None or share is None or share >= 100:
+    if facts.rto_s is None or not facts.sampled:
         return None, None
-    total, chosen = facts.get("bytes_total"), facts.get("bytes_selected")
-    if total and chosen:
-        scale, by = total / chosen, "bytes"
-    elif facts.get("files_total") and facts.get("files_selected"):
-        scale, by = facts["files_total"] / facts["files_selected"], "files"
+    if facts.bytes_total and facts.bytes_selected:
+        scale, by = facts.bytes_total / facts.bytes_selected, "bytes"
+    elif facts.files_total and facts.files_selected:
+        scale, by = facts.files_total / facts.files_selected, "files"
     else:
         return None, None
-    phases = facts.get("phases") or {}
-    growing = sum(float(phases.get(k) or 0) for k in ("restore", "verify")) or float(rto)
-    fixed = max(float(rto) - growing, 0.0)
+    phases = facts.phases
+    growing = sum(float(phases.get(k) or 0) for k in ("restore", "verify")) or facts.rto_s
+    fixed = max(facts.rto_s - growing, 0.0)
     method = (
         f"restore and verify times scaled by the snapshot's {by} over the {by} restored "
         f"(x{scale:.3g}), open and select as measured"
@@ -226,21 +238,20 @@ def rto_estimate(facts: dict[str, Any]) -> tuple[float | None, str | None]:
     return fixed + growing * scale, method
 
 
-def sample_label(facts: dict[str, Any]) -> str | None:
+def sample_label(facts: DrillFacts) -> str | None:
     """ "sampled: 10% of files (12 of 120), 9.8% of bytes", or None for a full drill."""
-    share = facts.get("sample_percent")
-    if share is None or share >= 100:
+    if not facts.sampled:
         return None
-    label = f"sampled: {share:g}% of files ({facts.get('files_selected')} of " + (
-        f"{facts.get('files_total')})"
+    label = (
+        f"sampled: {facts.sample_percent:g}% of files ({facts.files_selected} of "
+        f"{facts.files_total})"
     )
-    total, chosen = facts.get("bytes_total"), facts.get("bytes_selected")
-    if total and chosen is not None:
-        label += f", {chosen / total:.1%} of bytes"
+    if facts.bytes_total:
+        label += f", {facts.bytes_selected / facts.bytes_total:.1%} of bytes"
     return label
 
 
-def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+def drill_controls(drills: list[Record[DrillFacts]], names: list[str]) -> list[dict[str, Any]]:
     """RTO and restore verification from the newest drill of the job. A sampled drill is
     labelled, and its RTO judged by the estimate of a full restore."""
     if not drills:
@@ -253,12 +264,12 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
             control("rto", "RTO (drills)", NO_EVIDENCE, why),
             control("restore", "Restore verification (drills)", NO_EVIDENCE, why),
         ]
-    latest = max(drills, key=lambda r: str(r.get("time")))
-    f = latest.get("facts", {})
-    rto, target = f.get("rto_s"), f.get("rto_target_s")
+    latest = _newest(drills)
+    f = latest.facts
+    rto, target = f.rto_s, f.rto_target_s
     sampled = sample_label(f)
     estimate, method = rto_estimate(f)
-    prefix = f"newest drill {str(latest.get('time'))[:16]}" + (f" ({sampled})" if sampled else "")
+    prefix = f"newest drill {_at(latest.time)}" + (f" ({sampled})" if sampled else "")
     if rto is None or target is None:
         rto_c = control("rto", "RTO (drills)", NO_EVIDENCE, "the newest drill measured no RTO")
     else:
@@ -270,17 +281,16 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
             "rto",
             "RTO (drills)",
             PASS if judged <= target else FAIL,
-            f"{prefix}: {measured}; target {f.get('rto_target') or human_seconds(target)}",
-            [latest["id"]],
+            f"{prefix}: {measured}; target {f.rto_target or human_seconds(target)}",
+            [latest.id],
             rto_s=rto,
             target_s=target,
             sampled=sampled is not None,
-            sample_percent=f.get("sample_percent", 100.0),
+            sample_percent=f.sample_percent,
             rto_estimate_s=_rounded(estimate),
             estimate_method=method,
         )
-    failures = f.get("failures") or []
-    verified = f.get("files_verified", 0)
+    failures = f.failures
     restore_c = control(
         "restore",
         "Restore verification (drills)",
@@ -288,38 +298,33 @@ def drill_controls(drills: list[dict[str, Any]], names: list[str]) -> list[dict[
         (
             f"{prefix}: {len(failures)} item(s) failed verification"
             if failures
-            else f"{prefix} verified {verified} item(s), "
-            f"{human_bytes(int(f.get('bytes_verified') or 0))}"
+            else f"{prefix} verified {f.files_verified} item(s), {human_bytes(f.bytes_verified)}"
         ),
-        [latest["id"]],
+        [latest.id],
         failures=failures[:20],
         sampled=sampled is not None,
-        sample_percent=f.get("sample_percent", 100.0),
+        sample_percent=f.sample_percent,
     )
     return [rto_c, restore_c]
 
 
 def retention_control(
-    configured: bool, records: list[dict[str, Any]], what: str = "forget"
+    configured: bool, records: list[Record[ForgetFacts]], what: str = "forget"
 ) -> dict[str, Any] | None:
     if not configured:
         return None
     if not records:
         return control("retention", "Retention", NO_EVIDENCE, f"no {what} recorded in the window")
-    latest = max(records, key=lambda r: str(r.get("time")))
-    f = latest.get("facts", {})
-    removed = f.get("removed") or []
-    kept = sum(
-        1 for g in f.get("groups", []) for d in g.get("decisions", []) if d.get("keep")
-    ) or len(f.get("kept") or [])
+    latest = _newest(records)
+    f = latest.facts
     return control(
         "retention",
         "Retention",
         PASS,
-        f"applied {str(latest.get('time'))[:16]}: kept {kept}, removed {len(removed)}",
-        [latest["id"]],
-        policy=f.get("policy"),
-        groups=f.get("groups"),
+        f"applied {_at(latest.time)}: kept {f.kept_count}, removed {len(f.removed)}",
+        [latest.id],
+        policy=f.policy,
+        groups=[to_builtins(g) for g in f.groups],
     )
 
 
@@ -355,47 +360,44 @@ def residency_control(
     return control("residency", "Residency", PASS, summary, ids, regions=sorted(regions))
 
 
-def latest_result_control(cid: str, title: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def latest_result_control(cid: str, title: str, runs: list[AnyRecord]) -> dict[str, Any]:
     if not runs:
         return control(cid, title, NO_EVIDENCE, "no run recorded in the window")
-    latest = max(runs, key=lambda r: str(r.get("time")))
-    ok = latest.get("result") in GOOD
-    facts = latest.get("facts", {})
-    said = facts.get("error") or ", ".join(facts.get("reasons") or [])
+    latest = _newest(runs)
+    ok = latest.result in GOOD
+    said = latest.facts.failure(", ")
     return control(
         cid,
         title,
         PASS if ok else FAIL,
-        f"newest run {str(latest.get('time'))[:16]}: {latest.get('result')}"
+        f"newest run {_at(latest.time)}: {latest.result}"
         + (f" ({said})" if said and not ok else ""),
-        [latest["id"]],
+        [latest.id],
     )
 
 
-def integrity_control(checks: list[dict[str, Any]]) -> dict[str, Any]:
+def integrity_control(checks: list[Record[CheckFacts]]) -> dict[str, Any]:
     if not checks:
         return control(
             "integrity", "Integrity check", NO_EVIDENCE, "no check of the repository recorded"
         )
-    latest = max(checks, key=lambda r: str(r.get("time")))
-    f = latest.get("facts", {})
-    errors = f.get("error_count", len(f.get("errors") or []))
-    read = human_bytes(int(f.get("bytes_read") or 0))
+    latest = _newest(checks)
+    f = latest.facts
+    errors = f.errors_found
     covered = (
-        f"{f.get('read_fraction', 0):.0%} of the data read ({read}, "
-        f"{f.get('packs_read', 0)} of {f.get('packs', 0)} packs), {f.get('snapshots', 0)} "
-        "snapshots"
+        f"{f.read_fraction:.0%} of the data read ({human_bytes(f.bytes_read)}, "
+        f"{f.packs_read} of {f.packs} packs), {f.snapshots} snapshots"
     )
     return control(
         "integrity",
         "Integrity check",
         FAIL if errors else PASS,
-        f"last check {str(latest.get('time'))[:16]}: "
+        f"last check {_at(latest.time)}: "
         + (f"{errors} error(s)" if errors else "no errors")
         + f"; {covered}",
-        [latest["id"]],
-        read_fraction=f.get("read_fraction"),
-        bytes_read=f.get("bytes_read"),
+        [latest.id],
+        read_fraction=f.read_fraction,
+        bytes_read=f.bytes_read,
     )
 
 
@@ -423,8 +425,8 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _event(time: object, kind: str, ok: bool, rid: str, label: str) -> dict[str, Any]:
-    return {"time": str(time), "type": kind, "ok": ok, "evidence": rid, "label": label}
+def _event(time: datetime, kind: str, ok: bool, rid: str, label: str) -> dict[str, Any]:
+    return {"time": time.isoformat(), "type": kind, "ok": ok, "evidence": rid, "label": label}
 
 
 @dataclass
@@ -437,38 +439,35 @@ class _Evidence:
     since: datetime
     now: datetime
 
-    def records(self, repo: str | None) -> list[dict[str, Any]]:
+    def records(self, repo: str | None) -> list[AnyRecord]:
         pool = self.repos[repo].records if repo in self.repos else []
-        return [d for d in pool if d["id"] not in self.untrusted]
+        return [d for d in pool if d.id not in self.untrusted]
 
-    def of_job(self, repo: str | None, name: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    def of_job(self, repo: str | None, name: str, kinds: tuple[str, ...]) -> list[AnyRecord]:
         """Records of job ``name`` of this plan. A backup run by hand (``bcdr backup --job``,
         no plan) into the job's repository is one of its recovery points too."""
         return [
             d
             for d in self.records(repo)
-            if d.get("job") == name
-            and d.get("kind") in kinds
-            and (d.get("plan") == self.plan.name or (d.get("plan") is None and "backup" in kinds))
+            if d.job == name
+            and d.kind in kinds
+            and (d.plan == self.plan.name or (d.plan is None and "backup" in kinds))
         ]
 
-    def drills_of(self, repo: str | None, kind: str, job: str) -> list[dict[str, Any]]:
+    def drills_of(self, repo: str | None, kind: str, job: str) -> list[Record[DrillFacts]]:
         """Drills of this plan that restored ``job`` (``kind`` backup or disk), as their records
         say: a drill counts for what it restored, whatever the plan says now."""
         return [
             d
-            for d in self.window(self.records(repo))
-            if d.get("kind") == "drill"
-            and d.get("plan") == self.plan.name
-            and d.get("result") is not None
-            and (d.get("facts") or {}).get("job") == job
-            and (d.get("facts") or {}).get("kind", kind) == kind
+            for d in self.window(typed(self.records(repo), DrillFacts))
+            if d.plan == self.plan.name
+            and d.result is not None
+            and d.facts.job == job
+            and d.facts.kind == kind
         ]
 
-    def window(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            d for d in runs if (t := _t(d.get("time"))) is not None and self.since <= t <= self.now
-        ]
+    def window(self, runs: list[R]) -> list[R]:
+        return [d for d in runs if self.since <= d.time <= self.now]
 
 
 def coverage(start: datetime, since: datetime, now: datetime) -> dict[str, Any]:
@@ -513,10 +512,10 @@ def evaluate(
         d
         for r in repos
         for d in r.records
-        if d["id"] not in untrusted
-        and (d.get("plan") == plan.name or (d.get("plan") is None and d.get("kind") == "backup"))
+        if d.id not in untrusted
+        and (d.plan == plan.name or (d.plan is None and d.kind == BackupFacts.KIND))
     ]
-    plan_times = [t for d in ours if (t := _t(d.get("started") or d.get("time")))]
+    plan_times = [d.begun for d in ours]
     start = max(since, min(plan_times)) if plan_times else since
     cov = coverage(start, since, now)
 
@@ -554,17 +553,16 @@ def evaluate(
     }
 
 
-def plan_versions(records: list[dict[str, Any]], current: str | None) -> list[dict[str, Any]]:
+def plan_versions(records: list[AnyRecord], current: str | None) -> list[dict[str, Any]]:
     """The plan files the window's records were written under (by digest), oldest first: more
     than one means the plan changed within the window."""
     seen: dict[str | None, dict[str, Any]] = {}
-    for d in sorted(records, key=lambda d: str(d.get("time"))):
-        digest = d.get("plan_digest")
+    for d in sorted(records, key=lambda d: d.time):
         v = seen.setdefault(
-            digest,
-            {"digest": digest, "first": d.get("time"), "last": None, "records": 0},
+            d.plan_digest,
+            {"digest": d.plan_digest, "first": d.time.isoformat(), "last": None, "records": 0},
         )
-        v["last"] = d.get("time")
+        v["last"] = d.time.isoformat()
         v["records"] += 1
     for v in seen.values():
         v["current"] = v["digest"] is not None and v["digest"] == current
@@ -573,39 +571,26 @@ def plan_versions(records: list[dict[str, Any]], current: str | None) -> list[di
 
 def _backup_job(ev: _Evidence, k: JobKind, name: str, bjob: Any, start: datetime) -> dict[str, Any]:
     plan, since, now = ev.plan, ev.since, ev.now
-    runs = ev.of_job(bjob.repository, name, k.evidence)
+    runs = typed(ev.of_job(bjob.repository, name, k.evidence), BackupFacts)
     in_window = ev.window(runs)
     sched, missed = schedule_control(plan, name, bjob, in_window, start, now)
     points = [
-        (t, d["id"])
-        for d in runs
-        if d.get("result") in GOOD and (t := _t(d["facts"].get("snapshot_time")))
+        (t, d.id) for d in runs if d.result in GOOD and (t := d.facts.snapshot_time) is not None
     ]
     drill_names = [n for n, d in plan.drills.items() if d.backup == name]
     drills = ev.drills_of(bjob.repository, "backup", name)
-    places = []
-    for d in in_window:
-        p = d["facts"].get("placement") or {}
-        how = p.get("status") or "declared"
-        if p.get("region"):
-            places.append((p["region"], how, d["id"]))
-        if p.get("secondary_region"):  # a geo-redundant account's paired region
-            places.append((p["secondary_region"], f"{how} secondary", d["id"]))
-    declared = plan.repositories[bjob.repository].region
-    if declared and not places:
-        places.append((declared, "declared in the plan", None))
     controls = [
         sched,
         rpo_control(bjob.rpo, points, since, now, f"job {name}"),
         *drill_controls(drills, drill_names),
     ]
-    ret = retention_control(
-        bjob.retention is not None, ev.window(ev.of_job(bjob.repository, name, ("forget",)))
-    )
+    forgets = typed(ev.of_job(bjob.repository, name, (ForgetFacts.KIND,)), ForgetFacts)
+    ret = retention_control(bjob.retention is not None, ev.window(forgets))
     if ret:
         controls.append(ret)
+    places = _backup_places(in_window, plan.repositories[bjob.repository].region)
     controls.append(residency_control(allowed(plan), places, catalog()))
-    checks = ev.window([d for d in ev.records(bjob.repository) if d.get("kind") == "check"])
+    checks = ev.window(typed(ev.records(bjob.repository), CheckFacts))
     controls.append(integrity_control(checks))
     if plan.repositories[bjob.repository].encryption is not None:
         repo = ev.repos.get(bjob.repository)
@@ -619,28 +604,44 @@ def _backup_job(ev: _Evidence, k: JobKind, name: str, bjob: Any, start: datetime
                 "encryption)",
             )
         )
-    timeline = [
-        _event(
-            d["facts"].get("snapshot_time") or d["time"],
-            "recovery_point" if d.get("result") in GOOD else "failure",
-            d.get("result") in GOOD,
-            d["id"],
-            (
-                (d["facts"].get("snapshot") or "")[:8]
-                + (" (by hand)" if d.get("plan") is None else "")
-            )
-            if d.get("result") in GOOD
-            else str(d["facts"].get("error", ""))[:80],
-        )
-        for d in in_window
-    ] + [_drill_event(d) for d in drills]
+    timeline = [_backup_event(d) for d in in_window] + [_drill_event(d) for d in drills]
     return _job(name, "backup", bjob, controls, timeline, missed, drills, in_window)
 
 
-def _drill_event(d: dict[str, Any]) -> dict[str, Any]:
-    sampled = sample_label(d.get("facts") or {})
-    label = str(d.get("job") or "") + (f" ({sampled})" if sampled else "")
-    return _event(d["time"], "drill", d.get("result") == "ok", d["id"], label)
+def _backup_places(
+    runs: list[Record[BackupFacts]], declared: str | None
+) -> list[tuple[str, str, str | None]]:
+    """Where a backup job's records say its data went (and a geo-redundant account's paired
+    region); the plan's word when no record says."""
+    places: list[tuple[str, str, str | None]] = []
+    for d in runs:
+        p = d.facts.placement
+        if p is None:
+            continue
+        how = p.status or "declared"
+        if p.region:
+            places.append((p.region, how, d.id))
+        if p.secondary_region:
+            places.append((p.secondary_region, f"{how} secondary", d.id))
+    if declared and not places:
+        places.append((declared, "declared in the plan", None))
+    return places
+
+
+def _backup_event(d: Record[BackupFacts]) -> dict[str, Any]:
+    good = d.result in GOOD
+    if good:
+        label = (d.facts.snapshot or "")[:8] + (" (by hand)" if d.plan is None else "")
+    else:
+        label = (d.facts.error or "")[:80]
+    kind = "recovery_point" if good else "failure"
+    return _event(d.facts.snapshot_time or d.time, kind, good, d.id, label)
+
+
+def _drill_event(d: Record[DrillFacts]) -> dict[str, Any]:
+    sampled = sample_label(d.facts)
+    label = (d.job or "") + (f" ({sampled})" if sampled else "")
+    return _event(d.time, "drill", d.result == "ok", d.id, label)
 
 
 def _snapshot_job(
@@ -648,12 +649,12 @@ def _snapshot_job(
 ) -> dict[str, Any]:
     plan, since, now = ev.plan, ev.since, ev.now
     repo = k.repository(plan, sjob)
-    runs = ev.of_job(repo, name, k.evidence)
+    runs = typed(ev.of_job(repo, name, k.evidence), DiskSnapshotFacts)
     in_window = ev.window(runs)
     sched, missed = schedule_control(plan, name, sjob, in_window, start, now)
     per_disk = _disk_points(runs)
     places = _disk_places(in_window)
-    latest = max(in_window, key=lambda r: str(r.get("time")), default=None)
+    latest = _newest(in_window) if in_window else None
     copies_bad = _copies_not_done(latest)
     per_disk_c = [
         rpo_control(
@@ -682,7 +683,7 @@ def _snapshot_job(
                     if copies_bad
                     else f"newest run copied every disk to {', '.join(sjob.copy_to)}"
                 ),
-                [latest["id"]] if latest else [],
+                [latest.id] if latest else [],
             )
         )
     controls += drill_controls(drills, drill_names)
@@ -693,7 +694,7 @@ def _snapshot_job(
                 "Retention",
                 PASS if latest else NO_EVIDENCE,
                 "applied by each run (per disk and region)" if latest else "no run recorded",
-                [latest["id"]] if latest else [],
+                [latest.id] if latest else [],
             )
         )
     if not places:
@@ -702,48 +703,47 @@ def _snapshot_job(
     controls.append(residency_control(allowed(plan), places, catalog()))
     timeline = [
         _event(
-            d["time"],
-            "recovery_point" if d.get("result") in GOOD else "failure",
-            d.get("result") == "ok",
-            d["id"],
-            str(d.get("result")),
+            d.time,
+            "recovery_point" if d.result in GOOD else "failure",
+            d.result == "ok",
+            d.id,
+            str(d.result),
         )
         for d in in_window
     ] + [_drill_event(d) for d in drills]
     return _job(name, "snapshot", sjob, controls, timeline, missed, drills, in_window)
 
 
-def _disk_points(runs: list[dict[str, Any]]) -> dict[str, list[tuple[datetime, str]]]:
+def _disk_points(runs: list[Record[DiskSnapshotFacts]]) -> dict[str, list[tuple[datetime, str]]]:
     """Each disk's recovery points (time, evidence id) in a disk job's records."""
     per_disk: dict[str, list[tuple[datetime, str]]] = {}
     for d in runs:
-        for disk in d["facts"].get("disks") or []:
-            when = _t(disk.get("time"))
-            if disk.get("status") in ("protected", "partial") and when:
-                per_disk.setdefault(disk["disk"], []).append((when, d["id"]))
+        for disk in d.facts.disks or []:
+            if disk.status in ("protected", "partial") and disk.time is not None:
+                per_disk.setdefault(disk.disk, []).append((disk.time, d.id))
     return per_disk
 
 
-def _disk_places(runs: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+def _disk_places(runs: list[Record[DiskSnapshotFacts]]) -> list[tuple[str, str, str | None]]:
     """Where a disk job's records say the disks and their copies are."""
     places: list[tuple[str, str, str | None]] = []
     for d in runs:
-        for disk in d["facts"].get("disks") or []:
-            if disk.get("region"):
-                places.append((disk["region"], "verified (disk)", d["id"]))
-            places += [(c["region"], "verified (copy)", d["id"]) for c in disk.get("copies") or []]
+        for disk in d.facts.disks or []:
+            if disk.region:
+                places.append((disk.region, "verified (disk)", d.id))
+            places += [(c.region, "verified (copy)", d.id) for c in disk.copies]
     return places
 
 
-def _copies_not_done(latest: dict[str, Any] | None) -> list[str]:
+def _copies_not_done(latest: Record[DiskSnapshotFacts] | None) -> list[str]:
     """The copies of the newest run that did not complete, as "disk to region: state"."""
     if latest is None:
         return []
     return [
-        f"{disk['name']} to {c['region']}: {c.get('state')}"
-        for disk in latest["facts"].get("disks") or []
-        for c in disk.get("copies") or []
-        if c.get("state") != "done"
+        f"{disk.name} to {c.region}: {c.state}"
+        for disk in latest.facts.disks or []
+        for c in disk.copies
+        if c.state != "done"
     ]
 
 
@@ -757,11 +757,11 @@ def _result_job(title: str) -> JobControls:
         sched, missed = schedule_control(ev.plan, name, tjob, runs, start, ev.now, meets=None)
         timeline = [
             _event(
-                d["time"],
-                k.name if d.get("result") in GOOD else "failure",
-                d.get("result") in GOOD,
-                d["id"],
-                str(d.get("result")),
+                d.time,
+                k.name if d.result in GOOD else "failure",
+                d.result in GOOD,
+                d.id,
+                str(d.result),
             )
             for d in runs
         ]
@@ -836,8 +836,8 @@ def _job(
     controls: list[dict[str, Any]],
     timeline: list[dict[str, Any]],
     missed: list[str],
-    drills: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
+    drills: list[Record[DrillFacts]],
+    runs: Sequence[AnyRecord],
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -845,32 +845,32 @@ def _job(
         "schedule": job.schedule.spec,
         "controls": controls,
         "timeline": sorted(
-            timeline + [_event(m, "missed", False, "", "missed slot") for m in missed],
+            timeline
+            + [
+                {"time": m, "type": "missed", "ok": False, "evidence": "", "label": "missed slot"}
+                for m in missed
+            ],
             key=lambda e: e["time"],
         ),
         "drills": [
             {
-                "time": d.get("time"),
-                "drill": d.get("job"),
-                "verdict": d["facts"].get("verdict"),
-                "rto_s": d["facts"].get("rto_s"),
-                "rpo_s": d["facts"].get("rpo_s"),
-                "files_verified": d["facts"].get("files_verified"),
-                "sampled": sample_label(d["facts"]),
-                "sample_percent": d["facts"].get("sample_percent", 100.0),
-                "rto_estimate_s": _rounded(rto_estimate(d["facts"])[0]),
-                "evidence": d["id"],
+                "time": d.time.isoformat(),
+                "drill": d.job,
+                "verdict": d.facts.verdict,
+                "rto_s": d.facts.rto_s,
+                "rpo_s": d.facts.rpo_s,
+                "files_verified": d.facts.files_verified,
+                "sampled": sample_label(d.facts),
+                "sample_percent": d.facts.sample_percent,
+                "rto_estimate_s": _rounded(rto_estimate(d.facts)[0]),
+                "evidence": d.id,
             }
-            for d in sorted(drills, key=lambda d: str(d.get("time")))
+            for d in sorted(drills, key=lambda d: d.time)
         ],
         "failures": [
-            {
-                "time": d.get("time"),
-                "error": d["facts"].get("error") or "; ".join(d["facts"].get("reasons") or []),
-                "evidence": d["id"],
-            }
+            {"time": d.time.isoformat(), "error": d.facts.failure("; "), "evidence": d.id}
             for d in runs
-            if d.get("result") not in GOOD
+            if d.result not in GOOD
         ],
     }
 

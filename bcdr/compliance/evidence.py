@@ -27,8 +27,9 @@ import getpass
 import json
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -38,6 +39,15 @@ from bcdr.clock import parse_aware
 from bcdr.compliance import anchors
 from bcdr.compliance.anchors import Anchor
 from bcdr.compliance.context import RunContext
+from bcdr.compliance.records import (
+    FORMAT,
+    Facts,
+    Record,
+    RecordProblem,
+    decode,
+    encode,
+    to_document,
+)
 from bcdr.errors import BcdrError, ObjectNotFound
 from bcdr.repository.hashing import object_name
 from bcdr.repository.locks import EVIDENCE
@@ -71,84 +81,186 @@ def _entries(repo: Repository) -> list[Entry]:
 
 def write_record(
     repo: Repository,
-    kind: str,
-    facts: Mapping[str, object],
+    facts: Facts,
     *,
     context: RunContext | None = None,
     result: str = "ok",
 ) -> str:
-    """Append one record to the repository's chain; returns its id."""
+    """Append one record of ``facts``'s kind to the repository's chain; returns its id."""
     ctx = context or RunContext()
-    with repo.lock(EVIDENCE, wait=APPEND_WAIT_S):
-        chained = [e for e in _entries(repo) if e.seq is not None]
-        last = chained[-1] if chained else None
-        now = repo.clock.now().isoformat()
-        seq = (last.seq or 0) + 1 if last else 1
+
+    def document(seq: int, prev: str | None, now: datetime) -> bytes:
+        return encode(
+            Record(
+                v=FORMAT,
+                repository=repo.config.id,
+                kind=facts.KIND,
+                seq=seq,
+                prev=prev,
+                time=now,
+                hostname=socket.gethostname(),
+                username=getpass.getuser(),
+                program_version=__version__,
+                plan=ctx.plan,
+                plan_digest=ctx.plan_digest,
+                job=ctx.job,
+                started=parse_aware(ctx.started) if ctx.started else now,
+                finished=now,
+                result=result,
+                targets=ctx.targets,
+                facts=facts,
+            )
+        )
+
+    return _append(repo, document)
+
+
+def write_untyped(
+    repo: Repository,
+    kind: object,
+    facts: object,
+    *,
+    context: RunContext | None = None,
+    result: object = "ok",
+) -> str:
+    """Append a document as given, typed or not: what another version, a bug or someone with
+    write access could leave in the chain (the tests of readers use it)."""
+    ctx = context or RunContext()
+
+    def document(seq: int, prev: str | None, now: datetime) -> bytes:
         doc = {
             "repository": repo.config.id,
             "kind": kind,
             "seq": seq,
-            "prev": last.id if last else None,
-            "time": now,
-            "hostname": socket.gethostname(),
-            "username": getpass.getuser(),
-            "program_version": __version__,
+            "prev": prev,
+            "time": now.isoformat(),
             "plan": ctx.plan,
-            "plan_digest": ctx.plan_digest,
             "job": ctx.job,
-            "started": ctx.started or now,
-            "finished": now,
+            "started": ctx.started or now.isoformat(),
+            "finished": now.isoformat(),
             "result": result,
-            "targets": ctx.targets,
-            "facts": dict(facts),
+            "facts": facts,
         }
-        sealed = repo.cipher.seal(json.dumps(doc, sort_keys=True).encode(), EVIDENCE_AAD)
+        return json.dumps(doc, sort_keys=True).encode()
+
+    return _append(repo, document)
+
+
+def _append(repo: Repository, document: Callable[[int, str | None, datetime], bytes]) -> str:
+    """Seal ``document(seq, prev, now)`` and store it as the chain's next record, under the
+    evidence lock; remember the new head on this host."""
+    with repo.lock(EVIDENCE, wait=APPEND_WAIT_S):
+        chained = [e for e in _entries(repo) if e.seq is not None]
+        last = chained[-1] if chained else None
+        seq = (last.seq or 0) + 1 if last else 1
+        plain = document(seq, last.id if last else None, repo.clock.now())
+        sealed = repo.cipher.seal(plain, EVIDENCE_AAD)
         rid = object_name(sealed)
         repo.storage.put(f"{PREFIX}{seq:010d}-{rid}", sealed)
     anchors.remember(repo.config.id, seq, rid, "appended")
     return rid
 
 
-def _open(repo: Repository, entry: Entry) -> tuple[dict[str, Any] | None, str | None]:
-    """The record's document, or None and what is wrong with it."""
+class _Place(msgspec.Struct):
+    """What the chain checks read from a record, whatever else it holds."""
+
+    repository: object = None
+    seq: object = None
+    prev: object = None
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A record that opens and holds its place in the chain, but is not evidence this version
+    can use (another version's format, a bug, or a hand at an unencrypted repository)."""
+
+    id: str
+    seq: int | None
+    document: dict[str, Any]  # as far as it parses
+    problem: str
+
+
+def _open(repo: Repository, entry: Entry) -> tuple[bytes | None, _Place | None, str | None]:
+    """The record's stored document and its place fields, or None and what is wrong."""
     try:
         sealed = repo.storage.get(PREFIX + entry.name)
     except ObjectNotFound:
-        return None, "vanished while being read"
+        return None, None, "vanished while being read"
     if object_name(sealed) != entry.id:
-        return None, "altered: its content does not match its id"
+        return None, None, "altered: its content does not match its id"
     try:
         plain = repo.cipher.open(sealed, EVIDENCE_AAD, f"evidence {entry.id[:12]}")
     except BcdrError as exc:
         if repo.config.encryption != "none":
-            return None, (
-                "forged: it is not sealed with this repository's key (written by someone "
-                f"without it), or damaged ({exc})"
+            return (
+                None,
+                None,
+                (
+                    "forged: it is not sealed with this repository's key (written by someone "
+                    f"without it), or damaged ({exc})"
+                ),
             )
-        return None, f"unreadable: {exc}"
+        return None, None, f"unreadable: {exc}"
     try:
-        doc = json.loads(plain)
-    except ValueError as exc:
-        return None, f"unreadable: {exc}"
-    if not isinstance(doc, dict):
-        return None, "unreadable: not a record"
-    written_to = doc.get("repository")
+        place = msgspec.json.decode(plain, type=_Place)
+    except msgspec.DecodeError as exc:
+        return None, None, f"unreadable: {exc}"
+    written_to = place.repository
     if written_to is not None and written_to != repo.config.id:
-        return None, f"copied from another repository ({str(written_to)[:12]})"
-    return doc, None
+        return None, None, f"copied from another repository ({str(written_to)[:12]})"
+    return plain, place, None
 
 
-def read_records(repo: Repository, kind: str | None = None) -> list[dict[str, Any]]:
-    """Every readable record (of ``kind``), in chain order (unchained ones first, by time),
-    each with its ``id``."""
-    out = []
+def _typed(entry: Entry, plain: bytes) -> Record[Facts] | Unusable:
+    try:
+        return decode(plain, entry.id)
+    except RecordProblem as exc:
+        try:
+            doc = json.loads(plain)
+        except ValueError:
+            doc = {}
+        return Unusable(entry.id, entry.seq, doc if isinstance(doc, dict) else {}, str(exc))
+
+
+def list_records(repo: Repository, kind: str | None = None) -> list[Record[Facts] | Unusable]:
+    """Every record that opens (of ``kind``), in chain order (unchained ones first, by time):
+    typed, or what keeps it from being evidence."""
+    out: list[Record[Facts] | Unusable] = []
     for entry in _entries(repo):
-        doc, problem = _open(repo, entry)
-        if doc is None or (kind is not None and doc.get("kind") != kind):
+        plain, _, _ = _open(repo, entry)
+        if plain is None:
             continue
-        out.append({**doc, "id": entry.id})
-    unchained = sorted((d for d in out if "seq" not in d), key=lambda d: str(d.get("time")))
-    return unchained + [d for d in out if "seq" in d]
+        item = _typed(entry, plain)
+        if kind is not None and _kind(item) != kind:
+            continue
+        out.append(item)
+    return _in_order(out)
+
+
+def as_document(item: Record[Facts] | Unusable) -> dict[str, Any]:
+    """A listed record as JSON values: the typed record, or the document as stored with the
+    reason it is not evidence (``problem``)."""
+    if isinstance(item, Record):
+        return to_document(item)
+    return {**item.document, "id": item.id, "problem": item.problem}
+
+
+def read_records(repo: Repository, kind: str | None = None) -> list[Record[Facts]]:
+    """Every record usable as evidence (of ``kind``), in chain order (unchained ones first,
+    by time)."""
+    return [r for r in list_records(repo, kind) if isinstance(r, Record)]
+
+
+def _kind(item: Record[Facts] | Unusable) -> object:
+    return item.kind if isinstance(item, Record) else item.document.get("kind")
+
+
+def _in_order(items: list[Record[Facts] | Unusable]) -> list[Record[Facts] | Unusable]:
+    def when(item: Record[Facts] | Unusable) -> str:
+        return item.time.isoformat() if isinstance(item, Record) else str(item.document.get("time"))
+
+    unchained = sorted((i for i in items if i.seq is None), key=when)
+    return unchained + [i for i in items if i.seq is not None]
 
 
 @dataclass
@@ -172,6 +284,8 @@ class ChainReport:
     authenticated: bool = False  # records sealed with the repository key (encrypted)
     anchors: list[dict[str, object]] = field(default_factory=list)  # heads checked against
     anchor_notes: list[str] = field(default_factory=list)  # e.g. host heads unreadable
+    #: records in their place in the chain that cannot serve as evidence (``Unusable``)
+    unusable: list[ChainProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +295,7 @@ class ChainReport:
         d = asdict(self)
         d["bad_ids"] = sorted(self.bad_ids)
         d["problems"] = [str(p) for p in self.problems]
+        d["unusable"] = [str(p) for p in self.unusable]
         d["ok"] = self.ok
         return d
 
@@ -197,31 +312,54 @@ def verify_chain(
 
 def read_chain(
     repo: Repository, given: list[Anchor] | None = None, *, host: bool = True
-) -> tuple[list[dict[str, Any]], ChainReport]:
-    """``verify_chain`` and ``read_records`` in one pass over storage: every readable record
-    (unchained ones first, each with its ``id``) and the chain's report. An intact chain's
-    head is remembered on this host."""
+) -> tuple[list[Record[Facts]], ChainReport]:
+    """``verify_chain`` and ``read_records`` in one pass over storage: every record usable as
+    evidence (unchained ones first) and the chain's report, which names the records that hold
+    their place but cannot serve as evidence (``unusable``, in ``bad_ids`` too). An intact
+    chain's head is remembered on this host."""
     report = ChainReport(
         repository_id=repo.config.id, authenticated=repo.config.encryption != "none"
     )
     entries = _entries(repo)
-    documents: list[dict[str, Any]] = []
+    items: list[Record[Facts] | Unusable] = []
     for e in entries:
         if e.seq is None:
             report.unchained += 1
-            legacy, _ = _open(repo, e)
-            if legacy is not None:
-                documents.append({**legacy, "id": e.id})
-    documents.sort(key=lambda d: str(d.get("time")))
+            plain, _, _ = _open(repo, e)
+            if plain is not None:
+                items.append(_typed(e, plain))
     chained = [e for e in entries if e.seq is not None]
     expected_seq, prev_id = 1, None
     by_seq: dict[int, list[Entry]] = {}
     for e in chained:
         by_seq.setdefault(e.seq or 0, []).append(e)
     for seq in sorted(by_seq):
-        entry = _check_place(repo, report, documents, by_seq[seq], seq, expected_seq, prev_id)
+        entry = _check_place(repo, report, items, by_seq[seq], seq, expected_seq, prev_id)
         prev_id, expected_seq = entry.id, seq + 1
         report.head_seq, report.head_id = seq, entry.id
+    _check_anchors(repo, report, {e.seq: e.id for e in chained if e.seq is not None}, given, host)
+    if report.ok and report.head_id and host:
+        anchors.remember(repo.config.id, report.head_seq, report.head_id, "verified")
+    records: list[Record[Facts]] = []
+    for item in _in_order(items):
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            label = f"#{item.seq} ({item.id[:12]})" if item.seq is not None else item.id[:12]
+            report.unusable.append(ChainProblem(label, f"not usable as evidence: {item.problem}"))
+            report.bad_ids.add(item.id)
+    return records, report
+
+
+def _check_anchors(
+    repo: Repository,
+    report: ChainReport,
+    ids_at: dict[int, str],
+    given: list[Anchor] | None,
+    host: bool,
+) -> None:
+    """The chain (``ids_at``: record id by place) against the heads seen before: the
+    ``given`` ones, and this host's unless ``host`` is False."""
     checked = list(given or [])
     if host:
         mine, why_not = anchors.host_anchor(repo.config.id)
@@ -229,21 +367,17 @@ def read_chain(
             checked.append(mine)
         if why_not:
             report.anchor_notes.append(why_not)
-    ids_at = {e.seq: e.id for e in chained if e.seq is not None}
     for anchor in checked:
         wrong = _against(anchor, ids_at, report.head_seq)
         report.anchors.append({**anchor.to_dict(), "ok": wrong is None})
         if wrong is not None:
             report.problems.append(wrong)
-    if report.ok and report.head_id and host:
-        anchors.remember(repo.config.id, report.head_seq, report.head_id, "verified")
-    return documents, report
 
 
 def _check_place(
     repo: Repository,
     report: ChainReport,
-    documents: list[dict[str, Any]],
+    items: list[Record[Facts] | Unusable],
     group: list[Entry],
     seq: int,
     expected_seq: int,
@@ -271,24 +405,24 @@ def _check_place(
         )
         report.bad_ids.update(e.id for e in group)
     entry = group[0]
-    doc, problem = _open(repo, entry)
+    plain, place, problem = _open(repo, entry)
     report.records += 1
     named = f"{label} ({entry.id[:12]})"
-    if doc is None:
+    if plain is None or place is None:
         report.problems.append(ChainProblem(named, str(problem)))
         report.bad_ids.add(entry.id)
         return entry
-    documents.append({**doc, "id": entry.id})
-    if doc.get("seq") != seq:
+    items.append(_typed(entry, plain))
+    if place.seq != seq:
         report.problems.append(
-            ChainProblem(named, f"reordered: the record says it is #{doc.get('seq')}")
+            ChainProblem(named, f"reordered: the record says it is #{place.seq}")
         )
         report.bad_ids.add(entry.id)
-    elif seq == expected_seq and doc.get("prev") != prev_id:
+    elif seq == expected_seq and place.prev != prev_id:
         report.problems.append(
             ChainProblem(
                 named,
-                f"chain broken: it follows {str(doc.get('prev'))[:12]}, but the record before "
+                f"chain broken: it follows {str(place.prev)[:12]}, but the record before "
                 f"it is {str(prev_id)[:12]} (reordered or replaced)",
             )
         )
@@ -322,75 +456,4 @@ def _against(anchor: Anchor, ids_at: dict[int, str], head_seq: int) -> ChainProb
             f"rewritten: {anchor.source} saw {short} here, the chain now holds "
             f"{(actual or 'nothing')[:12]}; the chain was rebuilt from here on",
         )
-    return None
-
-
-# -- what a record must look like to serve as evidence ----------------------------------------
-# The fields the compliance report reads, with their types; other fields are free. Written by
-# this module and its callers; checked when read, since a record that opens and sits in its
-# place in the chain may still come from another version, a bug, or someone who could write
-# to an unencrypted repository.
-
-
-class _Placement(msgspec.Struct):
-    region: str | None = None
-    secondary_region: str | None = None
-    status: str | None = None
-
-
-class _Copy(msgspec.Struct):
-    region: str
-    state: str | None = None
-
-
-class _Disk(msgspec.Struct):
-    disk: str
-    name: str
-    region: str | None = None
-    status: str | None = None
-    time: str | None = None
-    copies: list[_Copy] = []
-
-
-class _Facts(msgspec.Struct):
-    snapshot: str | None = None
-    snapshot_time: str | None = None
-    placement: _Placement | None = None
-    disks: list[_Disk] | None = None
-    reasons: list[str] | None = None
-    verdict: str | None = None
-    rto_s: float | None = None
-    rpo_s: float | None = None
-    files_verified: int | None = None
-
-
-class _Record(msgspec.Struct):
-    time: str
-    kind: str
-    plan: str | None = None
-    job: str | None = None
-    result: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    facts: _Facts | None = None
-
-
-def record_problem(doc: Mapping[str, Any]) -> str | None:
-    """Why a record cannot serve as evidence (a field of the wrong kind, a time that is not
-    ISO 8601 with a UTC offset), or None when it can."""
-    try:
-        rec = msgspec.convert(doc, _Record)
-    except msgspec.ValidationError as exc:
-        return str(exc)
-    times = [("time", rec.time), ("started", rec.started), ("finished", rec.finished)]
-    if rec.facts is not None:
-        times.append(("facts.snapshot_time", rec.facts.snapshot_time))
-        times += [("facts.disks[].time", d.time) for d in rec.facts.disks or []]
-    for where, value in times:
-        if value is None:
-            continue
-        try:
-            parse_aware(value)
-        except ValueError as exc:
-            return f"{where}: {exc}"
     return None
