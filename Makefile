@@ -61,7 +61,7 @@ bench: install node restic
 
 lint: install
 	$(VENV)/bin/ruff check bcdr tests bench
-	$(VENV)/bin/mypy bcdr
+	$(VENV)/bin/mypy bcdr tests
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:

@@ -434,7 +434,7 @@ class ArmServer:
         group_id = RG_RE.match(rid.lower())
         assert group_id
         name = rid.rsplit("/", 1)[-1]
-        doc = {
+        doc: dict[str, Any] = {
             "id": rid,
             "name": name,
             "type": "Microsoft.Compute/snapshots",
@@ -482,7 +482,7 @@ class ArmServer:
         if source["properties"].get("completionPercent", 100) < 100:
             return 409, ("OperationNotAllowed", "The snapshot's copy has not completed.")
         name = rid.rsplit("/", 1)[-1]
-        doc = {
+        doc: dict[str, Any] = {
             "id": rid,
             "name": name,
             "type": "Microsoft.Compute/disks",
@@ -513,7 +513,7 @@ class ArmServer:
         vm = self._get(source)
         if vm is None:
             return 404, ("NotFound", f"Virtual machine {source} was not found.")
-        doc = {
+        doc: dict[str, Any] = {
             "id": rid,
             "name": rid.rsplit("/", 1)[-1],
             "type": "Microsoft.Compute/restorePointCollections",
@@ -560,7 +560,7 @@ class ArmServer:
         disks = [profile["osDisk"], *profile["dataDisks"]]
         kept = [point(d) for d in disks if d["managedDisk"]["id"].lower() not in excluded]
         os_disk = [d for d in kept if d["name"] == profile["osDisk"]["name"]]
-        doc = {
+        doc: dict[str, Any] = {
             "id": rid,
             "name": rid.rsplit("/", 1)[-1],
             "type": "Microsoft.Compute/restorePointCollections/restorePoints",

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,8 +44,12 @@ class Result:
         return json.loads(self.out)
 
 
+#: The ``cli`` fixture: ``cli("backup", ...)`` runs bcdr in this process.
+Cli = Callable[..., Result]
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run ``bcdr ARGS`` in-process; returns Result(code, stdout, stderr)."""
 
     def run(*args: str) -> Result:
@@ -75,7 +79,7 @@ def run_process(
 
 
 @pytest.fixture
-def repo(tmp_path: Path, cli) -> str:  # type: ignore[no-untyped-def]
+def repo(tmp_path: Path, cli: Cli) -> str:
     url = str(tmp_path / "repo")
     r = cli("init", "--repo", url, "--chunk-size", SMALL_CHUNKS)
     assert r.code == 0, r.err

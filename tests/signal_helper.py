@@ -10,6 +10,7 @@ import sys
 
 import bcdr.actions.common as common
 from bcdr.cli.main import main
+from bcdr.storage.url import open_storage
 from bcdr.storage.wrap import StorageWrapper
 
 
@@ -31,6 +32,8 @@ class SignalAfter(StorageWrapper):
 
 if __name__ == "__main__":
     signum, prefix, argv = getattr(signal, sys.argv[1]), sys.argv[2], sys.argv[4:]
-    opener = common.open_storage
-    common.open_storage = lambda *a, **k: SignalAfter(opener(*a, **k), signum, prefix)  # type: ignore[assignment]
+    # actions.common binds open_storage when it is imported: patch that binding
+    common.__dict__["open_storage"] = lambda *a, **k: SignalAfter(
+        open_storage(*a, **k), signum, prefix
+    )
     raise SystemExit(main(argv))

@@ -60,10 +60,10 @@ def test_grouped_zstd_beats_plain_zstd_on_trained_weights() -> None:
         codec, grouped = c.compress(data, (elsize, 0))
         assert codec == 2
         assert len(grouped) < ratio * len(plain), (len(grouped), len(plain))
-        assert c.decompress(codec, grouped, len(data), "t") == data
+        assert c.decompress(codec, bytes(grouped), len(data), "t") == data
         # Misaligned chunks (lead > 0) are still exact.
         codec, shifted = c.compress(data[1:], (elsize, 1))
-        assert c.decompress(codec, shifted, len(data) - 1, "t") == data[1:]
+        assert c.decompress(codec, bytes(shifted), len(data) - 1, "t") == data[1:]
 
 
 def _checkpoint(path: Path, tensors: dict[str, bytes]) -> None:

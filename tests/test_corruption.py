@@ -16,7 +16,7 @@ from bcdr.repository.pack import DATA, TREE
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, encode_tree
 from bcdr.storage.local import LocalStorage
-from tests.conftest import init_small, restored_root, run_process, write_tree
+from tests.conftest import Cli, init_small, restored_root, run_process, write_tree
 
 
 @pytest.fixture
@@ -430,7 +430,7 @@ def test_a_tree_with_a_content_id_of_the_wrong_length_is_reported_not_a_crash(
 )
 def test_a_snapshot_with_a_field_of_the_wrong_kind_is_damaged_not_a_crash(
     tmp_path: Path,
-    cli,
+    cli: Cli,
     change: dict[str, object],
 ) -> None:
     # each of these failed snapshots, ls, restore, forget or backup with a traceback

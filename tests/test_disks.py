@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -281,34 +281,34 @@ def test_retention_per_disk_and_region_with_paging(tmp_path: Path, arm: ArmServe
         assert {s["tags"]["bcdr-time"][:10] for s in kept} == {"2026-11-03", "2026-11-04"}
     [disk, _] = report.disks
     assert len(disk.removed) == 2  # the oldest source and its copy, in the last run
-    assert {r["reasons"][0] for r in disk.removed} == {"not kept by the retention policy"}
-    assert any("last #1" in k["reasons"] for k in disk.kept)
+    assert {cast(list[str], r["reasons"])[0] for r in disk.removed} == {
+        "not kept by the retention policy"
+    }
+    assert any("last #1" in cast(list[str], k["reasons"]) for k in disk.kept)
     # 8 snapshots listed with 2 per page: the listing followed nextLink
     assert len(list_recovery_points(plan, [], clock)) == 8
 
 
-def test_azure_limit_of_500_per_disk(tmp_path: Path, arm: ArmServer) -> None:
+def test_azure_limit_of_500_per_disk(
+    tmp_path: Path, arm: ArmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import bcdr.disks.job as job_module
 
     d1 = arm.disk(SUB, RG, "data1", location="westeurope")
     f = _plan(tmp_path, arm, [d1], copy_to="[]")
     plan = load_plan(f)
     clock = FakeClock(datetime(2026, 11, 1, 2, 0, tzinfo=UTC))
-    limit = job_module.MAX_DISK_SNAPSHOTS
-    job_module.MAX_DISK_SNAPSHOTS = 3  # the server's limit too, for a short test
+    monkeypatch.setattr(job_module, "MAX_DISK_SNAPSHOTS", 3)  # the server's limit too
     arm.snapshot_limit = 3
-    try:
-        for _ in range(3):
-            assert run_disk_job(plan, "scratch", clock).report.status == "ok"
-            clock.advance(timedelta(hours=1))
-        [disk] = run_disk_job(plan, "scratch", clock).report.disks
-        assert disk.status == "failed"
-        assert "has 3 incremental snapshots from this job; Azure allows 3 per disk" in (
-            disk.error or ""
-        )
-        assert len(_snapshots(arm)) == 3  # nothing was attempted past the limit
-    finally:
-        job_module.MAX_DISK_SNAPSHOTS = limit
+    for _ in range(3):
+        assert run_disk_job(plan, "scratch", clock).report.status == "ok"
+        clock.advance(timedelta(hours=1))
+    [disk] = run_disk_job(plan, "scratch", clock).report.disks
+    assert disk.status == "failed"
+    assert "has 3 incremental snapshots from this job; Azure allows 3 per disk" in (
+        disk.error or ""
+    )
+    assert len(_snapshots(arm)) == 3  # nothing was attempted past the limit
 
 
 def test_wrong_region_is_refused_before_anything_is_created(tmp_path: Path, arm: ArmServer) -> None:

@@ -22,6 +22,8 @@ from bcdr.clock import FakeClock
 from bcdr.compliance.evidence import read_records
 from bcdr.compliance.records import DrillFacts, typed
 from bcdr.plan.loader import load_plan
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import Node
 from tests.arm_server import ArmServer
 from tests.conftest import run_process, write_tree
 
@@ -52,7 +54,7 @@ drills:
     return f
 
 
-def _files(repo, tree):  # type: ignore[no-untyped-def]
+def _files(repo: Repository, tree: bytes) -> list[tuple[bytes, Node]]:
     return list(walk(repo, tree))
 
 

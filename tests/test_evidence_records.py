@@ -136,8 +136,9 @@ def test_the_report_judges_golden_records_as_evidence() -> None:
     by_kind = {r.kind + (r.job or ""): r.id for r in records}
 
     def control(job: str, cid: str) -> dict[str, Any]:
-        [c] = [c for c in jobs[job]["controls"] if c["id"] == cid]
-        return c
+        found: list[dict[str, Any]] = [c for c in jobs[job]["controls"] if c["id"] == cid]
+        assert len(found) == 1, found
+        return found[0]
 
     assert control("b", "rpo")["status"] == PASS
     assert control("b", "rpo")["evidence"] == [by_kind["backupb"]]

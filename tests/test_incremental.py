@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bcdr.actions.backup import BackupRequest, backup
-from tests.conftest import write_tree
+from tests.conftest import Cli, write_tree
 
 
 def test_unchanged_files_are_not_read(tmp_path: Path, repo: str) -> None:
@@ -55,7 +55,7 @@ def test_parent_is_per_job(tmp_path: Path, repo: str) -> None:
     assert a2.snapshot.parent == a1.snapshot.id
 
 
-def test_excludes(tmp_path: Path, repo: str, cli) -> None:  # type: ignore[no-untyped-def]
+def test_excludes(tmp_path: Path, repo: str, cli: Cli) -> None:
     src = write_tree(
         tmp_path / "src",
         {
@@ -83,12 +83,15 @@ def test_no_change_reuses_the_parents_folder_trees_without_encoding_them(
     req = BackupRequest(paths=(str(src),), job="small")
     first = backup(repo, req)
     import bcdr.archive.backup as archive
+    from bcdr.repository.tree import Node, encode_tree
 
     encoded: list[int] = []
-    real = archive.encode_tree
-    monkeypatch.setattr(
-        archive, "encode_tree", lambda nodes: encoded.append(len(nodes)) or real(nodes)
-    )
+
+    def counting(nodes: list[Node]) -> bytes:
+        encoded.append(len(nodes))
+        return encode_tree(nodes)
+
+    monkeypatch.setattr(archive, "encode_tree", counting)
     second = backup(repo, req)
     assert second.snapshot.tree == first.snapshot.tree
     # only the levels above the backed-up folder (built from the path, not read) are encoded;

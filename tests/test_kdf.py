@@ -18,7 +18,7 @@ from bcdr.actions.keyahead import derive_key_ahead
 from bcdr.cli.main import main, parse
 from bcdr.cli.repoargs import named_repo
 from bcdr.repository import kdf
-from tests.conftest import write_tree
+from tests.conftest import Cli, write_tree
 
 N, R, P = 2**10, 8, 1  # small: these tests are about who derives, not how long it takes
 
@@ -101,7 +101,7 @@ def test_pending_derivations_are_bounded(derivations: list[str]) -> None:
 
 
 def test_commands_on_a_local_repository_derive_while_loading(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derivations: list[str]
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derivations: list[str]
 ) -> None:
     monkeypatch.setenv("BCDR_PASSWORD", "pw-ahead")
     repo = tmp_path / "repo"

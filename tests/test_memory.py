@@ -36,7 +36,12 @@ def test_a_restore_with_workers_keeps_at_most_what_it_asks(monkeypatch: pytest.M
     from bcdr import memory
 
     asked: list[tuple[tuple[int, int, str], ...]] = []
-    monkeypatch.setattr(memory, "_mallopt", lambda settings: asked.append(settings) or [])
+
+    def mallopt(settings: tuple[tuple[int, int, str], ...]) -> list[str]:
+        asked.append(settings)
+        return []
+
+    monkeypatch.setattr(memory, "_mallopt", mallopt)
     memory.tune_malloc(keep=64 * 2**20)
     memory.big_buffers_ahead(memory.KEEP_WITH_WORKERS)
     memory.big_buffers_ahead()

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import run_process
+from tests.conftest import Cli, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = (ROOT / "plans" / "quickstart.yaml").read_text()
@@ -82,7 +82,7 @@ def broken_plans(rng: random.Random) -> Iterator[tuple[str, bytes]]:
         yield "several", _join(lines)
 
 
-def test_a_thousand_broken_plans(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_thousand_broken_plans(cli: Cli, tmp_path: Path) -> None:
     cases = list(broken_plans(random.Random(1234)))
     assert len(cases) >= 1000
     plan_dir = tmp_path / "plans"

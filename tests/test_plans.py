@@ -10,7 +10,7 @@ import pytest
 
 from bcdr.demo import make_demo_data
 from bcdr.plan.docs import reference
-from tests.conftest import Result, run_process
+from tests.conftest import Cli, Result, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = (ROOT / "plans" / "quickstart.yaml").read_text()
@@ -34,7 +34,7 @@ def _plan(tmp_path: Path, old: str, new: str, name: str = "p.yaml") -> Path:
     return f
 
 
-def test_quickstart_validates(cli) -> None:  # type: ignore[no-untyped-def]
+def test_quickstart_validates(cli: Cli) -> None:
     r: Result = cli("validate", ROOT / "plans" / "quickstart.yaml")
     assert r.code == 0
     assert "valid" in r.out and "2 backup(s)" in r.out and "2 drill(s)" in r.out
@@ -154,7 +154,7 @@ def test_each_rule_is_located(  # type: ignore[no-untyped-def]
     assert SECRET not in r.out + r.err and "hunter2" not in r.out + r.err
 
 
-def test_every_problem_is_listed_in_file_order(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_every_problem_is_listed_in_file_order(cli: Cli, tmp_path: Path) -> None:
     text = QUICKSTART.replace("rpo: 26h", "rpo: 26x").replace("sample: 100%", "sample: lots")
     f = tmp_path / "two.yaml"
     f.write_text(text)
@@ -168,7 +168,7 @@ def test_every_problem_is_listed_in_file_order(cli, tmp_path: Path) -> None:  # 
     assert all(p["line"] > 0 and p["column"] > 0 and p["hint"] for p in problems)
 
 
-def test_plan_shows_jobs_and_next_runs_in_the_plan_timezone(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plan_shows_jobs_and_next_runs_in_the_plan_timezone(cli: Cli, tmp_path: Path) -> None:
     f = _plan(tmp_path, "timezone: UTC", "timezone: Asia/Tokyo")
     f.write_text(f.read_text().replace("schedule: daily", 'schedule: daily\n    at: "02:30"'))
     r = cli("plan", f, "--json")
@@ -187,7 +187,7 @@ def test_plan_shows_jobs_and_next_runs_in_the_plan_timezone(cli, tmp_path: Path)
     assert again["jobs"] == doc["jobs"]  # spread is deterministic
 
 
-def test_plan_init_writes_a_sample_that_validates(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plan_init_writes_a_sample_that_validates(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "sample.yaml"
     assert cli("plan", "init", "--out", out).code == 0
     assert out.read_text().startswith("# A bcdr plan")

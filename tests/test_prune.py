@@ -21,7 +21,7 @@ from bcdr.errors import LockLost, ObjectNotFound
 from bcdr.repository.locks import BACKUP, RepoLock
 from bcdr.repository.marks import list_marks, marked_packs
 from bcdr.repository.prune import prune_repository
-from bcdr.repository.repo import INDEX_LOAD_ATTEMPTS, Repository
+from bcdr.repository.repo import INDEX_LOAD_ATTEMPTS, Repository, SnapshotFields
 from bcdr.repository.tree import DIR, FILE, decode_tree
 from bcdr.storage.local import LocalStorage
 from tests.conftest import (
@@ -209,7 +209,8 @@ def test_backup_after_mark_never_builds_on_marked_data(tmp_path: Path) -> None:
     check_repo = _repo(repo_path)
     check_repo.load_index()
     for blob in _blobs(check_repo, newer):
-        assert check_repo.index.lookup(blob).pack not in marked, "reused a marked-only blob"
+        loc = check_repo.index.lookup(blob)
+        assert loc is not None and loc.pack not in marked, "reused a marked-only blob"
     (repo_path / "snapshots" / late.id).unlink()  # `late` forgotten; then the sweep
     clock.advance(timedelta(hours=2))
     rep = prune_repository(_repo(repo_path, clock), grace=timedelta(hours=1))
@@ -401,7 +402,9 @@ def test_prune_job_before_the_first_backup_and_in_a_dry_run(tmp_path: Path) -> N
     assert not (tmp_path / "repo").exists()
 
 
-def test_backup_whose_lock_expired_does_not_commit(tmp_path: Path) -> None:
+def test_backup_whose_lock_expired_does_not_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo_path = tmp_path / "repo"
     init_small(repo_path, CHUNKS, PACK)
     src = write_tree(tmp_path / "src", {"a": b"x" * 50_000})
@@ -409,11 +412,11 @@ def test_backup_whose_lock_expired_does_not_commit(tmp_path: Path) -> None:
     repo = _repo(repo_path, clock)
     fields = repo.new_snapshot_fields
 
-    def suspended() -> dict[str, str]:  # the process slept past the lock's expiry
+    def suspended() -> SnapshotFields:  # the process slept past the lock's expiry
         clock.advance(timedelta(minutes=31))
         return fields()
 
-    repo.new_snapshot_fields = suspended  # type: ignore[method-assign]
+    monkeypatch.setattr(repo, "new_snapshot_fields", suspended)
     with pytest.raises(LockLost):
         run_backup(repo, BackupRequest(paths=(str(src),), job="j"))
     assert not list(LocalStorage(repo_path).list("snapshots/"))

@@ -146,19 +146,19 @@ def test_every_listed_snapshot_restores_or_is_named_and_repair_restores_all(
     result, _ = repair_snapshots_action(repo, forget=True)
     lost_in = {item.new: item for item in result.repaired if item.new}
     rp = Repository.open(LocalStorage(repo))
-    for snap in rp.list_snapshots():
-        got = _restored(repo, snap.id, src, scratch)
-        assert got is not None, snap.id
-        if snap.id in lost_in:
-            original = expected[lost_in[snap.id].snapshot]
-            assert snap.repaired and snap.repaired["from"] == lost_in[snap.id].snapshot
+    for kept in rp.list_snapshots():
+        got = _restored(repo, kept.id, src, scratch)
+        assert got is not None, kept.id
+        if kept.id in lost_in:
+            original = expected[lost_in[kept.id].snapshot]
+            assert kept.repaired and kept.repaired["from"] == lost_in[kept.id].snapshot
             # what is left is exactly the original's, file for file, and every file that is
             # not there is one the repair says it lost (itself, or a folder above it)
             assert all(original[name] == data for name, data in got.items())
-            lost = [p.split(" (")[0].rstrip("/") for p in lost_in[snap.id].lost]
+            lost = [p.split(" (")[0].rstrip("/") for p in lost_in[kept.id].lost]
             for name in set(original) - set(got):
                 full = f"{src}/{name}"
                 assert any(full == p or full.startswith(p + "/") for p in lost), (name, lost)
         else:
-            assert got == expected[snap.id], snap.id
+            assert got == expected[kept.id], kept.id
     assert check(repo).ok

@@ -57,8 +57,8 @@ def _ok(*args: object, code: int = 0, env: dict[str, str] | None = None) -> Any:
 
 def _control(doc: dict[str, Any], job: str, cid: str) -> dict[str, Any]:
     [j] = [j for j in doc["jobs"] if j["name"] == job]
-    [c] = [c for c in j["controls"] if c["id"] == cid]
-    return c
+    found: list[dict[str, Any]] = [c for c in j["controls"] if c["id"] == cid]
+    return found[0]
 
 
 def _covered(doc: dict[str, Any], job: str, cid: str) -> str:

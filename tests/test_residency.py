@@ -18,7 +18,7 @@ from bcdr.plan.loader import load_plan
 from bcdr.plan.residency import placements
 from tests.arm_server import ArmServer
 from tests.azurite import ACCOUNT, Azurite
-from tests.conftest import run_process, write_tree
+from tests.conftest import Cli, run_process, write_tree
 
 SUB = "0b3c1f8e-5a2d-4c7e-9f10-2a6b8d4e1c93"
 DISK = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/disks/d1"
@@ -72,7 +72,7 @@ def _edit(*pairs: tuple[str, str]) -> str:
     return text
 
 
-def test_the_base_plan_is_valid(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_base_plan_is_valid(cli: Cli, tmp_path: Path) -> None:
     r = cli("validate", _write(tmp_path, BASE))
     assert r.code == 0, r.out
 
@@ -177,7 +177,7 @@ def test_each_residency_rule_is_refused_with_its_place_rule_and_regions(  # type
         assert w in r.out, (w, r.out)
 
 
-def test_region_names_are_normalised(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_region_names_are_normalised(cli: Cli, tmp_path: Path) -> None:
     f = _write(
         tmp_path,
         _edit(
@@ -425,7 +425,7 @@ def test_an_account_that_contradicts_the_plan_refuses_the_run_before_writing(
     azurite: Azurite,
     arm: ArmServer,
     tmp_path: Path,
-    account: dict,
+    account: dict[str, Any],
     words: list[str],
 ) -> None:
     arm.storage_account(SUB, "ml-backups", ACCOUNT, **account)
@@ -489,7 +489,7 @@ def test_without_management_the_region_is_recorded_as_declared(
     assert arm.requests == []
 
 
-def test_management_is_checked_in_the_plan(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_management_is_checked_in_the_plan(cli: Cli, tmp_path: Path) -> None:
     mgmt = "    management:\n      subscription_id: {}\n      resource_group: rg\n{}"
     bad_id = mgmt.format("not-a-guid", "")
     f = _write(tmp_path, _edit(("    redundancy: LRS\n", "    redundancy: LRS\n" + bad_id)))

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from bcdr.actions.backup import BackupRequest, run_backup
-from bcdr.archive import filewrite
 from bcdr.archive.filewrite import (
     DIRECT_BUFFER,
     DIRECT_FILESYSTEMS,
@@ -134,7 +133,7 @@ def test_a_filesystem_refusing_o_direct_gets_the_files_buffered(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, cmd, arg)
 
-    files, stats, out = _restore_patched(tmp_path, monkeypatch, filewrite.fcntl, "fcntl", refusing)
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, fcntl, "fcntl", refusing)
     assert stats.errors == [] and stats.bytes_direct == 0
     assert all((out / name).read_bytes() == data for name, data in files.items())
 
@@ -157,7 +156,7 @@ def test_a_write_refused_with_o_direct_is_written_buffered_and_so_are_the_rest(
             after.append(pos)
         return real(fd, data, pos)
 
-    files, stats, out = _restore_patched(tmp_path, monkeypatch, filewrite.os, "pwrite", picky)
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, os, "pwrite", picky)
     assert stats.errors == [] and refused and after
     assert all((out / name).read_bytes() == data for name, data in files.items())
 
@@ -172,7 +171,7 @@ def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data, pos)
 
-    files, stats, out = _restore_patched(tmp_path, monkeypatch, filewrite.os, "pwrite", full)
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, os, "pwrite", full)
     failed = {e["path"].rsplit("/", 1)[-1]: e["error"] for e in stats.errors}
     # every file written direct has bytes past its first buffer, and fails; nothing else
     assert failed == {

@@ -8,6 +8,7 @@ import os
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -170,10 +171,10 @@ MODES = st.sampled_from([0o644, 0o4755, 0o2755, 0o777, 0o000, 0o1777])
 
 
 @st.composite
-def hostile_nodes(draw: st.DrawFn, depth: int = 0) -> list[tuple[str, object]]:
+def hostile_nodes(draw: st.DrawFn, depth: int = 0) -> list[tuple[str, Any]]:
     """A random folder: (kind, args) per entry, turned into nodes once a repository is open."""
     names = draw(st.lists(NAMES, unique=True, max_size=4))
-    out = []
+    out: list[tuple[str, Any]] = []
     for name in names:
         kinds = ["file", "link", "hardlink"] + (["dir"] if depth < 3 else [])
         kind = draw(st.sampled_from(kinds))
@@ -187,17 +188,17 @@ def hostile_nodes(draw: st.DrawFn, depth: int = 0) -> list[tuple[str, object]]:
     return out
 
 
-def _build(repo: Repository, spec: list[tuple[str, object]]) -> list[Node]:
+def _build(repo: Repository, spec: list[tuple[str, Any]]) -> list[Node]:
     nodes = []
     for kind, args in spec:
         if kind == "dir":
-            name, mode, sub = args  # type: ignore[misc]
+            name, mode, sub = args
             nodes.append(_dir(repo, name, _build(repo, sub), mode))
         elif kind == "link":
-            name, target = args  # type: ignore[misc]
+            name, target = args
             nodes.append(Node(name, SYMLINK, 0o777, target=target))
         else:
-            name, data, mode = args  # type: ignore[misc]
+            name, data, mode = args
             extra = {"inode": 7, "dev": 1, "nlink": 2} if kind == "hardlink" else {}
             nodes.append(_file(repo, name, data, mode, **extra))
     return nodes

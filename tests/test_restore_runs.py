@@ -15,6 +15,7 @@ import pytest
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.archive import filerestore
 from bcdr.archive.filerestore import PIECE_MAX
+from bcdr.archive.filewrite import write_sparse
 from bcdr.archive.restore import Restorer
 from bcdr.repository.pack import TREE, pack_key
 from bcdr.repository.repo import Repository
@@ -35,7 +36,8 @@ class CountingGets:
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         self.gets += 1
         self.ranges.append((key, offset, length))
-        return self.inner.get(key, offset, length)
+        data: bytes = self.inner.get(key, offset, length)
+        return data
 
     def capability(self, kind: type[C]) -> C | None:
         return None if kind is Forkable else self.inner.capability(kind)
@@ -182,7 +184,7 @@ def test_a_short_positioned_write_is_completed_not_left_as_a_gap(
         calls.append(len(data))
         return pwrite(fd, memoryview(data)[:4096], pos)
 
-    monkeypatch.setattr(filerestore.os, "pwrite", short)
+    monkeypatch.setattr(os, "pwrite", short)
     stats = Restorer(repo, os.fsencode(tmp_path / "out")).run(tree)
     monkeypatch.undo()
     assert stats.errors == [] and stats.files == 2
@@ -211,7 +213,7 @@ def test_larger_files_pieces_are_handed_out_in_turn_across_files(
     in_file: dict[int, int] = {}
     overlapped: list[int] = []
     counting = threading.Lock()
-    piece, write = restorer._files._piece, filerestore.write_sparse
+    piece, write = restorer._files._piece, write_sparse
 
     def recording(job: Any, order: Any, index: int, part: Any) -> None:
         started.append(os.fsdecode(job.dest).rsplit("/", 1)[-1])
@@ -229,7 +231,7 @@ def test_larger_files_pieces_are_handed_out_in_turn_across_files(
                 in_file[fd] -= 1
 
     monkeypatch.setattr(filerestore, "write_sparse", one_writer)
-    restorer._files._piece = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(restorer._files, "_piece", recording)
     stats = restorer.run(tree)
     assert stats.errors == [] and stats.files == len(files)
     out = tmp_path / "out" / str(src).lstrip("/")

@@ -17,11 +17,12 @@ from bcdr.archive import filerestore
 from bcdr.archive.filerestore import FileRestorer
 from bcdr.archive.restore import Restorer
 from bcdr.forked import processes_enabled
+from bcdr.repository.hashing import fingerprint
 from bcdr.repository.repo import Repository
 from bcdr.storage.base import C, Forkable
 from bcdr.storage.local import LocalStorage
 from bcdr.storage.wrap import MeteredStorage, RetryingStorage, StorageWrapper
-from tests.conftest import snapshot_tree, write_tree
+from tests.conftest import Cli, snapshot_tree, write_tree
 
 forking = pytest.mark.skipif(not processes_enabled(2), reason="worker processes fork on Linux")
 
@@ -74,14 +75,14 @@ def test_worker_processes_and_threads_restore_the_same_files_and_count_transfers
 def test_a_killed_restore_worker_fails_the_restore_clearly_and_a_rerun_restores_all(
     tmp_path: Path,
     repo: str,
-    cli,
+    cli: Cli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = _files() | {"d2/poison": b"p"}
     src = write_tree(tmp_path / "src", files)
     assert cli("backup", "--repo", repo, src).code == 0
     parent = os.getpid()
-    real_fingerprint = filerestore.fingerprint
+    real_fingerprint = fingerprint
 
     def fingerprint_or_die(data: bytes) -> str:
         if data == b"p" and os.getpid() != parent:  # the poison file, in a worker

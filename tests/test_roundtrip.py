@@ -20,7 +20,7 @@ from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
 from bcdr.storage.local import LocalStorage
-from tests.conftest import restored_root, snapshot_tree
+from tests.conftest import Cli, restored_root, snapshot_tree
 
 SMALL = ChunkerParams(min_size=4096, avg_size=4096, max_size=32768)
 
@@ -36,7 +36,7 @@ def _roundtrip(src: Path, work: Path) -> Path:
     return restored_root(target, src)
 
 
-def test_every_kind_of_entry(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_every_kind_of_entry(tmp_path: Path, cli: Cli) -> None:
     src = tmp_path / "src"
     (src / "dir" / "nested").mkdir(parents=True)
     (src / "dir" / "nested" / "data.bin").write_bytes(os.urandom(300_000))
@@ -177,7 +177,7 @@ def test_files_above_the_worker_limit_are_read_by_the_walk(
 
 def test_folders_nested_deeper_than_the_recursion_limit(
     tmp_path: Path,
-    cli,
+    cli: Cli,
     request: pytest.FixtureRequest,
 ) -> None:
     # ls walked a snapshot's trees by recursion: 1,100 nested folders failed it with a

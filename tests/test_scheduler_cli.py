@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,9 @@ def _plan(tmp_path: Path, extra: str = "", big: bool = False) -> Path:
     data = tmp_path / "data"
     write_tree(data, {"a.bin": b"a" * 50_000})
     if big:
-        with open(data / "big.bin", "wb") as f:
+        with open(data / "big.bin", "wb") as out:
             for _ in range(BIG // (4 << 20)):
-                f.write(os.urandom(4 << 20))
+                out.write(os.urandom(4 << 20))
     f = tmp_path / "plan.yaml"
     f.write_text(
         f"""\
@@ -158,7 +159,7 @@ def test_daemon_stops_cleanly_on_sigterm_idle_and_in_the_middle_of_a_job(tmp_pat
     # started again, it runs the interrupted slot, then sleeps until the next; SIGTERM idle
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    seen = []
+    seen: list[dict[str, Any]] = []
     while not seen or seen[-1]["event"] != "sleep":
         seen.append(json.loads(proc.stderr.readline()))
     assert [e["event"] for e in seen] == ["daemon-start", "job-start", "job-end", "sleep"]

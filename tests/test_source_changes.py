@@ -17,7 +17,7 @@ from bcdr.forked import processes_enabled
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.storage.local import LocalStorage
-from tests.conftest import write_tree
+from tests.conftest import Cli, write_tree
 
 
 def _repo(tmp_path: Path) -> Repository:
@@ -45,7 +45,7 @@ def test_vanished_file_is_reported_and_backup_completes(tmp_path: Path) -> None:
 def test_file_changed_while_read_is_detected(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "src", {"growing": os.urandom(400_000)})
     repo = _repo(tmp_path)
-    appended = []
+    appended: list[bool] = []
 
     def append(stats: BackupStats, path: bytes) -> None:
         if not appended:
@@ -99,7 +99,7 @@ def test_small_file_gone_when_its_batch_is_read_is_left_out(
 def test_worker_process_killed_fails_the_backup_cleanly_and_the_next_one_works(
     tmp_path: Path,
     repo: str,
-    cli,
+    cli: Cli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A worker process that dies (the OOM killer picks it) fails the backup with a clear

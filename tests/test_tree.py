@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -24,20 +25,23 @@ targets = st.binary(max_size=30)  # a symlink may point anywhere: ../x, /etc, ''
 @st.composite
 def nodes(draw: st.DrawFn) -> Node:
     kind = draw(st.sampled_from([FILE, DIR, SYMLINK]))
-    meta = [draw(ints) for _ in range(4)]
-    name = draw(names)
+    mode, uid, gid, mtime_ns = (draw(ints) for _ in range(4))
+    base = Node(draw(names), kind, mode, uid, gid, mtime_ns)
     if kind == FILE:
-        return Node(
-            name,
-            kind,
-            *meta,
-            *(draw(ints) for _ in range(5)),
+        ctime_ns, inode, dev, nlink, size = (draw(ints) for _ in range(5))
+        return dataclasses.replace(
+            base,
+            ctime_ns=ctime_ns,
+            inode=inode,
+            dev=dev,
+            nlink=nlink,
+            size=size,
             content=draw(st.lists(ids, max_size=4)),
             digest=draw(st.one_of(st.none(), st.text(max_size=40))),
         )
     if kind == DIR:
-        return Node(name, kind, *meta, subtree=draw(st.one_of(st.none(), ids)))
-    return Node(name, kind, *meta, target=draw(targets))
+        return dataclasses.replace(base, subtree=draw(st.one_of(st.none(), ids)))
+    return dataclasses.replace(base, target=draw(targets))
 
 
 def reference(items: list[Node]) -> bytes:

@@ -19,6 +19,8 @@ named as forged. In an unencrypted one anyone with write access could rewrite th
 any record on; only an anchor kept outside catches that, and reports say so.
 
 Records written before the chain existed (``evidence/<id>``) are read and reported as unchained.
+What a record holds, and how it is encoded and typed, is ``compliance/records.py``; this module
+keeps the chain.
 """
 
 from __future__ import annotations
