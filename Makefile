@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic systemd run test bench lint clean
+.PHONY: install node browser restic rclone systemd run test bench bench-quick lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -49,6 +49,10 @@ systemd:
 restic:
 	$(call apt-install,restic,restic,make bench)
 
+# Debian's rclone, the baseline of the Azure path in `make bench`.
+rclone:
+	$(call apt-install,rclone,rclone,make bench)
+
 # Demo: make a small tree, back it up to a local repository, restore it, compare, check.
 run: install
 	$(PY) -m bcdr.demo
@@ -56,8 +60,13 @@ run: install
 test: install node browser systemd
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: install node restic
+# Both corpus sizes (2.9 GiB and 632 MiB), the single 4 GiB file and the Azure path: about an
+# hour on 2 cores. bench-quick: the small corpus only, two rounds, no Azure.
+bench: install node restic rclone
 	$(PY) bench/run.py
+
+bench-quick: install node restic
+	BENCH_SIZES=small BENCH_ROUNDS=2 BENCH_SINGLE_MIB=0 BENCH_AZURE=0 $(PY) bench/run.py
 
 lint: install
 	$(VENV)/bin/ruff check bcdr tests bench

@@ -1,5 +1,10 @@
 """Upload and download rates to Azure Blob Storage through Azurite (in memory, loopback).
 
+``bench_rclone``: bcdr's backup and restore of a 648 MB tree of the corpus's kind (one
+checkpoint, four shards, 5,000 small files) against rclone copying the same tree up and down
+(Debian's ``rclone``, a container SAS URL, ``--transfers 8``), in the same run, restores and
+downloads timed until ``sync`` returns; BENCH_ROUNDS rounds, medians of the paired ratios.
+
 The same 256 MiB of incompressible files are backed up and restored with 1 connection (the
 baseline) and with the default 8; rates come from bcdr's own ``--json`` transfer figures.
 Each is measured straight against Azurite and through a loopback proxy that adds a round trip
@@ -14,15 +19,17 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.azurite import ACCOUNT, Azurite  # noqa: E402
+from tests.azurite import ACCOUNT, KEY, Azurite  # noqa: E402
 
 CS = "BENCH_AZURE_CS"
 BCDR = [sys.executable, "-m", "bcdr"]
@@ -131,6 +138,107 @@ def bench_azure(out: Path) -> list[dict[str, float]]:
     return rows
 
 
+CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
+PASSWORD = "bench-password"
+
+
+def _timed(cmd: list[str], env: dict[str, str], durable: bool = False) -> float:
+    os.sync()
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    if durable:
+        os.sync()
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return wall
+
+
+def _container_sas_url(server: Azurite, container: str) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import (
+        BlobServiceClient,
+        ContainerSasPermissions,
+        generate_container_sas,
+    )
+
+    service = BlobServiceClient.from_connection_string(server.connection_string)
+    service.create_container(container)
+    sas = generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=KEY,
+        permission=ContainerSasPermissions(
+            read=True, write=True, delete=True, list=True, add=True, create=True
+        ),
+        expiry=datetime.now(UTC) + timedelta(hours=6),
+    )
+    return f"{server.endpoint}/{container}?{sas}"
+
+
+def bench_rclone(out: Path, rounds: int = 2) -> dict[str, object]:
+    """bcdr against rclone over Azurite: upload/backup and download/restore of one tree."""
+    if shutil.which("rclone") is None:
+        return {"skipped": "rclone not installed (Debian's rclone; `make bench` installs it)"}
+    tree = out / "azure-tree"
+    if not tree.exists():
+        subprocess.run([*CORPUS, "make", str(tree), "1.0", "azure"], check=True)
+    server = Azurite(out / "azurite-rclone").start()
+    per_round: list[dict[str, float]] = []
+    try:
+        for k in range(rounds):
+            env = {CS: server.connection_string, "BCDR_PASSWORD": PASSWORD}
+            sas_url = _container_sas_url(server, f"rclone-{k}")
+            rc_env = {
+                "RCLONE_CONFIG_AZ_TYPE": "azureblob",
+                "RCLONE_CONFIG_AZ_SAS_URL": sas_url,
+            }
+            rc = ["rclone", "--transfers", "8", "--checkers", "8"]
+            repo = ["--repo", f"azure://{ACCOUNT}/bcdr-{k}", "--azure-connection-string-env", CS]
+            _timed([*BCDR, "init", *repo, "--encrypt"], env)
+            row: dict[str, float] = {}
+            for tool in ["rclone", "bcdr"] if k % 2 == 0 else ["bcdr", "rclone"]:
+                if tool == "rclone":
+                    row["rclone_up_s"] = _timed(
+                        [*rc, "copy", str(tree), f"az:rclone-{k}/t"], rc_env
+                    )
+                else:
+                    row["bcdr_up_s"] = _timed([*BCDR, "backup", "-q", *repo, str(tree)], env)
+            for tool in ["bcdr", "rclone"] if k % 2 == 0 else ["rclone", "bcdr"]:
+                target = out / f"azure-down-{tool}-{k}"
+                shutil.rmtree(target, ignore_errors=True)
+                if tool == "rclone":
+                    cmd = [*rc, "copy", f"az:rclone-{k}/t", str(target)]
+                    row["rclone_down_s"] = _timed(cmd, rc_env, durable=True)
+                else:
+                    cmd = [*BCDR, "restore", "-q", *repo, "latest", "--target", str(target)]
+                    row["bcdr_down_s"] = _timed(cmd, env, durable=True)
+            for target in out.glob(f"azure-down-*-{k}"):
+                shutil.rmtree(target, ignore_errors=True)
+            row["backup_ratio"] = row["bcdr_up_s"] / row["rclone_up_s"]
+            row["restore_ratio"] = row["bcdr_down_s"] / row["rclone_down_s"]
+            print(
+                f"  round {k + 1}: backup {row['bcdr_up_s']:.2f} s vs rclone up "
+                f"{row['rclone_up_s']:.2f} s ({row['backup_ratio']:.2f}); restore "
+                f"{row['bcdr_down_s']:.2f} s vs rclone down {row['rclone_down_s']:.2f} s "
+                f"({row['restore_ratio']:.2f})",
+                flush=True,
+            )
+            per_round.append(row)
+    finally:
+        server.stop()
+    return {
+        "tree_bytes": sum(f.stat().st_size for f in tree.rglob("*") if f.is_file()),
+        "rounds": per_round,
+        "backup_ratio": statistics.median(r["backup_ratio"] for r in per_round),
+        "restore_ratio": statistics.median(r["restore_ratio"] for r in per_round),
+    }
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["rclone"]:
+        print(bench_rclone(Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench" / "out"))
+        raise SystemExit(0)
     for row in bench_azure(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "out"):
         print(row)

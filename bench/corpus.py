@@ -1,4 +1,9 @@
-"""The benchmark corpus: deterministic bytes and mtimes for a given scale.
+"""The benchmark corpus: deterministic bytes and mtimes for a given shape and scale.
+
+Two shapes (``SHAPES``): ``small`` (632 MiB: three 128 MiB checkpoints, 8 shards, 20,000 small
+files; the quick run) and ``large`` (2.9 GiB: four 517 MiB checkpoints, 24 shards, 50,000
+small files; with the day-1 change five checkpoints, and 3.4 GiB restored). ``single`` writes
+one checkpoint file of a given size (the single-file restore against ``cp``).
 
 - checkpoints/: safetensors files of bf16 tensors that look like trained weights (normal
   values, so exponent bytes are low-entropy). Between consecutive checkpoints a random 60% of
@@ -17,11 +22,19 @@ import os
 import random
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 MTIME = 1_700_000_000
+#: shape -> (checkpoints before the day-1 change, bf16 elements per tensor, shards, small files)
+SHAPES = {
+    "small": (3, 2_800_000, 8, 20_000),
+    "large": (4, 11_290_000, 24, 50_000),
+    "azure": (1, 11_290_000, 4, 5_000),  # 648 MB: the Azure path against rclone
+}
+N_TENSORS = 24
 
 
 def _bf16_tensor(rng: np.random.Generator, n: int, scale: float) -> bytes:
@@ -48,42 +61,49 @@ def write_safetensors(path: Path, tensors: dict[str, bytes], shapes: dict[str, i
             f.write(data)
 
 
-def _checkpoint_series(scale: float, steps: int, seed: int = 1) -> list[dict[str, bytes]]:
+def _per_tensor(ckpt_mib: float) -> int:
+    """Elements per tensor (bf16: 2 bytes each) for checkpoints of about ``ckpt_mib``."""
+    return int(ckpt_mib * 2**20 / N_TENSORS / 2)
+
+
+def _checkpoint_series(per_tensor: int, steps: int, seed: int = 1) -> Iterator[dict[str, bytes]]:
+    """The checkpoints of a training run, one at a time: between two, 40% of the tensors are
+    new and the rest frozen (identical bytes)."""
     rng = np.random.default_rng(seed)
-    n_tensors = 24
-    per_tensor = int(2_800_000 * scale)  # elements: bf16 -> 2 bytes each; ~128 MiB per ckpt
-    series = []
-    current = {f"layer.{i}.weight": _bf16_tensor(rng, per_tensor, 0.02) for i in range(n_tensors)}
-    series.append(dict(current))
+    current = {f"layer.{i}.weight": _bf16_tensor(rng, per_tensor, 0.02) for i in range(N_TENSORS)}
+    yield current
     pick = random.Random(seed)
     for _ in range(1, steps):
-        changed = pick.sample(sorted(current), k=int(n_tensors * 0.4))
+        changed = pick.sample(sorted(current), k=int(N_TENSORS * 0.4))
         for name in changed:
             current[name] = _bf16_tensor(rng, per_tensor, 0.02)
-        series.append(dict(current))
-    return series
+        yield current
 
 
-def make_corpus(root: Path, scale: float = 1.0) -> None:
+def _write_checkpoint(path: Path, tensors: dict[str, bytes]) -> None:
+    write_safetensors(path, tensors, {k: len(v) // 2 for k, v in tensors.items()})
+
+
+def make_corpus(root: Path, scale: float = 1.0, shape: str = "small") -> None:
+    checkpoints, elements, shards, small_files = SHAPES[shape]
     shutil.rmtree(root, ignore_errors=True)
     ckpt = root / "checkpoints"
     ckpt.mkdir(parents=True)
-    series = _checkpoint_series(scale, steps=3)
+    series = _checkpoint_series(int(elements * scale), steps=checkpoints)
     for step, tensors in enumerate(series):
-        shapes = {k: len(v) // 2 for k, v in tensors.items()}
-        write_safetensors(ckpt / f"step-{(step + 1) * 1000}.safetensors", tensors, shapes)
+        _write_checkpoint(ckpt / f"step-{(step + 1) * 1000}.safetensors", tensors)
     data = root / "datasets"
     data.mkdir()
     rng = random.Random(2)
     words = [f"w{i}" for i in range(5000)]
-    for shard in range(max(1, int(8 * scale))):
+    for shard in range(max(1, int(shards * scale))):
         lines = [
             json.dumps({"id": shard * 100_000 + i, "text": " ".join(rng.choices(words, k=30))})
             for i in range(40_000)
         ]
         (data / f"shard-{shard:04}.jsonl").write_text("\n".join(lines) + "\n")
     small = root / "small"
-    for i in range(int(20_000 * scale)):
+    for i in range(int(small_files * scale)):
         d = small / f"{i // 1000:03}" / f"{(i // 100) % 10}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:06}.txt").write_bytes(rng.randbytes(rng.randint(200, 6000)))
@@ -92,14 +112,10 @@ def make_corpus(root: Path, scale: float = 1.0) -> None:
 
 def change_day1(root: Path) -> None:
     ckpts = sorted((root / "checkpoints").glob("*.safetensors"))
-    scale = ckpts[0].stat().st_size / (24 * 2_800_000 * 2)
-    series = _checkpoint_series(scale, steps=4)
-    tensors = series[-1]
-    write_safetensors(
-        root / "checkpoints" / "step-4000.safetensors",
-        tensors,
-        {k: len(v) // 2 for k, v in tensors.items()},
-    )
+    per_tensor = ckpts[0].stat().st_size // (N_TENSORS * 2)
+    *_, tensors = _checkpoint_series(per_tensor, steps=len(ckpts) + 1)  # the run's next one
+    name = f"step-{(len(ckpts) + 1) * 1000}.safetensors"
+    _write_checkpoint(root / "checkpoints" / name, tensors)
     rng = random.Random(3)
     for shard in sorted((root / "datasets").iterdir())[:2]:
         with open(shard, "a") as f:
@@ -108,6 +124,13 @@ def change_day1(root: Path) -> None:
     for p in rng.sample(small, k=max(1, len(small) // 100)):
         p.write_bytes(rng.randbytes(rng.randint(200, 6000)))
     _fix_mtimes(root, MTIME + 86_400)
+
+
+def make_single(path: Path, mib: int) -> None:
+    """One checkpoint file of about ``mib`` MiB (the first of a series)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_checkpoint(path, next(_checkpoint_series(_per_tensor(mib), steps=1, seed=7)))
+    os.utime(path, (MTIME, MTIME))
 
 
 def _fix_mtimes(root: Path, when: int = MTIME) -> None:
@@ -123,8 +146,12 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1] == "make":
-        make_corpus(Path(sys.argv[2]), float(sys.argv[3]))
+        make_corpus(Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4] if sys.argv[4:] else "small")
     elif sys.argv[1] == "change":
         change_day1(Path(sys.argv[2]))
+    elif sys.argv[1] == "single":
+        make_single(Path(sys.argv[2]), int(sys.argv[3]))
     else:
-        raise SystemExit("usage: corpus.py make DIR SCALE | change DIR")
+        raise SystemExit(
+            "usage: corpus.py make DIR SCALE [small|large] | change DIR | single FILE MIB"
+        )

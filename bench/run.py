@@ -6,7 +6,14 @@ time and peak RSS come from wait4(2)'s rusage of that child. Stored bytes is the
 size on disk after each phase. Ratios are bcdr / restic, the median of each round's ratio
 (within a round the tools run side by side on the same corpus).
 
-Environment: BENCH_SCALE (default 1.0) scales the corpus; BENCH_ROUNDS (default 4) is how many
+Every restore, each tool's and ``cp -a``'s, is timed until its bytes are durable: the timed span
+ends when ``sync`` returns after the command (dirty pages were synced before it started, so
+what ``sync`` writes is the restore's).
+
+Environment: BENCH_SIZES (default ``large,small``) the corpus shapes to run (bench/corpus.py:
+large is 2.9 GiB, small 632 MiB); BENCH_SCALE (default 1.0) scales them; BENCH_SINGLE_MIB
+(default 4096, 0 to skip) the single checkpoint file restored against ``cp``; BENCH_ROUNDS
+(default 4) is how many
 times every phase runs (the table gives medians, each round's ratios follow it with
 ``cp -a``'s time against restic's restore, the floor of any restore through the page cache,
 and results.json keeps every run); BENCH_DIR (default bench/out) holds
@@ -30,11 +37,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from azure_rates import bench_azure  # beside this file
+from azure_rates import bench_azure, bench_rclone  # beside this file
 
 CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
 OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+SIZES = [s.strip() for s in os.environ.get("BENCH_SIZES", "large,small").split(",") if s.strip()]
+SINGLE_MIB = int(os.environ.get("BENCH_SINGLE_MIB", "4096"))
+#: Phases timed until their bytes are durable (``sync`` inside the timed span).
+AZURE = os.environ.get("BENCH_AZURE", "1") != "0"
+DURABLE = frozenset({"full restore", "single-file restore"})
 #: An even number, so that each tool runs first in as many rounds as the other at every phase
 #: (the second to restore was the slower in this VM: 2.68 s against 1.77 and 2.15 s for bcdr).
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "4")))
@@ -102,11 +114,14 @@ def tree_memory(pid: int) -> int:
         return 0
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+def run(
+    cmd: list[str], env: dict[str, str], durable: bool = False
+) -> tuple[float, float, float, int]:
     """Wall and CPU time (children included) and peak memory of one command. Peak memory is
     the larger of wait4's max RSS (one process's) and the peak of the process tree's summed
     memory (:func:`tree_memory`), sampled every 100 ms: bcdr's forked worker processes count,
-    with the pages they share with their parent counted once."""
+    with the pages they share with their parent counted once. ``durable``: the wall time runs
+    until ``sync`` returns after the command, so what it wrote is on the disk."""
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -121,6 +136,8 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    if durable:
+        os.sync()
     wall = time.monotonic() - started
     done.set()
     sampler.join()
@@ -174,7 +191,9 @@ def phases(tool: str, repo: Path, corpus: Path, restore_to: Path) -> list[tuple[
     ]
 
 
-def bench_rounds(tools: list[str], corpus: Path) -> tuple[list[Measure], list[list[Measure]]]:
+def bench_rounds(
+    tools: list[str], corpus: Path, size: str = "small"
+) -> tuple[list[Measure], list[list[Measure]]]:
     """BENCH_ROUNDS rounds of every phase of every tool (fresh repositories and corpus each
     round) and of ``cp -a``: (each tool's phase as its median over the rounds, the rounds).
     One run of a phase on this kind of VM varies by 10-30% with the state of its memory and
@@ -182,8 +201,8 @@ def bench_rounds(tools: list[str], corpus: Path) -> tuple[list[Measure], list[li
     docs/performance.md), the same for both tools but not at the same moment."""
     rounds = []
     for k in range(ROUNDS):
-        print(f"round {k + 1} of {ROUNDS}", flush=True)
-        measured = bench_tools(tools, corpus, k)
+        print(f"{size} corpus, round {k + 1} of {ROUNDS}", flush=True)
+        measured = bench_tools(tools, corpus, k, size)
         os.sync()
         measured.append(bench_cp(corpus, k))
         rounds.append(measured)
@@ -206,7 +225,9 @@ def _median(runs: tuple[Measure, ...]) -> Measure:
     )
 
 
-def bench_tools(tools: list[str], corpus: Path, round_no: int = 0) -> list[Measure]:
+def bench_tools(
+    tools: list[str], corpus: Path, round_no: int = 0, size: str = "small"
+) -> list[Measure]:
     """Each phase for every tool in turn (the first tool alternates, phase by phase and round
     by round), so that the machine's state at a phase (page cache, ext4's inode allocator
     after the corpus was rewritten, steal from neighbours) is shared rather than falling on
@@ -227,14 +248,14 @@ def bench_tools(tools: list[str], corpus: Path, round_no: int = 0) -> list[Measu
         # The corpus is made in its own process: a child's peak RSS starts at its parent's,
         # so this process must stay small (numpy lives only in corpus.py).
         if phase == "initial backup":
-            subprocess.run([*CORPUS, "make", str(corpus), str(SCALE)], check=True)
+            subprocess.run([*CORPUS, "make", str(corpus), str(SCALE), size], check=True)
         if phase == "incremental backup":
             subprocess.run([*CORPUS, "change", str(corpus)], check=True)
         order = tools if (step + round_no) % 2 == 0 else tools[::-1]
         for tool in order:
             repo, steps = plans[tool]
             os.sync()
-            wall, cpu, rss, code = run(dict(steps)[phase], env)
+            wall, cpu, rss, code = run(dict(steps)[phase], env, durable=phase in DURABLE)
             if phase != "init":
                 out.append(Measure(tool, phase, wall, cpu, rss, du(repo), code))
                 print(
@@ -247,7 +268,7 @@ def bench_tools(tools: list[str], corpus: Path, round_no: int = 0) -> list[Measu
 def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
     target = OUT / f"restore-cp-{round_no}"
     shutil.rmtree(target, ignore_errors=True)
-    wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {})
+    wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {}, durable=True)
     print(f"  cp -a  {'full restore':20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB")
     return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
 
@@ -400,10 +421,20 @@ def main() -> int:
     tools = ["bcdr"] + (["restic"] if shutil.which("restic") else [])
     if "restic" not in tools:
         print("restic not found: install Debian's `restic` package for the comparison")
-    results, rounds = bench_rounds(tools, corpus)
-    size = du(corpus)
-    table = render(results, rounds)
-    print(table)
+    sizes: dict[str, dict[str, object]] = {}
+    exits: list[int] = []
+    for shape in SIZES:
+        results, rounds = bench_rounds(tools, corpus, shape)
+        size = du(corpus)
+        print(f"\n{shape} corpus, {size / 2**20:.0f} MiB:" + render(results, rounds))
+        sizes[shape] = {
+            "corpus_bytes": size,
+            "results": [asdict(m) for m in results],
+            "rounds": [[asdict(m) for m in measured] for measured in rounds],
+            "ratios": paired_ratios([ratios(measured) for measured in rounds]),
+        }
+        exits += [m.exit_code for m in results]
+    single = bench_single(tools) if SINGLE_MIB else []
     print(f"\n{SMALL_FILES:,} small files, no-change re-run; checkpoint series:", flush=True)
     extra = bench_extra(corpus, tools)
     for tool in tools:
@@ -438,14 +469,24 @@ def main() -> int:
         f"{pruned['rss_ratio']:.1f}x an empty repository's prune "
         f"({pruned['baseline_rss_mib']:.0f} MiB); {pruned['bytes_per_chunk']:.0f} B per chunk"
     )
-    print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):", flush=True)
-    azure = bench_azure(OUT)
-    for r in azure:
-        print(
-            f"  rtt {r['rtt_ms']:4.0f} ms  {r['connections']:.0f} conn  "
-            f"upload {r['upload_mib_s']:7.1f} MiB/s ({r['upload_ratio']:.2f}x)  "
-            f"download {r['download_mib_s']:7.1f} MiB/s ({r['download_ratio']:.2f}x)"
-        )
+    azure: list[dict[str, float]] = []
+    rclone: dict[str, object] = {}
+    if AZURE:
+        print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):")
+        azure = bench_azure(OUT)
+        for r in azure:
+            print(
+                f"  rtt {r['rtt_ms']:4.0f} ms  {r['connections']:.0f} conn  "
+                f"upload {r['upload_mib_s']:7.1f} MiB/s ({r['upload_ratio']:.2f}x)  "
+                f"download {r['download_mib_s']:7.1f} MiB/s ({r['download_ratio']:.2f}x)"
+            )
+        print("\nAzure Blob, bcdr against rclone (--transfers 8), Azurite:", flush=True)
+        rclone = bench_rclone(OUT, ROUNDS)
+        if "backup_ratio" in rclone:
+            print(
+                f"  bcdr/rclone, median: backup {rclone['backup_ratio']:.2f}, "
+                f"restore {rclone['restore_ratio']:.2f}"
+            )
     doc = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -453,19 +494,60 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "scale": SCALE,
-        "corpus_bytes": size,
-        "results": [asdict(m) for m in results],
-        "rounds": [[asdict(m) for m in measured] for measured in rounds],
-        "ratios": paired_ratios([ratios(measured) for measured in rounds]),
+        "sizes": sizes,
+        "single": [[asdict(m) for m in measured] for measured in single],
         "index": index,
         "prune": pruned,
         "azure": azure,
+        "rclone": rclone,
         "extra": extra,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
-    print(f"\ncorpus {size / 2**20:.0f} MiB; results in {OUT / 'results.json'}")
-    failed = [m for m in results if m.exit_code != 0] + ([1] if pruned["exit_code"] else [])
-    return 1 if failed else 0
+    print(f"\nresults in {OUT / 'results.json'}")
+    exits += [m.exit_code for measured in single for m in measured] + [int(pruned["exit_code"])]
+    return 1 if any(exits) else 0
+
+
+def bench_single(tools: list[str]) -> list[list[Measure]]:
+    """One checkpoint file of SINGLE_MIB, backed up by each tool, then restored by each (and
+    copied by ``cp``), each timed until its bytes are durable; BENCH_ROUNDS rounds, the first
+    tool alternating."""
+    env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
+    source = OUT / "single" / "model.safetensors"
+    subprocess.run([*CORPUS, "single", str(source), str(SINGLE_MIB)], check=True)
+    rounds = []
+    for k in range(ROUNDS):
+        print(f"single {SINGLE_MIB} MiB file, round {k + 1} of {ROUNDS}", flush=True)
+        measured = []
+        order = tools if k % 2 == 0 else tools[::-1]
+        for tool in order:
+            repo, target = OUT / f"single-repo-{tool}", OUT / f"single-restore-{tool}-{k}"
+            shutil.rmtree(repo, ignore_errors=True)
+            steps = dict(phases(tool, repo, source.parent, target))
+            run(steps["init"], env)
+            run(steps["initial backup"], env)
+            os.sync()
+            wall, cpu, rss, code = run(steps["full restore"], env, durable=True)
+            measured.append(Measure(tool, "single-file restore", wall, cpu, rss, du(repo), code))
+            shutil.rmtree(repo, ignore_errors=True)
+        target = OUT / f"single-restore-cp-{k}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        os.sync()
+        wall, cpu, rss, code = run(["cp", str(source), str(target)], {}, durable=True)
+        measured.append(Measure("cp", "single-file restore", wall, cpu, rss, 0, code))
+        for m in measured:
+            print(
+                f"  {m.tool:6} {m.wall_s:8.2f}s wall {m.cpu_s:8.2f}s cpu {m.peak_rss_mib:6.0f} MiB"
+            )
+        rounds.append(measured)
+    for path in OUT.glob("single-restore-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    by_round = [{m.tool: m.wall_s for m in measured} for measured in rounds]
+    for tool in tools:
+        walls = " ".join(f"{r[tool] / r['cp']:.2f}" for r in by_round)
+        print(f"  {tool} / cp + sync, each round: {walls}")
+    return rounds
 
 
 def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
@@ -503,7 +585,7 @@ def paired_ratios(per_round: list[dict[str, dict[str, float]]]) -> dict[str, dic
 
 def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
     rows = [
-        f"\nmedians of {len(rounds)} round(s):",
+        f"\nmedians of {len(rounds)} round(s) (restores timed until durable):",
         f"{'tool':7} {'phase':20} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'stored MiB':>11}",
     ]
     for m in results:
