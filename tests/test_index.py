@@ -184,3 +184,37 @@ def test_rows_of_numbers_each_indexed_id_once(monkeypatch: pytest.MonkeyPatch) -
     marked = index.rows_in(chosen)
     expect = {e.blob_id for p in chosen for e in packs[p]}
     assert {ids[n] for n in range(len(ids)) if marked[rows[n]]} == expect
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_only_in_agrees_with_every_copy_counted_by_hand(seed: int) -> None:
+    """``only_in`` (the blobs lost when some packs are gone) against a plain count over every
+    copy: loaded runs and a session's adds, blobs stored again in other packs, demoted copies,
+    and ids that share their first 8 bytes (one search hit, several candidates)."""
+    rng = random.Random(seed)
+    packs = [_pack(rng) for _ in range(8)]
+    pool = [rng.randbytes(32) for _ in range(300)]
+    pool += [pool[i][:8] + rng.randbytes(24) for i in range(0, 60, 3)]  # same first word
+    where: dict[bytes, set[str]] = {}
+    cipher = AesGcmCipher(os.urandom(32))
+
+    def pick(n: int) -> list[PackEntry]:
+        return [PackEntry(b, DATA, 1, i * 100, 100, 200) for i, b in enumerate(rng.sample(pool, n))]
+
+    index = MasterIndex()
+    index.demote(packs[1])
+    loaded = {p: pick(rng.randint(20, 80)) for p in packs[:4]}
+    index.load([decode_index_records(encode_index(loaded, cipher)[1], cipher, "f")], 0)
+    for p, entries in loaded.items():
+        for e in entries:
+            where.setdefault(e.blob_id, set()).add(p)
+    session: dict[bytes, str] = {}  # a session keeps its newest copy of a blob
+    for p in packs[4:]:
+        entries = pick(rng.randint(1, 60))
+        index.add_pack(p, entries)
+        session.update((e.blob_id, p) for e in entries)
+    for b, p in session.items():
+        where.setdefault(b, set()).add(p)
+    for gone in ({packs[0]}, {packs[1], packs[5]}, set(packs[:6]), set(packs), {"absent"}):
+        expected = sorted(b for b, at in where.items() if at <= gone)
+        assert [bytes(x).ljust(32, b"\0") for x in index.only_in(gone)] == expected, gone

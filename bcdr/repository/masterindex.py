@@ -83,6 +83,54 @@ def id_array(blob_ids: Iterable[bytes]) -> np.ndarray:
     return np.unique(np.frombuffer(b"".join(blob_ids), dtype="S32"))
 
 
+def _unique_ids(runs: list[_Run], inside: list[np.ndarray]) -> np.ndarray:
+    """The ids (``S32``, sorted, unique) of the rows ``inside`` marks in each run, sorted in
+    one buffer in place."""
+    total = sum(int(m.sum()) for m in inside)
+    words = np.empty((total, 4), dtype=">u8")  # big-endian: bytes order as the numbers do
+    at = 0
+    for run, m in zip(runs, inside, strict=True):
+        n = int(m.sum())
+        if n:
+            for col, name in enumerate(("key", "t1", "t2", "t3")):
+                words[at : at + n, col] = getattr(run, name)[m]
+            at += n
+    ids = words.view("S32").ravel()
+    ids.sort()
+    # drop repeats in place, a block at a time (rows only move towards the front)
+    kept, block = 0, 1 << 20
+    for start in range(0, len(ids), block):
+        part = ids[start : start + block]
+        first = np.empty(len(part), dtype=bool)
+        first[0] = kept == 0 or part[0] != ids[kept - 1]
+        np.not_equal(part[1:], part[:-1], out=first[1:])
+        chosen = part[first]
+        ids[kept : kept + len(chosen)] = chosen
+        kept += len(chosen)
+    unique: np.ndarray = ids[:kept]
+    return unique
+
+
+def _mark_copies_outside(
+    run: _Run, inside: np.ndarray, key: np.ndarray, words: np.ndarray, found: np.ndarray
+) -> None:
+    """Set ``found`` for each id (``key``: its first word, native; ``words``: all four) that
+    ``run`` holds in a row ``inside`` does not mark."""
+    left = run.key.searchsorted(key, "left")
+    right = run.key.searchsorted(key, "right")
+    span = right - left
+    j = np.minimum(left, len(run) - 1)
+    one = (span == 1) & ~inside[j]
+    one &= (run.t1[j] == words[:, 1]) & (run.t2[j] == words[:, 2]) & (run.t3[j] == words[:, 3])
+    found |= one
+    for r in np.flatnonzero(span > 1):  # equal first words: a blob stored again, or a collision
+        t1, t2, t3 = (int(w) for w in words[r, 1:])
+        for i in range(int(left[r]), int(right[r])):
+            if not inside[i] and (int(run.t1[i]), int(run.t2[i]), int(run.t3[i])) == (t1, t2, t3):
+                found[r] = True
+                break
+
+
 def _fill(cols: Columns, at: int, records: np.ndarray, pack_no: int) -> None:
     """Write one pack's ENTRY records into the columns from row ``at``."""
     end = at + len(records)
@@ -443,20 +491,28 @@ class MasterIndex:
 
     def only_in(self, packs: set[str]) -> np.ndarray:
         """The ids (sorted, unique, ``S32``) whose every indexed copy lies in one of ``packs``:
-        the blobs lost if those packs are gone. Vectorised over the columns."""
+        the blobs lost if those packs are gone. Vectorised over the columns, and frugal: the
+        ids of the copies inside ``packs`` are gathered and sorted in place (32 bytes per such
+        copy), and each run is searched for other copies of them (``check`` of a repository
+        whose packs are all gone holds little more than the index)."""
         with self._lock:
             self._freeze_recent()
             nos = [self._pack_no[p] for p in packs if p in self._pack_no]
             runs = list(self._runs)
         if not nos or not runs:
             return np.empty(0, dtype="S32")
-        inside = np.concatenate([np.isin(run.pack, nos) for run in runs])
-        words = np.concatenate(
-            [np.stack([run.key, run.t1, run.t2, run.t3], axis=1) for run in runs]
-        )
-        ids = words.astype(">u8").view("S32").ravel()
-        there, elsewhere = np.unique(ids[inside]), np.unique(ids[~inside])
-        lost: np.ndarray = there[~contains(elsewhere, there)]
+        wanted = np.array(nos, dtype=np.uint32)
+        inside = [np.isin(run.pack, wanted) for run in runs]
+        there = _unique_ids(runs, inside)
+        if not len(there):
+            return there
+        words = there.view(">u8").reshape(-1, 4)
+        key = words[:, 0].astype(np.uint64)
+        elsewhere = np.zeros(len(there), dtype=bool)
+        for run, m in zip(runs, inside, strict=True):
+            if len(run) and not m.all():
+                _mark_copies_outside(run, m, key, words, elsewhere)
+        lost: np.ndarray = there[~elsewhere]
         return lost
 
     def packs(self) -> set[str]:
