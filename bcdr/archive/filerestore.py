@@ -28,8 +28,10 @@ file (its consecutive chunks that lie side by side, up to PIECE_MAX), instead of
 fewer syscalls on a disk, far fewer GETs on Azure.
 
 Files of DIRECT_MIN bytes or more are written around the page cache (``O_DIRECT``): their
-bytes, already in file order, are gathered into a page-aligned buffer of DIRECT_BUFFER bytes
-that is written whole, and reused, the last block padded and the file cut to its size. A
+bytes, already in file order, are gathered into page-aligned buffers of DIRECT_BUFFER bytes,
+each written whole by one of DIRECT_WRITERS writer threads while the workers go on decoding
+(the file is given its size first, so that these writes do not extend it and may run side by
+side), and reused; the last block is padded and the file cut to its size. A
 restore of a checkpoint of hundreds of GiB then runs at the disk's speed without first
 filling the machine's memory with dirty pages and evicting what it had cached (a training
 job's dataset), and costs less CPU: the kernel copies nothing. A filesystem that refuses
@@ -64,6 +66,7 @@ from bcdr.archive.beneath import Beneath, FolderCache
 from bcdr.archive.filewrite import (
     DIRECT_BUFFER,
     DIRECT_MIN,
+    DIRECT_WRITERS,
     HOLE_BLOCK,
     O_DIRECT,
     DirectOut,
@@ -246,6 +249,11 @@ class FileRestorer:
         self.workers = workers or max(1, os.cpu_count() or 1, repo.storage.concurrency)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="bcdr-restore")
         self._slots = threading.BoundedSemaphore(2 * self.workers)
+        # O_DIRECT writes, off the workers: each file being written fills one buffer while
+        # up to 2 per writer are on their way to the disk (enough that a file whose turn it
+        # is never waits for a buffer held by a file that waits for a worker)
+        self._writers = ThreadPoolExecutor(DIRECT_WRITERS, thread_name_prefix="bcdr-write")
+        self._buffer_slots = threading.BoundedSemaphore(self.workers + 2 * DIRECT_WRITERS)
         self._lock = threading.Lock()
         self.started = time.monotonic()
         self.files = 0
@@ -362,8 +370,11 @@ class FileRestorer:
         job.remaining = len(pieces)
         order = _InOrder()
         if node.size >= DIRECT_MIN and self._direct_here(job) and set_direct(job.fd):
-            order.direct = DirectOut(self._take_buffer, order.hasher)
+            order.direct = DirectOut(
+                self._take_buffer, self._give_buffer, self._writers.submit, order.hasher
+            )
             job.direct = True
+            os.ftruncate(job.fd, node.size)  # writes inside the file run side by side
         return job, order, enumerate(pieces)
 
     def _create_tmp(self, job: _Job, *, unnamed: bool = False) -> int:
@@ -400,11 +411,18 @@ class FileRestorer:
         job.dir_fd = -1
 
     def _take_buffer(self) -> memoryview:
-        """A DIRECT_BUFFER-sized page-aligned buffer: one a finished file gave back, or new."""
+        """A DIRECT_BUFFER-sized page-aligned buffer: one a finished write gave back, or new;
+        waits while as many as may be are filled or in flight."""
+        self._buffer_slots.acquire()
         with self._lock:
             if self._buffers:
                 return self._buffers.pop()
         return memoryview(mmap.mmap(-1, DIRECT_BUFFER))
+
+    def _give_buffer(self, buffer: memoryview) -> None:
+        with self._lock:
+            self._buffers.append(buffer)
+        self._buffer_slots.release()
 
     def _direct_here(self, job: _Job) -> bool:
         """(the feeder thread) Whether ``job``'s file is on a filesystem that gets
@@ -548,6 +566,7 @@ class FileRestorer:
         name with other bytes than the snapshot's (the next restore removes the temporary
         file), and an existing file (``--overwrite``) is never lost to a failed restore."""
         node = job.node
+        data: bytes | memoryview
         try:
             if not node.content:
                 data = b""
@@ -569,7 +588,7 @@ class FileRestorer:
             job.error = exc.strerror or str(exc)
         self._finalize(job, tally)
 
-    def _write_chunk(self, job: _Job, data: bytes, offset: int) -> bool:
+    def _write_chunk(self, job: _Job, data: bytes | memoryview, offset: int) -> bool:
         """Write a verified chunk at ``offset`` (holes stay holes); whether bytes were written."""
         wrote = write_sparse(job.fd, data, offset)
         if wrote and not is_zero(data[-HOLE_BLOCK:]):
@@ -588,7 +607,7 @@ class FileRestorer:
         ever: the pool runs pieces in the order they were handed out, so the one before is
         always running or done."""
         tally = _Tally()
-        held: list[tuple[bytes, int]] = []
+        held: list[tuple[bytes | memoryview, int]] = []
         try:
             sealed = self._read_runs([loc for _, loc, _ in piece]) if len(piece) > 1 else {}
             for blob_id, loc, offset in piece:
@@ -627,21 +646,19 @@ class FileRestorer:
         self._merge(tally)
 
     def _end_direct(self, job: _Job, out: DirectOut) -> None:
-        """(the file's last piece, every write done) Write the rest of a file written with
-        ``O_DIRECT`` (padded: :meth:`_finalize` cuts it to its size); its buffer goes back for
-        the next file."""
+        """(the file's last piece) Write the rest of a file written with ``O_DIRECT``
+        (padded: :meth:`_finalize` cuts it to its size) and wait for its writes in flight;
+        its buffers go back for the next file."""
         try:
             if job.error is None:
                 out.end(job.fd)
         except OSError as exc:
             job.error = exc.strerror or str(exc)
         finally:
-            if out.buffer is not None:
-                with self._lock:
-                    self._buffers.append(out.buffer)
+            out.close()
 
     def _write_held(
-        self, job: _Job, order: _InOrder, held: list[tuple[bytes, int]], tally: _Tally
+        self, job: _Job, order: _InOrder, held: list[tuple[bytes | memoryview, int]], tally: _Tally
     ) -> None:
         """(in the piece's turn) Write the chunks held, in order, into the file and its
         digest."""
@@ -763,6 +780,7 @@ class FileRestorer:
             self._large.put(None)
             self._feeder.join()
         self._pool.shutdown(wait=True)
+        self._writers.shutdown(wait=True)
         if self._procs is not None:
             self._procs.shutdown(cancel=False)  # every batch submitted is restored
         if self._broken:

@@ -10,6 +10,7 @@ import fcntl
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from typing import Any
 
 HOLE_BLOCK = 64 * 1024
@@ -17,8 +18,10 @@ HOLE_BLOCK = 64 * 1024
 DIRECT_MIN = 8 * 1024 * 1024
 #: ... through a page-aligned buffer of this size per file being written (reused) ...
 DIRECT_BUFFER = 2 * 1024 * 1024
-#: ... at offsets and lengths that are multiples of this (a page, and every disk's sector).
+#: ... at offsets and lengths that are multiples of this (a page, and every disk's sector) ...
 DIRECT_ALIGN = 4096
+#: ... by this many writer threads, so that the workers decode while the disk writes.
+DIRECT_WRITERS = 2
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: Filesystems on a local block device: a target on one of them gets O_DIRECT writes.
 DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
@@ -123,44 +126,88 @@ def set_direct(fd: int) -> bool:
 
 
 class DirectOut:
-    """(in its file's turn) A larger file's bytes, gathered in file order into a page-aligned
-    buffer of DIRECT_BUFFER bytes that is written whole with ``O_DIRECT`` when full; at the
-    end the rest is padded to DIRECT_ALIGN and written (the file is cut to its size when it
-    is finalised, as one that ends in a hole is: ``_Job.end`` stays 0). The
-    buffer's offsets in the file are aligned, so runs of 64 KiB of zeros still stay holes.
-    The file's digest is computed over the buffer as it is written, gathering included.
-    The buffer is taken (``take``) at the first bytes, not when the file is started: the
-    next files are started while the last pieces of the ones before are still written."""
+    """(in its file's turn) A larger file's bytes, gathered in file order into page-aligned
+    buffers of DIRECT_BUFFER bytes, each written with ``O_DIRECT`` when full; at the end the
+    rest is padded to DIRECT_ALIGN and written (the file is cut to its size when it is
+    finalised, as one that ends in a hole is: ``_Job.end`` stays 0). The buffers' offsets in
+    the file are aligned, so runs of 64 KiB of zeros still stay holes. The file's digest is
+    computed over each buffer as it is handed out, gathering included.
 
-    def __init__(self, take: Callable[[], memoryview], hasher: Any) -> None:
+    A full buffer is written by ``submit`` (a writer thread): the worker goes on decoding
+    while the disk takes it, and the file may have several buffers in flight at once (the
+    file was given its size first, so these writes do not extend it and ext4 lets them run
+    side by side). ``take`` gives a buffer, waiting while too many are in flight; ``give``
+    takes one back when its write is done. The first failed write is raised at the next
+    ``add`` or at ``end``, which waits for every write of the file."""
+
+    def __init__(
+        self,
+        take: Callable[[], memoryview],
+        give: Callable[[memoryview], None],
+        submit: Callable[..., Future[None]],
+        hasher: Any,
+    ) -> None:
         self.take = take
+        self.give = give
+        self.submit = submit
         self.buffer: memoryview | None = None
         self.hasher = hasher
         self.fill = 0  # bytes gathered in the buffer
         self.pos = 0  # where in the file the buffer's first byte goes
+        self.pending: list[Future[None]] = []
 
     def _write(self, fd: int, buffer: memoryview, length: int) -> None:
-        """Write the buffer's ``length`` bytes (``fill``, padded at the end) and empty it."""
+        """Hand the buffer's ``length`` bytes (``fill``, padded at the end) to a writer."""
         self.hasher.update(buffer[: self.fill])
-        write_direct(fd, buffer[:length], self.pos)
+        done = self.submit(write_direct, fd, buffer[:length], self.pos)
+        done.add_done_callback(lambda _: self.give(buffer))
+        self.pending.append(done)
+        self.buffer = None
         self.pos += self.fill
         self.fill = 0
 
+    def _check(self) -> None:
+        """Raise the first failed write; forget the ones done."""
+        still = []
+        for done in self.pending:
+            if not done.done():
+                still.append(done)
+            elif done.exception() is not None:
+                raise done.exception()  # type: ignore[misc]
+        self.pending = still
+
     def add(self, fd: int, data: bytes | memoryview) -> None:
-        buffer = self.buffer
-        if buffer is None:
-            buffer = self.buffer = self.take()
-        src = memoryview(data)
-        while src:
+        import numpy as np  # loaded with the repository's index already
+
+        self._check()
+        src = np.frombuffer(data, np.uint8)
+        while len(src):
+            buffer = self.buffer
+            if buffer is None:
+                buffer = self.buffer = self.take()
             n = min(len(src), len(buffer) - self.fill)
-            buffer[self.fill : self.fill + n] = src[:n]
+            # copied by numpy, which lets go of the GIL meanwhile (a memoryview holds it)
+            np.frombuffer(buffer, np.uint8)[self.fill : self.fill + n] = src[:n]
             self.fill += n
             src = src[n:]
             if self.fill == len(buffer):
                 self._write(fd, buffer, self.fill)
 
     def end(self, fd: int) -> None:
-        if self.fill and self.buffer is not None:
-            padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
-            self.buffer[self.fill : padded] = bytes(padded - self.fill)
-            self._write(fd, self.buffer, padded)
+        """Write the rest, then wait for every write of the file; raise the first failure."""
+        try:
+            if self.fill and self.buffer is not None:
+                padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
+                self.buffer[self.fill : padded] = bytes(padded - self.fill)
+                self._write(fd, self.buffer, padded)
+        finally:
+            self.close()
+        self._check()
+
+    def close(self) -> None:
+        """Wait for the writes in flight, and give back a buffer still being filled (a file
+        that failed)."""
+        wait(self.pending)
+        if self.buffer is not None:
+            self.give(self.buffer)
+            self.buffer = None

@@ -53,7 +53,7 @@ def group_bytes(data: bytes | memoryview, elsize: int, lead: int) -> memoryview:
     return out.data
 
 
-def ungroup_bytes(payload: bytes, what: str) -> bytes:
+def ungroup_bytes(payload: bytes, what: str) -> memoryview:
     import numpy as np
 
     if len(payload) < 2 or payload[0] not in (2, 4) or payload[1] >= payload[0]:
@@ -75,8 +75,7 @@ def ungroup_bytes(payload: bytes, what: str) -> bytes:
         np.left_shift(words, 8, out=words)
         np.bitwise_or(words, planes[i], out=words)
     out[lead + body_len :] = src[2 + lead + body_len :]
-    body: bytes = out.tobytes()
-    return body
+    return out.data  # not copied into a bytes object (done with the GIL held)
 
 
 #: Byte planes of float tensors are close to i.i.d. symbols: short matches cost more than they
@@ -138,7 +137,7 @@ class Compressor:
             return codec, packed
         return RAW, data
 
-    def decompress(self, codec: int, data: bytes, raw_len: int, what: str) -> bytes:
+    def decompress(self, codec: int, data: bytes, raw_len: int, what: str) -> bytes | memoryview:
         if codec == RAW:
             return data
         if codec not in (ZSTD, GROUPED_ZSTD):

@@ -454,7 +454,7 @@ class Repository:
 
     def decode_blob(
         self, blob_id: bytes, codec: int, sealed: bytes | memoryview, raw_len: int
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Open, decompress and verify a blob; raises CorruptObject on any mismatch.
         ``sealed`` may be a view into a larger read (check's pack sections, restore's runs)."""
         what = f"blob {blob_id.hex()[:12]}"
@@ -523,7 +523,8 @@ class Repository:
             raise CorruptObject(
                 f"pack {loc.pack[:12]} is truncated (blob {blob_id.hex()[:12]} cut short)"
             )
-        return self.decode_blob(blob_id, loc.codec, sealed, loc.raw_len)
+        data = self.decode_blob(blob_id, loc.codec, sealed, loc.raw_len)
+        return data if isinstance(data, bytes) else bytes(data)
 
     def flush(self) -> None:
         if self._writer is not None:
