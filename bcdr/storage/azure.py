@@ -61,6 +61,8 @@ TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": Sta
 DEFAULT_CONNECTIONS = 8
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 LIST_PAGE_SIZE = 5000
+#: Bytes of a response body read at a time (the SDK reads 4 KiB, one Python call each).
+DOWNLOAD_BLOCK = 1024 * 1024
 
 
 def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
@@ -199,7 +201,11 @@ class AzureBlobStorage(NativeCapabilities):
         self._service = BlobServiceClient(
             access.endpoint,
             credential=access.credential,
-            transport=RequestsTransport(session=session, session_owner=False),
+            # a response body is read in blocks of DOWNLOAD_BLOCK: the SDK's 4 KiB cost a
+            # Python call (with the GIL) per 4 KiB, which bounded a restore from Azure
+            transport=RequestsTransport(
+                session=session, session_owner=False, connection_data_block_size=DOWNLOAD_BLOCK
+            ),
             retry_total=0,
             connection_timeout=min(timeout, 20.0),
             read_timeout=timeout,
