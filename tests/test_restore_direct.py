@@ -227,3 +227,54 @@ def test_files_not_on_a_local_disk_are_written_buffered(tmp_path: Path) -> None:
         stats, out = _restore(tmp_path, target)
         assert stats.errors == [] and stats.bytes_direct == len(files["data/shard.bin"])
         assert all((out / name).read_bytes() == data for name, data in files.items())
+
+
+def test_direct_writes_leave_the_workers_and_their_buffers_are_bounded_and_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full buffers are written by the writer threads (the workers go on decoding), several
+    files at once never hold more buffers than the restorer allows, every buffer comes back,
+    and the files are whole."""
+    import threading
+
+    from bcdr.archive import filerestore, filewrite
+
+    writers: set[str] = set()
+    made: list[int] = []
+    in_use, peak = [0], [0]
+    lock = threading.Lock()
+    real_write, real_take, real_give = (
+        filewrite.write_direct,
+        filerestore.FileRestorer._take_buffer,
+        filerestore.FileRestorer._give_buffer,
+    )
+
+    def write_direct(fd: int, data: memoryview, pos: int) -> None:
+        writers.add(threading.current_thread().name)
+        real_write(fd, data, pos)
+
+    def take(self: filerestore.FileRestorer) -> memoryview:
+        buffer = real_take(self)
+        with lock:
+            made.append(id(buffer))
+            in_use[0] += 1
+            peak[0] = max(peak[0], in_use[0])
+        return buffer
+
+    def give(self: filerestore.FileRestorer, buffer: memoryview) -> None:
+        with lock:
+            in_use[0] -= 1
+        real_give(self, buffer)
+
+    monkeypatch.setattr(filewrite, "write_direct", write_direct)
+    monkeypatch.setattr(filerestore.FileRestorer, "_take_buffer", take)
+    monkeypatch.setattr(filerestore.FileRestorer, "_give_buffer", give)
+    files = _files()
+    stats, out = _restore(tmp_path)
+    assert stats.errors == [] and stats.files == len(files)
+    assert writers and all(name.startswith("bcdr-write") for name in writers), writers
+    assert made and in_use[0] == 0  # every buffer taken was given back
+    workers = max(os.cpu_count() or 1, 2)  # the restorer's, for a local repository
+    assert peak[0] <= workers + 2 * filewrite.DIRECT_WRITERS, peak
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name
