@@ -319,6 +319,32 @@ def test_a_record_in_the_chain_that_is_not_evidence_is_named_not_a_crash(
     assert _covered(doc, "b", "rpo") == PASS  # the good record stands
 
 
+def test_a_record_of_a_newer_format_is_named_not_called_tampering(tmp_path: Path) -> None:
+    # an older bcdr reading a repository a newer one also writes to: not damage, not read
+    from bcdr.actions.common import open_repo
+    from bcdr.compliance.context import RunContext
+    from bcdr.compliance.evidence import write_untyped
+
+    f = _real_plan_run(tmp_path)
+    repo = open_repo(str(tmp_path / "repo"))
+    newer = write_untyped(
+        repo,
+        "backup",
+        {"snapshot": "ab" * 32, "added_later": 1},
+        context=RunContext("real", None, "b"),
+        extra={"v": 99},
+    )
+    r = run_process("evidence", "verify", "--repo", tmp_path / "repo")
+    assert r.code == 0, r.out
+    assert f"({newer[:12]}): written in record format 99 by a newer bcdr" in r.out, r.out
+    doc = run_process("report", f, "--format", "json").json()
+    [chain] = [x["chain"] for x in doc["repositories"]]
+    assert chain["status"] == PASS and "TAMPERED" not in chain["summary"], chain
+    assert "1 record(s) in a newer format than this bcdr reads were not read" in chain["summary"]
+    assert newer in chain["details"]["bad_ids"]  # nothing is counted from it
+    assert _covered(doc, "b", "rpo") == PASS  # the records it reads still stand
+
+
 def test_the_report_sees_a_geo_redundant_secondary_region() -> None:
     # backups record the account's paired region as placement.secondary_region; the report
     # read "secondary", so a secondary outside the allowed geographies passed

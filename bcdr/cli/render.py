@@ -281,6 +281,8 @@ def evidence_verify_text(r: ChainReport) -> None:
         out(f"checked against {a['source']}: {seq}{str(a['id'])[:12]} {verdict}")
     for note in r.anchor_notes:
         out(f"note: {printable(note)}")
+    for p in r.newer:
+        out(f"note: {printable(str(p))}")
     if r.unusable:
         out(f"{len(r.unusable)} record(s) hold their place but are not evidence the report counts:")
         for p in r.unusable:

@@ -813,6 +813,12 @@ def _repository(r: RepoEvidence) -> dict[str, Any]:
     else:
         status = FAIL
         summary = "TAMPERED: " + "; ".join(chain.get("problems") or [])
+    newer = chain.get("newer") or []
+    if newer:
+        summary += (
+            f"; {len(newer)} record(s) in a newer format than this bcdr reads were not read "
+            "(their runs count for nothing here): make the report with the newer bcdr"
+        )
     authenticated = None if r.error else bool(chain.get("authenticated", r.encryption != "none"))
     if authenticated is False:
         summary += (

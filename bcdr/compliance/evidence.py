@@ -29,7 +29,7 @@ import getpass
 import json
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +44,7 @@ from bcdr.compliance.context import RunContext
 from bcdr.compliance.records import (
     FORMAT,
     Facts,
+    NewerFormat,
     Record,
     RecordProblem,
     decode,
@@ -124,9 +125,11 @@ def write_untyped(
     *,
     context: RunContext | None = None,
     result: object = "ok",
+    extra: Mapping[str, object] | None = None,
 ) -> str:
     """Append a document as given, typed or not: what another version, a bug or someone with
-    write access could leave in the chain (the tests of readers use it)."""
+    write access could leave in the chain (the tests of readers use it). ``extra``: more
+    fields of the document (``v`` of a newer format)."""
     ctx = context or RunContext()
 
     def document(seq: int, prev: str | None, now: datetime) -> bytes:
@@ -142,6 +145,7 @@ def write_untyped(
             "finished": now.isoformat(),
             "result": result,
             "facts": facts,
+            **(extra or {}),
         }
         return json.dumps(doc, sort_keys=True).encode()
 
@@ -180,6 +184,7 @@ class Unusable:
     seq: int | None
     document: dict[str, Any]  # as far as it parses
     problem: str
+    newer: bool = False  # written in a newer record format: read it with a newer bcdr
 
 
 def _open(repo: Repository, entry: Entry) -> tuple[bytes | None, _Place | None, str | None]:
@@ -221,7 +226,13 @@ def _typed(entry: Entry, plain: bytes) -> Record[Facts] | Unusable:
             doc = json.loads(plain)
         except ValueError:
             doc = {}
-        return Unusable(entry.id, entry.seq, doc if isinstance(doc, dict) else {}, str(exc))
+        return Unusable(
+            entry.id,
+            entry.seq,
+            doc if isinstance(doc, dict) else {},
+            str(exc),
+            isinstance(exc, NewerFormat),
+        )
 
 
 def list_records(repo: Repository, kind: str | None = None) -> list[Record[Facts] | Unusable]:
@@ -288,6 +299,8 @@ class ChainReport:
     anchor_notes: list[str] = field(default_factory=list)  # e.g. host heads unreadable
     #: records in their place in the chain that cannot serve as evidence (``Unusable``)
     unusable: list[ChainProblem] = field(default_factory=list)
+    #: records in a newer format than this version reads (not damage; not read either)
+    newer: list[ChainProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -298,6 +311,7 @@ class ChainReport:
         d["bad_ids"] = sorted(self.bad_ids)
         d["problems"] = [str(p) for p in self.problems]
         d["unusable"] = [str(p) for p in self.unusable]
+        d["newer"] = [str(p) for p in self.newer]
         d["ok"] = self.ok
         return d
 
@@ -348,7 +362,12 @@ def read_chain(
             records.append(item)
         else:
             label = f"#{item.seq} ({item.id[:12]})" if item.seq is not None else item.id[:12]
-            report.unusable.append(ChainProblem(label, f"not usable as evidence: {item.problem}"))
+            if item.newer:
+                report.newer.append(ChainProblem(label, item.problem))
+            else:
+                report.unusable.append(
+                    ChainProblem(label, f"not usable as evidence: {item.problem}")
+                )
             report.bad_ids.add(item.id)
     return records, report
 

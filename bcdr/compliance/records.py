@@ -360,6 +360,10 @@ class RecordProblem(ValueError):
     """A stored document that is not a record this version can use as evidence."""
 
 
+class NewerFormat(RecordProblem):
+    """A record written in a format newer than this version reads: not damage."""
+
+
 def decode(document: bytes, rid: str = "") -> Record[Facts]:
     """The record in a stored document (JSON), with its ``id``. Raises RecordProblem."""
     try:
@@ -367,7 +371,7 @@ def decode(document: bytes, rid: str = "") -> Record[Facts]:
     except msgspec.DecodeError as exc:
         raise RecordProblem(str(exc)) from None
     if head.v > FORMAT:
-        raise RecordProblem(
+        raise NewerFormat(
             f"written in record format {head.v} by a newer bcdr (this one reads up to "
             f"{FORMAT}); read it with that version"
         )
