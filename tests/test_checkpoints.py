@@ -116,3 +116,35 @@ def test_byte_grouping_layout_is_the_documented_one() -> None:
     data = bytes(range(1, 12))  # lead 01, then the 2-byte elements 02 03, 04 05, ... 0a 0b
     assert group_bytes(data, 2, 1) == bytes([2, 1, 1, 2, 4, 6, 8, 10, 3, 5, 7, 9, 11])
     assert group_bytes(data[:9], 4, 0) == bytes([4, 0, 1, 5, 2, 6, 3, 7, 4, 8, 9])
+
+
+def test_a_float_chunk_is_read_back_as_the_view_it_was_ungrouped_into(tmp_path: Path) -> None:
+    """Restore takes a checkpoint chunk as the array it was ungrouped into (no copy into a
+    bytes object, which holds the GIL); what parses blobs still gets bytes."""
+    from bcdr.actions.backup import BackupRequest, run_backup
+    from bcdr.repository.compression import GROUPED_ZSTD
+    from bcdr.repository.repo import Repository
+    from bcdr.storage.local import LocalStorage
+
+    rng = np.random.default_rng(3)
+    tensor = rng.normal(0, 0.02, 3_000_000).astype(np.float32)
+    raw = (tensor.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    write_safetensors(src / "m.safetensors", {"w": raw}, {"w": len(raw) // 2})
+    repo = Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+    run_backup(repo, BackupRequest(paths=(str(src),)))
+    repo = Repository.open(LocalStorage(tmp_path / "repo"))
+    repo.load_index()
+    whole = (src / "m.safetensors").read_bytes()
+    grouped = [
+        (blob, loc)
+        for blob in repo.index.blobs()
+        if (loc := repo.index.lookup(blob)) is not None and loc.codec == GROUPED_ZSTD
+    ]
+    assert grouped
+    for blob, loc in grouped:
+        view = repo.read_blob(blob, loc)
+        assert isinstance(view, memoryview) and bytes(view) in whole
+        as_bytes = repo.load_blob(blob, loc)
+        assert isinstance(as_bytes, bytes) and as_bytes == bytes(view)

@@ -374,7 +374,10 @@ class FileRestorer:
                 self._take_buffer, self._give_buffer, self._writers.submit, order.hasher
             )
             job.direct = True
-            os.ftruncate(job.fd, node.size)  # writes inside the file run side by side
+            try:  # writes inside the file run side by side; beyond it they extend it
+                os.ftruncate(job.fd, node.size)
+            except OSError:
+                pass  # a size the filesystem refuses fails at the write, told for the file
         return job, order, enumerate(pieces)
 
     def _create_tmp(self, job: _Job, *, unnamed: bool = False) -> int:
@@ -573,7 +576,7 @@ class FileRestorer:
             elif sealed is not None and loc is not None:
                 data = self.repo.decode_blob(node.content[0], loc.codec, sealed, loc.raw_len)
             else:
-                data = self.repo.load_blob(node.content[0], loc)
+                data = self.repo.read_blob(node.content[0], loc)
             job.digest = fingerprint(data)
             if job.digest != node.digest:
                 raise BcdrError(
@@ -617,7 +620,7 @@ class FileRestorer:
                 if view is not None:
                     data = self.repo.decode_blob(blob_id, loc.codec, view, loc.raw_len)
                 else:
-                    data = self.repo.load_blob(blob_id, loc)
+                    data = self.repo.read_blob(blob_id, loc)
                 held.append((data, offset))
                 if order.written == index:  # its turn (only this thread moves it on)
                     self._write_held(job, order, held, tally)

@@ -498,7 +498,14 @@ class Repository:
         return self.storage.get(pack_key(pack), offset, length)
 
     def load_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes:
-        """Read, open, decompress and verify a blob (``loc``: its index entry, if known)."""
+        """Read, open, decompress and verify a blob (``loc``: its index entry, if known), as
+        bytes (trees and what parses them)."""
+        data = self.read_blob(blob_id, loc)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes | memoryview:
+        """:meth:`load_blob` without a copy: a chunk of float tensors comes back as the view
+        it was ungrouped into (restore writes it as it is)."""
         if loc is None:
             copies = self.index.lookup_all(blob_id)
             if not copies:
@@ -509,7 +516,7 @@ class Repository:
             # A blob stored again (its first copy lost or damaged) has several: try each.
             for other in copies[:-1]:
                 try:
-                    return self.load_blob(blob_id, other)
+                    return self.read_blob(blob_id, other)
                 except CorruptObject:
                     continue
             loc = copies[-1]
@@ -523,8 +530,7 @@ class Repository:
             raise CorruptObject(
                 f"pack {loc.pack[:12]} is truncated (blob {blob_id.hex()[:12]} cut short)"
             )
-        data = self.decode_blob(blob_id, loc.codec, sealed, loc.raw_len)
-        return data if isinstance(data, bytes) else bytes(data)
+        return self.decode_blob(blob_id, loc.codec, sealed, loc.raw_len)
 
     def flush(self) -> None:
         if self._writer is not None:
