@@ -278,3 +278,23 @@ def test_direct_writes_leave_the_workers_and_their_buffers_are_bounded_and_given
     assert peak[0] <= workers + 2 * filewrite.DIRECT_WRITERS, peak
     for name, data in files.items():
         assert (out / name).read_bytes() == data, name
+
+
+def test_a_file_whose_size_cannot_be_set_first_is_still_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving a file its size before the direct writes is an optimisation: a filesystem (or a
+    size from a crafted tree) that refuses it leaves the writes to extend the file."""
+    real = os.ftruncate
+    refused: list[int] = []
+
+    def ftruncate(fd: int, length: int) -> None:
+        if os.fstat(fd).st_size == 0 and length > 0:  # before any byte: the size set first
+            refused.append(length)
+            raise OSError(errno.EFBIG, "File too large")
+        real(fd, length)
+
+    files, stats, out = _restore_patched(tmp_path, monkeypatch, os, "ftruncate", ftruncate)
+    assert refused and stats.errors == [] and stats.files == len(files)
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name
