@@ -421,6 +421,9 @@ def main() -> int:
     tools = ["bcdr"] + (["restic"] if shutil.which("restic") else [])
     if "restic" not in tools:
         print("restic not found: install Debian's `restic` package for the comparison")
+    unknown = [shape for shape in SIZES if shape not in ("small", "large")]
+    if unknown:
+        raise SystemExit(f"BENCH_SIZES: unknown size {', '.join(unknown)} (small, large)")
     sizes: dict[str, dict[str, object]] = {}
     exits: list[int] = []
     for shape in SIZES:
