@@ -367,7 +367,7 @@ class NewerFormat(RecordProblem):
 def decode(document: bytes, rid: str = "") -> Record[Facts]:
     """The record in a stored document (JSON), with its ``id``. Raises RecordProblem."""
     try:
-        head = msgspec.json.decode(document, type=_Head)
+        head = _HEAD.decode(document)
     except msgspec.DecodeError as exc:
         raise RecordProblem(str(exc)) from None
     if head.v > FORMAT:
@@ -377,10 +377,22 @@ def decode(document: bytes, rid: str = "") -> Record[Facts]:
         )
     kind = FACTS.get(head.kind) or OLD_NAMES.get(head.kind) or OtherFacts
     try:
-        rec: Record[Facts] = msgspec.json.decode(document, type=Record[kind])  # type: ignore[valid-type]
+        rec: Record[Facts] = _decoder(kind).decode(document)
     except msgspec.DecodeError as exc:
         raise RecordProblem(str(exc)) from None
     return msgspec.structs.replace(rec, id=rid)
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+_DECODERS: dict[type[Facts], msgspec.json.Decoder[Record[Facts]]] = {}
+
+
+def _decoder(kind: type[Facts]) -> msgspec.json.Decoder[Record[Facts]]:
+    """The decoder of records of ``kind``, made once (a report decodes thousands)."""
+    found = _DECODERS.get(kind)
+    if found is None:
+        found = _DECODERS[kind] = msgspec.json.Decoder(Record[kind])  # type: ignore[valid-type]
+    return found
 
 
 def from_document(doc: Mapping[str, Any], rid: str | None = None) -> Record[Facts]:
@@ -393,7 +405,6 @@ def encode(rec: Record[Facts]) -> bytes:
     """The stored document: sorted keys, without the ``id`` (the hash of what is stored)."""
     doc = msgspec.to_builtins(rec)
     del doc["id"]
-    doc["kind"] = rec.kind
     return msgspec.json.encode(doc, order="sorted")
 
 
