@@ -88,7 +88,10 @@ class ForkedPool:
             try:
                 self._pool.submit(int).result()  # every worker forks at the first task
             except BaseException:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+                try:
+                    self._pool.shutdown(wait=True, cancel_futures=True)
+                except RuntimeError:  # interrupted before its manager thread had started:
+                    pass  # the interrupt is what the user is told; the children see EOF
                 raise
         finally:
             gc.unfreeze()

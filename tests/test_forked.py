@@ -34,3 +34,24 @@ def test_workers_get_a_copy_and_the_collector_leaves_inherited_objects_alone() -
     assert pid != os.getpid() and value == 42
     assert frozen > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_ctrl_c_while_the_pool_starts_is_the_interrupt_not_a_runtime_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a SIGINT between the executor making its manager thread and starting it: shutting the
+    # half-made pool down raised "cannot join thread before it is started" over the Ctrl-C
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bcdr.forked import ForkedPool
+
+    def interrupted(self: ProcessPoolExecutor, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    def unjoinable(self: ProcessPoolExecutor, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot join thread before it is started")
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", interrupted)
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", unjoinable)
+    with pytest.raises(KeyboardInterrupt):
+        ForkedPool(object(), 1)
