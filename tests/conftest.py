@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,9 @@ if os.environ.get("CI"):
 
 # Run history and job locks of `bcdr run`/`tick` go to a folder of this test session, never to
 # the user's state folder (subprocesses inherit it).
+# Removed when the session ends (each one left its folder in /tmp before).
 os.environ["BCDR_STATE_DIR"] = tempfile.mkdtemp(prefix="bcdr-test-state-")
+atexit.register(shutil.rmtree, os.environ["BCDR_STATE_DIR"], ignore_errors=True)
 
 # Small chunks so that small test files span many chunks and packs.
 SMALL_CHUNKS = "4096,4096,32768"
