@@ -133,6 +133,25 @@ def make_single(path: Path, mib: int) -> None:
     os.utime(path, (MTIME, MTIME))
 
 
+def disk_write(path: Path, size: int) -> None:
+    """The device's own speed for a restore's bytes: ``size`` bytes written to one new file
+    with ``O_DIRECT`` in 8 MiB blocks (random, so nothing on the way can compress them), then
+    ``fsync``. No tool that writes those bytes to this filesystem can take less time."""
+    import mmap
+
+    block = mmap.mmap(-1, 8 * 2**20)  # page-aligned, as O_DIRECT needs
+    block.write(np.random.default_rng(1).bytes(len(block)))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_DIRECT", 0), 0o600)
+    try:
+        pos = 0
+        while pos < size:
+            pos += os.pwrite(fd, block, pos)
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fix_mtimes(root: Path, when: int = MTIME) -> None:
     """Give every file written just now the fixed time ``when`` (others keep theirs)."""
     for dirpath, _, files in os.walk(root):
@@ -151,7 +170,10 @@ if __name__ == "__main__":
         change_day1(Path(sys.argv[2]))
     elif sys.argv[1] == "single":
         make_single(Path(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "disk":
+        disk_write(Path(sys.argv[2]), int(sys.argv[3]))
     else:
         raise SystemExit(
             "usage: corpus.py make DIR SCALE [small|large] | change DIR | single FILE MIB"
+            " | disk FILE BYTES"
         )

@@ -205,6 +205,8 @@ def bench_rounds(
         measured = bench_tools(tools, corpus, k, size)
         os.sync()
         measured.append(bench_cp(corpus, k))
+        os.sync()
+        measured.append(bench_disk(du(corpus), k))
         rounds.append(measured)
     for path in OUT.glob("restore-*"):
         shutil.rmtree(path, ignore_errors=True)
@@ -271,6 +273,17 @@ def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
     wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {}, durable=True)
     print(f"  cp -a  {'full restore':20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB")
     return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
+
+
+def bench_disk(size: int, round_no: int = 0) -> Measure:
+    """The device's own write speed for a restore's bytes (bench/corpus.py ``disk_write``):
+    the floor under every restore of the round, whatever tool."""
+    target = OUT / f"restore-disk-{round_no}"
+    target.unlink(missing_ok=True)
+    wall, cpu, rss, code = run([*CORPUS, "disk", str(target), str(size)], {}, durable=True)
+    target.unlink(missing_ok=True)
+    print(f"  disk   {'full restore':20} {wall:8.2f}s wall ({size / 2**20:.0f} MiB, O_DIRECT)")
+    return Measure("disk", "full restore", wall, cpu, rss, 0, code)
 
 
 INDEX_SCALE = [sys.executable, str(Path(__file__).resolve().parent / "index_scale.py")]
@@ -539,6 +552,11 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
         os.sync()
         wall, cpu, rss, code = run(["cp", str(source), str(target)], {}, durable=True)
         measured.append(Measure("cp", "single-file restore", wall, cpu, rss, 0, code))
+        os.sync()
+        disk = target / "disk"
+        wall, cpu, rss, code = run([*CORPUS, "disk", str(disk), str(du(source))], {}, durable=True)
+        disk.unlink(missing_ok=True)
+        measured.append(Measure("disk", "single-file restore", wall, cpu, rss, 0, code))
         for m in measured:
             print(
                 f"  {m.tool:6} {m.wall_s:8.2f}s wall {m.cpu_s:8.2f}s cpu {m.peak_rss_mib:6.0f} MiB"
@@ -549,7 +567,8 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
     by_round = [{m.tool: m.wall_s for m in measured} for measured in rounds]
     for tool in tools:
         walls = " ".join(f"{r[tool] / r['cp']:.2f}" for r in by_round)
-        print(f"  {tool} / cp + sync, each round: {walls}")
+        floor = " ".join(f"{r[tool] / r['disk']:.2f}" for r in by_round)
+        print(f"  {tool} / cp + sync, each round: {walls}; / the disk's O_DIRECT write: {floor}")
     return rounds
 
 
@@ -573,6 +592,12 @@ def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
         )
         if ("restic", "full restore") in by:
             out["full restore"]["cp_vs_restic"] = _floor(results)
+    if ("disk", "full restore") in by:
+        disk = by[("disk", "full restore")].wall_s
+        for tool in ("bcdr", "restic", "cp -a"):
+            if (tool, "full restore") in by:
+                key = f"{tool.split()[0]}_vs_disk"
+                out.setdefault("full restore", {})[key] = by[(tool, "full restore")].wall_s / disk
     return out
 
 
@@ -617,6 +642,13 @@ def render(results: list[Measure], rounds: list[list[Measure]]) -> str:
                 rows.append(f"{phase:28} {walls:>20} {rsss:>20}")
         floor = " ".join(f"{r['full restore']['cp_vs_restic']:.2f}" for r in per_round)
         rows.append(f"{'cp -a / restic (the floor)':28} {floor:>20}")
+    if "bcdr_vs_disk" in rat.get("full restore", {}):
+        rows.append("\nfull restore / the disk's own O_DIRECT write of as many bytes, each round:")
+        for tool in ("bcdr", "restic", "cp"):
+            key = f"{tool}_vs_disk"
+            if key in per_round[0].get("full restore", {}):
+                each = " ".join(f"{r['full restore'][key]:.2f}" for r in per_round)
+                rows.append(f"{tool:28} {each:>20}")
     return "\n".join(rows)
 
 
