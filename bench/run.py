@@ -25,6 +25,7 @@ worker processes are counted (see :func:`run`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +54,61 @@ DURABLE = frozenset({"full restore", "single-file restore"})
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "4")))
 PASSWORD = "bench-password"
 BCDR = [sys.executable, "-m", "bcdr"]
+
+
+#: Restores go to TARGET: by default an ext4 made for this run with mkfs's defaults (a
+#: journal, as on an Azure VM's data disk), on a loop device over a file in BENCH_DIR
+#: (``--direct-io``: its writes reach the disk, not the page cache twice). This VM's root
+#: filesystem is ext4 *without* a journal, where the kernel skips every inode freed in the last
+#: minutes when it allocates one (``recently_deleted``): creating 20,000 files right after
+#: deleting as many took 6-15 s there and 0.64 s on a journaled ext4, which would make every
+#: restore of the large corpus measure that, not the tool. BENCH_TARGET=plain restores into
+#: BENCH_DIR itself (as runs before 2026-12-06 did).
+TARGET_KIND = os.environ.get("BENCH_TARGET", "journaled")
+TARGET = OUT / "target"
+TARGET_IMAGE_GIB = int(os.environ.get("BENCH_TARGET_GIB", "24"))
+
+
+@contextlib.contextmanager
+def restore_filesystem() -> Iterator[str]:
+    """Make and mount the filesystem restores go to (see TARGET_KIND); what it is."""
+    global TARGET
+    if TARGET_KIND == "plain":
+        TARGET = OUT
+        yield "BENCH_DIR's own filesystem"
+        return
+    if TARGET_KIND != "journaled":
+        raise SystemExit(f"BENCH_TARGET: unknown kind {TARGET_KIND!r} (journaled, plain)")
+    image = OUT / "target.img"
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(TARGET_IMAGE_GIB * 2**30)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    TARGET.mkdir(exist_ok=True)
+    try:
+        subprocess.run(["mount", loop, str(TARGET)], check=True)
+        try:
+            yield f"a new journaled ext4 of {TARGET_IMAGE_GIB} GiB on {loop} (direct I/O)"
+        finally:
+            subprocess.run(["umount", str(TARGET)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+        image.unlink(missing_ok=True)
+
+
+def _clear_round(pattern: str, *, end: bool = False) -> None:
+    """Delete restores: on the journaled target after each round, elsewhere only at the end
+    (see TARGET_KIND: a restore into a folder deleted a moment before measures the kernel)."""
+    if end or TARGET != OUT:
+        for path in TARGET.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+        os.sync()
 
 
 @dataclass
@@ -208,8 +265,8 @@ def bench_rounds(
         os.sync()
         measured.append(bench_disk(du(corpus), k))
         rounds.append(measured)
-    for path in OUT.glob("restore-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        _clear_round("restore-*")
+    _clear_round("restore-*", end=True)
     return [_median(runs) for runs in zip(*rounds, strict=True)], rounds
 
 
@@ -240,7 +297,7 @@ def bench_tools(
     env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
     plans = {}
     for tool in tools:
-        repo, restore_to = OUT / f"repo-{tool}", OUT / f"restore-{tool}-{round_no}"
+        repo, restore_to = OUT / f"repo-{tool}", TARGET / f"restore-{tool}-{round_no}"
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(restore_to, ignore_errors=True)
         plans[tool] = (repo, phases(tool, repo, corpus, restore_to))
@@ -268,7 +325,7 @@ def bench_tools(
 
 
 def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
-    target = OUT / f"restore-cp-{round_no}"
+    target = TARGET / f"restore-cp-{round_no}"
     shutil.rmtree(target, ignore_errors=True)
     wall, cpu, rss, code = run(["cp", "-a", str(corpus), str(target)], {}, durable=True)
     print(f"  cp -a  {'full restore':20} {wall:8.2f}s wall {cpu:8.2f}s cpu {rss:8.0f} MiB")
@@ -278,7 +335,7 @@ def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
 def bench_disk(size: int, round_no: int = 0) -> Measure:
     """The device's own write speed for a restore's bytes (bench/corpus.py ``disk_write``):
     the floor under every restore of the round, whatever tool."""
-    target = OUT / f"restore-disk-{round_no}"
+    target = TARGET / f"restore-disk-{round_no}"
     target.unlink(missing_ok=True)
     wall, cpu, rss, code = run([*CORPUS, "disk", str(target), str(size)], {}, durable=True)
     target.unlink(missing_ok=True)
@@ -437,6 +494,12 @@ def main() -> int:
     unknown = [shape for shape in SIZES if shape not in ("small", "large")]
     if unknown:
         raise SystemExit(f"BENCH_SIZES: unknown size {', '.join(unknown)} (small, large)")
+    with restore_filesystem() as where:
+        print(f"restores go to {where}", flush=True)
+        return _main(corpus, tools)
+
+
+def _main(corpus: Path, tools: list[str]) -> int:
     sizes: dict[str, dict[str, object]] = {}
     exits: list[int] = []
     for shape in SIZES:
@@ -510,6 +573,7 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "scale": SCALE,
+        "restore_target": TARGET_KIND,
         "sizes": sizes,
         "single": [[asdict(m) for m in measured] for measured in single],
         "index": index,
@@ -537,7 +601,7 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
         measured = []
         order = tools if k % 2 == 0 else tools[::-1]
         for tool in order:
-            repo, target = OUT / f"single-repo-{tool}", OUT / f"single-restore-{tool}-{k}"
+            repo, target = OUT / f"single-repo-{tool}", TARGET / f"single-restore-{tool}-{k}"
             shutil.rmtree(repo, ignore_errors=True)
             steps = dict(phases(tool, repo, source.parent, target))
             run(steps["init"], env)
@@ -546,7 +610,7 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
             wall, cpu, rss, code = run(steps["full restore"], env, durable=True)
             measured.append(Measure(tool, "single-file restore", wall, cpu, rss, du(repo), code))
             shutil.rmtree(repo, ignore_errors=True)
-        target = OUT / f"single-restore-cp-{k}"
+        target = TARGET / f"single-restore-cp-{k}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         os.sync()
@@ -562,8 +626,8 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
                 f"  {m.tool:6} {m.wall_s:8.2f}s wall {m.cpu_s:8.2f}s cpu {m.peak_rss_mib:6.0f} MiB"
             )
         rounds.append(measured)
-    for path in OUT.glob("single-restore-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        _clear_round("single-restore-*")
+    _clear_round("single-restore-*", end=True)
     by_round = [{m.tool: m.wall_s for m in measured} for measured in rounds]
     for tool in tools:
         walls = " ".join(f"{r[tool] / r['cp']:.2f}" for r in by_round)
