@@ -185,7 +185,7 @@ def test_a_record_that_is_not_evidence_says_which_field(
 
 
 def test_an_unknown_kind_reads_as_other_facts_and_unknown_fields_are_ignored() -> None:
-    rec = decode(_doc(kind="copy", facts={"snapshots": 3, "error": None}))
+    rec = decode(_doc(kind="replicate", facts={"snapshots": 3, "error": None}))
     assert type(rec.facts) is OtherFacts
     rec = decode(_doc(facts={"snapshot": "ab" * 32, "added_later": {"x": 1}}))
     assert isinstance(rec.facts, BackupFacts) and rec.facts.snapshot == "ab" * 32

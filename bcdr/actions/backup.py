@@ -112,18 +112,18 @@ def resolve_sources(paths: tuple[str, ...]) -> list[bytes]:
 GUARD_PASSES = 3
 
 
-def _pack_list(packs: list[str]) -> str:
+def pack_list(packs: list[str]) -> str:
     if not packs:
         return ""
     more = f" and {len(packs) - 3} more" if len(packs) > 3 else ""
     return f" (pack(s) {', '.join(p[:12] for p in packs[:3])}{more})"
 
 
-def _lost_pack_notes(packs: list[str]) -> list[str]:
+def lost_pack_notes(packs: list[str]) -> list[str]:
     if not packs:
         return []
     return [
-        f"{len(packs)} pack(s) the index lists are missing{_pack_list(packs)}: blobs only "
+        f"{len(packs)} pack(s) the index lists are missing{pack_list(packs)}: blobs only "
         "they held are stored again; run `bcdr check`, then `bcdr repair index`"
     ]
 
@@ -209,7 +209,7 @@ def _run_backup(
     paths = [os.fsdecode(p) for p in sources]
     with repo.lock(BACKUP) as lock:
         repo.load_index(verify_packs=True)
-        notes = _lost_pack_notes(sorted(repo.missing_packs))
+        notes = lost_pack_notes(sorted(repo.missing_packs))
         adopted, adopted_bytes = repo.adopt_unindexed_packs()
         if adopted:
             notes.append(
@@ -239,12 +239,12 @@ def _run_backup(
                 break
             notes.append(
                 f"{lost} reused blob(s) were no longer safely stored"
-                f"{_pack_list(gone)}; pass {attempt + 1} stores them again from the source"
+                f"{pack_list(gone)}; pass {attempt + 1} stores them again from the source"
             )
         else:
             raise RepositoryError(
                 f"the snapshot would still refer to {lost} blob(s) that are not stored after "
-                f"{GUARD_PASSES} passes{_pack_list(gone)}; no snapshot was written",
+                f"{GUARD_PASSES} passes{pack_list(gone)}; no snapshot was written",
                 where=repo.storage.url,
                 hint="something is deleting packs while backups run: look for a prune or a "
                 "lifecycle rule that does not honour bcdr's locks, then run "

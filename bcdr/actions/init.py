@@ -53,3 +53,12 @@ def init_repository(
     )
     cfg = repo.config
     return InitResult(storage.url, cfg.id, cfg.encryption, cfg.chunker.to_dict(), cfg.pack_size)
+
+
+def chunker_of(where: StorageSpec | str, env: Mapping[str, str] | None = None) -> ChunkerParams:
+    """The chunker parameters of the repository at ``where`` (opened with the password in
+    ``env``): a repository made with them cuts files as it does (``bcdr copy``)."""
+    from bcdr.actions.common import open_repo
+
+    repo = open_repo(where, env=env)
+    return repo.config.chunker

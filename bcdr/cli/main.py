@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -24,7 +25,13 @@ from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
 from bcdr.cli.repaircmds import add_repair_commands
-from bcdr.cli.repoargs import add_repo_options, named_repo, storage_spec
+from bcdr.cli.repoargs import (
+    add_from_repo_options,
+    add_repo_options,
+    from_storage_spec,
+    named_repo,
+    storage_spec,
+)
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
@@ -44,6 +51,7 @@ from bcdr.text import printable
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import backup as backup_action
     from bcdr.actions import check as check_action
+    from bcdr.actions import copy as copy_action
     from bcdr.actions import init as init_action
     from bcdr.actions import restore as restore_action
     from bcdr.actions import snapshots as snapshots_action
@@ -51,6 +59,7 @@ if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
 else:
     backup_action = lazy("bcdr.actions.backup")
     check_action = lazy("bcdr.actions.check")
+    copy_action = lazy("bcdr.actions.copy")
     init_action = lazy("bcdr.actions.init")
     restore_action = lazy("bcdr.actions.restore")
     snapshots_action = lazy("bcdr.actions.snapshots")
@@ -75,6 +84,22 @@ def cmd_init(args: argparse.Namespace) -> int:
         from bcdr.repository.chunker import ChunkerParams
 
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
+    if args.copy_chunker_params:
+        if not args.from_repo:
+            raise UsageError(
+                "--copy-chunker-params takes the parameters of the repository --from-repo names",
+                hint="give --from-repo URL (its password in BCDR_FROM_PASSWORD(_FILE))",
+            )
+        if chunker is not None:
+            raise UsageError("give --chunk-size or --copy-chunker-params, not both")
+        chunker = init_action.chunker_of(
+            from_storage_spec(args), copy_action.source_env(os.environ)
+        )
+    elif args.from_repo:
+        raise UsageError(
+            "--from-repo is used by init only with --copy-chunker-params",
+            hint="add --copy-chunker-params to cut files as that repository does",
+        )
     result = init_action.init_repository(
         storage_spec(args), encrypt=args.encrypt, chunker=chunker, pack_size=args.pack_size
     )
@@ -110,6 +135,41 @@ def cmd_backup(args: argparse.Namespace) -> int:
     else:
         render.backup_text(result)
     return EXIT_PARTIAL if result.partial or result.evidence_error else EXIT_OK
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    refs = tuple(args.snapshots)
+    if "all" in refs:
+        if len(refs) > 1:
+            raise UsageError("'all' copies every snapshot: give it alone, or name snapshots")
+        refs = ()
+    elif not refs:
+        raise UsageError(
+            "name the snapshots to copy",
+            hint="give snapshot ids, 'latest' (with --job: that job's newest) or 'all'",
+        )
+    request = copy_action.CopyRequest(snapshots=refs, job=args.job)
+    try:
+        result = copy_action.copy(
+            from_storage_spec(args),
+            storage_spec(args),
+            request,
+            progress=progress.copy,
+            source_env=copy_action.source_env(os.environ),
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted while copying; the snapshots already copied are complete",
+            hint="run it again: it skips what the destination holds and finishes the rest",
+        ) from None
+    finally:
+        progress.done()
+    if args.json:
+        render.emit_json(result.to_dict())
+    else:
+        render.copy_text(result)
+    return EXIT_PARTIAL if result.evidence_error else EXIT_OK
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -284,6 +344,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         metavar="BYTES",
         help="advanced: target pack size in bytes (default 16777216)",
     )
+    p.add_argument(
+        "--copy-chunker-params",
+        action="store_true",
+        help="cut files exactly as the repository --from-repo names does (sizes and seed): "
+        "`bcdr copy` from it then copies chunks as they are instead of cutting files again",
+    )
+    add_from_repo_options(
+        p, required=False, help_text="with --copy-chunker-params: the repository to match"
+    )
 
     p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
@@ -307,6 +376,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="read every file, even those unchanged since the parent snapshot",
     )
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the snapshot")
+
+    p = command(
+        "copy",
+        cmd_copy,
+        "Copy snapshots from another repository into this one (--repo), with everything "
+        "they need; what it holds already is skipped.",
+        epilog="Example: BCDR_FROM_PASSWORD_FILE=/etc/bcdr/pw-westeu "
+        "bcdr copy --from-repo /backups/main --repo azure://bcdrne/copies --job ckpt latest. "
+        "A copied snapshot keeps its time, job and paths, and is the same recovery point: "
+        "copying it again copies nothing. An interrupted copy is finished by running it again.",
+    )
+    add_from_repo_options(p)
+    p.add_argument(
+        "snapshots",
+        nargs="*",
+        metavar="SNAPSHOT",
+        help="ids, unique id prefixes, 'latest' (of --job), or 'all' (every snapshot, of "
+        "--job if given)",
+    )
+    p.add_argument("--job", metavar="NAME", help="only snapshots of this job")
 
     p = command("snapshots", cmd_snapshots, "List snapshots, oldest first.")
     p.add_argument("--job", metavar="NAME", help="only this job's snapshots")

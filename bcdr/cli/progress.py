@@ -10,6 +10,7 @@ from bcdr.units import human_bytes
 
 if TYPE_CHECKING:
     from bcdr.archive.backup import BackupStats
+    from bcdr.archive.copy import CopyStats
     from bcdr.archive.restore import RestoreStats
 
 
@@ -41,6 +42,12 @@ class Progress:
     def restore(self, stats: RestoreStats, path: bytes) -> None:
         self._line(
             f"{stats.files} files, {human_bytes(stats.bytes_written)} restored  {os.fsdecode(path)}"
+        )
+
+    def copy(self, stats: CopyStats, path: str) -> None:
+        self._line(
+            f"{stats.files} files, {human_bytes(stats.bytes_copied)} copied, "
+            f"{human_bytes(stats.bytes_skipped)} already there  {path}"
         )
 
     def check(self, phase: str, done: int, total: int) -> None:

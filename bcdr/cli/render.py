@@ -12,6 +12,7 @@ from bcdr.units import human_bytes, human_seconds
 
 if TYPE_CHECKING:  # types only: the command a user runs loads only what it needs
     from bcdr.actions.backup import BackupResult
+    from bcdr.actions.copy import CopyResult
     from bcdr.actions.disks import RecoveryPointRow
     from bcdr.actions.drill import DrillReport
     from bcdr.actions.forget import ForgetResult
@@ -71,6 +72,31 @@ def backup_text(r: BackupResult) -> None:
         )
 
 
+def copy_text(r: CopyResult) -> None:
+    s = r.stats
+    for c in r.snapshots:
+        job = f" (job {printable(c.source.job)})" if c.source.job else ""
+        if c.copy is None:
+            out(f"snapshot {c.source.short_id}{job}: already here as {(c.existing or '')[:8]}")
+        else:
+            out(f"snapshot {c.source.short_id}{job} copied as {c.copy.short_id}")
+    copied = len(r.copied)
+    out(f"  snapshots  {copied} copied, {len(r.snapshots) - copied} already present")
+    out(
+        f"  blobs      {s.blobs_copied} copied ({human_bytes(s.bytes_copied)}), "
+        f"{s.blobs_skipped} already present ({human_bytes(s.bytes_skipped)})"
+    )
+    out(f"  trees      {s.trees}   files {s.files}")
+    transfer_line("read", r.downloaded)
+    transfer_line("uploaded", r.uploaded)
+    for note in r.notes:
+        sys.stderr.write(f"note: {note}\n")
+    if r.evidence_error:
+        sys.stderr.write(
+            f"warning: the copy is complete, but not recorded as evidence: {r.evidence_error}\n"
+        )
+
+
 def transfer_line(label: str, t: Transfer | None) -> None:
     if t is not None and t.bytes:
         out(f"  {label:10} {human_bytes(t.bytes)} in {t.seconds:.2f}s ({human_bytes(t.rate)}/s)")
@@ -88,6 +114,7 @@ def snapshots_text(snaps: list[Snapshot], job: str | None = None) -> None:
         out(
             f"{s.short_id:8}  {when:19}  {host:16}  {job_name:16}  "
             f"{size:>10}  {', '.join(printable(p) for p in s.paths)}"
+            + (f"  (copy of {s.recovery_point[:8]})" if s.copy_of else "")
         )
     out(f"{len(snaps)} snapshot(s)")
 

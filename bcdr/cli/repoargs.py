@@ -89,3 +89,41 @@ def named_repo(args: argparse.Namespace) -> StorageSpec | None:
         return storage_spec(args)
     except UsageError:
         return None
+
+
+def add_from_repo_options(
+    p: argparse.ArgumentParser, *, required: bool = True, help_text: str = "repository to copy from"
+) -> None:
+    """A source repository (``bcdr copy``, ``init --copy-chunker-params``): ``--from-repo``
+    and how to reach it."""
+    g = p.add_argument_group(
+        "source repository",
+        "Its password comes from BCDR_FROM_PASSWORD or BCDR_FROM_PASSWORD_FILE.",
+    )
+    g.add_argument("--from-repo", metavar="URL", required=required, help=help_text)
+    cred = g.add_mutually_exclusive_group()
+    for flag, what in (
+        ("--from-azure-connection-string-env", "a connection string"),
+        ("--from-azure-key-env", "the account key"),
+        ("--from-azure-sas-env", "a SAS token"),
+    ):
+        cred.add_argument(flag, metavar="VAR", help=f"environment variable holding {what}")
+    g.add_argument("--from-azure-endpoint", metavar="URL", help="the source's blob endpoint")
+    g.add_argument(
+        "--from-connections", type=int, metavar="N", help="parallel downloads (default 8)"
+    )
+
+
+def from_storage_spec(args: argparse.Namespace) -> StorageSpec:
+    """The StorageSpec of ``--from-repo`` and its options."""
+    auth = AzureAuth()
+    for attr, kind in CREDENTIAL_FLAGS:
+        name = getattr(args, f"from_{attr}", None)
+        if name:
+            auth = AzureAuth(kind, name)  # type: ignore[arg-type]
+    return StorageSpec(
+        args.from_repo,
+        auth=auth,
+        endpoint=args.from_azure_endpoint,
+        connections=args.from_connections,
+    )

@@ -298,6 +298,34 @@ class RepairFacts(Facts, frozen=True, kw_only=True):
     manifests_removed: list[str] = []
 
 
+class CopiedPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One recovery point a copy run made present in the destination."""
+
+    snapshot: str  # in the destination
+    source_snapshot: str
+    recovery_point: str  # the id the backup gave it (``Snapshot.recovery_point``)
+    snapshot_time: Time
+    job: str | None = None
+    already: bool = False  # the destination held it already: nothing was copied
+
+
+class CopyFacts(Facts, frozen=True, kw_only=True):
+    """``bcdr copy``: recovery points of a source repository copied into this one."""
+
+    KIND: ClassVar[str] = "copy"
+    source_repository: str | None = None  # the source's repository id (never its URL)
+    source_placement: Placement | None = None
+    placement: Placement | None = None  # where this (the destination) repository keeps them
+    points: list[CopiedPoint] = []
+    blobs_copied: int | None = None
+    blobs_skipped: int | None = None
+    bytes_copied: int | None = None
+    bytes_skipped: int | None = None
+    bytes_uploaded: int | None = None
+    rechunked: bool = False
+    healed: list[str] = []
+
+
 class OtherFacts(Facts, frozen=True, kw_only=True):
     """A kind this version does not know (written by a newer one): read, used for nothing."""
 
@@ -313,6 +341,7 @@ FACTS: dict[str, type[Facts]] = {
         CheckFacts,
         PruneFacts,
         RepairFacts,
+        CopyFacts,
     )
 }
 

@@ -39,11 +39,21 @@ class Snapshot:
     program_version: str = ""
     placement: dict[str, Any] | None = None  # region, redundancy, secondary, verified/declared
     repaired: dict[str, Any] | None = None  # `bcdr repair snapshots`: from, time, what was lost
+    # `bcdr copy`: the snapshot copied (snapshot, repository id, copied at), and the id of the
+    # first snapshot of the recovery point, in the repository it was backed up to
+    copy_of: dict[str, Any] | None = None
+    original: str | None = None
     id: str = ""  # the storage name; not part of the stored document
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+    @property
+    def recovery_point(self) -> str:
+        """The id that names this recovery point in every repository holding a copy of it:
+        the id of the snapshot the backup wrote."""
+        return self.original or self.id
 
     @property
     def datetime(self) -> datetime:
@@ -52,8 +62,9 @@ class Snapshot:
     def to_bytes(self) -> bytes:
         doc = asdict(self)
         del doc["id"]
-        if doc["repaired"] is None:  # written only by a repair: other snapshots as before
-            del doc["repaired"]
+        for optional in ("repaired", "copy_of", "original"):
+            if doc[optional] is None:  # written only by a repair or a copy
+                del doc[optional]
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +98,8 @@ class Snapshot:
             program_version=w.program_version,
             placement=w.placement,
             repaired=w.repaired,
+            copy_of=w.copy_of,
+            original=w.original,
             id=name,
         )
 
@@ -114,6 +127,8 @@ class _SnapshotWire(msgspec.Struct, kw_only=True):
     program_version: str = ""
     placement: dict[str, Any] | None = None
     repaired: dict[str, Any] | None = None
+    copy_of: dict[str, Any] | None = None
+    original: str | None = None
 
 
 _decoder = msgspec.json.Decoder(_SnapshotWire)
