@@ -392,3 +392,142 @@ def test_a_prune_of_the_destination_after_forget_is_healed_by_the_next_copy(
     cid = {s["copy_of"]["snapshot"]: s["id"] for s in _snapshots(dst, {})}[ids[0]]
     want = _restored(src, ids[0], tmp_path / "a", SRC_PW)
     assert _restored(dst, cid, tmp_path / "b", {}) == want
+
+
+# -- prunes at the same time --------------------------------------------------------------
+
+
+def _paused_copy(tmp_path: Path, src: Path, dst: Path, snap: str) -> subprocess.Popen[str]:
+    """Start tests.copy_pause_helper and wait until it has stopped itself, holding its
+    locks (the copied packs uploaded, the snapshot not written)."""
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.copy_pause_helper", str(src), str(dst), snap, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the copy did not reach its pause: {proc.communicate()}")
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return proc
+
+
+def _resume(proc: subprocess.Popen[str]) -> dict:  # type: ignore[type-arg]
+    os.killpg(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _plain_source(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """An unencrypted source: job ``old`` twice (the tree, then another), then job ``new``
+    of the tree with one file more, which reuses every chunk of the first."""
+    src = tmp_path / "src"
+    assert run_process("init", "--repo", src, "--chunk-size", "4096,4096,32768").code == 0
+    tree = write_tree(tmp_path / "tree", {f"f{i}": os.urandom(150_000) for i in range(6)})
+    other = write_tree(tmp_path / "other", {"x": os.urandom(10_000)})
+    ids = []
+    for job, path in (("old", tree), ("old", other)):
+        r = run_process("backup", "--repo", src, "--job", job, path, "--json")
+        ids.append(r.json()["snapshot"])
+    (tree / "new").write_bytes(os.urandom(5000))
+    ids.append(
+        run_process("backup", "--repo", src, "--job", "new", tree, "--json").json()["snapshot"]
+    )
+    return src, tree, ids
+
+
+def _dest_with_old_copies(tmp_path: Path, src: Path, ids: list[str]) -> Path:
+    dst = tmp_path / "dst"
+    r = run_process(
+        "init", "--repo", dst, "--pack-size", "65536", "--from-repo", src, "--copy-chunker-params"
+    )
+    assert r.code == 0, r.err
+    assert _copy(src, dst, ids[0], ids[1]).code == 0
+    return dst
+
+
+def _copy_restores(tmp_path: Path, src: Path, dst: Path, sid: str) -> None:
+    cid = {s["copy_of"]["snapshot"]: s["id"] for s in _snapshots(dst, {})}[sid]
+    want = _restored(src, sid, tmp_path / f"want-{time.monotonic_ns()}", {})
+    assert _restored(dst, cid, tmp_path / f"got-{time.monotonic_ns()}", {}) == want
+    _check_clean(dst, {})
+
+
+@pytest.mark.slow
+def test_a_prune_of_the_destination_waits_for_a_running_copy(tmp_path: Path) -> None:
+    src, _, ids = _plain_source(tmp_path)
+    dst = _dest_with_old_copies(tmp_path, src, ids)
+    proc = _paused_copy(tmp_path, src, dst, ids[2])
+    try:
+        r = run_process("forget", "--repo", dst, "--job", "old", "--keep-last", "1")
+        assert r.code == 0, r.err
+        r = run_process("prune", "--repo", dst, "--grace", "0", "--max-unused", "0", "--json")
+        assert r.code == 0, r.err
+        # the sweep waits for the copy instead of deleting what it reuses
+        assert r.json()["packs_deleted"] == 0, r.json()
+    finally:
+        result = _resume(proc)
+    assert result["notes"] == []
+    _copy_restores(tmp_path, src, dst, ids[2])
+    r = run_process("prune", "--repo", dst, "--grace", "0", "--json")
+    assert r.code == 0 and r.json()["marks_swept"], r.out + r.err
+    _copy_restores(tmp_path, src, dst, ids[2])
+
+
+@pytest.mark.slow
+def test_commit_guard_copies_again_what_a_prune_swept_under_a_running_copy(
+    tmp_path: Path,
+) -> None:
+    """The operator removes the copy's lock and prune sweeps the packs the copy reused (the
+    copy map said the destination held them): the copy finds them gone before it commits,
+    copies those chunks again from the source, and its snapshot restores."""
+    src, _, ids = _plain_source(tmp_path)
+    dst = _dest_with_old_copies(tmp_path, src, ids)
+    proc = _paused_copy(tmp_path, src, dst, ids[2])
+    try:
+        assert run_process("unlock", "--repo", dst, "--remove-all").code == 0
+        r = run_process("forget", "--repo", dst, "--job", "old", "--keep-last", "1")
+        assert r.code == 0, r.err
+        r = run_process("prune", "--repo", dst, "--grace", "0", "--max-unused", "0", "--json")
+        assert r.code == 0 and r.json()["packs_deleted"], r.out + r.err
+    finally:
+        result = _resume(proc)
+    [note] = result["notes"]
+    assert "no longer safely stored" in note and "pass 2" in note
+    _copy_restores(tmp_path, src, dst, ids[2])
+
+
+@pytest.mark.slow
+def test_a_prune_of_the_source_cannot_sweep_under_a_running_copy(tmp_path: Path) -> None:
+    src, _, ids = _plain_source(tmp_path)
+    dst = _dest_with_old_copies(tmp_path, src, ids)
+    proc = _paused_copy(tmp_path, src, dst, ids[2])
+    try:
+        r = run_process("forget", "--repo", src, "--job", "old", "--keep-last", "1")
+        assert r.code == 0, r.err
+        r = run_process(
+            "prune",
+            "--repo",
+            src,
+            "--grace",
+            "0",
+            "--max-unused",
+            "0",
+            "--json",
+            env={"BCDR_LOCK_WAIT": "1"},
+        )
+        # the copy's read lock keeps the sweep out: nothing the copy reads is deleted
+        assert "packs_deleted" not in r.out or r.json()["packs_deleted"] == 0, r.out + r.err
+    finally:
+        result = _resume(proc)
+    assert [s["copied"] for s in result["snapshots"]] == [True]
+    _copy_restores(tmp_path, src, dst, ids[2])
+    _check_clean(src, {})
