@@ -10,6 +10,7 @@ from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.errors import PasswordRequired, RepositoryNotFound
 from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
+from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
 from bcdr.storage.azureauth import AzureAuth
 from bcdr.storage.url import StorageSpec, open_storage
@@ -82,15 +83,20 @@ def open_plan_repo(plan: Plan, name: str, clock: Clock | None = None) -> Reposit
     return Repository.open(storage, password=lambda: read_password(env), clock=clock)
 
 
-def open_or_init(plan: Plan, name: str, clock: Clock | None = None) -> tuple[Repository, str]:
-    """Open the plan's repository ``name``, creating it when it does not exist yet; the second
-    value is a note saying it was created (empty otherwise)."""
+def open_or_init(
+    plan: Plan, name: str, clock: Clock | None = None, *, chunker: ChunkerParams | None = None
+) -> tuple[Repository, str]:
+    """Open the plan's repository ``name``, creating it when it does not exist yet (cutting
+    files with ``chunker``, given for a copy's destination); the second value is a note
+    saying it was created (empty otherwise)."""
     try:
         return open_plan_repo(plan, name, clock), ""
     except RepositoryNotFound:
         env = password_env(plan.repositories[name])
         storage = open_storage(plan_storage_spec(plan.repositories[name]))
-        repo = Repository.init(storage, password=read_password(env) if env else None, clock=clock)
+        repo = Repository.init(
+            storage, password=read_password(env) if env else None, chunker=chunker, clock=clock
+        )
         return repo, f"created repository {name!r} at {storage.url}"
 
 

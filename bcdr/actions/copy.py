@@ -55,6 +55,10 @@ class CopyRequest:
     placement: dict[str, Any] | None = None  # the destination's, from geo.verify
     source_placement: dict[str, Any] | None = None
     context: RunContext | None = None
+    # only the job's snapshots newer than its newest recovery point in the destination (a
+    # plan's copy_to: the new one, and those a failed copy missed; never one retention
+    # there removed)
+    catch_up: bool = False
 
 
 @dataclass
@@ -162,7 +166,8 @@ def _run_copy(
 ) -> CopyResult:
     with src.lock(READ, wait=read_wait()), dst.lock(BACKUP) as lock:
         wanted = select(src, request)
-        src.load_index()
+        if not src.index_loaded:
+            src.load_index()
         dst.load_index(verify_packs=True)
         notes = lost_pack_notes(sorted(dst.missing_packs))
         adopted, adopted_bytes = dst.adopt_unindexed_packs()
@@ -176,6 +181,8 @@ def _run_copy(
         for snap in dst.list_snapshots():
             present.setdefault(snap.recovery_point, snap.id)
             present.setdefault(snap.id, snap.id)
+        if request.catch_up:
+            wanted = _newer_than_present(dst, wanted, request.job)
         cmap = CopyMap(dst, src.config.id)
         cmap.load()
         total = CopyStats()
@@ -277,6 +284,15 @@ def _copy_one(
             hint="the copy is complete; run the copy again for the rest",
         )
     return copy, copier.stats
+
+
+def _newer_than_present(dst: Repository, wanted: list[Snapshot], job: str | None) -> list[Snapshot]:
+    """The snapshots of ``wanted`` newer than the newest of ``job`` in ``dst``."""
+    held = [s.datetime for s in dst.list_snapshots(job)]
+    if not held:
+        return wanted
+    newest = max(held)
+    return [s for s in wanted if s.datetime > newest]
 
 
 def _source_parent_point(src: Repository, snap: Snapshot) -> str:

@@ -79,6 +79,8 @@ class DrillReport:
     reasons: list[str] = field(default_factory=list)
     snapshot: str | None = None  # snapshot id / recovery point id
     snapshot_time: str | None = None
+    repository: str | None = None  # the plan's name of the repository restored from
+    recovery_point: str | None = None  # the snapshot's id where it was backed up (a copy's)
     seed: int | None = None
     sample_percent: float = 100.0
     sample_digest: str | None = None  # of the chosen paths: a replay with the seed matches it
@@ -245,11 +247,13 @@ def _backup_drill(
     job = plan.backups[drill.backup]
     phases = _Phases(timer, report)
     t = phases.t0
+    source = drill.repository or job.repository  # a copy_to one: the region-loss drill
+    report.repository = source
     try:
-        repo = open_plan_repo(plan, job.repository, clock)
+        repo = open_plan_repo(plan, source, clock)
     except RepositoryNotFound as exc:
         raise RepositoryNotFound(
-            f"repository {job.repository!r} does not exist yet: nothing to drill",
+            f"repository {source!r} does not exist yet: nothing to drill",
             where=exc.where,
             hint=f"run the backup job first: bcdr run {plan.file} --job {drill.backup}",
         ) from None
@@ -263,6 +267,7 @@ def _backup_drill(
                 exc.hint = exc.hint or f"run the backup job first: bcdr run --job {drill.backup}"
                 raise
             report.snapshot, report.snapshot_time = snap.id, snap.time
+            report.recovery_point = snap.recovery_point
             repo.load_index(verify_packs=True)
             t = phases.done("open", t)
 

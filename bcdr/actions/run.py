@@ -18,6 +18,7 @@ from bcdr.actions.common import (
     plan_storage_spec,
     run_context,
 )
+from bcdr.actions.copy import CopyRequest, CopyResult, run_copy
 from bcdr.actions.disks import run_disk_job
 from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
@@ -68,6 +69,7 @@ class JobResult:
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
     drill: DrillReport | None = None
     evidence: str | None = None  # the evidence record the run wrote
+    copies: dict[str, CopyResult] = field(default_factory=dict)  # copy_to repository -> copy
 
     @property
     def snapshot_id(self) -> str | None:
@@ -82,7 +84,7 @@ class JobResult:
         return self.backup.stats.bytes_added if self.backup else None
 
     def to_dict(self) -> dict[str, object]:
-        objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill")
+        objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill", "copies")
         out = {k: v for k, v in vars(self).items() if k not in objects}
         out["check"] = self.check.to_dict() if self.check else None
         out["forget"] = self.forget.to_dict() if self.forget else None
@@ -91,6 +93,7 @@ class JobResult:
         out["placement"] = self.placement.to_dict() if self.placement else None
         out["disks"] = self.disks.to_dict() if self.disks else None
         out["drill"] = self.drill.to_dict() if self.drill else None
+        out["copies"] = {k: v.to_dict() for k, v in self.copies.items()}
         return out
 
 
@@ -383,6 +386,63 @@ def _retention(
     return None
 
 
+def _copies(
+    result: JobResult,
+    plan: Plan,
+    name: str,
+    job: BackupJob,
+    repo: Repo,
+    clock: Clock | None,
+    context: RunContext,
+) -> BcdrError | None:
+    """Copy the job's new snapshot, and those an earlier failed copy missed, to each of its
+    ``copy_to`` repositories (residency checked first, for each), then apply the retention
+    kept there; the first error, if any failed (the others are still tried)."""
+    errors: list[BcdrError] = []
+    for target in job.copy_targets():
+        try:
+            placement = establish_placement(plan, target.repository)
+            dst, created = open_or_init(plan, target.repository, clock, chunker=repo.config.chunker)
+            if created:
+                result.notes.append(created)
+            try:
+                request = CopyRequest(
+                    job=name,
+                    plan=plan.name,
+                    placement=placement.to_dict(),
+                    source_placement=result.placement.to_dict() if result.placement else None,
+                    context=context,
+                    catch_up=True,
+                )
+                copied = run_copy(repo, dst, request)
+                result.copies[target.repository] = copied
+                result.notes.append(
+                    f"copied to {target.repository!r}: {len(copied.copied)} snapshot(s), "
+                    f"{human_bytes(copied.stats.bytes_copied)} new"
+                )
+                retention = target.retention or job.retention
+                if retention is not None:
+                    forgot = apply_retention(
+                        dst,
+                        retention.policy(),
+                        plan.timezone.zone,
+                        job=name,
+                        plan=plan.name,
+                        context=context,
+                    )
+                    if forgot.removed:
+                        result.notes.append(
+                            f"retention in {target.repository!r} ({forgot.policy.describe()}): "
+                            f"forgot {len(forgot.removed)}"
+                        )
+            finally:
+                dst.close()
+        except BcdrError as exc:
+            exc.message = f"the copy to {target.repository!r} failed: {exc.message}"
+            errors.append(exc)
+    return errors[0] if errors else None
+
+
 def _backup(
     plan: Plan,
     name: str,
@@ -419,6 +479,8 @@ def _backup(
             backup = run_backup(repo, request)
             result.backup, result.evidence = backup, backup.evidence
             retention_error = _retention(result, plan, name, job, repo, context)
+            copy_error = _copies(result, plan, name, job, repo, clock, context)
+            retention_error = retention_error or copy_error
         finally:
             repo.close()
     except Interrupted:

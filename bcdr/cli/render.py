@@ -252,7 +252,10 @@ def drill_text(r: DrillReport) -> None:
     out(f"drill {r.drill}: {r.verdict.upper()}")
     if r.kind == "backup":
         if r.snapshot:
-            out(f"  snapshot {r.snapshot[:8]} of {r.job} ({(r.snapshot_time or '')[:19]})")
+            out(
+                f"  snapshot {r.snapshot[:8]} of {r.job} ({(r.snapshot_time or '')[:19]})"
+                + (f" from repository {printable(r.repository)}" if r.repository else "")
+            )
         seed = f" (seed {r.seed})" if r.sample_percent < 100 else ""
         out(
             f"  sample {r.sample_percent:g}%{seed}: {r.files_selected} of "

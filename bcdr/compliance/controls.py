@@ -31,6 +31,7 @@ from bcdr.compliance.anchors import token as anchor_token
 from bcdr.compliance.records import (
     BackupFacts,
     CheckFacts,
+    CopyFacts,
     DiskSnapshotFacts,
     DrillFacts,
     Facts,
@@ -360,6 +361,62 @@ def residency_control(
     return control("residency", "Residency", PASS, summary, ids, regions=sorted(regions))
 
 
+def copies_control(
+    job: str,
+    rpo: Any,
+    points: list[tuple[datetime, str, str]],
+    copies: dict[str, dict[str, tuple[datetime, str]]],
+    now: datetime,
+) -> dict[str, Any]:
+    """Each recovery point of the window (time, snapshot, record) is present in every
+    ``copy_to`` repository, within the RPO of its time (``copies``: repository -> recovery
+    point -> when the copy record says it was there, and that record). Without an RPO, a
+    point must be copied once a newer point exists (the next run copies what one missed)."""
+    if not points:
+        return control("copies", "Copies", NO_EVIDENCE, f"no recovery point of job {job} recorded")
+    points = sorted(points)
+    newest = points[-1][0]
+    late: list[str] = []
+    missing: list[str] = []
+    pending = 0
+    ids: list[str] = []
+    worst = 0.0
+    for repo, held in sorted(copies.items()):
+        for when, snap, _ in points:
+            found = held.get(snap)
+            deadline = (when + timedelta(seconds=rpo.seconds)) if rpo else None
+            if found is not None:
+                lag = (found[0] - when).total_seconds()
+                worst = max(worst, lag)
+                ids.append(found[1])
+                if rpo is not None and lag > rpo.seconds:
+                    late.append(f"{snap[:8]} reached {repo} {human_seconds(lag)} after it was made")
+            elif (deadline is not None and now > deadline) or (deadline is None and when < newest):
+                missing.append(f"{snap[:8]} ({when:%Y-%m-%d %H:%M}) is not in {repo}")
+            else:
+                pending += 1
+    where = ", ".join(sorted(copies))
+    details = {
+        "repositories": sorted(copies),
+        "recovery_points": len(points),
+        "missing": len(missing),
+        "late": len(late),
+        "pending": pending,
+        "longest_lag_s": round(worst, 1),
+        "target_s": rpo.seconds if rpo else None,
+    }
+    if missing or late:
+        problems = missing + late
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        return control("copies", "Copies", FAIL, "; ".join(problems[:3]) + more, ids, **details)
+    summary = (
+        f"{len(points)} recovery point(s) in {where}, longest lag {human_seconds(worst)}"
+        + (f" (target {rpo})" if rpo else "")
+        + (f"; {pending} still within the RPO" if pending else "")
+    )
+    return control("copies", "Copies", PASS, summary, ids, **details)
+
+
 def latest_result_control(cid: str, title: str, runs: list[AnyRecord]) -> dict[str, Any]:
     if not runs:
         return control(cid, title, NO_EVIDENCE, "no run recorded in the window")
@@ -584,6 +641,8 @@ def _backup_job(ev: _Evidence, k: JobKind, name: str, bjob: Any, start: datetime
         rpo_control(bjob.rpo, points, since, now, f"job {name}"),
         *drill_controls(drills, drill_names),
     ]
+    if bjob.copy_to:
+        controls.append(_copies(ev, name, bjob, in_window))
     forgets = typed(ev.of_job(bjob.repository, name, (ForgetFacts.KIND,)), ForgetFacts)
     ret = retention_control(bjob.retention is not None, ev.window(forgets))
     if ret:
@@ -606,6 +665,26 @@ def _backup_job(ev: _Evidence, k: JobKind, name: str, bjob: Any, start: datetime
         )
     timeline = [_backup_event(d) for d in in_window] + [_drill_event(d) for d in drills]
     return _job(name, "backup", bjob, controls, timeline, missed, drills, in_window)
+
+
+def _copies(
+    ev: _Evidence, name: str, bjob: Any, in_window: list[Record[BackupFacts]]
+) -> dict[str, Any]:
+    points = [
+        (t, d.facts.snapshot, d.id)
+        for d in in_window
+        if d.result in GOOD and (t := d.facts.snapshot_time) is not None and d.facts.snapshot
+    ]
+    copies: dict[str, dict[str, tuple[datetime, str]]] = {}
+    for target in bjob.copy_targets():
+        held = copies.setdefault(target.repository, {})
+        runs = typed(ev.of_job(target.repository, name, (CopyFacts.KIND,)), CopyFacts)
+        for d in sorted(runs, key=lambda d: d.time):
+            if d.result not in GOOD:
+                continue
+            for p in d.facts.points:
+                held.setdefault(p.recovery_point, (d.time, d.id))
+    return copies_control(name, bjob.rpo, points, copies, ev.now)
 
 
 def _backup_places(

@@ -109,6 +109,8 @@ class DrillFacts(Facts, frozen=True, kw_only=True):
     reasons: list[str] = []
     snapshot: str | None = None
     snapshot_time: Time | None = None
+    repository: str | None = None  # the plan's repository restored from (a copy's: region loss)
+    recovery_point: str | None = None
     seed: int | None = None
     sample_percent: float = 100.0
     sample_digest: str | None = None

@@ -41,6 +41,7 @@ def check_plan(src: Source, plan: Plan) -> None:
         _reference(src, (*path, "repository"), job.repository, plan.repositories, "repository")
         _overlaps(src, path, job, plan)
         _timing(src, path, plan, name, job)
+        _copy_targets(src, path, plan, job)
     for name, snap in plan.snapshots.items():
         _timing(src, ("snapshots", name), plan, name, snap)
         _disk_job(src, ("snapshots", name), plan, snap)
@@ -65,9 +66,48 @@ def _drill(src: Source, path: tuple[str, ...], plan: Plan, name: str, drill: Dri
         _reference(src, (*path, "backup"), drill.backup, plan.backups, "backup job")
     elif drill.snapshot is not None:
         _reference(src, (*path, "snapshot"), drill.snapshot, plan.snapshots, "snapshot job")
+    if drill.repository is not None:
+        _drill_repository(src, path, plan, drill)
     if drill.sample.value == 0:
         src.problem((*path, "sample"), "a drill must restore something", "e.g. 100% or 5%")
     _timing(src, path, plan, name, drill)
+
+
+def _copy_targets(src: Source, path: tuple[str, ...], plan: Plan, job: BackupJob) -> None:
+    seen: set[str] = set()
+    for i, target in enumerate(job.copy_targets()):
+        at: tuple[str | int, ...] = (*path, "copy_to", i)
+        name = target.repository
+        if name not in plan.repositories:
+            _reference(src, at, name, plan.repositories, "repository")
+        elif name == job.repository:
+            src.problem(
+                at,
+                f"the job backs up into {name!r} already: a copy must go to another repository",
+                "name a repository in another region or account",
+            )
+        elif name in seen:
+            src.problem(at, f"repository {name!r} is named twice")
+        seen.add(name)
+
+
+def _drill_repository(src: Source, path: tuple[str, ...], plan: Plan, drill: Drill) -> None:
+    at, name = (*path, "repository"), drill.repository or ""
+    job = plan.backups.get(drill.backup or "")
+    if drill.backup is None:
+        src.problem(at, "`repository` applies to drills of a backup job")
+    elif name not in plan.repositories:
+        _reference(src, at, name, plan.repositories, "repository")
+    elif job is not None and name not in (
+        job.repository,
+        *(t.repository for t in job.copy_targets()),
+    ):
+        src.problem(
+            at,
+            f"backup job {drill.backup!r} neither backs up into nor copies to {name!r}",
+            f"add it to backups.{drill.backup}.copy_to, or name one of: "
+            + ", ".join([job.repository, *(t.repository for t in job.copy_targets())]),
+        )
 
 
 def _repository(src: Source, path: tuple[str, ...], repo: Repository) -> None:
@@ -185,7 +225,7 @@ def _storage_rule(
 
 
 def _reference(
-    src: Source, path: tuple[str, ...], name: str, known: Mapping[str, object], what: str
+    src: Source, path: tuple[str | int, ...], name: str, known: Mapping[str, object], what: str
 ) -> None:
     """A job names another entry of the plan: it must exist."""
     if name not in known:

@@ -210,6 +210,28 @@ class BackupJob(Timing):
         default=None,
     )
     retention: Retention | None = spec("What to keep.", default=None)
+    copy_to: tuple[str | CopyTarget, ...] = spec(
+        "Repositories (names) each new snapshot is copied to after the backup (3-2-1: "
+        "another region or account), with the snapshots a failed copy missed; or "
+        "`{repository: NAME, retention: {...}}` to keep another set there.",
+        example=["offsite"],
+        default=(),
+    )
+
+    def copy_targets(self) -> list[CopyTarget]:
+        """``copy_to`` with every entry as a CopyTarget (a bare name keeps the job's
+        retention)."""
+        return [CopyTarget(repository=t) if isinstance(t, str) else t for t in self.copy_to]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CopyTarget:
+    """A repository a backup job's snapshots are copied to."""
+
+    repository: str = spec("Name of a repository of this plan.", example="offsite")
+    retention: Retention | None = spec(
+        "What to keep there (default: the job's own retention).", default=None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,6 +316,11 @@ class Drill(Timing):
         "Folder to restore into (default: a temporary folder).", default=None
     )
     scratch_region: str | None = spec("Region for cloud restores (disk drills).", default=None)
+    repository: str | None = spec(
+        "Restore from this repository (a name): one the backup job copies to (`copy_to`), "
+        "for the region-loss drill. Default: the backup job's own.",
+        default=None,
+    )
     keep: bool = spec("Keep what the drill restored.", default=False)
     compare_source: bool = spec(
         "Compare unchanged source files with the restored bytes; drift is reported.",

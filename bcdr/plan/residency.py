@@ -59,9 +59,10 @@ def placements(plan: Plan, cat: Catalog | None = None) -> list[Placement]:
     cat = cat or catalog()
     out: list[Placement] = []
     for name, job in plan.backups.items():
-        repo = plan.repositories.get(job.repository)
-        if repo is not None:
-            out += _repository(cat, name, job.repository, repo)
+        for target in (job.repository, *(t.repository for t in job.copy_targets())):
+            repo = plan.repositories.get(target)
+            if repo is not None:
+                out += _repository(cat, name, target, repo)
     return out + _cloud(plan, cat)
 
 

@@ -82,6 +82,8 @@ def _union(src: Source, hint: Any, raw: object, path: Path_, rules: dict[str, An
     if len(options) == 1:
         return _value(src, options[0], raw, path, rules)
     for option in options:
+        if option is str and isinstance(raw, str):  # a name, or a mapping (copy_to)
+            return _value(src, option, raw, path, rules)
         if typing.get_origin(option) is Literal and not isinstance(raw, dict):
             return _value(src, option, raw, path, rules)
         if dataclasses.is_dataclass(option) and isinstance(raw, dict):
