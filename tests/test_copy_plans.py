@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from pathlib import Path
 
 from tests.conftest import run_process, write_tree
@@ -81,6 +82,13 @@ def test_copy_to_copies_each_backup_keeps_its_own_retention_and_drills_from_it(
     # the offsite keeps its own retention (2), and holds the newest recovery points
     assert [s["original"] for s in offsite] == [s["id"] for s in main[-2:]]
     assert all(s["placement"]["region"] == "northeurope" for s in offsite)
+    # status: the offsite holds the newest recovery point
+    r = run_process("status", plan, "--json", env=ENV)
+    assert r.code == 0, r.out + r.err
+    [row] = [j for j in r.json()["jobs"] if j["job"] == "ckpt"]
+    offsite_state = row["copies"]["offsite"]
+    assert offsite_state["status"] == "ok" and offsite_state["lag_s"] == 0
+    assert "copy in offsite: ok" in run_process("status", plan, env=ENV).out
     # the region-loss drill restores from the copy, and says so
     r = run_process("drill", plan, "--drill", "region-loss", "--json", env=ENV)
     assert r.code == 0, r.out + r.err
@@ -121,6 +129,27 @@ def test_a_copy_that_failed_is_caught_up_by_the_next_run_and_reported(tmp_path: 
     assert r.code == 0, r.err
     offsite = _snapshots(tmp_path / "offsite", {"BCDR_PASSWORD": "offsite-secret"})
     assert missed in [s["original"] for s in offsite] and len(offsite) == 2
+
+
+def test_status_says_when_a_copy_is_behind(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert run_process("run", plan, "--job", "ckpt", *state, env=ENV).code == 0
+    # the next backup's copy fails: the offsite stays at the first recovery point
+    (tmp_path / "tree" / "more.txt").write_text("more")
+    r = run_process("run", plan, "--job", "ckpt", *state, env={"BCDR_PASSWORD": ""})
+    assert r.code == 1
+    r = run_process("status", plan, "--json", *state, env=ENV)
+    [row] = [j for j in r.json()["jobs"] if j["job"] == "ckpt"]
+    assert row["copies"]["offsite"]["status"] == "ok"  # within the RPO yet
+    # two days on (the history says the copy's newest point is that old): behind, exit 4
+    with sqlite3.connect(tmp_path / "state" / "history.db") as db:
+        db.execute("UPDATE copies SET recovery_point = ?", ("2026-01-01T00:00:00+00:00",))
+    r = run_process("status", plan, "--json", *state, env=ENV)
+    assert r.code == 4 and r.json()["copies_behind"] is True
+    [row] = [j for j in r.json()["jobs"] if j["job"] == "ckpt"]
+    assert row["copies"]["offsite"]["status"] == "behind"
+    assert "copy in offsite: behind" in run_process("status", plan, *state, env=ENV).out
 
 
 def test_residency_refuses_a_copy_destination_before_a_byte_moves(tmp_path: Path) -> None:

@@ -83,6 +83,13 @@ class JobResult:
     def bytes_added(self) -> int | None:
         return self.backup.stats.bytes_added if self.backup else None
 
+    @property
+    def copied_points(self) -> dict[str, str]:
+        """copy_to repository -> the newest recovery point it holds: a copy that succeeded
+        holds this run's snapshot (it copies the newest, and what earlier runs missed)."""
+        point = self.recovery_point
+        return {repo: point for repo in self.copies} if point else {}
+
     def to_dict(self) -> dict[str, object]:
         objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill", "copies")
         out = {k: v for k, v in vars(self).items() if k not in objects}

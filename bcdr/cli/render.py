@@ -404,6 +404,16 @@ def status_text(rows: list[JobStatus]) -> None:
             f"{r.plan + '/' + r.job:<{w}} {r.kind:<8} {last:<18} {r.last_status or '-':<13} "
             f"{took:>7}  {r.next_run:<22} {rpo}"
         )
+        for repo, c in sorted(r.copies.items()):
+            if c["status"] == "none":
+                state = "no copy recorded yet"
+            else:
+                lag = float(c["lag_s"])  # type: ignore[arg-type]
+                state = (
+                    f"{c['status']}: newest {_age(float(c['age_s']))} old, "  # type: ignore[arg-type]
+                    + ("up to date" if lag == 0 else f"{_age(lag)} behind the job")
+                )
+            out(f"{'':<{w}}   copy in {printable(repo)}: {state}")
 
 
 def forget_text(r: ForgetResult) -> None:

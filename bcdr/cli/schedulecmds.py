@@ -168,11 +168,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         plan = loader.load_plan(f)
         rows += status.job_statuses(plan, history, now)
     missed = any(r.rpo_status in (status.RPO_MISSED, status.RPO_NONE) for r in rows)
+    copies_behind = any(c["status"] == status.COPY_BEHIND for r in rows for c in r.copies.values())
     if args.json:
-        render.emit_json({"jobs": [r.to_dict() for r in rows], "rpo_missed": missed})
+        render.emit_json(
+            {
+                "jobs": [r.to_dict() for r in rows],
+                "rpo_missed": missed,
+                "copies_behind": copies_behind,
+            }
+        )
     else:
         render.status_text(rows)
-    return EXIT_TARGET_MISSED if missed else EXIT_OK
+    return EXIT_TARGET_MISSED if missed or copies_behind else EXIT_OK
 
 
 def add_schedule_commands(command: Command) -> None:
@@ -211,8 +218,9 @@ def add_schedule_commands(command: Command) -> None:
     p = command(
         "status",
         cmd_status,
-        "Per job: last run, result, duration, next run, and RPO status. Exit 4 when a job with "
-        "an RPO has no recovery point, or its newest is older than the RPO.",
+        "Per job: last run, result, duration, next run, and RPO status, and for a backup "
+        "job's copy_to repositories the newest recovery point each holds. Exit 4 when a job "
+        "with an RPO has no recovery point, or its newest (or a copy's) is older than the RPO.",
         repo=False,
     )
     p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")

@@ -214,7 +214,6 @@ class BackupJob(Timing):
         "Repositories (names) each new snapshot is copied to after the backup (3-2-1: "
         "another region or account), with the snapshots a failed copy missed; or "
         "`{repository: NAME, retention: {...}}` to keep another set there.",
-        example=["offsite"],
         default=(),
     )
 

@@ -48,6 +48,11 @@ class RunResult(Protocol):
     @property
     def bytes_added(self) -> int | None: ...
 
+    @property
+    def copied_points(self) -> dict[str, str]:
+        """copy_to repository -> the newest recovery point it holds after this run."""
+        ...
+
     def to_dict(self) -> dict[str, object]: ...
 
 
@@ -262,6 +267,8 @@ class Scheduler:
             recovery_point=result.recovery_point,
             bytes_added=result.bytes_added,
         )
+        if result.copied_points:
+            self.history.record_copies(plan.name, name, result.copied_points, self.clock.now())
         self.log(
             "job-end",
             plan=plan.name,

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_job ON runs (plan, job, id);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_snapshot ON runs (plan, job, snapshot)
     WHERE snapshot IS NOT NULL;
+CREATE TABLE IF NOT EXISTS copies (
+    plan TEXT NOT NULL,
+    job TEXT NOT NULL,
+    repository TEXT NOT NULL,  -- a copy_to repository of the job
+    recovery_point TEXT NOT NULL,  -- time of the newest recovery point known there (ISO)
+    recorded TEXT NOT NULL,
+    PRIMARY KEY (plan, job, repository)
+);
 """
 
 
@@ -174,6 +182,26 @@ class History:
                     run_id,
                 ),
             )
+
+    def record_copies(self, plan: str, job: str, points: dict[str, str], when: datetime) -> None:
+        """The newest recovery point of ``job`` each copy_to repository holds after a run
+        (repository -> its time); an older one never replaces a newer."""
+        with self._tx() as db:
+            for repository, point in points.items():
+                db.execute(
+                    "INSERT INTO copies (plan, job, repository, recovery_point, recorded)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT (plan, job, repository) DO UPDATE SET"
+                    " recovery_point=excluded.recovery_point, recorded=excluded.recorded"
+                    " WHERE excluded.recovery_point > copies.recovery_point",
+                    (plan, job, repository, utc(point), utc(when)),
+                )
+
+    def copies(self, plan: str, job: str) -> dict[str, str]:
+        """Repository -> the newest recovery point of ``job`` recorded there (ISO)."""
+        rows = self.db.execute(
+            "SELECT repository, recovery_point FROM copies WHERE plan=? AND job=?", (plan, job)
+        ).fetchall()
+        return {str(r): str(p) for r, p in rows}
 
     def mark_crashed(self, plan: str, job: str) -> int:
         """Rows of ``job`` still ``running`` on this host: their process died (the caller

@@ -3,7 +3,7 @@ good recovery point against the target), computed from the run history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from bcdr.plan.kinds import BY_NAME
@@ -29,6 +29,9 @@ class JobStatus:
     recovery_point: str | None
     recovery_point_age_s: float | None
     rpo_status: str
+    # copy_to repository -> {recovery_point (newest there, or None), lag_s (behind the job's
+    # newest), age_s, status: ok | behind (older than the RPO) | none}
+    copies: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return dict(vars(self))
@@ -65,6 +68,39 @@ def job_statuses(plan: Plan, history: History, now: datetime) -> list[JobStatus]
                 good.recovery_point if good else None,
                 age,
                 rpo_status,
+                _copies(history, plan.name, name, job, good.recovery_point if good else None, now),
             )
         )
+    return out
+
+
+COPY_OK, COPY_BEHIND, COPY_NONE = "ok", "behind", "none"
+
+
+def _copies(
+    history: History, plan: str, name: str, job: object, newest: str | None, now: datetime
+) -> dict[str, dict[str, object]]:
+    """Each copy_to repository's newest recovery point of the job, how far it is behind the
+    job's newest, and whether it is older than the RPO."""
+    targets = getattr(job, "copy_targets", None)
+    if targets is None:
+        return {}
+    held = history.copies(plan, name)
+    rpo = getattr(job, "rpo", None)
+    out: dict[str, dict[str, object]] = {}
+    for target in targets():
+        point = held.get(target.repository)
+        if point is None:
+            out[target.repository] = {"recovery_point": None, "status": COPY_NONE}
+            continue
+        when = datetime.fromisoformat(point)
+        age = max(0.0, (now - when).total_seconds())
+        lag = max(0.0, (datetime.fromisoformat(newest) - when).total_seconds()) if newest else 0.0
+        behind = rpo is not None and age > rpo.delta.total_seconds()
+        out[target.repository] = {
+            "recovery_point": point,
+            "lag_s": lag,
+            "age_s": age,
+            "status": COPY_BEHIND if behind else COPY_OK,
+        }
     return out
