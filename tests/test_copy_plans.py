@@ -171,7 +171,7 @@ def test_plan_mistakes_in_copy_to_and_drill_repository(tmp_path: Path) -> None:
         "- repository: offsite": ("- repository: ofsite", "no repository named 'ofsite'"),
         "    copy_to:\n": (
             "    copy_to:\n      - main\n",
-            "backs up into 'main' already",
+            "own repository is 'main'",
         ),
         "    repository: offsite\n    schedule: weekly": (
             "    repository: main2\n    schedule: weekly",
@@ -185,3 +185,89 @@ def test_plan_mistakes_in_copy_to_and_drill_repository(tmp_path: Path) -> None:
         assert r.code == 2, (new, r.out)
         assert message in r.out, (new, r.out)
         assert "Traceback" not in r.err
+
+
+COPY_JOB_PLAN = """\
+version: 1
+name: copyjob
+timezone: UTC
+repositories:
+  main: {url: ./main, region: westeurope}
+  offsite: {url: ./offsite, region: northeurope}
+copies:
+  offsite-copy:
+    repository: main
+    to:
+      - repository: offsite
+        retention: {keep_last: 1}
+    jobs: [train]
+    schedule: daily
+    rpo: 26h
+"""
+
+
+def test_a_copies_job_copies_what_others_backed_up(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "tree", {"w.bin": random.Random(1).randbytes(100_000)})
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(COPY_JOB_PLAN)
+    main = tmp_path / "main"
+    assert run_process("init", "--repo", main).code == 0
+    for job in ("train", "train", "scratch"):  # made by hand, outside the plan
+        (tree / "n.txt").write_text(job + str(len(_snapshots(main, {}))))
+        assert run_process("backup", "--repo", main, "--job", job, tree).code == 0
+    state = ["--state-dir", str(tmp_path / "state")]
+    r = run_process("run", plan, "--json", *state)
+    assert r.code == 0, r.out + r.err
+    [job] = r.json()["jobs"] if "jobs" in r.json() else r.json()
+    assert job["kind"] == "copy" and job["status"] == "ok", job
+    offsite = _snapshots(tmp_path / "offsite", {})
+    trains = [s["id"] for s in _snapshots(main, {}) if s["job"] == "train"]
+    # only job train (both copied), and of it what the offsite's retention keeps
+    assert [s["original"] for s in offsite] == trains[-1:]
+    # run again: nothing new, and the forgotten older one is not copied back
+    r = run_process("run", plan, "--json", *state)
+    assert r.code == 0, r.out + r.err
+    assert len(_snapshots(tmp_path / "offsite", {})) == 1
+    r = run_process("status", plan, "--json", *state)
+    [row] = r.json()["jobs"]
+    assert row["copies"]["offsite"]["status"] == "ok"
+    report = tmp_path / "r.json"
+    run_process("report", plan, "--format", "json", "--out", report)
+    [ck] = json.loads(report.read_text())["jobs"]
+    controls = {c["id"]: c for c in ck["controls"]}
+    assert _measured(controls["result"]) == "PASS"
+    # both train snapshots reached the offsite (retention there removed the older one later)
+    assert controls["copies"]["details"]["recovery_points"] == 2
+    assert _measured(controls["copies"]) == "PASS"
+    assert controls["copies"]["details"]["missing"] == 0
+
+
+def test_copies_control_judges_each_point_against_the_rpo() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bcdr.compliance.controls import copies_control
+    from bcdr.plan.types import Duration
+
+    t0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    rpo = Duration(26 * 3600, "26h")
+    points = [(t0, "a" * 64, "r1"), (t0 + timedelta(days=1), "b" * 64, "r2")]
+    now = t0 + timedelta(days=1, hours=3)
+
+    def status(held: dict[str, tuple[datetime, str]], target: Duration | None = rpo) -> dict:  # type: ignore[type-arg]
+        return copies_control("j", target, points, {"off": held}, now)
+
+    copied_fast = {"a" * 64: (t0 + timedelta(hours=1), "c1"), "b" * 64: (now, "c2")}
+    assert status(copied_fast)["status"] == "PASS"
+    # the newest not copied yet, within its RPO: pending
+    c = status({"a" * 64: (t0 + timedelta(hours=1), "c1")})
+    assert c["status"] == "PASS" and c["details"]["pending"] == 1
+    # the first never copied, past its RPO: FAIL, named
+    c = status({"b" * 64: (now, "c2")})
+    assert c["status"] == "FAIL" and "aaaaaaaa" in c["summary"] and c["details"]["missing"] == 1
+    # copied, but later than the RPO
+    c = status({"a" * 64: (t0 + timedelta(hours=30), "c1"), "b" * 64: (now, "c2")})
+    assert c["status"] == "FAIL" and c["details"]["late"] == 1
+    # no RPO: a point must be copied once a newer one exists
+    assert status({"b" * 64: (now, "c2")}, None)["status"] == "FAIL"
+    assert status({"a" * 64: (now, "c1")}, None)["status"] == "PASS"
+    assert copies_control("j", rpo, [], {"off": {}}, now)["status"] == "NO EVIDENCE"

@@ -50,6 +50,7 @@ version: 1
 name: kinds
 repositories:
   local: {{url: repo}}
+  offsite: {{url: offsite}}
 backups:
   b: {{paths: [{src}], repository: local, schedule: daily, rpo: 26h}}
 snapshots:
@@ -58,6 +59,7 @@ snapshots:
     region: westeurope
     disks: [{disk}]
     token_env: BCDR_T_ARM
+    evidence: local
     endpoint: {arm.url}
 drills:
   d: {{backup: b, schedule: weekly, rto: 1h}}
@@ -65,20 +67,30 @@ checks:
   c: {{repository: local, schedule: weekly}}
 prunes:
   p: {{repository: local, schedule: weekly}}
+copies:
+  o: {{repository: local, to: [offsite], schedule: daily}}
 """)
         env = {
             "BCDR_T_ARM": TOKEN,
             "REQUESTS_CA_BUNDLE": str(arm.ca_file),
             "BCDR_DISK_POLL_SECONDS": "0.01",
         }
-        jobs = ["b", "s", "d", "c", "p"]
-        kinds = {"b": "backup", "s": "snapshot", "d": "drill", "c": "check", "p": "prune"}
+        jobs = ["b", "s", "d", "c", "p", "o"]
+        kinds = {
+            "b": "backup",
+            "s": "snapshot",
+            "d": "drill",
+            "c": "check",
+            "p": "prune",
+            "o": "copy",
+        }
 
         r = run_process("plan", f, "--json", env=env)
         assert r.code == 0, r.err
         assert {j["name"]: j["kind"] for j in r.json()["jobs"]} == kinds
         text = run_process("plan", f, env=env).out
         assert "check c: checks local" in text and "prune p: prunes local" in text
+        assert "copy o: copies local to offsite" in text
 
         r = run_process("run", f, "--state-dir", tmp_path / "host1", env=env)
         assert r.code == 0, r.out + r.err

@@ -24,7 +24,7 @@ from bcdr.actions.drill import DrillReport, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
 from bcdr.actions.prune import prune
-from bcdr.clock import Clock, SystemClock
+from bcdr.clock import Clock, SystemClock, parse_aware
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.compliance.records import FACTS
@@ -38,7 +38,7 @@ from bcdr.errors import (
 )
 from bcdr.geo.verify import PlacementRecord
 from bcdr.plan.kinds import BY_NAME, kind_of
-from bcdr.plan.model import BackupJob, CheckJob, Plan, PruneJob
+from bcdr.plan.model import BackupJob, CheckJob, CopyJob, CopyTarget, Plan, PruneJob, Retention
 from bcdr.plan.schema import did_you_mean
 from bcdr.repository.check import CheckReport
 from bcdr.repository.prune import PruneReport
@@ -69,7 +69,8 @@ class JobResult:
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
     drill: DrillReport | None = None
     evidence: str | None = None  # the evidence record the run wrote
-    copies: dict[str, CopyResult] = field(default_factory=dict)  # copy_to repository -> copy
+    copies: dict[str, CopyResult] = field(default_factory=dict)  # destination -> its copy
+    copy_points: dict[str, str] = field(default_factory=dict)  # destination -> newest there
 
     @property
     def snapshot_id(self) -> str | None:
@@ -85,10 +86,8 @@ class JobResult:
 
     @property
     def copied_points(self) -> dict[str, str]:
-        """copy_to repository -> the newest recovery point it holds: a copy that succeeded
-        holds this run's snapshot (it copies the newest, and what earlier runs missed)."""
-        point = self.recovery_point
-        return {repo: point for repo in self.copies} if point else {}
+        """Destination repository -> the newest recovery point it holds after this run."""
+        return dict(self.copy_points)
 
     def to_dict(self) -> dict[str, object]:
         objects = ("backup", "placement", "check", "forget", "prune", "disks", "drill", "copies")
@@ -408,46 +407,110 @@ def _copies(
     errors: list[BcdrError] = []
     for target in job.copy_targets():
         try:
-            placement = establish_placement(plan, target.repository)
-            dst, created = open_or_init(plan, target.repository, clock, chunker=repo.config.chunker)
-            if created:
-                result.notes.append(created)
-            try:
-                request = CopyRequest(
-                    job=name,
-                    plan=plan.name,
-                    placement=placement.to_dict(),
-                    source_placement=result.placement.to_dict() if result.placement else None,
-                    context=context,
-                    catch_up=True,
-                )
-                copied = run_copy(repo, dst, request)
-                result.copies[target.repository] = copied
-                result.notes.append(
-                    f"copied to {target.repository!r}: {len(copied.copied)} snapshot(s), "
-                    f"{human_bytes(copied.stats.bytes_copied)} new"
-                )
-                retention = target.retention or job.retention
-                if retention is not None:
-                    forgot = apply_retention(
-                        dst,
-                        retention.policy(),
-                        plan.timezone.zone,
-                        job=name,
-                        plan=plan.name,
-                        context=context,
-                    )
-                    if forgot.removed:
-                        result.notes.append(
-                            f"retention in {target.repository!r} ({forgot.policy.describe()}): "
-                            f"forgot {len(forgot.removed)}"
-                        )
-            finally:
-                dst.close()
+            _copy_into(
+                result, plan, repo, target, clock, context, job=name, retention=job.retention
+            )
         except BcdrError as exc:
             exc.message = f"the copy to {target.repository!r} failed: {exc.message}"
             errors.append(exc)
+            continue
+        if result.recovery_point:  # it copied the newest: this run's snapshot
+            result.copy_points[target.repository] = result.recovery_point
     return errors[0] if errors else None
+
+
+def _copy_into(
+    result: JobResult,
+    plan: Plan,
+    src: Repo,
+    target: CopyTarget,
+    clock: Clock | None,
+    context: RunContext,
+    *,
+    job: str | None,
+    retention: Retention | None,
+) -> CopyResult:
+    """Copy ``src``'s snapshots (of ``job``) newer than the newest of each job the target
+    holds into it, its placement checked first, then apply the retention kept there."""
+    placement = establish_placement(plan, target.repository)
+    dst, created = open_or_init(plan, target.repository, clock, chunker=src.config.chunker)
+    if created:
+        result.notes.append(created)
+    try:
+        request = CopyRequest(
+            job=job,
+            plan=plan.name,
+            placement=placement.to_dict(),
+            source_placement=result.placement.to_dict() if result.placement else None,
+            context=context,
+            catch_up=True,
+        )
+        copied = run_copy(src, dst, request)
+        result.copies[target.repository] = copied
+        result.notes.append(
+            f"copied to {target.repository!r}: {len(copied.copied)} snapshot(s), "
+            f"{human_bytes(copied.stats.bytes_copied)} new"
+        )
+        keep = target.retention or retention
+        if keep is not None:
+            forgot = apply_retention(
+                dst, keep.policy(), plan.timezone.zone, job=job, plan=plan.name, context=context
+            )
+            if forgot.removed:
+                result.notes.append(
+                    f"retention in {target.repository!r} ({forgot.policy.describe()}): "
+                    f"forgot {len(forgot.removed)}"
+                )
+        return copied
+    finally:
+        dst.close()
+
+
+def _copy_job(
+    plan: Plan, name: str, job: CopyJob, dry_run: bool, clock: Clock | None, ctx: RunContext
+) -> JobResult:
+    """A ``copies`` job: the source's snapshots (of ``jobs``) copied to each destination."""
+    result = JobResult(name, "copy", OK)
+    targets = job.copy_targets()
+    where = ", ".join(repr(t.repository) for t in targets)
+    try:
+        password_env(plan.repositories[job.repository])
+        for t in targets:
+            password_env(plan.repositories[t.repository])
+            establish_placement(plan, t.repository)  # refused before a byte moves, dry or not
+        if dry_run:
+            result.status = DRY_RUN
+            result.message = f"would copy repository {job.repository!r} to {where}"
+            return result
+        src = open_plan_repo(plan, job.repository, clock)
+    except BcdrError as exc:
+        return _failed(result, exc)
+    errors: list[BcdrError] = []
+    try:
+        for target in targets:
+            for source_job in job.jobs or (None,):
+                try:
+                    copied = _copy_into(
+                        result, plan, src, target, clock, ctx, job=source_job, retention=None
+                    )
+                except BcdrError as exc:
+                    exc.message = f"the copy to {target.repository!r} failed: {exc.message}"
+                    errors.append(exc)
+                    continue
+                result.evidence = result.evidence or copied.evidence
+                times = [s.source.time for s in copied.snapshots]
+                if times:
+                    newest = max(times, key=parse_aware)
+                    held = result.copy_points.get(target.repository)
+                    if held is None or parse_aware(newest) > parse_aware(held):
+                        result.copy_points[target.repository] = newest
+    finally:
+        src.close()
+    if errors:
+        return _failed(result, errors[0])
+    total = sum(len(c.copied) for c in result.copies.values())
+    result.message = f"copied {total} snapshot(s) to {where}"
+    return result
 
 
 def _backup(
@@ -517,5 +580,8 @@ RUNNERS: dict[str, Runner] = {
     "check": lambda plan, name, dry, clock, ctx: _check(plan, name, plan.checks[name], dry, ctx),
     "prune": lambda plan, name, dry, clock, ctx: _prune(
         plan, name, plan.prunes[name], dry, clock, ctx
+    ),
+    "copy": lambda plan, name, dry, clock, ctx: _copy_job(
+        plan, name, plan.copies[name], dry, clock, ctx
     ),
 }

@@ -675,16 +675,7 @@ def _copies(
         for d in in_window
         if d.result in GOOD and (t := d.facts.snapshot_time) is not None and d.facts.snapshot
     ]
-    copies: dict[str, dict[str, tuple[datetime, str]]] = {}
-    for target in bjob.copy_targets():
-        held = copies.setdefault(target.repository, {})
-        runs = typed(ev.of_job(target.repository, name, (CopyFacts.KIND,)), CopyFacts)
-        for d in sorted(runs, key=lambda d: d.time):
-            if d.result not in GOOD:
-                continue
-            for p in d.facts.points:
-                held.setdefault(p.recovery_point, (d.time, d.id))
-    return copies_control(name, bjob.rpo, points, copies, ev.now)
+    return copies_control(name, bjob.rpo, points, _copied(ev, name, bjob), ev.now)
 
 
 def _backup_places(
@@ -861,6 +852,37 @@ def _result_job(title: str) -> JobControls:
 JobControls = Callable[[_Evidence, JobKind, str, Any, datetime], dict[str, Any]]
 
 
+def _copy_job(ev: _Evidence, k: JobKind, name: str, cjob: Any, start: datetime) -> dict[str, Any]:
+    """A copies job: on schedule, its newest result, and every recovery point of the source
+    (of its ``jobs``) in the window present in each destination within its RPO."""
+    base = _result_job("Copy result")(ev, k, name, cjob, start)
+    points = [
+        (t, d.facts.snapshot, d.id)
+        for d in ev.window(typed(ev.records(cjob.repository), BackupFacts))
+        if d.result in GOOD
+        and (not cjob.jobs or d.job in cjob.jobs)
+        and (t := d.facts.snapshot_time) is not None
+        and d.facts.snapshot
+    ]
+    base["controls"].append(copies_control(name, cjob.rpo, points, _copied(ev, name, cjob), ev.now))
+    return base
+
+
+def _copied(ev: _Evidence, name: str, job: Any) -> dict[str, dict[str, tuple[datetime, str]]]:
+    """Destination -> recovery point -> (the first copy record saying it is there, its id),
+    from the copy records job ``name`` wrote into each of ``job``'s destinations."""
+    copies: dict[str, dict[str, tuple[datetime, str]]] = {}
+    for target in job.copy_targets():
+        held = copies.setdefault(target.repository, {})
+        runs = typed(ev.of_job(target.repository, name, (CopyFacts.KIND,)), CopyFacts)
+        for d in sorted(runs, key=lambda d: d.time):
+            if d.result not in GOOD:
+                continue
+            for p in d.facts.points:
+                held.setdefault(p.recovery_point, (d.time, d.id))
+    return copies
+
+
 def _repository(r: RepoEvidence) -> dict[str, Any]:
     """A repository's entry: its evidence chain as a control, and its head."""
     chain = r.chain
@@ -967,4 +989,5 @@ JOB_CONTROLS: dict[str, JobControls] = {
     "drill": _result_job("Drill result"),
     "check": _result_job("Check result"),
     "prune": _result_job("Prune result"),
+    "copy": _copy_job,
 }

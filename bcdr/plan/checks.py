@@ -14,6 +14,7 @@ from bcdr.errors import UsageError
 from bcdr.plan.model import (
     BackupJob,
     CheckJob,
+    CopyJob,
     DiskSnapshotJob,
     Drill,
     Plan,
@@ -41,7 +42,7 @@ def check_plan(src: Source, plan: Plan) -> None:
         _reference(src, (*path, "repository"), job.repository, plan.repositories, "repository")
         _overlaps(src, path, job, plan)
         _timing(src, path, plan, name, job)
-        _copy_targets(src, path, plan, job)
+        _copy_targets(src, path, plan, job, "copy_to")
     for name, snap in plan.snapshots.items():
         _timing(src, ("snapshots", name), plan, name, snap)
         _disk_job(src, ("snapshots", name), plan, snap)
@@ -55,6 +56,11 @@ def check_plan(src: Source, plan: Plan) -> None:
         path = (section, name)
         _reference(src, (*path, "repository"), repo_job.repository, plan.repositories, "repository")
         _timing(src, path, plan, name, repo_job)
+    for name, cjob in plan.copies.items():
+        path = ("copies", name)
+        _reference(src, (*path, "repository"), cjob.repository, plan.repositories, "repository")
+        _copy_targets(src, path, plan, cjob, "to")
+        _timing(src, path, plan, name, cjob)
     for name, repo in plan.repositories.items():
         _repository(src, ("repositories", name), repo)
 
@@ -73,17 +79,19 @@ def _drill(src: Source, path: tuple[str, ...], plan: Plan, name: str, drill: Dri
     _timing(src, path, plan, name, drill)
 
 
-def _copy_targets(src: Source, path: tuple[str, ...], plan: Plan, job: BackupJob) -> None:
+def _copy_targets(
+    src: Source, path: tuple[str, ...], plan: Plan, job: BackupJob | CopyJob, field: str
+) -> None:
     seen: set[str] = set()
     for i, target in enumerate(job.copy_targets()):
-        at: tuple[str | int, ...] = (*path, "copy_to", i)
+        at: tuple[str | int, ...] = (*path, field, i)
         name = target.repository
         if name not in plan.repositories:
             _reference(src, at, name, plan.repositories, "repository")
         elif name == job.repository:
             src.problem(
                 at,
-                f"the job backs up into {name!r} already: a copy must go to another repository",
+                f"the job's own repository is {name!r}: a copy must go to another repository",
                 "name a repository in another region or account",
             )
         elif name in seen:

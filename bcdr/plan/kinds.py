@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bcdr.plan.model import BackupJob, CheckJob, DiskSnapshotJob, Drill, PruneJob, Timing
+from bcdr.plan.model import (
+    BackupJob,
+    CheckJob,
+    CopyJob,
+    DiskSnapshotJob,
+    Drill,
+    PruneJob,
+    Timing,
+)
 
 if TYPE_CHECKING:
     from bcdr.plan.model import Plan
@@ -137,6 +145,22 @@ KINDS: tuple[JobKind, ...] = (
         target=lambda plan, job: job.repository,
         region=lambda plan, job: plan.repositories[job.repository].region,
         targets=lambda job: {},
+    ),
+    JobKind(
+        "copy",
+        "copies",
+        CopyJob,
+        "copy job(s)",
+        "copies",
+        ("copy",),
+        False,
+        # each destination keeps the records of the copies into it; the first, the job's
+        repository=lambda plan, job: job.copy_targets()[0].repository,
+        target=lambda plan, job: (
+            f"{job.repository} to {', '.join(t.repository for t in job.copy_targets())}"
+        ),
+        region=lambda plan, job: plan.repositories[job.copy_targets()[0].repository].region,
+        targets=_rpo,
     ),
 )
 BY_NAME = {k.name: k for k in KINDS}

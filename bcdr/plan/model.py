@@ -234,6 +234,31 @@ class CopyTarget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CopyJob(Timing):
+    """A repository's snapshots copied to others on a schedule of its own (3-2-1), whoever
+    made them: the new ones each run, and those an earlier run missed. For snapshots this
+    plan's backup jobs make, their `copy_to` copies each one right after it is made."""
+
+    repository: str = spec("Name of the repository to copy from.", example="local")
+    to: tuple[str | CopyTarget, ...] = spec(
+        "Repositories to copy to: names, or `{repository: NAME, retention: {...}}` to keep "
+        "a set of their own there.",
+        example=["offsite"],
+        min_items=1,
+    )
+    jobs: tuple[str, ...] = spec(
+        "Copy only the snapshots of these jobs (the names snapshots carry); default: all.",
+        default=(),
+    )
+    rpo: Duration | None = spec(
+        "Each snapshot must reach every destination within this of its time.", default=None
+    )
+
+    def copy_targets(self) -> list[CopyTarget]:
+        return [CopyTarget(repository=t) if isinstance(t, str) else t for t in self.to]
+
+
+@dataclass(frozen=True, kw_only=True)
 class DiskSnapshotJob(Timing):
     """Incremental snapshots of Azure managed disks, optionally copied to other regions."""
 
@@ -381,6 +406,10 @@ class Plan:
     )
     checks: dict[str, CheckJob] = spec("Repository check jobs by name.", default={})
     prunes: dict[str, PruneJob] = spec("Repository prune jobs by name.", default={})
+    copies: dict[str, CopyJob] = spec(
+        "Copy jobs by name: a repository's snapshots copied to others on a schedule.",
+        default={},
+    )
     hooks: Hooks | None = spec("Notifications after each job.", default=None)
     retries: int = spec("Retries of a job after a transient failure.", default=0, min=0, max=20)
     retry_wait: Duration = spec(

@@ -63,6 +63,11 @@ def placements(plan: Plan, cat: Catalog | None = None) -> list[Placement]:
             repo = plan.repositories.get(target)
             if repo is not None:
                 out += _repository(cat, name, target, repo)
+    for name, cjob in plan.copies.items():
+        for copy_target in cjob.copy_targets():
+            found = plan.repositories.get(copy_target.repository)
+            if found is not None:
+                out += _repository(cat, name, copy_target.repository, found)
     return out + _cloud(plan, cat)
 
 
