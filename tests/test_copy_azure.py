@@ -3,13 +3,20 @@ containers with other credentials, and back to a local disk; secrets never shown
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
+from bcdr.storage.azure import AzureBlobStorage
+from bcdr.storage.azureauth import AzureAuth, resolve_access
 from tests.azurite import ACCOUNT, KEY, Azurite
 from tests.conftest import SMALL_CHUNKS, run_process, snapshot_tree, write_tree
 
@@ -130,3 +137,71 @@ def test_local_to_azure_to_azure_to_local(azurite: Azurite, tmp_path: Path) -> N
     for url, opts in ((first, az), (second, az2)):
         r = _run(azurite, "check", *opts, "--read-data", env={"BCDR_PASSWORD": "two"})
         assert r.code == 0, (url, r.out + r.err)
+
+
+def _raw(server: Azurite, url: str) -> AzureBlobStorage:
+    access = resolve_access(url, AzureAuth("connection_string", CS), env=server.env(CS))
+    return AzureBlobStorage(access)
+
+
+@pytest.mark.slow
+def test_azurite_stopped_mid_copy_then_a_rerun_finishes(tmp_path: Path) -> None:
+    """The destination's storage goes away while a copy uploads: the copy fails cleanly (no
+    snapshot committed, a destination that checks clean), and after a restart the next copy
+    finishes it and both sides check clean with every byte read."""
+    server = Azurite(tmp_path / "az", location=tmp_path / "az-data").start()
+    try:
+        local = tmp_path / "local"
+        assert run_process("init", "--repo", local, "--pack-size", str(1024 * 1024)).code == 0
+        tree = write_tree(
+            tmp_path / "tree", {f"shard-{i}.bin": os.urandom(2 * 1024 * 1024) for i in range(30)}
+        )
+        assert run_process("backup", "--repo", local, "--job", "j", tree).code == 0
+        url = _url()
+        env = {**server.env(CS), "BCDR_RETRY_SECONDS": "2", "BCDR_PASSWORD": ""}
+        az = ["--repo", url, "--azure-connection-string-env", CS]
+        r = run_process("init", *az, "--pack-size", str(1024 * 1024), env=env)
+        assert r.code == 0, r.err
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bcdr",
+                "copy",
+                "--from-repo",
+                str(local),
+                *az,
+                "all",
+                "--connections",
+                "1",
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        raw = _raw(server, url)
+        deadline = time.monotonic() + 60
+        while not any(True for _ in raw.list("data/")):
+            assert time.monotonic() < deadline, "no pack was uploaded within 60 s"
+            assert proc.poll() is None, "the copy finished before Azurite could be stopped"
+            time.sleep(0.05)
+        raw.close()
+        server.stop()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert "cannot reach Azure Storage" in err and "Traceback" not in err
+        assert KEY not in out + err
+        server.start()
+        assert list(_raw(server, url).list("snapshots/")) == []
+        assert run_process("check", *az, env=env).code == 0
+        r = run_process("copy", "--from-repo", local, *az, "all", "--json", env=env)
+        assert r.code == 0, r.err
+        assert r.json()["copied"] == 1
+        r = run_process("check", *az, "--read-data", env=env)
+        assert r.code == 0, r.out + r.err
+        r = run_process("restore", *az, "latest", "--target", tmp_path / "out", env=env)
+        assert r.code == 0, r.err
+        assert snapshot_tree(tmp_path / "out" / tree.relative_to("/")) == snapshot_tree(tree)
+    finally:
+        server.stop()
