@@ -10,7 +10,8 @@ Every restore, each tool's and ``cp -a``'s, is timed until its bytes are durable
 ends when ``sync`` returns after the command (dirty pages were synced before it started, so
 what ``sync`` writes is the restore's).
 
-Environment: BENCH_SIZES (default ``large,small``) the corpus shapes to run (bench/corpus.py:
+Environment: BENCH_AZURE=0 and BENCH_COPY=0 leave out the Azure (Azurite, rclone) and
+``bcdr copy`` (bench/copy_rates.py) parts; BENCH_SIZES (default ``large,small``) the corpus shapes to run (bench/corpus.py:
 large is 2.9 GiB, small 632 MiB); BENCH_SCALE (default 1.0) scales them; BENCH_SINGLE_MIB
 (default 4096, 0 to skip) the single checkpoint file restored against ``cp``; BENCH_ROUNDS
 (default 4) is how many
@@ -40,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from azure_rates import bench_azure, bench_rclone  # beside this file
+from copy_rates import bench_copy
 
 CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
 OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
@@ -48,6 +50,7 @@ SIZES = [s.strip() for s in os.environ.get("BENCH_SIZES", "large,small").split("
 SINGLE_MIB = int(os.environ.get("BENCH_SINGLE_MIB", "4096"))
 #: Phases timed until their bytes are durable (``sync`` inside the timed span).
 AZURE = os.environ.get("BENCH_AZURE", "1") != "0"
+COPY = os.environ.get("BENCH_COPY", "1") != "0"
 DURABLE = frozenset({"full restore", "single-file restore"})
 #: An even number, so that each tool runs first in as many rounds as the other at every phase
 #: (the second to restore was the slower in this VM: 2.68 s against 1.77 and 2.15 s for bcdr).
@@ -550,6 +553,7 @@ def _main(corpus: Path, tools: list[str]) -> int:
     )
     azure: list[dict[str, float]] = []
     rclone: dict[str, object] = {}
+    copied: dict[str, object] = {}
     if AZURE:
         print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):")
         azure = bench_azure(OUT)
@@ -566,6 +570,14 @@ def _main(corpus: Path, tools: list[str]) -> int:
                 f"  bcdr/rclone, median: backup {rclone['backup_ratio']:.2f}, "
                 f"restore {rclone['restore_ratio']:.2f}"
             )
+    if COPY:
+        print("\nbcdr copy of a repository against rclone copying its folder:", flush=True)
+        copied = bench_copy(OUT, ROUNDS)
+        if "local_ratio" in copied:
+            print(
+                f"  bcdr/rclone, median: local {copied['local_ratio']:.2f}, into Azurite "
+                f"{copied['azure_ratio']:.2f}; a rerun with nothing new {copied['rerun_s']:.2f} s"
+            )
     doc = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -580,6 +592,7 @@ def _main(corpus: Path, tools: list[str]) -> int:
         "prune": pruned,
         "azure": azure,
         "rclone": rclone,
+        "copy": copied,
         "extra": extra,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))
