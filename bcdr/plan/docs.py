@@ -19,10 +19,12 @@ SECTIONS: list[type] = [
     model.Management,
     model.Residency,
     model.BackupJob,
+    model.CopyTarget,
     model.DiskSnapshotJob,
     model.Drill,
     model.CheckJob,
     model.PruneJob,
+    model.CopyJob,
     model.Retention,
     model.Hooks,
 ]
@@ -34,11 +36,13 @@ TITLES = {
     model.Management: "repositories.NAME.management",
     model.Residency: "residency",
     model.BackupJob: "backups.NAME",
+    model.CopyTarget: "backups.NAME.copy_to (and copies.NAME.to) entries",
     model.DiskSnapshotJob: "snapshots.NAME",
     model.Drill: "drills.NAME",
     model.CheckJob: "checks.NAME",
     model.PruneJob: "prunes.NAME",
-    model.Retention: "retention (of a backup or snapshot job)",
+    model.CopyJob: "copies.NAME",
+    model.Retention: "retention (of a backup, snapshot job or copy)",
     model.Hooks: "hooks",
 }
 
