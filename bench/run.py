@@ -10,18 +10,25 @@ Every restore, each tool's and ``cp -a``'s, is timed until its bytes are durable
 ends when ``sync`` returns after the command (dirty pages were synced before it started, so
 what ``sync`` writes is the restore's).
 
-Environment: BENCH_AZURE=0 and BENCH_COPY=0 leave out the Azure (Azurite, rclone) and
-``bcdr copy`` (bench/copy_rates.py) parts; BENCH_SIZES (default ``large,small``) the corpus shapes to run (bench/corpus.py:
-large is 2.9 GiB, small 632 MiB); BENCH_SCALE (default 1.0) scales them; BENCH_SINGLE_MIB
-(default 4096, 0 to skip) the single checkpoint file restored against ``cp``; BENCH_ROUNDS
-(default 4) is how many
-times every phase runs (the table gives medians, each round's ratios follow it with
-``cp -a``'s time against restic's restore, the floor of any restore through the page cache,
-and results.json keeps every run); BENCH_DIR (default bench/out) holds
-the corpus, repositories, and results.json. Both tools run with encryption on (restic always
-encrypts) and warm page cache. Peak RSS has a floor of this harness's own RSS (~12 MiB), as
-Linux children start from their parent's high-water mark; ``cp -a`` shows that floor. bcdr's
-worker processes are counted (see :func:`run`).
+Environment:
+
+- BENCH_SIZES (default ``large,small``): the corpus shapes to run (bench/corpus.py: large is
+  2.9 GiB, small 632 MiB); BENCH_SCALE (default 1.0) scales them;
+- BENCH_SINGLE_MIB (default 4096, 0 to skip): the single checkpoint file restored against
+  ``cp``;
+- BENCH_ROUNDS (default 4): how many times every phase runs (the table gives medians, each
+  round's ratios follow it, with ``cp -a``'s and the disk's own write's times; results.json
+  keeps every run);
+- BENCH_TARGET (default ``journaled``, or ``plain``) and BENCH_TARGET_GIB: where restores go
+  (see TARGET_KIND);
+- BENCH_AZURE=0 and BENCH_COPY=0 leave out the Azure (Azurite, rclone) and ``bcdr copy``
+  (bench/copy_rates.py) parts;
+- BENCH_DIR (default bench/out) holds the corpus, repositories, and results.json.
+
+Both tools run with encryption on (restic always encrypts) and warm page cache. Peak RSS has a
+floor of this harness's own RSS (~12 MiB), as Linux children start from their parent's
+high-water mark; ``cp -a`` shows that floor. bcdr's worker processes are counted (see
+:func:`run`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -497,6 +505,8 @@ def main() -> int:
     unknown = [shape for shape in SIZES if shape not in ("small", "large")]
     if unknown:
         raise SystemExit(f"BENCH_SIZES: unknown size {', '.join(unknown)} (small, large)")
+    # stopped (SIGTERM): unmount and remove the restore filesystem on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with restore_filesystem() as where:
         print(f"restores go to {where}", flush=True)
         return _main(corpus, tools)
