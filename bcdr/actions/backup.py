@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bcdr import retrybudget
-from bcdr.actions.common import open_repo, transfer
+from bcdr.actions.common import open_repo, record_failure, transfer
 from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock, parse_aware
@@ -139,10 +138,6 @@ def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot
     return candidates[-1] if candidates else None
 
 
-#: How long recording a failed backup may retry: the storage may be the reason it failed.
-FAILURE_RECORD_BUDGET_S = 30.0
-
-
 def run_backup(
     repo: Repository,
     request: BackupRequest,
@@ -180,22 +175,14 @@ def _record_failure(
     repo: Repository, request: BackupRequest, exc: BcdrError, started: str, writer: BlobWriter
 ) -> str | None:
     context = request.context or RunContext(request.plan, None, request.job, started)
-    try:
-        with retrybudget.capped(FAILURE_RECORD_BUDGET_S):
-            return write_record(
-                repo,
-                BackupFacts(
-                    error=exc.message,
-                    transient=isinstance(exc, TransientStorageError),
-                    kept_packs=len(writer.packs),
-                    kept_bytes=writer.bytes_committed,
-                    paths=list(request.paths),
-                ),
-                context=context,
-                result="failed",
-            )
-    except BcdrError:
-        return None  # said by the caller's own record attempt, or not at all: storage is down
+    facts = BackupFacts(
+        error=exc.message,
+        transient=isinstance(exc, TransientStorageError),
+        kept_packs=len(writer.packs),
+        kept_bytes=writer.bytes_committed,
+        paths=list(request.paths),
+    )
+    return record_failure(repo, facts, context)  # None: said by the caller's own error
 
 
 def _run_backup(

@@ -6,9 +6,10 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
+from bcdr import retrybudget
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
-from bcdr.errors import PasswordRequired, RepositoryNotFound
+from bcdr.errors import BcdrError, PasswordRequired, RepositoryNotFound
 from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV, read_password
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.repo import Repository
@@ -17,6 +18,7 @@ from bcdr.storage.url import StorageSpec, open_storage
 from bcdr.storage.wrap import MeteredStorage, Transfer
 
 if TYPE_CHECKING:  # the plan model is loaded by plan commands; --repo ones never need it
+    from bcdr.compliance.records import Facts
     from bcdr.plan.model import Plan
     from bcdr.plan.model import Repository as PlanRepository
 
@@ -27,6 +29,22 @@ def open_repo(
     """Open the repository at ``where`` (credential variables are read from ``env`` too)."""
     storage = open_storage(where, env=env)
     return Repository.open(storage, password=lambda: read_password(env), clock=clock)
+
+
+#: How long recording a failed run may retry: the storage may be the reason it failed.
+FAILURE_RECORD_BUDGET_S = 30.0
+
+
+def record_failure(repo: Repository, facts: Facts, context: RunContext) -> str | None:
+    """A ``failed`` evidence record of a run that began (its id), or None when even that
+    cannot be written within FAILURE_RECORD_BUDGET_S: the caller says the run failed anyway."""
+    from bcdr.compliance.evidence import write_record  # only runs that write records need it
+
+    try:
+        with retrybudget.capped(FAILURE_RECORD_BUDGET_S):
+            return write_record(repo, facts, context=context, result="failed")
+    except BcdrError:
+        return None
 
 
 def transfer(repo: Repository, direction: Literal["up", "down"]) -> Transfer | None:

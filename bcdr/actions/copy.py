@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bcdr import retrybudget
 from bcdr.actions.backup import GUARD_PASSES, lost_pack_notes, pack_list
-from bcdr.actions.common import open_repo, transfer
+from bcdr.actions.common import open_repo, record_failure, transfer
 from bcdr.archive.copy import Copier, CopyMap, CopyStats, ProgressFn, same_chunker_note
 from bcdr.clock import Clock, parse_aware
 from bcdr.compliance.context import RunContext
@@ -346,28 +345,16 @@ def _record(
     )
 
 
-#: How long recording a failed copy may retry: the storage may be the reason it failed.
-FAILURE_RECORD_BUDGET_S = 30.0
-
-
 def _record_failure(
     src: Repository, dst: Repository, request: CopyRequest, exc: BcdrError, started: str
 ) -> str | None:
     context = request.context or RunContext(request.plan, None, request.job, started)
-    try:
-        with retrybudget.capped(FAILURE_RECORD_BUDGET_S):
-            return write_record(
-                dst,
-                CopyFacts(
-                    error=exc.message,
-                    transient=isinstance(exc, TransientStorageError),
-                    source_repository=src.config.id,
-                ),
-                context=context,
-                result="failed",
-            )
-    except BcdrError:
-        return None
+    facts = CopyFacts(
+        error=exc.message,
+        transient=isinstance(exc, TransientStorageError),
+        source_repository=src.config.id,
+    )
+    return record_failure(dst, facts, context)
 
 
 def copy(
