@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SMALL_CHUNKS, Cli, run_process, snapshot_tree, write_tree
+from tests.pause_helper import resume, start_paused
 
 SRC_PW = {"BCDR_PASSWORD": "source-pw"}
 BOTH = {"BCDR_FROM_PASSWORD": "source-pw", "BCDR_PASSWORD": ""}
@@ -401,29 +402,8 @@ def _paused_copy(tmp_path: Path, src: Path, dst: Path, snap: str) -> subprocess.
     """Start tests.copy_pause_helper and wait until it has stopped itself, holding its
     locks (the copied packs uploaded, the snapshot not written)."""
     marker = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.copy_pause_helper", str(src), str(dst), snap, str(marker)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the copy did not reach its pause: {proc.communicate()}")
-        time.sleep(0.05)
-    time.sleep(0.2)
-    return proc
-
-
-def _resume(proc: subprocess.Popen[str]) -> dict:  # type: ignore[type-arg]
-    os.killpg(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    cmd = [sys.executable, "-m", "tests.copy_pause_helper", str(src), str(dst), snap, str(marker)]
+    return start_paused(cmd, marker, "copy")
 
 
 def _plain_source(tmp_path: Path) -> tuple[Path, Path, list[str]]:
@@ -474,7 +454,7 @@ def test_a_prune_of_the_destination_waits_for_a_running_copy(tmp_path: Path) -> 
         # the sweep waits for the copy instead of deleting what it reuses
         assert r.json()["packs_deleted"] == 0, r.json()
     finally:
-        result = _resume(proc)
+        result = resume(proc)
     assert result["notes"] == []
     _copy_restores(tmp_path, src, dst, ids[2])
     r = run_process("prune", "--repo", dst, "--grace", "0", "--json")
@@ -499,7 +479,7 @@ def test_commit_guard_copies_again_what_a_prune_swept_under_a_running_copy(
         r = run_process("prune", "--repo", dst, "--grace", "0", "--max-unused", "0", "--json")
         assert r.code == 0 and r.json()["packs_deleted"], r.out + r.err
     finally:
-        result = _resume(proc)
+        result = resume(proc)
     [note] = result["notes"]
     assert "no longer safely stored" in note and "pass 2" in note
     _copy_restores(tmp_path, src, dst, ids[2])
@@ -527,7 +507,7 @@ def test_a_prune_of_the_source_cannot_sweep_under_a_running_copy(tmp_path: Path)
         # the copy's read lock keeps the sweep out: nothing the copy reads is deleted
         assert "packs_deleted" not in r.out or r.json()["packs_deleted"] == 0, r.out + r.err
     finally:
-        result = _resume(proc)
+        result = resume(proc)
     assert [s["copied"] for s in result["snapshots"]] == [True]
     _copy_restores(tmp_path, src, dst, ids[2])
     _check_clean(src, {})

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from bcdr.repository.locks import (
 )
 from bcdr.storage.local import LocalStorage
 from tests.conftest import init_small, restored_root, run_process, snapshot_tree, write_tree
+from tests.pause_helper import resume, start_paused
 
 NOW = datetime.now(UTC)
 
@@ -105,30 +104,11 @@ def _paused_backup(
         burn = _free_host_pid(20) - 2
         script = f'i=0; while [ $i -lt {burn} ]; do /bin/true; i=$((i+1)); done; "$@"; true'
         helper = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh", *helper]
-    proc = subprocess.Popen(
-        helper,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the backup did not reach its pause: {proc.communicate()}")
-        time.sleep(0.05)
-    time.sleep(0.2)  # it stops itself right after the marker
-    return proc
+    return start_paused(helper, marker, "backup")
 
 
 def _resume(proc: subprocess.Popen[str]) -> dict[str, object]:
-    os.killpg(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return resume(proc)
 
 
 def _setup(tmp_path: Path) -> tuple[Path, Path]:
