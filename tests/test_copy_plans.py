@@ -231,6 +231,13 @@ def test_a_copies_job_copies_what_others_backed_up(tmp_path: Path) -> None:
     r = run_process("status", plan, "--json", *state)
     [row] = r.json()["jobs"]
     assert row["copies"]["offsite"]["status"] == "ok"
+    # a new host: `schedule rebuild` reads the copy records back, and status shows the same
+    other = ["--state-dir", str(tmp_path / "state2")]
+    assert run_process("schedule", "rebuild", plan, *other).code == 0
+    [again] = run_process("status", plan, "--json", *other).json()["jobs"]
+    assert (
+        again["copies"]["offsite"]["recovery_point"] == row["copies"]["offsite"]["recovery_point"]
+    )
     report = tmp_path / "r.json"
     run_process("report", plan, "--format", "json", "--out", report)
     [ck] = json.loads(report.read_text())["jobs"]

@@ -20,7 +20,7 @@ from bcdr.actions.run import FAILED, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
 from bcdr.compliance.evidence import read_records
-from bcdr.compliance.records import Facts, Record
+from bcdr.compliance.records import CopyFacts, Facts, Record, typed
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.kinds import KINDS
 from bcdr.plan.loader import load_plan
@@ -129,7 +129,30 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
                     recovery_point=good and k.recovery_points,
                 )
             added[name] = added.get(name, 0) + count
+    _rebuild_copies(plan, history, records)
     return added
+
+
+def _rebuild_copies(plan: Plan, history: History, records: dict[str, list[Record[Facts]]]) -> None:
+    """The newest recovery point each copy destination holds, from the copy records the
+    plan's jobs wrote there (``status`` shows it)."""
+    targets = [(n, j.copy_targets()) for n, j in plan.backups.items()]
+    targets += [(n, j.copy_targets()) for n, j in plan.copies.items()]
+    for name, copy_targets in targets:
+        for target in copy_targets:
+            repo_name = target.repository
+            if repo_name not in records:
+                records[repo_name] = _evidence_of(plan, repo_name)
+            runs = typed(records[repo_name], CopyFacts)
+            times = [
+                (p.snapshot_time, d.time)
+                for d in runs
+                if d.plan == plan.name and d.job == name and d.result == "ok"
+                for p in d.facts.points
+            ]
+            if times:
+                point, when = max(times)
+                history.record_copies(plan.name, name, {repo_name: point.isoformat()}, when)
 
 
 def _evidence_of(plan: Plan, repo_name: str) -> list[Record[Facts]]:

@@ -264,10 +264,13 @@ class Copier:
                 hint="run `bcdr check` on the source; nothing of this snapshot was committed",
             )
         runs = _runs([(sid, loc) for sid, loc in zip(src_ids, locs, strict=True) if loc])
-        for decoded in ordered_map(lambda run: self._decode_run(run, plain), runs, self._workers):
+        for decoded, nread in ordered_map(
+            lambda run: self._decode_run(run, plain), runs, self._workers
+        ):
+            self.stats.bytes_read += nread  # counted here: the runs are decoded in threads
             yield from decoded
 
-    def _decode_run(self, run: _Run, plain: bool) -> list[_Decoded]:
+    def _decode_run(self, run: _Run, plain: bool) -> tuple[list[_Decoded], int]:
         """(a worker thread) Read one run of a pack and make each of its blobs ready for the
         destination. A run that cannot be read whole is read blob by blob (another copy of a
         blob stored twice may serve)."""
@@ -275,17 +278,18 @@ class Copier:
             data = self.src.read_pack_range(run.pack, run.start, run.end - run.start)
         except ObjectNotFound:
             data = b""
-        self.stats.bytes_read += len(data)
         out = []
         for sid, loc in run.blobs:
             a, b = loc.offset - run.start, loc.offset - run.start + loc.stored_len
-            if len(data) >= b:
+            try:
+                if len(data) < b:
+                    raise CorruptObject(f"pack {loc.pack[:12]} is missing or cut short")
                 out.append(self._reseal(sid, loc, memoryview(data)[a:b], plain))
-            else:  # the pack is gone or short: any other stored copy of the blob
+            except CorruptObject:  # any other stored copy of the blob, else the error
                 content = self.src.read_blob(sid)  # raises CorruptObject naming the pack
                 dst_id = self.dst.content_id(content)
                 out.append(_Decoded(sid, dst_id, 0, len(content), None, content))
-        return out
+        return out, len(data)
 
     def _reseal(self, sid: bytes, loc: BlobLocation, sealed: memoryview, plain: bool) -> _Decoded:
         what = f"blob {sid.hex()[:12]} (pack {loc.pack[:12]})"
