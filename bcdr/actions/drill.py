@@ -344,7 +344,7 @@ def _verify(
             continue
         try:
             size = os.fstat(fd).st_size
-            digest = file_digest(fd, size)
+            digest = file_digest(fd, size, node.digest)
         finally:
             os.close(fd)
         if size != node.size:
@@ -378,7 +378,7 @@ def _compare_source(
         except OSError:
             continue
         try:
-            digest = file_digest(fd, st.st_size)
+            digest = file_digest(fd, st.st_size, node.digest)
         finally:
             os.close(fd)
         report.source_compared += 1

@@ -20,11 +20,11 @@ from typing import BinaryIO, TypedDict
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
-from bcdr.archive.safetensors import Segment, segments
+from bcdr.archive.safetensors import Segment, segments, split_at_regions
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
-from bcdr.repository.hashing import fingerprint, new_fingerprint
+from bcdr.repository.hashing import fingerprint, new_file_fingerprint
 from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath
@@ -318,6 +318,9 @@ class Archiver:
             self.stats.files_unchanged += 1
         elif (
             st.st_size <= min(WORKER_FILE_MAX, self.repo.chunker.whole_max)
+            and (
+                not self.repo.chunker.params.region or st.st_size <= self.repo.chunker.params.region
+            )
             and st.st_nlink == 1
             and not path.endswith(SAFETENSORS)
         ):
@@ -412,7 +415,7 @@ class Archiver:
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 before = os.fstat(fd)
-                digest = new_fingerprint()
+                digest = new_file_fingerprint(self.repo.chunker.params.region)
                 total = 0
                 for seg, reader in self._segments(path, f, before.st_size):
                     # A segment read whole is handed on as views of its buffer (no copy:
@@ -440,14 +443,16 @@ class Archiver:
         return True
 
     def _segments(self, path: bytes, f: BinaryIO, size: int) -> Iterator[tuple[Segment, Readable]]:
-        """The byte ranges to chunk separately: tensors of a safetensors file, else one."""
+        """The byte ranges to chunk separately: tensors of a safetensors file, else one; each
+        cut again at the repository's region boundaries (bcdr/repository/chunker.py)."""
         segs = None
         if path.endswith(SAFETENSORS):
             segs = segments(f.fileno(), size, self.repo.chunker.params.min_size)
-        if segs is None:
+        region = self.repo.chunker.params.region
+        if segs is None and (not region or size <= region):
             yield Segment(0, size, 0), f
             return
-        for seg in segs:
+        for seg in split_at_regions(segs or [Segment(0, size, 0)], region):
             yield seg, RangeReader(f.fileno(), seg.start, seg.end)
 
     def _skip(self, path: bytes, reason: str) -> None:

@@ -77,7 +77,7 @@ from bcdr.archive.filewrite import (
 )
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
-from bcdr.repository.hashing import fingerprint, new_fingerprint
+from bcdr.repository.hashing import fingerprint, fingerprint_for, region_of
 from bcdr.repository.index import BlobLocation
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import Node
@@ -156,8 +156,10 @@ def _create(path: bytes, dir_fd: int | None = None) -> int:
     return os.open(path, flags, 0o600, dir_fd=dir_fd)
 
 
-def file_digest(fd: int, size: int) -> str:
-    digest = new_fingerprint()
+def file_digest(fd: int, size: int, like: str | None = None) -> str:
+    """The fingerprint of the file ``fd`` (``size`` bytes read back), in the form of the digest
+    ``like`` (a tree's: by regions or not; bcdr/repository/hashing.py)."""
+    digest = fingerprint_for(like)
     pos = 0
     while pos < size:
         block = os.pread(fd, min(READ_BACK, size - pos), pos)
@@ -166,6 +168,15 @@ def file_digest(fd: int, size: int) -> str:
         digest.update(block)
         pos += len(block)
     return digest.hexdigest()
+
+
+def _digest_like(data: bytes | memoryview, like: str | None) -> str:
+    """The fingerprint of a file held whole, in the form of the digest ``like``."""
+    if not region_of(like):
+        return fingerprint(data)  # the common case, in one call
+    hasher = fingerprint_for(like)
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 @dataclass
@@ -192,7 +203,7 @@ class _InOrder:
 
     written: int = 0
     direct: DirectOut | None = None
-    hasher: Any = field(default_factory=new_fingerprint)
+    hasher: Any = field(default_factory=lambda: fingerprint_for(None))
     turn: threading.Condition = field(default_factory=threading.Condition)
 
     def await_turn(self, index: int) -> None:
@@ -368,7 +379,7 @@ class FileRestorer:
             return None
         pieces = _pieces(node.content, locs)
         job.remaining = len(pieces)
-        order = _InOrder()
+        order = _InOrder(hasher=fingerprint_for(node.digest))
         if node.size >= DIRECT_MIN and self._direct_here(job) and set_direct(job.fd):
             order.direct = DirectOut(
                 self._take_buffer, self._give_buffer, self._writers.submit, order.hasher
@@ -577,7 +588,7 @@ class FileRestorer:
                 data = self.repo.decode_blob(node.content[0], loc.codec, sealed, loc.raw_len)
             else:
                 data = self.repo.read_blob(node.content[0], loc)
-            job.digest = fingerprint(data)
+            job.digest = _digest_like(data, node.digest)
             if job.digest != node.digest:
                 raise BcdrError(
                     f"verification failed: restored digest {job.digest}, expected {node.digest}"

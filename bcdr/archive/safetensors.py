@@ -80,3 +80,17 @@ def segments(fd: int, file_size: int, min_segment: int) -> list[Segment] | None:
         elif stop > start:
             out.append(Segment(start, stop, elsize))
     return out
+
+
+def split_at_regions(segs: list[Segment], region: int) -> list[Segment]:
+    """``segs`` (in file order) cut again at every multiple of ``region`` (0: as they are)."""
+    if not region:
+        return segs
+    out = []
+    for seg in segs:
+        start = seg.start
+        while start < seg.end:
+            end = min(seg.end, (start // region + 1) * region)
+            out.append(Segment(start, end, seg.elsize))
+            start = end
+    return out

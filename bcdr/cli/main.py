@@ -72,6 +72,13 @@ def _progress(args: argparse.Namespace) -> Progress:
     return Progress(enabled=False if args.json or args.quiet else None)
 
 
+def _seed() -> int:
+    """A chunker seed of its own for a new repository (its boundaries are not guessable)."""
+    import secrets
+
+    return secrets.randbelow(2**31)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     chunker = None
     if args.chunk_size:
@@ -84,6 +91,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         from bcdr.repository.chunker import ChunkerParams
 
         chunker = ChunkerParams(min_size=lo, avg_size=avg, max_size=hi)
+    if args.region_size is not None:
+        from dataclasses import replace
+
+        from bcdr.repository.chunker import ChunkerParams
+
+        chunker = replace(chunker or ChunkerParams(seed=_seed()), region=args.region_size)
     if args.copy_chunker_params:
         if not args.from_repo:
             raise UsageError(
@@ -91,7 +104,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 hint="give --from-repo URL (its password in BCDR_FROM_PASSWORD(_FILE))",
             )
         if chunker is not None:
-            raise UsageError("give --chunk-size or --copy-chunker-params, not both")
+            raise UsageError("give --chunk-size and --region-size or --copy-chunker-params")
         chunker = init_action.chunker_of(
             from_storage_spec(args), copy_action.source_env(os.environ)
         )
@@ -343,6 +356,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         type=int,
         metavar="BYTES",
         help="advanced: target pack size in bytes (default 16777216)",
+    )
+    p.add_argument(
+        "--region-size",
+        type=int,
+        metavar="BYTES",
+        help="advanced: files are also cut at every multiple of this many bytes, so that "
+        "parts of one large file can be backed up by separate processes (default 1073741824; "
+        "0: no such cuts; else a multiple of 4096 from 64 KiB to 1 TiB)",
     )
     p.add_argument(
         "--copy-chunker-params",
