@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bcdr.actions.common import open_repo, record_failure, transfer
-from bcdr.archive.backup import Archiver, BackupStats, ProgressFn
+from bcdr.archive.backup import Archiver, BackupStats, Prepared, ProgressFn
 from bcdr.archive.patterns import PathMatcher
 from bcdr.clock import Clock, parse_aware
 from bcdr.compliance.context import RunContext
@@ -43,6 +43,13 @@ class BackupRequest:
     plan: str | None = None
     placement: dict[str, Any] | None = None  # where the data goes, from geo.verify
     context: RunContext | None = None  # for the evidence record (plan digest, start)
+    # a sharded run's commit (bcdr/archive/shards.py): files its shards read, its id, the
+    # parent the shards compared against, and what they read and added
+    prepared: Prepared | None = None
+    shard_run: str | None = None
+    parent_id: str | None = None
+    shard_bytes: tuple[int, int] = (0, 0)
+    shards: int | None = None
 
 
 @dataclass
@@ -127,6 +134,16 @@ def lost_pack_notes(packs: list[str]) -> list[str]:
     ]
 
 
+def _parent(repo: Repository, request: BackupRequest, paths: list[str]) -> Snapshot | None:
+    """The parent a sharded run's shards compared against, else the newest of the job."""
+    if request.parent_id is not None:
+        try:
+            return repo.load_snapshot(request.parent_id)
+        except BcdrError:
+            pass  # forgotten meanwhile: the files it would have spared are read again
+    return find_parent(repo, request.job, paths)
+
+
 def find_parent(repo: Repository, job: str | None, paths: list[str]) -> Snapshot | None:
     """Newest snapshot of the same job; without a job, of the same paths on this host."""
     host = socket.gethostname()
@@ -204,7 +221,7 @@ def _run_backup(
                 "uploaded were indexed from their headers and are reused"
             )
         began.append(repo.writer)
-        parent = find_parent(repo, request.job, paths)
+        parent = _parent(repo, request, paths)
         bytes_read = 0
         for attempt in range(1, GUARD_PASSES + 1):
             repo.begin_snapshot()
@@ -214,6 +231,7 @@ def _run_backup(
                 excludes=PathMatcher(request.excludes),
                 force_read=request.force_read,
                 progress=progress,
+                prepared=request.prepared,
             )
             with repo.writing():
                 root = archiver.run(sources)
@@ -239,7 +257,8 @@ def _run_backup(
             )
         repo.unlist_lost_own_packs()
         stats = archiver.finish_stats()
-        stats.bytes_read = bytes_read
+        stats.bytes_read = bytes_read + request.shard_bytes[0]
+        stats.bytes_added += request.shard_bytes[1]
         snap = Snapshot(
             **repo.new_snapshot_fields(),
             hostname=socket.gethostname(),
@@ -254,6 +273,7 @@ def _run_backup(
             stats=stats.to_dict(),
             skipped=tuple(archiver.problems.skipped),
             placement=request.placement,
+            shard_run=request.shard_run,
         )
         lock.ensure_valid()
         # The commit: an interrupt from here on is held until the snapshot has its record.
@@ -315,6 +335,8 @@ def _record(
             healed=list(result.notes),
             placement=Placement.of(request.placement),
             encryption=repo.config.encryption,
+            shards=request.shards,
+            shard_run=request.shard_run,
         ),
         context=context,
         result="partial" if result.partial else "ok",

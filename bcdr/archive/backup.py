@@ -24,7 +24,7 @@ from bcdr.archive.safetensors import Segment, segments, split_at_regions
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
-from bcdr.repository.hashing import fingerprint, new_file_fingerprint
+from bcdr.repository.hashing import RegionFingerprint, fingerprint, new_file_fingerprint
 from bcdr.repository.pack import TREE
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath
@@ -106,8 +106,13 @@ class Archiver:
         force_read: bool = False,
         progress: ProgressFn | None = None,
         workers: int | None = None,
+        prepared: Prepared | None = None,
     ):
+        """``prepared(path, lstat)``: a file's chunks and digest read by another process
+        (a shard of a sharded backup) for exactly this version of it, or None (it is read
+        here)."""
         self.repo = repo
+        self.prepared = prepared
         self.parent_tree = parent_tree
         self.excludes = excludes or PathMatcher([])
         self.force_read = force_read
@@ -121,7 +126,7 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._last_progress = 0.0
         self._started = time.monotonic()
-        self._repo_folder = _folder_id(repo.local_folder)
+        self._repo_folder = folder_id(repo.local_folder)
 
     def run(self, paths: list[bytes]) -> bytes:
         """Back up ``paths`` (absolute, existing); return the root tree id."""
@@ -295,7 +300,7 @@ class Archiver:
             pnode is not None
             and st.st_nlink == 1
             and not self.force_read
-            and _identical(pnode, st)
+            and identical(pnode, st)
             and self.repo.reusable(pnode.content)
         ):
             # The no-change path: every recorded field is the same, so the parent's node is
@@ -307,6 +312,10 @@ class Archiver:
             first = self._hardlinks[link_key]
             node.content, node.digest = first.content, first.digest
             self.stats.files_unchanged += 1
+            return node
+        if self._take_prepared(path, st, node, pnode is None):
+            if st.st_nlink > 1:
+                self._hardlinks[link_key] = node
             return node
         if (
             pnode is not None
@@ -332,6 +341,75 @@ class Archiver:
         if st.st_nlink > 1:
             self._hardlinks[link_key] = node
         return node
+
+    def _take_prepared(self, path: bytes, st: os.stat_result, node: Node, new: bool) -> bool:
+        """Fill ``node`` from what another process read of this very file, if it did and its
+        chunks may be built on."""
+        found = self.prepared(path, st) if self.prepared is not None else None
+        if found is None or not self.repo.reusable(found[0]):
+            return False
+        node.content, node.digest = list(found[0]), found[1]
+        self._count_read(new)
+        return True
+
+    def read_part(self, path: bytes, start: int, end: int) -> PartRead:
+        """(a shard of a sharded backup; between :meth:`begin` and :meth:`end`) Read, cut and
+        store bytes ``[start, end)`` of the file ``path``, cut exactly as a whole pass cuts
+        them (``start`` and ``end`` are region boundaries, or the file's ends). Its chunk
+        ids fill ``PartRead.content`` once the pipeline is drained."""
+        part = PartRead(path, start, end)
+        fd = _open_source(path)
+        if isinstance(fd, str):
+            part.error = fd
+            return part
+        region = self.repo.chunker.params.region
+        try:
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                before = os.fstat(fd)
+                part.meta = (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+                hasher = new_file_fingerprint(region)
+                pos = start
+                for seg, reader in self._segments(path, f, before.st_size):
+                    if seg.end <= start or seg.start >= end:
+                        continue
+                    if (seg.start, seg.end) != (max(seg.start, start), min(seg.end, end)):
+                        part.error = "its layout changed since the run was planned"
+                        return part
+                    if not isinstance(reader, RangeReader):
+                        reader = RangeReader(fd, seg.start, seg.end)
+                    for chunk in self.repo.chunker.chunks(reader, seg.end - seg.start):
+                        layout = (
+                            (seg.elsize, (seg.start - pos) % seg.elsize) if seg.elsize else None
+                        )
+                        hasher.update(chunk)
+                        pos += len(chunk)
+                        self._pipeline.submit(bytes(chunk), part.content, layout)
+                        self.stats.bytes_read += len(chunk)
+                after = os.fstat(fd)
+        except OSError as exc:
+            part.error = f"read error: {exc.strerror}"
+            return part
+        if pos != end or _changed(before, after, before.st_size):
+            part.error = CHANGED_WHILE_READ
+        if start == 0 and end == before.st_size and (not region or end <= region):
+            part.digest = hasher.hexdigest()  # the whole file, of one region at most
+        elif isinstance(hasher, RegionFingerprint):
+            part.regions = hasher.region_digests()
+        else:
+            part.error = "a part of a file in a repository without regions"
+        return part
+
+    def begin(self) -> None:
+        """Start the pipeline for :meth:`read_part` calls (a shard's run)."""
+        big_buffers_ahead()
+        self._pipeline.start()
+
+    def end(self) -> None:
+        """Wait for every chunk :meth:`read_part` submitted, then stop the pipeline."""
+        try:
+            self._pipeline.drain()
+        finally:
+            self._pipeline.close()
 
     def _queue_file(self, path: bytes, node: Node, new: bool) -> None:
         """Read and store a file of at most a few chunks in a worker, batched with others."""
@@ -469,6 +547,26 @@ class Archiver:
             self.progress(self.stats, path)
 
 
+@dataclass
+class PartRead:
+    """What a shard read of one file: bytes ``[start, end)``, the file's (size, mtime_ns,
+    ctime_ns, inode) when it was read, its chunk ids, and its fingerprint (``digest``) or,
+    for a file cut in regions, its regions' digests (``regions``); ``error`` if not read."""
+
+    path: bytes
+    start: int
+    end: int
+    meta: tuple[int, int, int, int] = (0, 0, 0, 0)
+    content: list[bytes] = field(default_factory=list)
+    digest: str | None = None
+    regions: list[bytes] = field(default_factory=list)
+    error: str | None = None
+
+
+#: ``Archiver(prepared=...)``: (chunk ids, digest) of a file read elsewhere, or None.
+Prepared = Callable[[bytes, os.stat_result], "tuple[list[bytes], str] | None"]
+
+
 #: A new chunk of a file read by a worker: id, sealed blob (None if already stored), raw length.
 ChunkOut = tuple[bytes, tuple[int, bytes] | None, int]
 #: A file read whole by a worker: (why it could not be read or None, size, mtime_ns, ctime_ns,
@@ -542,7 +640,7 @@ def _open_noatime(path: bytes) -> int:
     return os.open(path, flags)
 
 
-def _folder_id(path: str | None) -> tuple[int, int] | None:
+def folder_id(path: str | None) -> tuple[int, int] | None:
     """(device, inode) of a local repository's folder, or None (not local, not there)."""
     if path is None:
         return None
@@ -553,7 +651,7 @@ def _folder_id(path: str | None) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _identical(pnode: Node, st: os.stat_result) -> bool:
+def identical(pnode: Node, st: os.stat_result) -> bool:
     """Would a node made from ``st`` equal ``pnode``? (Names are equal by lookup.)"""
     return (
         _unchanged(pnode, st)

@@ -35,6 +35,7 @@ from bcdr.cli.repoargs import (
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
+from bcdr.cli.shardcmds import add_shard_commands, sharded_backup
 from bcdr.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -126,6 +127,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        return sharded_backup(args)
     progress = _progress(args)
     request = backup_action.BackupRequest(
         paths=tuple(args.paths),
@@ -397,6 +400,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="read every file, even those unchanged since the parent snapshot",
     )
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the snapshot")
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="spread the reading over N processes (each a part of the files, large files in "
+        "parts too), committed as one snapshot: the tree any N gives is the same; see "
+        "`bcdr shard --help` and docs/scale-out.md",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local",),
+        default="local",
+        help="with --shards: where the shards run (local: processes on this machine)",
+    )
 
     p = command(
         "copy",
@@ -472,6 +489,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_evidence_commands(command)
     add_report_commands(command)
     add_repair_commands(command)
+    add_shard_commands(command)
     add_schedule_commands(command)
 
     p = command("unlock", cmd_unlock, "Remove stale locks left by processes that died.")

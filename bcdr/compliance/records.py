@@ -93,6 +93,8 @@ class BackupFacts(Facts, frozen=True, kw_only=True):
     encryption: str | None = None
     kept_packs: int | None = None  # a failed backup: what it kept for the next one
     kept_bytes: int | None = None
+    shards: int | None = None  # a sharded backup: how many shards read it, and the run
+    shard_run: str | None = None
 
 
 # -- drill --------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ class RegionFingerprint:
             self._filled += take
             view = view[take:]
 
+    def region_digests(self) -> list[bytes]:
+        """The digests of the regions fed so far, the last one as it stands."""
+        return [*self._digests, self._current.digest()]
+
     def hexdigest(self) -> str:
         if not self._digests:  # one region or less: the plain fingerprint
             return self._current.hexdigest()

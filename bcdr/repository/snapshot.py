@@ -43,6 +43,7 @@ class Snapshot:
     # first snapshot of the recovery point, in the repository it was backed up to
     copy_of: dict[str, Any] | None = None
     original: str | None = None
+    shard_run: str | None = None  # a sharded backup: the run it committed
     id: str = ""  # the storage name; not part of the stored document
 
     @property
@@ -62,7 +63,7 @@ class Snapshot:
     def to_bytes(self) -> bytes:
         doc = asdict(self)
         del doc["id"]
-        for optional in ("repaired", "copy_of", "original"):
+        for optional in ("repaired", "copy_of", "original", "shard_run"):
             if doc[optional] is None:  # written only by a repair or a copy
                 del doc[optional]
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -100,6 +101,7 @@ class Snapshot:
             repaired=w.repaired,
             copy_of=w.copy_of,
             original=w.original,
+            shard_run=w.shard_run,
             id=name,
         )
 
@@ -129,6 +131,7 @@ class _SnapshotWire(msgspec.Struct, kw_only=True):
     repaired: dict[str, Any] | None = None
     copy_of: dict[str, Any] | None = None
     original: str | None = None
+    shard_run: str | None = None
 
 
 _decoder = msgspec.json.Decoder(_SnapshotWire)

@@ -1,0 +1,283 @@
+"""``bcdr shard plan|run|commit`` and ``bcdr backup --shards N``: one snapshot backed up by
+several processes (bcdr/archive/shards.py; docs/scale-out.md).
+
+Each step is a command, so any engine can drive them: the local executor here starts the
+shards as processes on this machine; a Slurm job array runs ``shard run`` on its nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bcdr.actions.backup import (
+    BackupRequest,
+    BackupResult,
+    find_parent,
+    resolve_sources,
+    run_backup,
+)
+from bcdr.archive.backup import Archiver, PartRead, folder_id, identical
+from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.shards import (
+    Manifest,
+    ParentLookup,
+    PartReceipt,
+    PreparedFiles,
+    Receipt,
+    cut,
+    load_manifest,
+    load_receipts,
+    new_run_id,
+    save_manifest,
+    save_receipt,
+    walk_files,
+)
+from bcdr.errors import BcdrError, RepositoryError, UsageError
+from bcdr.repository.locks import BACKUP
+from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import Snapshot
+from bcdr.units import human_bytes
+
+#: Shards a run may have (a Slurm array's default MaxArraySize is 1001).
+MAX_SHARDS = 1000
+
+
+def plan_run(
+    repo: Repository,
+    paths: tuple[str, ...],
+    shards: int,
+    *,
+    job: str | None = None,
+    excludes: tuple[str, ...] = (),
+) -> Manifest:
+    """Walk the source and store the run's manifest: ``shards`` shards of about equal bytes."""
+    if not 1 <= shards <= MAX_SHARDS:
+        raise UsageError(f"--shards must be from 1 to {MAX_SHARDS}, not {shards}")
+    sources = resolve_sources(paths)
+    names = [os.fsdecode(p) for p in sources]
+    with repo.lock(BACKUP):
+        parent = find_parent(repo, job, names)
+        skip = folder_id(repo.local_folder)
+        files = [(p, st.st_size) for p, st in walk_files(sources, PathMatcher(excludes), skip)]
+        region = repo.config.chunker.region
+        manifest = Manifest(
+            run=new_run_id(),
+            created=repo.clock.now().isoformat(),
+            paths=names,
+            excludes=list(excludes),
+            job=job,
+            parent=parent.id if parent is not None else None,
+            region=region,
+            shards=cut(files, shards, region),
+            files=len(files),
+            bytes=sum(size for _, size in files),
+        )
+        save_manifest(repo, manifest)
+    return manifest
+
+
+def run_shard(repo: Repository, run: str, index: int) -> Receipt:
+    """Read and store shard ``index`` of ``run``; its receipt (stored in the repository). A
+    shard run again after it succeeded stores nothing new and returns the first receipt's
+    figures as this run's."""
+    manifest = load_manifest(repo, run)
+    if not 0 <= index < manifest.count:
+        raise UsageError(
+            f"run {run} has shards 0 to {manifest.count - 1}; there is no shard {index}"
+        )
+    started = time.monotonic()
+    with repo.lock(BACKUP) as lock:
+        repo.load_index(verify_packs=True)
+        repo.adopt_unindexed_packs()
+        parent = _parent_lookup(repo, manifest)
+        archiver = Archiver(repo)
+        reads: list[PartRead] = []
+        skipped = 0
+        with repo.writing():
+            archiver.begin()
+            try:
+                for part in manifest.shards[index]:
+                    if _unchanged(parent, part.path, repo):
+                        skipped += 1
+                        continue
+                    reads.append(archiver.read_part(part.path, part.start, part.end))
+            finally:
+                archiver.end()
+        lock.ensure_valid()
+        receipt = Receipt(
+            run=run,
+            index=index,
+            host=socket.gethostname(),
+            parts=[_receipt_part(r) for r in reads if r.error is None],
+            skipped=skipped,
+            failed=[(os.fsdecode(r.path), r.error) for r in reads if r.error is not None],
+            bytes_read=archiver.stats.bytes_read,
+            bytes_added=repo.writer.bytes_added,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        save_receipt(repo, receipt)
+    return receipt
+
+
+def _receipt_part(r: PartRead) -> PartReceipt:
+    return PartReceipt(r.path, r.start, r.end, r.meta, r.content, r.digest, r.regions)
+
+
+def _parent_lookup(repo: Repository, manifest: Manifest) -> ParentLookup | None:
+    if manifest.parent is None:
+        return None
+    try:
+        snap = repo.load_snapshot(manifest.parent)
+    except BcdrError:
+        return None  # forgotten since the plan: every file is read
+    return ParentLookup(repo, bytes.fromhex(snap.tree))
+
+
+def _unchanged(parent: ParentLookup | None, path: bytes, repo: Repository) -> bool:
+    """A file the parent snapshot holds as it is now: the commit's walk keeps the parent's
+    node for it (the no-change path of a backup), so no shard reads any part of it."""
+    if parent is None:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    node = parent.node(path)
+    return (
+        node is not None
+        and st.st_nlink == 1
+        and identical(node, st)
+        and repo.reusable(node.content)
+    )
+
+
+class ShardsMissing(RepositoryError):
+    """A commit before every shard has its receipt."""
+
+
+@dataclass
+class CommitResult:
+    backup: BackupResult | None  # None: the run was committed before (``snapshot``)
+    snapshot: Snapshot
+    receipts: list[Receipt] = field(default_factory=list)
+    from_shards: int = 0  # files whose chunks came from the shards' receipts
+
+    @property
+    def already(self) -> bool:
+        return self.backup is None
+
+
+def commit_run(
+    repo: Repository,
+    run: str,
+    *,
+    plan: str | None = None,
+    placement: dict[str, object] | None = None,
+) -> CommitResult:
+    """Make the run's snapshot from its receipts (files changed since, or not read by a
+    shard, are read here). Refuses while a shard has no receipt; a run committed before
+    returns its snapshot."""
+    manifest = load_manifest(repo, run)
+    for snap in repo.list_snapshots(manifest.job):
+        if snap.shard_run == run:
+            return CommitResult(None, snap)
+    receipts = load_receipts(repo, manifest)
+    missing = [i for i in range(manifest.count) if i not in receipts]
+    if missing:
+        shown = ",".join(str(i) for i in missing[:20]) + (",..." if len(missing) > 20 else "")
+        raise ShardsMissing(
+            f"run {run}: {len(missing)} of {manifest.count} shard(s) have no receipt "
+            f"(shard(s) {shown}); nothing was committed",
+            where=repo.storage.url,
+            hint=f"run them again: `bcdr shard run --repo {repo.storage.url} --run {run} "
+            f"--index N` for each (a Slurm array: sbatch --array={shown} ...)",
+        )
+    ordered = [receipts[i] for i in range(manifest.count)]
+    prepared = PreparedFiles(ordered, manifest.region)
+    request = BackupRequest(
+        paths=tuple(manifest.paths),
+        job=manifest.job,
+        excludes=tuple(manifest.excludes),
+        plan=plan,
+        placement=placement,
+        prepared=prepared,
+        shard_run=run,
+        parent_id=manifest.parent,
+        shard_bytes=(sum(r.bytes_read for r in ordered), sum(r.bytes_added for r in ordered)),
+        shards=manifest.count,
+    )
+    result = run_backup(repo, request)
+    return CommitResult(result, result.snapshot, ordered, prepared.used)
+
+
+# -- the local executor -----------------------------------------------------------------------
+
+
+@dataclass
+class ShardOutcome:
+    index: int
+    code: int
+    seconds: float
+    error: str = ""
+
+
+def run_local(
+    repo_args: list[str],
+    run: str,
+    count: int,
+    *,
+    parallel: int | None = None,
+    env: dict[str, str] | None = None,
+    on_done: Callable[[ShardOutcome], None] | None = None,
+) -> list[ShardOutcome]:
+    """Run every shard of ``run`` as its own ``bcdr shard run`` process on this machine,
+    ``parallel`` at a time (default: one per core), each with one worker thread per shard
+    share of the cores. Returns each shard's outcome (code 0: its receipt is stored)."""
+    parallel = max(1, min(count, parallel or os.cpu_count() or 1))
+    pending = list(range(count))
+    running: dict[int, tuple[subprocess.Popen[str], float]] = {}
+    out: list[ShardOutcome] = []
+    base = [sys.executable, "-m", "bcdr", "shard", "run", "--run", run, "-q", *repo_args]
+    child_env = {**os.environ, **(env or {})}
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                i = pending.pop(0)
+                proc = subprocess.Popen(
+                    [*base, "--index", str(i)],
+                    env=child_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                running[i] = (proc, time.monotonic())
+            done = [i for i, (p, _) in running.items() if p.poll() is not None]
+            if not done:
+                time.sleep(0.05)
+                continue
+            for i in done:
+                proc, t0 = running.pop(i)
+                err = proc.stderr.read() if proc.stderr is not None else ""
+                outcome = ShardOutcome(i, proc.returncode, time.monotonic() - t0, err.strip())
+                out.append(outcome)
+                if on_done is not None:
+                    on_done(outcome)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+            proc.wait()
+    return sorted(out, key=lambda o: o.index)
+
+
+def describe_manifest(manifest: Manifest) -> str:
+    sizes = [sum(p.end - p.start for p in s) for s in manifest.shards]
+    return (
+        f"run {manifest.run}: {manifest.count} shard(s), {manifest.files} files, "
+        f"{human_bytes(manifest.bytes)} (largest shard {human_bytes(max(sizes, default=0))})"
+    )

@@ -1,0 +1,281 @@
+"""A backup spread over several processes or machines, committed as one snapshot.
+
+``plan``: the source is walked once and its regular files cut into N shards of about equal
+bytes, in path order; a file larger than the repository's region (bcdr/repository/chunker.py)
+is cut at region boundaries, so its parts may go to different shards and still give the very
+chunks one process would. The *manifest* (every shard's parts) is stored in the repository.
+
+``run`` (one shard, anywhere the source and the repository are reachable): reads its parts
+(skipping files unchanged since the parent snapshot), stores their chunks like a backup, and
+stores a *receipt*: per part, the file's size, mtime, ctime and inode as read, its chunk ids,
+and its fingerprint or region fingerprints.
+
+``commit``: a backup of the same paths whose walk takes each file's chunks from the receipts
+when the file is still the version a shard read (bcdr/archive/backup.py ``prepared``), so the
+snapshot is built by the same code as an unsharded backup's, from the same metadata: for any
+number of shards the tree is the one an unsharded backup makes. A file that changed since its
+shard read it, or that no shard read, is read by the commit itself.
+
+Objects: ``shards/<run>/manifest`` and ``shards/<run>/receipt-<index>``, sealed with the
+repository's key (``aad=b"shard"``), zstd-compressed msgpack.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+
+import msgspec
+import zstandard
+
+from bcdr.archive.patterns import PathMatcher
+from bcdr.errors import CorruptObject, ObjectNotFound
+from bcdr.repository.hashing import region_digest
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import DIR, Node, decode_tree
+
+PREFIX = "shards/"
+AAD = b"shard"
+
+
+class Part(msgspec.Struct, array_like=True, frozen=True):
+    path: bytes
+    start: int
+    end: int
+
+
+class Manifest(msgspec.Struct, kw_only=True, frozen=True):
+    run: str
+    created: str
+    paths: list[str]
+    excludes: list[str] = []
+    job: str | None = None
+    parent: str | None = None  # the snapshot every shard and the commit compare against
+    region: int = 0
+    shards: list[list[Part]] = []
+    files: int = 0
+    bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+
+class PartReceipt(msgspec.Struct, array_like=True, frozen=True):
+    path: bytes
+    start: int
+    end: int
+    meta: tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode when read
+    content: list[bytes]
+    digest: str | None = None  # a whole file's fingerprint
+    regions: list[bytes] = []  # or, cut in regions, the digests of those it read
+
+
+class Receipt(msgspec.Struct, kw_only=True, frozen=True):
+    run: str
+    index: int
+    host: str
+    parts: list[PartReceipt] = []
+    skipped: int = 0  # parts of files unchanged since the parent: nothing to read
+    failed: list[tuple[str, str]] = []  # path, why (the commit reads those itself)
+    bytes_read: int = 0
+    bytes_added: int = 0
+    seconds: float = 0.0
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def walk_files(
+    paths: list[bytes], excludes: PathMatcher, skip_folder: tuple[int, int] | None
+) -> Iterator[tuple[bytes, os.stat_result]]:
+    """The regular files under ``paths`` as a backup walks them (sorted, excludes applied,
+    links not followed, the repository's own folder left out), each hardlinked file once."""
+    seen: set[tuple[int, int]] = set()
+
+    def visit(path: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # the commit's walk says why
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    return
+                seen.add((st.st_dev, st.st_ino))
+            yield path, st
+        elif stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) != skip_folder:
+            try:
+                names = sorted(e.name for e in os.scandir(path))
+            except OSError:
+                return
+            prefix = path if path.endswith(b"/") else path + b"/"
+            for name in names:
+                full = prefix + name
+                if excludes and excludes.matches(full):
+                    continue
+                yield from visit(full)
+
+    for top in sorted(paths):
+        yield from visit(top)
+
+
+def cut(files: list[tuple[bytes, int]], n: int, region: int) -> list[list[Part]]:
+    """Files (path, size) in order, cut into ``n`` shards of about equal bytes; a file larger
+    than ``region`` (when not 0) in parts of whole regions, which may go to different
+    shards. Deterministic: the same files give the same shards."""
+    parts: list[Part] = []
+    for path, size in files:
+        if region and size > region:
+            parts += [Part(path, a, min(a + region, size)) for a in range(0, size, region)]
+        else:
+            parts.append(Part(path, 0, size))
+    total = sum(p.end - p.start for p in parts) or 1
+    shards: list[list[Part]] = [[] for _ in range(n)]
+    done = 0
+    for p in parts:
+        # the shard whose share of the bytes this part's middle falls in
+        middle = done + (p.end - p.start) / 2
+        shards[min(n - 1, int(middle * n / total))].append(p)
+        done += p.end - p.start
+    return shards
+
+
+# -- storage ----------------------------------------------------------------------------------
+
+
+def _key(run: str, name: str) -> str:
+    return f"{PREFIX}{run}/{name}"
+
+
+def _seal(repo: Repository, obj: object) -> bytes:
+    return repo.cipher.seal(zstandard.compress(msgspec.msgpack.encode(obj), 3), AAD)
+
+
+def _open(repo: Repository, data: bytes, what: str, kind: type[msgspec.Struct]) -> msgspec.Struct:
+    try:
+        raw = zstandard.decompress(repo.cipher.open(data, AAD, what), max_output_size=1 << 34)
+        return msgspec.msgpack.decode(raw, type=kind)
+    except (zstandard.ZstdError, msgspec.DecodeError) as exc:
+        raise CorruptObject(f"{what} does not decode ({exc})") from None
+
+
+def save_manifest(repo: Repository, manifest: Manifest) -> None:
+    repo.storage.put(_key(manifest.run, "manifest"), _seal(repo, manifest))
+
+
+def load_manifest(repo: Repository, run: str) -> Manifest:
+    try:
+        data = repo.storage.get(_key(run, "manifest"))
+    except ObjectNotFound:
+        raise ObjectNotFound(
+            f"no sharded run {run!r} in this repository",
+            where=repo.storage.url,
+            hint="`bcdr shard plan` prints the id of the run it made",
+        ) from None
+    found = _open(repo, data, f"the manifest of run {run}", Manifest)
+    assert isinstance(found, Manifest)
+    return found
+
+
+def save_receipt(repo: Repository, receipt: Receipt) -> bool:
+    """Store a shard's receipt; False when one is stored already (the shard ran before)."""
+    return repo.storage.put(_key(receipt.run, f"receipt-{receipt.index}"), _seal(repo, receipt))
+
+
+def load_receipts(repo: Repository, manifest: Manifest) -> dict[int, Receipt]:
+    """The receipts stored for the run, by shard index."""
+    out: dict[int, Receipt] = {}
+    for info in repo.storage.list(_key(manifest.run, "receipt-")):
+        index = info.key.rsplit("-", 1)[-1]
+        if not index.isdigit() or int(index) >= manifest.count:
+            continue
+        found = _open(repo, repo.storage.get(info.key), f"receipt {info.key}", Receipt)
+        assert isinstance(found, Receipt)
+        out[int(index)] = found
+    return out
+
+
+# -- what the commit takes from the receipts --------------------------------------------------
+
+
+class PreparedFiles:
+    """``Archiver(prepared=...)`` from a run's receipts: a file's chunks and fingerprint when
+    its parts cover it whole and each was read from the version the commit sees."""
+
+    def __init__(self, receipts: list[Receipt], region: int):
+        self.region = region
+        self._parts: dict[bytes, list[PartReceipt]] = {}
+        self._by_inode: dict[tuple[int, int, int, int], bytes] = {}
+        for receipt in receipts:
+            for part in receipt.parts:
+                self._parts.setdefault(part.path, []).append(part)
+                self._by_inode[part.meta] = part.path
+        self.used = 0
+
+    def __call__(self, path: bytes, st: os.stat_result) -> tuple[list[bytes], str] | None:
+        meta = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        parts = self._parts.get(path)
+        if parts is None and st.st_nlink > 1:  # a hardlink a shard read by another name
+            parts = self._parts.get(self._by_inode.get(meta, b""))
+        if not parts:
+            return None
+        parts = sorted(parts, key=lambda p: p.start)
+        pos = 0
+        for p in parts:
+            if p.start != pos or p.meta != meta:
+                return None  # not all of it, or another version of it: read again
+            pos = p.end
+        if pos != st.st_size:
+            return None
+        content = [c for p in parts for c in p.content]
+        if len(parts) == 1 and parts[0].digest is not None:
+            digest = parts[0].digest
+        else:  # a file of several regions, in one part or several
+            regions = [r for p in parts for r in p.regions]
+            if len(regions) < 2 or not self.region:
+                return None
+            digest = region_digest(self.region, regions)
+        self.used += 1
+        return content, digest
+
+
+# -- the parent snapshot, by path ---------------------------------------------------------------
+
+
+class ParentLookup:
+    """Nodes of a snapshot found by their absolute path (folders read as needed, kept)."""
+
+    def __init__(self, repo: Repository, tree: bytes | None):
+        self.repo = repo
+        self._dirs: dict[bytes, dict[bytes, Node]] = {}
+        self._root = tree
+
+    def _children(self, folder: bytes) -> dict[bytes, Node]:
+        found = self._dirs.get(folder)
+        if found is not None:
+            return found
+        if folder == b"/":
+            tree = self._root
+        else:
+            up, name = os.path.split(folder.rstrip(b"/"))
+            node = self._children(up or b"/").get(name)
+            tree = node.subtree if node is not None and node.type == DIR else None
+        nodes: dict[bytes, Node] = {}
+        if tree is not None:
+            try:
+                nodes = {n.name: n for n in decode_tree(self.repo.load_blob(tree), "tree")}
+            except CorruptObject:
+                nodes = {}  # read in full then, as a backup does
+        self._dirs[folder] = nodes
+        return nodes
+
+    def node(self, path: bytes) -> Node | None:
+        folder, name = os.path.split(path)
+        return self._children(folder or b"/").get(name)

@@ -1,0 +1,268 @@
+"""Sharded backups (``bcdr backup --shards N``, ``bcdr shard plan|run|commit``): one snapshot
+read by several processes, with the tree an unsharded backup makes for any N; a shard missing
+or killed is run again on its own; files changed after their shard read them are read by the
+commit; nothing is committed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bcdr.actions.backup import BackupRequest, run_backup
+from bcdr.actions.common import open_repo
+from bcdr.actions.shard import commit_run, plan_run, run_shard
+from bcdr.repository.repo import Repository
+from bcdr.repository.tree import decode_tree
+from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
+
+REGION = 64 * 1024
+CHUNKS = "4096,4096,32768"
+
+
+def _init(repo: Path) -> None:
+    r = run_process("init", "--repo", repo, "--chunk-size", CHUNKS, "--region-size", REGION)
+    assert r.code == 0, r.err
+
+
+def _source(base: Path, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    files = {f"data/shard-{i:02d}.jsonl": rng.randbytes(rng.randint(0, 40_000)) for i in range(25)}
+    files["ckpt/model.bin"] = rng.randbytes(5 * REGION + 999)  # cut in regions across shards
+    files["ckpt/opt.bin"] = rng.randbytes(2 * REGION)
+    files["empty"] = b""
+    src = write_tree(base / "src", files)
+    os.symlink("model.bin", src / "ckpt" / "latest")
+    os.link(src / "data" / "shard-01.jsonl", src / "hardlink.jsonl")
+    return src
+
+
+def _trees(repo: Path, src: Path | None = None) -> dict[str, str]:
+    """Job -> the tree of ``src`` in its newest snapshot (the folders above it hold the
+    metadata of /tmp and the like, which other processes change meanwhile)."""
+    r = run_process("snapshots", "--repo", repo, "--json")
+    assert r.code == 0, r.err
+    if src is None:
+        return {s["job"]: s["tree"] for s in r.json()}
+    opened = open_repo(str(repo))
+    try:
+        opened.load_index()
+        return {s["job"]: _subtree(opened, s["tree"], src) for s in r.json()}
+    finally:
+        opened.close()
+
+
+def _subtree(repo: Repository, tree: str, path: Path) -> str:
+    node_tree = bytes.fromhex(tree)
+    for name in path.parts[1:]:
+        nodes = {n.name: n for n in decode_tree(repo.load_blob(node_tree), "tree")}
+        subtree = nodes[os.fsencode(name)].subtree
+        assert subtree is not None
+        node_tree = subtree
+    return node_tree.hex()
+
+
+def test_any_number_of_shards_gives_the_unsharded_tree(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    assert run_process("backup", "--repo", repo, "--job", "whole", src).code == 0
+    for n in (1, 2, 3, 5):
+        r = run_process("backup", "--repo", repo, "--job", f"s{n}", "--shards", n, src, "--json")
+        assert r.code == 0, r.err
+        doc = r.json()
+        # every file read once, by the shards (a hardlinked one once for both names)
+        files = {
+            f.stat().st_ino: f.stat().st_size
+            for f in src.rglob("*")
+            if not f.is_symlink() and f.is_file()
+        }
+        assert len(doc["shards"]) == n and doc["files_from_shards"] == len(files)
+        assert doc["stats"]["bytes_read"] == sum(files.values())
+        assert sum(s["bytes_read"] for s in doc["shards"]) == sum(files.values())
+    trees = _trees(repo, src)
+    assert {trees[f"s{n}"] for n in (1, 2, 3, 5)} == {trees["whole"]}
+    out = tmp_path / "out"
+    r = run_process("restore", "--repo", repo, "latest", "--job", "s5", "--target", out)
+    assert r.code == 0, r.err
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+    r = run_process("check", "--repo", repo, "--read-data")
+    assert r.code == 0, r.out + r.err
+
+
+@st.composite
+def _files(draw: st.DrawFn) -> dict[str, int]:
+    names = draw(
+        st.lists(
+            st.text("abcdef", min_size=1, max_size=4).map(lambda s: s + ".bin"),
+            min_size=1,
+            max_size=12,
+            unique=True,
+        )
+    )
+    folders = draw(
+        st.lists(
+            st.sampled_from(["", "x/", "x/y/", "z/"]), min_size=len(names), max_size=len(names)
+        )
+    )
+    sizes = draw(
+        st.lists(
+            st.one_of(st.integers(0, 5000), st.integers(REGION - 10, 3 * REGION + 10)),
+            min_size=len(names),
+            max_size=len(names),
+        )
+    )
+    return {f + n: s for f, n, s in zip(folders, names, sizes, strict=True)}
+
+
+@given(files=_files(), shards=st.integers(1, 5), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_generated_trees_shard_to_the_same_tree(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, int], shards: int, seed: int
+) -> None:
+    base = tmp_path_factory.mktemp("gen")
+    rng = random.Random(seed)
+    src = write_tree(base / "src", {name: rng.randbytes(size) for name, size in files.items()})
+    repo = base / "repo"
+    _init(repo)
+    r = open_repo(str(repo))
+    try:
+        whole = run_backup(r, BackupRequest(paths=(str(src),), job="whole")).snapshot
+        manifest = plan_run(r, (str(src),), shards, job="sharded")
+        for i in range(manifest.count):
+            run_shard(r, manifest.run, i)
+        result = commit_run(r, manifest.run)
+        sharded_tree = _subtree(r, result.snapshot.tree, src)
+        assert sharded_tree == _subtree(r, whole.tree, src)
+    finally:
+        r.close()
+    assert result.from_shards == sum(1 for s in files.values())
+
+
+def test_commit_refuses_a_missing_receipt_then_commits_once(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = run_process("shard", "plan", "--repo", repo, "--job", "j", "--shards", 3, src, "--json")
+    assert r.code == 0, r.err
+    run = r.json()["run"]
+    for i in (0, 2):
+        r = run_process("shard", "run", "--repo", repo, "--run", run, "--index", i)
+        assert r.code == 0, r.err
+    r = run_process("shard", "commit", "--repo", repo, "--run", run)
+    assert r.code == 1
+    assert "shard(s) 1)" in r.err and f"--run {run} --index N" in r.err
+    assert _trees(repo) == {}
+    assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", 1).code == 0
+    # a shard run twice stores nothing new and changes nothing
+    assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", 1).code == 0
+    r = run_process("shard", "commit", "--repo", repo, "--run", run, "--json")
+    assert r.code == 0, r.err
+    snap = r.json()["snapshot"]
+    r = run_process("shard", "commit", "--repo", repo, "--run", run, "--json")
+    assert r.code == 0 and r.json() == {"snapshot": snap, "already_committed": True}
+    assert len(_trees(repo)) == 1
+    # usage mistakes are told, not tracebacks
+    for args in (
+        ["shard", "run", "--repo", repo, "--run", run, "--index", 3],
+        ["shard", "run", "--repo", repo, "--run", run],
+        ["shard", "commit", "--repo", repo, "--run", "nosuchrun"],
+        ["shard", "plan", "--repo", repo, src],
+        ["backup", "--repo", repo, "--shards", 0, src],
+    ):
+        r = run_process(*args)
+        assert r.code in (1, 2) and "Traceback" not in r.err and "error" in r.err, args
+
+
+def test_a_file_changed_after_its_shard_read_it_is_read_by_the_commit(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = open_repo(str(repo))
+    try:
+        manifest = plan_run(r, (str(src),), 2, job="j")
+        for i in range(2):
+            run_shard(r, manifest.run, i)
+        (src / "ckpt" / "opt.bin").write_bytes(b"rewritten after its shard read it")
+        result = commit_run(r, manifest.run)
+    finally:
+        r.close()
+    out = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, result.snapshot.id, "--target", out).code == 0
+    assert (restored_root(out, src) / "ckpt" / "opt.bin").read_bytes().startswith(b"rewritten")
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def test_incremental_shards_read_only_what_changed(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    assert run_process("backup", "--repo", repo, "--job", "j", "--shards", 3, src).code == 0
+    with open(src / "ckpt" / "model.bin", "r+b") as f:
+        f.seek(3 * REGION + 10)
+        f.write(b"changed")
+    r = run_process("backup", "--repo", repo, "--job", "j", "--shards", 3, src, "--json")
+    assert r.code == 0, r.err
+    doc = r.json()
+    size = (src / "ckpt" / "model.bin").stat().st_size
+    hardlinked = (src / "hardlink.jsonl").stat().st_size  # read every time, as unsharded
+    assert doc["stats"]["bytes_read"] == size + hardlinked
+    assert doc["parent"]
+    out = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def test_a_killed_shard_is_run_again_on_its_own(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    src = write_tree(tmp_path / "src", {f"f{i}.bin": rng.randbytes(3_000_000) for i in range(6)})
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = run_process("shard", "plan", "--repo", repo, "--shards", 2, src, "--json")
+    run = r.json()["run"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bcdr",
+            "shard",
+            "run",
+            "--repo",
+            str(repo),
+            "--run",
+            run,
+            "--index",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not any((repo / "data").rglob("*")) if (repo / "data").exists() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the shard ended first"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_process("shard", "commit", "--repo", repo, "--run", run).code == 1
+    for i in (0, 1):
+        r = run_process("shard", "run", "--repo", repo, "--run", run, "--index", i)
+        assert r.code == 0, r.err
+    r = run_process("shard", "commit", "--repo", repo, "--run", run, "--json")
+    assert r.code == 0, r.err
+    out = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+    r = run_process("check", "--repo", repo, "--read-data")
+    assert r.code == 0, r.out + r.err
+    assert json.loads(run_process("snapshots", "--repo", repo, "--json").out)[0]["shard_run"] == run
