@@ -125,6 +125,21 @@ def pack_list(packs: list[str]) -> str:
     return f" (pack(s) {', '.join(p[:12] for p in packs[:3])}{more})"
 
 
+def load_for_writing(repo: Repository, what: str = "run") -> list[str]:
+    """(holding a ``backup`` lock) Load the index, packs listed: what a run that writes
+    builds on. Packs an interrupted run uploaded before its index are indexed from their
+    headers and reused. Returns notes on what was found (lost packs, adopted ones)."""
+    repo.load_index(verify_packs=True)
+    notes = lost_pack_notes(sorted(repo.missing_packs))
+    adopted, adopted_bytes = repo.adopt_unindexed_packs()
+    if adopted:
+        notes.append(
+            f"{adopted} pack(s) ({human_bytes(adopted_bytes)}) an interrupted {what} uploaded "
+            "were indexed from their headers and are reused"
+        )
+    return notes
+
+
 def lost_pack_notes(packs: list[str]) -> list[str]:
     if not packs:
         return []
@@ -212,14 +227,7 @@ def _run_backup(
 ) -> BackupResult:
     paths = [os.fsdecode(p) for p in sources]
     with repo.lock(BACKUP) as lock:
-        repo.load_index(verify_packs=True)
-        notes = lost_pack_notes(sorted(repo.missing_packs))
-        adopted, adopted_bytes = repo.adopt_unindexed_packs()
-        if adopted:
-            notes.append(
-                f"{adopted} pack(s) ({human_bytes(adopted_bytes)}) an interrupted backup "
-                "uploaded were indexed from their headers and are reused"
-            )
+        notes = load_for_writing(repo, "backup")
         began.append(repo.writer)
         parent = _parent(repo, request, paths)
         bytes_read = 0

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bcdr.actions.backup import GUARD_PASSES, lost_pack_notes, pack_list
+from bcdr.actions.backup import GUARD_PASSES, load_for_writing, pack_list
 from bcdr.actions.common import open_repo, record_failure, transfer
 from bcdr.archive.copy import Copier, CopyMap, CopyStats, ProgressFn, same_chunker_note
 from bcdr.clock import Clock, parse_aware
@@ -39,7 +39,6 @@ from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
 from bcdr.storage.url import StorageSpec
 from bcdr.storage.wrap import Transfer
-from bcdr.units import human_bytes
 
 #: The source repository's password, for ``bcdr copy`` (the destination's is BCDR_PASSWORD).
 FROM_PASSWORD_ENV = "BCDR_FROM_PASSWORD"
@@ -167,14 +166,7 @@ def _run_copy(
         wanted = select(src, request)
         if not src.index_loaded:
             src.load_index()
-        dst.load_index(verify_packs=True)
-        notes = lost_pack_notes(sorted(dst.missing_packs))
-        adopted, adopted_bytes = dst.adopt_unindexed_packs()
-        if adopted:
-            notes.append(
-                f"{adopted} pack(s) ({human_bytes(adopted_bytes)}) an interrupted run uploaded "
-                "were indexed from their headers and are reused"
-            )
+        notes = load_for_writing(dst)
         began.append(True)
         present: dict[str, str] = {}
         for snap in dst.list_snapshots():

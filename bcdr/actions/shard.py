@@ -19,6 +19,7 @@ from bcdr.actions.backup import (
     BackupRequest,
     BackupResult,
     find_parent,
+    load_for_writing,
     resolve_sources,
     run_backup,
 )
@@ -93,8 +94,7 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
         )
     started = time.monotonic()
     with repo.lock(BACKUP) as lock:
-        repo.load_index(verify_packs=True)
-        repo.adopt_unindexed_packs()
+        load_for_writing(repo)
         parent = _parent_lookup(repo, manifest)
         archiver = Archiver(repo)
         reads: list[PartRead] = []
