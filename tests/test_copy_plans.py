@@ -105,6 +105,7 @@ def test_copy_to_copies_each_backup_keeps_its_own_retention_and_drills_from_it(
     [copies] = [c for c in job["controls"] if c["id"] == "copies"]
     assert _measured(copies) == "PASS", copies
     assert copies["details"]["recovery_points"] == 3 and copies["details"]["missing"] == 0
+    assert [d["repository"] for d in job["drills"]] == ["offsite"]
 
 
 def test_a_copy_that_failed_is_caught_up_by_the_next_run_and_reported(tmp_path: Path) -> None:

@@ -963,6 +963,7 @@ def _job(
             {
                 "time": d.time.isoformat(),
                 "drill": d.job,
+                "repository": d.facts.repository,  # restored from (a copy's: region loss)
                 "verdict": d.facts.verdict,
                 "rto_s": d.facts.rto_s,
                 "rpo_s": d.facts.rpo_s,
