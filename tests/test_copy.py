@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import SMALL_CHUNKS, Cli, run_process, snapshot_tree, write_tree
 from tests.pause_helper import resume, start_paused
+from tests.test_regions import _safetensors
 
 SRC_PW = {"BCDR_PASSWORD": "source-pw"}
 BOTH = {"BCDR_FROM_PASSWORD": "source-pw", "BCDR_PASSWORD": ""}
@@ -192,6 +193,34 @@ def test_other_chunker_cuts_files_again_and_dedups_after(tmp_path: Path) -> None
     r = run_process("backup", "--repo", dst, "--job", "ckpt", tree, "--json")
     assert r.code == 0, r.err
     assert r.json()["stats"]["bytes_added"] < 20_000
+
+
+def test_files_are_cut_again_as_a_backup_into_the_destination_cuts_them(
+    tmp_path: Path,
+) -> None:
+    """Tensors of a safetensors file and region boundaries included: a backup of the same
+    tree into the destination afterwards finds every chunk there."""
+    rng = random.Random(4)
+    tree = write_tree(tmp_path / "tree", {"plain.bin": rng.randbytes(300_000)})
+    _safetensors(tree / "model.safetensors", 4, 60_000)  # 120 kB tensors, across regions
+    src = tmp_path / "src"
+    assert run_process("init", "--repo", src, "--chunk-size", SMALL_CHUNKS, env=SRC_PW).code == 0
+    r = run_process("backup", "--repo", src, "--job", "j", tree, env=SRC_PW)
+    assert r.code == 0, r.err
+    dst = tmp_path / "dst"
+    r = run_process(
+        "init", "--repo", dst, "--chunk-size", "8192,8192,65536", "--region-size", 65536
+    )
+    assert r.code == 0, r.err
+    r = _copy(src, dst, "all")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["rechunked_files"] == 2
+    want = _restored(src, "latest", tmp_path / "a", SRC_PW)
+    assert _restored(dst, "latest", tmp_path / "b", {}) == want
+    r = run_process("backup", "--repo", dst, "--job", "j", tree, "--force-read", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["bytes_added"] < 20_000  # trees only: every chunk was there
+    _check_clean(dst, {})
 
 
 def test_copy_chunker_params_copies_chunks_as_they_are(tmp_path: Path) -> None:

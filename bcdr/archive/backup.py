@@ -20,7 +20,7 @@ from typing import BinaryIO, TypedDict
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
-from bcdr.archive.safetensors import Segment, segments, split_at_regions
+from bcdr.archive.safetensors import SAFETENSORS, Segment, file_segments
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
@@ -31,7 +31,6 @@ from bcdr.repository.snapshot import SkippedPath
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
 Layout = dict[bytes, "Layout | None"]
-SAFETENSORS = b".safetensors"
 #: Small files are read in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
@@ -523,15 +522,14 @@ class Archiver:
     def _segments(self, path: bytes, f: BinaryIO, size: int) -> Iterator[tuple[Segment, Readable]]:
         """The byte ranges to chunk separately: tensors of a safetensors file, else one; each
         cut again at the repository's region boundaries (bcdr/repository/chunker.py)."""
-        segs = None
-        if path.endswith(SAFETENSORS):
-            segs = segments(f.fileno(), size, self.repo.chunker.params.min_size)
-        region = self.repo.chunker.params.region
-        if segs is None and (not region or size <= region):
-            yield Segment(0, size, 0), f
+        fd = f.fileno()
+        params = self.repo.chunker.params
+        segs = file_segments(path, partial(_pread, fd), size, params.min_size, params.region)
+        if len(segs) == 1:  # the whole file, read as it comes
+            yield segs[0], f
             return
-        for seg in split_at_regions(segs or [Segment(0, size, 0)], region):
-            yield seg, RangeReader(f.fileno(), seg.start, seg.end)
+        for seg in segs:
+            yield seg, RangeReader(fd, seg.start, seg.end)
 
     def _skip(self, path: bytes, reason: str) -> None:
         self.stats.skipped += 1
@@ -592,6 +590,10 @@ class RangeReader:
         got = os.preadv(self._fd, [view], self._pos) if len(view) else 0
         self._pos += got
         return got
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    return os.pread(fd, length, offset)
 
 
 def _read_to_end(fd: int, size: int) -> bytes:

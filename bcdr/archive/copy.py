@@ -23,14 +23,18 @@ then keys the file's whole chunk list.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from bcdr.archive.safetensors import ReadAt, file_segments
 from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
+from bcdr.repository.compression import Layout
 from bcdr.repository.hashing import object_name
 from bcdr.repository.index import BlobLocation
 from bcdr.repository.pack import DATA, TREE
@@ -136,6 +140,7 @@ class _Decoded:
     raw_len: int
     sealed: bytes | None
     plain: bytes | memoryview | None = None
+    layout: Layout | None = None  # a float tensor's, to compress it byte-grouped
 
 
 @dataclass
@@ -243,7 +248,7 @@ class Copier:
         codec = item.codec
         if sealed is None:
             assert item.plain is not None
-            codec, sealed = self.dst.encode_blob(item.dst_id, item.plain)
+            codec, sealed = self.dst.encode_blob(item.dst_id, item.plain, item.layout)
         self.dst.writer.add(item.dst_id, DATA, codec, item.raw_len, sealed)
         self.stats.blobs_copied += 1
         self.stats.bytes_copied += item.raw_len
@@ -319,13 +324,22 @@ class Copier:
             self.stats.bytes_skipped += node.size
             return mapped
         self._path = path
+        params = self.dst.chunker.params
+        segs = file_segments(
+            node.name, self._reader_of(node), node.size, params.min_size, params.region
+        )
         stream = _Stream(item.plain for item in self._decoded(node.content, plain=True))
         ids: list[bytes] = []
-        for chunk in self.dst.chunker.chunks(stream, node.size):
-            data = bytes(chunk)
-            dst_id = self.dst.content_id(data)
-            self._store(_Decoded(b"", dst_id, 0, len(data), None, data))
-            ids.append(dst_id)
+        for seg in segs:  # cut as a backup into the destination would cut the file
+            part = _Bounded(stream, seg.end - seg.start)
+            pos = seg.start
+            for chunk in self.dst.chunker.chunks(part, seg.end - seg.start):
+                data = bytes(chunk)
+                layout = (seg.elsize, (seg.start - pos) % seg.elsize) if seg.elsize else None
+                pos += len(data)
+                dst_id = self.dst.content_id(data)
+                self._store(_Decoded(b"", dst_id, 0, len(data), None, data, layout))
+                ids.append(dst_id)
         if stream.total != node.size:
             raise CorruptObject(
                 f"{path}: its chunks add up to {stream.total} bytes, the file has {node.size}",
@@ -334,6 +348,36 @@ class Copier:
         self.stats.rechunked_files += 1
         self.map.put(key, ids)
         return ids
+
+    def _reader_of(self, node: Node) -> ReadAt:
+        """``read_at`` over a source file's bytes, decoding the chunks that hold them (for a
+        safetensors header: the first chunk or two)."""
+        locs = self.src.index.lookup_many(node.content)
+        starts = list(itertools.accumulate((loc.raw_len if loc else 0 for loc in locs), initial=0))
+
+        def read_at(length: int, offset: int) -> bytes:
+            out = b""
+            i = max(0, bisect.bisect_right(starts, offset) - 1)
+            while len(out) < length and i < len(node.content):
+                data = self.src.read_blob(node.content[i], locs[i])
+                lo = max(0, offset + len(out) - starts[i])
+                out += bytes(data[lo : lo + length - len(out)])
+                i += 1
+            return out
+
+        return read_at
+
+
+class _Bounded:
+    """The next ``size`` bytes of a stream, as a stream."""
+
+    def __init__(self, stream: _Stream, size: int):
+        self._stream, self._left = stream, size
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._stream.read(self._left if n < 0 else min(n, self._left))
+        self._left -= len(data)
+        return data
 
 
 class _Stream:

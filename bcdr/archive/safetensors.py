@@ -17,11 +17,12 @@ does not parse, or whose offsets do not tile the data exactly, is chunked as pla
 from __future__ import annotations
 
 import json
-import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 FLOAT_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+SAFETENSORS = b".safetensors"
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -32,15 +33,19 @@ class Segment:
     elsize: int  # 0: not a float tensor, no byte grouping
 
 
-def read_header(fd: int, file_size: int) -> tuple[int, dict[str, object]] | None:
+#: ``read_at(length, offset)``: bytes of a file (fewer at its end).
+ReadAt = Callable[[int, int], bytes]
+
+
+def read_header(read_at: ReadAt, file_size: int) -> tuple[int, dict[str, object]] | None:
     """(data start, header dict) or None if this is not a well-formed safetensors file."""
-    head = os.pread(fd, 8, 0)
+    head = read_at(8, 0)
     if len(head) != 8:
         return None
     (n,) = struct.unpack("<Q", head)
     if n < 2 or n > MAX_HEADER or 8 + n > file_size:
         return None
-    raw = os.pread(fd, n, 8)
+    raw = read_at(n, 8)
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -48,8 +53,19 @@ def read_header(fd: int, file_size: int) -> tuple[int, dict[str, object]] | None
     return (8 + n, header) if isinstance(header, dict) else None
 
 
-def segments(fd: int, file_size: int, min_segment: int) -> list[Segment] | None:
-    parsed = read_header(fd, file_size)
+def file_segments(
+    name: bytes, read_at: ReadAt, size: int, min_segment: int, region: int
+) -> list[Segment]:
+    """How a backup cuts a file of ``size`` bytes before chunking: the tensors of a
+    safetensors file (by its name and header), else the whole file, then at every multiple
+    of ``region``. Each segment is chunked on its own. The one place this is decided: a
+    backup reading a file and a copy cutting one again must agree."""
+    segs = segments(read_at, size, min_segment) if name.endswith(SAFETENSORS) else None
+    return split_at_regions(segs or [Segment(0, size, 0)], region)
+
+
+def segments(read_at: ReadAt, file_size: int, min_segment: int) -> list[Segment] | None:
+    parsed = read_header(read_at, file_size)
     if parsed is None:
         return None
     data_start, header = parsed
