@@ -279,3 +279,23 @@ def test_copies_control_judges_each_point_against_the_rpo() -> None:
     assert status({"b" * 64: (now, "c2")}, None)["status"] == "FAIL"
     assert status({"a" * 64: (now, "c1")}, None)["status"] == "PASS"
     assert copies_control("j", rpo, [], {"off": {}}, now)["status"] == "NO EVIDENCE"
+
+
+def test_catching_up_is_per_job(tmp_path: Path) -> None:
+    """A job's snapshots older than another job's newest in the destination are still
+    copied when the destination holds none of theirs."""
+    tree = write_tree(tmp_path / "tree", {"w.bin": random.Random(2).randbytes(50_000)})
+    plan = tmp_path / "plan.yaml"
+    main = tmp_path / "main"
+    assert run_process("init", "--repo", main).code == 0
+    for job in ("a", "b"):  # a's snapshot is the older
+        (tree / "n.txt").write_text(job)
+        assert run_process("backup", "--repo", main, "--job", job, tree).code == 0
+    plan.write_text(COPY_JOB_PLAN.replace("jobs: [train]", "jobs: [b]"))
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert run_process("run", plan, *state).code == 0
+    assert [s["job"] for s in _snapshots(tmp_path / "offsite", {})] == ["b"]
+    plan.write_text(COPY_JOB_PLAN.replace("    jobs: [train]\n", ""))  # every job now
+    r = run_process("run", plan, *state)
+    assert r.code == 0, r.out + r.err
+    assert sorted(s["job"] for s in _snapshots(tmp_path / "offsite", {})) == ["a", "b"]

@@ -14,6 +14,7 @@ import getpass
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bcdr.actions.backup import GUARD_PASSES, load_for_writing, pack_list
@@ -168,18 +169,19 @@ def _run_copy(
             src.load_index()
         notes = load_for_writing(dst)
         began.append(True)
-        present: dict[str, str] = {}
-        for snap in dst.list_snapshots():
+        held = dst.list_snapshots()
+        present: dict[str, str] = {}  # recovery point (or id) -> a snapshot holding it here
+        for snap in held:
             present.setdefault(snap.recovery_point, snap.id)
             present.setdefault(snap.id, snap.id)
         if request.catch_up:
-            wanted = _newer_than_present(dst, wanted, request.job)
+            wanted = _newer_than_held(wanted, held)
         cmap = CopyMap(dst, src.config.id)
         cmap.load()
         total = CopyStats()
         done: list[CopiedSnapshot] = []
         for snap in wanted:
-            existing = present.get(snap.recovery_point) or present.get(snap.id)
+            existing = present.get(snap.recovery_point)
             if existing is not None:
                 done.append(CopiedSnapshot(snap, None, existing))
                 continue
@@ -277,13 +279,14 @@ def _copy_one(
     return copy, copier.stats
 
 
-def _newer_than_present(dst: Repository, wanted: list[Snapshot], job: str | None) -> list[Snapshot]:
-    """The snapshots of ``wanted`` newer than the newest of ``job`` in ``dst``."""
-    held = [s.datetime for s in dst.list_snapshots(job)]
-    if not held:
-        return wanted
-    newest = max(held)
-    return [s for s in wanted if s.datetime > newest]
+def _newer_than_held(wanted: list[Snapshot], held: list[Snapshot]) -> list[Snapshot]:
+    """The snapshots of ``wanted`` newer than the newest snapshot of their own job in
+    ``held`` (all of a job the destination holds none of)."""
+    newest: dict[str | None, datetime] = {}
+    for s in held:
+        if s.job not in newest or s.datetime > newest[s.job]:
+            newest[s.job] = s.datetime
+    return [s for s in wanted if s.job not in newest or s.datetime > newest[s.job]]
 
 
 def _source_parent_point(src: Repository, snap: Snapshot) -> str:
