@@ -221,6 +221,8 @@ def test_a_copies_job_copies_what_others_backed_up(tmp_path: Path) -> None:
     assert r.code == 0, r.out + r.err
     [job] = r.json()["jobs"] if "jobs" in r.json() else r.json()
     assert job["kind"] == "copy" and job["status"] == "ok", job
+    assert job["message"] == "copied 2 snapshot(s) to 'offsite'"
+    assert job["copies"]["offsite:train"]["copied"] == 2
     offsite = _snapshots(tmp_path / "offsite", {})
     trains = [s["id"] for s in _snapshots(main, {}) if s["job"] == "train"]
     # only job train (both copied), and of it what the offsite's retention keeps

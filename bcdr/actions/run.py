@@ -69,7 +69,8 @@ class JobResult:
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
     drill: DrillReport | None = None
     evidence: str | None = None  # the evidence record the run wrote
-    copies: dict[str, CopyResult] = field(default_factory=dict)  # destination -> its copy
+    # destination (and source job, for a copies job naming several) -> its copy
+    copies: dict[str, CopyResult] = field(default_factory=dict)
     copy_points: dict[str, str] = field(default_factory=dict)  # destination -> newest there
 
     @property
@@ -407,7 +408,7 @@ def _copies(
     errors: list[BcdrError] = []
     for target in job.copy_targets():
         try:
-            _copy_into(
+            result.copies[target.repository] = _copy_into(
                 result, plan, repo, target, clock, context, job=name, retention=job.retention
             )
         except BcdrError as exc:
@@ -446,7 +447,6 @@ def _copy_into(
             catch_up=True,
         )
         copied = run_copy(src, dst, request)
-        result.copies[target.repository] = copied
         result.notes.append(
             f"copied to {target.repository!r}: {len(copied.copied)} snapshot(s), "
             f"{human_bytes(copied.stats.bytes_copied)} new"
@@ -486,6 +486,7 @@ def _copy_job(
     except BcdrError as exc:
         return _failed(result, exc)
     errors: list[BcdrError] = []
+    total = 0
     try:
         for target in targets:
             for source_job in job.jobs or (None,):
@@ -497,6 +498,11 @@ def _copy_job(
                     exc.message = f"the copy to {target.repository!r} failed: {exc.message}"
                     errors.append(exc)
                     continue
+                key = (
+                    target.repository if source_job is None else f"{target.repository}:{source_job}"
+                )
+                result.copies[key] = copied
+                total += len(copied.copied)
                 result.evidence = result.evidence or copied.evidence
                 times = [s.source.time for s in copied.snapshots]
                 if times:
@@ -508,7 +514,6 @@ def _copy_job(
         src.close()
     if errors:
         return _failed(result, errors[0])
-    total = sum(len(c.copied) for c in result.copies.values())
     result.message = f"copied {total} snapshot(s) to {where}"
     return result
 
@@ -550,7 +555,7 @@ def _backup(
             result.backup, result.evidence = backup, backup.evidence
             retention_error = _retention(result, plan, name, job, repo, context)
             copy_error = _copies(result, plan, name, job, repo, clock, context)
-            retention_error = retention_error or copy_error
+            after_error = retention_error or copy_error  # the snapshot is saved either way
         finally:
             repo.close()
     except Interrupted:
@@ -562,8 +567,8 @@ def _backup(
     result.message = f"snapshot {backup.snapshot.short_id} saved"
     if backup.evidence_error:
         result.notes.append(f"not recorded as evidence: {backup.evidence_error}")
-    if retention_error is not None:
-        _failed(result, retention_error)
+    if after_error is not None:
+        _failed(result, after_error)
         result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"
     return result
 
