@@ -165,8 +165,10 @@ def test_commit_refuses_a_missing_receipt_then_commits_once(tmp_path: Path) -> N
     assert "shard(s) 1)" in r.err and f"--run {run} --index N" in r.err
     assert _trees(repo) == {}
     assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", 1).code == 0
-    # a shard run twice stores nothing new and changes nothing
-    assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", 1).code == 0
+    # a shard that has its receipt does nothing again
+    r = run_process("shard", "run", "--repo", repo, "--run", run, "--index", 1, "--json")
+    assert r.code == 0 and r.json()["bytes_read"] > 0  # the first run's receipt
+    assert len(list((repo / "shards" / run).iterdir())) == 4  # manifest and three receipts
     r = run_process("shard", "commit", "--repo", repo, "--run", run, "--json")
     assert r.code == 0, r.err
     snap = r.json()["snapshot"]
@@ -266,3 +268,24 @@ def test_a_killed_shard_is_run_again_on_its_own(tmp_path: Path) -> None:
     r = run_process("check", "--repo", repo, "--read-data")
     assert r.code == 0, r.out + r.err
     assert json.loads(run_process("snapshots", "--repo", repo, "--json").out)[0]["shard_run"] == run
+
+
+def test_a_replaced_manifest_is_refused_before_a_file_is_read(tmp_path: Path) -> None:
+    """The run id binds the manifest's bytes: whoever can write to the repository cannot
+    swap in a manifest naming other files for the shards' nodes to read."""
+    src = _source(tmp_path)
+    secret = write_tree(tmp_path / "secret", {"key.pem": b"not for the repository"})
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = run_process("shard", "plan", "--repo", repo, "--shards", 1, src, "--json")
+    run = r.json()["run"]
+    r = run_process("shard", "plan", "--repo", repo, "--shards", 1, secret, "--json")
+    other = r.json()["run"]
+    planned = repo / "shards" / run / "manifest"
+    planned.unlink()
+    planned.write_bytes((repo / "shards" / other / "manifest").read_bytes())
+    r = run_process("shard", "run", "--repo", repo, "--run", run, "--index", 0)
+    assert r.code == 1 and "not the one planned" in r.err
+    assert not list((repo / "shards" / run).glob("receipt-*"))
+    r = run_process("ls", "--repo", repo, "latest")
+    assert "key.pem" not in r.out

@@ -33,8 +33,9 @@ from bcdr.archive.shards import (
     Receipt,
     cut,
     load_manifest,
+    load_receipt,
     load_receipts,
-    new_run_id,
+    new_run_nonce,
     save_manifest,
     save_receipt,
     walk_files,
@@ -68,7 +69,7 @@ def plan_run(
         files = [(p, st.st_size) for p, st in walk_files(sources, PathMatcher(excludes), skip)]
         region = repo.config.chunker.region
         manifest = Manifest(
-            run=new_run_id(),
+            run=new_run_nonce(),
             created=repo.clock.now().isoformat(),
             paths=names,
             excludes=list(excludes),
@@ -79,19 +80,21 @@ def plan_run(
             files=len(files),
             bytes=sum(size for _, size in files),
         )
-        save_manifest(repo, manifest)
-    return manifest
+        return save_manifest(repo, manifest)
 
 
 def run_shard(repo: Repository, run: str, index: int) -> Receipt:
     """Read and store shard ``index`` of ``run``; its receipt (stored in the repository). A
-    shard run again after it succeeded stores nothing new and returns the first receipt's
-    figures as this run's."""
+    shard that has its receipt already does nothing and returns it (an array run again
+    whole re-runs only the shards that failed)."""
     manifest = load_manifest(repo, run)
     if not 0 <= index < manifest.count:
         raise UsageError(
             f"run {run} has shards 0 to {manifest.count - 1}; there is no shard {index}"
         )
+    done = load_receipt(repo, manifest, index)
+    if done is not None:
+        return done
     started = time.monotonic()
     with repo.lock(BACKUP) as lock:
         load_for_writing(repo)

@@ -32,7 +32,7 @@ import zstandard
 
 from bcdr.archive.patterns import PathMatcher
 from bcdr.errors import CorruptObject, ObjectNotFound
-from bcdr.repository.hashing import region_digest
+from bcdr.repository.hashing import object_name, region_digest
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, Node, decode_tree
 
@@ -47,7 +47,7 @@ class Part(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Manifest(msgspec.Struct, kw_only=True, frozen=True):
-    run: str
+    run: str  # stored: the nonce; once stored or read: the run's id (save/load_manifest)
     created: str
     paths: list[str]
     excludes: list[str] = []
@@ -85,7 +85,8 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True):
     seconds: float = 0.0
 
 
-def new_run_id() -> str:
+def new_run_nonce() -> str:
+    """The first half of a run's id (the second is its manifest's hash)."""
     return secrets.token_hex(8)
 
 
@@ -166,8 +167,15 @@ def _open(repo: Repository, data: bytes, what: str, kind: type[msgspec.Struct]) 
         raise CorruptObject(f"{what} does not decode ({exc})") from None
 
 
-def save_manifest(repo: Repository, manifest: Manifest) -> None:
-    repo.storage.put(_key(manifest.run, "manifest"), _seal(repo, manifest))
+def save_manifest(repo: Repository, manifest: Manifest) -> Manifest:
+    """Store a new run's manifest; returned with its run id: the nonce it was made with and
+    the hash of its stored bytes. A shard given that id reads only that manifest: whoever
+    can write to the repository cannot swap in one naming other files for the nodes to
+    read."""
+    sealed = _seal(repo, manifest)
+    run = manifest.run + object_name(sealed)[:16]
+    repo.storage.put(_key(run, "manifest"), sealed)
+    return msgspec.structs.replace(manifest, run=run)
 
 
 def load_manifest(repo: Repository, run: str) -> Manifest:
@@ -181,12 +189,30 @@ def load_manifest(repo: Repository, run: str) -> Manifest:
         ) from None
     found = _open(repo, data, f"the manifest of run {run}", Manifest)
     assert isinstance(found, Manifest)
-    return found
+    if len(run) != 32 or object_name(data)[:16] != run[16:] or found.run != run[:16]:
+        raise CorruptObject(
+            f"the manifest of run {run} is not the one planned under that id (replaced?)",
+            where=repo.storage.url,
+            hint="plan the run again; nothing was read",
+        )
+    return msgspec.structs.replace(found, run=run)
 
 
 def save_receipt(repo: Repository, receipt: Receipt) -> bool:
     """Store a shard's receipt; False when one is stored already (the shard ran before)."""
     return repo.storage.put(_key(receipt.run, f"receipt-{receipt.index}"), _seal(repo, receipt))
+
+
+def load_receipt(repo: Repository, manifest: Manifest, index: int) -> Receipt | None:
+    """Shard ``index``'s receipt, or None when it has none yet."""
+    key = _key(manifest.run, f"receipt-{index}")
+    try:
+        data = repo.storage.get(key)
+    except ObjectNotFound:
+        return None
+    found = _open(repo, data, f"receipt {key}", Receipt)
+    assert isinstance(found, Receipt)
+    return found
 
 
 def load_receipts(repo: Repository, manifest: Manifest) -> dict[int, Receipt]:
