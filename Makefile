@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic rclone systemd run test bench bench-quick lint clean
+.PHONY: install node browser restic rclone systemd slurm run test bench bench-quick lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -45,6 +45,12 @@ browser:
 systemd:
 	$(call apt-install,systemd-analyze,systemd,the unit-file tests)
 
+# Debian's Slurm and munge, for the tests that run sharded backups through a real single-node
+# cluster (tests/slurm_cluster.py starts and stops it; no Debian service is started).
+slurm:
+	$(call apt-install,slurmctld,slurm-wlm,the Slurm tests)
+	$(call apt-install,munged,munge,the Slurm tests)
+
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
 	$(call apt-install,restic,restic,make bench)
@@ -57,7 +63,7 @@ rclone:
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node browser systemd
+test: install node browser systemd slurm
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Both corpus sizes (2.9 GiB and 632 MiB), the single 4 GiB file and the Azure path: about an

@@ -289,3 +289,42 @@ def test_a_replaced_manifest_is_refused_before_a_file_is_read(tmp_path: Path) ->
     assert not list((repo / "shards" / run).glob("receipt-*"))
     r = run_process("ls", "--repo", repo, "latest")
     assert "key.pem" not in r.out
+
+
+def test_tags_and_force_read_with_shards(tmp_path: Path) -> None:
+    src = _source(tmp_path, seed=7)
+    repo = tmp_path / "repo"
+    _init(repo)
+    total = sum({f.stat().st_ino: f.stat().st_size for f in src.rglob("*") if f.is_file()}.values())
+    r = run_process("backup", "--repo", repo, "--job", "j", "--shards", 2, "--tag", "t1", src)
+    assert r.code == 0, r.err
+    # unchanged files: the shards read nothing (but the hardlinked file, which every backup
+    # reads again), unless --force-read
+    linked = (src / "hardlink.jsonl").stat().st_size
+    r = run_process("backup", "--repo", repo, "--job", "j", "--shards", 2, src, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["stats"]["bytes_read"] == linked
+    r = run_process(
+        "backup",
+        "--repo",
+        repo,
+        "--job",
+        "j",
+        "--shards",
+        2,
+        "--force-read",
+        "--tag",
+        "t2",
+        "--tag",
+        "t3",
+        src,
+        "--json",
+    )
+    assert r.code == 0, r.err
+    doc = r.json()
+    assert doc["stats"]["bytes_read"] == total
+    assert sum(s["bytes_read"] for s in doc["shards"]) == total
+    snaps = run_process("snapshots", "--repo", repo, "--json").json()
+    assert [s.get("tags", []) for s in snaps] == [["t1"], [], ["t2", "t3"]]
+    trees = _trees(repo, src)
+    assert len(set(trees.values())) == 1

@@ -50,6 +50,7 @@ class BackupRequest:
     parent_id: str | None = None
     shard_bytes: tuple[int, int] = (0, 0)
     shards: int | None = None
+    slurm_jobs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -345,6 +346,7 @@ def _record(
             encryption=repo.config.encryption,
             shards=request.shards,
             shard_run=request.shard_run,
+            slurm_jobs=list(request.slurm_jobs),
         ),
         context=context,
         result="partial" if result.partial else "ok",

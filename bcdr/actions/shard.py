@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from bcdr.actions import slurm
 from bcdr.actions.backup import (
     BackupRequest,
     BackupResult,
@@ -57,6 +58,8 @@ def plan_run(
     *,
     job: str | None = None,
     excludes: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    force_read: bool = False,
 ) -> Manifest:
     """Walk the source and store the run's manifest: ``shards`` shards of about equal bytes."""
     if not 1 <= shards <= MAX_SHARDS:
@@ -79,6 +82,8 @@ def plan_run(
             shards=cut(files, shards, region),
             files=len(files),
             bytes=sum(size for _, size in files),
+            tags=list(tags),
+            force_read=force_read,
         )
         return save_manifest(repo, manifest)
 
@@ -98,7 +103,7 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
     started = time.monotonic()
     with repo.lock(BACKUP) as lock:
         load_for_writing(repo)
-        parent = _parent_lookup(repo, manifest)
+        parent = None if manifest.force_read else _parent_lookup(repo, manifest)
         archiver = Archiver(repo)
         reads: list[PartRead] = []
         skipped = 0
@@ -123,9 +128,19 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
             bytes_read=archiver.stats.bytes_read,
             bytes_added=repo.writer.bytes_added,
             seconds=round(time.monotonic() - started, 3),
+            slurm_job=slurm_task_id(),
         )
         save_receipt(repo, receipt)
     return receipt
+
+
+def slurm_task_id() -> str | None:
+    """``ARRAYJOB_TASK`` when this process is a task of a Slurm job array, the job id in
+    another Slurm job, else None."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def _receipt_part(r: PartRead) -> PartReceipt:
@@ -187,9 +202,9 @@ def commit_run(
     shard, are read here). Refuses while a shard has no receipt; a run committed before
     returns its snapshot."""
     manifest = load_manifest(repo, run)
-    for snap in repo.list_snapshots(manifest.job):
-        if snap.shard_run == run:
-            return CommitResult(None, snap)
+    snap = committed_snapshot(repo, manifest)
+    if snap is not None:
+        return CommitResult(None, snap)
     receipts = load_receipts(repo, manifest)
     missing = [i for i in range(manifest.count) if i not in receipts]
     if missing:
@@ -207,6 +222,8 @@ def commit_run(
         paths=tuple(manifest.paths),
         job=manifest.job,
         excludes=tuple(manifest.excludes),
+        force_read=manifest.force_read,
+        tags=tuple(manifest.tags),
         plan=plan,
         placement=placement,
         prepared=prepared,
@@ -214,9 +231,18 @@ def commit_run(
         parent_id=manifest.parent,
         shard_bytes=(sum(r.bytes_read for r in ordered), sum(r.bytes_added for r in ordered)),
         shards=manifest.count,
+        slurm_jobs=_slurm_jobs(ordered),
     )
     result = run_backup(repo, request)
     return CommitResult(result, result.snapshot, ordered, prepared.used)
+
+
+def _slurm_jobs(receipts: list[Receipt]) -> tuple[str, ...]:
+    """The Slurm array tasks that read the shards, then this commit's job (when run in
+    one), for the evidence."""
+    tasks = [r.slurm_job for r in receipts if r.slurm_job]
+    own = os.environ.get("SLURM_JOB_ID")
+    return (*tasks, own) if own else tuple(tasks)
 
 
 # -- the local executor -----------------------------------------------------------------------
@@ -276,6 +302,109 @@ def run_local(
             proc.terminate()
             proc.wait()
     return sorted(out, key=lambda o: o.index)
+
+
+# -- the Slurm executor -----------------------------------------------------------------------
+
+
+def submit_slurm(
+    repo_args: list[str],
+    run: str,
+    indexes: list[int],
+    options: slurm.SlurmOptions,
+    *,
+    name: str,
+    commit_args: tuple[str, ...] = (),
+) -> slurm.Submission:
+    """The shards ``indexes`` of ``run`` as a Slurm job array, and its commit as a job that
+    runs once they all succeeded."""
+    return slurm.submit(
+        run,
+        indexes,
+        ["shard", "run", "--run", run, "-q", *repo_args],
+        ["shard", "commit", "--run", run, *repo_args, *commit_args],
+        options,
+        name=name,
+    )
+
+
+def missing_shards(repo: Repository, run: str) -> tuple[Manifest, list[int]]:
+    """The run's manifest and the shards without a receipt."""
+    manifest = load_manifest(repo, run)
+    receipts = load_receipts(repo, manifest)
+    return manifest, [i for i in range(manifest.count) if i not in receipts]
+
+
+def committed_snapshot(repo: Repository, manifest: Manifest) -> Snapshot | None:
+    for snap in repo.list_snapshots(manifest.job):
+        if snap.shard_run == manifest.run:
+            return snap
+    return None
+
+
+@dataclass
+class ShardLine:
+    index: int
+    ok: bool  # its receipt is stored
+    node: str
+    slurm_job: str | None
+    parts: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    state: str = "COMPLETED"
+
+
+@dataclass
+class SlurmReport:
+    submission: slurm.Submission
+    shards: list[ShardLine]
+    failed: list[int]  # shards without a receipt (a task that failed, or never ran)
+    snapshot: Snapshot | None
+    commit_state: str
+    files: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        sub = self.submission
+        return {
+            "run": sub.run,
+            "array_job": sub.array or None,
+            "commit_job": sub.commit,
+            "commit_state": self.commit_state,
+            "snapshot": self.snapshot.id if self.snapshot else None,
+            "shards": [asdict(s) for s in self.shards],
+            "failed": self.failed,
+        }
+
+
+def slurm_report(
+    repo: Repository, run: str, sub: slurm.Submission, outcome: slurm.Outcome
+) -> SlurmReport:
+    """Per shard, what its receipt says (node, bytes, time) or how its task ended; the
+    snapshot, if the commit made it. The receipts decide: a shard is done when its receipt
+    is stored, whatever Slurm forgot."""
+    manifest = load_manifest(repo, run)
+    receipts = load_receipts(repo, manifest)
+    shards: list[ShardLine] = []
+    failed = []
+    for i in range(manifest.count):
+        r = receipts.get(i)
+        task = outcome.tasks.get(i)
+        if r is not None:
+            shards.append(
+                ShardLine(i, True, r.host, r.slurm_job, len(r.parts), r.bytes_read, r.seconds)
+            )
+            continue
+        failed.append(i)
+        state = task.state if task is not None else "not run"
+        if task is not None and task.exit_code not in ("", "0:0"):
+            state += f" (exit {task.exit_code})"
+        elif task is not None and task.reason and task.reason != "None":
+            state += f" ({task.reason})"
+        job = f"{sub.array}_{i}" if sub.array and i in sub.indexes else None
+        shards.append(ShardLine(i, False, task.node if task else "", job, state=state))
+    snap = committed_snapshot(repo, manifest)
+    commit_state = outcome.commit.state if outcome.commit else "gone"
+    return SlurmReport(sub, shards, failed, snap, commit_state, manifest.files)
 
 
 def describe_manifest(manifest: Manifest) -> str:

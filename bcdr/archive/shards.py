@@ -57,6 +57,8 @@ class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     shards: list[list[Part]] = []
     files: int = 0
     bytes: int = 0
+    tags: list[str] = []
+    force_read: bool = False  # every file read, none taken from the parent as unchanged
 
     @property
     def count(self) -> int:
@@ -83,6 +85,7 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True):
     bytes_read: int = 0
     bytes_added: int = 0
     seconds: float = 0.0
+    slurm_job: str | None = None  # run as a Slurm array task: its id (``ARRAY_TASK``)
 
 
 def new_run_nonce() -> str:

@@ -35,7 +35,7 @@ from bcdr.cli.repoargs import (
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
-from bcdr.cli.shardcmds import add_shard_commands, sharded_backup
+from bcdr.cli.shardcmds import add_executor_options, add_shard_commands, sharded_backup
 from bcdr.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -408,12 +408,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "parts too), committed as one snapshot: the tree any N gives is the same; see "
         "`bcdr shard --help` and docs/scale-out.md",
     )
-    p.add_argument(
-        "--executor",
-        choices=("local",),
-        default="local",
-        help="with --shards: where the shards run (local: processes on this machine)",
-    )
+    add_executor_options(p, "the shards")
 
     p = command(
         "copy",

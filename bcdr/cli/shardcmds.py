@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -11,25 +12,38 @@ from bcdr.cli import render
 from bcdr.cli.lazy import lazy
 from bcdr.cli.repoargs import repo_argv, storage_spec
 from bcdr.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, UsageError
+from bcdr.units import human_bytes
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import common as common_action
     from bcdr.actions import shard as shard_action
+    from bcdr.actions import slurm as slurm_action
 else:
     common_action = lazy("bcdr.actions.common")
     shard_action = lazy("bcdr.actions.shard")
+    slurm_action = lazy("bcdr.actions.slurm")
 
 Command = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
+    if args.what == "submit":
+        if args.run is None:
+            raise UsageError("`shard submit` takes --run ID (printed by `shard plan`)")
+        return _shard_submit(args, args.run)
     repo = common_action.open_repo(storage_spec(args))
     try:
         if args.what == "plan":
             if not args.paths or not args.shards:
                 raise UsageError("`shard plan` takes --shards N and the paths to back up")
             manifest = shard_action.plan_run(
-                repo, tuple(args.paths), args.shards, job=args.job, excludes=tuple(args.exclude)
+                repo,
+                tuple(args.paths),
+                args.shards,
+                job=args.job,
+                excludes=tuple(args.exclude),
+                tags=tuple(args.tag),
+                force_read=args.force_read,
             )
             if args.json:
                 render.emit_json(
@@ -107,25 +121,39 @@ def _committed(args: argparse.Namespace, result: shard_action.CommitResult) -> i
     return EXIT_PARTIAL if backup.partial or backup.evidence_error else EXIT_OK
 
 
+def slurm_options(args: argparse.Namespace) -> slurm_action.SlurmOptions:
+    return slurm_action.SlurmOptions(
+        partition=args.slurm_partition,
+        account=args.slurm_account,
+        time_limit=args.slurm_time,
+        cpus_per_task=args.slurm_cpus_per_task,
+        output=args.slurm_output,
+        extra_args=tuple(args.slurm_arg),
+    )
+
+
 def sharded_backup(args: argparse.Namespace) -> int:
-    """``bcdr backup --shards N --executor local``: plan, run each shard as a process here,
-    commit."""
-    if args.tag or args.force_read:
-        raise UsageError("--tag and --force-read do not work with --shards yet")
-    if args.executor != "local":
-        raise UsageError(
-            f"--executor {args.executor} is not available in this version of bcdr",
-            hint="use --executor local, or drive `bcdr shard plan|run|commit` from your engine",
-        )
+    """``bcdr backup --shards N``: plan, run each shard (as processes here, or as a Slurm job
+    array), commit."""
+    if args.wait and args.executor != "slurm":
+        raise UsageError("--wait goes with --executor slurm (the local executor always waits)")
     repo = common_action.open_repo(storage_spec(args))
     try:
         manifest = shard_action.plan_run(
-            repo, tuple(args.paths), args.shards, job=args.job, excludes=tuple(args.exclude)
+            repo,
+            tuple(args.paths),
+            args.shards,
+            job=args.job,
+            excludes=tuple(args.exclude),
+            tags=tuple(args.tag),
+            force_read=args.force_read,
         )
     finally:
         repo.close()
     if not args.quiet and not args.json:
         sys.stderr.write(shard_action.describe_manifest(manifest) + "\n")
+    if args.executor == "slurm":
+        return _submit(args, manifest.run, list(range(manifest.count)), args.job or "backup")
     outcomes = shard_action.run_local(repo_argv(args), manifest.run, manifest.count)
     failed = [o for o in outcomes if o.code != 0]
     if failed:
@@ -146,6 +174,141 @@ def sharded_backup(args: argparse.Namespace) -> int:
         repo.close()
 
 
+def _submit(args: argparse.Namespace, run: str, indexes: list[int], name: str) -> int:
+    """Submit the shards ``indexes`` of ``run`` and its commit to Slurm; with --wait, follow
+    them and report."""
+    sub = shard_action.submit_slurm(repo_argv(args), run, indexes, slurm_options(args), name=name)
+    if args.json and not args.wait:
+        render.emit_json({"run": run, "array_job": sub.array or None, "commit_job": sub.commit})
+        return EXIT_OK
+    if not args.quiet:
+        shown = (
+            f"array job {sub.array} (shards {slurm_action.array_spec(sub.indexes)}), "
+            if (sub.array)
+            else ""
+        )
+        sys.stderr.write(f"submitted run {run} to Slurm: {shown}commit job {sub.commit}\n")
+    if not args.wait:
+        if not args.quiet and not args.json:
+            render.out(
+                f"{sub.array or sub.commit}: follow with `squeue -j {','.join(sub.jobs)}`; "
+                f"the snapshot is committed by job {sub.commit}"
+            )
+        return EXIT_OK
+    outcome = slurm_action.wait(sub, poll=SLURM_POLL)
+    repo = common_action.open_repo(storage_spec(args))
+    try:
+        report = shard_action.slurm_report(repo, run, sub, outcome)
+    finally:
+        repo.close()
+    return _reported(args, report)
+
+
+#: How often --wait asks Slurm (seconds).
+SLURM_POLL = 1.0
+
+
+def _reported(args: argparse.Namespace, report: shard_action.SlurmReport) -> int:
+    sub = report.submission
+    if args.json:
+        render.emit_json(report.to_dict())
+    else:
+        for s in report.shards:
+            where = f" on {s.node}" if s.node else ""
+            job = f" (job {s.slurm_job})" if s.slurm_job else ""
+            if s.ok:
+                sys.stderr.write(
+                    f"  shard {s.index}{where}{job}: {s.parts} part(s), "
+                    f"{human_bytes(s.bytes_read)} read in {s.seconds:.2f}s\n"
+                )
+            else:
+                sys.stderr.write(f"  shard {s.index}{where}{job}: {s.state}\n")
+        if report.snapshot is not None:
+            render.out(
+                f"snapshot {report.snapshot.short_id} committed by Slurm job {sub.commit} "
+                f"({report.files} files)"
+            )
+    if report.snapshot is not None:
+        return EXIT_OK
+    if report.failed:
+        indexes = slurm_action.array_spec(report.failed)
+        sys.stderr.write(
+            f"bcdr: error: {len(report.failed)} shard(s) of run {sub.run} failed ({indexes}); "
+            f"nothing was committed\nhint: run just them again: bcdr shard submit "
+            f"{shlex.join(repo_argv(args))} --run {sub.run} --indexes {indexes} --wait\n"
+        )
+    else:
+        sys.stderr.write(
+            f"bcdr: error: the commit job {sub.commit} ended {report.commit_state} without a "
+            f"snapshot; see its output (Slurm's slurm-{sub.commit}.out by default)\n"
+            f"hint: commit here: bcdr shard commit {shlex.join(repo_argv(args))} "
+            f"--run {sub.run}\n"
+        )
+    return EXIT_FAILED
+
+
+def _shard_submit(args: argparse.Namespace, repo_run: str) -> int:
+    """``bcdr shard submit``: the shards without a receipt (or --indexes) and the commit."""
+    repo = common_action.open_repo(storage_spec(args))
+    try:
+        manifest, missing = shard_action.missing_shards(repo, repo_run)
+    finally:
+        repo.close()
+    indexes = missing if args.indexes is None else _indexes(args.indexes, manifest.count)
+    return _submit(args, repo_run, indexes, manifest.job or "backup")
+
+
+def _indexes(text: str, count: int) -> list[int]:
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out.update(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise UsageError(f"--indexes {text!r}: give shard numbers and ranges, e.g. 2,5-7") from None
+    wrong = sorted(i for i in out if not 0 <= i < count)
+    if wrong:
+        raise UsageError(f"--indexes: the run has shards 0 to {count - 1}, not {wrong[0]}")
+    return sorted(out)
+
+
+def add_executor_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--executor, --wait and the sbatch settings, for ``backup --shards`` and friends."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help=f"with --shards: where {what} run (local: processes on this machine; slurm: "
+        "a job array, and a job after it that finishes; needs sbatch here and the source, "
+        "the target and a local repository on a filesystem every node mounts)",
+    )
+    add_slurm_options(p)
+
+
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Slurm (--executor slurm, shard submit)")
+    g.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the Slurm jobs and report per shard (node, bytes, time); "
+        "without it bcdr prints the job ids and returns",
+    )
+    g.add_argument("--slurm-partition", metavar="NAME", help="sbatch --partition")
+    g.add_argument("--slurm-account", metavar="NAME", help="sbatch --account")
+    g.add_argument("--slurm-time", metavar="LIMIT", help="sbatch --time, e.g. 4:00:00")
+    g.add_argument("--slurm-cpus-per-task", type=int, metavar="N", help="sbatch --cpus-per-task")
+    g.add_argument(
+        "--slurm-output", metavar="PATTERN", help="sbatch --output (default: Slurm's, here)"
+    )
+    g.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="another sbatch argument, e.g. --slurm-arg=--qos=backup; repeatable",
+    )
+
+
 def add_shard_commands(command: Command) -> None:
     p = command(
         "shard",
@@ -153,13 +316,15 @@ def add_shard_commands(command: Command) -> None:
         "One backup spread over several processes or machines (docs/scale-out.md): `plan` "
         "walks the source and stores a run of N shards, printing its id; `run --index I` "
         "backs up shard I (anywhere the source and the repository are reachable); `commit` "
-        "makes the snapshot once every shard has run. `bcdr backup --shards N` does all three "
-        "on this machine.",
-        epilog="Example: bcdr shard plan --repo R --job ckpt --shards 8 /lustre/ckpt; then "
+        "makes the snapshot once every shard has run; `submit` sends the shards still "
+        "without a receipt (or --indexes) and the commit to Slurm. `bcdr backup --shards N` "
+        "does it all, on this machine or through Slurm.",
+        epilog="Examples: bcdr shard plan --repo R --job ckpt --shards 8 /lustre/ckpt; then "
         "on 8 nodes bcdr shard run --repo R --run ID --index $SLURM_ARRAY_TASK_ID; then "
-        "bcdr shard commit --repo R --run ID.",
+        "bcdr shard commit --repo R --run ID. After a failed array task: bcdr shard submit "
+        "--repo R --run ID --wait (re-runs only the shards without a receipt, then commits).",
     )
-    p.add_argument("what", choices=("plan", "run", "commit"), help="the step")
+    p.add_argument("what", choices=("plan", "run", "commit", "submit"), help="the step")
     p.add_argument("paths", nargs="*", metavar="PATH", help="plan: what to back up")
     p.add_argument("--shards", type=int, metavar="N", help="plan: how many shards")
     p.add_argument("--job", metavar="NAME", help="plan: the job name of the snapshot")
@@ -171,5 +336,15 @@ def add_shard_commands(command: Command) -> None:
         metavar="PATTERN",
         help="plan: skip matching paths; repeatable",
     )
-    p.add_argument("--run", metavar="ID", help="run, commit: the run `plan` made")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="plan: tag it")
+    p.add_argument(
+        "--force-read", action="store_true", help="plan: read every file, unchanged or not"
+    )
+    p.add_argument("--run", metavar="ID", help="run, commit, submit: the run `plan` made")
     p.add_argument("--index", type=int, metavar="I", help="run: which shard (0 to N-1)")
+    p.add_argument(
+        "--indexes",
+        metavar="LIST",
+        help="submit: the shards to run, e.g. 2,5-7 (default: those without a receipt)",
+    )
+    add_slurm_options(p)

@@ -95,6 +95,7 @@ class BackupFacts(Facts, frozen=True, kw_only=True):
     kept_bytes: int | None = None
     shards: int | None = None  # a sharded backup: how many shards read it, and the run
     shard_run: str | None = None
+    slurm_jobs: list[str] = []  # run through Slurm: the shards' array tasks, then the commit's job
 
 
 # -- drill --------------------------------------------------------------------------------
