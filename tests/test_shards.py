@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.actions.common import open_repo
+from bcdr.actions.prune import prune
 from bcdr.actions.shard import commit_run, plan_run, run_shard
+from bcdr.clock import FakeClock
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
 from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
@@ -328,3 +331,48 @@ def test_tags_and_force_read_with_shards(tmp_path: Path) -> None:
     assert [s.get("tags", []) for s in snaps] == [["t1"], [], ["t2", "t3"]]
     trees = _trees(repo, src)
     assert len(set(trees.values())) == 1
+
+
+def test_prune_keeps_a_pending_runs_chunks_and_removes_finished_runs(tmp_path: Path) -> None:
+    src = _source(tmp_path, seed=8)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = run_process("shard", "plan", "--repo", repo, "--job", "j", "--shards", 2, src, "--json")
+    assert r.code == 0, r.err
+    run = r.json()["run"]
+    for i in (0, 1):
+        assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", i).code == 0
+    packs = sorted(p.name for p in (repo / "data").rglob("*") if p.is_file())
+    # no snapshot needs the shards' chunks yet; the run not committed keeps them
+    r = run_process("prune", "--repo", repo, "--grace", "0", "--json")
+    assert r.code == 0, r.err
+    doc = r.json()
+    assert doc["shard_runs_kept"] == 1 and doc["shard_runs_removed"] == 0
+    assert doc["packs_deleted"] == 0
+    assert sorted(p.name for p in (repo / "data").rglob("*") if p.is_file()) == packs
+    r = run_process("shard", "commit", "--repo", repo, "--run", run, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["files_from_shards"] > 0 and r.json()["stats"]["bytes_read"] > 0
+    committed = r.json()["snapshot"]
+    # committed: its manifest and receipts go (a dry run only counts them)
+    r = run_process("prune", "--repo", repo, "--grace", "0", "--dry-run", "--json")
+    assert r.json()["shard_runs_removed"] == 1 and (repo / "shards" / run).exists()
+    r = run_process("prune", "--repo", repo, "--grace", "0")
+    assert r.code == 0 and "removed 1 sharded run(s)" in r.out, r.out
+    assert not list((repo / "shards").rglob("*receipt*"))
+    assert not (repo / "shards" / run / "manifest").exists()
+    r = run_process("shard", "commit", "--repo", repo, "--run", run)
+    assert r.code != 0 and "no sharded run" in r.err  # the snapshot stays, the run is gone
+    r = run_process("check", "--repo", repo, "--read-data")
+    assert r.code == 0, r.out + r.err
+    # abandoned: planned and run, never committed, a week later
+    r = run_process("shard", "plan", "--repo", repo, "--job", "k", "--shards", 1, src, "--json")
+    stale = r.json()["run"]
+    assert run_process("shard", "run", "--repo", repo, "--run", stale, "--index", 0).code == 0
+    report = prune(
+        str(repo), grace=timedelta(0), clock=FakeClock(datetime.now(UTC) + timedelta(days=8))
+    )
+    assert report.shard_runs_removed == 1 and report.shard_runs_kept == 0
+    assert not (repo / "shards" / stale).exists() or not any((repo / "shards" / stale).iterdir())
+    r = run_process("restore", "--repo", repo, committed, "--target", tmp_path / "out")
+    assert r.code == 0, r.err

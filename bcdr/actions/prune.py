@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from bcdr.actions.common import open_repo, transfer
+from bcdr.actions.shard import ShardRuns
 from bcdr.clock import Clock
 from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
@@ -31,9 +32,13 @@ def prune(
         raise UsageError(f"--max-unused must be between 0 and 100 percent, not {max_unused}")
     repo = open_repo(where, clock=clock, env=env)
     try:
+        runs = ShardRuns(repo)
         report = prune_repository(
-            repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log
+            repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log, held=runs.held
         )
+        report.shard_runs_removed = runs.remove_finished(dry_run=dry_run)
+        report.shard_runs_kept = runs.kept
+        report.problems += runs.problems
         if not dry_run:  # every run, also one with nothing to do: schedules are audited
             facts = {"plan": plan, "max_unused": max_unused, "grace_s": grace.total_seconds()}
             report.evidence = write_record(

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 
 from bcdr.actions import slurm
 from bcdr.actions.backup import (
@@ -33,6 +34,7 @@ from bcdr.archive.shards import (
     PreparedFiles,
     Receipt,
     cut,
+    list_runs,
     load_manifest,
     load_receipt,
     load_receipts,
@@ -243,6 +245,67 @@ def _slurm_jobs(receipts: list[Receipt]) -> tuple[str, ...]:
     tasks = [r.slurm_job for r in receipts if r.slurm_job]
     own = os.environ.get("SLURM_JOB_ID")
     return (*tasks, own) if own else tuple(tasks)
+
+
+# -- prune --------------------------------------------------------------------------------------
+
+#: A run not committed this long after it was planned is abandoned: prune removes it (and its
+#: chunks stay only where a snapshot needs them).
+ABANDONED_AFTER = timedelta(days=7)
+
+
+class ShardRuns:
+    """The sharded runs of a repository as prune sees them. Not committed yet: the chunks
+    their receipts name are kept (``held``; a commit may still build on them). Committed, or
+    abandoned (planned more than ABANDONED_AFTER ago): their manifest and receipts are
+    removed (``remove_finished``). A run that cannot be read is left alone."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.kept = 0
+        self.problems: list[str] = []
+        self._finished: dict[str, list[str]] = {}
+
+    def held(self) -> list[bytes]:
+        repo = self.repo
+        runs = list_runs(repo)
+        committed = {s.shard_run for s in repo.list_snapshots() if s.shard_run}
+        now = repo.clock.now()
+        ids: list[bytes] = []
+        self.kept, self.problems, self._finished = 0, [], {}
+        for run, infos in sorted(runs.items()):
+            keys = [i.key for i in infos]
+            if run in committed:
+                self._finished[run] = keys
+                continue
+            try:
+                manifest = load_manifest(repo, run)
+                created = datetime.fromisoformat(manifest.created)
+                if now - created > ABANDONED_AFTER:
+                    self._finished[run] = keys
+                    continue
+                receipts = load_receipts(repo, manifest)
+            except (BcdrError, ValueError) as exc:
+                newest = max((i.modified for i in infos if i.modified), default=None)
+                if newest is not None and now - newest > ABANDONED_AFTER:
+                    self._finished[run] = keys
+                else:
+                    self.problems.append(f"sharded run {run} cannot be read ({exc}); left")
+                continue
+            self.kept += 1
+            for receipt in receipts.values():
+                for part in receipt.parts:
+                    ids.extend(part.content)
+        return ids
+
+    def remove_finished(self, *, dry_run: bool) -> int:
+        """Remove the runs the last ``held`` found committed or abandoned; how many."""
+        if not dry_run:
+            for keys in self._finished.values():
+                # receipts first: a run without its manifest is never taken for a live one
+                for key in sorted(keys, key=lambda k: k.endswith("/manifest")):
+                    self.repo.storage.delete(key)
+        return len(self._finished)
 
 
 # -- the local executor -----------------------------------------------------------------------

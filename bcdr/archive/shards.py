@@ -35,6 +35,7 @@ from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.repository.hashing import object_name, region_digest
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import DIR, Node, decode_tree
+from bcdr.storage.base import ObjectInfo
 
 PREFIX = "shards/"
 AAD = b"shard"
@@ -229,6 +230,16 @@ def load_receipts(repo: Repository, manifest: Manifest) -> dict[int, Receipt]:
         assert isinstance(found, Receipt)
         out[int(index)] = found
     return out
+
+
+def list_runs(repo: Repository) -> dict[str, list[ObjectInfo]]:
+    """Every run stored in the repository: its objects (manifest, receipts)."""
+    runs: dict[str, list[ObjectInfo]] = {}
+    for info in repo.storage.list(PREFIX):
+        run, _, name = info.key.removeprefix(PREFIX).partition("/")
+        if name:
+            runs.setdefault(run, []).append(info)
+    return runs
 
 
 # -- what the commit takes from the receipts --------------------------------------------------

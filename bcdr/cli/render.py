@@ -464,6 +464,14 @@ def prune_text(r: PruneReport) -> None:
             f"{removed} {len(r.temp_files_removed)} temporary file(s) in tmp/ of writes "
             "interrupted a day or more ago"
         )
+    if r.shard_runs_removed:
+        removed = "would remove" if r.dry_run else "removed"
+        out(f"{removed} {r.shard_runs_removed} sharded run(s), committed or abandoned")
+    if r.shard_runs_kept:
+        out(
+            f"kept {r.shard_runs_kept} sharded run(s) not committed yet, with the chunks "
+            "their shards stored"
+        )
     for why in r.postponed:
         out(f"postponed: {why}")
     for problem in r.problems:

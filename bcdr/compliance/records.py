@@ -274,6 +274,8 @@ class PruneFacts(Facts, frozen=True, kw_only=True):
     problems: list[str] = []
     stale_locks_removed: int = 0
     temp_files_removed: list[str] = []
+    shard_runs_removed: int = 0
+    shard_runs_kept: int = 0
     evidence: str | None = None
     uploaded: dict[str, float] | None = None
     downloaded: dict[str, float] | None = None

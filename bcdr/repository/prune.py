@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -53,6 +53,7 @@ from bcdr.repository.writer import BlobWriter
 from bcdr.storage.base import LocalFolder
 
 LogFn = Callable[[str], None]
+HeldFn = Callable[[], Iterable[bytes]]
 ID = np.dtype("S32")
 #: A temporary file in ``tmp/`` nothing has written to for this long is a crashed writer's
 #: (a backup writes its pack there as it fills it): prune removes it, whatever its grace.
@@ -91,6 +92,10 @@ class PruneReport:
     problems: list[str] = field(default_factory=list)
     stale_locks_removed: int = 0
     temp_files_removed: list[str] = field(default_factory=list)  # in tmp/ (local disk)
+    # sharded runs (bcdr/actions/shard.py): removed (committed, or abandoned), and kept with
+    # the chunks their shards stored (not committed yet)
+    shard_runs_removed: int = 0
+    shard_runs_kept: int = 0
     evidence: str | None = None
     uploaded: dict[str, float | int] | None = None
     downloaded: dict[str, float | int] | None = None
@@ -153,7 +158,11 @@ class Pruner:
         grace: timedelta = timedelta(hours=1),
         dry_run: bool = False,
         log: LogFn | None = None,
+        held: HeldFn | None = None,
     ):
+        """``held``: the ids of blobs kept besides the snapshots' (what sharded runs not yet
+        committed stored); asked at every mark and sweep, as the snapshots are."""
+        self.held = held
         self.repo = repo
         self.max_unused = max_unused
         self.grace = grace
@@ -233,6 +242,8 @@ class Pruner:
                         ids.extend(node.content)
             if n % 100 == 99:
                 self.log(f"marking: {n + 1}/{len(names)} snapshots read")
+        if self.held is not None:
+            ids.extend(list(self.held()))
         self.report.snapshots = snapshots
         self.report.trees = len(seen_trees)
         repo.index = MasterIndex()  # the walk is done: its memory goes before the table's
@@ -547,8 +558,11 @@ def prune_repository(
     grace: timedelta = timedelta(hours=1),
     dry_run: bool = False,
     log: LogFn | None = None,
+    held: HeldFn | None = None,
 ) -> PruneReport:
     """Run one prune under the repository's ``prune`` lock (one prune at a time)."""
     with repo.lock(PRUNE) as lock:
-        pruner = Pruner(repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log)
+        pruner = Pruner(
+            repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log, held=held
+        )
         return pruner.run(lock.session)
