@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Result, run_process
+from tests.conftest import Result, restored_root, run_process, snapshot_tree
 from tests.slurm_cluster import SlurmCluster
 from tests.test_shards import _init, _source, _trees
 
@@ -292,3 +292,62 @@ def test_slurm_usage_errors(tmp_path: Path, slurm: SlurmCluster) -> None:
     r = _bcdr(slurm, {}, "shard", "submit", "--repo", repo, "--run", "x", "--indexes", "a")
     assert r.code != 0 and "Traceback" not in r.err
     assert json.dumps(slurm.command("squeue", "-h")) == json.dumps("")
+
+
+def test_a_sharded_restore_through_slurm(
+    tmp_path: Path, slurm: SlurmCluster, password: dict[str, str]
+) -> None:
+    src = _source(tmp_path, seed=5)
+    repo = tmp_path / "repo"
+    _init_encrypted(slurm, password, repo)
+    assert _bcdr(slurm, password, "backup", "--repo", repo, "--job", "j", src).code == 0
+    want = snapshot_tree(src)
+    out = tmp_path / "out"
+    r = _bcdr(
+        slurm,
+        password,
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--target",
+        out,
+        "--shards",
+        3,
+        "--executor",
+        "slurm",
+        "--wait",
+        "--json",
+        "--slurm-output",
+        tmp_path / "r-%A_%a.out",
+    )
+    assert r.code == 0, r.out + r.err
+    doc = r.json()
+    assert doc["ok"] and doc["array_job"] and doc["finish_job"] is None  # finished here
+    assert [(p["index"], p["ok"], p["node"]) for p in doc["parts"]] == [
+        (i, True, slurm.host) for i in range(3)
+    ]
+    assert snapshot_tree(restored_root(out, src)) == want
+    # without --wait the finish is a job after the array
+    out2 = tmp_path / "out2"
+    r = _bcdr(
+        slurm,
+        password,
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--target",
+        out2,
+        "--shards",
+        2,
+        "--executor",
+        "slurm",
+        "--json",
+        "--slurm-output",
+        tmp_path / "r2-%j.out",
+    )
+    assert r.code == 0, r.err
+    doc = r.json()
+    _wait_gone(slurm, [doc["array_job"], doc["finish_job"]])
+    assert snapshot_tree(restored_root(out2, src)) == want

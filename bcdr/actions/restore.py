@@ -83,8 +83,14 @@ def restore(
     progress: ProgressFn | None = None,
     clock: Clock | None = None,
     env: Mapping[str, str] | None = None,
+    part: tuple[int, int] | None = None,
+    finish: bool = False,
 ) -> RestoreResult:
-    check_target(target, overwrite)
+    """``part`` (I, N) and ``finish``: the steps of a sharded restore (bcdr/actions/shard.py,
+    docs/scale-out.md): the target is shared with the other parts, so it may hold files."""
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise UsageError(f"--part {part[0]}/{part[1]}: give I/N with 0 <= I < N, e.g. 0/4")
+    check_target(target, overwrite or part is not None or finish)
     repo = open_repo(where, clock=clock, env=env)
     _not_into_the_repository(repo, target)
     with repo.lock(READ, wait=read_wait()):  # a prune's sweep must not delete packs under us
@@ -98,6 +104,8 @@ def restore(
             progress=progress,
             direct=direct,
             setid=setid,
+            part=part,
+            finish=finish,
         )
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))
 
@@ -112,6 +120,8 @@ def restore_snapshot(
     direct: bool = True,
     setid: bool = False,
     sized: bool = False,
+    part: tuple[int, int] | None = None,
+    finish: bool = False,
 ) -> RestoreStats:
     """Restore ``snap`` (or the paths ``includes`` matches) into ``target``, every file
     verified; the caller holds a read lock and has loaded the index. Refused before a byte is
@@ -129,5 +139,7 @@ def restore_snapshot(
         walked=snap.paths,
         direct=direct,
         setid=setid,
+        part=part,
+        finish=finish,
     )
     return restorer.run(tree)

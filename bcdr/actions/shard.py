@@ -11,10 +11,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import IO
 
 from bcdr.actions import slurm
 from bcdr.actions.backup import (
@@ -317,54 +319,68 @@ class ShardOutcome:
     code: int
     seconds: float
     error: str = ""
+    output: str = ""  # what it printed (--json: its result)
 
 
 def run_local(
-    repo_args: list[str],
-    run: str,
+    argv_for: Callable[[int], list[str]],
     count: int,
     *,
     parallel: int | None = None,
     env: dict[str, str] | None = None,
     on_done: Callable[[ShardOutcome], None] | None = None,
 ) -> list[ShardOutcome]:
-    """Run every shard of ``run`` as its own ``bcdr shard run`` process on this machine,
-    ``parallel`` at a time (default: one per core), each with one worker thread per shard
-    share of the cores. Returns each shard's outcome (code 0: its receipt is stored)."""
+    """Run ``bcdr ARGV_FOR(I)`` for every I in 0..count-1 as a process on this machine,
+    ``parallel`` at a time (default: one per core). Returns each one's outcome (code 0:
+    it succeeded)."""
     parallel = max(1, min(count, parallel or os.cpu_count() or 1))
     pending = list(range(count))
-    running: dict[int, tuple[subprocess.Popen[str], float]] = {}
+    running: dict[int, tuple[subprocess.Popen[bytes], float, IO[bytes], IO[bytes]]] = {}
     out: list[ShardOutcome] = []
-    base = [sys.executable, "-m", "bcdr", "shard", "run", "--run", run, "-q", *repo_args]
     child_env = {**os.environ, **(env or {})}
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 i = pending.pop(0)
+                # files, not pipes: a child's long output never blocks it
+                stdout: IO[bytes] = tempfile.TemporaryFile()
+                stderr: IO[bytes] = tempfile.TemporaryFile()
                 proc = subprocess.Popen(
-                    [*base, "--index", str(i)],
+                    [sys.executable, "-m", "bcdr", *argv_for(i)],
                     env=child_env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
+                    stdout=stdout,
+                    stderr=stderr,
                 )
-                running[i] = (proc, time.monotonic())
-            done = [i for i, (p, _) in running.items() if p.poll() is not None]
+                running[i] = (proc, time.monotonic(), stdout, stderr)
+            done = [i for i, (p, *_) in running.items() if p.poll() is not None]
             if not done:
                 time.sleep(0.05)
                 continue
             for i in done:
-                proc, t0 = running.pop(i)
-                err = proc.stderr.read() if proc.stderr is not None else ""
-                outcome = ShardOutcome(i, proc.returncode, time.monotonic() - t0, err.strip())
+                proc, t0, stdout, stderr = running.pop(i)
+                texts = []
+                for f in (stdout, stderr):
+                    f.seek(0)
+                    texts.append(f.read().decode(errors="replace"))
+                    f.close()
+                outcome = ShardOutcome(
+                    i, proc.returncode, time.monotonic() - t0, texts[1].strip(), texts[0]
+                )
                 out.append(outcome)
                 if on_done is not None:
                     on_done(outcome)
     finally:
-        for proc, _ in running.values():
+        for proc, _, stdout, stderr in running.values():
             proc.terminate()
             proc.wait()
+            stdout.close()
+            stderr.close()
     return sorted(out, key=lambda o: o.index)
+
+
+def shard_argv(repo_args: list[str], run: str) -> Callable[[int], list[str]]:
+    """``bcdr shard run`` of shard I, for :func:`run_local`."""
+    return lambda i: ["shard", "run", "--run", run, "-q", *repo_args, "--index", str(i)]
 
 
 # -- the Slurm executor -----------------------------------------------------------------------

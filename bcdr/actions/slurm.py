@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bcdr.errors import BcdrError, UsageError
@@ -74,7 +74,7 @@ class SlurmOptions:
 class Submission:
     run: str
     array: str  # the array's job id ("" when no task was left to run)
-    commit: str  # the job that runs after every task succeeded
+    commit: str  # the job that runs after every task succeeded ("" when none was submitted)
     indexes: tuple[int, ...]
 
     @property
@@ -128,23 +128,29 @@ def submit(
     run: str,
     indexes: Iterable[int],
     task_argv: list[str],
-    commit_argv: list[str],
+    commit_argv: list[str] | None,
     options: SlurmOptions,
     *,
     name: str,
+    task_suffix: str = ' --index "$SLURM_ARRAY_TASK_ID"',
 ) -> Submission:
-    """Submit ``task_argv`` (bcdr arguments; ``--index $SLURM_ARRAY_TASK_ID`` is added) as an
-    array over ``indexes``, and ``commit_argv`` as the job that runs after it succeeded."""
+    """Submit ``task_argv`` (bcdr arguments, ``task_suffix`` added: the task's index) as an
+    array over ``indexes``, and ``commit_argv`` (if given) as the job that runs after it
+    succeeded."""
     chosen = tuple(sorted(set(indexes)))
     base = options.sbatch_args()
-    commit_script = _script(bcdr_command(*commit_argv))
+    commit_script = _script(bcdr_command(*commit_argv)) if commit_argv is not None else ""
     if not chosen:  # every task has run: the commit alone
+        if not commit_script:
+            raise UsageError("nothing to submit: no index was given")
         commit = sbatch([f"--job-name=bcdr-{name}-commit", *base], commit_script)
         return Submission(run, "", commit, chosen)
-    task = bcdr_command(*task_argv) + ' --index "$SLURM_ARRAY_TASK_ID"'
+    task = bcdr_command(*task_argv) + task_suffix
     array = sbatch(
         [f"--job-name=bcdr-{name}", f"--array={array_spec(chosen)}", *base], _script(task)
     )
+    if not commit_script:
+        return Submission(run, array, "", chosen)
     try:
         commit = sbatch(
             [
@@ -247,46 +253,38 @@ def _vanished(sub: Submission, outcome: Outcome) -> None:
             )
 
 
-def wait(
-    sub: Submission,
-    *,
-    poll: float = 2.0,
-    on_change: Callable[[Outcome], None] | None = None,
-    timeout: float | None = None,
-) -> Outcome:
+def _observe(sub: Submission, outcome: Outcome) -> tuple[bool, bool]:
+    """Ask Slurm about the array and the commit job once; (array ended, commit ended)."""
+    array = show_job(sub.array) if sub.array else []
+    if array is None:
+        outcome.array_gone = True
+    else:
+        for rec in array:
+            if rec.task is not None:
+                outcome.tasks[rec.task] = rec
+    commit = show_job(sub.commit) if sub.commit else []
+    if commit is None:
+        outcome.commit_gone = True
+    elif commit:
+        outcome.commit = commit[0]
+    array_done = array is None or all(r.ended for r in array)
+    if array is not None and array_done:
+        _vanished(sub, outcome)
+    return array_done, commit is None or not commit or commit[0].ended
+
+
+def wait(sub: Submission, *, poll: float = 2.0, timeout: float | None = None) -> Outcome:
     """Follow the array and the commit job until both ended (or Slurm forgot them)."""
     outcome = Outcome()
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen: tuple[object, ...] = ()
     while True:
-        array = show_job(sub.array) if sub.array else []
-        if array is None:
-            outcome.array_gone = True
-        else:
-            for rec in array:
-                if rec.task is not None:
-                    outcome.tasks[rec.task] = rec
-        commit = show_job(sub.commit)
-        if commit is None:
-            outcome.commit_gone = True
-        elif commit:
-            outcome.commit = commit[0]
-        array_done = array is None or all(r.ended for r in array)
-        if array is not None and array_done:
-            _vanished(sub, outcome)
-        commit_done = commit is None or bool(commit) and commit[0].ended
-        now = (
-            tuple((i, t.state) for i, t in sorted(outcome.tasks.items())),
-            outcome.commit.state if outcome.commit else None,
-        )
-        if now != seen and on_change is not None:
-            on_change(outcome)
-        seen = now
+        array_done, commit_done = _observe(sub, outcome)
         if array_done and commit_done:
             return outcome
-        if array_done and outcome.failed_tasks() and not commit_done:
+        if array_done and outcome.failed_tasks():
             # --kill-on-invalid-dep removes the commit job soon; don't wait on Slurm for it
-            cancel([sub.commit])
+            if sub.commit:
+                cancel([sub.commit])
             return outcome
         if deadline is not None and time.monotonic() > deadline:
             raise BcdrError(f"Slurm jobs {', '.join(sub.jobs)} did not end within {timeout:.0f}s")

@@ -59,8 +59,17 @@ class Restorer:
         walked: Iterable[str] = (),
         direct: bool = True,
         setid: bool = False,
+        part: tuple[int, int] | None = None,
+        finish: bool = False,
     ):
-        """``walked``: the snapshot's backed-up paths. Folders at or below them were real
+        """``part`` (I, N): a sharded restore's task (bcdr/actions/restore.py): only the
+        regular files of part I of N (parts of about equal bytes, in walk order, the same in
+        every task), with the folders they need; the other tasks write into the same target
+        meanwhile, so nothing of theirs is touched. ``finish``: after every part, everything
+        else (links, hardlinks, folders' metadata), each regular file checked to be in
+        place with its size.
+
+        ``walked``: the snapshot's backed-up paths. Folders at or below them were real
         folders when backed up, and are made as real folders: a symlink in the way of one is
         replaced (the target is empty unless --overwrite), never followed. The folders above
         them were recorded as folders whatever they were (/lib -> usr/lib on many systems), and
@@ -84,6 +93,10 @@ class Restorer:
         self._made: set[bytes] = {target}
         self._started = 0.0
         self._last_progress = 0.0
+        self._part = part
+        self._finish = finish
+        self._mine: list[bool] = []  # part: per regular file in walk order, is it this part's
+        self._ordinal = 0
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
@@ -95,17 +108,21 @@ class Restorer:
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
             os.makedirs(self.target, exist_ok=True)
-            self.stats.temps_removed += self._remove_temps(self.target)
+            if self._part is not None:
+                self._mine = self._assign(root_tree, *self._part)
+            else:  # a part never removes temporary files: another part's are being written
+                self.stats.temps_removed += self._remove_temps(self.target)
             self._restore_tree(root_tree, b"", self.includes is None)
         finally:
             sys.setrecursionlimit(old_limit)
             self._files.wait()
             self._files.close_root()
         self._collect_files()
-        for node, dest, snap_path in self._links:
-            self._link(node, dest, snap_path)
-        for path, node in reversed(self._dirs):
-            self._apply_meta(path, node)
+        if self._part is None:
+            for node, dest, snap_path in self._links:
+                self._link(node, dest, snap_path)
+            for path, node in reversed(self._dirs):
+                self._apply_meta(path, node)
         self._beneath.close()
         self.stats.duration_s = time.monotonic() - self._started
         return self.stats
@@ -196,9 +213,12 @@ class Restorer:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)  # its mode is applied last
-                self._made.add(path)
-                return
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dir_fd)  # its mode is applied last
+                    self._made.add(path)
+                    return
+                except FileExistsError:  # another part of a sharded restore made it
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode) and not self._walked_folder(path):
                 if not self._inside(path):
                     raise BcdrError(
@@ -209,7 +229,7 @@ class Restorer:
             elif not stat.S_ISDIR(st.st_mode):  # a file, or a link where a real folder was
                 _remove_existing(dir_fd, name)
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
-            else:  # a folder that was there: what a killed restore left in it goes
+            elif self._part is None:  # a folder that was there: a killed restore's leftovers go
                 self.stats.temps_removed += self._remove_temps(path)
         self._made.add(path)
 
@@ -239,11 +259,18 @@ class Restorer:
 
     def _restore_entry(self, node: Node, snap_path: bytes) -> None:
         dest = self._dest(snap_path)
+        if self._part is not None and node.type == FILE:
+            ordinal = self._ordinal
+            self._ordinal += 1
+            if not self._mine[ordinal]:
+                return  # another part's (a hardlink's other names: the finish's)
+        elif self._part is not None:
+            return  # links: the finish's
         try:
             self._makedirs(os.path.dirname(dest))
             if node.type == FILE:
                 self._restore_file(node, dest, snap_path)
-            elif node.type == SYMLINK:
+            elif node.type == SYMLINK and self._part is None:
                 with parent_of(self._beneath, dest) as (dir_fd, name):
                     _remove_existing(dir_fd, name)
                     os.symlink(node.target or b"", name, dir_fd=dir_fd)
@@ -269,8 +296,59 @@ class Restorer:
                 self._links.append((node, dest, snap_path))
                 return
             self._link_firsts[link_key] = node
+        if self._finish:
+            self._in_place(node, dest, snap_path)
+            return
         self._files.submit(node, dest, snap_path)
         self._tick(snap_path)
+
+    def _in_place(self, node: Node, dest: bytes, snap_path: bytes) -> None:
+        """(finish) A part restored this file, verified, and renamed it into place: it is
+        there, a regular file of its size (a part that did not run leaves it missing)."""
+        with parent_of(self._beneath, dest) as (dir_fd, name):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                self._error(snap_path, "not restored (the part that holds it did not finish)")
+                return
+        if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+            self._error(snap_path, "not the restored file (not a regular file of its size)")
+            return
+        self._files.done[(node.dev, node.inode)] = dest
+        self._files.files += 1
+        self._files.bytes_total += node.size
+
+    def _assign(self, root_tree: bytes, index: int, count: int) -> list[bool]:
+        """Per regular file in walk order: is it part ``index``'s? Parts are runs of files
+        of about equal bytes (a hardlink's other names weigh nothing: the finish links
+        them), decided from the snapshot alone, so every task decides alike."""
+        sizes: list[int] = []
+        firsts: set[tuple[int, int]] = set()
+
+        def walk(tree_id: bytes, rel: bytes, included: bool) -> None:
+            try:
+                nodes = decode_tree(self.repo.load_blob(tree_id), f"tree {tree_id.hex()[:12]}")
+            except BcdrError:
+                return  # the walk that restores says so
+            for node in nodes:
+                snap_path = rel + b"/" + node.name
+                inc = included or (self.includes is not None and self.includes.matches(snap_path))
+                if node.type == DIR:
+                    if node.subtree is not None:
+                        walk(node.subtree, snap_path, inc)
+                elif inc and node.type == FILE:
+                    key = (node.dev, node.inode)
+                    first = node.nlink <= 1 or key not in firsts
+                    firsts.add(key)
+                    sizes.append(node.size + 1 if first else 0)  # + 1: empty files spread too
+
+        walk(root_tree, b"", self.includes is None)
+        total = sum(sizes) or 1
+        out, done = [], 0
+        for size in sizes:
+            out.append(size > 0 and min(count - 1, (done + size // 2) * count // total) == index)
+            done += size
+        return out
 
     def _apply_meta(self, path: bytes, node: Node) -> None:
         """Owner, mode and times of a folder (through a descriptor opened without following

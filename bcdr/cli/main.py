@@ -35,7 +35,12 @@ from bcdr.cli.repoargs import (
 from bcdr.cli.reportcmds import add_report_commands
 from bcdr.cli.retentioncmds import add_retention_commands
 from bcdr.cli.schedulecmds import add_schedule_commands
-from bcdr.cli.shardcmds import add_executor_options, add_shard_commands, sharded_backup
+from bcdr.cli.shardcmds import (
+    add_executor_options,
+    add_shard_commands,
+    sharded_backup,
+    sharded_restore,
+)
 from bcdr.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -211,6 +216,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        if args.part is not None or args.finish:
+            raise UsageError("--shards runs the parts and the finish itself; drop --part/--finish")
+        return sharded_restore(args)
+    if args.part is not None and args.finish:
+        raise UsageError("--part and --finish are separate steps: run the parts, then --finish")
+    if args.wait or args.executor != "local":
+        raise UsageError("--executor and --wait go with --shards N")
     progress = _progress(args)
     try:
         result = restore_action.restore(
@@ -223,6 +236,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             direct=not args.buffered,
             setid=args.keep_setuid,
             progress=progress.restore,
+            part=args.part,
+            finish=args.finish,
         )
     finally:
         progress.done()
@@ -260,6 +275,18 @@ def cmd_unlock(args: argparse.Namespace) -> int:
             render.out(f"removed {lock.describe()}")
         render.out(f"{len(removed)} lock(s) removed")
     return EXIT_OK
+
+
+def _part(text: str) -> tuple[int, int]:
+    """``I/N`` of ``restore --part``."""
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be from 0 to N-1")
+    return i, n
 
 
 def _job_name(text: str) -> str:
@@ -466,6 +493,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "in memory onto a slow disk, and leaves the files cached for their next read",
     )
     p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
+    g = p.add_argument_group("Scale-out (docs/scale-out.md)")
+    g.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="spread the restore over N processes or Slurm tasks (each the files of one of N "
+        "parts of about equal bytes, into the same target), then finish here",
+    )
+    g.add_argument(
+        "--part",
+        type=_part,
+        metavar="I/N",
+        help="(one step of --shards, for any engine) restore only part I of N's files; the "
+        "target may hold the other parts' files",
+    )
+    g.add_argument(
+        "--finish",
+        action="store_true",
+        help="(the last step) links, hardlinks and folder metadata, and a check that every "
+        "file of the parts is in place",
+    )
+    add_executor_options(p, "the parts")
 
     p = command("check", cmd_check, "Check the repository; exit 1 and list problems if any.")
     g = p.add_mutually_exclusive_group()

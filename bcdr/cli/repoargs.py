@@ -132,13 +132,4 @@ def from_storage_spec(args: argparse.Namespace) -> StorageSpec:
 def repo_argv(args: argparse.Namespace) -> list[str]:
     """The options that name and reach the repository ``args`` names, for a child bcdr
     (secrets stay in the environment variables they name)."""
-    out = ["--repo", storage_spec(args).url]
-    for attr, _ in CREDENTIAL_FLAGS:
-        name = getattr(args, attr, None)
-        if name:
-            out += [f"--{attr.replace('_', '-')}", name]
-    for attr in ("azure_endpoint", "data_tier", "connections"):
-        value = getattr(args, attr, None)
-        if value is not None:
-            out += [f"--{attr.replace('_', '-')}", str(value)]
-    return out
+    return storage_spec(args).argv()

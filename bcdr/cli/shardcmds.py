@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,11 +19,13 @@ from bcdr.units import human_bytes
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import common as common_action
     from bcdr.actions import shard as shard_action
+    from bcdr.actions import shardrestore as restore_parts
     from bcdr.actions import slurm as slurm_action
 else:
     common_action = lazy("bcdr.actions.common")
     shard_action = lazy("bcdr.actions.shard")
     slurm_action = lazy("bcdr.actions.slurm")
+    restore_parts = lazy("bcdr.actions.shardrestore")
 
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -154,7 +158,9 @@ def sharded_backup(args: argparse.Namespace) -> int:
         sys.stderr.write(shard_action.describe_manifest(manifest) + "\n")
     if args.executor == "slurm":
         return _submit(args, manifest.run, list(range(manifest.count)), args.job or "backup")
-    outcomes = shard_action.run_local(repo_argv(args), manifest.run, manifest.count)
+    outcomes = shard_action.run_local(
+        shard_action.shard_argv(repo_argv(args), manifest.run), manifest.count
+    )
     failed = [o for o in outcomes if o.code != 0]
     if failed:
         for o in failed:
@@ -270,6 +276,81 @@ def _indexes(text: str, count: int) -> list[int]:
     if wrong:
         raise UsageError(f"--indexes: the run has shards 0 to {count - 1}, not {wrong[0]}")
     return sorted(out)
+
+
+def sharded_restore(args: argparse.Namespace) -> int:
+    """``bcdr restore --shards N``: the parts as processes here or a Slurm array, then the
+    finish (here; a job after the array when Slurm runs it without --wait)."""
+    if args.wait and args.executor != "slurm":
+        raise UsageError("--wait goes with --executor slurm (the local executor always waits)")
+    spec = storage_spec(args)
+    options = restore_parts.RestoreOptions(
+        tuple(args.include), direct=not args.buffered, setid=args.keep_setuid
+    )
+    target = os.path.abspath(args.target)
+    started = time.monotonic()
+    snap = restore_parts.prepare(
+        spec, args.snapshot, target, job=args.job, overwrite=args.overwrite, shards=args.shards
+    )
+    if args.executor == "local":
+        result = restore_parts.restore_local(spec, snap, target, args.shards, options)
+    else:
+        sub = restore_parts.submit_slurm(
+            spec, snap, target, args.shards, options, slurm_options(args), finish_job=not args.wait
+        )
+        if not args.wait:
+            if args.json:
+                render.emit_json(
+                    {"snapshot": snap.id, "array_job": sub.array, "finish_job": sub.commit}
+                )
+            elif not args.quiet:
+                render.out(
+                    f"submitted the restore of snapshot {snap.short_id} to Slurm: array job "
+                    f"{sub.array} ({args.shards} parts), finish job {sub.commit}"
+                )
+            return EXIT_OK
+        outcome = slurm_action.wait(sub, poll=SLURM_POLL)
+        result = restore_parts.ShardedRestore(
+            snap, target, restore_parts.slurm_parts(sub, outcome, args.shards), submission=sub
+        )
+        if not result.failed:
+            result.finish = restore_parts.finish(spec, snap, target, options)
+    result.seconds = time.monotonic() - started
+    return _restored(args, result)
+
+
+def _restored(args: argparse.Namespace, result: restore_parts.ShardedRestore) -> int:
+    if args.json:
+        render.emit_json(result.to_dict())
+    else:
+        for p in result.parts:
+            where = f" on {p.node}" if p.node else ""
+            if p.ok:
+                sys.stderr.write(
+                    f"  part {p.index}{where}: {p.files} file(s), "
+                    f"{human_bytes(p.bytes_written)} written in {p.seconds:.2f}s\n"
+                )
+            else:
+                sys.stderr.write(f"  part {p.index}{where}: failed: {p.error}\n")
+        if result.finish is not None:
+            render.restore_text(result.finish)
+            render.out(
+                f"restored over {len(result.parts)} part(s) in {result.seconds:.2f}s "
+                "(until every file was in place and verified)"
+            )
+    if result.failed:
+        snap, n = result.snapshot, len(result.parts)
+        repo = shlex.join(repo_argv(args))
+        first = result.failed[0]
+        sys.stderr.write(
+            f"bcdr: error: {len(result.failed)} of {n} part(s) failed "
+            f"({slurm_action.array_spec(result.failed)}); the restore is not finished\n"
+            f"hint: run each again (any host that mounts the target), e.g. bcdr restore "
+            f"{snap.id} --target {shlex.quote(result.target)} --part {first}/{n} {repo}; then "
+            f"bcdr restore {snap.id} --target {shlex.quote(result.target)} --finish {repo}\n"
+        )
+        return EXIT_FAILED
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def add_executor_options(p: argparse.ArgumentParser, what: str) -> None:

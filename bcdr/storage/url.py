@@ -38,6 +38,32 @@ class StorageSpec:
     def with_url(self, url: str) -> StorageSpec:
         return replace(self, url=url)
 
+    def argv(self) -> list[str]:
+        """The command-line options that name and reach this repository, for a child bcdr
+        (a shard, a restore's part); secrets stay in the environment variables named."""
+        url = self.url
+        if "://" not in url:  # the child may start elsewhere (a Slurm node's folder)
+            url = os.path.abspath(os.path.join(self.base_dir, url) if self.base_dir else url)
+        out = ["--repo", url]
+        if self.auth.kind != "default" and self.auth.env:
+            out += [CREDENTIAL_OPTIONS[self.auth.kind], self.auth.env]
+        for option, value in (
+            ("--azure-endpoint", self.endpoint),
+            ("--data-tier", self.tier),
+            ("--connections", self.connections),
+        ):
+            if value is not None:
+                out += [option, str(value)]
+        return out
+
+
+#: The option that names a credential's environment variable (bcdr/cli/repoargs.py).
+CREDENTIAL_OPTIONS = {
+    "connection_string": "--azure-connection-string-env",
+    "account_key": "--azure-key-env",
+    "sas": "--azure-sas-env",
+}
+
 
 def retry_policy(env: Mapping[str, str]) -> RetryPolicy:
     """The default policy, its total time the retry budget (``bcdr/retrybudget.py``)."""
