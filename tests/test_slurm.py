@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import Result, restored_root, run_process, snapshot_tree
 from tests.slurm_cluster import SlurmCluster
+from tests.test_scale_out_plans import plan_text
 from tests.test_shards import _init, _source, _trees
 
 pytestmark = pytest.mark.slow
@@ -351,3 +352,87 @@ def test_a_sharded_restore_through_slurm(
     doc = r.json()
     _wait_gone(slurm, [doc["array_job"], doc["finish_job"]])
     assert snapshot_tree(restored_root(out2, src)) == want
+
+
+def test_a_plan_runs_its_backup_and_drill_through_slurm(
+    tmp_path: Path, slurm: SlurmCluster, password: dict[str, str]
+) -> None:
+    src = _source(tmp_path, seed=6)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    slurm_settings = f"{{cpus_per_task: 1, output: '{logs}/%x-%A_%a.out'}}"
+    f = tmp_path / "plan.yaml"
+    f.write_text(
+        plan_text(
+            src,
+            backup=f"{{shards: 3, executor: slurm, slurm: {slurm_settings}}}",
+            drill=f"{{shards: 2, executor: slurm, slurm: {slurm_settings}}}",
+        )
+    )
+    assert _bcdr(slurm, password, "validate", f).code == 0
+    r = _bcdr(slurm, password, "run", f, "--job", "ckpt", "--state-dir", tmp_path / "state")
+    assert r.code == 0, r.out + r.err
+    repo = tmp_path / "repo"
+    [snap] = _bcdr(slurm, password, "snapshots", "--repo", repo, "--json").json()
+    records = _bcdr(slurm, password, "evidence", "list", "--repo", repo, "--json").json()
+    [backup] = [x for x in records if x["kind"] == "backup"]
+    jobs = backup["facts"]["slurm_jobs"]
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # one array's tasks
+    assert backup["facts"]["snapshot"] == snap["id"] and backup["plan"] == "scaled"
+    r = _bcdr(slurm, password, "drill", f, "--json")
+    assert r.code == 0, r.out + r.err
+    [report] = r.json()["drills"]
+    assert report["verdict"] == "pass" and report["executor"] == "slurm"
+    assert len(report["slurm_jobs"]) == 1
+    assert any(logs.glob("bcdr-restore-*"))  # the parts ran as Slurm tasks
+
+
+def test_a_plans_run_names_the_shard_slurm_cancelled(
+    tmp_path: Path, slurm: SlurmCluster, password: dict[str, str]
+) -> None:
+    src = _source(tmp_path, seed=7)
+    f = tmp_path / "plan.yaml"
+    out = f"'{tmp_path}/%x-%A_%a.out'"
+    f.write_text(
+        plan_text(
+            src,
+            backup=f"{{shards: 2, executor: slurm, slurm: {{output: {out}, "
+            "extra_args: [--hold]}}",
+            drill="{shards: 2}",
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bcdr",
+            "run",
+            str(f),
+            "--job",
+            "ckpt",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        env={**os.environ, **password, "SLURM_CONF": str(slurm.conf)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    array = ""
+    deadline = time.monotonic() + 60
+    while not array and time.monotonic() < deadline:
+        for line in slurm.command("squeue", "-h", "-o", "%F %j").splitlines():
+            job, name = line.split()
+            if name == "bcdr-ckpt":
+                array = job
+        time.sleep(0.2)
+    assert array, slurm.command("squeue")
+    slurm.command("scancel", f"{array}_0")
+    slurm.command("scontrol", "release", array)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 1, stdout + stderr
+    text = stdout + stderr
+    assert "1 of 2 shard(s)" in text and "shard 0: Slurm task" in text and "CANCELLED" in text
+    assert "nothing was committed" in text and "Traceback" not in text
+    snaps = _bcdr(slurm, password, "snapshots", "--repo", tmp_path / "repo", "--json").json()
+    assert snaps == []

@@ -36,25 +36,34 @@ from datetime import datetime
 from typing import Any
 
 from bcdr import retrybudget
-from bcdr.actions.common import open_or_init, open_plan_repo, run_context
+from bcdr.actions import shardrestore, slurm
+from bcdr.actions.common import (
+    open_or_init,
+    open_plan_repo,
+    password_env,
+    plan_storage_spec,
+    run_context,
+)
 from bcdr.actions.disks import ServiceFor, azure_service, disk_job, evidence_repository
 from bcdr.actions.restore import restore_snapshot
+from bcdr.actions.shard import SLURM_POLL
 from bcdr.actions.snapshots import walk
 from bcdr.archive.filerestore import file_digest
 from bcdr.archive.patterns import PathSet
-from bcdr.archive.restore import ProgressFn
+from bcdr.archive.restore import ProgressFn, RestoreStats
 from bcdr.clock import Clock, SystemClock
 from bcdr.compliance.controls import rto_estimate
 from bcdr.compliance.evidence import write_record
 from bcdr.compliance.records import DrillFacts
 from bcdr.disks.restore import delete_restored, restore_disk
 from bcdr.errors import BcdrError, RepositoryNotFound, SnapshotNotFound, UsageError
-from bcdr.plan.model import Drill, Plan
+from bcdr.plan.model import Drill, Plan, ScaleOut
 from bcdr.plan.types import Duration
 from bcdr.repository.bounds import check_snapshot_size
 from bcdr.repository.hashing import new_fingerprint
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
+from bcdr.repository.snapshot import Snapshot
 from bcdr.repository.tree import FILE, Node
 from bcdr.units import human_seconds
 
@@ -80,6 +89,9 @@ class DrillReport:
     snapshot: str | None = None  # snapshot id / recovery point id
     snapshot_time: str | None = None
     repository: str | None = None  # the plan's name of the repository restored from
+    shards: int | None = None  # scale_out: the parts the restore was spread over, and where
+    executor: str | None = None
+    slurm_jobs: list[str] = field(default_factory=list)
     recovery_point: str | None = None  # the snapshot's id where it was backed up (a copy's)
     seed: int | None = None
     sample_percent: float = 100.0
@@ -291,14 +303,17 @@ def _backup_drill(
             target = tempfile.mkdtemp(prefix=f"bcdr-drill-{report.drill}-", dir=scratch_parent)
             report.scratch = target
             restore_started = t
-            stats = restore_snapshot(
-                repo,
-                snap,
-                target,
-                includes=PathSet(p for p, _ in chosen) if len(chosen) < len(files) else None,
-                progress=progress,
-                sized=True,
-            )
+            if drill.scale_out is not None:
+                stats = _scaled_restore(plan, source, snap, target, drill.scale_out, report)
+            else:
+                stats = restore_snapshot(
+                    repo,
+                    snap,
+                    target,
+                    includes=PathSet(p for p, _ in chosen) if len(chosen) < len(files) else None,
+                    progress=progress,
+                    sized=True,
+                )
             t = phases.done("restore", t)
             if stats.first_byte_s is not None:
                 report.ttfb_s = round(restore_started - phases.t0 + stats.first_byte_s, 6)
@@ -325,6 +340,42 @@ def _backup_drill(
             else:
                 shutil.rmtree(target, ignore_errors=True)
             phases.done("cleanup", t)
+
+
+def _scaled_restore(
+    plan: Plan, source: str, snap: Snapshot, target: str, scale: ScaleOut, report: DrillReport
+) -> RestoreStats:
+    """``scale_out``: the whole snapshot restored by the plan's executor in parts (waited
+    for), then finished here; the stats of the whole, a failed part's as an error."""
+    declared = plan.repositories[source]
+    spec, env = plan_storage_spec(declared), password_env(declared)
+    options = shardrestore.RestoreOptions()
+    report.shards, report.executor = scale.shards, scale.executor
+    if scale.executor == "slurm":
+        sub = shardrestore.submit_slurm(
+            spec,
+            snap,
+            target,
+            scale.shards,
+            options,
+            slurm.options_of(scale.slurm),
+            finish_job=False,
+            env=env,
+        )
+        report.slurm_jobs = [sub.array]
+        outcome = slurm.wait(sub, poll=SLURM_POLL)
+        result = shardrestore.ShardedRestore(
+            snap, target, shardrestore.slurm_parts(sub, outcome, scale.shards)
+        )
+        if not result.failed:
+            result.finish = shardrestore.finish(spec, snap, target, options, env=env)
+    else:
+        result = shardrestore.restore_local(spec, snap, target, scale.shards, options, env=env)
+    stats = result.finish.stats if result.finish is not None else RestoreStats()
+    for part in result.parts:
+        if not part.ok:
+            stats.errors.append({"path": f"(part {part.index})", "error": part.error})
+    return stats
 
 
 def _verify(

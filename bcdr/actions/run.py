@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bcdr import retrybudget
+from bcdr.actions import shard, slurm
 from bcdr.actions.backup import BackupRequest, BackupResult, resolve_sources, run_backup
 from bcdr.actions.check import check
 from bcdr.actions.common import (
@@ -551,7 +552,10 @@ def _backup(
                 placement=placement.to_dict(),
                 context=context,
             )
-            backup = run_backup(repo, request)
+            if job.scale_out is not None:
+                backup = _scaled_backup(plan, job, repo, request)
+            else:
+                backup = run_backup(repo, request)
             result.backup, result.evidence = backup, backup.evidence
             retention_error = _retention(result, plan, name, job, repo, context)
             copy_error = _copies(result, plan, name, job, repo, clock, context)
@@ -571,6 +575,33 @@ def _backup(
         _failed(result, after_error)
         result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"
     return result
+
+
+def _scaled_backup(plan: Plan, job: BackupJob, repo: Repo, request: BackupRequest) -> BackupResult:
+    """``scale_out``: the shards run with the plan's executor (waited for), then the commit
+    here makes the snapshot, with the plan's placement and context in its evidence."""
+    scale = job.scale_out
+    assert scale is not None
+    declared = plan.repositories[job.repository]
+    manifest = shard.plan_run(repo, job.paths, scale.shards, job=request.job, excludes=job.exclude)
+    shard.run_shards(
+        repo,
+        manifest,
+        plan_storage_spec(declared).argv(),
+        executor=scale.executor,
+        options=slurm.options_of(scale.slurm),
+        env=password_env(declared),
+        name=request.job or "backup",
+    )
+    committed = shard.commit_run(
+        repo,
+        manifest.run,
+        plan=request.plan,
+        placement=request.placement,
+        context=request.context,
+    )
+    assert committed.backup is not None  # a run planned just now was not committed before
+    return committed.backup
 
 
 Runner = Callable[[Plan, str, bool, "Clock | None", RunContext], JobResult]

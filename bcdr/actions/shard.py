@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 from bcdr.actions import slurm
 from bcdr.actions.backup import (
@@ -45,6 +45,7 @@ from bcdr.archive.shards import (
     save_receipt,
     walk_files,
 )
+from bcdr.compliance.context import RunContext
 from bcdr.errors import BcdrError, RepositoryError, UsageError
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
@@ -200,7 +201,8 @@ def commit_run(
     run: str,
     *,
     plan: str | None = None,
-    placement: dict[str, object] | None = None,
+    placement: dict[str, Any] | None = None,
+    context: RunContext | None = None,
 ) -> CommitResult:
     """Make the run's snapshot from its receipts (files changed since, or not read by a
     shard, are read here). Refuses while a shard has no receipt; a run committed before
@@ -230,6 +232,7 @@ def commit_run(
         tags=tuple(manifest.tags),
         plan=plan,
         placement=placement,
+        context=context,
         prepared=prepared,
         shard_run=run,
         parent_id=manifest.parent,
@@ -393,17 +396,19 @@ def submit_slurm(
     options: slurm.SlurmOptions,
     *,
     name: str,
-    commit_args: tuple[str, ...] = (),
+    commit: bool = True,
+    env: dict[str, str] | None = None,
 ) -> slurm.Submission:
-    """The shards ``indexes`` of ``run`` as a Slurm job array, and its commit as a job that
-    runs once they all succeeded."""
+    """The shards ``indexes`` of ``run`` as a Slurm job array, and (``commit``) its commit
+    as a job that runs once they all succeeded."""
     return slurm.submit(
         run,
         indexes,
         ["shard", "run", "--run", run, "-q", *repo_args],
-        ["shard", "commit", "--run", run, *repo_args, *commit_args],
+        ["shard", "commit", "--run", run, *repo_args] if commit else None,
         options,
         name=name,
+        env=env,
     )
 
 
@@ -484,6 +489,62 @@ def slurm_report(
     snap = committed_snapshot(repo, manifest)
     commit_state = outcome.commit.state if outcome.commit else "gone"
     return SlurmReport(sub, shards, failed, snap, commit_state, manifest.files)
+
+
+# -- a plan's scale_out ----------------------------------------------------------------------
+
+
+#: How often a plan's run asks Slurm about its jobs (seconds).
+SLURM_POLL = 2.0
+
+
+def run_shards(
+    repo: Repository,
+    manifest: Manifest,
+    repo_args: list[str],
+    *,
+    executor: str,
+    options: slurm.SlurmOptions,
+    env: dict[str, str] | None = None,
+    name: str = "backup",
+) -> list[str]:
+    """Run every shard of ``manifest`` with ``executor`` and wait for them (a plan's run:
+    the commit follows here, then retention and copies as after any backup). Raises
+    ShardsMissing, naming the shards and how to finish the run, when one failed."""
+    errors: dict[int, str] = {}
+    if executor == "slurm":
+        sub = submit_slurm(
+            repo_args,
+            manifest.run,
+            list(range(manifest.count)),
+            options,
+            name=name,
+            commit=False,
+            env=env,
+        )
+        outcome = slurm.wait(sub, poll=SLURM_POLL)
+        for i, task in outcome.tasks.items():
+            if task.state != "COMPLETED":
+                errors[i] = f"Slurm task {sub.array}_{i} {task.state}"
+        jobs = [sub.array]
+    else:
+        for o in run_local(shard_argv(repo_args, manifest.run), manifest.count, env=env):
+            if o.code != 0:
+                errors[o.index] = o.error.splitlines()[-1] if o.error else f"exit {o.code}"
+        jobs = []
+    _, missing = missing_shards(repo, manifest.run)
+    if missing:
+        first = missing[0]
+        why = errors.get(first, "no receipt")
+        raise ShardsMissing(
+            f"{len(missing)} of {manifest.count} shard(s) of run {manifest.run} failed "
+            f"({slurm.array_spec(missing)}; shard {first}: {why}); nothing was committed",
+            where=repo.storage.url,
+            hint=f"run them again and commit: bcdr shard submit {' '.join(repo_args)} --run "
+            f"{manifest.run} --wait (Slurm), or bcdr shard run ... --index N and bcdr shard "
+            "commit; else the job's next run starts anew and reuses what the shards stored",
+        )
+    return jobs
 
 
 def describe_manifest(manifest: Manifest) -> str:

@@ -210,6 +210,7 @@ def submit_slurm(
     *,
     finish_job: bool,
     indexes: list[int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> slurm.Submission:
     """The parts as a Slurm job array; the finish as a job after it when ``finish_job``
     (else the caller finishes once it has waited)."""
@@ -221,6 +222,7 @@ def submit_slurm(
         sbatch,
         name=f"restore-{snap.short_id}",
         task_suffix=f' --part "$SLURM_ARRAY_TASK_ID/{shards}"',
+        env=env,
     )
 
 

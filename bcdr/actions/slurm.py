@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bcdr.errors import BcdrError, UsageError
+from bcdr.plan.model import SlurmSettings
 
 #: States a Slurm job or array task ends in (scontrol's JobState).
 ENDED = frozenset(
@@ -70,6 +71,20 @@ class SlurmOptions:
         return out + list(self.extra_args)
 
 
+def options_of(settings: SlurmSettings | None) -> SlurmOptions:
+    """SlurmOptions from a plan's ``scale_out.slurm``."""
+    if settings is None:
+        return SlurmOptions()
+    return SlurmOptions(
+        partition=settings.partition,
+        account=settings.account,
+        time_limit=settings.time_limit,
+        cpus_per_task=settings.cpus_per_task,
+        output=settings.output,
+        extra_args=tuple(settings.extra_args),
+    )
+
+
 @dataclass(frozen=True)
 class Submission:
     run: str
@@ -103,7 +118,7 @@ def _script(line: str) -> str:
     return f"#!/bin/sh\n# submitted by bcdr; see docs/scale-out.md\nexec {line}\n"
 
 
-def sbatch(args: list[str], script: str) -> str:
+def sbatch(args: list[str], script: str, env: dict[str, str] | None = None) -> str:
     """Submit ``script`` (on stdin, never a file a node must see) and return the job id."""
     if shutil.which("sbatch") is None:
         raise UsageError(
@@ -117,7 +132,7 @@ def sbatch(args: list[str], script: str) -> str:
         capture_output=True,
         text=True,
         timeout=120,
-        env=os.environ.copy(),
+        env={**os.environ, **(env or {})},  # the tasks get it (sbatch's --export=ALL)
     )
     if r.returncode != 0:
         raise BcdrError(f"sbatch refused the job: {r.stderr.strip() or r.stdout.strip()}")
@@ -133,6 +148,7 @@ def submit(
     *,
     name: str,
     task_suffix: str = ' --index "$SLURM_ARRAY_TASK_ID"',
+    env: dict[str, str] | None = None,
 ) -> Submission:
     """Submit ``task_argv`` (bcdr arguments, ``task_suffix`` added: the task's index) as an
     array over ``indexes``, and ``commit_argv`` (if given) as the job that runs after it
@@ -143,11 +159,11 @@ def submit(
     if not chosen:  # every task has run: the commit alone
         if not commit_script:
             raise UsageError("nothing to submit: no index was given")
-        commit = sbatch([f"--job-name=bcdr-{name}-commit", *base], commit_script)
+        commit = sbatch([f"--job-name=bcdr-{name}-commit", *base], commit_script, env)
         return Submission(run, "", commit, chosen)
     task = bcdr_command(*task_argv) + task_suffix
     array = sbatch(
-        [f"--job-name=bcdr-{name}", f"--array={array_spec(chosen)}", *base], _script(task)
+        [f"--job-name=bcdr-{name}", f"--array={array_spec(chosen)}", *base], _script(task), env
     )
     if not commit_script:
         return Submission(run, array, "", chosen)
@@ -160,6 +176,7 @@ def submit(
                 *base,
             ],
             commit_script,
+            env,
         )
     except BcdrError:
         cancel([array])  # an array nothing would commit

@@ -113,6 +113,9 @@ class DrillFacts(Facts, frozen=True, kw_only=True):
     snapshot: str | None = None
     snapshot_time: Time | None = None
     repository: str | None = None  # the plan's repository restored from (a copy's: region loss)
+    shards: int | None = None  # scale_out: the parts the restore was spread over, and where
+    executor: str | None = None
+    slurm_jobs: list[str] = []
     recovery_point: str | None = None
     seed: int | None = None
     sample_percent: float = 100.0

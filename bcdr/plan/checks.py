@@ -21,6 +21,7 @@ from bcdr.plan.model import (
     PruneJob,
     Repository,
     Retention,
+    ScaleOut,
     Timing,
 )
 from bcdr.plan.residency import violations
@@ -43,6 +44,7 @@ def check_plan(src: Source, plan: Plan) -> None:
         _overlaps(src, path, job, plan)
         _timing(src, path, plan, name, job)
         _copy_targets(src, path, plan, job, "copy_to")
+        _scale_out(src, (*path, "scale_out"), job.scale_out)
     for name, snap in plan.snapshots.items():
         _timing(src, ("snapshots", name), plan, name, snap)
         _disk_job(src, ("snapshots", name), plan, snap)
@@ -76,7 +78,32 @@ def _drill(src: Source, path: tuple[str, ...], plan: Plan, name: str, drill: Dri
         _drill_repository(src, path, plan, drill)
     if drill.sample.value == 0:
         src.problem((*path, "sample"), "a drill must restore something", "e.g. 100% or 5%")
+    if drill.scale_out is not None:
+        _scale_out(src, (*path, "scale_out"), drill.scale_out)
+        if drill.backup is None:
+            src.problem((*path, "scale_out"), "`scale_out` applies to drills of a backup job")
+        elif drill.scale_out.executor == "slurm" and drill.scratch is None:
+            src.problem(
+                (*path, "scratch"),
+                "a drill through Slurm restores into `scratch`, and none is set",
+                "set `scratch` to a folder every node mounts",
+            )
+        if drill.backup is not None and drill.sample.value != 100:
+            src.problem(
+                (*path, "sample"),
+                "a scale_out drill restores the whole snapshot (it measures a full restore's RTO)",
+                "remove `sample`, or `scale_out` for a sampled drill",
+            )
     _timing(src, path, plan, name, drill)
+
+
+def _scale_out(src: Source, path: tuple[str, ...], scale: ScaleOut | None) -> None:
+    if scale is not None and scale.slurm is not None and scale.executor != "slurm":
+        src.problem(
+            (*path, "slurm"),
+            f"`slurm` settings with executor {scale.executor!r}: they would not be used",
+            "set `executor: slurm`, or remove `slurm`",
+        )
 
 
 def _copy_targets(

@@ -22,6 +22,8 @@ SECTIONS: list[type] = [
     model.CopyTarget,
     model.DiskSnapshotJob,
     model.Drill,
+    model.ScaleOut,
+    model.SlurmSettings,
     model.CheckJob,
     model.PruneJob,
     model.CopyJob,
@@ -39,12 +41,19 @@ TITLES = {
     model.CopyTarget: "backups.NAME.copy_to (and copies.NAME.to) entries",
     model.DiskSnapshotJob: "snapshots.NAME",
     model.Drill: "drills.NAME",
+    model.ScaleOut: "scale_out (of a backup or a drill)",
+    model.SlurmSettings: "scale_out.slurm",
     model.CheckJob: "checks.NAME",
     model.PruneJob: "prunes.NAME",
     model.CopyJob: "copies.NAME",
     model.Retention: "retention (of a backup, snapshot job or copy)",
     model.Hooks: "hooks",
 }
+
+
+def _cell(text: str) -> str:
+    """Text for a table cell: a ``|`` (``hot | cool``) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _default(f: dataclasses.Field[Any]) -> str:
@@ -78,7 +87,7 @@ def reference() -> str:
         lines += ["| field | type | default | description |", "|---|---|---|---|"]
         for f, hint in fields_of(cls):
             lines.append(
-                f"| `{f.name}` | {_describe(hint)} | {_default(f)} | {f.metadata['doc']} |"
+                f"| `{f.name}` | {_cell(_describe(hint))} | {_default(f)} | {f.metadata['doc']} |"
             )
         lines.append("")
     return "\n".join(lines)

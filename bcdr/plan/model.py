@@ -192,6 +192,44 @@ class Timing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SlurmSettings:
+    """What ``sbatch`` is given for the job array and the job after it."""
+
+    partition: str | None = spec("Slurm partition (sbatch --partition).", default=None)
+    account: str | None = spec("Slurm account (sbatch --account).", default=None)
+    time_limit: str | None = spec(
+        "Time limit of each task (sbatch --time), e.g. `4:00:00`.", example="4:00:00", default=None
+    )
+    cpus_per_task: int | None = spec(
+        "CPUs of each task (sbatch --cpus-per-task).", default=None, min=1, max=4096
+    )
+    output: str | None = spec(
+        "Where each task's output goes (sbatch --output), on a filesystem the nodes share.",
+        example="/shared/logs/bcdr-%x-%A_%a.out",
+        default=None,
+    )
+    extra_args: tuple[str, ...] = spec(
+        "Other sbatch arguments, e.g. `--qos=backup`.", example=["--qos=backup"], default=()
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleOut:
+    """One backup or restore spread over several processes or Slurm nodes
+    (docs/scale-out.md). The source, a restore's target and a local repository must be on a
+    filesystem every node mounts, at the same paths."""
+
+    shards: int = spec(
+        "How many parts: shards of a backup, parts of a restore.", example=8, min=1, max=1000
+    )
+    executor: Literal["local", "slurm"] = spec(
+        "`local`: processes on this machine; `slurm`: a job array submitted with sbatch.",
+        default="local",
+    )
+    slurm: SlurmSettings | None = spec("sbatch settings (executor slurm).", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackupJob(Timing):
     """File trees backed up incrementally into a repository."""
 
@@ -215,6 +253,13 @@ class BackupJob(Timing):
         "another region or account), with the snapshots a failed copy missed; or "
         "`{repository: NAME, retention: {...}}` to keep another set there.",
         default=(),
+    )
+    scale_out: ScaleOut | None = spec(
+        "Read the backup with several processes or Slurm tasks, committed as one snapshot "
+        "(`bcdr backup --shards`). `bcdr run` waits for the shards (with `executor: slurm`, "
+        "by asking Slurm about the job array), commits here, then applies retention and "
+        "copies as after any backup.",
+        default=None,
     )
 
     def copy_targets(self) -> list[CopyTarget]:
@@ -349,6 +394,12 @@ class Drill(Timing):
     compare_source: bool = spec(
         "Compare unchanged source files with the restored bytes; drift is reported.",
         default=False,
+    )
+    scale_out: ScaleOut | None = spec(
+        "Restore with several processes or Slurm tasks (`bcdr restore --shards`): the RTO "
+        "of the whole array, from the first part's start until every file is verified in "
+        "place. Restores the whole snapshot (no `sample`); the drill waits for Slurm.",
+        default=None,
     )
 
 
