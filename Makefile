@@ -72,7 +72,7 @@ bench: install node restic rclone
 	$(PY) bench/run.py
 
 bench-quick: install node restic
-	BENCH_SIZES=small BENCH_ROUNDS=2 BENCH_SINGLE_MIB=0 BENCH_AZURE=0 BENCH_COPY=0 $(PY) bench/run.py
+	BENCH_SIZES=small BENCH_ROUNDS=2 BENCH_SINGLE_MIB=0 BENCH_AZURE=0 BENCH_COPY=0 BENCH_SHARDS=0 $(PY) bench/run.py
 
 lint: install
 	$(VENV)/bin/ruff check bcdr tests bench

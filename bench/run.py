@@ -21,8 +21,10 @@ Environment:
   keeps every run);
 - BENCH_TARGET (default ``journaled``, or ``plain``) and BENCH_TARGET_GIB: where restores go
   (see TARGET_KIND);
-- BENCH_AZURE=0 and BENCH_COPY=0 leave out the Azure (Azurite, rclone) and ``bcdr copy``
-  (bench/copy_rates.py) parts;
+- BENCH_AZURE=0, BENCH_COPY=0 and BENCH_SHARDS=0 leave out the Azure (Azurite, rclone),
+  ``bcdr copy`` (bench/copy_rates.py) and sharded-backup (bench/shard_rates.py) parts;
+  BENCH_SHARD_FILES sets the file counts of the commit's cost (default 10,000, 100,000 and
+  1,000,000);
 - BENCH_DIR (default bench/out) holds the corpus, repositories, and results.json.
 
 Both tools run with encryption on (restic always encrypts) and warm page cache. Peak RSS has a
@@ -50,6 +52,7 @@ from pathlib import Path
 
 from azure_rates import bench_azure, bench_rclone  # beside this file
 from copy_rates import bench_copy
+from shard_rates import bench_shards
 
 CORPUS = [sys.executable, str(Path(__file__).resolve().parent / "corpus.py")]
 OUT = Path(os.environ.get("BENCH_DIR", Path(__file__).resolve().parent / "out"))
@@ -59,6 +62,7 @@ SINGLE_MIB = int(os.environ.get("BENCH_SINGLE_MIB", "4096"))
 #: Phases timed until their bytes are durable (``sync`` inside the timed span).
 AZURE = os.environ.get("BENCH_AZURE", "1") != "0"
 COPY = os.environ.get("BENCH_COPY", "1") != "0"
+SHARDS = os.environ.get("BENCH_SHARDS", "1") != "0"
 DURABLE = frozenset({"full restore", "single-file restore"})
 #: An even number, so that each tool runs first in as many rounds as the other at every phase
 #: (the second to restore was the slower in this VM: 2.68 s against 1.77 and 2.15 s for bcdr).
@@ -588,6 +592,10 @@ def _main(corpus: Path, tools: list[str]) -> int:
                 f"  bcdr/rclone, median: local {copied['local_ratio']:.2f}, into Azurite "
                 f"{copied['azure_ratio']:.2f}; a rerun with nothing new {copied['rerun_s']:.2f} s"
             )
+    sharded: dict[str, object] = {}
+    if SHARDS:
+        print("\nSharded backups (local executor) against the unsharded one:", flush=True)
+        sharded = bench_shards(OUT, ROUNDS)
     doc = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -603,6 +611,7 @@ def _main(corpus: Path, tools: list[str]) -> int:
         "azure": azure,
         "rclone": rclone,
         "copy": copied,
+        "shards": sharded,
         "extra": extra,
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=2))

@@ -376,3 +376,17 @@ def test_prune_keeps_a_pending_runs_chunks_and_removes_finished_runs(tmp_path: P
     assert not (repo / "shards" / stale).exists() or not any((repo / "shards" / stale).iterdir())
     r = run_process("restore", "--repo", repo, committed, "--target", tmp_path / "out")
     assert r.code == 0, r.err
+
+
+def test_a_shard_on_a_node_that_does_not_see_the_source_says_so(tmp_path: Path) -> None:
+    src = _source(tmp_path, seed=9)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = run_process("shard", "plan", "--repo", repo, "--job", "j", "--shards", 2, src, "--json")
+    run = r.json()["run"]
+    hidden = src.rename(tmp_path / "elsewhere")  # as on a node that does not mount it
+    r = run_process("shard", "run", "--repo", repo, "--run", run, "--index", 0)
+    assert r.code == 2 and "does not exist on" in r.err and "every node mounts" in r.err
+    assert not list((repo / "shards" / run).glob("receipt-*"))
+    hidden.rename(src)
+    assert run_process("shard", "run", "--repo", repo, "--run", run, "--index", 0).code == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,13 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
     done = load_receipt(repo, manifest, index)
     if done is not None:
         return done
+    unseen = [p for p in manifest.paths if not os.path.lexists(p)]
+    if unseen:  # not mounted here: every part would be missing, and the commit read it all
+        raise UsageError(
+            f"shard {index} of run {run}: {unseen[0]} does not exist on "
+            f"{socket.gethostname()}; nothing was read",
+            hint="the source must be on a filesystem every node mounts, at the same path",
+        )
     started = time.monotonic()
     with repo.lock(BACKUP) as lock:
         load_for_writing(repo)
@@ -116,10 +124,20 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
             archiver.begin()
             try:
                 for part in manifest.shards[index]:
-                    if _unchanged(parent, part.path, repo):
+                    try:
+                        st = os.lstat(part.path)
+                    except OSError:
+                        st = None  # read_part says why
+                    if st is not None and _unchanged(parent, part.path, st, repo):
                         skipped += 1
                         continue
-                    reads.append(archiver.read_part(part.path, part.start, part.end))
+                    whole = (
+                        st is not None
+                        and stat.S_ISREG(st.st_mode)
+                        and (part.start, part.end) == (0, st.st_size)
+                    )
+                    small = archiver.read_small(part.path, st) if whole and st else None
+                    reads.append(small or archiver.read_part(part.path, part.start, part.end))
             finally:
                 archiver.end()
         lock.ensure_valid()
@@ -162,14 +180,12 @@ def _parent_lookup(repo: Repository, manifest: Manifest) -> ParentLookup | None:
     return ParentLookup(repo, bytes.fromhex(snap.tree))
 
 
-def _unchanged(parent: ParentLookup | None, path: bytes, repo: Repository) -> bool:
+def _unchanged(
+    parent: ParentLookup | None, path: bytes, st: os.stat_result, repo: Repository
+) -> bool:
     """A file the parent snapshot holds as it is now: the commit's walk keeps the parent's
     node for it (the no-change path of a backup), so no shard reads any part of it."""
     if parent is None:
-        return False
-    try:
-        st = os.lstat(path)
-    except OSError:
         return False
     node = parent.node(path)
     return (

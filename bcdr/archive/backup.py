@@ -121,6 +121,8 @@ class Archiver:
         self._pipeline = ChunkPipeline(repo, workers, fork_for=self)
         self._batch: list[tuple[bytes, Node, bool]] = []
         self._batch_bytes = 0
+        self._part_batch: list[tuple[bytes, PartRead]] = []  # a shard's small files
+        self._part_batch_bytes = 0
         self._dropped: set[int] = set()  # id() of nodes whose file could not be read
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._last_progress = 0.0
@@ -324,14 +326,7 @@ class Archiver:
         ):
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
-        elif (
-            st.st_size <= min(WORKER_FILE_MAX, self.repo.chunker.whole_max)
-            and (
-                not self.repo.chunker.params.region or st.st_size <= self.repo.chunker.params.region
-            )
-            and st.st_nlink == 1
-            and not path.endswith(SAFETENSORS)
-        ):
+        elif self._small(path, st.st_size) and st.st_nlink == 1:
             self._queue_file(path, node, pnode is None)
         elif self._read_file(path, node):
             self._count_read(pnode is None)
@@ -350,6 +345,52 @@ class Archiver:
         node.content, node.digest = list(found[0]), found[1]
         self._count_read(new)
         return True
+
+    def _small(self, path: bytes, size: int) -> bool:
+        """Is the file read whole in a worker, batched with others (a few chunks at most)?"""
+        region = self.repo.chunker.params.region
+        return (
+            size <= min(WORKER_FILE_MAX, self.repo.chunker.whole_max)
+            and (not region or size <= region)
+            and not path.endswith(SAFETENSORS)
+        )
+
+    def read_small(self, path: bytes, st: os.stat_result) -> PartRead | None:
+        """(a shard) :meth:`read_part` of a whole small file, read in a worker batched with
+        others as a backup reads them; None when the file is not small."""
+        if not self._small(path, st.st_size):
+            return None
+        part = PartRead(path, 0, st.st_size, meta=(st.st_size, 0, 0, st.st_ino))
+        self._part_batch.append((path, part))
+        self._part_batch_bytes += st.st_size
+        if len(self._part_batch) >= BATCH_FILES or self._part_batch_bytes >= BATCH_BYTES:
+            self._flush_parts()
+        return part
+
+    def _flush_parts(self) -> None:
+        batch, self._part_batch, weight = self._part_batch, [], self._part_batch_bytes
+        self._part_batch_bytes = 0
+        if batch:
+            paths = [path for path, _ in batch]
+            self._pipeline.run_forked(
+                "_read_batch", (paths,), partial(self._parts_read, batch), weight
+            )
+
+    def _parts_read(self, batch: list[tuple[bytes, PartRead]], results: list[WholeFile]) -> None:
+        """(main thread) Fill in the parts of a batch and store their chunks, in order."""
+        for (_, part), res in zip(batch, results, strict=True):
+            error, size, mtime_ns, ctime_ns, digest, changed, chunks = res
+            if error is not None:
+                part.error = error
+                continue
+            for blob_id, encoded, raw_len in chunks:
+                part.content.append(blob_id)
+                self._pipeline.store(blob_id, encoded, raw_len)
+            part.meta = (size, mtime_ns, ctime_ns, part.meta[3])
+            part.digest = digest
+            if changed or size != part.end:
+                part.error = CHANGED_WHILE_READ
+            self.stats.bytes_read += size
 
     def read_part(self, path: bytes, start: int, end: int) -> PartRead:
         """(a shard of a sharded backup; between :meth:`begin` and :meth:`end`) Read, cut and
@@ -406,6 +447,7 @@ class Archiver:
     def end(self) -> None:
         """Wait for every chunk :meth:`read_part` submitted, then stop the pipeline."""
         try:
+            self._flush_parts()
             self._pipeline.drain()
         finally:
             self._pipeline.close()

@@ -405,7 +405,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p, required=False, help_text="with --copy-chunker-params: the repository to match"
     )
 
-    p = command("backup", cmd_backup, "Back up paths into a new snapshot (incremental).")
+    p = command(
+        "backup",
+        cmd_backup,
+        "Back up paths into a new snapshot (incremental).",
+        epilog="Examples: bcdr backup --repo /backups/main --job ckpt --exclude '*.tmp' "
+        "/data/checkpoints. Read by 64 Slurm tasks, one snapshot: bcdr backup --repo "
+        "azure://acct/backups --job ckpt --shards 64 --executor slurm --wait "
+        "--slurm-partition backup /lustre/ckpt (docs/scale-out.md).",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
     p.add_argument(
         "--job",
@@ -465,7 +473,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("path", nargs="?", metavar="PATH", help="only entries at or under this path")
     p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
 
-    p = command("restore", cmd_restore, "Restore a snapshot into a folder, verifying every file.")
+    p = command(
+        "restore",
+        cmd_restore,
+        "Restore a snapshot into a folder, verifying every file.",
+        epilog="Examples: bcdr restore --repo /backups/main latest --job ckpt --target "
+        "/scratch/restore --include '/data/ckpt/step-900*'. Over 64 Slurm tasks into a "
+        "shared folder: bcdr restore --repo azure://acct/backups latest --job ckpt --target "
+        "/lustre/restore --shards 64 --executor slurm --wait (docs/scale-out.md).",
+    )
     p.add_argument("snapshot", metavar="SNAPSHOT", help="id, unique id prefix, or 'latest'")
     p.add_argument("--target", "-t", required=True, metavar="DIR", help="folder to restore into")
     p.add_argument(
