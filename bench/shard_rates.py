@@ -90,10 +90,10 @@ def _fresh(repo: Path, like: Path | None = None) -> None:
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def bench_shard_counts(out: Path, rounds: int) -> dict[str, object]:
-    corpus = out / "shard-corpus"
+def bench_shard_counts(out: Path, rounds: int, shape: str = "small") -> dict[str, object]:
+    corpus = out / f"shard-corpus-{shape}"
     if not corpus.exists():
-        subprocess.run([*CORPUS, "make", str(corpus), "1.0"], check=True)
+        subprocess.run([*CORPUS, "make", str(corpus), "1.0", shape], check=True)
     kinds = ["unsharded", *(f"shards={n}" for n in SHARDS)]
     walls: dict[str, list[float]] = {k: [] for k in kinds}
     cpus: dict[str, list[float]] = {k: [] for k in kinds}
@@ -122,6 +122,7 @@ def bench_shard_counts(out: Path, rounds: int) -> dict[str, object]:
     base_wall = statistics.median(walls["unsharded"])
     shutil.rmtree(chunker, ignore_errors=True)
     return {
+        "shape": shape,
         "corpus_bytes": sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file()),
         "rounds": rounds,
         "rows": [

@@ -58,6 +58,22 @@ def _wait_gone(slurm: SlurmCluster, jobs: list[str], timeout: float = 120) -> No
     raise AssertionError(f"jobs {jobs} still queued: {slurm.command('squeue')}")
 
 
+def _cancel_one_task(slurm: SlurmCluster, job_name: str, task: int) -> None:
+    """Wait for the held array ``job_name``, cancel its task ``task`` before it runs (as an
+    operator's scancel would), and release the others."""
+    array = ""
+    deadline = time.monotonic() + 60
+    while not array and time.monotonic() < deadline:
+        for line in slurm.command("squeue", "-h", "-o", "%F %j").splitlines():
+            job, name = line.split()
+            if name == job_name:
+                array = job
+        time.sleep(0.2)
+    assert array, slurm.command("squeue")
+    slurm.command("scancel", f"{array}_{task}")
+    slurm.command("scontrol", "release", array)
+
+
 def test_a_sharded_backup_through_slurm_is_the_unsharded_snapshot(
     tmp_path: Path, slurm: SlurmCluster, password: dict[str, str]
 ) -> None:
@@ -199,17 +215,7 @@ def test_a_cancelled_array_task_is_reported_and_run_again_on_its_own(
         stderr=subprocess.PIPE,
         text=True,
     )
-    array = ""
-    deadline = time.monotonic() + 60
-    while not array and time.monotonic() < deadline:
-        for line in slurm.command("squeue", "-h", "-o", "%F %j").splitlines():
-            job, name = line.split()
-            if name == "bcdr-sl":
-                array = job
-        time.sleep(0.2)
-    assert array, slurm.command("squeue")
-    slurm.command("scancel", f"{array}_1")
-    slurm.command("scontrol", "release", array)
+    _cancel_one_task(slurm, "bcdr-sl", 1)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, out + err
     assert re.search(r"shard 1 .*CANCELLED", err), err
@@ -418,17 +424,7 @@ def test_a_plans_run_names_the_shard_slurm_cancelled(
         stderr=subprocess.PIPE,
         text=True,
     )
-    array = ""
-    deadline = time.monotonic() + 60
-    while not array and time.monotonic() < deadline:
-        for line in slurm.command("squeue", "-h", "-o", "%F %j").splitlines():
-            job, name = line.split()
-            if name == "bcdr-ckpt":
-                array = job
-        time.sleep(0.2)
-    assert array, slurm.command("squeue")
-    slurm.command("scancel", f"{array}_0")
-    slurm.command("scontrol", "release", array)
+    _cancel_one_task(slurm, "bcdr-ckpt", 0)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 1, stdout + stderr
     text = stdout + stderr

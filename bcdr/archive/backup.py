@@ -417,13 +417,15 @@ class Archiver:
                         return part
                     if not isinstance(reader, RangeReader):
                         reader = RangeReader(fd, seg.start, seg.end)
+                    # a segment read whole is handed on as views of its buffer (as a backup)
+                    keep = self.repo.chunker.read_whole(seg.end - seg.start)
                     for chunk in self.repo.chunker.chunks(reader, seg.end - seg.start):
                         layout = (
                             (seg.elsize, (seg.start - pos) % seg.elsize) if seg.elsize else None
                         )
                         hasher.update(chunk)
                         pos += len(chunk)
-                        self._pipeline.submit(bytes(chunk), part.content, layout)
+                        self._pipeline.submit(chunk if keep else bytes(chunk), part.content, layout)
                         self.stats.bytes_read += len(chunk)
                 after = os.fstat(fd)
         except OSError as exc:
