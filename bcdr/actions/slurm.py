@@ -25,9 +25,12 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bcdr.errors import BcdrError, UsageError
-from bcdr.plan.model import SlurmSettings
+
+if TYPE_CHECKING:  # a shard's process does not load the plan model
+    from bcdr.plan.model import SlurmSettings
 
 #: States a Slurm job or array task ends in (scontrol's JobState).
 ENDED = frozenset(

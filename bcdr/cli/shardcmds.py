@@ -142,7 +142,7 @@ def sharded_backup(args: argparse.Namespace) -> int:
     if args.wait and args.executor != "slurm":
         raise UsageError("--wait goes with --executor slurm (the local executor always waits)")
     repo = common_action.open_repo(storage_spec(args))
-    try:
+    try:  # open once: the plan, then (after the shards) the commit
         manifest = shard_action.plan_run(
             repo,
             tuple(args.paths),
@@ -152,32 +152,31 @@ def sharded_backup(args: argparse.Namespace) -> int:
             tags=tuple(args.tag),
             force_read=args.force_read,
         )
-    finally:
-        repo.close()
-    if not args.quiet and not args.json:
-        sys.stderr.write(shard_action.describe_manifest(manifest) + "\n")
-    if args.executor == "slurm":
-        return _submit(args, manifest.run, list(range(manifest.count)), args.job or "backup")
-    outcomes = shard_action.run_local(
-        shard_action.shard_argv(repo_argv(args), manifest.run), manifest.count
-    )
-    failed = [o for o in outcomes if o.code != 0]
-    if failed:
-        for o in failed:
-            last = o.error.splitlines()[-1] if o.error else f"exit {o.code}"
-            sys.stderr.write(f"shard {o.index} failed: {last}\n")
-        indexes = ",".join(str(o.index) for o in failed)
-        sys.stderr.write(
-            f"bcdr: error: {len(failed)} of {manifest.count} shard(s) failed; nothing was "
-            f"committed\nhint: run them again with `bcdr shard run --run {manifest.run} "
-            f"--index N` (N in {indexes}), then `bcdr shard commit --run {manifest.run}`\n"
+        if not args.quiet and not args.json:
+            sys.stderr.write(shard_action.describe_manifest(manifest) + "\n")
+        if args.executor == "slurm":
+            return _submit(args, manifest.run, list(range(manifest.count)), args.job or "backup")
+        outcomes = shard_action.run_local(
+            shard_action.shard_argv(repo_argv(args), manifest.run),
+            manifest.count,
+            parallel=shard_action.SHARDS_AT_ONCE,
         )
-        return EXIT_FAILED
-    repo = common_action.open_repo(storage_spec(args))
-    try:
-        return _committed(args, shard_action.commit_run(repo, manifest.run))
+        failed = [o for o in outcomes if o.code != 0]
+        if not failed:
+            return _committed(args, shard_action.commit_run(repo, manifest.run))
     finally:
         repo.close()
+    for o in failed:
+        last = o.error.splitlines()[-1] if o.error else f"exit {o.code}"
+        sys.stderr.write(f"shard {o.index} failed: {last}\n")
+    indexes = ",".join(str(o.index) for o in failed)
+    where = shlex.join(repo_argv(args))
+    sys.stderr.write(
+        f"bcdr: error: {len(failed)} of {manifest.count} shard(s) failed; nothing was "
+        f"committed\nhint: run them again with `bcdr shard run {where} --run {manifest.run} "
+        f"--index N` (N in {indexes}), then `bcdr shard commit {where} --run {manifest.run}`\n"
+    )
+    return EXIT_FAILED
 
 
 def _submit(args: argparse.Namespace, run: str, indexes: list[int], name: str) -> int:
