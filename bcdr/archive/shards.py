@@ -266,13 +266,26 @@ class PreparedFiles:
             parts = self._parts.get(self._by_inode.get(meta, b""))
         if not parts:
             return None
+        if len(parts) == 1:  # the common case: a whole file read by one shard
+            p = parts[0]
+            if p.start or p.end != st.st_size or tuple(p.meta) != meta or p.digest is None:
+                return self._pieced(parts, meta, st.st_size)
+            self.used += 1
+            return list(p.content), p.digest
+        return self._pieced(parts, meta, st.st_size)
+
+    def _pieced(
+        self, parts: list[PartReceipt], meta: tuple[int, int, int, int], size: int
+    ) -> tuple[list[bytes], str] | None:
+        """A file in several parts (or one part of several regions): all of it, each part
+        read from the version the commit sees."""
         parts = sorted(parts, key=lambda p: p.start)
         pos = 0
         for p in parts:
-            if p.start != pos or p.meta != meta:
+            if p.start != pos or tuple(p.meta) != meta:
                 return None  # not all of it, or another version of it: read again
             pos = p.end
-        if pos != st.st_size:
+        if pos != size:
             return None
         content = [c for p in parts for c in p.content]
         if len(parts) == 1 and parts[0].digest is not None:
