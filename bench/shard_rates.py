@@ -2,11 +2,11 @@
 unsharded backup of the same corpus, in the same run, and the commit's cost against the number
 of files and of shards (docs/scale-out.md).
 
-1. The bench corpus (scale 1.0, 632 MiB) backed up unsharded and with N = 1, 2 and 4 shards,
-   each into a fresh encrypted repository, BENCH_ROUNDS rounds (order rotated). Per backup:
-   wall time until it returns, total CPU time of every process it started (``wait4`` of the
-   children: shards and their workers included), and the tree of the corpus folder in the
-   snapshot, which must be the unsharded one.
+1. The bench corpora (large, 2.9 GiB, and small, 632 MiB) backed up unsharded and with N = 1,
+   2 and 4 shards, each into a fresh encrypted repository, BENCH_ROUNDS rounds (order
+   rotated). Per backup: wall time until it returns, total CPU time of every process it
+   started (``wait4`` of the children: shards and their workers included), and per file its
+   metadata, fingerprint and chunk lengths, which must be the unsharded backup's.
 2. Trees of F files of 100 bytes (BENCH_SHARD_FILES, default 10,000, 100,000 and 1,000,000; 1,000
    per folder), each run with S shards (1 and 16): the plan, the shards and the commit timed
    apart. The commit walks the whole source and looks every file up in the receipts: its cost
@@ -209,9 +209,11 @@ def bench_commit_cost(out: Path) -> list[dict[str, float]]:
 
 
 def bench_shards(out: Path, rounds: int) -> dict[str, object]:
-    counts = bench_shard_counts(out, rounds)
-    for row in counts["rows"]:  # type: ignore[attr-defined]
-        print(f"  {row}", flush=True)
+    counts = {}
+    for shape in ("large", "small"):
+        counts[shape] = bench_shard_counts(out, rounds, shape)
+        for row in counts[shape]["rows"]:  # type: ignore[attr-defined]
+            print(f"  {shape}: {row}", flush=True)
     return {"counts": counts, "commit": bench_commit_cost(out)}
 
 

@@ -38,6 +38,7 @@ from bcdr.cli.schedulecmds import add_schedule_commands
 from bcdr.cli.shardcmds import (
     add_executor_options,
     add_shard_commands,
+    cmd_shard,
     sharded_backup,
     sharded_restore,
 )
@@ -597,6 +598,7 @@ def progress_logging(quiet: bool) -> None:
 #: Freed memory each data command keeps for reuse (see bcdr/memory.py for the figures).
 KEEP_FREED: dict[Handler, int] = {
     cmd_backup: 32 * 2**20,
+    cmd_shard: 32 * 2**20,  # `shard run` is a backup's reading
     cmd_restore: 64 * 2**20,
 }
 
