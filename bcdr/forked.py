@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from bcdr.interrupts import interrupts_received
 from bcdr.memory import lean_heap
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
@@ -100,10 +101,15 @@ class ForkedPool:
     @classmethod
     def start(cls, target: object, workers: int) -> ForkedPool | None:
         """A pool, or None when the processes cannot be made (a limit on processes or
-        memory): the caller then does the work in threads."""
+        memory): the caller then does the work in threads. A signal that arrives while the
+        processes are made stops the caller, even when the executor reports it as a broken
+        pool (a SIGTERM swallowed so was a daemon that never stopped)."""
+        received = interrupts_received()
         try:
             return cls(target, workers)
         except (OSError, BrokenProcessPool):
+            if interrupts_received() != received:
+                raise KeyboardInterrupt from None
             return None
 
     def submit(self, method: str, *args: Any) -> Future[Any]:

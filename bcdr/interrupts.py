@@ -57,3 +57,8 @@ def terminate_as_interrupt() -> None:
 
 def was_interrupted() -> bool:
     return bool(_RECEIVED)
+
+
+def interrupts_received() -> int:
+    """How many SIGINT/SIGTERM this process has turned into KeyboardInterrupt so far."""
+    return len(_RECEIVED)

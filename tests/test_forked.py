@@ -55,3 +55,30 @@ def test_ctrl_c_while_the_pool_starts_is_the_interrupt_not_a_runtime_error(
     monkeypatch.setattr(ProcessPoolExecutor, "shutdown", unjoinable)
     with pytest.raises(KeyboardInterrupt):
         ForkedPool(object(), 1)
+
+
+def test_a_signal_the_executor_turns_into_a_broken_pool_still_stops_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a SIGTERM while the workers fork, reported by the executor as a broken pool: falling
+    # back to threads lost the signal, and a daemon told to stop ran its job on and slept
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bcdr import interrupts
+
+    def signal_then_broken(self: ProcessPoolExecutor, *args: object, **kwargs: object) -> None:
+        interrupts._RECEIVED.append(15)  # what the SIGTERM handler records
+        raise BrokenProcessPool("a child terminated abruptly")
+
+    monkeypatch.setattr(interrupts, "_RECEIVED", [])
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", signal_then_broken)
+    with pytest.raises(KeyboardInterrupt):
+        ForkedPool.start(object(), 1)
+    # without a signal, a broken pool is only a pool that could not be made: threads then
+    monkeypatch.setattr(
+        ProcessPoolExecutor,
+        "submit",
+        lambda self, *a, **k: (_ for _ in ()).throw(BrokenProcessPool("limit")),
+    )
+    assert ForkedPool.start(object(), 1) is None

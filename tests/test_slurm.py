@@ -79,19 +79,7 @@ def test_a_sharded_backup_through_slurm_is_the_unsharded_snapshot(
 ) -> None:
     src = _source(tmp_path)
     repo = tmp_path / "repo"
-    r = _bcdr(
-        slurm,
-        password,
-        "init",
-        "--repo",
-        repo,
-        "--encrypt",
-        "--chunk-size",
-        "4096,4096,32768",
-        "--region-size",
-        64 * 1024,
-    )
-    assert r.code == 0, r.err
+    _init_encrypted(slurm, password, repo)
     assert _bcdr(slurm, password, "backup", "--repo", repo, "--job", "whole", src).code == 0
     r = _bcdr(
         slurm,
