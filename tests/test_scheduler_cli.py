@@ -148,8 +148,14 @@ def test_daemon_stops_cleanly_on_sigterm_idle_and_in_the_middle_of_a_job(tmp_pat
     assert [e["event"] for e in events] == ["daemon-start", "job-start"]
     time.sleep(0.15)  # into the upload of the big file
     proc.send_signal(signal.SIGTERM)
-    rest = [json.loads(x) for x in proc.stderr.read().splitlines()]
-    assert proc.wait(timeout=60) == 0
+    try:  # a lost signal fails here, instead of hanging the suite
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the daemon did not stop on SIGTERM: {err[-2000:]}")
+    rest = [json.loads(x) for x in err.splitlines()]
+    assert proc.returncode == 0
     assert [e["event"] for e in rest] == ["job-interrupted", "daemon-stop"]
     assert _rows(state) == [("interrupted", 1)]
     r = run_process("check", "--repo", tmp_path / "repo")
