@@ -303,8 +303,8 @@ class TempFile:
             self._write_small()  # opens the file of an empty object too
             if self._storage._fsync:
                 os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1  # forgotten first: a Ctrl-C right after the close
+            os.close(fd)  # must not make discard close it (or a reused number) again
             self._storage._ensure_dir(final.parent)
             try:
                 os.link(self._tmp, final)
@@ -322,8 +322,8 @@ class TempFile:
         self._ended = True
         self._small = bytearray()
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            os.close(fd)
         try:
             os.unlink(self._tmp)
         except (FileNotFoundError, NotADirectoryError):
