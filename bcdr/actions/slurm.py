@@ -253,8 +253,6 @@ def show_job(job: str) -> list[JobState] | None:
 class Outcome:
     tasks: dict[int, JobState] = field(default_factory=dict)  # what Slurm said last, per task
     commit: JobState | None = None
-    array_gone: bool = False  # Slurm forgot the array before its tasks were seen to end
-    commit_gone: bool = False
 
     def failed_tasks(self) -> list[int]:
         return sorted(i for i, t in self.tasks.items() if t.ended and t.state != "COMPLETED")
@@ -275,17 +273,13 @@ def _vanished(sub: Submission, outcome: Outcome) -> None:
 
 def _observe(sub: Submission, outcome: Outcome) -> tuple[bool, bool]:
     """Ask Slurm about the array and the commit job once; (array ended, commit ended)."""
-    array = show_job(sub.array) if sub.array else []
-    if array is None:
-        outcome.array_gone = True
-    else:
+    array = show_job(sub.array) if sub.array else []  # None: Slurm forgot it (it ended)
+    if array is not None:
         for rec in array:
             if rec.task is not None:
                 outcome.tasks[rec.task] = rec
     commit = show_job(sub.commit) if sub.commit else []
-    if commit is None:
-        outcome.commit_gone = True
-    elif commit:
+    if commit:
         outcome.commit = commit[0]
     array_done = array is None or all(r.ended for r in array)
     if array is not None and array_done:
