@@ -50,6 +50,7 @@ def derivations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(kdf, "_scrypt", counting)
     monkeypatch.setattr(kdf, "_pending", {})
+    monkeypatch.setattr(kdf, "_derived", {})
     return calls
 
 
@@ -58,9 +59,19 @@ def test_started_ahead_is_taken_once(derivations: list[str]) -> None:
     assert kdf.derive_ahead(key_file(salt), b"pw")
     assert kdf.derive(b"pw", salt, N, R, P) == expected(b"pw", salt)
     assert derivations == ["bcdr-kdf"]
-    # taken: the next open derives again, in its own thread
+    # kept: the next open in this process (or a child forked from it) derives nothing
     assert kdf.derive(b"pw", salt, N, R, P) == expected(b"pw", salt)
-    assert derivations == ["bcdr-kdf", "MainThread"]
+    assert kdf.derive_ahead(key_file(salt), b"pw")
+    assert kdf.derive(b"pw", salt, N, R, P) == expected(b"pw", salt)
+    assert derivations == ["bcdr-kdf"]
+
+
+def test_a_kept_key_is_given_only_for_its_password(derivations: list[str]) -> None:
+    salt = b"k" * 16
+    assert kdf.derive(b"right", salt, N, R, P) == expected(b"right", salt)
+    assert kdf.derive(b"wrong", salt, N, R, P) == expected(b"wrong", salt)
+    assert kdf.derive(b"right", b"o" * 16, N, R, P) == expected(b"right", b"o" * 16)
+    assert derivations == ["MainThread"] * 3
 
 
 def test_other_password_or_salt_is_not_given_the_key_started_ahead(
@@ -108,7 +119,12 @@ def test_commands_on_a_local_repository_derive_while_loading(
     assert cli("init", "--repo", repo, "--encrypt").code == 0
     src = write_tree(tmp_path / "src", {"a.txt": b"hello"})
     derivations.clear()
+    kdf._derived.clear()  # each command a new process
     assert cli("backup", "--repo", repo, src).code == 0
+    kdf._derived.clear()
+    assert cli("snapshots", "--repo", repo).code == 0
+    assert derivations == ["bcdr-kdf", "bcdr-kdf"]
+    # in the same process (a daemon's next job, a forked shard): the key is known
     assert cli("snapshots", "--repo", repo).code == 0
     assert derivations == ["bcdr-kdf", "bcdr-kdf"]
 

@@ -342,7 +342,7 @@ class Archiver:
         found = self.prepared(path, st) if self.prepared is not None else None
         if found is None or not self.repo.reusable(found[0]):
             return False
-        node.content, node.digest = list(found[0]), found[1]
+        node.content, node.digest = found
         self._count_read(new)
         return True
 

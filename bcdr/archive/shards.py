@@ -103,32 +103,29 @@ def walk_files(
     """The regular files under ``paths`` as a backup walks them (sorted, excludes applied,
     links not followed, the repository's own folder left out), each hardlinked file once."""
     seen: set[tuple[int, int]] = set()
-
-    def visit(path: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+    stack = sorted(paths, reverse=True)  # depth first, each folder's entries in name order
+    while stack:
+        path = stack.pop()
         try:
             st = os.lstat(path)
         except OSError:
-            return  # the commit's walk says why
+            continue  # the commit's walk says why
         if stat.S_ISREG(st.st_mode):
             if st.st_nlink > 1:
                 if (st.st_dev, st.st_ino) in seen:
-                    return
+                    continue
                 seen.add((st.st_dev, st.st_ino))
             yield path, st
         elif stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) != skip_folder:
             try:
-                names = sorted(e.name for e in os.scandir(path))
+                names = sorted([e.name for e in os.scandir(path)], reverse=True)
             except OSError:
-                return
+                continue
             prefix = path if path.endswith(b"/") else path + b"/"
-            for name in names:
-                full = prefix + name
-                if excludes and excludes.matches(full):
-                    continue
-                yield from visit(full)
-
-    for top in sorted(paths):
-        yield from visit(top)
+            if excludes:
+                stack.extend(full for n in names if not excludes.matches(full := prefix + n))
+            else:
+                stack.extend([prefix + n for n in names])
 
 
 def cut(files: list[tuple[bytes, int]], n: int, region: int) -> list[list[Part]]:
@@ -257,21 +254,27 @@ class PreparedFiles:
             for part in receipt.parts:
                 self._parts.setdefault(part.path, []).append(part)
                 self._by_inode[part.meta] = part.path
+        # the common case, looked up at once: a whole file read in one part, its fingerprint
+        self._whole = {
+            path: (tuple(p.meta), p.content, p.digest)
+            for path, (p, *more) in self._parts.items()
+            if not more and not p.start and p.end == p.meta[0] and p.digest is not None
+        }
         self.used = 0
 
     def __call__(self, path: bytes, st: os.stat_result) -> tuple[list[bytes], str] | None:
+        """The chunk ids (a list of the caller's own) and fingerprint of ``path`` as it is
+        now, or None when no shard read this version of it whole."""
         meta = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        whole = self._whole.get(path)
+        if whole is not None and whole[0] == meta and whole[2] is not None:
+            self.used += 1
+            return list(whole[1]), whole[2]
         parts = self._parts.get(path)
         if parts is None and st.st_nlink > 1:  # a hardlink a shard read by another name
             parts = self._parts.get(self._by_inode.get(meta, b""))
         if not parts:
             return None
-        if len(parts) == 1:  # the common case: a whole file read by one shard
-            p = parts[0]
-            if p.start or p.end != st.st_size or tuple(p.meta) != meta or p.digest is None:
-                return self._pieced(parts, meta, st.st_size)
-            self.used += 1
-            return list(p.content), p.digest
         return self._pieced(parts, meta, st.st_size)
 
     def _pieced(

@@ -56,20 +56,43 @@ class _Pending:
 
 
 _pending: dict[Params, _Pending] = {}
+#: Keys derived in this process: (password, key) by parameters. A process opening the same
+#: repository again (a daemon's next job, the shards ``backup --shards`` forks after planning)
+#: skips scrypt; the process holds the master key this opens anyway.
+_derived: dict[Params, tuple[bytes, bytes]] = {}
 _lock = threading.Lock()
+
+
+def _known(password: bytes, params: Params) -> bytes | None:
+    with _lock:
+        found = _derived.get(params)
+    if found is not None and hmac.compare_digest(password, found[0]):
+        return found[1]
+    return None
+
+
+def _remember(password: bytes, params: Params, key: bytes) -> bytes:
+    with _lock:
+        while len(_derived) >= MAX_PENDING:
+            _derived.pop(next(iter(_derived)))
+        _derived[params] = (password, key)
+    return key
 
 
 def derive(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     """scrypt(password, salt, n, r, p), 32 bytes; taken from a derivation started ahead for
     the same password and parameters when there is one."""
     params = (salt, n, r, p)
+    known = _known(password, params)
+    if known is not None:
+        return known
     with _lock:
         pending = _pending.pop(params, None)
     if pending is not None:
         key = pending.key_for(password)
         if key is not None:
-            return key
-    return _scrypt(password, params)
+            return _remember(password, params, key)
+    return _remember(password, params, _scrypt(password, params))
 
 
 def derive_ahead(key_file: bytes, password: bytes) -> bool:
@@ -83,6 +106,8 @@ def derive_ahead(key_file: bytes, password: bytes) -> bool:
         params = (base64.b64decode(doc["salt"]), int(doc["n"]), int(doc["r"]), int(doc["p"]))
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
+    if _known(password, params) is not None:
+        return True  # derived before in this process
     with _lock:
         if params not in _pending:
             while len(_pending) >= MAX_PENDING:
