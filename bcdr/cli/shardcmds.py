@@ -116,10 +116,10 @@ def _committed(args: argparse.Namespace, result: shard_action.CommitResult) -> i
         render.emit_json(doc)
     else:
         render.backup_text(result.backup)
-        for r in result.receipts:
+        for r in result.receipts if not args.quiet else ():
             sys.stderr.write(
                 f"  shard {r.index} on {r.host}: {len(r.parts)} part(s), "
-                f"{r.bytes_read} bytes read in {r.seconds:.2f}s\n"
+                f"{human_bytes(r.bytes_read)} read in {r.seconds:.2f}s\n"
             )
     backup = result.backup
     return EXIT_PARTIAL if backup.partial or backup.evidence_error else EXIT_OK
