@@ -131,6 +131,11 @@ class StoragePermission(StorageError):
     pass
 
 
+class MissingPermission(UsageError):
+    """A command that must delete, given a credential that may not (append-only): refused
+    before it changed anything."""
+
+
 class ObjectOffline(StorageError):
     """The object exists but cannot be read until it is rehydrated (Azure Archive tier)."""
 

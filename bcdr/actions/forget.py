@@ -98,6 +98,8 @@ def apply_retention(
             "this retention policy keeps nothing",
             hint="give at least one --keep-* option with a value above zero",
         ) from None
+    if not dry_run:
+        repo.require_delete("forget")
     with repo.lock(BACKUP):
         now = repo.clock.now()
         groups = []

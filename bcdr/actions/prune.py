@@ -32,6 +32,8 @@ def prune(
         raise UsageError(f"--max-unused must be between 0 and 100 percent, not {max_unused}")
     repo = open_repo(where, clock=clock, env=env)
     try:
+        if not dry_run:
+            repo.require_delete("prune")
         runs = ShardRuns(repo)
         report = prune_repository(
             repo, max_unused=max_unused, grace=grace, dry_run=dry_run, log=log, held=runs.held

@@ -32,6 +32,8 @@ def repair_index_action(
     when nothing changed)."""
     repo = open_repo(where, clock=clock, env=env)
     try:
+        if not dry_run:
+            repo.require_delete("repair index")
         started = repo.clock.now().isoformat()
         with repo.lock(PRUNE):
             report = repair_index(repo, dry_run=dry_run)
@@ -58,6 +60,8 @@ def repair_snapshots_action(
     """Rewrite snapshots around lost trees and chunks (under a ``backup`` lock, as forget)."""
     repo = open_repo(where, clock=clock, env=env)
     try:
+        if not dry_run:
+            repo.require_delete("repair snapshots")
         started = repo.clock.now().isoformat()
         with repo.lock(BACKUP):
             repo.load_index(verify_packs=True)

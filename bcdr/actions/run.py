@@ -33,6 +33,7 @@ from bcdr.disks.job import PROTECTED, DiskJobReport
 from bcdr.errors import (
     BcdrError,
     Interrupted,
+    MissingPermission,
     RepositoryNotFound,
     TransientStorageError,
     UsageError,
@@ -66,6 +67,7 @@ class JobResult:
     transient: bool = False  # failed in a way a retry may fix (unreachable, throttled)
     check: CheckReport | None = None
     forget: ForgetResult | None = None  # the job's retention, applied after its backup
+    retention_waits: bool = False  # not applied: the credential may not delete (partial)
     prune: PruneReport | None = None
     disks: DiskJobReport | None = None  # a disk snapshot job's per-disk outcome
     drill: DrillReport | None = None
@@ -381,6 +383,15 @@ def _retention(
             plan=plan.name,
             context=context,
         )
+    except MissingPermission:
+        # an append-only host (docs/immutability.md): the snapshot is saved; the retention
+        # is for a host that may delete
+        result.retention_waits = True
+        result.notes.append(
+            "retention not applied: this credential may not delete (append-only); apply it "
+            "where one may: `bcdr forget` with the job's --keep-* options, then prune"
+        )
+        return None
     except BcdrError as exc:
         exc.message = f"retention failed: {exc.message}"
         return exc
@@ -567,7 +578,8 @@ def _backup(
     except BcdrError as exc:
         result.evidence = exc.evidence  # a backup that began records its own failure
         return _failed(result, exc)
-    result.status = PARTIAL if backup.partial or backup.evidence_error else OK
+    waits = backup.partial or backup.evidence_error or result.retention_waits
+    result.status = PARTIAL if waits else OK
     result.message = f"snapshot {backup.snapshot.short_id} saved"
     if backup.evidence_error:
         result.notes.append(f"not recorded as evidence: {backup.evidence_error}")

@@ -18,4 +18,5 @@ def unlock(
     env: Mapping[str, str] | None = None,
 ) -> list[LockInfo]:
     repo = open_repo(where, clock=clock, env=env)
+    repo.require_delete("unlock")
     return remove_locks(repo.storage, repo.clock, remove_all=remove_all)

@@ -21,14 +21,22 @@ stops refreshing it. A pid that exists but started at another time is a reused p
 Stale locks never block anyone and are reported with the command that removes them.
 A holder refreshes its lock (writes a new object, deletes the old) well before expiry; the
 ``session`` id stays the same across refreshes, so prune can tell whether a backup it saw is
-still running. A holder that could not refresh for longer than the expiry must assume
-its lock was taken for stale and must not commit (:meth:`RepoLock.ensure_valid`). Taking a lock
-is: check for conflicts, write ours, check again (another writer may have raced us), and back
-off if a conflict appeared.
+still running. Lock objects are named ``locks/<session>.<sequence>``: the newest of a session
+is its lock, older ones are superseded. A holder that could not refresh for longer than the
+expiry must assume its lock was taken for stale and must not commit
+(:meth:`RepoLock.ensure_valid`). Taking a lock is: check for conflicts, write ours, check again
+(another writer may have raced us), and back off if a conflict appeared.
+
+A holder whose credential may not delete (append-only: docs/immutability.md) still works: a
+refresh leaves the superseded object, and a release writes ``locks/end-<session>``, which ends
+every lock of that session. Such leftovers block no one; ``unlock`` and ``prune``, which must
+be able to delete, remove them. Whoever may write may also end another's session (hiding a
+lock); whoever may write can do worse, and a lock guards against accidents, not attackers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -41,13 +49,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bcdr.clock import Clock, parse_aware
-from bcdr.errors import LockConflict, LockLost, ObjectNotFound, UsageError
-from bcdr.repository.hashing import object_name
+from bcdr.errors import LockConflict, LockLost, ObjectNotFound, StoragePermission, UsageError
 from bcdr.storage.base import Storage
 
 log = logging.getLogger("bcdr.locks")
 
 PREFIX = "locks/"
+END = PREFIX + "end-"  # locks/end-<session>: the session let its lock go without deleting it
 TTL = timedelta(minutes=30)
 REFRESH_SECONDS = 300.0
 BACKUP, READ, PRUNE, SWEEP = "backup", "read", "prune", "sweep"
@@ -164,18 +172,50 @@ def is_stale(lock: LockInfo, now: datetime) -> bool:
 
 
 def list_locks(storage: Storage) -> list[LockInfo]:
-    """Every lock object. One that cannot be read as a lock (not JSON, a field missing or of
-    the wrong kind, an expiry that is not ISO 8601 with an offset) is listed as an expired
-    sweep lock: it blocks no one and is reported as stale, with the command that removes it."""
+    """Every lock held: the newest object of each session that has not ended (stale ones
+    included). One that cannot be read as a lock (not JSON, a field missing or of the wrong
+    kind, an expiry that is not ISO 8601 with an offset) is listed as an expired sweep lock: it
+    blocks no one and is reported as stale, with the command that removes it."""
     out = []
-    for info in storage.list(PREFIX):
+    for key in _scan(storage)[0]:
         try:
-            out.append(_lock_info(info.key, json.loads(storage.get(info.key))))
+            out.append(_lock_info(key, json.loads(storage.get(key))))
         except ObjectNotFound:
             continue  # released while we listed
         except (ValueError, KeyError, TypeError):
-            out.append(LockInfo(info.key, SWEEP, "?", 0, "?", "?", "1970-01-01T00:00:00+00:00"))
+            out.append(LockInfo(key, SWEEP, "?", 0, "?", "?", "1970-01-01T00:00:00+00:00"))
     return out
+
+
+def leftover_locks(storage: Storage) -> list[str]:
+    """Lock objects nobody holds, left by holders that could not delete: superseded ones and
+    those of ended sessions, then the end markers (removed last: a marker outlives the locks
+    it ends)."""
+    return _scan(storage)[1]
+
+
+def _scan(storage: Storage) -> tuple[list[str], list[str]]:
+    """(the newest lock object of every session not ended, the leftovers), from the names."""
+    keys = [info.key for info in storage.list(PREFIX)]
+    ended = {k.removeprefix(END) for k in keys if k.startswith(END)}
+    newest: dict[str, tuple[int, str]] = {}
+    held, leftovers = [], []
+    for key in keys:
+        if key.startswith(END):
+            continue
+        session, dot, seq = key.removeprefix(PREFIX).partition(".")
+        if not (dot and seq.isdigit()):
+            held.append(key)  # named by its hash (bcdr before 2026-12): read as it is
+        elif session in ended:
+            leftovers.append(key)
+        elif session not in newest or int(seq) > newest[session][0]:
+            if session in newest:
+                leftovers.append(newest[session][1])
+            newest[session] = (int(seq), key)
+        else:
+            leftovers.append(key)
+    held += [key for _, key in newest.values()]
+    return held, leftovers + sorted(k for k in keys if k.startswith(END))
 
 
 def _lock_info(key: str, doc: object) -> LockInfo:
@@ -220,6 +260,8 @@ class RepoLock:
         self._clock = clock
         self.kind = kind
         self.session = secrets.token_hex(16)
+        self._seq = 0  # of the next lock object this session writes
+        self.append_only = False  # set when the storage refused a delete: see _let_go
         self._url = url
         self._wait = wait
         self._key: str | None = None
@@ -250,10 +292,21 @@ class RepoLock:
             "nonce": secrets.token_hex(8),
         }
         data = json.dumps(doc, sort_keys=True).encode()
-        key = PREFIX + object_name(data)
+        key = f"{PREFIX}{self.session}.{self._seq:08d}"
+        self._seq += 1
         self._storage.put(key, data)
         self._refreshed = now
         return key
+
+    def _let_go(self, key: str) -> None:
+        """Remove our lock object; when the storage may not delete, end the session instead
+        (``locks/end-<session>``), which ends all of its objects."""
+        try:
+            self._storage.delete(key)
+        except StoragePermission:
+            self.append_only = True
+            doc = {"session": self.session, "ended": self._clock.now().isoformat()}
+            self._storage.put(END + self.session, json.dumps(doc).encode())
 
     def _conflicts(self) -> list[LockInfo]:
         now = self._clock.now()
@@ -290,8 +343,9 @@ class RepoLock:
                 found = self._conflicts()
                 if not found:
                     break
-                self._storage.delete(self._key)
+                self._let_go(self._key)
                 self._key = None
+                self.session, self._seq = secrets.token_hex(16), 0  # that one may have ended
             if self._clock.now() >= deadline:
                 self._raise_conflict(found)
             # jittered: two takers that saw each other and stepped back do not meet again
@@ -314,7 +368,8 @@ class RepoLock:
                 old = self._key
                 try:
                     self._key = self._write()
-                    self._storage.delete(old)
+                    with contextlib.suppress(StoragePermission):  # superseded: left for unlock
+                        self._storage.delete(old)
                 except Exception:  # noqa: BLE001 - retried next round; ensure_valid reports it
                     continue
 
@@ -337,7 +392,7 @@ class RepoLock:
             self._thread.join(timeout=5)
         with self._mutex:
             if self._key:
-                self._storage.delete(self._key)
+                self._let_go(self._key)
                 self._key = None
 
     def __enter__(self) -> RepoLock:
@@ -348,11 +403,14 @@ class RepoLock:
 
 
 def remove_locks(storage: Storage, clock: Clock, *, remove_all: bool) -> list[LockInfo]:
-    """Remove stale locks (or every lock with ``remove_all``); return those removed."""
+    """Remove stale locks (or every lock with ``remove_all``), and the leftovers of holders
+    that could not delete; return the locks removed."""
     now = clock.now()
     removed = []
     for lock in list_locks(storage):
         if remove_all or is_stale(lock, now):
             storage.delete(lock.key)
             removed.append(lock)
+    for key in leftover_locks(storage):
+        storage.delete(key)
     return removed

@@ -15,12 +15,14 @@ from bcdr import __version__
 from bcdr.clock import Clock, SystemClock
 from bcdr.errors import (
     CorruptObject,
+    MissingPermission,
     NotARepository,
     ObjectNotFound,
     PasswordRequired,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
+    StoragePermission,
     UsageError,
     WrongPassword,
 )
@@ -196,6 +198,22 @@ class Repository:
                 last_error = exc
         assert last_error is not None
         raise last_error
+
+    def require_delete(self, command: str) -> None:
+        """Stop ``command`` before it changes anything when this credential may not delete
+        (an append-only SAS or role: docs/immutability.md). Asks by deleting an object that
+        does not exist: the storage checks the permission first (Azure: 403)."""
+        try:
+            self.storage.delete(f"locks/probe-{secrets.token_hex(8)}")
+        except StoragePermission as exc:
+            raise MissingPermission(
+                f"{command} deletes objects, and this credential may not delete in this "
+                f"repository ({exc.message}); nothing was changed",
+                where=self.storage.url,
+                hint=f"run {command} with a credential that may delete: a SAS with the d "
+                "permission, or a role with the blobs/delete action (docs/immutability.md); "
+                "backup, check, restore and copy work without it",
+            ) from None
 
     def lock(self, kind: str, *, wait: float = 0) -> RepoLock:
         """Take a repository lock of ``kind`` (see :mod:`bcdr.repository.locks`)."""
