@@ -140,6 +140,11 @@ class ObjectOffline(StorageError):
     """The object exists but cannot be read until it is rehydrated (Azure Archive tier)."""
 
 
+class ObjectImmutable(StorageError):
+    """The object may not be deleted or overwritten: an immutability policy that has not
+    expired, or a legal hold (Azure 409 BlobImmutableDueToPolicy / ...DueToLegalHold)."""
+
+
 class TransientStorageError(StorageError):
     """Worth retrying: throttled, timed out, unreachable. ``retry_after`` is the server's
     Retry-After in seconds, when it sent one."""

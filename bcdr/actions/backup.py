@@ -24,6 +24,7 @@ from bcdr.errors import (
     TransientStorageError,
 )
 from bcdr.interrupts import held_interrupts
+from bcdr.repository import immutability
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath, Snapshot
@@ -227,6 +228,7 @@ def _run_backup(
     began: list[BlobWriter],
 ) -> BackupResult:
     paths = [os.fsdecode(p) for p in sources]
+    immutability.require_support(repo.storage)
     with repo.lock(BACKUP) as lock:
         notes = load_for_writing(repo, "backup")
         began.append(repo.writer)
@@ -289,6 +291,10 @@ def _run_backup(
         with held_interrupts() as interrupts:
             snap = repo.save_snapshot(snap)
             result = _commit(repo, request, snap, stats, archiver, notes, started)
+        if not interrupts:  # upkeep, after the commit: what is due gets more days
+            note = immutability.after_writing(repo).note()
+            if note:
+                result.notes.append(note)
     if interrupts:
         raise Interrupted(
             f"interrupted after snapshot {snap.short_id} was committed"

@@ -75,6 +75,8 @@ def plan_storage_spec(declared: PlanRepository) -> StorageSpec:
         endpoint=declared.endpoint,
         tier=declared.tier,
         connections=declared.connections,
+        immutable_days=declared.immutability.days if declared.immutability else None,
+        immutable_mode=declared.immutability.mode if declared.immutability else "locked",
     )
 
 

@@ -35,6 +35,7 @@ from bcdr.errors import (
 )
 from bcdr.interrupts import held_interrupts
 from bcdr.password import PASSWORD_ENV, PASSWORD_FILE_ENV
+from bcdr.repository import immutability
 from bcdr.repository.locks import BACKUP, READ, RepoLock, read_wait
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -163,6 +164,7 @@ def _run_copy(
     started: str,
     began: list[bool],
 ) -> CopyResult:
+    immutability.require_support(dst.storage)
     with src.lock(READ, wait=read_wait()), dst.lock(BACKUP) as lock:
         wanted = select(src, request)
         if not src.index_loaded:
@@ -199,6 +201,10 @@ def _run_copy(
                 result.evidence = _record(src, dst, request, result, started)
             except BcdrError as exc:  # the snapshots stand; the run says it is not recorded
                 result.evidence_error = str(exc)
+        if not interrupts:  # upkeep, after the commit: what is due gets more days
+            extended = immutability.after_writing(dst).note()
+            if extended:
+                result.notes.append(extended)
     if interrupts:
         raise Interrupted(
             f"interrupted after {len(result.copied)} snapshot(s) were copied",

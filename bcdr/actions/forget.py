@@ -18,6 +18,7 @@ from bcdr.compliance.context import RunContext
 from bcdr.compliance.evidence import write_record
 from bcdr.compliance.records import ForgetFacts
 from bcdr.errors import UsageError
+from bcdr.repository import immutability
 from bcdr.repository.locks import BACKUP
 from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import Snapshot
@@ -53,6 +54,11 @@ class ForgetResult:
     dry_run: bool
     groups: list[Group]
     removed: list[str] = field(default_factory=list)
+    # dropped by the policy, but still under an immutability policy or a legal hold: a later
+    # forget removes them (docs/immutability.md)
+    waiting: list[str] = field(default_factory=list)
+    waiting_note: str | None = None
+    immutability: dict[str, object] | None = None  # the kept snapshots' policies extended
     evidence: str | None = None
 
     @property
@@ -65,6 +71,9 @@ class ForgetResult:
             "dry_run": self.dry_run,
             "kept": self.kept,
             "removed": self.removed,
+            "waiting": self.waiting,
+            "waiting_note": self.waiting_note,
+            "immutability": self.immutability,
             "groups": [g.to_dict() for g in self.groups],
             "evidence": self.evidence,
         }
@@ -119,11 +128,23 @@ def apply_retention(
         result = ForgetResult(policy, dry_run, groups)
         if dry_run:
             return result
-        for group in groups:
-            for d in group.decisions:
-                if not d.keep:
-                    repo.storage.delete(f"snapshots/{d.point.id}")
-                    result.removed.append(d.point.id)
+        decisions = [d for group in groups for d in group.decisions]
+        found = immutability.protections(repo, "snapshots/")
+        free, waiting = immutability.deletable(
+            repo, [f"snapshots/{d.point.id}" for d in decisions if not d.keep], found
+        )
+        for key in free:
+            repo.storage.delete(key)
+            result.removed.append(key.removeprefix("snapshots/"))
+        if waiting.count:
+            result.waiting = sorted(
+                d.point.id for d in decisions if not d.keep and d.point.id not in result.removed
+            )
+            result.waiting_note = waiting.describe("forgotten snapshot(s)")
+        kept = {f"snapshots/{d.point.id}" for d in decisions if d.keep}
+        if immutability.capability(repo) is not None:
+            ext = immutability.extend(repo, kept.__contains__, found=found)
+            result.immutability = ext.to_dict()
         # recorded even when nothing was removed: the report shows retention was applied
         result.evidence = write_record(
             repo,
@@ -134,6 +155,7 @@ def apply_retention(
                     "timezone": str(tz),
                     "groups": [g.to_dict() for g in groups],
                     "removed": result.removed,
+                    "waiting": result.waiting,
                 }
             ),
             context=context or RunContext(plan, None, job),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from bcdr.clock import Clock
 from bcdr.errors import PasswordRequired, UsageError
 from bcdr.password import read_password
+from bcdr.repository import immutability
 from bcdr.repository.chunker import ChunkerParams
 from bcdr.repository.config import MAX_PACK_SIZE, MIN_PACK_SIZE
 from bcdr.repository.repo import Repository
@@ -48,6 +49,7 @@ def init_repository(
             "(never on the command line)",
         )
     storage = open_storage(where, env=env)
+    immutability.require_support(storage)
     repo = Repository.init(
         storage, password=password, chunker=chunker, pack_size=pack_size, clock=clock
     )

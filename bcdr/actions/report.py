@@ -60,6 +60,7 @@ def gather(
     out = []
     for name, declared in plan.repositories.items():
         ev = RepoEvidence(name, declared.url)
+        ev.immutable_days = declared.immutability.days if declared.immutability else None
         try:
             repo = open_plan_repo(plan, name, clock)
             ev.url = repo.storage.url

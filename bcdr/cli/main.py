@@ -21,6 +21,7 @@ from bcdr.cli import render
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
 from bcdr.cli.evidencecmds import add_evidence_commands
+from bcdr.cli.holdcmds import add_hold_commands
 from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
@@ -550,6 +551,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_evidence_commands(command)
     add_report_commands(command)
     add_repair_commands(command)
+    add_hold_commands(command)
     add_shard_commands(command)
     add_schedule_commands(command)
 

@@ -157,6 +157,23 @@ def check_text(r: CheckReport) -> None:
     out("no errors found" if r.ok else f"{len(r.errors)} error(s) found")
     for line in r.repairs:
         out(f"to repair: {line}")
+    imm = r.immutability
+    if imm is not None:
+        head = f"immutability: {imm.get('protected', 0)} protected snapshot(s)"
+        if imm.get("days"):
+            head += f" (policies of {imm['days']} days)"
+        if imm.get("held"):
+            head += f", {len(imm['held'])} under a legal hold"  # type: ignore[arg-type]
+        if imm.get("unprotected"):
+            head += f"; {len(imm['unprotected'])} whose own object is not protected"  # type: ignore[arg-type]
+        out(head)
+        if imm.get("versioned") is False:
+            out(
+                "warning: immutability: the container has no version-level immutability "
+                "support: nothing written to it can be protected (docs/immutability.md)"
+            )
+        for gap in imm.get("gaps") or []:  # type: ignore[attr-defined]
+            out(f"warning: immutability: {printable(str(gap))}")
 
 
 def _short(names: list[str]) -> str:
@@ -426,13 +443,18 @@ def forget_text(r: ForgetResult) -> None:
     removed = sum(not d.keep for g in r.groups for d in g.decisions)
     if r.dry_run:
         out(f"dry run: would keep {r.kept} and remove {removed} snapshot(s); nothing changed")
-    elif removed:
+    elif r.removed:
         out(
-            f"kept {r.kept}, removed {removed} snapshot(s) (evidence {(r.evidence or '')[:8]}); "
-            "`bcdr prune` frees the data only they used"
+            f"kept {r.kept}, removed {len(r.removed)} snapshot(s) (evidence "
+            f"{(r.evidence or '')[:8]}); `bcdr prune` frees the data only they used"
         )
-    else:
+    elif not r.waiting:
         out(f"kept all {r.kept} snapshot(s)")
+    if r.waiting_note:
+        out(f"{r.waiting_note}: a later forget removes them")
+    ext = r.immutability or {}
+    if ext.get("extended"):
+        out(f"immutability of {ext['extended']} kept snapshot(s) extended to {ext['until']}")
 
 
 def prune_text(r: PruneReport) -> None:
@@ -458,6 +480,11 @@ def prune_text(r: PruneReport) -> None:
         )
     for pack in r.packs_kept:
         out(f"kept pack {pack[:12]}: a snapshot written since it was marked needs it")
+    if r.waiting:
+        out(f"{r.waiting}; they stay marked for a later prune")
+    ext = r.immutability or {}
+    if ext.get("extended"):
+        out(f"immutability of {ext['extended']} object(s) extended to {ext['until']}")
     if r.temp_files_removed:
         removed = "would remove" if r.dry_run else "removed"
         out(

@@ -60,6 +60,21 @@ def add_repo_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="parallel uploads/downloads (default 8)",
     )
+    g.add_argument(
+        "--immutable-days",
+        type=int,
+        metavar="N",
+        help="write every object a snapshot needs with a version-level immutability policy "
+        "expiring N days later, and extend it while a snapshot needs it (the container needs "
+        "version-level immutability support; docs/immutability.md)",
+    )
+    g.add_argument(
+        "--immutable-mode",
+        choices=("locked", "unlocked"),
+        default="locked",
+        help="locked (default): no one can shorten or remove the policy, not even the "
+        "account's owner; unlocked: whoever may set policies can (for trying it out)",
+    )
 
 
 def storage_spec(args: argparse.Namespace) -> StorageSpec:
@@ -78,6 +93,8 @@ def storage_spec(args: argparse.Namespace) -> StorageSpec:
         endpoint=args.azure_endpoint,
         tier=args.data_tier,
         connections=args.connections,
+        immutable_days=getattr(args, "immutable_days", None),
+        immutable_mode=getattr(args, "immutable_mode", "locked"),
     )
 
 

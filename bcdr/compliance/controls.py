@@ -64,6 +64,7 @@ class RepoEvidence:
     records: list[Record[Facts]] = field(default_factory=list)
     chain: dict[str, Any] = field(default_factory=dict)  # ChainReport.to_dict()
     error: str | None = None  # the repository could not be read
+    immutable_days: int | None = None  # the plan's immutability (days), if any
 
 
 AnyRecord = Record[Facts]
@@ -585,7 +586,7 @@ def evaluate(
         _cover(job["controls"], cov)
     repositories = [_repository(r) for r in repos]
     statuses = [c["status"] for j in jobs for c in j["controls"]] + [
-        r["chain"]["status"] for r in repositories
+        c["status"] for r in repositories for c in (r["chain"], r.get("immutability")) if c
     ]
     counts = {s: statuses.count(s) for s in (PASS, FAIL, NO_EVIDENCE)}
     verdict = FAIL if counts[FAIL] else (PASS if not counts[NO_EVIDENCE] else NO_EVIDENCE)
@@ -926,7 +927,7 @@ def _repository(r: RepoEvidence) -> dict[str, Any]:
             "; unencrypted repository: its records are not authenticated, so anyone who can "
             "write to it can rewrite them; only heads kept outside the repository catch that"
         )
-    return {
+    entry = {
         "name": r.name,
         "url": r.url,
         "encryption": r.encryption,
@@ -934,6 +935,52 @@ def _repository(r: RepoEvidence) -> dict[str, Any]:
         "head": head,
         "chain": control("chain", "Evidence chain", status, summary, **chain),
     }
+    imm = immutability_control(r)
+    if imm is not None:
+        entry["immutability"] = imm
+    return entry
+
+
+def immutability_control(r: RepoEvidence) -> dict[str, Any] | None:
+    """Are the objects protected snapshots need protected as long as they are (the newest
+    check's finding)? Only for repositories the plan protects, or whose checks found
+    protected snapshots."""
+    checks = [c for c in typed(r.records, CheckFacts) if c.facts.immutability is not None]
+    if not r.immutable_days and not checks:
+        return None
+    title = "Immutability"
+    if not checks:
+        return control(
+            "immutability",
+            title,
+            NO_EVIDENCE,
+            f"policies of {r.immutable_days} days are configured; no check has recorded "
+            "whether snapshots' objects are protected",
+        )
+    latest = _newest(checks)
+    imm = latest.facts.immutability or {}
+    gaps = list(imm.get("gaps") or [])
+    when = f"last check {_at(latest.time)}"
+    if imm.get("versioned") is False:
+        status, summary = FAIL, f"{when}: the container has no version-level immutability"
+    elif gaps:
+        status = FAIL
+        summary = f"{when}: {len(gaps)} protected snapshot(s) need objects that are not " + (
+            "protected as long as they are"
+        )
+    else:
+        status = PASS
+        summary = (
+            f"{when}: {imm.get('protected', 0)} protected snapshot(s), everything they need "
+            "protected as long"
+        )
+    if imm.get("days"):
+        summary += f"; policies of {imm['days']} days"
+    if imm.get("held"):
+        summary += f"; {len(imm['held'])} under a legal hold"
+    if imm.get("unprotected"):
+        summary += f"; {len(imm['unprotected'])} snapshot(s) not protected (older, or forgotten)"
+    return control("immutability", title, status, summary, [latest.id], gaps=gaps[:20])
 
 
 def _job(

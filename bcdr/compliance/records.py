@@ -220,6 +220,7 @@ class ForgetFacts(Facts, frozen=True, kw_only=True):
     timezone: str | None = None
     groups: list[RetentionGroup] = []
     removed: list[str] = []
+    waiting: list[str] = []  # dropped, still protected by immutability: removed later
     kept: list[str] = []  # records of the first version named what they kept
 
     @property
@@ -242,6 +243,7 @@ class CheckFacts(Facts, frozen=True, kw_only=True):
     read_fraction: float = 0.0
     damaged_snapshots: list[str] = []
     repairs: list[str] = []
+    immutability: dict[str, Any] | None = None  # immutability.Coverage.to_dict()
 
     @property
     def errors_found(self) -> int:
@@ -271,6 +273,9 @@ class PruneFacts(Facts, frozen=True, kw_only=True):
     packs_deleted: int = 0
     bytes_deleted: int = 0
     packs_kept: list[str] = []
+    packs_waiting: int = 0
+    waiting: str | None = None
+    immutability: dict[str, object] | None = None
     index_rewritten: int = 0
     postponed: list[str] = []
     pending: int = 0
@@ -336,6 +341,18 @@ class CopyFacts(Facts, frozen=True, kw_only=True):
     healed: list[str] = []
 
 
+class HoldFacts(Facts, frozen=True, kw_only=True):
+    """``bcdr hold add|remove``: a legal hold put on (or lifted from) every object a snapshot
+    needs and the evidence records that name it (docs/immutability.md)."""
+
+    KIND: ClassVar[str] = "hold"
+    snapshot: str | None = None
+    on: bool = True  # put on (True) or lifted (False)
+    objects: int = 0  # objects changed
+    kept: int = 0  # lifting: objects another held snapshot needs, left held
+    evidence_records: list[str] = []  # ids of the records held with it
+
+
 class OtherFacts(Facts, frozen=True, kw_only=True):
     """A kind this version does not know (written by a newer one): read, used for nothing."""
 
@@ -352,6 +369,7 @@ FACTS: dict[str, type[Facts]] = {
         PruneFacts,
         RepairFacts,
         CopyFacts,
+        HoldFacts,
     )
 }
 

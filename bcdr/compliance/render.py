@@ -61,6 +61,34 @@ def versions_text(doc: dict[str, Any]) -> str | None:
     return f"The plan changed within the window: {len(versions)} versions: " + "; ".join(parts)
 
 
+def _immutability_markdown(doc: dict[str, Any]) -> list[str]:
+    protected = [r for r in doc["repositories"] if r.get("immutability")]
+    if not protected:
+        return []
+    lines = ["", "## Immutability", "", "| repository | immutability |", "|---|---|"]
+    for r in protected:
+        c = r["immutability"]
+        lines.append(f"| {_cell(r['name'])} | **{c['status']}**: {_cell(c['summary'])} |")
+        lines += [f"|  | {_cell(gap)} |" for gap in c["details"].get("gaps", [])]
+    return lines
+
+
+def _immutability_html(doc: dict[str, Any]) -> list[str]:
+    protected = [r for r in doc["repositories"] if r.get("immutability")]
+    if not protected:
+        return []
+    out = ["<section><h2>Immutability</h2><table>"]
+    for r in protected:
+        c = r["immutability"]
+        gaps = "".join(f"<br>{_e(g)}" for g in c["details"].get("gaps", []))
+        out.append(
+            f"<tr><td>{_e(r['name'])}</td><td>{_badge(c['status'])} "
+            f"{_e(c['summary'])}{gaps}</td></tr>"
+        )
+    out.append("</table></section>")
+    return out
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     w = doc["window"]
     lines = [
@@ -121,6 +149,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
             f"| {_cell(r['name'])} (`{_cell(r['url'])}`) | {r['encryption'] or '?'} | "
             f"**{c['status']}**: {_cell(c['summary'])} |"
         )
+    lines += _immutability_markdown(doc)
     heads = [r["head"] for r in doc["repositories"] if r.get("head")]
     if heads:
         lines += ["", "## Evidence heads", "", HEADS_NOTE, ""]
@@ -342,6 +371,7 @@ def to_html(doc: dict[str, Any]) -> str:
             f"{_e(c['summary'])}</td></tr>"
         )
     out.append("</table></section>")
+    out += _immutability_html(doc)
     heads = [r["head"] for r in doc["repositories"] if r.get("head")]
     if heads:
         out.append(f'<section><h2>Evidence heads</h2><p class="meta">{_e(HEADS_NOTE)}</p>')

@@ -170,6 +170,12 @@ def _repository(src: Source, path: tuple[str, ...], repo: Repository) -> None:
         _storage_rule(src, (*path, "url"), parse_azure_url, repo.url)
     if repo.endpoint is not None:
         _storage_rule(src, (*path, "endpoint"), check_endpoint, repo.endpoint, "endpoint")
+    if repo.immutability is not None and not is_azure:
+        src.problem(
+            (*path, "immutability"),
+            "`immutability` applies to azure:// repositories only",
+            "Azure's version-level immutability protects the blobs; a local folder has none",
+        )
     if repo.management is None:
         return
     if not is_azure:

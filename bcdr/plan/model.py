@@ -64,6 +64,26 @@ class Encryption:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Immutability:
+    """Write-once protection, on Azure, of everything a snapshot needs (docs/immutability.md):
+    each object gets a version-level immutability policy when written, extended while a
+    snapshot needs it. The container must have version-level immutability support."""
+
+    days: int = spec(
+        "How long each object stays protected after it is written or last extended; forget and "
+        "prune wait for it to expire.",
+        example=30,
+        min=1,
+        max=146000,
+    )
+    mode: Literal["locked", "unlocked"] = spec(
+        "`locked`: no one can shorten or remove a policy, not even the account's owner. "
+        "`unlocked`: whoever may set policies can (to try it out first).",
+        default="locked",
+    )
+
+
 ARM_TOKEN_DOC = (
     "Environment variable holding an ARM access token "
     "(`az account get-access-token --query accessToken`); default: the default credential "
@@ -126,6 +146,11 @@ class Repository:
     )
     encryption: Encryption | None = spec(
         "Encrypt the repository (AES-256-GCM) with a password from the environment or a file.",
+        default=None,
+    )
+    immutability: Immutability | None = spec(
+        "Protect what snapshots need from deletion and overwriting for a number of days "
+        "(Azure version-level immutability).",
         default=None,
     )
 

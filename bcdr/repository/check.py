@@ -27,6 +27,7 @@ import numpy as np
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
 from bcdr.parallel import ordered_map
+from bcdr.repository import immutability
 from bcdr.repository.bounds import expanded_size
 from bcdr.repository.hashing import new_object_hasher, object_name
 from bcdr.repository.locks import READ, is_stale, list_locks
@@ -60,6 +61,9 @@ class CheckReport:
     evidence: str | None = None  # the evidence record of this check
     damaged_snapshots: list[str] = field(default_factory=list)  # ids that do not restore whole
     repairs: list[str] = field(default_factory=list)  # the commands that fix what was found
+    # Azure immutability: are protected snapshots' objects protected as long as they are
+    # (bcdr/repository/immutability.py ``Coverage``); None without immutability support
+    immutability: dict[str, object] | None = None
 
     @property
     def ok(self) -> bool:
@@ -159,7 +163,19 @@ class Checker:
         self._check_marks()
         self._check_leftovers()
         self._suggest_repairs()
+        self._check_immutability()
         return self.report
+
+    def _check_immutability(self) -> None:
+        damaged = set(self.report.damaged_snapshots)
+        snaps = [s for s in self.repo.list_snapshots() if s.id not in damaged]
+        try:
+            cov = immutability.coverage(self.repo, snaps)
+        except BcdrError as exc:  # reading protections or trees failed: said, not fatal
+            self.report.immutability = {"ok": False, "gaps": [f"not checked: {exc}"]}
+            return
+        if cov is not None and (cov.days or cov.protected or cov.held):
+            self.report.immutability = cov.to_dict()
 
     def _name_damaged_snapshots(self) -> None:
         """Every snapshot that reaches a damaged tree is named, not only the first one walked

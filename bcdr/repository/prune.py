@@ -29,6 +29,7 @@ import numpy as np
 
 from bcdr.errors import BcdrError, CorruptObject, LockConflict, ObjectNotFound, RepositoryError
 from bcdr.parallel import ordered_map
+from bcdr.repository import immutability
 from bcdr.repository.index import without_packs
 from bcdr.repository.locks import (
     PRUNE,
@@ -41,6 +42,7 @@ from bcdr.repository.locks import (
 from bcdr.repository.marks import (
     Mark,
     list_marks,
+    marked_packs,
     remove_mark,
     write_packs,
     write_ready,
@@ -86,6 +88,11 @@ class PruneReport:
     packs_deleted: int = 0
     bytes_deleted: int = 0
     packs_kept: list[str] = field(default_factory=list)  # marked, but a snapshot now needs it
+    # marked and unneeded, but still protected by an immutability policy or a legal hold:
+    # left in their mark for a later prune (docs/immutability.md)
+    packs_waiting: int = 0
+    waiting: str | None = None  # what waits, and until when
+    immutability: dict[str, object] | None = None  # the policies this prune extended
     index_rewritten: int = 0
     postponed: list[str] = field(default_factory=list)
     pending: int = 0  # marks left for a later prune
@@ -190,6 +197,14 @@ class Pruner:
         if not self.dry_run and self.grace <= timedelta(0) and self.report.mark:
             self.sweep()
         self.report.pending = sum(1 for _ in list_marks(self.repo.storage, self.repo.cipher))
+        if not self.dry_run and immutability.capability(self.repo) is not None:
+            marked = {pack_key(p) for p in marked_packs(self.repo.storage, self.repo.cipher)}
+            ext = immutability.extend(
+                self.repo, lambda key: not key.startswith("snapshots/") and key not in marked
+            )
+            self.report.immutability = ext.to_dict()
+            if ext.failed:
+                self.report.problems.append(ext.note() or "")
         return self.report
 
     # -- reading the repository ----------------------------------------------------------------
@@ -527,6 +542,14 @@ class Pruner:
             kept = sorted({table.packs[i] for i in np.unique(table.pack[rows])})
             self.report.packs_kept.extend(kept)
             candidates -= set(kept)
+        # an immutability policy or a legal hold keeps a pack until it ends: it waits, in its
+        # mark, for a later prune
+        free, waiting = immutability.deletable(repo, [pack_key(p) for p in sorted(candidates)])
+        if waiting.count:
+            self.report.packs_waiting += waiting.count
+            self.report.waiting = waiting.describe("unused pack(s)")
+        waits = candidates - {key.rsplit("/", 1)[-1] for key in free}
+        candidates -= waits
         self._drop_from_index(table, candidates)
         for pack in sorted(candidates):
             size = stored_packs.get(pack)
@@ -534,6 +557,8 @@ class Pruner:
                 self.report.packs_deleted += 1
                 self.report.bytes_deleted += size or 0
         for mark in marks:
+            if waits & set(mark.packs):
+                continue  # kept for its packs that wait; the ones deleted are gone from it
             remove_mark(repo.storage, mark.id)
             self.report.marks_swept.append(mark.id)
         self.log(

@@ -10,6 +10,10 @@ Contract (``base.py``) on Azure:
 - ranged reads are ``Range`` GETs; listing pages through ``List Blobs``.
 - data packs (``data/``) go to the repository's access tier; everything else goes to Hot.
   Reading a blob in the Archive tier is :class:`ObjectOffline`, never a raw SDK error.
+- with ``immutable_days``, every protected object (``base.protected_key``) is written with a
+  version-level immutability policy expiring that many days later, in the same request
+  (docs/immutability.md); deleting or overwriting one before then is
+  :class:`ObjectImmutable`.
 
 Every Azure SDK error is translated here (``translate``); the SDK's own retries are off, and
 retrying is the job of :class:`bcdr.storage.wrap.RetryingStorage`.
@@ -21,6 +25,7 @@ import base64
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -37,10 +42,17 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, StandardBlobTier
+from azure.storage.blob import (
+    BlobBlock,
+    BlobServiceClient,
+    ContainerClient,
+    ImmutabilityPolicy,
+    StandardBlobTier,
+)
 
 from bcdr import __version__
 from bcdr.errors import (
+    ObjectImmutable,
     ObjectNotFound,
     ObjectOffline,
     StorageError,
@@ -53,8 +65,10 @@ from bcdr.storage.base import (
     HeldParts,
     NativeCapabilities,
     ObjectInfo,
+    Protection,
     Staged,
     check_key,
+    protected_key,
 )
 
 TIERS = {"hot": StandardBlobTier.HOT, "cool": StandardBlobTier.COOL, "cold": StandardBlobTier.COLD}
@@ -86,6 +100,12 @@ def translate(exc: AzureError, what: str, access: AzureAccess) -> StorageError:
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = error_code(exc)
+        if code in ("BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold"):
+            why = "a legal hold" if code.endswith("LegalHold") else "its immutability policy"
+            return ObjectImmutable(
+                f"{what}: refused, the object is protected by {why} ({status} {code})",
+                where=where,
+            )
         if code == "BlobArchived":
             return ObjectOffline(
                 f"{what}: the blob is in the Archive tier", where=where, hint=REHYDRATE_HINT
@@ -181,10 +201,13 @@ class AzureBlobStorage(NativeCapabilities):
         block_size: int = DEFAULT_BLOCK_SIZE,
         page_size: int = LIST_PAGE_SIZE,
         timeout: float = 60.0,
+        immutable_days: int | None = None,
+        immutable_mode: str = "locked",
     ):
         if tier is not None and tier not in TIERS:
             raise ValueError(f"unknown access tier {tier!r}")
         self.access = access
+        self._immutable = (immutable_days, "Locked" if immutable_mode == "locked" else "Unlocked")
         self._data_tier = TIERS[tier] if tier else None
         self._meta_tier = StandardBlobTier.HOT if tier else None
         self._connections = max(1, connections)
@@ -229,6 +252,14 @@ class AzureBlobStorage(NativeCapabilities):
         """An SDK error as a storage error with a hint (bcdr/storage/azureauth.py)."""
         return translate(exc, what, self.access)
 
+    def _policy(self, key: str) -> dict[str, Any]:
+        """The immutability policy a new object ``key`` is written with, as SDK arguments."""
+        days, mode = self._immutable
+        if not days or not protected_key(key):
+            return {}
+        until = datetime.now(UTC) + timedelta(days=days)
+        return {"immutability_policy": ImmutabilityPolicy(expiry_time=until, policy_mode=mode)}
+
     def put(self, key: str, data: bytes) -> bool:
         blob = self._blob(key)
         tier = self._data_tier if key.startswith("data/") else self._meta_tier
@@ -236,10 +267,14 @@ class AzureBlobStorage(NativeCapabilities):
             try:
                 if len(data) <= self._block_size:
                     blob.upload_blob(
-                        data, length=len(data), overwrite=False, standard_blob_tier=tier
+                        data,
+                        length=len(data),
+                        overwrite=False,
+                        standard_blob_tier=tier,
+                        **self._policy(key),
                     )
                 else:
-                    self._put_blocks(blob, data, tier)
+                    self._put_blocks(blob, data, tier, self._policy(key))
                 return True
             except ResourceExistsError as exc:
                 if error_code(exc) == "BlobAlreadyExists":
@@ -272,7 +307,9 @@ class AzureBlobStorage(NativeCapabilities):
         except AzureError as exc:
             raise self._fail(exc, f"create container {self.access.container}") from None
 
-    def _put_blocks(self, blob: Any, data: bytes, tier: StandardBlobTier | None) -> None:
+    def _put_blocks(
+        self, blob: Any, data: bytes, tier: StandardBlobTier | None, policy: dict[str, Any]
+    ) -> None:
         view = memoryview(data)
         ids = [
             base64.b64encode(uuid.uuid4().bytes).decode()
@@ -293,6 +330,7 @@ class AzureBlobStorage(NativeCapabilities):
             [BlobBlock(block_id=b) for b in ids],
             match_condition=MatchConditions.IfMissing,
             standard_blob_tier=tier,
+            **policy,
         )
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -355,6 +393,49 @@ class AzureBlobStorage(NativeCapabilities):
             return False
         except AzureError as exc:
             raise self._fail(exc, f"delete {key}") from None
+
+    # -- immutability (base.Immutability) -------------------------------------------------------
+
+    @property
+    def immutable_days(self) -> int | None:
+        return self._immutable[0]
+
+    def versioned_immutability(self) -> bool:
+        try:
+            props = self._container.get_container_properties()
+        except AzureError as exc:
+            raise self._fail(exc, "container properties") from None
+        return bool(props.immutable_storage_with_versioning_enabled)
+
+    def protections(self, prefix: str = "") -> Iterator[Protection]:
+        start = len(self._root)
+        try:
+            for item in self._container.list_blobs(
+                name_starts_with=self._root + prefix,
+                include=["immutabilitypolicy", "legalhold"],
+                results_per_page=self._page_size,
+            ):
+                policy = item.immutability_policy
+                until = policy.expiry_time if policy is not None else None
+                mode = str(getattr(policy, "policy_mode", "") or "").lower() if until else ""
+                yield Protection(item.name[start:], until, mode, bool(item.has_legal_hold))
+        except AzureError as exc:
+            raise self._fail(exc, f"list {prefix} with protections") from None
+
+    def extend(self, key: str, until: datetime) -> None:
+        mode = self._immutable[1]
+        try:
+            self._blob(key).set_immutability_policy(
+                ImmutabilityPolicy(expiry_time=until, policy_mode=mode)
+            )
+        except AzureError as exc:
+            raise self._fail(exc, f"extend the immutability of {key}") from None
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        try:
+            self._blob(key).set_legal_hold(on)
+        except AzureError as exc:
+            raise self._fail(exc, f"{'set' if on else 'clear'} the legal hold of {key}") from None
 
     def set_tier(self, key: str, tier: str) -> None:
         """Move one object to ``tier`` (``Hot``, ``Cool``, ``Cold``, ``Archive``)."""

@@ -60,7 +60,8 @@ checks each one):
 
 Optional capabilities: :class:`LocalFolder` (a folder on this machine, with its temporary
 files), :class:`Forkable` (usable in forked worker processes), :class:`Tiers` (access tiers),
-:class:`Transfers` (metered bytes moved).
+:class:`Transfers` (metered bytes moved), :class:`Immutability` (immutability policies and
+legal holds on objects).
 
 Cross-cutting behaviour (retries, metering, fault injection) wraps a Storage: see
 ``bcdr/storage/wrap.py``.
@@ -194,6 +195,46 @@ class Tiers(Protocol):
     """Access tiers of stored objects (Azure: Hot, Cool, Cold, Archive)."""
 
     def set_tier(self, key: str, tier: str) -> None: ...
+
+
+#: The objects an immutability policy protects (docs/immutability.md): what a snapshot needs to
+#: be restored and proven. Not locks, prune marks, shard runs or copy maps (bookkeeping that
+#: must stay deletable), nor index files (``bcdr repair index`` rebuilds them from the packs).
+PROTECTED_PREFIXES = ("config", "keys/", "data/", "snapshots/", "evidence/")
+
+
+def protected_key(key: str) -> bool:
+    return key == "config" or key.startswith(PROTECTED_PREFIXES[1:])
+
+
+@dataclass(frozen=True)
+class Protection:
+    """An object's immutability: its policy's expiry (None: no policy) and mode, and whether
+    a legal hold is on it."""
+
+    key: str
+    until: datetime | None = None
+    mode: str = ""  # "locked" or "unlocked"
+    legal_hold: bool = False
+
+    def active(self, now: datetime) -> bool:
+        return self.legal_hold or (self.until is not None and self.until > now)
+
+
+@runtime_checkable
+class Immutability(Protocol):
+    """Version-level immutability (Azure Blob Storage): time-based policies and legal holds."""
+
+    @property
+    def immutable_days(self) -> int | None: ...  # new objects' policy length; None: no policy
+
+    def versioned_immutability(self) -> bool: ...  # the container supports version-level
+
+    def protections(self, prefix: str = "") -> Iterator[Protection]: ...
+
+    def extend(self, key: str, until: datetime) -> None: ...
+
+    def set_legal_hold(self, key: str, on: bool) -> None: ...
 
 
 @runtime_checkable

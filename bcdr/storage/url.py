@@ -34,6 +34,8 @@ class StorageSpec:
     tier: str | None = None
     connections: int | None = None
     base_dir: Path | None = None
+    immutable_days: int | None = None  # Azure: every protected object's policy length
+    immutable_mode: str = "locked"
 
     def with_url(self, url: str) -> StorageSpec:
         return replace(self, url=url)
@@ -51,9 +53,12 @@ class StorageSpec:
             ("--azure-endpoint", self.endpoint),
             ("--data-tier", self.tier),
             ("--connections", self.connections),
+            ("--immutable-days", self.immutable_days),
         ):
             if value is not None:
                 out += [option, str(value)]
+        if self.immutable_days is not None and self.immutable_mode != "locked":
+            out += ["--immutable-mode", self.immutable_mode]
         return out
 
 
@@ -88,6 +93,13 @@ def open_storage(
     if not url:
         raise UsageError("no repository given", hint="pass --repo URL or set BCDR_REPO")
     parsed = urlparse(url)
+    if spec.immutable_days is not None and parsed.scheme != "azure":
+        raise UsageError(
+            "immutability policies are an Azure Blob Storage feature; this repository is a "
+            f"local folder ({url})",
+            hint="drop --immutable-days (the plan's immutability:), or make the folder "
+            "read-only to the backup host by other means",
+        )
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise UsageError(
@@ -117,7 +129,24 @@ def _open_azure(spec: StorageSpec, env: Mapping[str, str]) -> Storage:
         raise UsageError(f"unknown access tier {spec.tier!r}", hint="use hot, cool or cold")
     if spec.connections is not None and not 1 <= spec.connections <= 256:
         raise UsageError(f"connections must be between 1 and 256, not {spec.connections}")
+    if spec.immutable_days is not None and not 1 <= spec.immutable_days <= MAX_IMMUTABLE_DAYS:
+        raise UsageError(
+            f"immutability must be from 1 to {MAX_IMMUTABLE_DAYS} days (Azure's range), "
+            f"not {spec.immutable_days}"
+        )
+    if spec.immutable_mode not in ("locked", "unlocked"):
+        raise UsageError(
+            f"immutability mode must be locked or unlocked, not {spec.immutable_mode!r}"
+        )
     access = resolve_access(spec.url, spec.auth, endpoint=spec.endpoint, env=env)
     return AzureBlobStorage(
-        access, tier=spec.tier, connections=spec.connections or DEFAULT_CONNECTIONS
+        access,
+        tier=spec.tier,
+        connections=spec.connections or DEFAULT_CONNECTIONS,
+        immutable_days=spec.immutable_days,
+        immutable_mode=spec.immutable_mode,
     )
+
+
+#: The longest time-based retention Azure allows.
+MAX_IMMUTABLE_DAYS = 146_000
