@@ -332,8 +332,15 @@ class Pruner:
         used = np.bincount(table.pack[keep], weights=table.stored[keep], minlength=npk)
         present = np.array([p in stored_packs for p in table.packs], dtype=bool)
         rep.bytes_used = int(used[present].sum())
-        unused = [table.packs[i] for i in np.flatnonzero(present & (used == 0))]
-        unindexed = sorted(set(stored_packs) - set(table.pack_no))
+        # a pack an earlier mark holds is left to that mark's sweep (one waiting for its
+        # immutability to expire would otherwise be marked again by every prune)
+        already = marked_packs(self.repo.storage, self.repo.cipher)
+        unused = [
+            table.packs[i]
+            for i in np.flatnonzero(present & (used == 0))
+            if table.packs[i] not in already
+        ]
+        unindexed = sorted(set(stored_packs) - set(table.pack_no) - already)
         repack = self._choose_repack(table, present, used, total)
         rep.packs_unused = len(unused)
         rep.packs_unindexed = len(unindexed)
