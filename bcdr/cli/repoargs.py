@@ -25,6 +25,17 @@ def add_repo_options(p: argparse.ArgumentParser) -> None:
         help=f"repository: a path, file:///path or azure://ACCOUNT/CONTAINER[/PREFIX] "
         f"(default: ${REPO_ENV})",
     )
+    p.add_argument(
+        "--plan",
+        metavar="PLAN",
+        help="instead of --repo: the repository a plan declares, with its credential, "
+        "endpoint, tier, immutability and password settings",
+    )
+    p.add_argument(
+        "--repository",
+        metavar="NAME",
+        help="with --plan: which of its repositories (needed when it declares several)",
+    )
     g = p.add_argument_group(
         "Azure repositories",
         "Without a credential option bcdr signs in with DefaultAzureCredential (managed "
@@ -79,9 +90,20 @@ def add_repo_options(p: argparse.ArgumentParser) -> None:
 
 def storage_spec(args: argparse.Namespace) -> StorageSpec:
     """The StorageSpec the options describe; UsageError when no repository is given."""
+    if getattr(args, "plan", None):
+        if args.repo:
+            raise UsageError(
+                "give --repo or --plan, not both", hint="--plan takes the URL from the plan"
+            )
+        return plan_repository(args.plan, args.repository)
+    if getattr(args, "repository", None):
+        raise UsageError("--repository names a repository of a plan: give --plan too")
     url: str | None = args.repo or os.environ.get(REPO_ENV)
     if not url:
-        raise UsageError("no repository given", hint=f"pass --repo URL or set {REPO_ENV}")
+        raise UsageError(
+            "no repository given",
+            hint=f"pass --repo URL or set {REPO_ENV}, or --plan PLAN [--repository NAME]",
+        )
     auth = AzureAuth()
     for attr, kind in CREDENTIAL_FLAGS:
         name = getattr(args, attr, None)
@@ -96,6 +118,35 @@ def storage_spec(args: argparse.Namespace) -> StorageSpec:
         immutable_days=getattr(args, "immutable_days", None),
         immutable_mode=getattr(args, "immutable_mode", "locked"),
     )
+
+
+def plan_repository(path: str, name: str | None) -> StorageSpec:
+    """The StorageSpec of repository ``name`` of the plan at ``path`` (the only one when
+    None). Its password settings become this process's (``BCDR_PASSWORD`` or
+    ``BCDR_PASSWORD_FILE``), so every later open of it reads them."""
+    from bcdr.actions.common import password_env, plan_storage_spec
+    from bcdr.plan.loader import load_plan
+
+    plan = load_plan(path)
+    names = sorted(plan.repositories)
+    if name is None:
+        if len(names) != 1:
+            raise UsageError(
+                f"{path} declares {len(names)} repositories ({', '.join(names)}): name one "
+                "with --repository"
+            )
+        name = names[0]
+    declared = plan.repositories.get(name)
+    if declared is None:
+        raise UsageError(
+            f"{path} declares no repository {name!r}",
+            hint=f"its repositories: {', '.join(names) or 'none'}",
+        )
+    for var in ("BCDR_PASSWORD", "BCDR_PASSWORD_FILE"):
+        if declared.encryption is not None:
+            os.environ.pop(var, None)
+    os.environ.update(password_env(declared))
+    return plan_storage_spec(declared)
 
 
 def named_repo(args: argparse.Namespace) -> StorageSpec | None:

@@ -4,6 +4,8 @@
 credential is :class:`AzureAuth`: the default chain (``DefaultAzureCredential``: environment,
 workload identity on AKS, managed identity on VMs, Azure CLI on a laptop), or a connection
 string, account key or SAS token read from an environment variable the plan or a flag names.
+With neither, Azure's own variables (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_KEY``,
+``AZURE_STORAGE_SAS_TOKEN``) come before the default chain, as they do for ``az``.
 Secrets are read here and live only inside the SDK credential object; nothing printable (repr,
 errors, ``url``) holds them.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +38,39 @@ KIND_TEXT = {
     "sas": "SAS token",
 }
 URL_HINT = "write azure://ACCOUNT/CONTAINER[/PREFIX], e.g. azure://mlbackups/checkpoints/team-a"
+#: Azure's own variables (the az CLI's, the SDK samples'), in the order they are taken when no
+#: credential option (nor a plan's ``credential:``) names one: docs/environment.md.
+STANDARD_VARIABLES: tuple[tuple[str, AuthKind], ...] = (
+    ("AZURE_STORAGE_CONNECTION_STRING", "connection_string"),
+    ("AZURE_STORAGE_KEY", "account_key"),
+    ("AZURE_STORAGE_SAS_TOKEN", "sas"),
+)
+ACCOUNT_VARIABLE = "AZURE_STORAGE_ACCOUNT"
+log = logging.getLogger("bcdr.azure")
+_announced: set[str] = set()  # standard variables said to be in use, once per process
+
+
+def standard_auth(env: Mapping[str, str], account: str) -> AzureAuth | None:
+    """The credential of the first of Azure's standard variables that is set, or None (the
+    default chain). ``AZURE_STORAGE_KEY`` is the key of the URL's account: with
+    ``AZURE_STORAGE_ACCOUNT`` naming another account it is refused, not sent elsewhere."""
+    for var, kind in STANDARD_VARIABLES:
+        if not env.get(var):
+            continue
+        named = env.get(ACCOUNT_VARIABLE)
+        if kind == "account_key" and named and named != account:
+            raise UsageError(
+                f"${var} is set with ${ACCOUNT_VARIABLE}={named}, but the repository URL names "
+                f"account {account!r}",
+                where=var,
+                hint="use the repository's account, or name its credential with an "
+                "--azure-*-env option",
+            )
+        if var not in _announced:
+            _announced.add(var)
+            log.info("using the %s in $%s (no credential option given)", KIND_TEXT[kind], var)
+        return AzureAuth(kind, var)
+    return None
 
 
 @dataclass(frozen=True)
@@ -230,6 +266,8 @@ def resolve_access(
 
     env = os.environ if env is None else env
     account, container, prefix = parse_azure_url(url)
+    if auth.kind == "default":
+        auth = standard_auth(env, account) or auth
     credential: Any
     derived_endpoint = f"https://{account}.blob.core.windows.net"
     if auth.kind == "default":
