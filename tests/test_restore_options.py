@@ -36,6 +36,15 @@ def test_include_restores_only_matching_paths(tmp_path: Path, repo: str) -> None
     assert (root / "ckpt/step-200.bin").read_bytes() == b"200"
     assert (root / "data/shard.jsonl").read_bytes() == b"{}"
     assert not (root / "ckpt/step-100.bin").exists()
+    # a pattern that matches nothing is a mistake, not an empty success
+    empty = tmp_path / "empty"
+    miss = run_process(
+        "restore", "--repo", repo, "latest", "--target", empty, "--include", "/nowhere/*"
+    )
+    assert miss.code == 1, miss.err
+    assert "--include /nowhere/* matched nothing" in miss.err
+    assert "nothing was restored" in miss.err and "bcdr ls" in miss.err
+    assert not empty.exists() or not any(empty.iterdir())
 
 
 def test_ls_path_and_snapshot_references(tmp_path: Path, repo: str) -> None:

@@ -11,7 +11,7 @@ from bcdr.archive.availability import require_online
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.archive.restore import ProgressFn, Restorer, RestoreStats
 from bcdr.clock import Clock
-from bcdr.errors import UsageError
+from bcdr.errors import RestoreError, UsageError
 from bcdr.repository.bounds import check_snapshot_size
 from bcdr.repository.locks import READ, read_wait
 from bcdr.repository.repo import Repository
@@ -106,6 +106,16 @@ def restore(
             setid=setid,
             part=part,
             finish=finish,
+        )
+    matched = stats.files + stats.dirs + stats.symlinks + stats.hardlinks + len(stats.errors)
+    if includes and part is None and not finish and not matched:
+        raise RestoreError(
+            f"--include {' '.join(includes)} matched nothing in snapshot {snap.short_id}; "
+            "nothing was restored",
+            where=target,
+            hint="patterns match the paths as backed up, absolute (e.g. "
+            f"'{snap.paths[0] if snap.paths else '/data'}/*'); "
+            f"`bcdr ls {snap.short_id}` lists them",
         )
     return RestoreResult(snap, os.path.abspath(target), stats, transfer(repo, "down"))
 
