@@ -215,6 +215,29 @@ def test_rebuild_lets_a_new_host_take_over_without_rerunning(tmp_path: Path) -> 
     assert "1 run(s) added" not in again.out and "0 run(s) added" in again.out
 
 
+def test_status_on_a_new_host_reads_every_kind_of_run_from_the_evidence(tmp_path: Path) -> None:
+    f = _plan(
+        tmp_path,
+        extra="drills:\n  restore-ckpt: {backup: ckpt, schedule: weekly, rto: 15m}\n"
+        "checks:\n  verify: {repository: local, schedule: weekly}\n",
+    )
+    assert run_process("tick", f, "--state-dir", tmp_path / "old-host").code == 0
+    new = tmp_path / "new-host"
+    r = run_process("status", f, "--state-dir", new, "--json")
+    assert r.code == 0, r.out + r.err  # not "no recovery point": the repository holds one
+    assert "no history of plan cli-sched on this host: 3 run(s) read" in r.err
+    jobs = {j["job"]: j for j in r.json()["jobs"]}
+    assert jobs["ckpt"]["rpo_status"] == "ok" and jobs["ckpt"]["last_status"] == "ok"
+    assert jobs["restore-ckpt"]["last_status"] == "ok"
+    assert jobs["verify"]["last_status"] == "ok"
+    quiet = run_process("status", f, "--state-dir", tmp_path / "third", "--quiet")
+    assert quiet.code == 0 and quiet.err == ""
+    # a plan whose repository cannot be read: said, and status still answers
+    gone = _plan(tmp_path / "elsewhere")
+    r = run_process("status", gone, "--state-dir", tmp_path / "fourth")
+    assert r.code == 4 and "could not be read" in r.err and "Traceback" not in r.err
+
+
 def test_install_and_remove_a_systemd_timer(tmp_path: Path) -> None:
     f = _plan(tmp_path)
     units = tmp_path / "units"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from bcdr.errors import (
     EXIT_PARTIAL,
     EXIT_TARGET_MISSED,
     EXIT_USAGE,
+    BcdrError,
 )
 from bcdr.scheduler import STATE_ENV
 
@@ -148,6 +150,25 @@ def _schedule_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_evidence(plan: Plan, history: History, *, quiet: bool) -> None:
+    """``status`` on a host with no history of the plan (a new or rebuilt host, a laptop):
+    its runs are read from the repositories' evidence first, as ``schedule rebuild`` does."""
+    try:
+        added = sum(tick.rebuild(plan, history).values())
+    except BcdrError as exc:
+        if not quiet:
+            sys.stderr.write(
+                f"note: no history of plan {plan.name} on this host, and its repositories "
+                f"could not be read ({exc}); the status below knows no run\n"
+            )
+        return
+    if not quiet:
+        sys.stderr.write(
+            f"note: no history of plan {plan.name} on this host: {added} run(s) read from "
+            "its repositories' evidence\n"
+        )
+
+
 def _schedule_rebuild(args: argparse.Namespace) -> int:
     history = _state(args)
     total = 0
@@ -166,6 +187,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     for f in args.plans:
         plan = loader.load_plan(f)
+        if not history.runs(plan.name, limit=1):
+            _read_evidence(plan, history, quiet=args.quiet)
         rows += status.job_statuses(plan, history, now)
     missed = any(r.rpo_status in (status.RPO_MISSED, status.RPO_NONE) for r in rows)
     copies_behind = any(c["status"] == status.COPY_BEHIND for r in rows for c in r.copies.values())
