@@ -238,6 +238,38 @@ def test_status_on_a_new_host_reads_every_kind_of_run_from_the_evidence(tmp_path
     assert r.code == 4 and "could not be read" in r.err and "Traceback" not in r.err
 
 
+def test_quiet_prints_only_what_went_wrong(tmp_path: Path) -> None:
+    f = _plan(tmp_path)
+    state = tmp_path / "state"
+    first = run_process("tick", f, "--state-dir", state, "--quiet")
+    assert (first.code, first.out, first.err) == (0, "", "")  # a good backup: nothing
+    again = run_process("tick", f, "--state-dir", state, "--quiet")
+    assert (again.out, again.err) == ("", "")  # no "nothing due" every five minutes
+    (tmp_path / "data" / "locked.bin").write_bytes(b"x")
+    (tmp_path / "data" / "locked.bin").chmod(0)
+    repo = tmp_path / "repo"
+    quiet = run_process("backup", "--repo", repo, tmp_path / "data", "--quiet")
+    if os.geteuid() != 0:  # root reads any file
+        assert quiet.code == 3 and "locked.bin" in quiet.err and quiet.out == ""
+    else:
+        assert (quiet.code, quiet.out, quiet.err) == (0, "", "")
+    loud = run_process("backup", "--repo", repo, tmp_path / "data")
+    assert "snapshot" in loud.out and "saved" in loud.out
+    out = tmp_path / "out"
+    r = run_process("restore", "--repo", repo, "latest", "--target", out, "-q")
+    assert (r.code, r.out, r.err) == (0, "", "")
+    # a failing job is said on stderr even with --quiet
+    broken = _plan(tmp_path / "broken")
+    (tmp_path / "broken" / "data").chmod(0o755)
+    (tmp_path / "broken" / "repo").write_text("not a repository")
+    bad = run_process("tick", broken, "--state-dir", tmp_path / "bstate", "--quiet")
+    assert bad.code == 1 and bad.out == ""
+    assert "backup cli-sched/ckpt: failed" in bad.err
+    # answers stay: --quiet on a listing still lists
+    listed = run_process("snapshots", "--repo", repo, "-q")
+    assert listed.code == 0 and listed.out.count("\n") >= 2
+
+
 def test_install_and_remove_a_systemd_timer(tmp_path: Path) -> None:
     f = _plan(tmp_path)
     units = tmp_path / "units"
@@ -258,7 +290,7 @@ def test_install_and_remove_a_systemd_timer(tmp_path: Path) -> None:
     assert r.code == 0, r.out + r.err
     service = (units / "bcdr-cli-sched.service").read_text()
     timer = (units / "bcdr-cli-sched.timer").read_text()
-    assert f' "tick" "{f}"' in service and '"--state-dir"' in service
+    assert f' "tick" "{f}" "--quiet"' in service and '"--state-dir"' in service
     assert "Type=oneshot" in service
     assert "OnCalendar=*:0/10" in timer
     if shutil.which("systemd-analyze"):

@@ -597,6 +597,9 @@ def progress_logging(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+#: Commands whose output is the answer asked for: --quiet leaves it (their progress goes).
+ANSWERS = {"snapshots", "ls", "status", "evidence", "report", "validate", "plan", "hold"}
+
 #: Freed memory each data command keeps for reuse (see bcdr/memory.py for the figures).
 KEEP_FREED: dict[Handler, int] = {
     cmd_backup: 32 * 2**20,
@@ -606,6 +609,7 @@ KEEP_FREED: dict[Handler, int] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    render.set_quiet(False)  # a caller in this process may have run a quiet command before
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if argv is None:  # the bcdr command itself, not a caller in this process
@@ -617,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "retry_budget", None) is not None:
             retrybudget.set_from_flag(args.retry_budget)
         quiet_sdk_logging()
+        render.set_quiet(bool(getattr(args, "quiet", False)) and args.command not in ANSWERS)
         progress_logging(bool(getattr(args, "quiet", False) or getattr(args, "json", False)))
         return _run(args)
     except (KeyboardInterrupt, ImportError) as exc:  # before the command started

@@ -30,8 +30,29 @@ if TYPE_CHECKING:  # types only: the command a user runs loads only what it need
     from bcdr.storage.wrap import Transfer
 
 
+_quiet = False
+
+
+def set_quiet(on: bool) -> None:
+    """``--quiet``: summaries and notes are not printed; warnings, errors and what failed are."""
+    global _quiet
+    _quiet = on
+
+
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    if not _quiet:
+        sys.stdout.write(text + "\n")
+
+
+def note(text: str) -> None:
+    """A note on stderr (something worth knowing, not wrong); not with --quiet."""
+    if not _quiet:
+        sys.stderr.write(f"note: {text}\n")
+
+
+def problem(text: str) -> None:
+    """What went wrong or is incomplete, on stderr: printed even with --quiet."""
+    sys.stderr.write(text + "\n")
 
 
 def emit_json(doc: Any) -> None:
@@ -58,8 +79,8 @@ def backup_text(r: BackupResult) -> None:
     )
     transfer_line("uploaded", r.uploaded)
     out(f"  duration   {s.duration_s:.2f}s")
-    for note in r.notes:
-        sys.stderr.write(f"note: {note}\n")
+    for text in r.notes:
+        note(text)
     for w in r.warnings:
         sys.stderr.write(f"warning: {printable(w.path)}: {printable(w.reason)}\n")
     for sk in r.skipped:
@@ -244,7 +265,12 @@ def repair_snapshots_text(r: SnapshotRepair) -> None:
 
 
 def plan_job_text(r: JobResult) -> None:
-    out(f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else ""))
+    line = f"{r.kind} {r.name}: {r.status}" + (f" — {r.message}" if r.message else "")
+    if _quiet and r.status != "ok":  # what did not go well is said even with --quiet
+        problem(line)
+        for text in r.notes:
+            problem(f"  note: {text}")
+    out(line)
     if r.backup is not None:
         backup_text(r.backup)
     from bcdr.geo.verify import VERIFIED  # not at import: most commands never get here

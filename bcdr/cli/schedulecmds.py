@@ -58,7 +58,7 @@ def cmd_tick(args: argparse.Namespace) -> int:
     # SIGTERM (systemd stopping the service, a timeout) stops a job as Ctrl-C does: cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     clock = SystemClock()
-    log = tick.EventLog(fmt=args.log_format, clock=clock)
+    log = tick.EventLog(fmt=args.log_format, clock=clock, quiet=args.quiet)
     history = _state(args)
     plans, bad = tick.load_plans(args.plans, log)
     sched = tick.Scheduler(history, clock, log=log, source="tick")
@@ -69,14 +69,20 @@ def cmd_tick(args: argparse.Namespace) -> int:
         )
     if args.json:
         render.emit_json({"outcomes": [o.to_dict() for o in outcomes]})
-    elif not args.quiet:
+    else:
         if not outcomes and not bad:
             render.out("nothing due")
         for o in outcomes:
             attempts = f" after {o.attempts} attempts" if o.attempts > 1 else ""
-            render.out(f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}")
-            for note in o.notes:
-                render.out(f"  note: {note}")
+            line = f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}"
+            lines = [line, *(f"  note: {note}" for note in o.notes)]
+            for text in lines:  # with --quiet, only what did not go well (to stderr)
+                if o.status == "ok":
+                    render.out(text)
+                elif args.quiet:
+                    render.problem(text)
+                else:
+                    render.out(text)
     return _exit_code(outcomes, bad)
 
 
@@ -92,7 +98,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _schedule_run(args: argparse.Namespace) -> int:
     """The daemon (actions/tick.py ``run_daemon``); SIGTERM stops it cleanly."""
     clock = SystemClock()
-    log = tick.EventLog(fmt=args.log_format, clock=clock)
+    log = tick.EventLog(fmt=args.log_format, clock=clock, quiet=args.quiet)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt
     tick.run_daemon(args.plans, _state(args), clock, log, getattr(args, "metrics_textfile", None))
     return EXIT_OK

@@ -71,12 +71,24 @@ def retry_delay(base_s: float, attempt: int, rng: random.Random) -> float:
 class EventLog:
     """What the scheduler did, one line per event: text for people, JSON lines for machines."""
 
-    def __init__(self, stream: TextIO | None = None, fmt: str = "text", clock: Clock | None = None):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        fmt: str = "text",
+        clock: Clock | None = None,
+        *,
+        quiet: bool = False,
+    ):
+        """``quiet`` (``--quiet``): text lines only for what did not go well; JSON lines,
+        which a log pipeline asked for, all the same."""
         self.stream = stream if stream is not None else sys.stderr
         self.fmt = fmt
         self.clock = clock
+        self.quiet = quiet
 
     def __call__(self, event: str, **facts: object) -> None:
+        if self.quiet and self.fmt != "json" and facts.get("status") in (None, "ok"):
+            return
         when = (self.clock.now() if self.clock else datetime.now().astimezone()).isoformat(
             timespec="seconds"
         )

@@ -38,7 +38,8 @@ class TickCommand:
             )
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "bcdr", "tick", *map(str, self.plans)]
+        # --quiet: cron mails whatever a job prints, so only what went wrong is printed
+        argv = [sys.executable, "-m", "bcdr", "tick", *map(str, self.plans), "--quiet"]
         if self.state_dir:
             argv += ["--state-dir", str(self.state_dir)]
         if self.metrics_textfile:
