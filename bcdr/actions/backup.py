@@ -41,6 +41,7 @@ class BackupRequest:
     excludes: tuple[str, ...] = ()
     force_read: bool = False
     tags: tuple[str, ...] = ()
+    one_file_system: bool = False  # other filesystems' mount points are kept empty
     plan: str | None = None
     placement: dict[str, Any] | None = None  # where the data goes, from geo.verify
     context: RunContext | None = None  # for the evidence record (plan digest, start)
@@ -243,6 +244,7 @@ def _run_backup(
                 force_read=request.force_read,
                 progress=progress,
                 prepared=request.prepared,
+                one_file_system=request.one_file_system,
             )
             with repo.writing():
                 root = archiver.run(sources)

@@ -106,10 +106,14 @@ class Archiver:
         progress: ProgressFn | None = None,
         workers: int | None = None,
         prepared: Prepared | None = None,
+        one_file_system: bool = False,
     ):
         """``prepared(path, lstat)``: a file's chunks and digest read by another process
         (a shard of a sharded backup) for exactly this version of it, or None (it is read
-        here)."""
+        here). ``one_file_system``: a folder on another device than the path given that
+        holds it is kept as an empty folder (a mount point), its contents not read."""
+        self.one_file_system = one_file_system
+        self._devices: set[int] = set()  # of the paths given (one_file_system)
         self.repo = repo
         self.prepared = prepared
         self.parent_tree = parent_tree
@@ -135,6 +139,11 @@ class Archiver:
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
         root = Node(b"", DIR)
+        for path in paths if self.one_file_system else ():
+            try:
+                self._devices.add(os.lstat(path).st_dev)
+            except OSError:
+                pass  # the walk says why
         try:
             big_buffers_ahead()  # workers forked next set their own, leaner heap
             self._pipeline.start()
@@ -246,6 +255,11 @@ class Archiver:
     def _save_dir(
         self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
     ) -> Node | None:
+        if self.one_file_system and self._devices and st.st_dev not in self._devices:
+            mount = _dir_node(name, st, None)
+            self._save_tree(mount, [], {}, None)
+            self.stats.dirs += 1
+            return mount
         try:
             names = sorted(e.name for e in os.scandir(path))
         except FileNotFoundError:

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bcdr import __version__, retrybudget
@@ -133,8 +134,28 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lines_of(files: list[str], what: str) -> list[str]:
+    """The lines of each file (``-``: stdin), without blank lines and ``#`` comments."""
+    out = []
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{what} {name}: cannot read it ({exc})") from None
+        out += [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return out
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
+    args.paths = [*args.paths, *_lines_of(args.files_from, "--files-from")]
+    args.exclude = [*args.exclude, *_lines_of(args.exclude_file, "--exclude-file")]
+    if not args.paths:
+        raise UsageError(
+            "nothing to back up", hint="give paths, or --files-from FILE listing them"
+        )
     if args.shards is not None:
+        if args.one_file_system:
+            raise UsageError("--one-file-system does not go with --shards yet")
         return sharded_backup(args)
     progress = _progress(args)
     request = backup_action.BackupRequest(
@@ -143,6 +164,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         excludes=tuple(args.exclude),
         force_read=args.force_read,
         tags=tuple(args.tag),
+        one_file_system=args.one_file_system,
     )
     try:
         result = backup_action.backup(storage_spec(args), request, progress=progress.backup)
@@ -416,12 +438,34 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "azure://acct/backups --job ckpt --shards 64 --executor slurm --wait "
         "--slurm-partition backup /lustre/ckpt (docs/scale-out.md).",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to back up")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders to back up")
     p.add_argument(
         "--job",
         type=_job_name,
         metavar="NAME",
         help="job name; the parent is its newest snapshot",
+    )
+    p.add_argument(
+        "--files-from",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="back up the paths listed in FILE, one per line (# comments; - reads stdin); "
+        "with the PATH arguments; repeatable",
+    )
+    p.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read --exclude patterns from FILE, one per line (# comments); repeatable",
+    )
+    p.add_argument(
+        "--one-file-system",
+        "-x",
+        action="store_true",
+        help="do not descend into other filesystems mounted below the paths (their mount "
+        "points are kept as empty folders)",
     )
     p.add_argument(
         "--exclude",
