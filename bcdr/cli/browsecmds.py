@@ -96,7 +96,7 @@ def add_browse_commands(command: Command) -> None:
         "What changed between two snapshots: + added, - removed, M content changed, U other "
         "metadata (mode, owner, times). Folders whose tree is the same are not read.",
         epilog="examples:\n  bcdr diff --repo /backups/main 1c48b7aa latest\n"
-        "  bcdr diff --plan plans/prod.yaml 1c48b7aa 9f02c1d4 --json",
+        "  bcdr diff --plan plans/quickstart.yaml 1c48b7aa 9f02c1d4 --json",
     )
     p.add_argument("first", metavar="SNAPSHOT", help="the older snapshot (id, prefix, latest)")
     p.add_argument("second", metavar="SNAPSHOT", help="the newer one")
@@ -132,5 +132,5 @@ def add_browse_commands(command: Command) -> None:
         "Sizes: what restoring each job's newest snapshot and all snapshots takes, what the "
         "repository stores, and the ratio of the two (dedup and compression).",
         epilog="examples:\n  bcdr stats --repo /backups/main\n  bcdr stats --plan "
-        "plans/prod.yaml --repository prod --json",
+        "plans/examples/ml-team-azure.yaml --repository westeu --json",
     )

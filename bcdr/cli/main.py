@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bcdr import __version__, retrybudget
 from bcdr.actions.keyahead import derive_key_ahead
-from bcdr.cli import render
+from bcdr.cli import examples, render
 from bcdr.cli.browsecmds import add_browse_commands
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
@@ -376,7 +376,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             name,
             help=help_text,
             description=help_text,
-            epilog=epilog,
+            epilog=epilog or examples.epilog(name),
             formatter_class=HelpFormatter,
         )
         if repo:
