@@ -20,6 +20,7 @@ from bcdr import __version__, retrybudget
 from bcdr.actions.keyahead import derive_key_ahead
 from bcdr.cli import examples, render
 from bcdr.cli.browsecmds import add_browse_commands
+from bcdr.cli.completioncmds import add_completion_commands
 from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
 from bcdr.cli.evidencecmds import add_evidence_commands
@@ -598,6 +599,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_repair_commands(command)
     add_hold_commands(command)
     add_browse_commands(command)
+    add_completion_commands(command)
     add_shard_commands(command)
     add_schedule_commands(command)
 
@@ -646,7 +648,7 @@ def progress_logging(quiet: bool) -> None:
 #: Commands whose output is the answer asked for: --quiet leaves it (their progress goes).
 ANSWERS = {
     *("snapshots", "ls", "status", "evidence", "report", "validate", "plan", "hold"),
-    *("diff", "find", "dump", "stats"),
+    *("diff", "find", "dump", "stats", "completion"),
 }
 
 #: Freed memory each data command keeps for reuse (see bcdr/memory.py for the figures).
