@@ -127,9 +127,11 @@ def run_plan(
     clock: Clock | None = None,
     on_start: Callable[[str], None] | None = None,
     execute: Callable[[Plan, str], JobResult] | None = None,
+    on_done: Callable[[JobResult], None] | None = None,
 ) -> list[JobResult]:
     """Run the named jobs (all when none are named). ``execute`` runs one job (the scheduler
-    passes one that takes the job's lock, retries and records it); default: ``run_job``."""
+    passes one that takes the job's lock, retries and records it); default: ``run_job``.
+    ``on_done`` gets each job's result as soon as it ends."""
     results = []
     for name in select_jobs(plan, names):
         if on_start:
@@ -141,6 +143,8 @@ def run_plan(
         if result.status == NOT_AVAILABLE and not names:
             result.status = SKIPPED  # part of the whole plan: reported, not a failure
         results.append(result)
+        if on_done:
+            on_done(result)
     return results
 
 

@@ -118,14 +118,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             source="run",
         )
         execute = sched.run_job_now
+    def done(result: run_action.JobResult) -> None:  # each job's result as it ends
+        if not args.json:
+            render.plan_job_text(result)
+            sys.stdout.flush()
+
     results = run_action.run_plan(
-        plan, args.job, dry_run=args.dry_run, on_start=started, execute=execute
+        plan, args.job, dry_run=args.dry_run, on_start=started, execute=execute, on_done=done
     )
     if args.json:
         render.emit_json({"plan": plan.name, "jobs": [r.to_dict() for r in results]})
-    else:
-        for r in results:
-            render.plan_job_text(r)
     statuses = {r.status for r in results}
     if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE, tick.BUSY}:
         return EXIT_FAILED
