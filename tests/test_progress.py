@@ -17,6 +17,47 @@ def test_silent_when_not_a_terminal(tmp_path: Path, repo: str) -> None:
     assert r.code == 0 and r.err == ""
 
 
+def _on_a_terminal(*args: object) -> bytes:
+    """What ``bcdr ARGS`` writes to stderr when stderr is a terminal."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bcdr", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait() == 0, seen
+    os.close(leader)
+    return seen
+
+
+def test_a_backup_shows_totals_counted_ahead_a_rate_and_an_eta(tmp_path: Path, repo: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "model.bin", "wb") as f:  # one large file: the line moves inside it
+        for _ in range(48):
+            f.write(os.urandom(8 << 20))
+    write_tree(src, {f"small/{i}.txt": b"x" * 1000 for i in range(20)})
+    seen = _on_a_terminal("backup", "--repo", repo, src)
+    lines = [line.strip() for line in seen.split(b"\r") if line.strip()]
+    totals = [line for line in lines if b"of 384.0 MiB" in line]
+    assert totals, lines
+    assert any(b"ETA " in line and b"/s" in line for line in totals), totals
+    assert any(b"of 21 files" in line for line in totals), totals
+    percents = [float(line.split(b"%")[0]) for line in totals if b"%" in line]
+    assert len(percents) >= 2 and percents == sorted(percents), percents  # it moves, forward
+    assert percents[0] < 100.0
+
+
 def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
     src = write_tree(tmp_path / "src", {f"f{i}": os.urandom(2_000_000) for i in range(40)})
     leader, follower = pty.openpty()
@@ -37,7 +78,7 @@ def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
         seen += data
     assert proc.wait() == 0
     os.close(leader)
-    assert b"files, " in seen and b"read" in seen and b"\r" in seen
+    assert b"of 40 files" in seen and b"%" in seen and b"\r" in seen
     # --quiet silences it even on a terminal
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -52,4 +93,4 @@ def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
     except OSError:
         quiet = b""
     os.close(leader)
-    assert b"files, " not in quiet
+    assert b"files" not in quiet and b"%" not in quiet

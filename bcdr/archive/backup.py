@@ -54,6 +54,7 @@ class BackupStats:
     skipped: int = 0
     bytes_total: int = 0
     bytes_read: int = 0
+    bytes_unchanged: int = 0  # of files taken from the parent as they were (not read)
     bytes_added: int = 0
     blobs_added: int = 0
     packs_written: int = 0
@@ -321,6 +322,9 @@ class Archiver:
             # The no-change path: every recorded field is the same, so the parent's node is
             # this file's node (no new object; the folder's comparison is an identity check).
             self.stats.files_unchanged += 1
+            self.stats.bytes_unchanged += st.st_size
+            if self.progress is not None:
+                self._tick(path)
             return pnode
         node = _file_node(name, st)
         if st.st_nlink > 1 and link_key in self._hardlinks:
@@ -340,6 +344,7 @@ class Archiver:
         ):
             node.content, node.digest = list(pnode.content), pnode.digest
             self.stats.files_unchanged += 1
+            self.stats.bytes_unchanged += st.st_size
         elif self._small(path, st.st_size) and st.st_nlink == 1:
             self._queue_file(path, node, pnode is None)
         elif self._read_file(path, node):

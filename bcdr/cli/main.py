@@ -160,6 +160,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             raise UsageError("--one-file-system does not go with --shards yet")
         return sharded_backup(args)
     progress = _progress(args)
+    progress.count_ahead(list(args.paths), tuple(args.exclude))
     request = backup_action.BackupRequest(
         paths=tuple(args.paths),
         job=args.job,
