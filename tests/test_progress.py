@@ -94,3 +94,18 @@ def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
         quiet = b""
     os.close(leader)
     assert b"files" not in quiet and b"%" not in quiet
+
+
+def test_a_restore_line_moves_while_one_large_file_is_written(tmp_path: Path, repo: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "model.bin", "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(8 << 20))
+    assert run_process("backup", "--repo", repo, src).code == 0
+    seen = _on_a_terminal("restore", "--repo", repo, "latest", "--target", tmp_path / "out")
+    lines = [line.strip() for line in seen.split(b"\r") if b"of 512.0 MiB" in line]
+    percents = [float(line.split(b"%")[0]) for line in lines]
+    assert len(percents) >= 2 and percents == sorted(percents), (percents, seen[-500:])
+    assert 0 < percents[0] < 100 and any(b"ETA" in line for line in lines)
+    assert (tmp_path / "out").exists()

@@ -55,7 +55,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -269,6 +269,9 @@ class FileRestorer:
         self.started = time.monotonic()
         self.files = 0
         self.bytes_written = 0
+        # bytes written by this process's threads so far, file by file as they go (for a
+        # progress line; not under the lock: an estimate that only moves forward)
+        self.live_bytes = 0
         self.bytes_direct = 0
         self.bytes_total = 0
         self.first_byte_s: float | None = None
@@ -596,6 +599,7 @@ class FileRestorer:
             job.fd = self._create_tmp(job, unnamed=True)
             if data:
                 tally.wrote(self._write_chunk(job, data, 0), len(data), self.started)
+                self.live_bytes += len(data)
         except BcdrError as exc:
             job.error = str(exc)
         except OSError as exc:
@@ -685,6 +689,7 @@ class FileRestorer:
             else:
                 order.hasher.update(data)
                 tally.wrote(self._write_chunk(job, data, offset), len(data), self.started)
+            self.live_bytes += len(data)
         held.clear()
 
     def _finalize(self, job: _Job, tally: _Tally) -> None:
@@ -788,11 +793,22 @@ class FileRestorer:
         with self._lock:
             self.errors.append((snap_path, error))
 
-    def wait(self) -> None:
+    def wait(self, tick: Callable[[], None] | None = None) -> None:
+        """Wait for every file submitted; ``tick()`` is called every 0.2 s meanwhile (a
+        progress line keeps moving while large files are written)."""
         self._flush_small()
         if self._feeder is not None:
             self._large.put(None)
-            self._feeder.join()
+            while self._feeder.is_alive():
+                self._feeder.join(0.2)
+                if tick is not None:
+                    tick()
+        if tick is not None:  # every task holds a slot until it ends: all free, all done
+            for _ in range(2 * self.workers):
+                while not self._slots.acquire(timeout=0.2):
+                    tick()
+            for _ in range(2 * self.workers):
+                self._slots.release()
         self._pool.shutdown(wait=True)
         self._writers.shutdown(wait=True)
         if self._procs is not None:

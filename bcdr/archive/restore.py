@@ -40,6 +40,7 @@ class RestoreStats:
     first_byte_s: float | None = None
     temps_removed: int = 0  # temporary files of an earlier, killed restore
     errors: list[dict[str, str]] = field(default_factory=list)
+    bytes_planned: int = 0  # progress: the bytes to write, once every file is known (0 before)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -97,6 +98,9 @@ class Restorer:
         self._finish = finish
         self._mine: list[bool] = []  # part: per regular file in walk order, is it this part's
         self._ordinal = 0
+        self._planned = 0  # bytes of the files submitted (the total, once the walk is done)
+        self._walk_done = False
+        self._last_path = b""
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
@@ -115,7 +119,8 @@ class Restorer:
             self._restore_tree(root_tree, b"", self.includes is None)
         finally:
             sys.setrecursionlimit(old_limit)
-            self._files.wait()
+            self._walk_done = True
+            self._files.wait(self._live_tick if self.progress is not None else None)
             self._files.close_root()
         self._collect_files()
         if self._part is None:
@@ -300,6 +305,7 @@ class Restorer:
             self._in_place(node, dest, snap_path)
             return
         self._files.submit(node, dest, snap_path)
+        self._planned += node.size
         self._tick(snap_path)
 
     def _in_place(self, node: Node, dest: bytes, snap_path: bytes) -> None:
@@ -379,14 +385,20 @@ class Restorer:
         except (OverflowError, ValueError) as exc:  # a crafted tree's out-of-range field
             self._error(path, f"cannot set metadata: {exc}")
 
-    def _tick(self, path: bytes) -> None:
+    def _live_tick(self) -> None:
+        """(while the files are written) the progress line, from the bytes written so far."""
+        self._tick(self._last_path, live=True)
+
+    def _tick(self, path: bytes, *, live: bool = False) -> None:
         if self.progress is None:
             return
+        self._last_path = path
         now = time.monotonic()
         if now - self._last_progress >= 0.2:
             self._last_progress = now
             self.stats.files = self._files.files
-            self.stats.bytes_written = self._files.bytes_written
+            self.stats.bytes_written = max(self._files.bytes_written, self._files.live_bytes)
+            self.stats.bytes_planned = self._planned if self._walk_done else 0
             self.progress(self.stats, path)
 
 

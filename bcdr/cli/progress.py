@@ -109,6 +109,12 @@ class Progress:
         self._line(f"{head}, {human_bytes(stats.bytes_added)} added  {os.fsdecode(path)}")
 
     def restore(self, stats: RestoreStats, path: bytes) -> None:
+        if stats.bytes_planned:
+            head = eta_text(
+                stats.bytes_written, stats.bytes_planned, time.monotonic() - self._started
+            )
+            self._line(f"{head}, {stats.files} files restored  {os.fsdecode(path)}")
+            return
         self._line(
             f"{stats.files} files, {human_bytes(stats.bytes_written)} restored  {os.fsdecode(path)}"
         )
