@@ -109,3 +109,10 @@ def test_a_restore_line_moves_while_one_large_file_is_written(tmp_path: Path, re
     assert len(percents) >= 2 and percents == sorted(percents), (percents, seen[-500:])
     assert 0 < percents[0] < 100 and any(b"ETA" in line for line in lines)
     assert (tmp_path / "out").exists()
+
+
+def test_check_read_data_shows_its_share_and_eta(tmp_path: Path, repo: str) -> None:
+    src = write_tree(tmp_path / "src", {f"f{i}": os.urandom(3_000_000) for i in range(30)})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    seen = _on_a_terminal("check", "--repo", repo, "--read-data")
+    assert b"packs (" in seen and b"%)" in seen, seen[-300:]

@@ -71,6 +71,7 @@ class Progress:
         self._shown = False
         self.scanner: Scanner | None = None
         self._started = time.monotonic()
+        self._phase, self._phase_started = "", self._started
 
     def count_ahead(self, paths: list[str], excludes: tuple[str, ...] = ()) -> None:
         """Count what a backup of ``paths`` will see, in a thread (only when shown)."""
@@ -126,7 +127,12 @@ class Progress:
         )
 
     def check(self, phase: str, done: int, total: int) -> None:
-        self._line(f"{phase}: {done}/{total} packs")
+        if phase != self._phase:
+            self._phase, self._phase_started = phase, time.monotonic()
+        pct = 100.0 * done / total if total else 100.0
+        elapsed = time.monotonic() - self._phase_started
+        eta = f", ETA {_clock((total - done) * elapsed / done)}" if done and elapsed > 0.5 else ""
+        self._line(f"{phase}: {done}/{total} packs ({pct:.1f}%){eta}")
 
     def done(self) -> None:
         if self._shown:
