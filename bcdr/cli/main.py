@@ -25,6 +25,7 @@ from bcdr.cli.diskcmds import add_disk_commands
 from bcdr.cli.drillcmds import add_drill_commands
 from bcdr.cli.evidencecmds import add_evidence_commands
 from bcdr.cli.holdcmds import add_hold_commands
+from bcdr.cli.keycmds import add_key_commands
 from bcdr.cli.lazy import lazy
 from bcdr.cli.plancmds import add_plan_commands
 from bcdr.cli.progress import Progress
@@ -601,6 +602,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_hold_commands(command)
     add_browse_commands(command)
     add_completion_commands(command)
+    add_key_commands(command)
     add_shard_commands(command)
     add_schedule_commands(command)
 

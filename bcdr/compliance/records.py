@@ -353,6 +353,15 @@ class HoldFacts(Facts, frozen=True, kw_only=True):
     evidence_records: list[str] = []  # ids of the records held with it
 
 
+class KeyFacts(Facts, frozen=True, kw_only=True):
+    """``bcdr key add|remove|passwd``: a password's key file added, removed or replaced."""
+
+    KIND: ClassVar[str] = "key"
+    action: str | None = None  # add, remove, passwd
+    key: str | None = None  # the key file's id (added, removed, or the new one)
+    replaced: str | None = None  # passwd: the key file it replaced
+
+
 class OtherFacts(Facts, frozen=True, kw_only=True):
     """A kind this version does not know (written by a newer one): read, used for nothing."""
 
@@ -370,6 +379,7 @@ FACTS: dict[str, type[Facts]] = {
         RepairFacts,
         CopyFacts,
         HoldFacts,
+        KeyFacts,
     )
 }
 

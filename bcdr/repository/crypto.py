@@ -90,8 +90,12 @@ def cipher_for(key: MasterKey) -> Cipher:
     return AesGcmCipher(key.enc_key) if key.enc_key else NullCipher()
 
 
-def wrap_key(key: MasterKey, password: bytes | None) -> bytes:
-    """Serialise ``key`` for ``keys/<id>``; encrypted repositories need ``password``."""
+def wrap_key(
+    key: MasterKey, password: bytes | None, about: dict[str, str] | None = None
+) -> bytes:
+    """Serialise ``key`` for ``keys/<id>``; encrypted repositories need ``password``.
+    ``about``: who made it and when (``created``, ``hostname``, ``username``), kept in the
+    clear beside it for ``bcdr key list``; readers ignore it."""
     payload = json.dumps(
         {
             "enc_key": base64.b64encode(key.enc_key).decode() if key.enc_key else None,
@@ -115,6 +119,7 @@ def wrap_key(key: MasterKey, password: bytes | None) -> bytes:
             "salt": base64.b64encode(salt).decode(),
             "data": base64.b64encode(sealed).decode(),
         }
+    doc.update(about or {})
     return json.dumps(doc, indent=1).encode()
 
 

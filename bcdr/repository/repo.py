@@ -73,6 +73,8 @@ class Repository:
         self.storage = storage
         self.config = config
         self.clock = clock
+        self._key = key
+        self.key_file = ""  # the key file the password opened (set by open)
         self.cipher = cipher_for(key)
         self.content_id = content_id_func(config.content_id, key.id_key)
         self.compressor = Compressor(config.compression_level)
@@ -193,11 +195,21 @@ class Repository:
         for key_file in sorted(key_files):
             try:
                 key = unwrap_key(storage.get(key_file), pw, f"{storage.url}/{key_file}")
-                return cls(storage, config, key, clock or SystemClock())
+                repo = cls(storage, config, key, clock or SystemClock())
+                repo.key_file = key_file  # the one this password opened (`bcdr key`)
+                return repo
             except WrongPassword as exc:
                 last_error = exc
         assert last_error is not None
         raise last_error
+
+    def add_key(self, password: bytes, about: dict[str, str]) -> str:
+        """Store the master key wrapped with another password (``bcdr key add``): a key
+        file of its own, so either password opens the repository; no data changes."""
+        wrapped = wrap_key(self._key, password, about)
+        name = f"keys/{object_name(wrapped)}"
+        self.storage.put(name, wrapped)
+        return name
 
     def require_delete(self, command: str) -> None:
         """Stop ``command`` before it changes anything when this credential may not delete
