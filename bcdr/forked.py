@@ -60,6 +60,15 @@ def _child_init(parent: int, token: int) -> None:
         after_fork()
 
 
+def _close_quietly(pool: ProcessPoolExecutor | None) -> None:
+    if pool is None:
+        return
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except RuntimeError:  # interrupted before its manager thread had started:
+        pass  # the interrupt is what the user is told; the children see EOF
+
+
 def _call(token: int, method: str, *args: Any) -> Any:
     return getattr(_FORKED[token], method)(*args)
 
@@ -79,24 +88,32 @@ class ForkedPool:
         # every page holding one (restore's workers: 17 -> 12 MiB of their own each).
         # The parent takes them back at once.
         gc.freeze()
+        # Ctrl-C and SIGTERM wait until the workers are forked: delivered inside os.fork's
+        # at-fork callbacks (logging's lock release), the KeyboardInterrupt our handler
+        # raises is "ignored" there with a traceback, and the fork half done. The children
+        # inherit the mask; they ignore both signals anyway (_child_init).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        pool: ProcessPoolExecutor | None = None
         try:
-            self._pool = ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 workers,
                 mp_context=multiprocessing.get_context("fork"),
                 initializer=_child_init,
                 initargs=(os.getpid(), self._token),
             )
-            try:
-                self._pool.submit(int).result()  # every worker forks at the first task
-            except BaseException:
-                try:
-                    self._pool.shutdown(wait=True, cancel_futures=True)
-                except RuntimeError:  # interrupted before its manager thread had started:
-                    pass  # the interrupt is what the user is told; the children see EOF
-                raise
+            pool.submit(int).result()  # every worker forks at the first task
+        except BaseException:
+            _close_quietly(pool)
+            raise
         finally:
             gc.unfreeze()
             del _FORKED[self._token]  # the children have their copies
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held runs now
+            except BaseException:
+                _close_quietly(pool)
+                raise
+        self._pool = pool
 
     @classmethod
     def start(cls, target: object, workers: int) -> ForkedPool | None:

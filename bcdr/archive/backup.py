@@ -21,6 +21,7 @@ from typing import BinaryIO, TypedDict
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import SAFETENSORS, Segment, file_segments
+from bcdr.archive.xattrs import read_xattrs
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
@@ -281,6 +282,7 @@ class Archiver:
                 nodes.append(node)
         self.stats.dirs += 1
         node = _dir_node(name, st, None)
+        node.xattrs = read_xattrs(path)
         self._save_tree(node, nodes, parent, pnode)
         return node
 
@@ -305,7 +307,7 @@ class Archiver:
             self._skip(path, f"cannot read link: {exc.strerror}")
             return None
         self.stats.symlinks += 1
-        return Node(name, SYMLINK, **_meta(st), target=target)
+        return Node(name, SYMLINK, **_meta(st), target=target, xattrs=read_xattrs(path))
 
     def _save_file(
         self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
@@ -327,6 +329,7 @@ class Archiver:
                 self._tick(path)
             return pnode
         node = _file_node(name, st)
+        node.xattrs = read_xattrs(path)
         if st.st_nlink > 1 and link_key in self._hardlinks:
             first = self._hardlinks[link_key]
             node.content, node.digest = first.content, first.digest

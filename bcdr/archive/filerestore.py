@@ -75,6 +75,7 @@ from bcdr.archive.filewrite import (
     set_direct,
     write_sparse,
 )
+from bcdr.archive.xattrs import apply_xattrs
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, fingerprint_for, region_of
@@ -714,6 +715,8 @@ class FileRestorer:
             if job.error is None:
                 if AS_ROOT and (node.uid, node.gid) != (self._uid, self._gid):
                     os.fchown(job.fd, node.uid, node.gid)
+                if node.xattrs:  # after the owner: a chown clears security.capability
+                    apply_xattrs(job.fd, node.xattrs)
                 os.fchmod(job.fd, node.mode & self._mode_mask)
                 os.utime(job.fd, ns=(node.mtime_ns, node.mtime_ns))
             if job.error is None and job.unnamed:

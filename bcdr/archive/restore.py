@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from bcdr.archive.beneath import Beneath, parent_of
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
+from bcdr.archive.xattrs import apply_xattrs
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
 from bcdr.repository.repo import Repository
@@ -364,6 +365,9 @@ class Restorer:
                 if node.type == SYMLINK:
                     if AS_ROOT:
                         os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+                    if node.xattrs:  # by path under the folder (no *at form): its own
+                        full = b"/proc/self/fd/%d/%s" % (dir_fd, name)
+                        apply_xattrs(full, node.xattrs, follow_symlinks=False)
                     times = (node.mtime_ns, node.mtime_ns)
                     os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
                     return
@@ -374,6 +378,8 @@ class Restorer:
             try:
                 if AS_ROOT:
                     os.fchown(fd, node.uid, node.gid)
+                if node.xattrs:
+                    apply_xattrs(fd, node.xattrs)
                 os.fchmod(fd, node.mode & self._mode_mask)
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             finally:

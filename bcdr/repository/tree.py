@@ -42,6 +42,9 @@ class Node:
     digest: str | None = None
     subtree: bytes | None = None
     target: bytes | None = None
+    # extended attributes (ACLs among them: system.posix_acl_*), sorted by name; stored only
+    # when there are some, so trees without them are byte for byte what they were
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -66,7 +69,14 @@ class Node:
             d["subtree"] = self.subtree.hex() if self.subtree else None
         elif self.type == SYMLINK:
             _put_bytes(d, "target", self.target or b"")
+        if self.xattrs:
+            d["xattrs"] = _xattr_wire(self.xattrs)
         return d
+
+
+def _xattr_wire(xattrs: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
+    """``[[name, value], ...]``, both base64 (a name is bytes, a value anything)."""
+    return [[base64.b64encode(n).decode(), base64.b64encode(v).decode()] for n, v in xattrs]
 
 
 def _bytes_field(key: str, value: bytes) -> tuple[str, str]:
@@ -92,6 +102,8 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 
 def _node_json(n: Node) -> str:
+    if n.xattrs:  # rare: the generic form (its keys sorted as the fast forms sort theirs)
+        return json.dumps(n.to_dict(), sort_keys=True, separators=(",", ":"))
     meta = f'"mode":{n.mode},"mtime_ns":{n.mtime_ns},{_json_bytes("name", n.name)}'
     if n.type == FILE:
         content = ",".join([f'"{c.hex()}"' for c in n.content])
@@ -126,6 +138,7 @@ class _Wire(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     uid: int
     gid: int
     mtime_ns: int
+    xattrs: list[tuple[str, str]] | None = None
 
 
 #: A blob id as a tree stores it: 64 hex digits (the length checked while parsing, in C;
@@ -197,6 +210,16 @@ _NOT_NAMES = frozenset((b"", b".", b".."))
 
 
 def _node(w: _FileWire | _DirWire | _SymlinkWire) -> Node:
+    node = _plain_node(w)
+    if w.xattrs:
+        node.xattrs = tuple(
+            (base64.b64decode(n, validate=True), base64.b64decode(v, validate=True))
+            for n, v in w.xattrs
+        )
+    return node
+
+
+def _plain_node(w: _FileWire | _DirWire | _SymlinkWire) -> Node:
     # One constructor call per node, positional: see _Wire.
     name = _text_or_b64(w.name, w.name_b64, "name")
     if name in _NOT_NAMES or b"/" in name or b"\0" in name:

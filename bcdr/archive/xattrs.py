@@ -1,0 +1,43 @@
+"""Extended attributes (and so POSIX ACLs, ``system.posix_acl_access`` and ``..._default``)
+read at backup and set again at restore. Linux only; elsewhere nothing is read or set."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+Xattrs = tuple[tuple[bytes, bytes], ...]
+#: Errors that mean "not here": no xattrs on this filesystem, or not for this user (trusted.*,
+#: security.* as non-root). They are counted, not fatal: the data is restored all the same.
+NOT_HERE = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL}
+
+
+def read_xattrs(path: bytes) -> Xattrs:
+    """The extended attributes of ``path`` itself (a link's own, not its target's), sorted."""
+    if not hasattr(os, "listxattr"):
+        return ()
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for name in sorted(names):
+        try:
+            out.append((os.fsencode(name), os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue  # removed meanwhile, or not readable by this user
+    return tuple(out)
+
+
+def apply_xattrs(target: int | bytes, xattrs: Xattrs, *, follow_symlinks: bool = True) -> int:
+    """Set each attribute on ``target`` (a descriptor, or a path); how many could not be set
+    here (NOT_HERE). Any other error is raised."""
+    skipped = 0
+    for name, value in xattrs:
+        try:
+            os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
+        except OSError as exc:
+            if exc.errno not in NOT_HERE:
+                raise
+            skipped += 1
+    return skipped
