@@ -182,20 +182,26 @@ class FaultProxy:
                 pass
 
     def _forward(self, head: bytes, body: bytes) -> bytes:
-        lines = head.split(b"\r\n")
-        kept = [
-            h for h in lines[1:] if h and not h.lower().startswith((b"connection:", b"keep-alive:"))
-        ]
-        out = b"\r\n".join([lines[0], *kept, b"Connection: close"]) + b"\r\n\r\n" + body
-        with socket.create_connection(self.upstream, timeout=120) as up:
-            up.sendall(out)
-            chunks = []
-            while True:
-                data = up.recv(1 << 16)
-                if not data:
-                    break
-                chunks.append(data)
-        return b"".join(chunks)
+        return forward(self.upstream, head, body)
+
+
+def forward(upstream: tuple[str, int], head: bytes, body: bytes) -> bytes:
+    """Send one request upstream on a fresh connection (``Connection: close``); its whole
+    response."""
+    lines = head.split(b"\r\n")
+    kept = [
+        h for h in lines[1:] if h and not h.lower().startswith((b"connection:", b"keep-alive:"))
+    ]
+    out = b"\r\n".join([lines[0], *kept, b"Connection: close"]) + b"\r\n\r\n" + body
+    with socket.create_connection(upstream, timeout=120) as up:
+        up.sendall(out)
+        chunks = []
+        while True:
+            data = up.recv(1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
 
 
 def _reset(conn: socket.socket) -> None:

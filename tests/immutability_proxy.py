@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from azure.storage.blob import BlobServiceClient
 
-from tests.fault_proxy import _read_request
+from tests.fault_proxy import _read_request, forward
 
 
 @dataclass
@@ -284,20 +284,7 @@ class ImmutabilityProxy:
         return _join(head, text.encode("utf-8"))
 
     def _forward(self, head: bytes, body: bytes) -> bytes:
-        lines = head.split(b"\r\n")
-        kept = [
-            h for h in lines[1:] if h and not h.lower().startswith((b"connection:", b"keep-alive:"))
-        ]
-        out = b"\r\n".join([lines[0], *kept, b"Connection: close"]) + b"\r\n\r\n" + body
-        with socket.create_connection(self.upstream, timeout=120) as up:
-            up.sendall(out)
-            chunks = []
-            while True:
-                data = up.recv(1 << 16)
-                if not data:
-                    break
-                chunks.append(data)
-        return b"".join(chunks)
+        return forward(self.upstream, head, body)
 
 
 def _status(response: bytes) -> int:

@@ -60,39 +60,10 @@ def test_a_backup_shows_totals_counted_ahead_a_rate_and_an_eta(tmp_path: Path, r
 
 def test_progress_on_a_terminal(tmp_path: Path, repo: str) -> None:
     src = write_tree(tmp_path / "src", {f"f{i}": os.urandom(2_000_000) for i in range(40)})
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bcdr", "backup", "--repo", repo, str(src)],
-        stdout=subprocess.DEVNULL,
-        stderr=follower,
-    )
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:  # EIO: the terminal closed
-            break
-        if not data:
-            break
-        seen += data
-    assert proc.wait() == 0
-    os.close(leader)
+    seen = _on_a_terminal("backup", "--repo", repo, src)
     assert b"of 40 files" in seen and b"%" in seen and b"\r" in seen
     # --quiet silences it even on a terminal
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bcdr", "backup", "-q", "--force-read", "--repo", repo, str(src)],
-        stdout=subprocess.DEVNULL,
-        stderr=follower,
-    )
-    os.close(follower)
-    assert proc.wait() == 0
-    try:
-        quiet = os.read(leader, 4096)
-    except OSError:
-        quiet = b""
-    os.close(leader)
+    quiet = _on_a_terminal("backup", "-q", "--force-read", "--repo", repo, src)
     assert b"files" not in quiet and b"%" not in quiet
 
 
