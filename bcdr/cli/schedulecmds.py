@@ -63,26 +63,27 @@ def cmd_tick(args: argparse.Namespace) -> int:
     plans, bad = tick.load_plans(args.plans, log)
     sched = tick.Scheduler(history, clock, log=log, source="tick")
     outcomes: list[tick.Outcome] = []
+
+    def said(o: tick.Outcome) -> None:  # each job's result as it ends
+        if args.json:
+            return
+        attempts = f" after {o.attempts} attempts" if o.attempts > 1 else ""
+        line = f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}"
+        for text in [line, *(f"  note: {note}" for note in o.notes)]:
+            if o.status != "ok" and args.quiet:  # with --quiet, only what did not go well
+                render.problem(text)
+            else:
+                render.out(text)
+        sys.stdout.flush()
+
     for plan in plans:
         outcomes += sched.tick(
-            plan, tick.metrics_path(plan, getattr(args, "metrics_textfile", None))
+            plan, tick.metrics_path(plan, getattr(args, "metrics_textfile", None)), on_done=said
         )
     if args.json:
         render.emit_json({"outcomes": [o.to_dict() for o in outcomes]})
-    else:
-        if not outcomes and not bad:
-            render.out("nothing due")
-        for o in outcomes:
-            attempts = f" after {o.attempts} attempts" if o.attempts > 1 else ""
-            line = f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}"
-            lines = [line, *(f"  note: {note}" for note in o.notes)]
-            for text in lines:  # with --quiet, only what did not go well (to stderr)
-                if o.status == "ok":
-                    render.out(text)
-                elif args.quiet:
-                    render.problem(text)
-                else:
-                    render.out(text)
+    elif not outcomes and not bad:
+        render.out("nothing due")
     return _exit_code(outcomes, bad)
 
 

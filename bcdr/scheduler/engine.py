@@ -12,6 +12,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -173,14 +174,29 @@ class Scheduler:
 
     # --- running ---------------------------------------------------------------------------
 
-    def tick(self, plan: Plan, metrics: Path | None = None) -> list[Outcome]:
-        """Run every job of ``plan`` that is due; write metrics when a path is given."""
+    def tick(
+        self,
+        plan: Plan,
+        metrics: Path | None = None,
+        on_done: Callable[[Outcome], None] | None = None,
+    ) -> list[Outcome]:
+        """Run every job of ``plan`` that is due; write metrics when a path is given.
+        ``on_done`` gets each job's outcome as soon as it ends."""
         due = self.due(plan)
+        lock = threading.Lock()
+
+        def run(name: str, slot: datetime | None) -> Outcome:
+            outcome = self.run_due(plan, name, slot)
+            if on_done is not None:
+                with lock:  # jobs run in parallel end in any order; lines never mix
+                    on_done(outcome)
+            return outcome
+
         if plan.max_parallel > 1 and len(due) > 1:
             with ThreadPoolExecutor(plan.max_parallel) as pool:
-                outcomes = list(pool.map(lambda d: self.run_due(plan, *d), due))
+                outcomes = list(pool.map(lambda d: run(*d), due))
         else:
-            outcomes = [self.run_due(plan, name, slot) for name, slot in due]
+            outcomes = [run(name, slot) for name, slot in due]
         if metrics is not None:
             write_metrics(metrics, render_metrics([plan], self.history, self.clock.now()))
         return outcomes
