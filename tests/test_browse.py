@@ -107,3 +107,27 @@ def test_stats_per_job(cli: Cli, repo: str, tmp_path: Path) -> None:
     assert doc["dedup_ratio"] > 1
     text = cli("stats", "--repo", repo).out
     assert "2 snapshot(s)" in text and "ckpt: 2 snapshot(s)" in text
+
+
+def test_tag_rewrites_the_snapshot_and_keeps_its_recovery_point(
+    cli: Cli, repo: str, tmp_path: Path
+) -> None:
+    _, first, second = _two_snapshots(cli, repo, tmp_path)
+    r = cli("tag", "--repo", repo, first, "--add", "release", "--add", "keep", "--json")
+    assert r.code == 0, r.err
+    (done,) = r.json()
+    assert done["old"] == first and done["new"] != first and done["tags"] == ["keep", "release"]
+    snaps = {s["id"]: s for s in cli("snapshots", "--repo", repo, "--json").json()}
+    assert first not in snaps and done["new"] in snaps and second in snaps
+    assert sorted(snaps[done["new"]]["tags"]) == ["keep", "release"]
+    assert snaps[done["new"]]["original"] == first  # the same recovery point
+    restored = cli("restore", "--repo", repo, done["new"], "--target", tmp_path / "o")
+    assert restored.code == 0
+    # same recovery point: retagging again, or a copy, knows it as the first snapshot
+    again = cli("tag", "--repo", repo, done["new"], "--remove", "keep", "--json").json()
+    assert again[0]["tags"] == ["release"]
+    unchanged = cli("tag", "--repo", repo, again[0]["new"], "--add", "release", "--json").json()
+    assert unchanged[0]["new"] is None
+    assert cli("tag", "--repo", repo, second).code == 2  # nothing to change said
+    kinds = [e["kind"] for e in cli("evidence", "list", "--repo", repo, "--json").json()]
+    assert kinds.count("tag") == 2

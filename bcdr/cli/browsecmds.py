@@ -16,8 +16,10 @@ from bcdr.units import human_bytes
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import browse as browse_action
+    from bcdr.actions import tag as tag_action
 else:
     browse_action = lazy("bcdr.actions.browse")
+    tag_action = lazy("bcdr.actions.tag")
 
 Command = Callable[..., argparse.ArgumentParser]
 MARK = {"added": "+", "removed": "-", "changed": "M", "metadata": "U"}
@@ -89,6 +91,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    done = tag_action.tag(
+        storage_spec(args),
+        tuple(args.snapshots),
+        add=tuple(args.add),
+        remove=tuple(args.remove),
+        set_to=tuple(args.set) if args.set is not None else None,
+        job=args.job,
+    )
+    if args.json:
+        render.emit_json([r.to_dict() for r in done])
+        return EXIT_OK
+    for r in done:
+        tags = ", ".join(r.tags) or "no tags"
+        if r.new:
+            render.out(f"snapshot {r.old[:8]} is now {r.new[:8]} ({tags})")
+        else:
+            render.out(f"snapshot {r.old[:8]} unchanged ({tags})")
+    return EXIT_OK
+
+
 def add_browse_commands(command: Command) -> None:
     p = command(
         "diff",
@@ -126,6 +149,20 @@ def add_browse_commands(command: Command) -> None:
     p.add_argument("path", metavar="PATH", help="an absolute path in the snapshot")
     p.add_argument("--job", help="with latest: that job's newest snapshot")
     p.add_argument("--force", action="store_true", help="write to a terminal all the same")
+    p = command(
+        "tag",
+        cmd_tag,
+        "Add, remove or set the tags of snapshots. A snapshot is written anew with its tags "
+        "(its id changes; its data and its recovery point do not) and the old one is removed, "
+        "so this needs a credential that may delete.",
+        epilog="examples:\n  bcdr tag --repo /backups/main latest --job ckpt --add release-1.2\n"
+        "  bcdr tag --repo /backups/main 1c48b7aa 9f02c1d4 --remove candidate",
+    )
+    p.add_argument("snapshots", nargs="+", metavar="SNAPSHOT", help="ids, prefixes or latest")
+    p.add_argument("--add", action="append", default=[], metavar="TAG", help="add this tag")
+    p.add_argument("--remove", action="append", default=[], metavar="TAG", help="remove this tag")
+    p.add_argument("--set", action="append", metavar="TAG", help="replace every tag by these")
+    p.add_argument("--job", help="with latest: that job's newest snapshot")
     p = command(
         "stats",
         cmd_stats,

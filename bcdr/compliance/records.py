@@ -362,6 +362,13 @@ class KeyFacts(Facts, frozen=True, kw_only=True):
     replaced: str | None = None  # passwd: the key file it replaced
 
 
+class TagFacts(Facts, frozen=True, kw_only=True):
+    """``bcdr tag``: snapshots written anew with other tags (``old`` id, ``new`` id, tags)."""
+
+    KIND: ClassVar[str] = "tag"
+    snapshots: list[dict[str, Any]] = []
+
+
 class OtherFacts(Facts, frozen=True, kw_only=True):
     """A kind this version does not know (written by a newer one): read, used for nothing."""
 
@@ -380,6 +387,7 @@ FACTS: dict[str, type[Facts]] = {
         CopyFacts,
         HoldFacts,
         KeyFacts,
+        TagFacts,
     )
 }
 
