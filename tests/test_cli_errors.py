@@ -180,8 +180,8 @@ def test_usage_errors(tmp_path: Path, repo: str) -> None:
     assert r.code == 1 and "no snapshot with id" in r.err
     r = run_process("check", "--repo", repo, "--read-data-subset", "250")
     assert r.code == 2 and "(0, 100]" in r.err
-    r = run_process("backup")
-    assert r.code == 2 and "usage:" in r.err
+    r = run_process("backup", "--repo", repo)  # paths are optional with --files-from
+    assert r.code == 2 and "nothing to back up" in r.err and "--files-from" in r.err
 
 
 def test_restore_refuses_non_empty_target(tmp_path: Path, repo: str) -> None:
