@@ -12,6 +12,7 @@ what it needs), nor a network connection pool (the Azure SDK's must not cross a 
 
 from __future__ import annotations
 
+import atexit
 import gc
 import multiprocessing
 import os
@@ -21,13 +22,36 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from bcdr.interrupts import interrupts_received
+from bcdr.interrupts import deliver, held_interrupts, interrupts_received
 from bcdr.memory import lean_heap
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 #: What forked workers call into, by token: each child has the copy it was forked with.
 _FORKED: dict[int, object] = {}
+#: Pools not shut down yet. An interrupt may land between a pool's making and its owner
+#: keeping it; at exit, multiprocessing then waits forever for workers that wait for work
+#: (they ignore SIGINT). ``_reap`` kills those workers first.
+_LIVE: set[ProcessPoolExecutor] = set()
+_reaper_registered = False
+
+
+def _reap() -> None:
+    for pool in list(_LIVE):
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                proc.kill()
+            except (OSError, ValueError):
+                pass
+    _LIVE.clear()
+
+
+def _keep(pool: ProcessPoolExecutor) -> None:
+    global _reaper_registered
+    if not _reaper_registered:  # after multiprocessing's own exit handler: runs before it
+        atexit.register(_reap)
+        _reaper_registered = True
+    _LIVE.add(pool)
 
 
 def processes_enabled(workers: int) -> bool:
@@ -67,6 +91,8 @@ def _close_quietly(pool: ProcessPoolExecutor | None) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
     except RuntimeError:  # interrupted before its manager thread had started:
         pass  # the interrupt is what the user is told; the children see EOF
+    finally:
+        _LIVE.discard(pool)
 
 
 def _call(token: int, method: str, *args: Any) -> Any:
@@ -88,31 +114,35 @@ class ForkedPool:
         # every page holding one (restore's workers: 17 -> 12 MiB of their own each).
         # The parent takes them back at once.
         gc.freeze()
-        # Ctrl-C and SIGTERM wait until the workers are forked: delivered inside os.fork's
-        # at-fork callbacks (logging's lock release), the KeyboardInterrupt our handler
-        # raises is "ignored" there with a traceback, and the fork half done. The children
-        # inherit the mask; they ignore both signals anyway (_child_init).
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # Ctrl-C and SIGTERM wait until the workers are forked and the pool is whole: one
+        # acted on inside os.fork's at-fork callbacks (logging's lock release) raised a
+        # KeyboardInterrupt "ignored" there with a traceback, and one between the workers'
+        # fork and the pool's manager thread left workers no one would stop. Blocking the
+        # signal in this thread is not enough: another thread of bcdr takes it, and Python
+        # runs the handler here all the same; so the handler itself holds it.
         pool: ProcessPoolExecutor | None = None
         try:
-            pool = ProcessPoolExecutor(
-                workers,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_child_init,
-                initargs=(os.getpid(), self._token),
-            )
-            pool.submit(int).result()  # every worker forks at the first task
-        except BaseException:
-            _close_quietly(pool)
-            raise
+            with held_interrupts() as caught:
+                try:
+                    pool = ProcessPoolExecutor(
+                        workers,
+                        mp_context=multiprocessing.get_context("fork"),
+                        initializer=_child_init,
+                        initargs=(os.getpid(), self._token),
+                    )
+                    _keep(pool)
+                    pool.submit(int).result()  # every worker forks at the first task
+                except BaseException:
+                    _close_quietly(pool)
+                    if caught:  # what failed was the interrupt's doing: say that
+                        deliver(caught[0])
+                    raise
         finally:
             gc.unfreeze()
             del _FORKED[self._token]  # the children have their copies
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held runs now
-            except BaseException:
-                _close_quietly(pool)
-                raise
+        if caught:
+            _close_quietly(pool)
+            deliver(caught[0])
         self._pool = pool
 
     @classmethod
@@ -135,4 +165,7 @@ class ForkedPool:
     def shutdown(self, *, cancel: bool = True) -> None:
         """Stop the workers once their tasks are done; tasks not started yet are dropped
         with ``cancel`` (a pipeline that already has every result it needs, or stops)."""
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+        finally:
+            _LIVE.discard(self._pool)

@@ -81,3 +81,31 @@ def test_an_interrupt_before_the_commit_says_no_snapshot_was_written(
     assert list_locks(LocalStorage(str(repo))) == []  # released, SIGTERM too
     r = run_process("backup", "--repo", repo, "--job", "j", src)
     assert r.code == 0, r.err
+
+
+def test_an_interrupt_inside_a_callback_python_cannot_raise_from_is_not_lost() -> None:
+    """A KeyboardInterrupt raised inside ``__del__`` (or a weakref callback, an at-fork
+    hook) is "ignored" by Python with a traceback, and the command went on as if never
+    interrupted. bcdr sends the signal again, to stop the command where it can."""
+    script = (
+        "import os, signal, time\n"
+        "from bcdr.interrupts import terminate_as_interrupt\n"
+        "terminate_as_interrupt()\n"
+        "class X:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.05)  # the handler runs here, inside __del__\n"
+        "x = X()\n"
+        "try:\n"
+        "    del x\n"
+        "    for _ in range(200):\n"
+        "        time.sleep(0.005)\n"
+        "    print('lost')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "interrupted", (proc.stdout, proc.stderr)
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
