@@ -82,16 +82,21 @@ def _capability(repo: Repository) -> Immutability:
     return cap
 
 
-def _evidence_keys(repo: Repository, snapshot_id: str) -> tuple[list[str], list[str]]:
-    """The storage keys and ids of the evidence records that name the snapshot."""
-    keys, ids = [], []
+def _evidence(repo: Repository) -> list[tuple[str, str, str]]:
+    """Every chained record once: (storage key, id, its document as text), to be searched
+    for snapshot ids without opening the chain again per snapshot."""
+    out = []
     for item in list_records(repo):
-        if not isinstance(item, Record) or item.seq is None:
-            continue
-        if snapshot_id in json.dumps(as_document(item), default=str):
-            keys.append(f"{EVIDENCE_PREFIX}{item.seq:010d}-{item.id}")
-            ids.append(item.id)
-    return keys, ids
+        if isinstance(item, Record) and item.seq is not None:
+            key = f"{EVIDENCE_PREFIX}{item.seq:010d}-{item.id}"
+            out.append((key, item.id, json.dumps(as_document(item), default=str)))
+    return out
+
+
+def _naming(records: list[tuple[str, str, str]], snapshot_id: str) -> tuple[list[str], list[str]]:
+    """The storage keys and ids of the records that name the snapshot."""
+    hits = [(key, rid) for key, rid, text in records if snapshot_id in text]
+    return [k for k, _ in hits], [r for _, r in hits]
 
 
 def _held_snapshots(repo: Repository) -> list[Snapshot]:
@@ -122,14 +127,15 @@ def set_hold(
         repo.load_index()
         needs = immutability.Needs(repo)
         keys = needs.keys(snap)
-        ev_keys, ev_ids = _evidence_keys(repo, snap.id)
+        records = _evidence(repo)
+        ev_keys, ev_ids = _naming(records, snap.id)
         keys |= set(ev_keys)
         result = HoldResult(snap.id, on, evidence_records=ev_ids)
         if not on:  # what another held snapshot needs stays held
             others = set()
             for other in _held_snapshots(repo):
                 if other.id != snap.id:
-                    others |= needs.keys(other) | set(_evidence_keys(repo, other.id)[0])
+                    others |= needs.keys(other) | set(_naming(records, other.id)[0])
             result.kept = len(keys & others)
             keys -= others
         # the snapshot's own object last when putting on (a held snapshot is a complete

@@ -190,6 +190,7 @@ class Needs:
     def __init__(self, repo: Repository):
         self.repo = repo
         self._trees: dict[bytes, frozenset[str]] = {}
+        self._key_files: set[str] | None = None
 
     def packs(self, snap: Snapshot) -> frozenset[str]:
         return self._tree(bytes.fromhex(snap.tree))
@@ -197,8 +198,9 @@ class Needs:
     def keys(self, snap: Snapshot) -> set[str]:
         """Every protected object ``snap`` needs: itself, the repository's config and key
         files, and its packs."""
-        base = {"config", f"snapshots/{snap.id}"}
-        base |= {info.key for info in self.repo.storage.list("keys/")}
+        if self._key_files is None:  # listed once, not once per snapshot
+            self._key_files = {info.key for info in self.repo.storage.list("keys/")}
+        base = {"config", f"snapshots/{snap.id}", *self._key_files}
         return base | {pack_key(p) for p in self.packs(snap)}
 
     def _tree(self, root: bytes) -> frozenset[str]:
