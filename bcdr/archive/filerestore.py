@@ -797,22 +797,30 @@ class FileRestorer:
             self.errors.append((snap_path, error))
 
     def wait(self, tick: Callable[[], None] | None = None) -> None:
-        """Wait for every file submitted; ``tick()`` is called every 0.2 s meanwhile (a
-        progress line keeps moving while large files are written)."""
-        self._flush_small()
-        if self._feeder is not None:
-            self._large.put(None)
-            while self._feeder.is_alive():
-                self._feeder.join(0.2)
-                if tick is not None:
-                    tick()
-        if tick is not None:  # every task holds a slot until it ends: all free, all done
-            for _ in range(2 * self.workers):
-                while not self._slots.acquire(timeout=0.2):
-                    tick()
-            for _ in range(2 * self.workers):
-                self._slots.release()
-        self._pool.shutdown(wait=True)
+        """Wait for every file submitted; ``tick()`` is called every 0.2 s meanwhile, from a
+        thread of its own (a progress line keeps moving while large files are written; the
+        waiting itself is the same with or without it)."""
+        done = threading.Event()
+        ticker = None
+        if tick is not None:
+            beat = tick
+
+            def ticking() -> None:
+                while not done.wait(0.2):
+                    beat()
+
+            ticker = threading.Thread(target=ticking, name="bcdr-restore-tick", daemon=True)
+            ticker.start()
+        try:
+            self._flush_small()
+            if self._feeder is not None:
+                self._large.put(None)
+                self._feeder.join()
+            self._pool.shutdown(wait=True)
+        finally:
+            done.set()
+            if ticker is not None:
+                ticker.join()
         self._writers.shutdown(wait=True)
         if self._procs is not None:
             self._procs.shutdown(cancel=False)  # every batch submitted is restored
