@@ -56,3 +56,24 @@ def test_trees_without_xattrs_are_unchanged_and_with_them_canonical() -> None:
     assert b'"xattrs":[["dXNlci5r","AHY="]]' in data
     assert decode_tree(data, "t")[1].xattrs == ((b"user.k", b"\x00v"),)
     assert encode_tree(decode_tree(data, "t")) == data
+
+
+def test_file_capabilities_are_restored_only_with_keep_setuid(
+    cli: Cli, repo: str, tmp_path: Path
+) -> None:
+    """A capability is a privilege, as a setuid bit is: a repository someone could write to
+    must not hand a restored program one unless asked (--keep-setuid)."""
+    import struct
+
+    src = write_tree(tmp_path / "src", {"tool": b"#!/bin/sh\n"})
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)  # cap_net_bind_service, +e
+    try:
+        os.setxattr(src / "tool", "security.capability", cap)
+    except OSError as exc:
+        pytest.fail(f"cannot set a file capability here ({exc}); the test runs as root")
+    assert cli("backup", "--repo", repo, src).code == 0
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    assert cli("restore", "--repo", repo, "latest", "--target", plain).code == 0
+    assert "security.capability" not in os.listxattr(restored_root(plain, src) / "tool")
+    assert cli("restore", "--repo", repo, "latest", "--target", kept, "--keep-setuid").code == 0
+    assert os.getxattr(restored_root(kept, src) / "tool", "security.capability") == cap

@@ -716,7 +716,7 @@ class FileRestorer:
                 if AS_ROOT and (node.uid, node.gid) != (self._uid, self._gid):
                     os.fchown(job.fd, node.uid, node.gid)
                 if node.xattrs:  # after the owner: a chown clears security.capability
-                    apply_xattrs(job.fd, node.xattrs)
+                    apply_xattrs(job.fd, node.xattrs, privileged=bool(self._mode_mask & 0o6000))
                 os.fchmod(job.fd, node.mode & self._mode_mask)
                 os.utime(job.fd, ns=(node.mtime_ns, node.mtime_ns))
             if job.error is None and job.unnamed:

@@ -29,11 +29,27 @@ def read_xattrs(path: bytes) -> Xattrs:
     return tuple(out)
 
 
-def apply_xattrs(target: int | bytes, xattrs: Xattrs, *, follow_symlinks: bool = True) -> int:
+#: File capabilities: privileges a restored program would run with, as a setuid bit grants.
+#: Restored only when setuid and setgid bits are (``restore --keep-setuid``): a repository
+#: someone could write to must not hand a root-owned restored file extra privileges.
+CAPABILITY = b"security.capability"
+
+
+def apply_xattrs(
+    target: int | bytes,
+    xattrs: Xattrs,
+    *,
+    follow_symlinks: bool = True,
+    privileged: bool = False,
+) -> int:
     """Set each attribute on ``target`` (a descriptor, or a path); how many could not be set
-    here (NOT_HERE). Any other error is raised."""
+    here (NOT_HERE) or were left out (file capabilities, unless ``privileged``). Any other
+    error is raised."""
     skipped = 0
     for name, value in xattrs:
+        if name == CAPABILITY and not privileged:
+            skipped += 1
+            continue
         try:
             os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
         except OSError as exc:
