@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic rclone systemd slurm run test bench bench-quick lint clean
+.PHONY: install node browser restic rclone systemd slurm prometheus run test bench bench-quick lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -51,6 +51,11 @@ slurm:
 	$(call apt-install,slurmctld,slurm-wlm,the Slurm tests)
 	$(call apt-install,munged,munge,the Slurm tests)
 
+# Debian's Prometheus, for promtool: the tests check the metrics textfile, the alert rules and
+# their unit tests with it, and the dashboard preview backfills a real Prometheus.
+prometheus:
+	$(call apt-install,promtool,prometheus,the monitoring tests)
+
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
 	$(call apt-install,restic,restic,make bench)
@@ -63,7 +68,7 @@ rclone:
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node browser systemd slurm
+test: install node browser systemd slurm prometheus
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Both corpus sizes (2.9 GiB and 632 MiB), the single 4 GiB file, the Azure path, copies and

@@ -9,6 +9,7 @@ never sees half of one.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 #: The mode of reports and metrics files (docs/security.md).
@@ -19,7 +20,7 @@ def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None
     """Replace ``path`` with ``data`` (raises OSError): a temporary file beside it, created
     with ``mode`` exactly, written, synced, then renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask does not decide

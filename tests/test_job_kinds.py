@@ -61,6 +61,7 @@ snapshots:
     token_env: BCDR_T_ARM
     evidence: local
     endpoint: {arm.url}
+    rpo: 26h
 drills:
   d: {{backup: b, schedule: weekly, rto: 1h}}
 checks:
@@ -108,7 +109,13 @@ copies:
         for j in jobs:
             assert rebuilt[j]["kind"] == kinds[j] and rebuilt[j]["last_status"] == "ok", rebuilt[j]
         assert rebuilt["b"]["rpo_status"] == first["b"]["rpo_status"] == "ok"
-        assert rebuilt["s"]["rpo_status"] == "no target" or rebuilt["s"]["recovery_point"]
+        # a disk job's snapshots are its recovery points: its RPO is met (not "no recovery
+        # point"), on the host that ran it and on a new one, and its metric is a real time
+        assert first["s"]["rpo_status"] == rebuilt["s"]["rpo_status"] == "ok", first["s"]
+        r = run_process("metrics", f, "--state-dir", tmp_path / "host1", env=env)
+        point = 'bcdr_recovery_point_timestamp_seconds{job="s",kind="snapshot",plan="kinds"} '
+        [line] = [ln for ln in r.out.splitlines() if ln.startswith(point)]
+        assert float(line.split()[-1]) > 1.7e9
         # read back twice: nothing is added twice
         r = run_process("schedule", "rebuild", f, "--state-dir", tmp_path / "host2", env=env)
         assert "0 run(s) added to" in r.out, r.out

@@ -266,30 +266,6 @@ def test_status_reports_rpo_from_the_newest_recovery_point(
     )
 
 
-def test_metrics_textfile_is_written_atomically_with_labels(
-    tmp_path: Path, history: History
-) -> None:
-    plan = _plan(tmp_path)
-    clock = FakeClock(datetime(2026, 11, 2, 3, 0, tzinfo=UTC))
-    out = tmp_path / "metrics" / "bcdr.prom"
-    Scheduler(history, clock).tick(plan, metrics=out)
-    text = out.read_text()
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-    labels = '{plan="sched",job="ckpt",kind="backup"}'
-    assert samples[f"bcdr_last_success_timestamp_seconds{labels}"] == clock.now().timestamp()
-    assert samples[f"bcdr_rpo_target_seconds{labels}"] == 26 * 3600
-    assert samples[f"bcdr_last_bytes_added{labels}"] > 0
-    assert samples[f"bcdr_failures_total{labels}"] == 0
-    assert samples[f"bcdr_recovery_point_age_seconds{labels}"] < 120
-    assert samples['bcdr_last_status_ok{plan="sched",job="verify",kind="check"}'] == 1
-    assert "# TYPE bcdr_failures_total counter" in text
-    assert [p.name for p in out.parent.iterdir()] == ["bcdr.prom"]  # no temporary left over
-
-
 class _Receiver(BaseHTTPRequestHandler):
     posts: list[dict[str, object]] = []
 

@@ -61,7 +61,7 @@ def _rows(state: Path, job: str = "ckpt") -> list[tuple[str, int]]:
 def test_tick_runs_what_is_due_logs_json_and_writes_the_plans_metrics(tmp_path: Path) -> None:
     f = _plan(tmp_path, extra="metrics_textfile: metrics/bcdr.prom\n")
     state = tmp_path / "state"
-    r = run_process("tick", f, "--state-dir", state, "--log-format", "json")
+    r = run_process("tick", f, "--state-dir", state, "--log-format", "json", "--summary")
     assert r.code == 0, r.out + r.err
     assert "backup cli-sched/ckpt: ok" in r.out
     events = [json.loads(line) for line in r.err.splitlines()]
@@ -69,12 +69,12 @@ def test_tick_runs_what_is_due_logs_json_and_writes_the_plans_metrics(tmp_path: 
     assert events[1]["status"] == "ok" and events[1]["job"] == "ckpt"
     assert events[1]["bytes_added"] > 0
     metrics = (tmp_path / "metrics" / "bcdr.prom").read_text()
-    assert 'bcdr_last_status_ok{plan="cli-sched",job="ckpt",kind="backup"} 1' in metrics
+    assert 'bcdr_job_state{job="ckpt",kind="backup",plan="cli-sched",state="ok"} 1.0' in metrics
     # the evidence head the backup appended, kept in --state-dir and published for monitoring
     [record] = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()
-    assert f'head_id="{record["id"]}"}} 1' in metrics, metrics
-    assert "bcdr_evidence_head_sequence{repository_id=" in metrics
-    r = run_process("tick", f, "--state-dir", state)
+    assert f'head_id="{record["id"]}",repository_id=' in metrics, metrics
+    assert "bcdr_evidence_head_sequence{head_id=" in metrics
+    r = run_process("tick", f, "--state-dir", state, "--summary")
     assert r.code == 0 and "nothing due" in r.out
     r = run_process("status", f, "--state-dir", state, "--json")
     assert r.code == 0, r.out
@@ -118,7 +118,7 @@ def test_a_tick_killed_in_the_middle_of_a_backup_is_run_again(tmp_path: Path) ->
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _rows(state) == [("running", 1)], "the kill came after the job finished"
-    r = run_process("tick", f, "--state-dir", state)
+    r = run_process("tick", f, "--state-dir", state, "--summary")
     assert r.code == 0, r.out + r.err
     assert "ended with their process" in r.out
     assert _rows(state) == [("crashed", 1), ("ok", 1)]
@@ -191,7 +191,12 @@ def test_transient_failures_are_retried_then_reported(tmp_path: Path) -> None:
     )
     state = tmp_path / "state"
     r = run_process(
-        "tick", f, "--state-dir", state, env={"BCDR_T_CS": cs, "BCDR_RETRY_SECONDS": "1"}
+        "tick",
+        f,
+        "--state-dir",
+        state,
+        "--summary",
+        env={"BCDR_T_CS": cs, "BCDR_RETRY_SECONDS": "1"},
     )
     assert r.code == 1, r.out + r.err
     assert "failed after 2 attempts" in r.out and "job-retry" in r.err
@@ -207,7 +212,7 @@ def test_rebuild_lets_a_new_host_take_over_without_rerunning(tmp_path: Path) -> 
     r = run_process("schedule", "rebuild", f, "--state-dir", new)
     assert r.code == 0, r.out + r.err
     assert "cli-sched/ckpt: 1 run(s) added" in r.out
-    r = run_process("tick", f, "--state-dir", new)
+    r = run_process("tick", f, "--state-dir", new, "--summary")
     assert r.code == 0 and "nothing due" in r.out, r.out
     r = run_process("status", f, "--state-dir", new, "--json")
     assert r.code == 0 and r.json()["jobs"][0]["rpo_status"] == "ok"
@@ -469,7 +474,8 @@ def test_run_and_tick_print_each_jobs_result_as_it_ends(tmp_path: Path, command:
         "    schedule: daily\nhooks:\n  on_success: 'sleep 2'\n",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bcdr", command, str(f), "--state-dir", str(tmp_path / "st")],
+        [sys.executable, "-m", "bcdr", command, str(f), "--state-dir", str(tmp_path / "st")]
+        + (["--summary"] if command == "tick" else []),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

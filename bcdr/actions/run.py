@@ -80,9 +80,35 @@ class JobResult:
     def snapshot_id(self) -> str | None:
         return self.backup.snapshot.id if self.backup else None
 
+    repository_figures: dict[str, float] = field(default_factory=dict)  # after a backup
+
     @property
     def recovery_point(self) -> str | None:
-        return self.backup.snapshot.time if self.backup else None
+        """The time of the recovery point this run made: a backup's snapshot, or a disk job's
+        snapshots when every disk got one."""
+        if self.backup is not None:
+            return self.backup.snapshot.time
+        if self.disks is not None and self.disks.status == "ok":
+            return self.disks.started
+        return None
+
+    @property
+    def measures(self) -> dict[str, float]:
+        """Figures the run history keeps for metrics: a drill's RTO and RPO against their
+        targets, the repository's size after a backup."""
+        out = dict(self.repository_figures)
+        d = self.drill
+        if d is not None:
+            rto = d.rto_estimate_s if d.rto_estimate_s is not None else d.rto_s
+            figures = {
+                "rto_s": rto,
+                "rto_target_s": d.rto_target_s,
+                "rpo_s": d.rpo_s,
+                "rpo_target_s": d.rpo_target_s,
+                "bytes_verified": float(d.bytes_verified) if d.rto_s is not None else None,
+            }
+            out.update({k: v for k, v in figures.items() if v is not None})
+        return out
 
     @property
     def bytes_added(self) -> int | None:
@@ -574,6 +600,7 @@ def _backup(
             result.backup, result.evidence = backup, backup.evidence
             retention_error = _retention(result, plan, name, job, repo, context)
             copy_error = _copies(result, plan, name, job, repo, clock, context)
+            result.repository_figures = _figures(repo, result)
             after_error = retention_error or copy_error  # the snapshot is saved either way
         finally:
             repo.close()
@@ -591,6 +618,18 @@ def _backup(
         _failed(result, after_error)
         result.message = f"snapshot {backup.snapshot.short_id} saved, but {result.message}"
     return result
+
+
+def _figures(repo: Repo, result: JobResult) -> dict[str, float]:
+    """The repository's stored bytes and snapshot count after the backup, from two listings
+    (nothing is read); nothing when they cannot be listed (the backup stands)."""
+    try:
+        stored = sum(p.size for p in repo.storage.list("data/"))
+        snapshots = sum(1 for _ in repo.storage.list("snapshots/"))
+    except BcdrError as exc:
+        result.notes.append(f"the repository's size was not measured: {exc}")
+        return {}
+    return {"repository_stored_bytes": float(stored), "repository_snapshots": float(snapshots)}
 
 
 def _scaled_backup(plan: Plan, job: BackupJob, repo: Repo, request: BackupRequest) -> BackupResult:

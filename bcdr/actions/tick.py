@@ -167,7 +167,8 @@ def _evidence_of(plan: Plan, repo_name: str) -> list[Record[Facts]]:
         repo.close()
 
 
-#: The daemon wakes at least this often, to pick up edited plans.
+#: The daemon wakes at least this often, to pick up edited plans and rewrite the metrics file
+#: (bcdr_metrics_written_timestamp_seconds shows it alive).
 DAEMON_MAX_SLEEP_S = 300.0
 
 
@@ -196,6 +197,15 @@ def load_plans(files: list[str], log: EventLog) -> tuple[list[Plan], int]:
     return plans, bad
 
 
+def watch_metrics(sched: Scheduler, plans: list[Plan], paths: dict[str, Path | None]) -> None:
+    """Tell the scheduler every plan's metrics file before the first job runs, so each
+    write holds every plan of its file."""
+    for plan in plans:
+        path = paths[plan.name]
+        if path is not None:
+            sched.metrics.watch(plan, path)
+
+
 def run_daemon(
     files: list[str], history: History, clock: Clock, log: EventLog, metrics: str | None
 ) -> None:
@@ -207,8 +217,10 @@ def run_daemon(
     try:
         while True:
             plans, _ = load_plans(files, log)
+            paths = {p.name: metrics_path(p, metrics) for p in plans}
+            watch_metrics(sched, plans, paths)
             for plan in plans:
-                sched.tick(plan, metrics_path(plan, metrics))
+                sched.tick(plan, paths[plan.name])
             wake = sched.next_wake(plans)
             now = clock.now()
             limit = now + timedelta(seconds=DAEMON_MAX_SLEEP_S)

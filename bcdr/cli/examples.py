@@ -67,6 +67,11 @@ EXAMPLES: dict[str, list[str]] = {
         "bcdr status plans/quickstart.yaml                   # exit 4 when an RPO is missed",
         "bcdr status plans/quickstart.yaml --json",
     ],
+    "metrics": [
+        "bcdr metrics plans/quickstart.yaml                  # print them",
+        "bcdr metrics plans/*.yaml -o /var/lib/node_exporter/textfile/bcdr.prom",
+        "bcdr metrics plans/quickstart.yaml --write          # to the plan's metrics_textfile",
+    ],
     "schedule": [
         "bcdr schedule install plans/quickstart.yaml --systemd --user",
         "bcdr schedule install plans/quickstart.yaml --cron --every 5",

@@ -1,4 +1,5 @@
-"""``bcdr tick``, ``bcdr schedule run|install|remove|rebuild`` and ``bcdr status``."""
+"""``bcdr tick``, ``bcdr schedule run|install|remove|rebuild``, ``bcdr status`` and
+``bcdr metrics``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bcdr.errors import (
     EXIT_TARGET_MISSED,
     EXIT_USAGE,
     BcdrError,
+    UsageError,
 )
 from bcdr.scheduler import STATE_ENV
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.plan.model import Plan
     from bcdr.scheduler import history as run_history
     from bcdr.scheduler import install as install
+    from bcdr.scheduler import metrics as metrics
     from bcdr.scheduler import status as status
     from bcdr.scheduler.history import History
 else:
@@ -38,6 +41,7 @@ else:
     loader = lazy("bcdr.plan.loader")
     status = lazy("bcdr.scheduler.status")
     install = lazy("bcdr.scheduler.install")
+    metrics = lazy("bcdr.scheduler.metrics")
     run_history = lazy("bcdr.scheduler.history")
 
 
@@ -58,14 +62,15 @@ def cmd_tick(args: argparse.Namespace) -> int:
     # SIGTERM (systemd stopping the service, a timeout) stops a job as Ctrl-C does: cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     clock = SystemClock()
-    log = tick.EventLog(fmt=args.log_format, clock=clock, quiet=args.quiet)
+    log = _event_log(args, clock)
     history = _state(args)
     plans, bad = tick.load_plans(args.plans, log)
     sched = tick.Scheduler(history, clock, log=log, source="tick")
     outcomes: list[tick.Outcome] = []
+    summary = args.summary or sys.stdout.isatty()
 
     def said(o: tick.Outcome) -> None:  # each job's result as it ends
-        if args.json:
+        if args.json or not summary:
             return
         attempts = f" after {o.attempts} attempts" if o.attempts > 1 else ""
         line = f"{o.kind} {o.plan}/{o.job}: {o.status}{attempts} — {o.message}"
@@ -76,15 +81,25 @@ def cmd_tick(args: argparse.Namespace) -> int:
                 render.out(text)
         sys.stdout.flush()
 
+    paths = {p.name: tick.metrics_path(p, getattr(args, "metrics_textfile", None)) for p in plans}
+    tick.watch_metrics(sched, plans, paths)
     for plan in plans:
-        outcomes += sched.tick(
-            plan, tick.metrics_path(plan, getattr(args, "metrics_textfile", None)), on_done=said
-        )
+        outcomes += sched.tick(plan, paths[plan.name], on_done=said)
     if args.json:
         render.emit_json({"outcomes": [o.to_dict() for o in outcomes]})
-    elif not outcomes and not bad:
+    elif not outcomes and not bad and summary:
         render.out("nothing due")
     return _exit_code(outcomes, bad)
+
+
+def _event_log(args: argparse.Namespace, clock: SystemClock) -> tick.EventLog:
+    """The scheduler's events on stderr (JSON lines or logfmt); bcdr's own log records go
+    through it too, so the stream stays one format."""
+    from bcdr.scheduler.eventlog import route_bcdr_logging
+
+    log = tick.EventLog(fmt=args.log_format, clock=clock, quiet=args.quiet)
+    route_bcdr_logging(log)
+    return log
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -99,7 +114,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _schedule_run(args: argparse.Namespace) -> int:
     """The daemon (actions/tick.py ``run_daemon``); SIGTERM stops it cleanly."""
     clock = SystemClock()
-    log = tick.EventLog(fmt=args.log_format, clock=clock, quiet=args.quiet)
+    log = _event_log(args, clock)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt
     tick.run_daemon(args.plans, _state(args), clock, log, getattr(args, "metrics_textfile", None))
     return EXIT_OK
@@ -166,7 +181,7 @@ def _read_evidence(plan: Plan, history: History, *, quiet: bool) -> None:
         if not quiet:
             sys.stderr.write(
                 f"note: no history of plan {plan.name} on this host, and its repositories "
-                f"could not be read ({exc}); the status below knows no run\n"
+                f"could not be read ({exc}); what follows knows no run\n"
             )
         return
     if not quiet:
@@ -212,6 +227,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_TARGET_MISSED if missed or copies_behind else EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """The plans' Prometheus metrics now, from this host's history (read from the
+    repositories' evidence first on a host without any): printed, or written atomically."""
+    history = _state(args)
+    plans = [loader.load_plan(f) for f in args.plans]
+    for plan in plans:
+        if not history.runs(plan.name, limit=1):
+            _read_evidence(plan, history, quiet=args.quiet)
+    now = SystemClock().now()
+    if args.write:
+        files: dict[Path, list[Plan]] = {}
+        for plan in plans:
+            path = tick.metrics_path(plan, args.output)
+            if path is None:
+                raise UsageError(
+                    f"plan {plan.name} names no metrics_textfile",
+                    where=str(plan.file),
+                    hint="give --output PATH, or set metrics_textfile in the plan",
+                )
+            files.setdefault(path, []).append(plan)
+        for path, group in files.items():
+            metrics.write_metrics(path, metrics.render_metrics(group, history, now))
+            render.out(f"wrote {path} ({', '.join(p.name for p in group)})")
+    elif args.output:
+        metrics.write_metrics(Path(args.output), metrics.render_metrics(plans, history, now))
+        render.out(f"wrote {args.output}")
+    else:
+        sys.stdout.write(metrics.render_metrics(plans, history, now))
+    return EXIT_OK
+
+
 def add_schedule_commands(command: Command) -> None:
     def state_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -226,7 +272,8 @@ def add_schedule_commands(command: Command) -> None:
             "--log-format",
             choices=("text", "json"),
             default="text",
-            help="events on stderr as text or JSON lines (default text)",
+            help="events on stderr as logfmt text or JSON lines, each with time (UTC, ms), "
+            "level, event, message, plan, job, host and pid (default text)",
         )
         p.add_argument(
             "--metrics-textfile",
@@ -242,6 +289,13 @@ def add_schedule_commands(command: Command) -> None:
         repo=False,
     )
     p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print each job's result (and 'nothing due') on stdout even when it is not a "
+        "terminal; on a terminal they always are. The events on stderr say the same for "
+        "machines",
+    )
     state_opts(p)
     log_opts(p)
 
@@ -254,6 +308,24 @@ def add_schedule_commands(command: Command) -> None:
         repo=False,
     )
     p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")
+    state_opts(p)
+
+    p = command(
+        "metrics",
+        cmd_metrics,
+        "Print the plans' Prometheus metrics (node_exporter textfile format) from this host's "
+        "run history, or write them atomically with --output or --write. `tick` and the daemon "
+        "write them on their own; this is for a first look, a one-off refresh, or a host that "
+        "only runs `bcdr run`. docs/monitoring.md lists every metric.",
+        repo=False,
+    )
+    p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files")
+    p.add_argument("--output", "-o", metavar="PATH", help="write all the plans' metrics here")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="write each plan's metrics to its metrics_textfile (or --output)",
+    )
     state_opts(p)
 
     p = command(

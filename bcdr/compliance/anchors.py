@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS evidence_heads (
     how TEXT NOT NULL,        -- appended | verified
     PRIMARY KEY (repository_id, seq, record)
 );
+CREATE TABLE IF NOT EXISTS evidence_verdicts (
+    repository_id TEXT PRIMARY KEY,
+    ok INTEGER NOT NULL,      -- the last check of the chain on this host found it intact
+    checked TEXT NOT NULL,    -- when (UTC ISO)
+    problem TEXT NOT NULL     -- the first problem found, or ''
+);
 """
 HEAD_RE = re.compile(r"#?(\d+):([0-9a-fA-F]{8,64})")
 TOKEN = "bcdr-evidence-head"
@@ -105,6 +111,16 @@ def heads_in_report(path: Path) -> list[tuple[str, Anchor]]:
     return [(key[0], anchor) for key, anchor in found.items()]
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the last check of a repository's chain on this host found (for monitoring)."""
+
+    repository_id: str
+    ok: bool
+    checked: str
+    problem: str
+
+
 class HeadStore:
     """The heads this host has seen, in the state folder's ``history.db``."""
 
@@ -122,6 +138,25 @@ class HeadStore:
             "INSERT OR IGNORE INTO evidence_heads VALUES (?, ?, ?, ?, ?)",
             (repository_id, seq, record, datetime.now(UTC).isoformat(timespec="seconds"), how),
         )
+
+    def judge(self, repository_id: str, problem: str | None, when: datetime) -> None:
+        """Keep the verdict of a check of the chain: intact (``problem`` None) or not."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO evidence_verdicts VALUES (?, ?, ?, ?)",
+            (
+                repository_id,
+                int(problem is None),
+                when.astimezone(UTC).isoformat(timespec="seconds"),
+                problem or "",
+            ),
+        )
+
+    def verdicts(self) -> list[Verdict]:
+        rows = self.db.execute(
+            "SELECT repository_id, ok, checked, problem FROM evidence_verdicts"
+            " ORDER BY repository_id"
+        ).fetchall()
+        return [Verdict(r, bool(ok), checked, problem) for r, ok, checked, problem in rows]
 
     def newest(self, repository_id: str) -> Anchor | None:
         row = self.db.execute(
@@ -166,6 +201,21 @@ def remember(repository_id: str, seq: int, record: str, how: str) -> str | None:
         log.warning(problem)
         return problem
     return None
+
+
+def judge(repository_id: str, problem: str | None, when: datetime) -> None:
+    """Keep on this host what a check of the chain found (``bcdr_evidence_chain_ok``); a
+    state folder that cannot be written is logged (the check's own result stands)."""
+    import sqlite3
+
+    try:
+        store = HeadStore()
+        try:
+            store.judge(repository_id, problem, when)
+        finally:
+            store.close()
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the evidence chain's verdict could not be kept on this host: %s", exc)
 
 
 def host_anchor(repository_id: str) -> tuple[Anchor | None, str | None]:

@@ -163,8 +163,29 @@ def _append(repo: Repository, document: Callable[[int, str | None, datetime], by
         sealed = repo.cipher.seal(plain, EVIDENCE_AAD)
         rid = object_name(sealed)
         repo.storage.put(f"{PREFIX}{seq:010d}-{rid}", sealed)
+    _judge_end(repo, seq, last.id if last else None)
     anchors.remember(repo.config.id, seq, rid, "appended")
     return rid
+
+
+def _judge_end(repo: Repository, seq: int, prev: str | None) -> None:
+    """An append sees the chain's end for free: when this host saw a longer chain, or another
+    record at the place appended after, records were cut from the end. Kept as the chain's
+    verdict (``bcdr_evidence_chain_ok`` pages); the record is appended all the same, and
+    ``evidence verify`` names what is missing."""
+    mine, _ = anchors.host_anchor(repo.config.id)
+    if mine is None or mine.seq is None:
+        return
+    problem = None
+    if mine.seq >= seq:
+        problem = (
+            f"#{seq}–#{mine.seq}: cut from the end of the chain before record #{seq} was "
+            f"appended; {mine.source} saw #{mine.seq} as the head"
+        )
+    elif mine.seq == seq - 1 and not (prev or "").startswith(mine.id):
+        problem = f"#{mine.seq}: replaced; {mine.source} saw {mine.id[:12]} there"
+    if problem is not None:
+        anchors.judge(repo.config.id, problem, repo.clock.now())
 
 
 class _Place(msgspec.Struct):
@@ -354,6 +375,9 @@ def read_chain(
         prev_id, expected_seq = entry.id, seq + 1
         report.head_seq, report.head_id = seq, entry.id
     _check_anchors(repo, report, {e.seq: e.id for e in chained if e.seq is not None}, given, host)
+    if host:
+        problem = str(report.problems[0]) if report.problems else None
+        anchors.judge(repo.config.id, problem, repo.clock.now())
     if report.ok and report.head_id and host:
         anchors.remember(repo.config.id, report.head_seq, report.head_id, "verified")
     records: list[Record[Facts]] = []

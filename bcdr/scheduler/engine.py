@@ -8,10 +8,8 @@ Time comes from an injected Clock (tests move a fake clock through weeks).
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Protocol
 
 from bcdr.clock import Clock
-from bcdr.errors import Interrupted
+from bcdr.errors import Interrupted, UsageError
 from bcdr.plan.model import Plan, secret_env_names
 from bcdr.plan.schedules import cron_for
 from bcdr.scheduler.due import due_slot, next_slot
+from bcdr.scheduler.eventlog import EventLog as EventLog
 from bcdr.scheduler.history import FAILED, INTERRUPTED, OK, PARTIAL, History
 from bcdr.scheduler.hooks import hook_base_env, run_hook
 from bcdr.scheduler.locks import job_lock, plan_slot
@@ -54,6 +53,11 @@ class RunResult(Protocol):
         """copy_to repository -> the newest recovery point it holds after this run."""
         ...
 
+    @property
+    def measures(self) -> dict[str, float]:
+        """Figures the history keeps for metrics (a drill's RTO, a repository's size)."""
+        ...
+
     def to_dict(self) -> dict[str, object]: ...
 
 
@@ -67,39 +71,6 @@ def retry_delay(base_s: float, attempt: int, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2^(attempt-1), capped, times [0.5, 1.5)."""
     capped: float = min(MAX_RETRY_WAIT_S, base_s * 2.0 ** (attempt - 1))
     return capped * (0.5 + rng.random())
-
-
-class EventLog:
-    """What the scheduler did, one line per event: text for people, JSON lines for machines."""
-
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        fmt: str = "text",
-        clock: Clock | None = None,
-        *,
-        quiet: bool = False,
-    ):
-        """``quiet`` (``--quiet``): text lines only for what did not go well; JSON lines,
-        which a log pipeline asked for, all the same."""
-        self.stream = stream if stream is not None else sys.stderr
-        self.fmt = fmt
-        self.clock = clock
-        self.quiet = quiet
-
-    def __call__(self, event: str, **facts: object) -> None:
-        if self.quiet and self.fmt != "json" and facts.get("status") in (None, "ok"):
-            return
-        when = (self.clock.now() if self.clock else datetime.now().astimezone()).isoformat(
-            timespec="seconds"
-        )
-        if self.fmt == "json":
-            doc = {"time": when, "event": event, **facts}
-            self.stream.write(json.dumps(doc, default=str, sort_keys=False) + "\n")
-        else:
-            detail = " ".join(f"{k}={v}" for k, v in facts.items() if v not in (None, ""))
-            self.stream.write(f"{when} {event} {detail}\n")
-        self.stream.flush()
 
 
 @dataclass
@@ -123,6 +94,31 @@ class Outcome:
         return d
 
 
+class MetricsFiles:
+    """Which plans each metrics textfile covers: a file named for several plans (one
+    ``--metrics-textfile`` for ``tick plans/*.yaml``) holds all of them, never only the plan
+    written last."""
+
+    def __init__(self, history: History, clock: Clock):
+        self.history = history
+        self.clock = clock
+        self.files: dict[Path, dict[str, Plan]] = {}
+        self._lock = threading.Lock()  # jobs running in parallel write one at a time
+
+    def watch(self, plan: Plan, path: Path) -> None:
+        for plans in self.files.values():
+            plans.pop(plan.name, None)  # a plan moved to another file leaves the old one
+        self.files.setdefault(path, {})[plan.name] = plan
+
+    def write(self, plan_name: str | None = None) -> None:
+        """Rewrite the files that cover ``plan_name`` (every file when None)."""
+        with self._lock:
+            for path, plans in self.files.items():
+                if plans and (plan_name is None or plan_name in plans):
+                    text = render_metrics(list(plans.values()), self.history, self.clock.now())
+                    write_metrics(path, text)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -143,6 +139,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.log = log or (lambda event, **facts: None)
         self.source = source
+        self.metrics = MetricsFiles(history, clock)
 
     # --- what is due -----------------------------------------------------------------------
 
@@ -180,8 +177,11 @@ class Scheduler:
         metrics: Path | None = None,
         on_done: Callable[[Outcome], None] | None = None,
     ) -> list[Outcome]:
-        """Run every job of ``plan`` that is due; write metrics when a path is given.
+        """Run every job of ``plan`` that is due; write metrics when a path is given (with
+        every other plan ``watch``ed into the same file), also as each job starts and ends.
         ``on_done`` gets each job's outcome as soon as it ends."""
+        if metrics is not None:
+            self.metrics.watch(plan, metrics)
         due = self.due(plan)
         lock = threading.Lock()
 
@@ -197,8 +197,7 @@ class Scheduler:
                 outcomes = list(pool.map(lambda d: run(*d), due))
         else:
             outcomes = [run(name, slot) for name, slot in due]
-        if metrics is not None:
-            write_metrics(metrics, render_metrics([plan], self.history, self.clock.now()))
+        self.metrics.write(plan.name)
         return outcomes
 
     def run_due(self, plan: Plan, name: str, slot: datetime | None) -> Outcome:
@@ -266,6 +265,7 @@ class Scheduler:
             attempt=attempt,
             slot=slot.isoformat() if slot else None,
         )
+        self._metrics_now(plan)  # the job shows as running
         t0 = time.monotonic()
         try:
             result = self.runner(plan, name, self.clock)
@@ -294,9 +294,11 @@ class Scheduler:
             snapshot=result.snapshot_id,
             recovery_point=result.recovery_point,
             bytes_added=result.bytes_added,
+            measures=result.measures,
         )
         if result.copied_points:
             self.history.record_copies(plan.name, name, result.copied_points, self.clock.now())
+        self._metrics_now(plan)
         self.log(
             "job-end",
             plan=plan.name,
@@ -306,9 +308,17 @@ class Scheduler:
             status=result.status,
             duration_s=round(duration, 3),
             bytes_added=result.bytes_added,
-            message=result.message,
+            detail=result.message,
         )
         return result
+
+    def _metrics_now(self, plan: Plan) -> None:
+        """Metrics as a job starts or ends: a file that cannot be written is logged, the job
+        goes on (the write at the end of the tick reports it as an error)."""
+        try:
+            self.metrics.write(plan.name)
+        except UsageError as exc:
+            self.log("metrics-failed", plan=plan.name, reason=str(exc), status="failed")
 
     def _hooks(self, plan: Plan, out: Outcome) -> list[str]:
         if plan.hooks is None:

@@ -10,14 +10,17 @@ free belongs to a process that died and is marked ``crashed`` (its slot is run a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bcdr.errors import UsageError
 from bcdr.statedir import STATE_ENV, default_state_dir, open_state_db
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS runs (
     bytes_added INTEGER,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    source TEXT NOT NULL      -- tick | daemon | run | repository (rebuilt)
+    source TEXT NOT NULL,     -- tick | daemon | run | repository (rebuilt)
+    measures TEXT             -- JSON: figures of the run for metrics (a drill's RTO, ...)
 );
 CREATE INDEX IF NOT EXISTS runs_job ON runs (plan, job, id);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_snapshot ON runs (plan, job, snapshot)
@@ -90,6 +94,7 @@ class Run:
     host: str
     pid: int
     source: str
+    measures: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return dict(vars(self))
@@ -101,9 +106,11 @@ class History:
 
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
+        self._lock = threading.RLock()
         try:
             self.db = open_state_db(state_dir)
             self.db.executescript(SCHEMA)
+            _add_measures(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise UsageError(
                 f"cannot open the run history: {exc}",
@@ -116,13 +123,24 @@ class History:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        """One transaction at a time on the shared connection: jobs of a plan run in
+        parallel threads (``max_parallel``), and a connection has one transaction state."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
 
     def start(
         self,
@@ -165,11 +183,12 @@ class History:
         snapshot: str | None = None,
         recovery_point: str | None = None,
         bytes_added: int | None = None,
+        measures: dict[str, float] | None = None,
     ) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status=?, finished=?, duration_s=?, message=?, transient=?,"
-                " snapshot=?, recovery_point=?, bytes_added=? WHERE id=?",
+                " snapshot=?, recovery_point=?, bytes_added=?, measures=? WHERE id=?",
                 (
                     status,
                     utc(finished),
@@ -179,6 +198,7 @@ class History:
                     snapshot,
                     utc(recovery_point) if recovery_point else None,
                     bytes_added,
+                    json.dumps(measures) if measures else None,
                     run_id,
                 ),
             )
@@ -198,9 +218,9 @@ class History:
 
     def copies(self, plan: str, job: str) -> dict[str, str]:
         """Repository -> the newest recovery point of ``job`` recorded there (ISO)."""
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT repository, recovery_point FROM copies WHERE plan=? AND job=?", (plan, job)
-        ).fetchall()
+        )
         return {str(r): str(p) for r, p in rows}
 
     def mark_crashed(self, plan: str, job: str) -> int:
@@ -225,17 +245,17 @@ class History:
         """Newest first."""
         q = "SELECT * FROM runs WHERE plan=?" + (" AND job=?" if job else "")
         args: tuple[object, ...] = (plan, job) if job else (plan,)
-        rows = self.db.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._query(q + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [_run(r) for r in rows]
 
     def last_slot(self, plan: str, job: str) -> datetime | None:
         """The newest slot this job finished (whatever the result): the slot is done."""
         marks = ",".join("?" * len(FINISHED_SLOT))
-        row = self.db.execute(
+        row = self._one(
             f"SELECT MAX(slot) FROM runs WHERE plan=? AND job=? AND slot IS NOT NULL"
             f" AND status IN ({marks})",
             (plan, job, *FINISHED_SLOT),
-        ).fetchone()
+        )
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     def last(self, plan: str, job: str) -> Run | None:
@@ -244,27 +264,36 @@ class History:
 
     def newest_good(self, plan: str, job: str) -> Run | None:
         """The run that made the newest recovery point."""
-        row = self.db.execute(
+        row = self._one(
             "SELECT * FROM runs WHERE plan=? AND job=? AND status IN (?,?)"
             " AND recovery_point IS NOT NULL ORDER BY recovery_point DESC LIMIT 1",
             (plan, job, *GOOD),
-        ).fetchone()
+        )
         return _run(row) if row else None
 
     def last_success(self, plan: str, job: str) -> Run | None:
-        row = self.db.execute(
+        row = self._one(
             "SELECT * FROM runs WHERE plan=? AND job=? AND status IN (?,?) AND finished"
             " IS NOT NULL ORDER BY finished DESC LIMIT 1",
             (plan, job, *GOOD),
-        ).fetchone()
+        )
+        return _run(row) if row else None
+
+    def last_measured(self, plan: str, job: str, measure: str) -> Run | None:
+        """The newest finished run of the job that recorded ``measure``."""
+        row = self._one(
+            "SELECT * FROM runs WHERE plan=? AND job=? AND finished IS NOT NULL"
+            " AND json_extract(measures, ?) IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (plan, job, f'$."{measure}"'),
+        )
         return _run(row) if row else None
 
     def failures(self, plan: str, job: str) -> int:
-        row = self.db.execute(
+        row = self._one(
             "SELECT COUNT(*) FROM runs WHERE plan=? AND job=? AND status IN ('failed', ?)",
             (plan, job, CRASHED),
-        ).fetchone()
-        return int(row[0])
+        )
+        return int(row[0]) if row else 0
 
     def add_rebuilt(
         self,
@@ -313,7 +342,32 @@ class History:
             return cur.rowcount == 1
 
 
+def _add_measures(db: sqlite3.Connection) -> None:
+    """A history written before runs had ``measures`` gains the column (empty for old rows)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if "measures" not in columns:
+        try:
+            db.execute("ALTER TABLE runs ADD COLUMN measures TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it just now
+            if "duplicate column" not in str(exc):
+                raise
+
+
 def _run(row: tuple[object, ...]) -> Run:
     r = list(row)
     r[11] = bool(r[11])
+    r[18] = _measures(r[18])
     return Run(*r)  # type: ignore[arg-type]
+
+
+def _measures(text: object) -> dict[str, float]:
+    """A run's figures; nothing for a row without (or with unreadable) ones."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {str(k): float(v) for k, v in doc.items() if isinstance(v, int | float)}
