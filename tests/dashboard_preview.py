@@ -296,7 +296,8 @@ def page(dashboard: dict[str, Any], answers: list[Answer], end: datetime) -> str
     bottom = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dashboard["panels"])
     parts = [
         "<!doctype html><meta charset=utf-8><style>",
-        "body{margin:0;background:#111217;font:13px Inter,Helvetica,Arial,sans-serif;color:#ccccdc}",
+        "body{margin:0;background:#111217;color:#ccccdc;",
+        "font:13px Inter,Helvetica,Arial,sans-serif}",
         "header{padding:10px 16px;font-size:17px;color:#fff}",
         "header small{color:#8e8e9f;font-size:12px;margin-left:12px}",
         ".p{position:absolute;background:#181b1f;border:1px solid #2c3235;border-radius:3px;"

@@ -616,3 +616,23 @@ def test_every_dashboard_panel_answers_from_a_real_prometheus(
     assert float(past[0]["value"][1]) == 2
     [(_, chain)] = by_title["Evidence chains intact"].results
     assert float(chain[0]["value"][1]) == 0
+
+
+def test_a_new_host_publishes_what_the_evidence_holds(tmp_path: Path) -> None:
+    """`bcdr metrics` on a host without history reads the repository's evidence first: the
+    backup's recovery point and the drill's RTO are there, as the old host measured them."""
+    plan = _plan(tmp_path)
+    old, new = tmp_path / "old-host", tmp_path / "new-host"
+    assert run_process("tick", plan.file, "--state-dir", old).code == 0
+    before = samples(run_process("metrics", plan.file, "--state-dir", old).out)
+    r = run_process("metrics", plan.file, "--state-dir", new)
+    assert r.code == 0 and "read from its repositories' evidence" in r.err, r.err
+    after = samples(r.out)
+    drill = {"plan": "mon", "job": "drill", "kind": "drill"}
+    for name in ("bcdr_drill_rto_seconds", "bcdr_drill_rto_target_seconds"):
+        assert value(after, name, **drill) == pytest.approx(value(before, name, **drill))
+    ckpt = {"plan": "mon", "job": "ckpt", "kind": "backup"}
+    assert value(after, "bcdr_recovery_point_timestamp_seconds", **ckpt) == value(
+        before, "bcdr_recovery_point_timestamp_seconds", **ckpt
+    )
+    assert value(after, "bcdr_job_state", **drill, state="ok") == 1

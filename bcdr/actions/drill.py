@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bcdr import retrybudget
 from bcdr.actions import shardrestore, slurm
@@ -518,3 +518,36 @@ def drills_to_run(plan: Plan, names: list[str]) -> list[str]:
                 hint=did_you_mean(n, plan.drills) or f"drills: {', '.join(plan.drills)}",
             )
     return names or list(plan.drills)
+
+
+class _Measured(Protocol):
+    """A drill's figures, as its report or its evidence record carries them."""
+
+    @property
+    def rto_s(self) -> float | None: ...
+    @property
+    def rto_estimate_s(self) -> float | None: ...
+    @property
+    def rto_target_s(self) -> float | None: ...
+    @property
+    def rpo_s(self) -> float | None: ...
+    @property
+    def rpo_target_s(self) -> float | None: ...
+    @property
+    def bytes_verified(self) -> int: ...
+
+
+def drill_measures(d: _Measured) -> dict[str, float]:
+    """What the run history keeps of a drill for metrics: the RTO it achieved (its estimate
+    for a full restore when it restored a sample) and its target, the RPO likewise, the bytes
+    it verified. Nothing for a drill that never restored."""
+    if d.rto_s is None:
+        return {}
+    figures = {
+        "rto_s": d.rto_estimate_s if d.rto_estimate_s is not None else d.rto_s,
+        "rto_target_s": d.rto_target_s,
+        "rpo_s": d.rpo_s,
+        "rpo_target_s": d.rpo_target_s,
+        "bytes_verified": float(d.bytes_verified),
+    }
+    return {k: float(v) for k, v in figures.items() if v is not None}

@@ -21,7 +21,7 @@ from bcdr.actions.common import (
 )
 from bcdr.actions.copy import CopyRequest, CopyResult, run_copy
 from bcdr.actions.disks import run_disk_job
-from bcdr.actions.drill import DrillReport, run_drill
+from bcdr.actions.drill import DrillReport, drill_measures, run_drill
 from bcdr.actions.forget import ForgetResult, apply_retention
 from bcdr.actions.placement import establish_placement
 from bcdr.actions.prune import prune
@@ -97,17 +97,8 @@ class JobResult:
         """Figures the run history keeps for metrics: a drill's RTO and RPO against their
         targets, the repository's size after a backup."""
         out = dict(self.repository_figures)
-        d = self.drill
-        if d is not None:
-            rto = d.rto_estimate_s if d.rto_estimate_s is not None else d.rto_s
-            figures = {
-                "rto_s": rto,
-                "rto_target_s": d.rto_target_s,
-                "rpo_s": d.rpo_s,
-                "rpo_target_s": d.rpo_target_s,
-                "bytes_verified": float(d.bytes_verified) if d.rto_s is not None else None,
-            }
-            out.update({k: v for k, v in figures.items() if v is not None})
+        if self.drill is not None:
+            out.update(drill_measures(self.drill))
         return out
 
     @property

@@ -16,11 +16,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from bcdr.actions.common import open_plan_repo, password_env, plan_storage_spec
+from bcdr.actions.drill import drill_measures
 from bcdr.actions.run import FAILED, JobResult, run_job
 from bcdr.actions.snapshots import list_snapshots
 from bcdr.clock import Clock
 from bcdr.compliance.evidence import read_records
-from bcdr.compliance.records import CopyFacts, Facts, Record, typed
+from bcdr.compliance.records import CopyFacts, DrillFacts, Facts, Record, typed
 from bcdr.errors import BcdrError, RepositoryNotFound
 from bcdr.plan.kinds import KINDS
 from bcdr.plan.loader import load_plan
@@ -117,6 +118,7 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
                     continue  # its good runs came from the snapshots above
                 started = d.begun
                 good = d.result in ("ok", "partial")
+                facts = d.facts
                 count += history.add_rebuilt(
                     plan.name,
                     name,
@@ -127,6 +129,7 @@ def rebuild(plan: Plan, history: History) -> dict[str, int]:
                     snapshot=None,
                     bytes_added=None,
                     recovery_point=good and k.recovery_points,
+                    measures=drill_measures(facts) if isinstance(facts, DrillFacts) else None,
                 )
             added[name] = added.get(name, 0) + count
     _rebuild_copies(plan, history, records)

@@ -307,6 +307,7 @@ class History:
         snapshot: str | None,
         bytes_added: int | None,
         recovery_point: bool = True,
+        measures: dict[str, float] | None = None,
     ) -> bool:
         """A run read back from the repository (a backup's snapshot, or any job's evidence
         record); False when it is already known (the same snapshot, or a run of the job that
@@ -323,7 +324,7 @@ class History:
             cur = db.execute(
                 "INSERT OR IGNORE INTO runs (plan, job, kind, slot, attempt, started, finished,"
                 " status, duration_s, message, snapshot, recovery_point, bytes_added, host,"
-                " pid, source) VALUES (?,?,?,?,1,?,?,?,NULL,?,?,?,?,?,0,'repository')",
+                " pid, source, measures) VALUES (?,?,?,?,1,?,?,?,NULL,?,?,?,?,?,0,'repository',?)",
                 (
                     plan,
                     job,
@@ -337,6 +338,7 @@ class History:
                     utc(when) if recovery_point else None,
                     bytes_added,
                     socket.gethostname(),
+                    json.dumps(measures) if measures else None,
                 ),
             )
             return cur.rowcount == 1
