@@ -636,3 +636,21 @@ def test_a_new_host_publishes_what_the_evidence_holds(tmp_path: Path) -> None:
         before, "bcdr_recovery_point_timestamp_seconds", **ckpt
     )
     assert value(after, "bcdr_job_state", **drill, state="ok") == 1
+
+
+def test_bcdr_run_keeps_the_plans_textfile_current(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, extra="metrics_textfile: node/bcdr.prom\n")
+    state = tmp_path / "state"
+    r = run_process("run", plan.file, "--job", "ckpt", "--state-dir", state)
+    assert r.code == 0, r.err
+    found = samples((tmp_path / "node" / "bcdr.prom").read_text())
+    labels = {"plan": "mon", "job": "ckpt", "kind": "backup"}
+    assert value(found, "bcdr_job_state", **labels, state="ok") == 1
+    # a textfile that cannot be written is said; the job's result stands
+    shutil.rmtree(tmp_path / "node")
+    (tmp_path / "node").write_text("a file where the folder was")
+    r = run_process("run", plan.file, "--job", "ckpt", "--state-dir", state)
+    assert r.code == 0, r.err
+    assert r.err.count("warning: metrics not written") == 1, r.err
+    assert "cannot write the metrics file: a file is in the way of its folder" in r.err
+    assert "Traceback" not in r.err

@@ -116,8 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_history.History(statedir.use_state_dir(args.state_dir)),
             SystemClock(),
             source="run",
+            log=_warn_metrics,
         )
+        metrics = tick.metrics_path(plan, None)
+        if metrics is not None:  # the plan's textfile follows on-demand runs too
+            sched.metrics.watch(plan, metrics)
         execute = sched.run_job_now
+
     def done(result: run_action.JobResult) -> None:  # each job's result as it ends
         if not args.json:
             render.plan_job_text(result)
@@ -132,6 +137,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if statuses & {run_action.FAILED, run_action.NOT_AVAILABLE, tick.BUSY}:
         return EXIT_FAILED
     return EXIT_PARTIAL if run_action.PARTIAL in statuses else EXIT_OK
+
+
+_SAID: set[str] = set()
+
+
+def _warn_metrics(event: str, **facts: object) -> None:
+    """``bcdr run`` logs no scheduler events, but a metrics file it could not write is said
+    (once)."""
+    reason = str(facts.get("reason"))
+    if event == "metrics-failed" and reason not in _SAID:
+        _SAID.add(reason)
+        render.problem(f"warning: metrics not written: {reason}")
 
 
 def add_plan_commands(command: Command) -> None:

@@ -312,8 +312,11 @@ def write_metrics(path: Path, text: str) -> None:
     try:
         write_atomic(path, text.encode())
     except OSError as exc:
+        why = exc.strerror
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            why = "a file is in the way of its folder"
         raise UsageError(
-            f"cannot write the metrics file: {exc.strerror}",
+            f"cannot write the metrics file: {why}",
             where=str(path),
             hint="point --metrics-textfile (or the plan's metrics_textfile) at a writable file, "
             "e.g. in node_exporter's --collector.textfile.directory",
