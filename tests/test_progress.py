@@ -87,3 +87,26 @@ def test_check_read_data_shows_its_share_and_eta(tmp_path: Path, repo: str) -> N
     assert run_process("backup", "--repo", repo, src).code == 0
     seen = _on_a_terminal("check", "--repo", repo, "--read-data")
     assert b"packs (" in seen and b"%)" in seen, seen[-300:]
+
+
+def test_a_copy_shows_the_share_of_every_snapshot_it_copies(tmp_path: Path, repo: str) -> None:
+    """Totals from the snapshots' own sizes (two snapshots, a file twice in one of them:
+    shared chunks are counted as the files have them), moving inside one large file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "model.bin", "wb") as f:
+        for _ in range(12):
+            f.write(os.urandom(8 << 20))
+    assert run_process("backup", "--repo", repo, src).code == 0
+    (src / "again.bin").write_bytes((src / "model.bin").read_bytes()[: 16 << 20])
+    assert run_process("backup", "--repo", repo, src).code == 0
+    dst = tmp_path / "dst"
+    assert run_process("init", "--repo", dst).code == 0
+    seen = _on_a_terminal("copy", "--from-repo", repo, "--repo", dst, "all")
+    lines = [line.strip() for line in seen.split(b"\r") if b"of 208.0 MiB" in line]
+    percents = [float(line.split(b"%")[0]) for line in lines]
+    assert len(percents) >= 3 and percents == sorted(percents), (percents, seen[-500:])
+    assert 0 < percents[0] < 50 and any(b"ETA" in line for line in lines)
+    assert percents[-1] > 90
+    r = run_process("copy", "--from-repo", repo, "--repo", tmp_path / "dst", "all", "--json")
+    assert r.code == 0 and "bytes_done" not in r.out and "bytes_planned" not in r.out

@@ -182,13 +182,19 @@ def _run_copy(
         cmap.load()
         total = CopyStats()
         done: list[CopiedSnapshot] = []
+        planned = sum(
+            int(snap.stats.get("bytes_total", 0))
+            for snap in wanted
+            if snap.recovery_point not in present
+        )
         for snap in wanted:
             existing = present.get(snap.recovery_point)
             if existing is not None:
                 done.append(CopiedSnapshot(snap, None, existing))
                 continue
-            copied, one = _copy_one(src, dst, snap, cmap, request, present, lock, progress, notes)
-            for key, value in one.to_dict().items():
+            shown = _overall(progress, total, planned)
+            copied, one = _copy_one(src, dst, snap, cmap, request, present, lock, shown, notes)
+            for key, value in vars(one).items():
                 setattr(total, key, getattr(total, key) + value)
             present[copied.recovery_point] = copied.id
             done.append(CopiedSnapshot(snap, copied, stats=one))
@@ -211,6 +217,21 @@ def _run_copy(
             hint="every snapshot committed is complete; run the copy again for the rest",
         )
     return result
+
+
+def _overall(progress: ProgressFn | None, before: CopyStats, planned: int) -> ProgressFn | None:
+    """Progress of one snapshot's copy shown as part of the whole run: the counts of the
+    snapshots copied before it added, against every snapshot's bytes."""
+    if progress is None:
+        return None
+    base = CopyStats(**vars(before))
+
+    def shown(stats: CopyStats, path: str) -> None:
+        merged = CopyStats(**{k: getattr(base, k) + v for k, v in vars(stats).items()})
+        merged.bytes_planned = planned
+        progress(merged, path)
+
+    return shown
 
 
 def _copy_one(

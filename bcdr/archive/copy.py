@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -63,9 +64,18 @@ class CopyStats:
     bytes_skipped: int = 0
     bytes_read: int = 0  # stored bytes read from the source
     rechunked_files: int = 0
+    # progress only (not in results): the files' bytes handled so far, as a snapshot's
+    # bytes_total counts them, and the bytes_total of every snapshot this run copies
+    bytes_done: int = 0
+    bytes_planned: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k not in PROGRESS_ONLY}
+
+
+PROGRESS_ONLY = ("bytes_done", "bytes_planned")
+#: How often a copy inside one tree (a large file) redraws its progress line, at most.
+PROGRESS_EVERY_S = 0.2
 
 
 class CopyMap:
@@ -172,6 +182,8 @@ class Copier:
         self._trees: dict[bytes, bytes] = {}  # source tree -> destination tree, this pass
         self._workers = max(2, src.storage.concurrency)
         self._path = ""
+        self._tree_bytes: dict[bytes, int] = {}  # source tree -> its files' bytes, this pass
+        self._shown = 0.0
 
     # -- trees -------------------------------------------------------------------------------
 
@@ -188,11 +200,13 @@ class Copier:
         done = self._trees.get(tree_id)
         if done is not None:
             self.dst.note_reused(done)
+            self.stats.bytes_done += self._tree_bytes[tree_id]
             return done
         what = f"tree {tree_id.hex()[:12]} ({path})"
         nodes = decode_tree(self.src.load_blob(tree_id), what)
         files = [n for n in nodes if n.type == FILE and n.content]
         self._path = path
+        before = self.stats.bytes_done
         if self.rechunk:
             for node in files:
                 node.content = self._rechunk_file(
@@ -203,12 +217,15 @@ class Copier:
             for node in files:
                 node.content = [translated[c] for c in node.content]
         self.stats.files += sum(1 for n in nodes if n.type == FILE)
+        # exactly the files' bytes, whatever the chunks shared between them counted
+        self.stats.bytes_done = before + sum(n.size for n in files)
         for node in nodes:
             if node.type == DIR and node.subtree is not None:
                 name = node.name.decode(errors="replace")
                 node.subtree = self._tree(node.subtree, f"{path}{name}/")
         new_id = self.dst.save_blob(TREE, encode_tree(nodes))
         self._trees[tree_id] = new_id
+        self._tree_bytes[tree_id] = self.stats.bytes_done - before
         self.stats.trees += 1
         if self.progress is not None:
             self.progress(self.stats, path)
@@ -229,13 +246,24 @@ class Copier:
                 self.stats.blobs_skipped += 1
                 loc = self.src.index.lookup(sid)
                 self.stats.bytes_skipped += loc.raw_len if loc is not None else 0
+                self.stats.bytes_done += loc.raw_len if loc is not None else 0
             else:
                 need.append(sid)
         for item in self._decoded(need):
             out[item.src_id] = item.dst_id
             self._store(item)
             self.map.put(item.src_id, [item.dst_id])
+            self._advance(item.raw_len)
         return out
+
+    def _advance(self, nbytes: int) -> None:
+        """``nbytes`` of a file handled: the progress line moves inside a large file too."""
+        self.stats.bytes_done += nbytes
+        if self.progress is not None:
+            now = time.monotonic()
+            if now - self._shown >= PROGRESS_EVERY_S:
+                self._shown = now
+                self.progress(self.stats, self._path)
 
     def _store(self, item: _Decoded) -> None:
         """Store a decoded chunk in the destination unless it holds it already."""
@@ -340,6 +368,7 @@ class Copier:
                 dst_id = self.dst.content_id(data)
                 self._store(_Decoded(b"", dst_id, 0, len(data), None, data, layout))
                 ids.append(dst_id)
+                self._advance(len(data))
         if stream.total != node.size:
             raise CorruptObject(
                 f"{path}: its chunks add up to {stream.total} bytes, the file has {node.size}",

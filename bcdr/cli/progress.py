@@ -121,6 +121,13 @@ class Progress:
         )
 
     def copy(self, stats: CopyStats, path: str) -> None:
+        if stats.bytes_planned:
+            head = eta_text(stats.bytes_done, stats.bytes_planned, time.monotonic() - self._started)
+            self._line(
+                f"{head}, {human_bytes(stats.bytes_copied)} copied, "
+                f"{human_bytes(stats.bytes_skipped)} already there  {path}"
+            )
+            return
         self._line(
             f"{stats.files} files, {human_bytes(stats.bytes_copied)} copied, "
             f"{human_bytes(stats.bytes_skipped)} already there  {path}"
