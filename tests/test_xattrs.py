@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,7 +75,45 @@ def test_file_capabilities_are_restored_only_with_keep_setuid(
         pytest.fail(f"cannot set a file capability here ({exc}); the test runs as root")
     assert cli("backup", "--repo", repo, src).code == 0
     plain, kept = tmp_path / "plain", tmp_path / "kept"
-    assert cli("restore", "--repo", repo, "latest", "--target", plain).code == 0
+    r = cli("restore", "--repo", repo, "latest", "--target", plain)
+    assert r.code == 0
     assert "security.capability" not in os.listxattr(restored_root(plain, src) / "tool")
-    assert cli("restore", "--repo", repo, "latest", "--target", kept, "--keep-setuid").code == 0
+    assert "extended attributes not restored: security.capability on 1 path(s)" in r.err
+    assert "restored only with --keep-setuid" in r.err
+    r = cli("restore", "--repo", repo, "latest", "--target", kept, "--keep-setuid")
+    assert r.code == 0 and "not restored" not in r.err
     assert os.getxattr(restored_root(kept, src) / "tool", "security.capability") == cap
+
+
+def test_attributes_this_user_may_not_set_are_counted_and_said(
+    cli: Cli, repo: str, tmp_path: Path
+) -> None:
+    """trusted.* needs CAP_SYS_ADMIN: restored without it, the data comes back, the attribute
+    does not, and the restore says which and why (on files and folders, in JSON too)."""
+    src = write_tree(tmp_path / "src", {"a/one": b"1" * 3000, "a/two": b"2", "b": b"3"})
+    for p in ("a/one", "a/two", "a"):
+        os.setxattr(src / p, "trusted.bcdr", b"x")
+    os.setxattr(src / "b", "user.kept", b"y")
+    assert cli("backup", "--repo", repo, src).code == 0
+    out = tmp_path / "out"
+    drop = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
+    proc = subprocess.run(
+        [*drop, sys.executable, "-m", "bcdr", "restore", "--repo", repo, "latest"]
+        + ["--target", str(out), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["xattrs_skipped"] == {"trusted.bcdr": 3}
+    root = restored_root(out, src)
+    assert (root / "a" / "one").read_bytes() == b"1" * 3000
+    assert os.getxattr(root / "b", "user.kept") == b"y"
+    assert "trusted.bcdr" not in os.listxattr(root / "a")
+    proc = subprocess.run(
+        [*drop, sys.executable, "-m", "bcdr", "restore", "--repo", repo, "latest"]
+        + ["--target", str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+    )
+    assert "warning: extended attributes not restored: trusted.bcdr on 3 path(s)" in proc.stderr

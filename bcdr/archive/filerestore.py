@@ -75,7 +75,7 @@ from bcdr.archive.filewrite import (
     set_direct,
     write_sparse,
 )
-from bcdr.archive.xattrs import apply_xattrs
+from bcdr.archive.xattrs import apply_xattrs, count_skipped
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
 from bcdr.repository.hashing import fingerprint, fingerprint_for, region_of
@@ -194,6 +194,7 @@ class _Job:
     direct: bool = False  # written with O_DIRECT
     dir_fd: int = -1  # its folder, opened beneath the target (bcdr/archive/beneath.py)
     unnamed: bool = False  # an O_TMPFILE file, linked to its name once whole
+    xattrs_skipped: list[bytes] = field(default_factory=list)  # attributes not set here
 
 
 @dataclass
@@ -225,6 +226,7 @@ class _Tally:
     done: dict[tuple[int, int], bytes] = field(default_factory=dict)
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     transfers: Any = None  # a forked worker's (uploaded, downloaded) meters
+    xattrs_skipped: dict[str, int] = field(default_factory=dict)  # name -> files
 
     def wrote(self, wrote: bool, n: int, started: float) -> None:
         self.bytes_written += n
@@ -277,6 +279,7 @@ class FileRestorer:
         self.bytes_total = 0
         self.first_byte_s: float | None = None
         self.errors: list[tuple[bytes, str]] = []
+        self.xattrs_skipped: dict[str, int] = {}  # attribute name -> files it was not set on
         self.done: dict[tuple[int, int], bytes] = {}  # hardlink key -> restored path
         self._tmp_prefix = TEMP_PREFIX + b"%d-%s-" % (os.getpid(), secrets.token_hex(4).encode())
         self._seq = itertools.count(1)  # next() is atomic: the walk and the feeder both call
@@ -716,7 +719,9 @@ class FileRestorer:
                 if AS_ROOT and (node.uid, node.gid) != (self._uid, self._gid):
                     os.fchown(job.fd, node.uid, node.gid)
                 if node.xattrs:  # after the owner: a chown clears security.capability
-                    apply_xattrs(job.fd, node.xattrs, privileged=bool(self._mode_mask & 0o6000))
+                    job.xattrs_skipped = apply_xattrs(
+                        job.fd, node.xattrs, privileged=bool(self._mode_mask & 0o6000)
+                    )
                 os.fchmod(job.fd, node.mode & self._mode_mask)
                 os.utime(job.fd, ns=(node.mtime_ns, node.mtime_ns))
             if job.error is None and job.unnamed:
@@ -776,6 +781,7 @@ class FileRestorer:
             return
         tally.files += 1
         tally.bytes_total += node.size
+        count_skipped(tally.xattrs_skipped, job.xattrs_skipped)
         if job.direct:
             tally.bytes_direct += node.size
         if node.nlink > 1:
@@ -791,6 +797,8 @@ class FileRestorer:
                 self.first_byte_s = tally.first_byte_s
             self.done.update(tally.done)
             self.errors.extend(tally.errors)
+            for name, n in tally.xattrs_skipped.items():
+                self.xattrs_skipped[name] = self.xattrs_skipped.get(name, 0) + n
 
     def _fail(self, snap_path: bytes, error: str) -> None:
         with self._lock:

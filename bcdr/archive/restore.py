@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from bcdr.archive.beneath import Beneath, parent_of
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
-from bcdr.archive.xattrs import apply_xattrs
+from bcdr.archive.xattrs import apply_xattrs, count_skipped
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
 from bcdr.repository.repo import Repository
@@ -42,6 +42,9 @@ class RestoreStats:
     temps_removed: int = 0  # temporary files of an earlier, killed restore
     errors: list[dict[str, str]] = field(default_factory=list)
     bytes_planned: int = 0  # progress: the bytes to write, once every file is known (0 before)
+    # extended attributes not restored: name -> paths (the target filesystem does not keep
+    # them, this user may not set them, or file capabilities without --keep-setuid)
+    xattrs_skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -140,6 +143,8 @@ class Restorer:
         self.stats.bytes_total += f.bytes_total
         self.stats.bytes_direct = f.bytes_direct
         self.stats.first_byte_s = f.first_byte_s
+        for name, n in f.xattrs_skipped.items():
+            self.stats.xattrs_skipped[name] = self.stats.xattrs_skipped.get(name, 0) + n
         for snap_path, error in sorted(f.errors):
             self._error(snap_path, error)
 
@@ -367,7 +372,8 @@ class Restorer:
                         os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
                     if node.xattrs:  # by path under the folder (no *at form): its own
                         full = b"/proc/self/fd/%d/%s" % (dir_fd, name)
-                        apply_xattrs(full, node.xattrs, follow_symlinks=False)
+                        skipped = apply_xattrs(full, node.xattrs, follow_symlinks=False)
+                        count_skipped(self.stats.xattrs_skipped, skipped)
                     times = (node.mtime_ns, node.mtime_ns)
                     os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
                     return
@@ -379,7 +385,7 @@ class Restorer:
                 if AS_ROOT:
                     os.fchown(fd, node.uid, node.gid)
                 if node.xattrs:
-                    apply_xattrs(fd, node.xattrs)
+                    count_skipped(self.stats.xattrs_skipped, apply_xattrs(fd, node.xattrs))
                 os.fchmod(fd, node.mode & self._mode_mask)
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             finally:

@@ -41,19 +41,26 @@ def apply_xattrs(
     *,
     follow_symlinks: bool = True,
     privileged: bool = False,
-) -> int:
-    """Set each attribute on ``target`` (a descriptor, or a path); how many could not be set
-    here (NOT_HERE) or were left out (file capabilities, unless ``privileged``). Any other
-    error is raised."""
-    skipped = 0
+) -> list[bytes]:
+    """Set each attribute on ``target`` (a descriptor, or a path); the names that could not
+    be set here (NOT_HERE) or were left out (file capabilities, unless ``privileged``). Any
+    other error is raised."""
+    skipped: list[bytes] = []
     for name, value in xattrs:
         if name == CAPABILITY and not privileged:
-            skipped += 1
+            skipped.append(name)
             continue
         try:
             os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
         except OSError as exc:
             if exc.errno not in NOT_HERE:
                 raise
-            skipped += 1
+            skipped.append(name)
     return skipped
+
+
+def count_skipped(counts: dict[str, int], names: list[bytes]) -> None:
+    """Add ``names`` (attributes not restored on one path) to ``counts`` (name -> paths)."""
+    for name in names:
+        key = os.fsdecode(name)
+        counts[key] = counts.get(key, 0) + 1

@@ -157,10 +157,21 @@ def restore_text(r: RestoreResult) -> None:
         out(f"  direct     {human_bytes(s.bytes_direct)} written around the page cache (O_DIRECT)")
     transfer_line("downloaded", r.downloaded)
     out(f"  duration   {s.duration_s:.2f}s")
+    if s.xattrs_skipped:
+        problem(xattrs_warning(s.xattrs_skipped))
     for e in s.errors:
         sys.stderr.write(f"error: {printable(e['path'])}: {printable(e['error'])}\n")
     if s.errors:
         sys.stderr.write(f"restore failed for {len(s.errors)} path(s); nothing wrong was written\n")
+
+
+def xattrs_warning(skipped: dict[str, int]) -> str:
+    """``warning: extended attributes not restored: user.a on 3 path(s), ...``, and why."""
+    parts = [f"{printable(name)} on {n} path(s)" for name, n in sorted(skipped.items())]
+    why = ["the target's filesystem does not keep them or this user may not set them"]
+    if "security.capability" in skipped:
+        why.insert(0, "file capabilities are restored only with --keep-setuid")
+    return f"warning: extended attributes not restored: {', '.join(parts)} ({'; '.join(why)})"
 
 
 def check_text(r: CheckReport) -> None:
