@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic rclone systemd slurm prometheus run test bench bench-quick lint clean
+.PHONY: install node browser restic rclone systemd slurm prometheus fuse run test bench bench-quick lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -56,6 +56,10 @@ slurm:
 prometheus:
 	$(call apt-install,promtool,prometheus,the monitoring tests)
 
+# Debian's fuse (fusermount and libfuse), for the tests of `bcdr mount`.
+fuse:
+	$(call apt-install,fusermount,fuse,the mount tests)
+
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
 	$(call apt-install,restic,restic,make bench)
@@ -68,7 +72,7 @@ rclone:
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node browser systemd slurm prometheus
+test: install node browser systemd slurm prometheus fuse
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Both corpus sizes (2.9 GiB and 632 MiB), the single 4 GiB file, the Azure path, copies and

@@ -1,4 +1,4 @@
-"""``bcdr diff|find|dump|stats``: parse, call the action, render."""
+"""``bcdr diff|find|dump|stats|tag|mount``: parse, call the action, render."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from bcdr.units import human_bytes
 
 if TYPE_CHECKING:  # typed as usual; loaded when a command first uses them
     from bcdr.actions import browse as browse_action
+    from bcdr.actions import mount as mount_action
     from bcdr.actions import tag as tag_action
 else:
     browse_action = lazy("bcdr.actions.browse")
+    mount_action = lazy("bcdr.actions.mount")
     tag_action = lazy("bcdr.actions.tag")
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -112,6 +114,19 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    def ready(count: int) -> None:
+        render.note(
+            f"{count} snapshot(s) mounted read-only at {args.mountpoint} (ids/, snapshots/, "
+            f"jobs/, latest); Ctrl-C or `fusermount -u {args.mountpoint}` unmounts"
+        )
+        sys.stderr.flush()
+
+    mount_action.mount(storage_spec(args), args.mountpoint, job=args.job, on_ready=ready)
+    render.note(f"unmounted {args.mountpoint}")
+    return EXIT_OK
+
+
 def add_browse_commands(command: Command) -> None:
     p = command(
         "diff",
@@ -149,6 +164,19 @@ def add_browse_commands(command: Command) -> None:
     p.add_argument("path", metavar="PATH", help="an absolute path in the snapshot")
     p.add_argument("--job", help="with latest: that job's newest snapshot")
     p.add_argument("--force", action="store_true", help="write to a terminal all the same")
+    p = command(
+        "mount",
+        cmd_mount,
+        "Browse the snapshots as a read-only filesystem (FUSE) until Ctrl-C: ids/<id>/, "
+        "snapshots/<time>/, jobs/<job>/<time>/ and latest/, each holding the tree as backed up. "
+        "Every chunk read is checked; mounted nosuid,nodev, for you alone; a read lock keeps "
+        "prune away meanwhile. Needs libfuse and fusermount (Debian: apt-get install fuse).",
+        epilog="examples:\n  mkdir -p /mnt/bcdr && bcdr mount --repo /backups/main /mnt/bcdr\n"
+        "  bcdr mount --plan plans/quickstart.yaml --job ckpt /mnt/bcdr   # one job's snapshots\n"
+        "  cp /mnt/bcdr/latest/data/ckpt/config.json .       # in another shell",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty folder")
+    p.add_argument("--job", help="only this job's snapshots")
     p = command(
         "tag",
         cmd_tag,
