@@ -654,3 +654,87 @@ def test_bcdr_run_keeps_the_plans_textfile_current(tmp_path: Path) -> None:
     assert r.err.count("warning: metrics not written") == 1, r.err
     assert "cannot write the metrics file: a file is in the way of its folder" in r.err
     assert "Traceback" not in r.err
+
+
+# --- Azure Monitor Logs -----------------------------------------------------------------------
+
+RULE = "dcr-0123456789abcdef0123456789abcdef"
+STREAM = "Custom-BcdrEvents"
+
+
+def _monitored_plan(tmp_path: Path, endpoint: str) -> Plan:
+    return _plan(
+        tmp_path,
+        extra=f"azure_monitor:\n  endpoint: {endpoint}\n  rule_id: {RULE}\n"
+        f"  stream: {STREAM}\n  token_env: BCDR_T_MONITOR\n",
+    )
+
+
+def test_job_results_and_evidence_heads_reach_azure_monitor(tmp_path: Path) -> None:
+    from tests.monitor_server import MonitorServer
+
+    (tmp_path / "srv").mkdir()
+    with MonitorServer(tmp_path / "srv", "mon-token", RULE, STREAM) as server:
+        plan = _monitored_plan(tmp_path, server.url)
+        env = {"BCDR_T_MONITOR": "mon-token", "REQUESTS_CA_BUNDLE": str(server.ca_file)}
+        r = run_process("tick", plan.file, "--state-dir", tmp_path / "state", env=env)
+        assert r.code == 0, r.err
+        assert {q["authorization"] for q in server.requests} == {"Bearer mon-token"}
+        results = {row["Job"]: row for row in server.rows if row["Record"] == "job-result"}
+        assert set(results) == {"ckpt", "drill", "verify"}
+        ckpt = results["ckpt"]
+        assert ckpt["Status"] == "ok" and ckpt["Kind"] == "backup" and ckpt["BytesAdded"] > 0
+        assert ckpt["Snapshot"] and ckpt["EvidenceRecord"] and ckpt["Host"]
+        assert TIME_MS.match(ckpt["TimeGenerated"])
+        assert results["drill"]["Measures"]["rto_target_s"] == 600
+        heads = [row for row in server.rows if row["Record"] == "evidence-head"]
+        listed = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()
+        assert heads[-1]["EvidenceRecord"] == listed[-1]["id"]
+        assert "mon-token" not in json.dumps(server.rows)  # no secret in a row
+        spool = list((tmp_path / "state" / "azure-monitor").iterdir())
+        assert [p.read_text() for p in spool] == [""]  # all sent
+
+
+def test_rows_that_cannot_be_sent_wait_and_go_with_the_next_tick(tmp_path: Path) -> None:
+    from tests.monitor_server import MonitorServer
+
+    (tmp_path / "srv").mkdir()
+    with MonitorServer(tmp_path / "srv", "mon-token", RULE, STREAM) as server:
+        plan = _monitored_plan(tmp_path, server.url)
+        env = {"BCDR_T_MONITOR": "mon-token", "REQUESTS_CA_BUNDLE": str(server.ca_file)}
+        server.fail_next(1000)  # the endpoint is down for the whole first tick
+        r = run_process("tick", plan.file, "--state-dir", tmp_path / "state", "--summary", env=env)
+        assert r.code == 0, r.err  # the jobs' results stand
+        assert "not sent to Azure Monitor (HTTP 503" in r.out
+        assert "row(s) kept for the next run" in r.out
+        assert server.rows == []
+        server.recover()
+        r = run_process("tick", plan.file, "--state-dir", tmp_path / "state", env=env)
+        assert r.code == 0, r.err  # nothing due: the waiting rows go all the same
+        jobs = sorted(row["Job"] for row in server.rows if row["Record"] == "job-result")
+        assert jobs == ["ckpt", "drill", "verify"]
+        # a wrong token is said, and the rows wait again
+        r = run_process(
+            "run",
+            plan.file,
+            "--job",
+            "ckpt",
+            "--state-dir",
+            tmp_path / "state",
+            env={**env, "BCDR_T_MONITOR": "wrong"},
+        )
+        assert r.code == 0 and "not sent to Azure Monitor (HTTP 401" in r.out + r.err
+
+
+def test_an_azure_monitor_section_is_checked(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "version: 1\nname: p\nrepositories:\n  local:\n    url: repo\nazure_monitor:\n"
+        "  endpoint: http://dce.example\n  rule_id: dcr-123\n  stream: Bcdr\n"
+    )
+    r = run_process("validate", f)
+    assert r.code == 2
+    for line in ("p.yaml:7:13: azure_monitor.endpoint", "azure_monitor.rule_id"):
+        assert line in r.out, r.out
+    assert "azure_monitor.stream" in r.out and "3 problem(s)" in r.out
+    assert "https://HOST" in r.out and "dcr- and 32 hex digits" in r.out

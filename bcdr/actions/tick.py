@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from bcdr.actions import monitorlogs
 from bcdr.actions.common import open_plan_repo, password_env, plan_storage_spec
 from bcdr.actions.drill import drill_measures
 from bcdr.actions.run import FAILED, JobResult, run_job
@@ -62,6 +63,16 @@ class Scheduler(engine.Scheduler):
         super().__init__(
             history, clock, runner=runner, failed=_failed, rng=rng, log=log, source=source
         )
+
+    def after_job(self, plan: Plan, out: Outcome) -> list[str]:
+        notes = monitorlogs.publish(plan, out)
+        for note in notes:
+            self.log("monitor-failed", plan=plan.name, job=out.job, reason=note)
+        return notes
+
+    def after_tick(self, plan: Plan) -> None:
+        for note in monitorlogs.publish(plan, None):
+            self.log("monitor-failed", plan=plan.name, reason=note)
 
     def run_job_now(self, plan: Plan, name: str) -> JobResult:
         """``bcdr run``: one job on demand, with the scheduler's lock, retries, history and

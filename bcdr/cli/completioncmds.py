@@ -32,7 +32,7 @@ def add_completion_commands(command: Command) -> None:
         repo=False,
         epilog="examples:\n"
         "  bcdr completion bash > ~/.local/share/bash-completion/completions/bcdr\n"
-        "  bcdr completion zsh > \"${fpath[1]}/_bcdr\"\n"
+        '  bcdr completion zsh > "${fpath[1]}/_bcdr"\n'
         "  bcdr completion fish > ~/.config/fish/completions/bcdr.fish",
     )
     p.add_argument("shell", choices=SHELLS, help="the shell")

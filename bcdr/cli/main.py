@@ -153,9 +153,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     args.paths = [*args.paths, *_lines_of(args.files_from, "--files-from")]
     args.exclude = [*args.exclude, *_lines_of(args.exclude_file, "--exclude-file")]
     if not args.paths:
-        raise UsageError(
-            "nothing to back up", hint="give paths, or --files-from FILE listing them"
-        )
+        raise UsageError("nothing to back up", hint="give paths, or --files-from FILE listing them")
     if args.shards is not None:
         if args.one_file_system:
             raise UsageError("--one-file-system does not go with --shards yet")

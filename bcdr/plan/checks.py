@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from bcdr.cloud import azmonitor
 from bcdr.cloud.arm import check_arm_endpoint
 from bcdr.disks.limits import MAX_DISK_SNAPSHOTS
 from bcdr.errors import UsageError
@@ -36,6 +37,14 @@ EPOCH = datetime(2025, 1, 6, tzinfo=UTC)  # a fixed start: validation does not d
 
 def check_plan(src: Source, plan: Plan) -> None:
     _names(src, plan)
+    if plan.azure_monitor is not None:
+        target = plan.azure_monitor
+        for name, rule, value in (
+            ("endpoint", azmonitor.check_endpoint, target.endpoint),
+            ("rule_id", azmonitor.check_rule_id, target.rule_id),
+            ("stream", azmonitor.check_stream, target.stream),
+        ):
+            _storage_rule(src, ("azure_monitor", name), rule, value)
     for v in violations(plan):
         src.problem(v.path, f"{v.message} [rule: {v.rule}]", v.hint)
     for name, job in plan.backups.items():

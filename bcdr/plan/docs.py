@@ -30,6 +30,7 @@ SECTIONS: list[type] = [
     model.CopyJob,
     model.Retention,
     model.Hooks,
+    model.AzureMonitor,
 ]
 TITLES = {
     model.Plan: "Plan (top level)",
@@ -50,6 +51,7 @@ TITLES = {
     model.CopyJob: "copies.NAME",
     model.Retention: "retention (of a backup, snapshot job or copy)",
     model.Hooks: "hooks",
+    model.AzureMonitor: "azure_monitor",
 }
 
 

@@ -442,6 +442,32 @@ class Hooks:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class AzureMonitor:
+    """Job results and evidence heads sent to Azure Monitor Logs through the Logs Ingestion
+    API (docs/monitoring.md): a data collection endpoint, a data collection rule and its
+    stream."""
+
+    endpoint: str = spec(
+        "The data collection endpoint's logs ingestion URL, "
+        "`https://<name>.<region>-1.ingest.monitor.azure.com`.",
+        example="https://bcdr-dce.westeurope-1.ingest.monitor.azure.com",
+    )
+    rule_id: str = spec(
+        "The data collection rule's immutable id (`dcr-...`).",
+        example="dcr-00000000000000000000000000000000",
+    )
+    stream: str = spec(
+        "The rule's stream for bcdr's rows (`Custom-<table>`).", default="Custom-BcdrEvents"
+    )
+    token_env: EnvName | None = spec(
+        "Environment variable holding an access token for `https://monitor.azure.com`; "
+        "default: the default credential chain (managed identity, workload identity, "
+        "environment, Azure CLI).",
+        default=None,
+    )
+
+
 def secret_env_names(node: object) -> set[str]:
     """The environment variables a plan names as holding secrets: every ``*_env`` field
     anywhere in it (credentials, passwords, tokens)."""
@@ -510,6 +536,11 @@ class Plan:
     metrics_textfile: str | None = spec(
         "Write Prometheus textfile-collector metrics here after each scheduled run "
         "(relative to the plan's folder).",
+        default=None,
+    )
+    azure_monitor: AzureMonitor | None = spec(
+        "Send each job's result and the evidence heads to Azure Monitor Logs after each "
+        "run (rows that cannot be sent are kept and sent with the next).",
         default=None,
     )
     file: Path = field(default=Path("plan.yaml"), metadata={"internal": True})

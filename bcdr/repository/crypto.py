@@ -90,9 +90,7 @@ def cipher_for(key: MasterKey) -> Cipher:
     return AesGcmCipher(key.enc_key) if key.enc_key else NullCipher()
 
 
-def wrap_key(
-    key: MasterKey, password: bytes | None, about: dict[str, str] | None = None
-) -> bytes:
+def wrap_key(key: MasterKey, password: bytes | None, about: dict[str, str] | None = None) -> bytes:
     """Serialise ``key`` for ``keys/<id>``; encrypted repositories need ``password``.
     ``about``: who made it and when (``created``, ``hostname``, ``username``), kept in the
     clear beside it for ``bcdr key list``; readers ignore it."""

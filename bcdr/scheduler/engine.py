@@ -198,6 +198,7 @@ class Scheduler:
         else:
             outcomes = [run(name, slot) for name, slot in due]
         self.metrics.write(plan.name)
+        self.after_tick(plan)
         return outcomes
 
     def run_due(self, plan: Plan, name: str, slot: datetime | None) -> Outcome:
@@ -249,7 +250,16 @@ class Scheduler:
         out.attempts, out.duration_s = attempt, time.monotonic() - started_all
         out.notes += result.notes
         out.notes += self._hooks(plan, out)
+        out.notes += self.after_job(plan, out)
         return out
+
+    def after_job(self, plan: Plan, out: Outcome) -> list[str]:
+        """What a job's end sends elsewhere (``actions/tick.py``: Azure Monitor); notes for
+        its result. Never changes the result."""
+        return []
+
+    def after_tick(self, plan: Plan) -> None:
+        """At the end of every tick, due jobs or not (rows waiting to be sent go then)."""
 
     def _attempt(
         self, plan: Plan, name: str, kind: str, slot: datetime | None, attempt: int

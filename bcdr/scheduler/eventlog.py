@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -34,6 +35,7 @@ _LEVEL_OF_EVENT = {
     "hook-failed": WARNING,
     "plan-invalid": ERROR,
     "metrics-failed": ERROR,
+    "monitor-failed": WARNING,
 }
 _LEVEL_OF_STATUS = {"failed": ERROR, "partial": WARNING, "interrupted": WARNING}
 
@@ -47,34 +49,41 @@ def level_of(event: str, facts: dict[str, object]) -> str:
     return _LEVEL_OF_STATUS.get(str(facts.get("status")), INFO)
 
 
+def _job(f: dict[str, object]) -> str:
+    return f"{f.get('plan')}/{f.get('job')}"
+
+
+def _job_end(f: dict[str, object]) -> str:
+    said = f"{f.get('kind', 'job')} {_job(f)}: {f.get('status')}"
+    return said + (f" — {f['detail']}" if f.get("detail") else "")
+
+
+#: A sentence for people per event, from its facts.
+_MESSAGES: dict[str, Callable[[dict[str, object]], str]] = {
+    "job-start": lambda f: (
+        f"{f.get('kind', 'job')} {_job(f)} started (attempt {f.get('attempt', 1)})"
+    ),
+    "job-end": _job_end,
+    "job-retry": lambda f: f"{_job(f)} failed ({f.get('reason')}); retry in {f.get('wait_s')} s",
+    "job-interrupted": lambda f: (
+        f"{_job(f)} stopped by a signal; nothing half-written was committed"
+    ),
+    "job-busy": lambda f: f"{_job(f)} not started: {f.get('reason')}",
+    "job-waiting": lambda f: f"{_job(f)} not started: {f.get('reason')}",
+    "hook-failed": lambda f: f"{_job(f)}: hook {f.get('hook')} failed: {f.get('reason')}",
+    "plan-invalid": lambda f: f"plan {f.get('plan_file')} not loaded: {f.get('error')}",
+    "monitor-failed": lambda f: f"plan {f.get('plan')}: {f.get('reason')}",
+    "metrics-failed": lambda f: f"metrics of plan {f.get('plan')} not written: {f.get('reason')}",
+    "daemon-start": lambda f: f"scheduler started for {f.get('plans')}",
+    "daemon-stop": lambda f: f"scheduler stopped: {f.get('reason')}",
+    "sleep": lambda f: f"sleeping until {f.get('until')}",
+}
+
+
 def message_of(event: str, facts: dict[str, object]) -> str:
     """A sentence for people, from the event's facts."""
-    job = f"{facts.get('plan')}/{facts.get('job')}"
-    kind = facts.get("kind", "job")
-    if event == "job-start":
-        return f"{kind} {job} started (attempt {facts.get('attempt', 1)})"
-    if event == "job-end":
-        said = f"{kind} {job}: {facts.get('status')}"
-        return said + (f" — {facts['detail']}" if facts.get("detail") else "")
-    if event == "job-retry":
-        return f"{job} failed ({facts.get('reason')}); retry in {facts.get('wait_s')} s"
-    if event == "job-interrupted":
-        return f"{job} stopped by a signal; nothing half-written was committed"
-    if event in ("job-busy", "job-waiting"):
-        return f"{job} not started: {facts.get('reason')}"
-    if event == "hook-failed":
-        return f"{job}: hook {facts.get('hook')} failed: {facts.get('reason')}"
-    if event == "plan-invalid":
-        return f"plan {facts.get('plan_file')} not loaded: {facts.get('error')}"
-    if event == "metrics-failed":
-        return f"metrics of plan {facts.get('plan')} not written: {facts.get('reason')}"
-    if event == "daemon-start":
-        return f"scheduler started for {facts.get('plans')}"
-    if event == "daemon-stop":
-        return f"scheduler stopped: {facts.get('reason')}"
-    if event == "sleep":
-        return f"sleeping until {facts.get('until')}"
-    return event
+    make = _MESSAGES.get(event)
+    return make(facts) if make is not None else event
 
 
 def logfmt_value(value: object) -> str:
