@@ -52,9 +52,22 @@ slurm:
 	$(call apt-install,munged,munge,the Slurm tests)
 
 # Debian's Prometheus, for promtool: the tests check the metrics textfile, the alert rules and
-# their unit tests with it, and the dashboard preview backfills a real Prometheus.
+# their unit tests with it, and the dashboard preview backfills a real Prometheus. Installed
+# without its recommends (node_exporter and its timers), and without starting its service
+# (a policy-rc.d that refuses, where none is in place): the tests start their own, on loopback.
 prometheus:
-	$(call apt-install,promtool,prometheus,the monitoring tests)
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus (promtool, for the monitoring tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  POLICY=/usr/sbin/policy-rc.d; OURS=; \
+	  if [ ! -e $$POLICY ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$POLICY >/dev/null && $$SUDO chmod 755 $$POLICY && OURS=1; \
+	  fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus >/dev/null; rc=$$?; \
+	  [ -z "$$OURS" ] || $$SUDO rm -f $$POLICY; \
+	  [ $$rc = 0 ] || { echo "the monitoring tests need it: apt-get install -y prometheus" >&2; exit 1; }; }
 
 # Debian's fuse (fusermount and libfuse), for the tests of `bcdr mount`.
 fuse:

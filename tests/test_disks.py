@@ -157,7 +157,7 @@ def test_run_snapshots_copies_records_evidence_and_lists(tmp_path: Path, arm: Ar
 def test_tick_runs_a_due_disk_job(tmp_path: Path, arm: ArmServer) -> None:
     d1 = arm.disk(SUB, RG, "data1", location="westeurope")
     f = _plan(tmp_path, arm, [d1], copy_to="[]")
-    r = _bcdr(arm, "tick", f, "--state-dir", tmp_path / "state")
+    r = _bcdr(arm, "tick", f, "--state-dir", tmp_path / "state", "--summary")
     assert r.code == 0, r.out + r.err
     assert "snapshot gpu/scratch: ok" in r.out
     assert len(_snapshots(arm)) == 1

@@ -197,7 +197,7 @@ def test_drill_errors_are_clear(tmp_path: Path) -> None:
 def test_the_scheduler_runs_drills_and_reports_a_failure(tmp_path: Path) -> None:
     f = _plan(tmp_path)
     state = tmp_path / "state"
-    r = run_process("tick", f, "--state-dir", state)
+    r = run_process("tick", f, "--state-dir", state, "--summary")
     assert r.code == 0, r.out + r.err
     assert "backup drills/ckpt: ok" in r.out and "drill drills/restore-ckpt: ok" in r.out
     result = run_job(load_plan(f), "restore-ckpt", clock=_clock_after(f, days=3))
