@@ -218,3 +218,76 @@ def test_only_in_agrees_with_every_copy_counted_by_hand(seed: int) -> None:
     for gone in ({packs[0]}, {packs[1], packs[5]}, set(packs[:6]), set(packs), {"absent"}):
         expected = sorted(b for b, at in where.items() if at <= gone)
         assert [bytes(x).ljust(32, b"\0") for x in index.only_in(gone)] == expected, gone
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ids_asked_for_before_they_were_stored_are_found_after(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """The index remembers ids it did not hold (a backup asks for each new chunk several
+    times): an id asked for, then stored, is found, before and after the session's adds are
+    frozen into runs and runs are merged, and with the memory of absent ids full."""
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 64)
+    monkeypatch.setattr(index_mod, "ABSENT_MAX", 50)
+    rng = random.Random(seed)
+    index = MasterIndex()
+    stored: dict[bytes, str] = {}
+    for _ in range(60):
+        pack, entries = _pack(rng), _entries(rng, rng.randrange(1, 30))
+        for e in entries:  # asked for first: absent
+            assert e.blob_id not in index and index.lookup(e.blob_id) is None
+        index.add_pack(pack, entries)
+        for e in entries:
+            stored[e.blob_id] = pack
+        for blob_id, where in rng.sample(sorted(stored.items()), min(40, len(stored))):
+            assert blob_id in index
+            loc = index.lookup(blob_id)
+            assert loc is not None and loc.pack == where
+        assert rng.randbytes(32) not in index
+    index.rows()  # freeze what is left
+    assert all(blob_id in index for blob_id in stored)
+
+
+def test_readers_never_miss_a_stored_id_while_runs_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads asking for ids (absent ones too, so the memory of absent ids fills) while
+    another stores packs and the runs are frozen and merged under them: an id stored before
+    a question is always found."""
+    import sys
+    import threading
+
+    monkeypatch.setattr(index_mod, "RUN_SIZE", 32)
+    rng = random.Random(7)
+    index = MasterIndex()
+    stored: list[bytes] = []
+    pending = [(_pack(rng), _entries(rng, rng.randrange(1, 20))) for _ in range(300)]
+    for _, entries in pending:  # asked for before they exist: remembered as absent
+        for e in entries:
+            assert e.blob_id not in index
+    done = threading.Event()
+    misses: list[bytes] = []
+
+    def reader(seed: int) -> None:
+        r = random.Random(seed)
+        while not done.is_set():
+            if stored:
+                blob_id = stored[r.randrange(len(stored))]
+                if blob_id not in index:
+                    misses.append(blob_id)
+            index.lookup(r.randbytes(32))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for pack, entries in pending:
+            index.add_pack(pack, entries)
+            stored.extend(e.blob_id for e in entries)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(old)
+    assert misses == []
+    assert all(blob_id in index for blob_id in stored)
