@@ -117,3 +117,28 @@ def test_attributes_this_user_may_not_set_are_counted_and_said(
         text=True,
     )
     assert "warning: extended attributes not restored: trusted.bcdr on 3 path(s)" in proc.stderr
+
+
+def test_a_sharded_restore_counts_every_parts_attributes_once(
+    cli: Cli, repo: str, tmp_path: Path
+) -> None:
+    src = write_tree(
+        tmp_path / "src", {f"d{i}/f{j}": b"x" * (1000 + j) for i in range(3) for j in range(4)}
+    )
+    for p in [f"d{i}/f{j}" for i in range(3) for j in range(4)] + ["d0", "d1", "d2"]:
+        os.setxattr(src / p, "trusted.bcdr", b"x")
+    assert cli("backup", "--repo", repo, src).code == 0
+    drop = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
+    base = [*drop, sys.executable, "-m", "bcdr", "restore", "--repo", repo, "latest"]
+    proc = subprocess.run(
+        [*base, "--target", str(tmp_path / "out"), "--shards", "2", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["xattrs_skipped"] == {"trusted.bcdr": 15}
+    proc = subprocess.run(
+        [*base, "--target", str(tmp_path / "out2"), "--shards", "2"], capture_output=True, text=True
+    )
+    assert proc.stderr.count("extended attributes not restored") == 1, proc.stderr
+    assert "trusted.bcdr on 15 path(s)" in proc.stderr

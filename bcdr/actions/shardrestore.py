@@ -39,6 +39,7 @@ class PartResult:
     bytes_written: int = 0
     error: str = ""
     node: str = ""
+    xattrs_skipped: dict[str, int] = field(default_factory=dict)  # name -> paths not set
 
 
 @dataclass
@@ -58,6 +59,18 @@ class ShardedRestore:
     def ok(self) -> bool:
         return not self.failed and self.finish is not None and self.finish.ok
 
+    @property
+    def xattrs_skipped(self) -> dict[str, int]:
+        """Extended attributes not set, over every part and the finish (name -> paths)."""
+        out: dict[str, int] = {}
+        sources = [p.xattrs_skipped for p in self.parts]
+        if self.finish is not None:
+            sources.append(self.finish.stats.xattrs_skipped)
+        for counts in sources:
+            for name, n in counts.items():
+                out[name] = out.get(name, 0) + n
+        return out
+
     def to_dict(self) -> dict[str, object]:
         sub = self.submission
         return {
@@ -67,6 +80,7 @@ class ShardedRestore:
             "seconds": round(self.seconds, 3),
             "parts": [vars(p) for p in self.parts],
             "failed": self.failed,
+            "xattrs_skipped": self.xattrs_skipped,
             "finish": self.finish.to_dict() if self.finish else None,
             "array_job": sub.array if sub else None,
             "finish_job": (sub.commit or None) if sub else None,
@@ -167,6 +181,9 @@ def _part_result(outcome: ShardOutcome) -> PartResult:
         doc = {}
     if isinstance(doc, dict) and "files" in doc:
         part.files, part.bytes_written = int(doc["files"]), int(doc.get("bytes_written", 0))
+        skipped = doc.get("xattrs_skipped") or {}
+        if isinstance(skipped, dict):
+            part.xattrs_skipped = {str(k): int(v) for k, v in skipped.items()}
         errors = doc.get("errors") or []
         if errors:
             part.ok = False

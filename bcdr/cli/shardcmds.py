@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -332,7 +333,9 @@ def _restored(args: argparse.Namespace, result: restore_parts.ShardedRestore) ->
             else:
                 sys.stderr.write(f"  part {p.index}{where}: failed: {p.error}\n")
         if result.finish is not None:
-            render.restore_text(result.finish)
+            # one warning for every part's extended attributes, not the finish's alone
+            stats = dataclasses.replace(result.finish.stats, xattrs_skipped=result.xattrs_skipped)
+            render.restore_text(dataclasses.replace(result.finish, stats=stats))
             render.out(
                 f"restored over {len(result.parts)} part(s) in {result.seconds:.2f}s "
                 "(until every file was in place and verified)"
