@@ -286,6 +286,18 @@ def test_copies_lag_and_a_copy_never_made(tmp_path: Path, history: History) -> N
     for where in ("dr", "far"):
         assert value(found, copy, **labels, repository=where) == newest
         assert value(found, "bcdr_copy_lag_seconds", **labels, repository=where) == 0
+    # the far copy fails again a day later: its lag is that day, though the job failed
+    shutil.move(tmp_path / "a-file", tmp_path / "far-moved")
+    (tmp_path / "a-file").write_text("")
+    clock.advance(timedelta(days=1))
+    [outcome] = Scheduler(history, clock).tick(plan, metrics=tmp_path / "m.prom")
+    assert outcome.status == "failed" and outcome.result is not None
+    third = datetime.fromisoformat(outcome.result.recovery_point).timestamp()  # type: ignore[arg-type]
+    found = samples((tmp_path / "m.prom").read_text())
+    assert value(found, copy, **labels, repository="dr") == third
+    assert value(found, copy, **labels, repository="far") == newest
+    assert value(found, "bcdr_copy_lag_seconds", **labels, repository="far") == third - newest
+    assert third - newest == pytest.approx(86400, abs=120)
 
 
 def test_a_chain_cut_from_its_end_turns_chain_ok_to_0(tmp_path: Path, history: History) -> None:

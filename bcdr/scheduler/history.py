@@ -271,6 +271,16 @@ class History:
         )
         return _run(row) if row else None
 
+    def newest_saved(self, plan: str, job: str) -> str | None:
+        """The time of the newest recovery point any run of the job made, whatever the run
+        came to after it (a backup whose copy failed saved its snapshot all the same)."""
+        row = self._one(
+            "SELECT MAX(recovery_point) FROM runs WHERE plan=? AND job=?"
+            " AND recovery_point IS NOT NULL",
+            (plan, job),
+        )
+        return str(row[0]) if row and row[0] else None
+
     def last_success(self, plan: str, job: str) -> Run | None:
         row = self._one(
             "SELECT * FROM runs WHERE plan=? AND job=? AND status IN (?,?) AND finished"

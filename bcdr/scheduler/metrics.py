@@ -99,7 +99,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "bcdr_copy_lag_seconds": (
         "gauge",
         (*JOB, "repository"),
-        "How far the copy_to repository's newest recovery point is behind the job's newest.",
+        "How far the copy_to repository's newest recovery point is behind the newest snapshot "
+        "the job saved (also by a run whose copy failed).",
     ),
     "bcdr_repository_stored_bytes": (
         "gauge",
@@ -243,12 +244,15 @@ def _job_samples(out: _Samples, plan: Plan, name: str, history: History, now: da
     targets = getattr(job, "copy_targets", None)
     if targets is not None:
         held = history.copies(plan.name, name)
+        # the newest snapshot the job saved, even by a run that failed afterwards (a copy
+        # failing fails the run): what a copy that keeps failing falls behind
+        saved = history.newest_saved(plan.name, name)
         for target in targets():
             point = held.get(target.repository)
             where = (*labels, target.repository)
             out.put("bcdr_copy_recovery_point_timestamp_seconds", where, _ts(point))
-            if point is not None and newest_point is not None:
-                out.put("bcdr_copy_lag_seconds", where, max(0.0, _ts(newest_point) - _ts(point)))
+            if point is not None and saved is not None:
+                out.put("bcdr_copy_lag_seconds", where, max(0.0, _ts(saved) - _ts(point)))
 
 
 def _repository_samples(out: _Samples, plan: Plan, history: History) -> None:
