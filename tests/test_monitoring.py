@@ -703,7 +703,7 @@ def test_job_results_and_evidence_heads_reach_azure_monitor(tmp_path: Path) -> N
         listed = run_process("evidence", "list", "--repo", tmp_path / "repo", "--json").json()
         assert heads[-1]["EvidenceRecord"] == listed[-1]["id"]
         assert "mon-token" not in json.dumps(server.rows)  # no secret in a row
-        spool = list((tmp_path / "state" / "azure-monitor").iterdir())
+        spool = list((tmp_path / "state" / "azure-monitor").glob("*.jsonl"))
         assert [p.read_text() for p in spool] == [""]  # all sent
 
 
@@ -750,3 +750,34 @@ def test_an_azure_monitor_section_is_checked(tmp_path: Path) -> None:
         assert line in r.out, r.out
     assert "azure_monitor.stream" in r.out and "3 problem(s)" in r.out
     assert "https://HOST" in r.out and "dcr- and 32 hex digits" in r.out
+
+
+def test_the_spool_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """While a process holds the spool (sending), another's job result waits for it instead
+    of taking the same rows, or removing lines it did not send."""
+    import time as _time
+
+    from bcdr.cloud.azmonitor import Spool
+
+    spool = Spool(tmp_path, "https://dce.example", RULE, STREAM)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from bcdr.cloud.azmonitor import Spool;"
+            f"s = Spool(Path({str(tmp_path)!r}), 'https://dce.example', {RULE!r}, {STREAM!r});"
+            "c = s.locked(); c.__enter__(); s.add([{'Record': 'held'}]);"
+            "print('held', flush=True); time.sleep(1.5); s.sent(1)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = _time.monotonic()
+    with spool.locked():
+        waited = _time.monotonic() - started
+        spool.add([{"Record": "mine"}])
+        rows, _, _ = spool.take()
+    assert holder.wait(timeout=30) == 0
+    assert waited >= 1.0  # it waited for the holder to finish sending
+    assert rows == [{"Record": "mine"}]  # the holder's row was sent and removed, never twice

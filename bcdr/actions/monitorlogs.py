@@ -78,23 +78,24 @@ def publish(plan: Plan, outcome: Outcome | None) -> list[str]:
     if target is None:
         return []
     spool = azmonitor.Spool(default_state_dir(), target.endpoint, target.rule_id, target.stream)
-    if outcome is not None:
-        spool.add([job_row(outcome), *head_rows()])
-    rows, dropped, lines = spool.take()
-    if not rows:
-        return []
-    if dropped:
-        rows[0] = {**rows[0], "DroppedBefore": dropped}
-    try:
-        azmonitor.send(
-            target.endpoint,
-            target.rule_id,
-            target.stream,
-            rows,
-            token_env=target.token_env.name if target.token_env else None,
-            env=os.environ,
-        )
-    except (azmonitor.SendFailed, UsageError) as exc:
-        return [f"not sent to Azure Monitor ({exc}); {len(rows)} row(s) kept for the next run"]
-    spool.sent(lines)
+    with spool.locked():
+        if outcome is not None:
+            spool.add([job_row(outcome), *head_rows()])
+        rows, dropped, lines = spool.take()
+        if not rows:
+            return []
+        if dropped:
+            rows[0] = {**rows[0], "DroppedBefore": dropped}
+        try:
+            azmonitor.send(
+                target.endpoint,
+                target.rule_id,
+                target.stream,
+                rows,
+                token_env=target.token_env.name if target.token_env else None,
+                env=os.environ,
+            )
+        except (azmonitor.SendFailed, UsageError) as exc:
+            return [f"not sent to Azure Monitor ({exc}); {len(rows)} row(s) kept for the next run"]
+        spool.sent(lines)
     return []

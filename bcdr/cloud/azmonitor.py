@@ -13,12 +13,14 @@ never hold one).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -72,6 +74,19 @@ class Spool:
     def __init__(self, folder: Path, endpoint: str, rule_id: str, stream: str):
         key = hashlib.sha256(f"{endpoint}\n{rule_id}\n{stream}".encode()).hexdigest()[:16]
         self.path = folder / "azure-monitor" / f"spool-{key}.jsonl"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held across adding, taking, sending and removing: two processes (a tick and a
+        `bcdr run`) would otherwise send the same rows twice, and one's removal of the lines
+        it sent could remove rows the other added meanwhile."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # the kernel drops the lock (and does at a SIGKILL)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         with _LOCK:
