@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bcdr.cloud import azmonitor
-from bcdr.compliance.anchors import HeadStore
+from bcdr.compliance.anchors import kept_on_host
 from bcdr.errors import UsageError
 from bcdr.plan.model import Plan
 from bcdr.scheduler.engine import Outcome
@@ -48,16 +48,7 @@ def job_row(out: Outcome) -> dict[str, Any]:
 
 def head_rows() -> list[dict[str, Any]]:
     """The newest evidence head this host keeps for each repository."""
-    import sqlite3
-
-    try:
-        store = HeadStore(default_state_dir())
-        try:
-            heads = store.all_newest()
-        finally:
-            store.close()
-    except (OSError, sqlite3.Error):
-        return []
+    heads, _ = kept_on_host(default_state_dir())
     return [
         {
             "TimeGenerated": _now(),

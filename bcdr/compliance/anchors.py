@@ -218,6 +218,21 @@ def judge(repository_id: str, problem: str | None, when: datetime) -> None:
         log.warning("the evidence chain's verdict could not be kept on this host: %s", exc)
 
 
+def kept_on_host(state_dir: Path) -> tuple[list[Anchor], list[Verdict]]:
+    """The newest head of every repository and the chains' verdicts kept in ``state_dir``
+    (none when they cannot be read: metrics and monitoring rows go on without them)."""
+    import sqlite3
+
+    try:
+        store = HeadStore(state_dir)
+        try:
+            return store.all_newest(), store.verdicts()
+        finally:
+            store.close()
+    except (OSError, sqlite3.Error):
+        return [], []
+
+
 def host_anchor(repository_id: str) -> tuple[Anchor | None, str | None]:
     """The newest head this host has seen for the repository, or why it cannot be read."""
     import sqlite3

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bcdr.atomicfile import write_atomic
-from bcdr.compliance.anchors import Anchor, HeadStore, Verdict
+from bcdr.compliance.anchors import kept_on_host
 from bcdr.errors import UsageError
 from bcdr.plan.kinds import BY_NAME
 from bcdr.plan.model import Plan
@@ -284,7 +284,7 @@ def render_metrics(plans: list[Plan], history: History, now: datetime) -> str:
         for name in plan.job_names():
             _job_samples(out, plan, name, history, now)
         _repository_samples(out, plan, history)
-    heads, verdicts = _evidence(history)
+    heads, verdicts = kept_on_host(history.state_dir)
     for head in heads:
         out.put("bcdr_evidence_head_sequence", (head.repository_id or "", head.id), head.seq or 0)
     for v in verdicts:
@@ -294,21 +294,6 @@ def render_metrics(plans: list[Plan], history: History, now: datetime) -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(out))
     return generate_latest(registry).decode()
-
-
-def _evidence(history: History) -> tuple[list[Anchor], list[Verdict]]:
-    """The evidence heads and chain verdicts kept in the same state folder (none when they
-    cannot be read)."""
-    import sqlite3
-
-    try:
-        store = HeadStore(history.state_dir)
-        try:
-            return store.all_newest(), store.verdicts()
-        finally:
-            store.close()
-    except (OSError, sqlite3.Error):
-        return [], []
 
 
 def write_metrics(path: Path, text: str) -> None:
