@@ -220,3 +220,23 @@ def _remove_deep(top: Path) -> None:
             os.unlink(e.path)
         os.rmdir(path)
         path = os.path.dirname(path)
+
+
+def test_a_file_swapped_for_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """Between the walk's lstat and the open a file can become a FIFO (a shared host, or a
+    sharded run's shard that reads what its plan listed): opening it must not wait for a
+    writer that never comes. A regular file comes back with its stat, read blocking."""
+    from bcdr.archive.backup import _open_source
+
+    os.mkfifo(tmp_path / "fifo")
+    assert _open_source(os.fsencode(tmp_path / "fifo")) == "no longer a regular file"
+    (tmp_path / "file").write_bytes(b"bytes")
+    opened = _open_source(os.fsencode(tmp_path / "file"))
+    assert not isinstance(opened, str)
+    fd, st = opened
+    try:
+        assert os.get_blocking(fd) and st.st_size == 5 and stat.S_ISREG(st.st_mode)
+    finally:
+        os.close(fd)
+    os.symlink("file", tmp_path / "link")
+    assert str(_open_source(os.fsencode(tmp_path / "link"))).startswith("cannot open")

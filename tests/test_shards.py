@@ -229,6 +229,77 @@ def test_incremental_shards_read_only_what_changed(tmp_path: Path) -> None:
     assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
 
 
+def test_an_incremental_plan_shares_out_only_what_changed(tmp_path: Path) -> None:
+    """The plan leaves out the files the parent holds as they are, so its shards split the
+    changed bytes (not all of them: one shard would get the change and the others nothing)
+    and no shard stats or looks up unchanged files."""
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    assert run_process("backup", "--repo", repo, "--job", "j", src).code == 0
+    changed = {src / "data" / f"shard-{i:02d}.jsonl" for i in (3, 17)} | {src / "ckpt" / "opt.bin"}
+    for path in changed:
+        path.write_bytes(path.read_bytes() + b"appended")
+    hardlinked = {src / "data" / "shard-01.jsonl", src / "hardlink.jsonl"}  # always read
+    r = open_repo(str(repo))
+    try:
+        manifest = plan_run(r, (str(src),), 2, job="j")
+        planned = {Path(os.fsdecode(p.path)) for shard in manifest.shards for p in shard}
+        assert len(planned & hardlinked) == 1  # one of the two names, as a backup reads it
+        assert planned - hardlinked == changed
+        assert all(manifest.shards), "both shards have a part of what changed"
+        regular = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
+        assert manifest.files == len(regular) - 1  # the hardlink counted once
+        assert manifest.unchanged == manifest.files - len(planned)
+        for i in range(2):
+            run_shard(r, manifest.run, i)
+        result = commit_run(r, manifest.run)
+    finally:
+        r.close()
+    assert result.backup is not None and result.snapshot.parent
+    out = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, result.snapshot.id, "--target", out).code == 0
+    assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) -> None:
+    """A shard reads what the plan listed without a stat of its own: a file that became a
+    FIFO must not hang it (opened without waiting for a writer), and one that grew, shrank,
+    turned into a symlink or vanished is left to the commit, which backs up what is there
+    (and skips the FIFO, with a warning, as a backup does)."""
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = open_repo(str(repo))
+    try:
+        manifest = plan_run(r, (str(src),), 2, job="j")
+    finally:
+        r.close()
+    data = src / "data"
+    (data / "shard-02.jsonl").unlink()
+    os.mkfifo(data / "shard-02.jsonl")
+    (data / "shard-04.jsonl").write_bytes(b"shorter")
+    (data / "shard-05.jsonl").write_bytes((data / "shard-05.jsonl").read_bytes() * 2)
+    (data / "shard-06.jsonl").unlink()
+    os.symlink("shard-07.jsonl", data / "shard-06.jsonl")
+    (data / "shard-08.jsonl").unlink()
+    for i in range(2):
+        done = run_process("shard", "run", "--repo", repo, "--run", manifest.run, "--index", i,
+                           timeout=60)
+        assert done.code == 0, done.err
+    committed = run_process("shard", "commit", "--repo", repo, "--run", manifest.run, "--json")
+    assert committed.code == 0, committed.err
+    out = tmp_path / "out"
+    assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
+    restored = restored_root(out, src) / "data"
+    assert (restored / "shard-04.jsonl").read_bytes() == b"shorter"
+    assert (restored / "shard-05.jsonl").read_bytes() == (data / "shard-05.jsonl").read_bytes()
+    assert os.readlink(restored / "shard-06.jsonl") == "shard-07.jsonl"
+    assert not (restored / "shard-08.jsonl").exists()
+    assert not (restored / "shard-02.jsonl").exists()  # special files are not backed up
+    assert "FIFO skipped" in committed.out + committed.err
+
+
 def test_a_killed_shard_is_run_again_on_its_own(tmp_path: Path) -> None:
     rng = random.Random(2)
     src = write_tree(tmp_path / "src", {f"f{i}.bin": rng.randbytes(3_000_000) for i in range(6)})

@@ -8,6 +8,7 @@ shards as processes on this machine; a Slurm job array runs ``shard run`` on its
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import runpy
 import signal
@@ -72,7 +73,8 @@ def plan_run(
     tags: tuple[str, ...] = (),
     force_read: bool = False,
 ) -> Manifest:
-    """Walk the source and store the run's manifest: ``shards`` shards of about equal bytes."""
+    """Walk the source and store the run's manifest: ``shards`` shards of about equal bytes
+    of the files that changed since the parent snapshot (every file with ``force_read``)."""
     if not 1 <= shards <= MAX_SHARDS:
         raise UsageError(f"--shards must be from 1 to {MAX_SHARDS}, not {shards}")
     sources = resolve_sources(paths)
@@ -80,7 +82,18 @@ def plan_run(
     with repo.lock(BACKUP):
         parent = find_parent(repo, job, names)
         skip = folder_id(repo.local_folder)
-        files = [(p, st.st_size) for p, st in walk_files(sources, PathMatcher(excludes), skip)]
+        lookup = None
+        if parent is not None and not force_read:
+            repo.load_index(verify_packs=True)  # what the parent's files are stored in
+            lookup = ParentLookup(repo, bytes.fromhex(parent.tree))
+        files: list[tuple[bytes, int]] = []
+        unchanged = unchanged_bytes = 0
+        for p, st in walk_files(sources, PathMatcher(excludes), skip):
+            if _unchanged(lookup, p, st, repo):
+                unchanged += 1
+                unchanged_bytes += st.st_size
+            else:
+                files.append((p, st.st_size))
         region = repo.config.chunker.region
         manifest = Manifest(
             run=new_run_nonce(),
@@ -91,10 +104,12 @@ def plan_run(
             parent=parent.id if parent is not None else None,
             region=region,
             shards=cut(files, shards, region),
-            files=len(files),
-            bytes=sum(size for _, size in files),
+            files=len(files) + unchanged,
+            bytes=sum(size for _, size in files) + unchanged_bytes,
             tags=list(tags),
             force_read=force_read,
+            unchanged=unchanged,
+            unchanged_bytes=unchanged_bytes,
         )
         return save_manifest(repo, manifest)
 
@@ -121,7 +136,9 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
     started = time.monotonic()
     with repo.lock(BACKUP) as lock:
         load_for_writing(repo)
-        parent = None if manifest.force_read else _parent_lookup(repo, manifest)
+        parent = None
+        if not manifest.force_read and any(p.size < 0 for ps in manifest.shards for p in ps):
+            parent = _parent_lookup(repo, manifest)  # an older manifest: the shard compares
         archiver = Archiver(repo)
         reads: list[PartRead] = []
         skipped = 0
@@ -129,19 +146,21 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
             archiver.begin()
             try:
                 for part in manifest.shards[index]:
-                    try:
-                        st = os.lstat(part.path)
-                    except OSError:
-                        st = None  # read_part says why
-                    if st is not None and _unchanged(parent, part.path, st, repo):
-                        skipped += 1
-                        continue
-                    whole = (
-                        st is not None
-                        and stat.S_ISREG(st.st_mode)
-                        and (part.start, part.end) == (0, st.st_size)
-                    )
-                    small = archiver.read_small(part.path, st) if whole and st else None
+                    size = part.size
+                    if size < 0:  # planned by an older bcdr: as it ran shards
+                        try:
+                            st = os.lstat(part.path)
+                        except OSError:
+                            st = None  # read_part says why
+                        if st is not None and _unchanged(parent, part.path, st, repo):
+                            skipped += 1
+                            continue
+                        regular = st is not None and stat.S_ISREG(st.st_mode)
+                        size = st.st_size if st is not None and regular else -1
+                    # A file that changed since it was planned reads as changed (its size or
+                    # times differ from the part's) and the commit reads it again.
+                    whole = (part.start, part.end) == (0, size)
+                    small = archiver.read_small(part.path, size) if whole else None
                     reads.append(small or archiver.read_part(part.path, part.start, part.end))
             finally:
                 archiver.end()
@@ -422,7 +441,17 @@ class ForkedBcdr:
         sys.stdout.flush()
         sys.stderr.flush()
         self.returncode: int | None = None
-        pid = os.fork()
+        # The parent's objects go to the collector's permanent generation for the fork (as
+        # bcdr/forked.py does): the child's collections never walk them, which would write
+        # to, and so copy, every page holding one (the plan's parts, every module).
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
+        if pid != 0:
+            gc.unfreeze()
         if pid == 0:  # the child: never returns
             code = 1
             try:

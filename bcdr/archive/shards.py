@@ -1,14 +1,16 @@
 """A backup spread over several processes or machines, committed as one snapshot.
 
 ``plan``: the source is walked once and its regular files cut into N shards of about equal
-bytes, in path order; a file larger than the repository's region (bcdr/repository/chunker.py)
-is cut at region boundaries, so its parts may go to different shards and still give the very
-chunks one process would. The *manifest* (every shard's parts) is stored in the repository.
+bytes, in path order. Files the parent snapshot holds as they are are left out, so the shards
+share what changed, not what is there (the commit keeps the parent's nodes for them). A file
+larger than the repository's region (bcdr/repository/chunker.py) is cut at region
+boundaries, so its parts may go to different shards and still give the very chunks one
+process would. The *manifest* (every shard's parts) is stored in the repository.
 
 ``run`` (one shard, anywhere the source and the repository are reachable): reads its parts
-(skipping files unchanged since the parent snapshot), stores their chunks like a backup, and
-stores a *receipt*: per part, the file's size, mtime, ctime and inode as read, its chunk ids,
-and its fingerprint or region fingerprints.
+(no walk, no stat: the plan's sizes say which files are whole and small), stores their chunks
+like a backup, and stores a *receipt*: per part, the file's size, mtime, ctime and inode as
+read, its chunk ids, and its fingerprint or region fingerprints.
 
 ``commit``: a backup of the same paths whose walk takes each file's chunks from the receipts
 when the file is still the version a shard read (bcdr/archive/backup.py ``prepared``), so the
@@ -41,10 +43,14 @@ PREFIX = "shards/"
 AAD = b"shard"
 
 
-class Part(msgspec.Struct, array_like=True, frozen=True):
+# The per-file records are left out of the garbage collector (``gc=False``: they hold bytes,
+# ints and lists of bytes, never a cycle): a run of a million files made every collection in
+# the plan, the shards and the commit walk each of them.
+class Part(msgspec.Struct, array_like=True, frozen=True, gc=False):
     path: bytes
     start: int
     end: int
+    size: int = -1  # the file's size when planned (-1: a manifest of an older bcdr)
 
 
 class Manifest(msgspec.Struct, kw_only=True, frozen=True):
@@ -60,13 +66,15 @@ class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     bytes: int = 0
     tags: list[str] = []
     force_read: bool = False  # every file read, none taken from the parent as unchanged
+    unchanged: int = 0  # files the parent holds as they were when planned: in no shard
+    unchanged_bytes: int = 0
 
     @property
     def count(self) -> int:
         return len(self.shards)
 
 
-class PartReceipt(msgspec.Struct, array_like=True, frozen=True):
+class PartReceipt(msgspec.Struct, array_like=True, frozen=True, gc=False):
     path: bytes
     start: int
     end: int
@@ -135,9 +143,9 @@ def cut(files: list[tuple[bytes, int]], n: int, region: int) -> list[list[Part]]
     parts: list[Part] = []
     for path, size in files:
         if region and size > region:
-            parts += [Part(path, a, min(a + region, size)) for a in range(0, size, region)]
+            parts += [Part(path, a, min(a + region, size), size) for a in range(0, size, region)]
         else:
-            parts.append(Part(path, 0, size))
+            parts.append(Part(path, 0, size, size))
     total = sum(p.end - p.start for p in parts) or 1
     shards: list[list[Part]] = [[] for _ in range(n)]
     done = 0
