@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from bcdr.errors import CorruptObject
+from bcdr.memory import give_back
 from bcdr.repository.crypto import Cipher
 from bcdr.repository.index import BlobLocation, iter_index_packs
 from bcdr.repository.pack import BLOB_TYPES, ENTRY, PackEntry
@@ -365,6 +366,8 @@ class MasterIndex:
             filled = {name: col[:n] for name, col in cols.items()}
             del cols  # the views alone keep the buffers, so sorting frees each as it goes
             self._push(_sorted_run(filled, self._demoted_numbers()))
+            del filled
+        give_back()  # the decoded files and the sort's temporaries (bcdr/memory.py)
 
     def _freeze_recent(self) -> None:
         if not self._recent:
