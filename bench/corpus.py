@@ -1,8 +1,9 @@
 """The benchmark corpus: deterministic bytes and mtimes for a given shape and scale.
 
 Two shapes (``SHAPES``): ``small`` (632 MiB: three 128 MiB checkpoints, 8 shards, 20,000 small
-files; the quick run) and ``large`` (2.9 GiB: four 517 MiB checkpoints, 24 shards, 50,000
-small files; with the day-1 change five checkpoints, and 3.4 GiB restored). ``single`` writes
+files; the quick run) and ``large`` (2.85 GiB: five 517 MiB checkpoints, 24 shards, 50,000
+small files, the shape of issue 31; with the day-1 change six checkpoints, 3.35 GiB, which is
+what the full restore writes). ``single`` writes
 one checkpoint file of a given size (the single-file restore against ``cp``).
 
 - checkpoints/: safetensors files of bf16 tensors that look like trained weights (normal
@@ -31,7 +32,7 @@ MTIME = 1_700_000_000
 #: shape -> (checkpoints before the day-1 change, bf16 elements per tensor, shards, small files)
 SHAPES = {
     "small": (3, 2_800_000, 8, 20_000),
-    "large": (4, 11_290_000, 24, 50_000),
+    "large": (5, 11_290_000, 24, 50_000),
     "azure": (1, 11_290_000, 4, 5_000),  # 648 MB: the Azure path against rclone
 }
 N_TENSORS = 24

@@ -13,7 +13,8 @@ what ``sync`` writes is the restore's).
 Environment:
 
 - BENCH_SIZES (default ``large,small``): the corpus shapes to run (bench/corpus.py: large is
-  2.9 GiB, small 632 MiB); BENCH_SCALE (default 1.0) scales them;
+  3.35 GiB, small 632 MiB, as restored after the day-1 change); BENCH_SCALE (default 1.0)
+  scales them;
 - BENCH_SINGLE_MIB (default 4096, 0 to skip): the single checkpoint file restored against
   ``cp``;
 - BENCH_ROUNDS (default 4): how many times every phase runs (the table gives medians, each
@@ -445,7 +446,7 @@ def small_tree(root: Path, n: int) -> None:
 
 def bench_extra(corpus: Path, tools: list[str]) -> dict[str, dict[str, float]]:
     """Two measurements issue 3 names: the no-change re-run over SMALL_FILES small files (the
-    metadata-only path), and the stored bytes of the checkpoint series alone (four safetensors
+    metadata-only path), and the stored bytes of the checkpoint series alone (the safetensors
     checkpoints, 60% of tensors frozen between consecutive ones) backed up one after another."""
     env = {"BCDR_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD}
     small = OUT / "small-tree"
