@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +292,28 @@ def test_readers_never_miss_a_stored_id_while_runs_change(monkeypatch: pytest.Mo
         sys.setswitchinterval(old)
     assert misses == []
     assert all(blob_id in index for blob_id in stored)
+
+
+def test_loading_the_index_again_starts_afresh(tmp_path: Path) -> None:
+    """A process that loads the index twice (a sharded run's plan compares with the parent,
+    then its commit loads what the shards added) holds each entry once, with what the
+    storage holds now: not every entry twice, nor a pack that went missing still trusted."""
+    from bcdr.actions.common import open_repo
+    from tests.conftest import run_process, write_tree
+
+    src = write_tree(tmp_path / "src", {f"f{i}": bytes([i]) * 70_000 for i in range(6)})
+    repo = tmp_path / "repo"
+    assert run_process("init", "--repo", repo, "--chunk-size", "4096,4096,32768").code == 0
+    assert run_process("backup", "--repo", repo, src).code == 0
+    opened = open_repo(str(repo))
+    try:
+        opened.load_index(verify_packs=True)
+        once = len(opened.index)
+        assert once > 6 and not opened.missing_packs
+        packs = sorted(p for p in (repo / "data").rglob("*") if p.is_file())
+        packs[0].unlink()
+        opened.load_index(verify_packs=True)
+        assert len(opened.index) == once
+        assert opened.missing_packs == {packs[0].name}
+    finally:
+        opened.close()

@@ -272,6 +272,12 @@ class Repository:
         :meth:`has_blob` and :meth:`reusable` do not build on them."""
         from bcdr.repository.marks import marked_packs
 
+        if self.index_loaded:  # loaded before (a sharded run's plan, then its commit): afresh,
+            from bcdr.repository.masterindex import MasterIndex
+
+            self.index = MasterIndex()  # not every entry twice, or a pack's old standing
+            self._avoid = None
+            self.index_loaded = False
         self.marked = marked_packs(self.storage, self.cipher)
         names, capacity = self.index_files()
         # Listed after the index files: a pack is written before the index naming it, so a
