@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.actions.common import open_repo
 from bcdr.actions.prune import prune
-from bcdr.actions.shard import commit_run, plan_run, run_shard
+from bcdr.actions.shard import commit_run, describe_manifest, plan_run, run_shard
 from bcdr.clock import FakeClock
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
@@ -251,6 +251,7 @@ def test_an_incremental_plan_shares_out_only_what_changed(tmp_path: Path) -> Non
         regular = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
         assert manifest.files == len(regular) - 1  # the hardlink counted once
         assert manifest.unchanged == manifest.files - len(planned)
+        assert f"{manifest.unchanged} unchanged since the parent" in describe_manifest(manifest)
         for i in range(2):
             run_shard(r, manifest.run, i)
         result = commit_run(r, manifest.run)

@@ -674,7 +674,14 @@ def run_shards(
 
 def describe_manifest(manifest: Manifest) -> str:
     sizes = [sum(p.end - p.start for p in s) for s in manifest.shards]
+    unchanged = (
+        f", {manifest.unchanged} unchanged since the parent "
+        f"({human_bytes(manifest.unchanged_bytes)}, in no shard)"
+        if manifest.unchanged
+        else ""
+    )
     return (
         f"run {manifest.run}: {manifest.count} shard(s), {manifest.files} files, "
-        f"{human_bytes(manifest.bytes)} (largest shard {human_bytes(max(sizes, default=0))})"
+        f"{human_bytes(manifest.bytes)}{unchanged} (largest shard "
+        f"{human_bytes(max(sizes, default=0))})"
     )

@@ -57,6 +57,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
                         "shards": manifest.count,
                         "files": manifest.files,
                         "bytes": manifest.bytes,
+                        "unchanged_files": manifest.unchanged,
+                        "unchanged_bytes": manifest.unchanged_bytes,
                     }
                 )
             else:
