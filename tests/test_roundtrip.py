@@ -175,6 +175,45 @@ def test_files_above_the_worker_limit_are_read_by_the_walk(
     assert res.ok and snapshot_tree(restored_root(tmp_path / "out", src)) == snapshot_tree(src)
 
 
+def test_a_small_file_that_grew_before_its_worker_read_it_is_read_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's lstat said small; by the time a worker opens the file it holds many
+    megabytes (a shared host; a shard reads what its plan listed hours before). The worker
+    must not read it whole into memory: it says it grew, and the file is read in chunks by
+    the walk, backed up whole and unchanged."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-small").write_bytes(b"small")
+    (src / "grows").write_bytes(b"x" * 100)
+    grown = os.urandom(3 * WORKER_FILE_MAX)
+    lstat = os.lstat
+
+    def growing_lstat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        st = lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if os.fsdecode(path).endswith("grows") and st.st_size == 100:  # type: ignore[arg-type]
+            (src / "grows").write_bytes(grown)  # right after the walk saw it small
+        return st
+
+    read_file = Archiver._read_file
+    by_walk: list[bytes] = []
+
+    def recording(self: Archiver, path: bytes, node: Node, *, inline: bool = False) -> bool:
+        by_walk.append(os.path.basename(path))
+        return read_file(self, path, node, inline=inline)
+
+    monkeypatch.setattr(os, "lstat", growing_lstat)
+    monkeypatch.setattr(Archiver, "_read_file", recording)
+    repo = Repository.init(LocalStorage(tmp_path / "repo"), password=None)
+    result = run_backup(repo, BackupRequest(paths=(str(src),)))
+    repo.close()
+    monkeypatch.undo()
+    assert by_walk == [b"grows"] and not result.skipped
+    res = restore(str(tmp_path / "repo"), "latest", str(tmp_path / "out"))
+    assert res.ok, res.stats.errors
+    assert (restored_root(tmp_path / "out", src) / "grows").read_bytes() == grown
+
+
 def test_folders_nested_deeper_than_the_recursion_limit(
     tmp_path: Path,
     cli: Cli,

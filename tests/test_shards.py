@@ -23,6 +23,8 @@ from bcdr.actions.backup import BackupRequest, run_backup
 from bcdr.actions.common import open_repo
 from bcdr.actions.prune import prune
 from bcdr.actions.shard import commit_run, describe_manifest, plan_run, run_shard
+from bcdr.archive.backup import GREW
+from bcdr.archive.shards import load_receipts
 from bcdr.clock import FakeClock
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
@@ -284,10 +286,18 @@ def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) ->
     (data / "shard-06.jsonl").unlink()
     os.symlink("shard-07.jsonl", data / "shard-06.jsonl")
     (data / "shard-08.jsonl").unlink()
+    grown = random.Random(3).randbytes(3 * 2**20)  # past what a worker reads whole
+    (data / "shard-09.jsonl").write_bytes(grown)
     for i in range(2):
         done = run_process("shard", "run", "--repo", repo, "--run", manifest.run, "--index", i,
                            timeout=60)
         assert done.code == 0, done.err
+    r = open_repo(str(repo))
+    try:
+        failed = dict(f for rec in load_receipts(r, manifest).values() for f in rec.failed)
+    finally:
+        r.close()
+    assert failed[str(data / "shard-09.jsonl")] == GREW  # not read whole into a worker
     committed = run_process("shard", "commit", "--repo", repo, "--run", manifest.run, "--json")
     assert committed.code == 0, committed.err
     out = tmp_path / "out"
@@ -297,6 +307,7 @@ def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) ->
     assert (restored / "shard-05.jsonl").read_bytes() == (data / "shard-05.jsonl").read_bytes()
     assert os.readlink(restored / "shard-06.jsonl") == "shard-07.jsonl"
     assert not (restored / "shard-08.jsonl").exists()
+    assert (restored / "shard-09.jsonl").read_bytes() == grown
     assert not (restored / "shard-02.jsonl").exists()  # special files are not backed up
     assert "FIFO skipped" in committed.out + committed.err
 

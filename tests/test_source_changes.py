@@ -169,7 +169,21 @@ def test_a_small_file_is_read_to_its_end_whatever_size_stat_told(tmp_path: Path,
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        assert backup_mod._read_to_end(fd, told) == data
+        assert backup_mod._read_to_end(fd, told, 1 << 20) == data
+    finally:
+        os.close(fd)
+
+
+def test_reading_a_small_file_whole_stops_past_the_limit(tmp_path: Path) -> None:
+    # A file listed as small that grew by far is not read whole into a worker's memory
+    (tmp_path / "f").write_bytes(b"y" * 10_000)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert backup_mod._read_to_end(fd, 100, 5_000) is None  # grew past the limit: not all read
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert backup_mod._read_to_end(fd, 100, 10_000) == b"y" * 10_000  # grew, within it
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert backup_mod._read_to_end(fd, 10_000, 10_000) == b"y" * 10_000
     finally:
         os.close(fd)
 
@@ -187,7 +201,7 @@ def test_short_reads_are_read_on_to_the_end(tmp_path: Path) -> None:
     writer = threading.Thread(target=feed)
     writer.start()
     try:
-        assert backup_mod._read_to_end(r, 15_000) == b"".join(parts)
+        assert backup_mod._read_to_end(r, 15_000, 1 << 20) == b"".join(parts)
     finally:
         writer.join()
         os.close(r)

@@ -43,6 +43,9 @@ BATCH_BYTES = 8 * 1024 * 1024
 #: unchanged (medians 4.3 and 4.2 s).
 WORKER_FILE_MAX = 1024 * 1024
 CHANGED_WHILE_READ = "changed while it was read; the stored copy may be torn"
+#: A file listed as small that had grown past what a worker reads whole when it was opened:
+#: read again in chunks (a shard's part is left to the commit), never whole into memory.
+GREW = "grew past a small file's size since it was listed"
 
 
 @dataclass
@@ -501,8 +504,11 @@ class Archiver:
         if isinstance(opened, str):
             return (opened, 0, 0, 0, "", False, [], 0)
         fd, before = opened
+        limit = min(WORKER_FILE_MAX, self.repo.chunker.whole_max)
         try:
-            data = _read_to_end(fd, before.st_size)
+            data = _read_to_end(fd, before.st_size, limit) if before.st_size <= limit else None
+            if data is None:  # grew since it was listed: not into a worker's memory whole
+                return (GREW, 0, 0, 0, "", False, [], 0)
             after = os.fstat(fd)
         except OSError as exc:
             return (f"read error: {exc.strerror}", 0, 0, 0, "", False, [], 0)
@@ -531,6 +537,13 @@ class Archiver:
         """(main thread) Fill in the nodes of a batch and store the new chunks, in order."""
         for (path, node, new), res in zip(batch, results, strict=True):
             error, size, mtime_ns, ctime_ns, digest, changed, chunks, _ = res
+            if error == GREW:  # read here in chunks, as a large file is (or skipped: told)
+                if self._read_file(path, node, inline=True):
+                    self._count_read(new)
+                    self._tick(path)
+                else:
+                    self._dropped.add(id(node))
+                continue
             if error is not None:
                 self._skip(path, error)
                 self._dropped.add(id(node))
@@ -551,8 +564,11 @@ class Archiver:
         else:
             self.stats.files_changed += 1
 
-    def _read_file(self, path: bytes, node: Node) -> bool:
-        """Chunk the file into ``node``; False (and recorded) if it could not be read."""
+    def _read_file(self, path: bytes, node: Node, *, inline: bool = False) -> bool:
+        """Chunk the file into ``node``; False (and recorded) if it could not be read.
+        ``inline``: each chunk encoded and stored here before the next is read, for a call
+        from a task's callback: chunks queued then would come after the folder's tree,
+        which is queued behind that task and would be written before their ids."""
         opened = _open_source(path)
         if isinstance(opened, str):
             self._skip(path, opened)
@@ -572,7 +588,13 @@ class Archiver:
                         )
                         digest.update(chunk)
                         total += len(chunk)
-                        self._pipeline.submit(chunk if keep else bytes(chunk), node.content, layout)
+                        if inline:
+                            blob_id, encoded = self._pipeline.encode(chunk, layout)
+                            node.content.append(blob_id)
+                            self._pipeline.store(blob_id, encoded, len(chunk))
+                        else:
+                            data = chunk if keep else bytes(chunk)
+                            self._pipeline.submit(data, node.content, layout)
                         self.stats.bytes_read += len(chunk)
                         self._tick(path)
                 after = os.fstat(fd)
@@ -664,17 +686,18 @@ def _pread(fd: int, length: int, offset: int) -> bytes:
     return os.pread(fd, length, offset)
 
 
-def _read_to_end(fd: int, size: int) -> bytes:
+def _read_to_end(fd: int, size: int, limit: int) -> bytes | None:
     """All of ``fd`` from its position, expected to be ``size`` bytes: one read (and no file
-    object) when it is; reads on to the end when it grew, shrank or a read came back short.
-    10 us a file less than ``os.fdopen(...).readall()``."""
+    object) when it is; reads on to the end when it grew, shrank or a read came back short,
+    but None once past ``limit`` bytes. 10 us a file less than ``os.fdopen(...).readall()``."""
     data = os.read(fd, size + 1)
     if len(data) == size:
         return data
-    parts = [data]
-    while part := os.read(fd, max(size, 1 << 20)):
+    parts, total = [data], len(data)
+    while total <= limit and (part := os.read(fd, max(size, 1 << 20))):
         parts.append(part)
-    return b"".join(parts)
+        total += len(part)
+    return b"".join(parts) if total <= limit else None
 
 
 def _open_source(path: bytes) -> tuple[int, os.stat_result] | str:
