@@ -317,3 +317,25 @@ def test_loading_the_index_again_starts_afresh(tmp_path: Path) -> None:
         assert opened.missing_packs == {packs[0].name}
     finally:
         opened.close()
+
+
+def test_a_recent_entry_reads_back_the_same_before_and_after_it_is_frozen() -> None:
+    """Entries added this session are kept packed into one int each until frozen into
+    columns: every field, at its widest, reads back the same from either."""
+    rng = random.Random(5)
+    entries = [
+        PackEntry(rng.randbytes(32), rng.choice([DATA, TREE]), codec, offset, stored, raw)
+        for codec in range(16)
+        for offset, stored, raw in ((0, 0, 0), (2**32 - 1, 2**32 - 1, 2**32 - 1), (17, 1, 2**31))
+    ]
+    index = MasterIndex()
+    index.add_pack("p" * 64, entries)
+    before = [index.lookup(e.blob_id) for e in entries]
+    index._freeze_recent()
+    assert not index._recent and len(index._runs) == 1
+    after = [index.lookup(e.blob_id) for e in entries]
+    for e, b, a in zip(entries, before, after, strict=True):
+        want = ("p" * 64, e.type, e.codec, e.offset, e.stored_len, e.raw_len)
+        assert b is not None and a is not None
+        assert (b.pack, b.type, b.codec, b.offset, b.stored_len, b.raw_len) == want
+        assert (a.pack, a.type, a.codec, a.offset, a.stored_len, a.raw_len) == want

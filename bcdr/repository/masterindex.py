@@ -173,6 +173,28 @@ def _sorted_run(cols: Columns, demoted: np.ndarray | None = None) -> _Run:
     return _Run(cols)
 
 
+M32 = (1 << 32) - 1
+
+
+def _packed(no: int, blob_type: int, codec: int, offset: int, stored: int, raw: int) -> int:
+    """A recent entry as one int: pack number (32 bits), codec and type (4 bits each: bits
+    32-39 are the ``meta`` column's byte), offset, stored and raw length (32 bits each). One
+    44-byte object per blob instead of a 6-tuple and its ints (about 200 bytes): 50,000 small
+    files added 15-20 MiB to a backup's peak."""
+    return no | codec << 32 | blob_type << 36 | offset << 40 | stored << 72 | raw << 104
+
+
+def _location(value: int, packs: list[str]) -> BlobLocation:
+    return BlobLocation(
+        packs[value & M32],
+        value >> 36 & 15,
+        value >> 32 & 15,
+        value >> 40 & M32,
+        value >> 72 & M32,
+        value >> 104 & M32,
+    )
+
+
 #: Ids remembered as in no run (32 bytes and a dict slot each: about 6 MiB at most).
 ABSENT_MAX = 65536
 
@@ -273,7 +295,7 @@ class MasterIndex:
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
         self._runs: list[_Run] = []
-        self._recent: dict[bytes, tuple[int, int, int, int, int, int]] = {}
+        self._recent: dict[bytes, int] = {}  # see _packed
         self._demoted: set[int] = set()  # pack numbers whose copies are found last
         self._lock = threading.Lock()
         # ids found in no run, since the runs last changed: a backup asks for each new chunk
@@ -331,13 +353,8 @@ class MasterIndex:
             no = self._intern(pack)
             for e in entries:
                 # the newest copy of this session wins: its pack was just written
-                self._recent[e.blob_id] = (
-                    no,
-                    e.type,
-                    e.codec,
-                    e.offset,
-                    e.stored_len,
-                    e.raw_len,
+                self._recent[e.blob_id] = _packed(
+                    no, e.type, e.codec, e.offset, e.stored_len, e.raw_len
                 )
             if len(self._recent) >= RUN_SIZE:
                 self._freeze_recent()
@@ -375,18 +392,22 @@ class MasterIndex:
         items = list(self._recent.items())
         n = len(items)
         ids = np.frombuffer(b"".join(k for k, _ in items), dtype=">u8").reshape(n, 4)
-        vals = np.array([v for _, v in items], dtype=np.uint64).reshape(n, 6)
+        values = [v for _, v in items]
         del items
+
+        def field(shift: int, mask: int, dtype: type) -> np.ndarray:
+            return np.fromiter((v >> shift & mask for v in values), dtype=dtype, count=n)
+
         part: Columns = {
             "key": ids[:, 0].astype(np.uint64),
             "t1": ids[:, 1].astype(np.uint64),
             "t2": ids[:, 2].astype(np.uint64),
             "t3": ids[:, 3].astype(np.uint64),
-            "pack": vals[:, 0].astype(np.uint32),
-            "meta": ((vals[:, 1] << np.uint64(4)) | vals[:, 2]).astype(np.uint8),
-            "offset": vals[:, 3].astype(np.uint32),
-            "stored": vals[:, 4].astype(np.uint32),
-            "raw": vals[:, 5].astype(np.uint32),
+            "pack": field(0, M32, np.uint32),
+            "meta": field(32, 0xFF, np.uint8),  # type << 4 | codec, as packed
+            "offset": field(40, M32, np.uint32),
+            "stored": field(72, M32, np.uint32),
+            "raw": field(104, M32, np.uint32),
         }
         self._push(_build_run([part], self._demoted_numbers()))
         self._recent = {}
@@ -423,10 +444,9 @@ class MasterIndex:
         return np.unique(ids[~found].view("S32").ravel())
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        loc = self._recent.get(blob_id)
-        if loc is not None:
-            no, t, codec, off, stored, raw = loc
-            return BlobLocation(self._packs[no], t, codec, off, stored, raw)
+        value = self._recent.get(blob_id)
+        if value is not None:
+            return _location(value, self._packs)
         found = self._in_runs(blob_id)
         return found[0].location(found[1], self._packs) if found is not None else None
 
@@ -434,10 +454,9 @@ class MasterIndex:
         """Every indexed copy of a blob (a blob stored again has two or more), in the order
         :meth:`lookup` prefers them."""
         out = []
-        loc = self._recent.get(blob_id)
-        if loc is not None:
-            no, t, codec, off, stored, raw = loc
-            out.append(BlobLocation(self._packs[no], t, codec, off, stored, raw))
+        value = self._recent.get(blob_id)
+        if value is not None:
+            out.append(_location(value, self._packs))
         k, t1, t2, t3 = ID_WORDS.unpack(blob_id)
         for run in list(self._runs):
             i = int(run.key.searchsorted(np.uint64(k)))
