@@ -37,3 +37,12 @@ def test_every_subcommand_help_ends_with_examples(name: str) -> None:
     start = text.lower().find("example", text.find("options:"))
     assert start > 0, text
     assert "bcdr " in text[start:], text[start:]
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_a_command_parsed_alone_has_every_option_it_has_among_all(name: str) -> None:
+    """A command's arguments are parsed by its parser built alone (the others are not, to save
+    their start-up); it must be the very parser the full build makes."""
+    alone = build_parser(only=name)[1]
+    assert set(alone) == {name}
+    assert alone[name].format_help() == _subcommands()[name].format_help()
