@@ -34,7 +34,7 @@ from bcdr.actions.backup import (
     resolve_sources,
     run_backup,
 )
-from bcdr.archive.backup import Archiver, PartRead, folder_id, identical
+from bcdr.archive.backup import BATCH_FILES, Archiver, PartRead, folder_id, identical
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.shards import (
     Manifest,
@@ -142,10 +142,17 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
         archiver = Archiver(repo)
         reads: list[PartRead] = []
         skipped = 0
+        parts = manifest.shards[index]
+        smalls = sum(
+            1
+            for p in parts
+            if (p.start, p.end) == (0, p.size) and archiver.reads_small(p.path, p.size)
+        )
         with repo.writing():
-            archiver.begin()
+            # worker processes cost a fork each: worth it for a batch of small files or more
+            archiver.begin(processes=smalls >= BATCH_FILES)
             try:
-                for part in manifest.shards[index]:
+                for part in parts:
                     size = part.size
                     if size < 0:  # planned by an older bcdr: as it ran shards
                         try:

@@ -467,10 +467,17 @@ class Archiver:
             part.error = "a part of a file in a repository without regions"
         return part
 
-    def begin(self) -> None:
-        """Start the pipeline for :meth:`read_part` calls (a shard's run)."""
+    def begin(self, *, processes: bool = True) -> None:
+        """Start the pipeline for :meth:`read_part` calls (a shard's run); ``processes``:
+        fork the worker processes (a shard with few small files does without: its threads
+        read them)."""
         big_buffers_ahead()
-        self._pipeline.start()
+        if processes:
+            self._pipeline.start()
+
+    def reads_small(self, path: bytes, size: int) -> bool:
+        """Is a whole file of ``size`` bytes read by :meth:`read_small` (in a worker)?"""
+        return self._small(path, size)
 
     def end(self) -> None:
         """Wait for every chunk :meth:`read_part` submitted, then stop the pipeline."""
