@@ -292,6 +292,7 @@ def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) ->
         done = run_process("shard", "run", "--repo", repo, "--run", manifest.run, "--index", i,
                            timeout=60)
         assert done.code == 0, done.err
+        assert "left to the commit" in done.out and "unchanged" not in done.out  # the plan's
     r = open_repo(str(repo))
     try:
         failed = dict(f for rec in load_receipts(r, manifest).values() for f in rec.failed)

@@ -84,10 +84,13 @@ def cmd_shard(args: argparse.Namespace) -> int:
                     }
                 )
             elif not args.quiet:
+                # files unchanged since the parent are left out by the plan (`shard plan` says
+                # how many); only a run planned by an older bcdr has its shards skip them
+                unchanged = f", {receipt.skipped} unchanged" if receipt.skipped else ""
                 render.out(
                     f"shard {receipt.index} of run {receipt.run}: {len(receipt.parts)} part(s) "
-                    f"read, {receipt.skipped} unchanged, {len(receipt.failed)} left to the "
-                    f"commit; {receipt.bytes_read} bytes read in {receipt.seconds:.2f}s"
+                    f"read{unchanged}, {len(receipt.failed)} left to the commit; "
+                    f"{receipt.bytes_read} bytes read in {receipt.seconds:.2f}s"
                 )
             return EXIT_OK
         result = shard_action.commit_run(repo, args.run)
