@@ -173,9 +173,6 @@ def _sorted_run(cols: Columns, demoted: np.ndarray | None = None) -> _Run:
     return _Run(cols)
 
 
-M32 = (1 << 32) - 1
-
-
 def _packed(no: int, blob_type: int, codec: int, offset: int, stored: int, raw: int) -> int:
     """A recent entry as one int: pack number (32 bits), codec and type (4 bits each: bits
     32-39 are the ``meta`` column's byte), offset, stored and raw length (32 bits each). One
@@ -186,12 +183,12 @@ def _packed(no: int, blob_type: int, codec: int, offset: int, stored: int, raw: 
 
 def _location(value: int, packs: list[str]) -> BlobLocation:
     return BlobLocation(
-        packs[value & M32],
+        packs[value & U32_MAX],
         value >> 36 & 15,
         value >> 32 & 15,
-        value >> 40 & M32,
-        value >> 72 & M32,
-        value >> 104 & M32,
+        value >> 40 & U32_MAX,
+        value >> 72 & U32_MAX,
+        value >> 104 & U32_MAX,
     )
 
 
@@ -403,11 +400,11 @@ class MasterIndex:
             "t1": ids[:, 1].astype(np.uint64),
             "t2": ids[:, 2].astype(np.uint64),
             "t3": ids[:, 3].astype(np.uint64),
-            "pack": field(0, M32, np.uint32),
+            "pack": field(0, U32_MAX, np.uint32),
             "meta": field(32, 0xFF, np.uint8),  # type << 4 | codec, as packed
-            "offset": field(40, M32, np.uint32),
-            "stored": field(72, M32, np.uint32),
-            "raw": field(104, M32, np.uint32),
+            "offset": field(40, U32_MAX, np.uint32),
+            "stored": field(72, U32_MAX, np.uint32),
+            "raw": field(104, U32_MAX, np.uint32),
         }
         self._push(_build_run([part], self._demoted_numbers()))
         self._recent = {}

@@ -257,13 +257,18 @@ class Repository:
             except ObjectNotFound:
                 if attempt == INDEX_LOAD_ATTEMPTS - 1:
                     raise
-                from bcdr.repository.masterindex import MasterIndex
-
-                self.index = MasterIndex()
-                self._avoid = None
+                self._forget_index()
                 # A prune is replacing index files: let its round end (backing off, at
                 # random, so that two loaders do not retry in step; 1.6 s at most in all).
                 time.sleep(random.uniform(0.5, 1.0) * 0.05 * 2**attempt)
+
+    def _forget_index(self) -> None:
+        """Drop what a load put in memory, for a load that starts again."""
+        from bcdr.repository.masterindex import MasterIndex
+
+        self.index = MasterIndex()
+        self._avoid = None
+        self.index_loaded = False
 
     def _load_index_once(self, only_type: int | None, verify_packs: bool) -> None:
         """Load every index file. Packs a pending prune marked (and, with ``verify_packs``,
@@ -273,11 +278,7 @@ class Repository:
         from bcdr.repository.marks import marked_packs
 
         if self.index_loaded:  # loaded before (a sharded run's plan, then its commit): afresh,
-            from bcdr.repository.masterindex import MasterIndex
-
-            self.index = MasterIndex()  # not every entry twice, or a pack's old standing
-            self._avoid = None
-            self.index_loaded = False
+            self._forget_index()  # not every entry twice, or a pack's old standing
         self.marked = marked_packs(self.storage, self.cipher)
         names, capacity = self.index_files()
         # Listed after the index files: a pack is written before the index naming it, so a
