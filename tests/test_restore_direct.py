@@ -10,6 +10,9 @@ import mmap
 import os
 import random
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from bcdr.archive.filewrite import (
     DIRECT_MIN,
     O_DIRECT,
     filesystem_of,
+    set_direct,
+    write_direct,
 )
 from bcdr.archive.restore import Restorer, RestoreStats
 from bcdr.repository.repo import Repository
@@ -159,6 +164,48 @@ def test_a_write_refused_with_o_direct_is_written_buffered_and_so_are_the_rest(
     files, stats, out = _restore_patched(tmp_path, monkeypatch, os, "pwrite", picky)
     assert stats.errors == [] and refused and after
     assert all((out / name).read_bytes() == data for name, data in files.items())
+
+
+def test_two_writes_of_a_file_refused_together_both_go_on_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writer threads may each have a buffer of the same file in flight when O_DIRECT is
+    refused: the second to fail finds O_DIRECT already turned off by the first, and its write
+    must still be made (it once failed the file: a race seen in CI)."""
+    real = os.pwrite
+    cleared = threading.Event()
+    lock = threading.Lock()
+    refused: list[int] = []
+
+    def picky(fd: int, data: Any, pos: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            with lock:
+                refused.append(pos)
+            if pos:  # issued with O_DIRECT; refused only after the other write turned it off
+                assert cleared.wait(10)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        cleared.set()
+        return real(fd, data, pos)
+
+    monkeypatch.setattr(os, "pwrite", picky)
+    buffers = mmap.mmap(-1, 2 * DIRECT_BUFFER)  # page-aligned
+    data = random.Random(5).randbytes(2 * DIRECT_BUFFER)
+    buffers[:] = data
+    view = memoryview(buffers)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert set_direct(fd)
+        with ThreadPoolExecutor(2) as pool:
+            late = pool.submit(write_direct, fd, view[DIRECT_BUFFER:], DIRECT_BUFFER)
+            while not refused:  # the late write is in flight with O_DIRECT
+                time.sleep(0.001)
+            first = pool.submit(write_direct, fd, view[:DIRECT_BUFFER], 0)
+            first.result(10), late.result(10)
+    finally:
+        os.close(fd)
+    monkeypatch.undo()
+    assert sorted(refused) == [0, DIRECT_BUFFER]
+    assert (tmp_path / "f").read_bytes() == data
 
 
 def test_a_full_disk_in_a_direct_write_fails_that_file_and_leaves_nothing(

@@ -100,14 +100,19 @@ def direct_suits(folder: str | bytes) -> bool:
 def write_direct(fd: int, data: memoryview, pos: int) -> None:
     """Write aligned ``data`` at aligned ``pos`` (holes stay holes). A filesystem that took
     ``O_DIRECT`` at ``open`` but refuses a write with it (EINVAL: an alignment it needs that
-    is larger than DIRECT_ALIGN) gets this write, and the file's next ones, buffered."""
+    is larger than DIRECT_ALIGN) gets this write, and the file's next ones, buffered.
+
+    Another writer thread of the same file may have been refused too and turned ``O_DIRECT``
+    off after this write was issued: the write is made again all the same (once; an EINVAL
+    from the buffered write is raised)."""
     try:
         write_sparse(fd, data, pos)
     except OSError as exc:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        if exc.errno != errno.EINVAL or not flags & O_DIRECT:
+        if exc.errno != errno.EINVAL or not O_DIRECT:
             raise
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & O_DIRECT:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
         write_sparse(fd, data, pos)
 
 
