@@ -82,4 +82,3 @@ def test_a_signal_the_executor_turns_into_a_broken_pool_still_stops_the_caller(
         lambda self, *a, **k: (_ for _ in ()).throw(BrokenProcessPool("limit")),
     )
     assert ForkedPool.start(object(), 1) is None
-

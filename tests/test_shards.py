@@ -289,8 +289,9 @@ def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) ->
     grown = random.Random(3).randbytes(3 * 2**20)  # past what a worker reads whole
     (data / "shard-09.jsonl").write_bytes(grown)
     for i in range(2):
-        done = run_process("shard", "run", "--repo", repo, "--run", manifest.run, "--index", i,
-                           timeout=60)
+        done = run_process(
+            "shard", "run", "--repo", repo, "--run", manifest.run, "--index", i, timeout=60
+        )
         assert done.code == 0, done.err
         assert "left to the commit" in done.out and "unchanged" not in done.out  # the plan's
     r = open_repo(str(repo))
