@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bcdr.errors import BcdrError, CorruptObject, ObjectNotFound
+from bcdr.memory import give_back
 from bcdr.parallel import ordered_map
 from bcdr.repository import immutability
 from bcdr.repository.bounds import expanded_size
@@ -271,6 +272,7 @@ class Checker:
 
         self.repo.index.load(decoded(), capacity)
         self.repo.index_loaded = True
+        give_back()  # the decoded files and the sort's temporaries (bcdr/memory.py)
 
     def _check_packs(self) -> dict[str, int]:
         stored = self._stored

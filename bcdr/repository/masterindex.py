@@ -1,11 +1,11 @@
 """The master index in memory: which pack holds a blob, with no Python object per blob.
 
-Entries live in sorted runs of numpy columns, 49 bytes per blob (the 32-byte id as four u64,
-pack number u32, type and codec in one byte, offset, stored and raw length as u32); pack names
-are interned once. Index files decode straight into preallocated columns. Blobs added in this
-session go to a small dict that is frozen into a run every ``RUN_SIZE`` entries; runs of similar
-size are merged (a binary counter), so a lookup searches O(log n) runs. docs/performance.md
-gives the measured memory per indexed chunk.
+Entries live in sorted runs of numpy columns, 48 bytes per blob (the 32-byte id as four u64;
+the pack's number, the blob's type and codec in one u32; offset, stored and raw length as
+u32); pack names are interned once. Index files decode straight into preallocated columns.
+Blobs added in this session go to a small dict that is frozen into a run every ``RUN_SIZE``
+entries; runs of similar size are merged (a binary counter), so a lookup searches O(log n)
+runs. docs/performance.md gives the measured memory per indexed chunk.
 
 This module is imported when a repository is opened, after the key is derived, so numpy's
 import does not add to scrypt's peak memory.
@@ -20,8 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from bcdr.errors import CorruptObject
-from bcdr.memory import give_back
+from bcdr.errors import CorruptObject, RepositoryError
 from bcdr.repository.crypto import Cipher
 from bcdr.repository.index import BlobLocation, iter_index_packs
 from bcdr.repository.pack import BLOB_TYPES, ENTRY, PackEntry
@@ -29,6 +28,13 @@ from bcdr.repository.pack import BLOB_TYPES, ENTRY, PackEntry
 ID_WORDS = struct.Struct(">QQQQ")
 RUN_SIZE = 1 << 16
 U32_MAX = (1 << 32) - 1
+#: The ``pack`` column: the pack's number in its low PACK_BITS bits, the codec in the next
+#: four and the blob type in the top one (a byte of its own cost 1 B per blob: 10 MiB at 10
+#: million chunks). 134 million packs: 2 PiB of 16 MiB packs, where the pack names alone,
+#: interned, would hold some 25 GiB.
+PACK_BITS = 27
+PACK_MASK = (1 << PACK_BITS) - 1
+assert max(BLOB_TYPES) < 2
 
 # ENTRY ("<BB32sQII") as a numpy record, so an index file decodes without a loop per blob.
 ENTRY_DTYPE = np.dtype(
@@ -47,8 +53,7 @@ COLUMNS = {
     "t1": np.uint64,
     "t2": np.uint64,
     "t3": np.uint64,
-    "pack": np.uint32,
-    "meta": np.uint8,
+    "pack": np.uint32,  # see PACK_BITS
     "offset": np.uint32,
     "stored": np.uint32,
     "raw": np.uint32,
@@ -139,8 +144,8 @@ def _fill(cols: Columns, at: int, records: np.ndarray, pack_no: int) -> None:
     ids = records["id"]
     for word, name in enumerate(("key", "t1", "t2", "t3")):
         cols[name][at:end] = ids[:, word]
-    cols["pack"][at:end] = pack_no
-    cols["meta"][at:end] = (records["type"] << 4) | records["codec"]
+    meta = records["type"].astype(np.uint32) << 4 | records["codec"]
+    cols["pack"][at:end] = meta << PACK_BITS | pack_no
     cols["offset"][at:end] = records["offset"]
     cols["stored"][at:end] = records["stored"]
     cols["raw"][at:end] = records["raw"]
@@ -164,7 +169,7 @@ def _sorted_run(cols: Columns, demoted: np.ndarray | None = None) -> _Run:
     the first and can fall back on the rest. Columns are permuted one at a time: the peak is
     the columns plus 16 bytes per entry (the permutation and one column being rewritten)."""
     if demoted is not None and len(demoted):
-        order = np.lexsort((np.isin(cols["pack"], demoted), cols["key"]))  # stable
+        order = np.lexsort((np.isin(cols["pack"] & PACK_MASK, demoted), cols["key"]))
     else:
         order = np.argsort(cols["key"], kind="stable")
     for name in COLUMNS:
@@ -174,22 +179,26 @@ def _sorted_run(cols: Columns, demoted: np.ndarray | None = None) -> _Run:
 
 
 def _packed(no: int, blob_type: int, codec: int, offset: int, stored: int, raw: int) -> int:
-    """A recent entry as one int: pack number (32 bits), codec and type (4 bits each: bits
-    32-39 are the ``meta`` column's byte), offset, stored and raw length (32 bits each). One
-    44-byte object per blob instead of a 6-tuple and its ints (about 200 bytes): 50,000 small
-    files added 15-20 MiB to a backup's peak."""
-    return no | codec << 32 | blob_type << 36 | offset << 40 | stored << 72 | raw << 104
+    """A recent entry as one int: the ``pack`` column's u32 (see PACK_BITS), offset, stored
+    and raw length (32 bits each). One 44-byte object per blob instead of a 6-tuple and its
+    ints (about 200 bytes): 50,000 small files added 15-20 MiB to a backup's peak."""
+    return (blob_type << 4 | codec) << PACK_BITS | no | offset << 32 | stored << 64 | raw << 96
+
+
+def _place(packed: int, offset: int, stored: int, raw: int, packs: list[str]) -> BlobLocation:
+    """A location from the ``pack`` column's u32 and the other fields."""
+    return BlobLocation(
+        packs[packed & PACK_MASK],
+        packed >> (PACK_BITS + 4),
+        packed >> PACK_BITS & 15,
+        offset,
+        stored,
+        raw,
+    )
 
 
 def _location(value: int, packs: list[str]) -> BlobLocation:
-    return BlobLocation(
-        packs[value & U32_MAX],
-        value >> 36 & 15,
-        value >> 32 & 15,
-        value >> 40 & U32_MAX,
-        value >> 72 & U32_MAX,
-        value >> 104 & U32_MAX,
-    )
+    return _place(value & U32_MAX, value >> 32 & U32_MAX, value >> 64 & U32_MAX, value >> 96, packs)
 
 
 #: Ids remembered as in no run (32 bytes and a dict slot each: about 6 MiB at most).
@@ -205,7 +214,6 @@ class _Run:
     t2: np.ndarray
     t3: np.ndarray
     pack: np.ndarray
-    meta: np.ndarray
     offset: np.ndarray
     stored: np.ndarray
     raw: np.ndarray
@@ -235,15 +243,14 @@ class _Run:
         return -1
 
     def location(self, i: int, packs: list[str]) -> BlobLocation:
-        meta = int(self.meta[i])
-        return BlobLocation(
-            packs[int(self.pack[i])],
-            meta >> 4,
-            meta & 15,
-            int(self.offset[i]),
-            int(self.stored[i]),
-            int(self.raw[i]),
+        return _place(
+            int(self.pack[i]), int(self.offset[i]), int(self.stored[i]), int(self.raw[i]), packs
         )
+
+    def pack_numbers(self) -> np.ndarray:
+        """Each row's pack number (a new array: the column holds type and codec too)."""
+        numbers: np.ndarray = self.pack & PACK_MASK
+        return numbers
 
     def ids(self) -> Iterator[bytes]:
         step = 1 << 14
@@ -338,6 +345,12 @@ class MasterIndex:
         no = self._pack_no.get(pack)
         if no is None:
             no = len(self._packs)
+            if no > PACK_MASK:
+                raise RepositoryError(
+                    f"the repository has more than {PACK_MASK + 1:,} packs, more than bcdr's "
+                    "index holds in memory: copy it (bcdr copy) into a repository with a "
+                    "larger pack size"
+                )
             self._packs.append(pack)
             self._pack_no[pack] = no
         return no
@@ -381,7 +394,6 @@ class MasterIndex:
             del cols  # the views alone keep the buffers, so sorting frees each as it goes
             self._push(_sorted_run(filled, self._demoted_numbers()))
             del filled
-        give_back()  # the decoded files and the sort's temporaries (bcdr/memory.py)
 
     def _freeze_recent(self) -> None:
         if not self._recent:
@@ -401,10 +413,9 @@ class MasterIndex:
             "t2": ids[:, 2].astype(np.uint64),
             "t3": ids[:, 3].astype(np.uint64),
             "pack": field(0, U32_MAX, np.uint32),
-            "meta": field(32, 0xFF, np.uint8),  # type << 4 | codec, as packed
-            "offset": field(40, U32_MAX, np.uint32),
-            "stored": field(72, U32_MAX, np.uint32),
-            "raw": field(104, U32_MAX, np.uint32),
+            "offset": field(32, U32_MAX, np.uint32),
+            "stored": field(64, U32_MAX, np.uint32),
+            "raw": field(96, U32_MAX, np.uint32),
         }
         self._push(_build_run([part], self._demoted_numbers()))
         self._recent = {}
@@ -477,12 +488,11 @@ class MasterIndex:
             return out
         ids = np.frombuffer(b"".join(blob_ids[n] for n in rest), dtype=">u8").reshape(-1, 4)
         for _, run, found, hits in _search(list(self._runs), ids):
-            meta, pack = run.meta[hits].tolist(), run.pack[hits].tolist()
-            offset, stored, raw = (c[hits].tolist() for c in (run.offset, run.stored, run.raw))
+            pack, offset, stored, raw = (
+                c[hits].tolist() for c in (run.pack, run.offset, run.stored, run.raw)
+            )
             for j, n in enumerate(found.tolist()):
-                out[rest[n]] = BlobLocation(
-                    self._packs[pack[j]], meta[j] >> 4, meta[j] & 15, offset[j], stored[j], raw[j]
-                )
+                out[rest[n]] = _place(pack[j], offset[j], stored[j], raw[j], self._packs)
         return out
 
     def rows(self) -> int:
@@ -515,7 +525,7 @@ class MasterIndex:
             runs = list(self._runs)
         if not runs:
             return np.zeros(0, dtype=bool)
-        return np.concatenate([np.isin(run.pack, nos) for run in runs])
+        return np.concatenate([np.isin(run.pack_numbers(), nos) for run in runs])
 
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """For each id of ``ids`` (``S32``), whether the index holds it (vectorised)."""
@@ -543,7 +553,7 @@ class MasterIndex:
         if not nos or not runs:
             return np.empty(0, dtype="S32")
         wanted = np.array(nos, dtype=np.uint32)
-        inside = [np.isin(run.pack, wanted) for run in runs]
+        inside = [np.isin(run.pack_numbers(), wanted) for run in runs]
         there = _unique_ids(runs, inside)
         if not len(there):
             return there
