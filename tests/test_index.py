@@ -392,7 +392,7 @@ def test_more_packs_than_the_column_numbers_is_a_clear_error(
     """Pack numbers past PACK_BITS would run into the blob's type and codec: an index with
     that many packs refuses to load, and names what to do."""
     index = MasterIndex()
-    monkeypatch.setattr(index_mod, "PACK_MASK", 2)
+    monkeypatch.setattr(index_mod, "PACKS_MAX", 3)
     index.add_pack("a" * 64, _entries(random.Random(1), 3))
     index.add_pack("b" * 64, _entries(random.Random(2), 3))
     index.add_pack("c" * 64, _entries(random.Random(3), 3))

@@ -34,6 +34,7 @@ U32_MAX = (1 << 32) - 1
 #: interned, would hold some 25 GiB.
 PACK_BITS = 27
 PACK_MASK = (1 << PACK_BITS) - 1
+PACKS_MAX = PACK_MASK + 1
 assert max(BLOB_TYPES) < 2
 
 # ENTRY ("<BB32sQII") as a numpy record, so an index file decodes without a loop per blob.
@@ -345,9 +346,9 @@ class MasterIndex:
         no = self._pack_no.get(pack)
         if no is None:
             no = len(self._packs)
-            if no > PACK_MASK:
+            if no >= PACKS_MAX:
                 raise RepositoryError(
-                    f"the repository has more than {PACK_MASK + 1:,} packs, more than bcdr's "
+                    f"the repository has more than {PACKS_MAX:,} packs, more than bcdr's "
                     "index holds in memory: copy it (bcdr copy) into a repository with a "
                     "larger pack size"
                 )
