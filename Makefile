@@ -89,7 +89,8 @@ test: install node browser systemd slurm prometheus fuse
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Both corpus sizes (3.35 GiB and 632 MiB as restored), the single 4 GiB file, the Azure path,
-# copies and sharded backups: 30-85 minutes on 2 cores (the VM is faster some days).
+# copies and sharded backups: 40-95 minutes on 2 cores (the VM is faster some days; each
+# restore waits 10 s first, BENCH_SETTLE).
 # bench-quick: the small corpus only, two rounds, no Azure.
 bench: install node restic rclone
 	$(PY) bench/run.py

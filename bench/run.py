@@ -8,7 +8,9 @@ size on disk after each phase. Ratios are bcdr / restic, the median of each roun
 
 Every restore, each tool's and ``cp -a``'s, is timed until its bytes are durable: the timed span
 ends when ``sync`` returns after the command (dirty pages were synced before it started, so
-what ``sync`` writes is the restore's).
+what ``sync`` writes is the restore's); each starts after SETTLE seconds of quiet, so that
+all start with the VM's memory in the same state. ``cp -a`` (and ``cp`` of the single file)
+runs after the tools in even rounds and before them in odd ones.
 
 Environment:
 
@@ -65,6 +67,14 @@ AZURE = os.environ.get("BENCH_AZURE", "1") != "0"
 COPY = os.environ.get("BENCH_COPY", "1") != "0"
 SHARDS = os.environ.get("BENCH_SHARDS", "1") != "0"
 DURABLE = frozenset({"full restore", "single-file restore"})
+#: Seconds every restore (each tool's, ``cp``'s, the disk's) waits before it is timed, so that
+#: each starts with the VM's memory in the same state. The kernel hands memory freed for a
+#: couple of seconds back to the host (virtio-balloon free page reporting), and the next touch
+#: of each page then costs a fault in the host: 4 GiB copied by ``cp`` took 4.4-4.5 s right
+#: after 6 GiB had been touched and freed, and 7.7-17 s otherwise, or 11 s when the same
+#: touch was 10 s old (2026-12-07). Without the wait, a restore timed right after another
+#: round's files were deleted ran on warm pages: the order of the commands decided the ratios.
+SETTLE = float(os.environ.get("BENCH_SETTLE", "10"))
 #: An even number, so that each tool runs first in as many rounds as the other at every phase
 #: (the second to restore was the slower in this VM: 2.68 s against 1.77 and 2.15 s for bcdr).
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "4")))
@@ -194,7 +204,11 @@ def run(
     the larger of wait4's max RSS (one process's) and the peak of the process tree's summed
     memory (:func:`tree_memory`), sampled every 100 ms: bcdr's forked worker processes count,
     with the pages they share with their parent counted once. ``durable``: the wall time runs
-    until ``sync`` returns after the command, so what it wrote is on the disk."""
+    until ``sync`` returns after the command, so what it wrote is on the disk; and before it,
+    dirty pages are synced and the machine left idle SETTLE seconds (see SETTLE)."""
+    if durable:
+        os.sync()
+        time.sleep(SETTLE)
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -274,12 +288,14 @@ def bench_rounds(
     docs/performance.md), the same for both tools but not at the same moment."""
     rounds = []
     for k in range(ROUNDS):
-        print(f"{size} corpus, round {k + 1} of {ROUNDS}", flush=True)
+        # cp -a goes last in even rounds and first in odd ones (then it copies the corpus as
+        # the round before left it, the tree the restores restore), so that no one state of
+        # the machine falls on it alone (see SETTLE)
+        where = "first" if k % 2 else "last"
+        print(f"{size} corpus, round {k + 1} of {ROUNDS} (cp -a {where})", flush=True)
+        baselines = _baselines(corpus, k) if k % 2 else []
         measured = bench_tools(tools, corpus, k, size)
-        os.sync()
-        measured.append(bench_cp(corpus, k))
-        os.sync()
-        measured.append(bench_disk(du(corpus), k))
+        measured += baselines or _baselines(corpus, k)
         rounds.append(measured)
         _clear_round("restore-*")
     _clear_round("restore-*", end=True)
@@ -338,6 +354,14 @@ def bench_tools(
                     flush=True,
                 )
     return sorted(out, key=lambda m: (tools.index(m.tool), names.index(m.phase)))
+
+
+def _baselines(corpus: Path, k: int) -> list[Measure]:
+    """``cp -a`` of the corpus and the disk's own write of as many bytes (in that order)."""
+    os.sync()
+    copied = bench_cp(corpus, k)
+    os.sync()
+    return [copied, bench_disk(du(corpus), k)]
 
 
 def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
@@ -644,9 +668,13 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
     subprocess.run([*CORPUS, "single", str(source), str(SINGLE_MIB)], check=True)
     rounds = []
     for k in range(ROUNDS):
-        print(f"single {SINGLE_MIB} MiB file, round {k + 1} of {ROUNDS}", flush=True)
-        measured = []
+        where = "first" if k % 2 else "last"
+        print(f"single {SINGLE_MIB} MiB file, round {k + 1} of {ROUNDS} (cp {where})", flush=True)
+        measured: list[Measure] = []
         order = tools if k % 2 == 0 else tools[::-1]
+        # cp goes last in even rounds and first in odd ones (see bench_rounds)
+        if k % 2:
+            measured += _single_baselines(source, k)
         for tool in order:
             repo, target = OUT / f"single-repo-{tool}", TARGET / f"single-restore-{tool}-{k}"
             shutil.rmtree(repo, ignore_errors=True)
@@ -657,18 +685,8 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
             wall, cpu, rss, code = run(steps["full restore"], env, durable=True)
             measured.append(Measure(tool, "single-file restore", wall, cpu, rss, du(repo), code))
             shutil.rmtree(repo, ignore_errors=True)
-        target = TARGET / f"single-restore-cp-{k}"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        os.sync()
-        wall, cpu, rss, code = run(["cp", str(source), str(target)], {}, durable=True)
-        measured.append(Measure("cp", "single-file restore", wall, cpu, rss, 0, code))
-        os.sync()
-        disk = target / "disk"
-        size = source.stat().st_size
-        wall, cpu, rss, code = run([*CORPUS, "disk", str(disk), str(size)], {}, durable=True)
-        disk.unlink(missing_ok=True)
-        measured.append(Measure("disk", "single-file restore", wall, cpu, rss, 0, code))
+        if not k % 2:
+            measured += _single_baselines(source, k)
         for m in measured:
             print(
                 f"  {m.tool:6} {m.wall_s:8.2f}s wall {m.cpu_s:8.2f}s cpu {m.peak_rss_mib:6.0f} MiB"
@@ -682,6 +700,25 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
         floor = " ".join(f"{r[tool] / r['disk']:.2f}" for r in by_round)
         print(f"  {tool} / cp + sync, each round: {walls}; / the disk's O_DIRECT write: {floor}")
     return rounds
+
+
+def _single_baselines(source: Path, k: int) -> list[Measure]:
+    """``cp`` of the single file and the disk's own ``O_DIRECT`` write of as many bytes, each
+    timed until durable."""
+    target = TARGET / f"single-restore-cp-{k}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    os.sync()
+    wall, cpu, rss, code = run(["cp", str(source), str(target)], {}, durable=True)
+    measured = [Measure("cp", "single-file restore", wall, cpu, rss, 0, code)]
+    os.sync()
+    disk = target / "disk"
+    wall, cpu, rss, code = run(
+        [*CORPUS, "disk", str(disk), str(source.stat().st_size)], {}, durable=True
+    )
+    disk.unlink(missing_ok=True)
+    measured.append(Measure("disk", "single-file restore", wall, cpu, rss, 0, code))
+    return measured
 
 
 def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
