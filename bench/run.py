@@ -83,13 +83,13 @@ BCDR = [sys.executable, "-m", "bcdr"]
 
 
 #: Restores go to TARGET: by default an ext4 made for this run with mkfs's defaults (a
-#: journal, as on an Azure VM's data disk), on a loop device over a file in BENCH_DIR
-#: (``--direct-io``: its writes reach the disk, not the page cache twice). This VM's root
-#: filesystem is ext4 *without* a journal, where the kernel skips every inode freed in the last
-#: minutes when it allocates one (``recently_deleted``): creating 20,000 files right after
-#: deleting as many took 6-15 s there and 0.64 s on a journaled ext4, which would make every
-#: restore of the large corpus measure that, not the tool. BENCH_TARGET=plain restores into
-#: BENCH_DIR itself (as runs before 2026-12-06 did).
+#: journal, as on an Azure VM's data disk), on a loop device over a file in BENCH_DIR written
+#: whole first (``--direct-io``: its writes reach the disk, not the page cache twice). This
+#: VM's root filesystem is ext4 *without* a journal, where the kernel skips every inode freed
+#: in the last minutes when it allocates one (``recently_deleted``): creating 20,000 files
+#: right after deleting as many took 6-15 s there and 0.64 s on a journaled ext4, which would
+#: make every restore of the large corpus measure that, not the tool. BENCH_TARGET=plain
+#: restores into BENCH_DIR itself (as runs before 2026-12-06 did).
 TARGET_KIND = os.environ.get("BENCH_TARGET", "journaled")
 TARGET = OUT / "target"
 TARGET_IMAGE_GIB = int(os.environ.get("BENCH_TARGET_GIB", "24"))
@@ -107,9 +107,23 @@ def restore_filesystem() -> Iterator[str]:
         raise SystemExit(f"BENCH_TARGET: unknown kind {TARGET_KIND!r} (journaled, plain)")
     image = OUT / "target.img"
     image.unlink(missing_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(TARGET_IMAGE_GIB * 2**30)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    # Written whole, and never discarded (mkfs discards by default, and the loop device turns
+    # a discard into a hole): a block of a sparse image written for the first time costs the
+    # filesystem under it an allocation, so whichever restore first wrote into fresh space
+    # paid for it, and whichever wrote into the space a deleted restore left did not.
+    subprocess.run(
+        [
+            "dd",
+            "if=/dev/zero",
+            f"of={image}",
+            "bs=64M",
+            f"count={TARGET_IMAGE_GIB * 16}",
+            "oflag=direct",
+            "status=none",
+        ],
+        check=True,
+    )
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", str(image)], check=True)
     loop = subprocess.run(
         ["losetup", "--find", "--show", "--direct-io=on", str(image)],
         check=True,
