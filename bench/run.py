@@ -72,8 +72,8 @@ DURABLE = frozenset({"full restore", "single-file restore"})
 #: couple of seconds back to the host (virtio-balloon free page reporting), and the next touch
 #: of each page then costs a fault in the host: 4 GiB copied by ``cp`` took 4.4-4.5 s right
 #: after 6 GiB had been touched and freed, and 7.7-17 s otherwise, or 11 s when the same
-#: touch was 10 s old (2026-12-07). Without the wait, a restore timed right after another
-#: round's files were deleted ran on warm pages: the order of the commands decided the ratios.
+#: touch was 10 s old (2026-12-07). The wait did not make ``cp``'s place in a round matter
+#: less (bench/NOTES.md): it gives every restore the same start, not a steady ``cp``.
 SETTLE = float(os.environ.get("BENCH_SETTLE", "10"))
 #: An even number, so that each tool runs first in as many rounds as the other at every phase
 #: (the second to restore was the slower in this VM: 2.68 s against 1.77 and 2.15 s for bcdr).
@@ -108,9 +108,9 @@ def restore_filesystem() -> Iterator[str]:
     image = OUT / "target.img"
     image.unlink(missing_ok=True)
     # Written whole, and never discarded (mkfs discards by default, and the loop device turns
-    # a discard into a hole): a block of a sparse image written for the first time costs the
-    # filesystem under it an allocation, so whichever restore first wrote into fresh space
-    # paid for it, and whichever wrote into the space a deleted restore left did not.
+    # a discard into a hole): in a sparse image a block written for the first time costs the
+    # filesystem under it an allocation, which fell on whichever restore wrote into fresh
+    # space. Every block costs the same now; it did not make cp steadier (bench/NOTES.md).
     subprocess.run(
         [
             "dd",
@@ -372,10 +372,10 @@ def bench_tools(
 
 def _baselines(corpus: Path, k: int) -> list[Measure]:
     """``cp -a`` of the corpus and the disk's own write of as many bytes (in that order)."""
-    os.sync()
     copied = bench_cp(corpus, k)
-    os.sync()
-    return [copied, bench_disk(du(corpus), k)]
+    disk = bench_disk(du(corpus), k)
+    print(f"  disk   {'full restore':20} {disk.wall_s:8.2f}s wall (O_DIRECT)")
+    return [copied, disk]
 
 
 def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
@@ -386,15 +386,14 @@ def bench_cp(corpus: Path, round_no: int = 0) -> Measure:
     return Measure("cp -a", "full restore", wall, cpu, rss, 0, code)
 
 
-def bench_disk(size: int, round_no: int = 0) -> Measure:
-    """The device's own write speed for a restore's bytes (bench/corpus.py ``disk_write``):
-    the floor under every restore of the round, whatever tool."""
+def bench_disk(size: int, round_no: int = 0, phase: str = "full restore") -> Measure:
+    """The device's own write speed for a restore's bytes (bench/corpus.py ``disk_write``),
+    timed until durable: what the disk alone takes for them."""
     target = TARGET / f"restore-disk-{round_no}"
     target.unlink(missing_ok=True)
     wall, cpu, rss, code = run([*CORPUS, "disk", str(target), str(size)], {}, durable=True)
     target.unlink(missing_ok=True)
-    print(f"  disk   {'full restore':20} {wall:8.2f}s wall ({size / 2**20:.0f} MiB, O_DIRECT)")
-    return Measure("disk", "full restore", wall, cpu, rss, 0, code)
+    return Measure("disk", phase, wall, cpu, rss, 0, code)
 
 
 INDEX_SCALE = [sys.executable, str(Path(__file__).resolve().parent / "index_scale.py")]
@@ -695,7 +694,6 @@ def bench_single(tools: list[str]) -> list[list[Measure]]:
             steps = dict(phases(tool, repo, source.parent, target))
             run(steps["init"], env)
             run(steps["initial backup"], env)
-            os.sync()
             wall, cpu, rss, code = run(steps["full restore"], env, durable=True)
             measured.append(Measure(tool, "single-file restore", wall, cpu, rss, du(repo), code))
             shutil.rmtree(repo, ignore_errors=True)
@@ -722,17 +720,9 @@ def _single_baselines(source: Path, k: int) -> list[Measure]:
     target = TARGET / f"single-restore-cp-{k}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    os.sync()
     wall, cpu, rss, code = run(["cp", str(source), str(target)], {}, durable=True)
-    measured = [Measure("cp", "single-file restore", wall, cpu, rss, 0, code)]
-    os.sync()
-    disk = target / "disk"
-    wall, cpu, rss, code = run(
-        [*CORPUS, "disk", str(disk), str(source.stat().st_size)], {}, durable=True
-    )
-    disk.unlink(missing_ok=True)
-    measured.append(Measure("disk", "single-file restore", wall, cpu, rss, 0, code))
-    return measured
+    copied = Measure("cp", "single-file restore", wall, cpu, rss, 0, code)
+    return [copied, bench_disk(source.stat().st_size, k, "single-file restore")]
 
 
 def ratios(results: list[Measure]) -> dict[str, dict[str, float]]:
