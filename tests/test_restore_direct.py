@@ -197,7 +197,9 @@ def test_two_writes_of_a_file_refused_together_both_go_on_buffered(
         assert set_direct(fd)
         with ThreadPoolExecutor(2) as pool:
             late = pool.submit(write_direct, fd, view[DIRECT_BUFFER:], DIRECT_BUFFER)
+            deadline = time.monotonic() + 10
             while not refused:  # the late write is in flight with O_DIRECT
+                assert time.monotonic() < deadline, "the late write never reached pwrite"
                 time.sleep(0.001)
             first = pool.submit(write_direct, fd, view[:DIRECT_BUFFER], 0)
             first.result(10), late.result(10)
