@@ -464,11 +464,13 @@ class Repository:
 
     def index_readers(self) -> int:
         """Threads that fetch index files while they are loaded: a remote storage's, to hide
-        its latency; none for a folder on this machine. A thread that reads them keeps freed
-        files of up to 12-24 MiB in its malloc arena (glibc trims no thread arena's top below
-        twice its dynamic mmap threshold): 10 million chunks' index then held 49.5-51 B per
-        chunk one load in three, instead of 48.2, and reading in the loading thread was as
-        fast (4.2-4.4 s against 4.6-5.9, page cache warm or dropped)."""
+        its latency; none for a repository in a folder (one on a shared filesystem too, where
+        each file is a sequential read of a few MiB; not measured there). A thread that reads
+        them keeps freed files of up to 12-24 MiB in its malloc arena (glibc trims no thread
+        arena's top below twice its dynamic mmap threshold): 10 million chunks' index then held
+        49.5-51 B per chunk one load in three, instead of 48.2, and reading in the loading
+        thread was as fast on the local disk (4.2-4.4 s against 4.6-5.9, page cache warm or
+        dropped)."""
         return 1 if self.local_folder is not None else self.storage.concurrency
 
     def _read_index_bytes(self, name: str) -> bytes:
