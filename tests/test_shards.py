@@ -223,8 +223,9 @@ def test_incremental_shards_read_only_what_changed(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     doc = r.json()
     size = (src / "ckpt" / "model.bin").stat().st_size
-    hardlinked = (src / "hardlink.jsonl").stat().st_size  # read every time, as unsharded
-    assert doc["stats"]["bytes_read"] == size + hardlinked
+    # the hardlinked file is not read again either: its content is the parent's, as in an
+    # unsharded backup (only its node is made anew, for its other name)
+    assert doc["stats"]["bytes_read"] == size
     assert doc["parent"]
     out = tmp_path / "out"
     assert run_process("restore", "--repo", repo, "latest", "--target", out).code == 0
@@ -242,13 +243,11 @@ def test_an_incremental_plan_shares_out_only_what_changed(tmp_path: Path) -> Non
     changed = {src / "data" / f"shard-{i:02d}.jsonl" for i in (3, 17)} | {src / "ckpt" / "opt.bin"}
     for path in changed:
         path.write_bytes(path.read_bytes() + b"appended")
-    hardlinked = {src / "data" / "shard-01.jsonl", src / "hardlink.jsonl"}  # always read
     r = open_repo(str(repo))
     try:
         manifest = plan_run(r, (str(src),), 2, job="j")
         planned = {Path(os.fsdecode(p.path)) for shard in manifest.shards for p in shard}
-        assert len(planned & hardlinked) == 1  # one of the two names, as a backup reads it
-        assert planned - hardlinked == changed
+        assert planned == changed  # the unchanged hardlinked file too is left out
         assert all(manifest.shards), "both shards have a part of what changed"
         regular = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
         assert manifest.files == len(regular) - 1  # the hardlink counted once
@@ -263,6 +262,44 @@ def test_an_incremental_plan_shares_out_only_what_changed(tmp_path: Path) -> Non
     out = tmp_path / "out"
     assert run_process("restore", "--repo", repo, result.snapshot.id, "--target", out).code == 0
     assert snapshot_tree(restored_root(out, src)) == snapshot_tree(src)
+
+
+def test_a_hardlinked_file_is_read_again_only_when_it_changed(tmp_path: Path) -> None:
+    """Incremental sharded backups treat a file with several names as an unsharded backup
+    does: unchanged, no shard reads it (its content is the parent's); changed, one shard
+    reads it once for all its names; a new name of an unchanged file reads nothing."""
+    src = _source(tmp_path)
+    linked, other = src / "data" / "shard-01.jsonl", src / "hardlink.jsonl"
+    repo = tmp_path / "repo"
+    _init(repo)
+    for job in ("whole", "sharded"):
+        shards = ("--shards", 3) if job == "sharded" else ()
+        assert run_process("backup", "--repo", repo, "--job", job, *shards, src).code == 0
+
+    def both(expected_read: int) -> None:
+        for job in ("whole", "sharded"):
+            shards = ("--shards", 3) if job == "sharded" else ()
+            r = run_process("backup", "--repo", repo, "--job", job, *shards, src, "--json")
+            assert r.code == 0, r.err
+            assert r.json()["stats"]["bytes_read"] == expected_read, job
+        trees = _trees(repo, src)
+        assert trees["sharded"] == trees["whole"]
+
+    both(0)
+    with open(linked, "ab") as f:
+        f.write(b"appended through one name")
+    both(linked.stat().st_size)  # once, for both names
+    os.link(linked, src / "third-name.jsonl")  # a new link changes the file's ctime
+    both(linked.stat().st_size)
+    both(0)
+    out = tmp_path / "out"
+    r = run_process("restore", "--repo", repo, "latest", "--job", "sharded", "--target", out)
+    assert r.code == 0, r.err
+    root = restored_root(out, src)
+    assert snapshot_tree(root) == snapshot_tree(src)
+    names = [root / "data" / "shard-01.jsonl", root / "hardlink.jsonl", root / "third-name.jsonl"]
+    assert len({p.stat().st_ino for p in names}) == 1 and names[0].stat().st_nlink == 3
+    assert other.read_bytes() == names[1].read_bytes()
 
 
 def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) -> None:
@@ -386,12 +423,12 @@ def test_tags_and_force_read_with_shards(tmp_path: Path) -> None:
     total = sum({f.stat().st_ino: f.stat().st_size for f in src.rglob("*") if f.is_file()}.values())
     r = run_process("backup", "--repo", repo, "--job", "j", "--shards", 2, "--tag", "t1", src)
     assert r.code == 0, r.err
-    # unchanged files: the shards read nothing (but the hardlinked file, which every backup
-    # reads again), unless --force-read
-    linked = (src / "hardlink.jsonl").stat().st_size
+    # unchanged files, the hardlinked one included: the shards read nothing, unless
+    # --force-read
     r = run_process("backup", "--repo", repo, "--job", "j", "--shards", 2, src, "--json")
     assert r.code == 0, r.err
-    assert r.json()["stats"]["bytes_read"] == linked
+    assert r.json()["stats"]["bytes_read"] == 0
+    assert sum(s["bytes_read"] for s in r.json()["shards"]) == 0
     r = run_process(
         "backup",
         "--repo",

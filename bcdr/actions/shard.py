@@ -34,7 +34,14 @@ from bcdr.actions.backup import (
     resolve_sources,
     run_backup,
 )
-from bcdr.archive.backup import BATCH_FILES, Archiver, PartRead, folder_id, identical
+from bcdr.archive.backup import (
+    BATCH_FILES,
+    Archiver,
+    PartRead,
+    folder_id,
+    identical,
+    same_content,
+)
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.shards import (
     Manifest,
@@ -214,17 +221,16 @@ def _parent_lookup(repo: Repository, manifest: Manifest) -> ParentLookup | None:
 def _unchanged(
     parent: ParentLookup | None, path: bytes, st: os.stat_result, repo: Repository
 ) -> bool:
-    """A file the parent snapshot holds as it is now: the commit's walk keeps the parent's
-    node for it (the no-change path of a backup), so no shard reads any part of it."""
+    """A file the parent snapshot holds as it is now, so no shard reads any part of it: the
+    commit's walk keeps the parent's node for it (the no-change path of a backup) or, for a
+    hardlinked file, makes its node anew around the parent's content, as a backup does."""
     if parent is None:
         return False
     node = parent.node(path)
-    return (
-        node is not None
-        and st.st_nlink == 1
-        and identical(node, st)
-        and repo.reusable(node.content)
-    )
+    if node is None:
+        return False
+    same = identical(node, st) if st.st_nlink == 1 else same_content(node, st)
+    return same and repo.reusable(node.content)
 
 
 class ShardsMissing(RepositoryError):

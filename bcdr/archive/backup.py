@@ -345,7 +345,7 @@ class Archiver:
         if (
             pnode is not None
             and not self.force_read
-            and _unchanged(pnode, st)
+            and same_content(pnode, st)
             and self.repo.reusable(pnode.content)
         ):
             node.content, node.digest = list(pnode.content), pnode.digest
@@ -767,7 +767,7 @@ def folder_id(path: str | None) -> tuple[int, int] | None:
 def identical(pnode: Node, st: os.stat_result) -> bool:
     """Would a node made from ``st`` equal ``pnode``? (Names are equal by lookup.)"""
     return (
-        _unchanged(pnode, st)
+        same_content(pnode, st)
         and pnode.mode == st.st_mode & 0o7777
         and pnode.uid == st.st_uid
         and pnode.gid == st.st_gid
@@ -776,7 +776,10 @@ def identical(pnode: Node, st: os.stat_result) -> bool:
     )
 
 
-def _unchanged(pnode: Node, st: os.stat_result) -> bool:
+def same_content(pnode: Node, st: os.stat_result) -> bool:
+    """Is the file ``st`` describes the very version ``pnode`` recorded, so that its content
+    can be the node's? (Its other metadata may differ: a hardlinked file's node is made anew,
+    since its link count and other names are the walk's to record.)"""
     return (
         pnode.type == FILE
         and pnode.size == st.st_size
