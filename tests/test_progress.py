@@ -6,9 +6,11 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.conftest import run_process, write_tree
+from bcdr.cli.progress import Scanner
+from tests.conftest import run_process, tmpfs, write_tree
 
 
 def test_silent_when_not_a_terminal(tmp_path: Path, repo: str) -> None:
@@ -110,3 +112,18 @@ def test_a_copy_shows_the_share_of_every_snapshot_it_copies(tmp_path: Path, repo
     assert percents[-1] > 90
     r = run_process("copy", "--from-repo", repo, "--repo", tmp_path / "dst", "all", "--json")
     assert r.code == 0 and "bytes_done" not in r.out and "bytes_planned" not in r.out
+
+
+def test_the_count_ahead_leaves_out_other_filesystems_with_one_file_system(
+    tmp_path: Path,
+) -> None:
+    """With ``-x`` the totals are what the backup reads: a file mounted below is not counted."""
+    src = write_tree(tmp_path / "src", {"local.bin": b"l" * 1000})
+    with tmpfs(src / "mnt", "1m"):
+        (src / "mnt" / "other-fs.bin").write_bytes(b"o" * 5000)
+        for one_file_system, expected in ((True, (1, 1000)), (False, (2, 6000))):
+            scan = Scanner([str(src)], (), one_file_system)
+            deadline = time.monotonic() + 30
+            while not scan.complete and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert scan.complete and (scan.files, scan.bytes) == expected

@@ -28,7 +28,7 @@ from bcdr.archive.shards import load_receipts
 from bcdr.clock import FakeClock
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
-from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
+from tests.conftest import restored_root, run_process, snapshot_tree, tmpfs, write_tree
 
 REGION = 64 * 1024
 CHUNKS = "4096,4096,32768"
@@ -300,6 +300,45 @@ def test_a_hardlinked_file_is_read_again_only_when_it_changed(tmp_path: Path) ->
     names = [root / "data" / "shard-01.jsonl", root / "hardlink.jsonl", root / "third-name.jsonl"]
     assert len({p.stat().st_ino for p in names}) == 1 and names[0].stat().st_nlink == 3
     assert other.read_bytes() == names[1].read_bytes()
+
+
+def test_one_file_system_with_shards_keeps_mount_points_empty(tmp_path: Path) -> None:
+    """``backup -x --shards N`` and ``shard plan -x``: no shard reads a file on another
+    filesystem, and the snapshot is the unsharded ``-x`` backup's (the mount point an empty
+    folder)."""
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    with tmpfs(src / "mnt", "4m"):
+        (src / "mnt" / "other-fs.bin").write_bytes(b"elsewhere" * 1000)
+        r = run_process("backup", "--repo", repo, "--job", "whole", "-x", src)
+        assert r.code == 0, r.err
+        r = run_process("backup", "--repo", repo, "--job", "s", "-x", "--shards", 3, src, "--json")
+        assert r.code == 0, r.err
+        local = {
+            f.stat().st_ino: f.stat().st_size
+            for f in src.rglob("*")
+            if f.is_file() and not f.is_symlink() and "mnt" not in f.parts
+        }
+        assert sum(s["bytes_read"] for s in r.json()["shards"]) == sum(local.values())
+        assert r.json()["stats"]["bytes_read"] == sum(local.values())  # the commit read none
+        run = run_process("shard", "plan", "--repo", repo, "--job", "p", "-x", "--shards", 2, src)
+        assert run.code == 0, run.err
+        run_id = run.out.split()[1].rstrip(":")
+        for i in range(2):
+            assert (
+                run_process("shard", "run", "--repo", repo, "--run", run_id, "--index", i).code == 0
+            )
+        r = run_process("shard", "commit", "--repo", repo, "--run", run_id, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["stats"]["bytes_read"] == sum(local.values())
+        trees = _trees(repo, src)
+        assert trees["s"] == trees["p"] == trees["whole"]
+        listed = run_process("ls", "--repo", repo, "latest", "--job", "s").out
+        assert "mnt" in listed and "other-fs.bin" not in listed
+        r = run_process("backup", "--repo", repo, "--job", "s", "--shards", 2, src, "--json")
+        assert r.code == 0, r.err  # without -x the other filesystem is read
+        assert "other-fs.bin" in run_process("ls", "--repo", repo, "latest", "--job", "s").out
 
 
 def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) -> None:

@@ -79,9 +79,11 @@ def plan_run(
     excludes: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     force_read: bool = False,
+    one_file_system: bool = False,
 ) -> Manifest:
     """Walk the source and store the run's manifest: ``shards`` shards of about equal bytes
-    of the files that changed since the parent snapshot (every file with ``force_read``)."""
+    of the files that changed since the parent snapshot (every file with ``force_read``;
+    none on another filesystem than the paths' with ``one_file_system``)."""
     if not 1 <= shards <= MAX_SHARDS:
         raise UsageError(f"--shards must be from 1 to {MAX_SHARDS}, not {shards}")
     sources = resolve_sources(paths)
@@ -95,7 +97,8 @@ def plan_run(
             lookup = ParentLookup(repo, bytes.fromhex(parent.tree))
         files: list[tuple[bytes, int]] = []
         unchanged = unchanged_bytes = 0
-        for p, st in walk_files(sources, PathMatcher(excludes), skip):
+        walk = walk_files(sources, PathMatcher(excludes), skip, one_file_system=one_file_system)
+        for p, st in walk:
             if _unchanged(lookup, p, st, repo):
                 unchanged += 1
                 unchanged_bytes += st.st_size
@@ -115,6 +118,7 @@ def plan_run(
             bytes=sum(size for _, size in files) + unchanged_bytes,
             tags=list(tags),
             force_read=force_read,
+            one_file_system=one_file_system,
             unchanged=unchanged,
             unchanged_bytes=unchanged_bytes,
         )
@@ -282,6 +286,7 @@ def commit_run(
         job=manifest.job,
         excludes=tuple(manifest.excludes),
         force_read=manifest.force_read,
+        one_file_system=manifest.one_file_system,
         tags=tuple(manifest.tags),
         plan=plan,
         placement=placement,

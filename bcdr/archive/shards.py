@@ -24,6 +24,7 @@ repository's key (``aad=b"shard"``), zstd-compressed msgpack.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -66,6 +67,7 @@ class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     bytes: int = 0
     tags: list[str] = []
     force_read: bool = False  # every file read, none taken from the parent as unchanged
+    one_file_system: bool = False  # folders on other filesystems kept empty (``-x``)
     unchanged: int = 0  # files the parent holds as they were when planned: in no shard
     unchanged_bytes: int = 0
 
@@ -106,11 +108,21 @@ def new_run_nonce() -> str:
 
 
 def walk_files(
-    paths: list[bytes], excludes: PathMatcher, skip_folder: tuple[int, int] | None
+    paths: list[bytes],
+    excludes: PathMatcher,
+    skip_folder: tuple[int, int] | None,
+    *,
+    one_file_system: bool = False,
 ) -> Iterator[tuple[bytes, os.stat_result]]:
     """The regular files under ``paths`` as a backup walks them (sorted, excludes applied,
-    links not followed, the repository's own folder left out), each hardlinked file once."""
+    links not followed, the repository's own folder left out), each hardlinked file once.
+    ``one_file_system``: nothing under a folder on another filesystem than the paths given
+    (the backup keeps such a mount point as an empty folder)."""
     seen: set[tuple[int, int]] = set()
+    devices: set[int] = set()
+    for path in paths if one_file_system else ():
+        with contextlib.suppress(OSError):  # the commit's walk says why
+            devices.add(os.lstat(path).st_dev)
     stack = sorted(paths, reverse=True)  # depth first, each folder's entries in name order
     while stack:
         path = stack.pop()
@@ -124,7 +136,11 @@ def walk_files(
                     continue
                 seen.add((st.st_dev, st.st_ino))
             yield path, st
-        elif stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) != skip_folder:
+        elif (
+            stat.S_ISDIR(st.st_mode)
+            and (st.st_dev, st.st_ino) != skip_folder
+            and not (devices and st.st_dev not in devices)
+        ):
             try:
                 names = sorted([e.name for e in os.scandir(path)], reverse=True)
             except OSError:

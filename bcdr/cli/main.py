@@ -155,11 +155,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if not args.paths:
         raise UsageError("nothing to back up", hint="give paths, or --files-from FILE listing them")
     if args.shards is not None:
-        if args.one_file_system:
-            raise UsageError("--one-file-system does not go with --shards yet")
         return sharded_backup(args)
     progress = _progress(args)
-    progress.count_ahead(list(args.paths), tuple(args.exclude))
+    progress.count_ahead(list(args.paths), tuple(args.exclude), args.one_file_system)
     request = backup_action.BackupRequest(
         paths=tuple(args.paths),
         job=args.job,

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 class Scanner:
     """Counts the regular files and bytes under ``paths`` in a daemon thread."""
 
-    def __init__(self, paths: list[str], excludes: tuple[str, ...] = ()):
+    def __init__(
+        self, paths: list[str], excludes: tuple[str, ...] = (), one_file_system: bool = False
+    ):
         self.files = 0
         self.bytes = 0
         self.complete = False
         self._paths = [os.fsencode(os.path.abspath(p)) for p in paths]
         self._excludes = excludes
+        self._one_file_system = one_file_system
         threading.Thread(target=self._run, name="bcdr-scan", daemon=True).start()
 
     def _run(self) -> None:
@@ -38,7 +41,10 @@ class Scanner:
         from bcdr.archive.shards import walk_files
 
         try:
-            for _, st in walk_files(self._paths, PathMatcher(self._excludes), None):
+            matcher = PathMatcher(self._excludes)
+            for _, st in walk_files(
+                self._paths, matcher, None, one_file_system=self._one_file_system
+            ):
                 self.files += 1
                 self.bytes += st.st_size
         except (OSError, ValueError):
@@ -73,10 +79,12 @@ class Progress:
         self._started = time.monotonic()
         self._phase, self._phase_started = "", self._started
 
-    def count_ahead(self, paths: list[str], excludes: tuple[str, ...] = ()) -> None:
+    def count_ahead(
+        self, paths: list[str], excludes: tuple[str, ...] = (), one_file_system: bool = False
+    ) -> None:
         """Count what a backup of ``paths`` will see, in a thread (only when shown)."""
         if self.enabled:
-            self.scanner = Scanner(paths, excludes)
+            self.scanner = Scanner(paths, excludes, one_file_system)
             self._started = time.monotonic()
 
     def _line(self, text: str) -> None:

@@ -49,6 +49,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
                 excludes=tuple(args.exclude),
                 tags=tuple(args.tag),
                 force_read=args.force_read,
+                one_file_system=args.one_file_system,
             )
             if args.json:
                 render.emit_json(
@@ -157,6 +158,7 @@ def sharded_backup(args: argparse.Namespace) -> int:
             excludes=tuple(args.exclude),
             tags=tuple(args.tag),
             force_read=args.force_read,
+            one_file_system=args.one_file_system,
         )
         if not args.quiet and not args.json:
             sys.stderr.write(shard_action.describe_manifest(manifest) + "\n")
@@ -427,6 +429,13 @@ def add_shard_commands(command: Command) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="plan: tag it")
     p.add_argument(
         "--force-read", action="store_true", help="plan: read every file, unchanged or not"
+    )
+    p.add_argument(
+        "--one-file-system",
+        "-x",
+        action="store_true",
+        help="plan: do not descend into other filesystems mounted below the paths (their "
+        "mount points are kept as empty folders)",
     )
     p.add_argument("--run", metavar="ID", help="run, commit, submit: the run `plan` made")
     p.add_argument("--index", type=int, metavar="I", help="run: which shard (0 to N-1)")
