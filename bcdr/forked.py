@@ -160,7 +160,15 @@ class ForkedPool:
             return None
 
     def submit(self, method: str, *args: Any) -> Future[Any]:
-        return self._pool.submit(_call, self._token, method, *args)
+        """The future of ``target.<method>(*args)`` in a worker. A pool whose worker died
+        before this call gives a future failed with BrokenProcessPool (as one dying after it
+        does), so callers handle a dead worker in one place: the result."""
+        try:
+            return self._pool.submit(_call, self._token, method, *args)
+        except BrokenProcessPool as exc:
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def shutdown(self, *, cancel: bool = True) -> None:
         """Stop the workers once their tasks are done; tasks not started yet are dropped

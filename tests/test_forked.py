@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -34,6 +37,30 @@ def test_workers_get_a_copy_and_the_collector_leaves_inherited_objects_alone() -
     assert pid != os.getpid() and value == 42
     assert frozen > 0
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.skipif(not processes_enabled(2), reason="worker processes fork on Linux")
+def test_a_task_given_after_a_worker_died_fails_in_its_result_not_at_submit() -> None:
+    """A caller learns of a dead worker from the result of any task, whether the worker died
+    before or after the task was given (a backup's walk that submitted just after the death
+    raised from submit, past the handler that says what happened)."""
+    pool = ForkedPool.start(Probe(), 2)
+    assert pool is not None
+    try:
+        pid, *_ = pool.submit("state").result()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        futures = []
+        while time.monotonic() < deadline:  # until the executor has noticed the death
+            futures.append(pool.submit("state"))
+            if futures[-1].done() and futures[-1].exception() is not None:
+                break
+            time.sleep(0.01)
+        for fut in futures:
+            with pytest.raises(BrokenProcessPool):
+                fut.result(timeout=30)
+    finally:
+        pool.shutdown()
 
 
 def test_ctrl_c_while_the_pool_starts_is_the_interrupt_not_a_runtime_error(

@@ -490,11 +490,7 @@ class FileRestorer:
         if batch:
             self._slots.acquire()
             if self._procs is not None:
-                try:
-                    fut = self._procs.submit("_forked_batch", batch)
-                except BrokenProcessPool as exc:  # a worker died earlier: told like the rest
-                    fut = Future()
-                    fut.set_exception(exc)
+                fut = self._procs.submit("_forked_batch", batch)  # a dead worker: in its result
                 fut.add_done_callback(partial(self._forked_batch_done, batch))
             else:
                 self._pool.submit(self._small_batch, batch)
