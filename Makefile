@@ -92,7 +92,7 @@ test: install node browser systemd slurm prometheus fuse
 # copies and sharded backups: 40-95 minutes on 2 cores (the VM is faster some days; each
 # restore waits 10 s first, BENCH_SETTLE).
 # bench-quick: the small corpus only, two rounds, no Azure.
-bench: install node restic rclone
+bench: install node restic rclone fuse
 	$(PY) bench/run.py
 
 bench-quick: install node restic

@@ -12,6 +12,8 @@ of files and of shards (docs/scale-out.md).
    per folder), each run with S shards (1 and 16): the plan, the shards and the commit timed
    apart. The commit walks the whole source and looks every file up in the receipts: its cost
    per file is what a cluster cannot spread.
+3. Walks over a filesystem whose every stat waits (``bench_slow_metadata``): the plan and a
+   no-change backup with stats one at a time and taken ahead (bcdr/archive/statahead.py).
 """
 
 from __future__ import annotations
@@ -217,13 +219,90 @@ def bench_commit_cost(out: Path) -> list[dict[str, float]]:
     return rows
 
 
+#: The slow-metadata walk: files (100 per folder) and the wait of each stat (seconds).
+SLOW_FILES = int(os.environ.get("BENCH_SLOW_FILES", "2000"))
+SLOW_DELAY = float(os.environ.get("BENCH_SLOW_DELAY", "0.0005"))
+SLOWFS = Path(__file__).resolve().parent.parent / "tests" / "slowfs.py"
+
+
+def bench_slow_metadata(out: Path, rounds: int) -> dict[str, object]:
+    """Walks over a filesystem whose every stat waits SLOW_DELAY (tests/slowfs.py through the
+    real FUSE, as an NFS or Lustre client waits for its server): the plan of a sharded run
+    and a no-change backup (nothing read, every file stat'ed), each with the stats taken
+    one at a time (``BCDR_STAT_AHEAD=0``) and ahead (bcdr/archive/statahead.py), alternating;
+    the ratio of each round's two times, and its median."""
+    source = out / f"slow-source-{SLOW_FILES}"
+    if not (source / ".complete").exists():
+        shutil.rmtree(source, ignore_errors=True)
+        for i in range(SLOW_FILES):
+            folder = source / f"d{i // 100:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"f{i % 100:02d}").write_bytes(i.to_bytes(8, "little") * 12)
+        (source / ".complete").write_bytes(b"")
+    mnt = out / "slow-mnt"
+    subprocess.run(["fusermount", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL, check=False)
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, str(SLOWFS), str(source), str(mnt), str(SLOW_DELAY)])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tests/slowfs.py did not mount (is Debian's fuse installed?)")
+            time.sleep(0.05)
+        repo = out / "slow-repo"
+        _fresh(repo)
+        base = [*BCDR, "backup", "-q", "--repo", str(repo), "--job", "j", str(mnt)]
+        _run(base)  # the parent: the timed backups find every file unchanged
+        plan = [
+            *BCDR,
+            "shard",
+            "plan",
+            "-q",
+            "--repo",
+            str(repo),
+            "--job",
+            "p",
+            "--shards",
+            "4",
+            str(mnt),
+        ]
+        times: dict[str, list[float]] = {}
+        for r in range(rounds):
+            for what, cmd in (("plan", plan), ("no-change backup", base)):
+                for ahead in ("0", "") if r % 2 == 0 else ("", "0"):
+                    started = time.monotonic()
+                    done = subprocess.run(
+                        cmd, env={**ENV, "BCDR_STAT_AHEAD": ahead}, capture_output=True
+                    )
+                    if done.returncode != 0:
+                        raise RuntimeError(f"{what} failed: {done.stderr.decode()[-2000:]}")
+                    key = f"{what}, {'one at a time' if ahead == '0' else 'ahead'}"
+                    times.setdefault(key, []).append(time.monotonic() - started)
+        shutil.rmtree(repo, ignore_errors=True)
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
+        proc.wait(timeout=30)
+    rows = {}
+    for what in ("plan", "no-change backup"):
+        serial, ahead = times[f"{what}, one at a time"], times[f"{what}, ahead"]
+        rows[what] = {
+            "one_at_a_time_s": round(statistics.median(serial), 2),
+            "ahead_s": round(statistics.median(ahead), 2),
+            "ratio": _round_ratio(ahead, serial),
+        }
+        print(f"  {what}: {rows[what]}", flush=True)
+    return {"files": SLOW_FILES, "stat_wait_s": SLOW_DELAY, "rounds": rounds, "rows": rows}
+
+
 def bench_shards(out: Path, rounds: int) -> dict[str, object]:
     counts = {}
     for shape in ("large", "small"):
         counts[shape] = bench_shard_counts(out, rounds, shape)
         for row in counts[shape]["rows"]:  # type: ignore[attr-defined]
             print(f"  {shape}: {row}", flush=True)
-    return {"counts": counts, "commit": bench_commit_cost(out)}
+    print(f"  walks over a filesystem whose stats wait {SLOW_DELAY * 1000:g} ms:", flush=True)
+    slow = bench_slow_metadata(out, rounds)
+    return {"counts": counts, "commit": bench_commit_cost(out), "slow_metadata": slow}
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import BinaryIO, TypedDict
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import SAFETENSORS, Segment, file_segments
+from bcdr.archive.statahead import Stat, StatAhead
 from bcdr.archive.xattrs import read_xattrs
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
@@ -119,6 +120,7 @@ class Archiver:
         holds it is kept as an empty folder (a mount point), its contents not read."""
         self.one_file_system = one_file_system
         self._devices: set[int] = set()  # of the paths given (one_file_system)
+        self._stats = StatAhead()  # threads made only on a network filesystem, after the fork
         self.repo = repo
         self.prepared = prepared
         self.parent_tree = parent_tree
@@ -157,6 +159,7 @@ class Archiver:
             self._pipeline.drain()
         finally:
             sys.setrecursionlimit(old_limit)
+            self._stats.close()
             self._pipeline.close()
         self._started = started
         assert root.subtree
@@ -234,9 +237,17 @@ class Archiver:
 
     # -- entries -----------------------------------------------------------------------------
 
-    def _save_path(self, path: bytes, name: bytes, pnode: Node | None) -> Node | None:
+    def _save_path(
+        self, path: bytes, name: bytes, pnode: Node | None, ahead: Stat | None = None
+    ) -> Node | None:
+        """``ahead``: the path's ``lstat`` (or its error) taken already (statahead)."""
         try:
-            st = os.lstat(path)
+            if ahead is None:
+                st = os.lstat(path)
+            elif isinstance(ahead, OSError):
+                raise ahead
+            else:
+                st = ahead
         except FileNotFoundError:
             self._skip(path, "vanished before it was read")
             return None
@@ -276,13 +287,23 @@ class Archiver:
         parent = self._parent_children(pnode, path)
         nodes = []
         prefix = path if path.endswith(b"/") else path + b"/"
-        for child in names:
-            full = prefix + child
-            if self.excludes and self.excludes.matches(full):
-                continue
-            node = self._save_path(full, child, parent.get(child))
-            if node is not None:
-                nodes.append(node)
+        if self._stats.slow(path, st.st_dev):  # a network filesystem: stats taken ahead
+            if self.excludes:
+                names = [c for c in names if not self.excludes.matches(prefix + c)]
+            fulls = [prefix + child for child in names]
+            stats = self._stats.lstats(fulls, True)
+            for full, child, ahead in zip(fulls, names, stats, strict=True):
+                node = self._save_path(full, child, parent.get(child), ahead)
+                if node is not None:
+                    nodes.append(node)
+        else:
+            for child in names:
+                full = prefix + child
+                if self.excludes and self.excludes.matches(full):
+                    continue
+                node = self._save_path(full, child, parent.get(child))
+                if node is not None:
+                    nodes.append(node)
         self.stats.dirs += 1
         node = _dir_node(name, st, None)
         node.xattrs = read_xattrs(path)

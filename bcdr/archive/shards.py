@@ -34,6 +34,7 @@ import msgspec
 import zstandard
 
 from bcdr.archive.patterns import PathMatcher
+from bcdr.archive.statahead import Stat, StatAhead
 from bcdr.errors import CorruptObject, ObjectNotFound
 from bcdr.repository.hashing import object_name, region_digest
 from bcdr.repository.repo import Repository
@@ -117,39 +118,51 @@ def walk_files(
     """The regular files under ``paths`` as a backup walks them (sorted, excludes applied,
     links not followed, the repository's own folder left out), each hardlinked file once.
     ``one_file_system``: nothing under a folder on another filesystem than the paths given
-    (the backup keeps such a mount point as an empty folder)."""
+    (the backup keeps such a mount point as an empty folder). A folder's entries are stat'ed
+    ahead where its filesystem is slow to answer (bcdr/archive/statahead.py)."""
     seen: set[tuple[int, int]] = set()
     devices: set[int] = set()
     for path in paths if one_file_system else ():
         with contextlib.suppress(OSError):  # the commit's walk says why
             devices.add(os.lstat(path).st_dev)
-    stack = sorted(paths, reverse=True)  # depth first, each folder's entries in name order
-    while stack:
-        path = stack.pop()
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue  # the commit's walk says why
-        if stat.S_ISREG(st.st_mode):
-            if st.st_nlink > 1:
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-            yield path, st
-        elif (
-            stat.S_ISDIR(st.st_mode)
-            and (st.st_dev, st.st_ino) != skip_folder
-            and not (devices and st.st_dev not in devices)
-        ):
+    stats = StatAhead()
+    roots = sorted(paths)
+    # depth first, each folder's entries in name order: one iterator per folder being walked
+    top = stats.lstats(roots, False)
+    levels: list[Iterator[tuple[bytes, Stat]]] = [zip(roots, top, strict=True)]
+    try:
+        while levels:
             try:
-                names = sorted([e.name for e in os.scandir(path)], reverse=True)
-            except OSError:
+                path, st = next(levels[-1])
+            except StopIteration:
+                levels.pop()
                 continue
-            prefix = path if path.endswith(b"/") else path + b"/"
-            if excludes:
-                stack.extend(full for n in names if not excludes.matches(full := prefix + n))
-            else:
-                stack.extend([prefix + n for n in names])
+            if isinstance(st, OSError):
+                continue  # the commit's walk says why
+            if stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                yield path, st
+            elif (
+                stat.S_ISDIR(st.st_mode)
+                and (st.st_dev, st.st_ino) != skip_folder
+                and not (devices and st.st_dev not in devices)
+            ):
+                try:
+                    names = sorted([e.name for e in os.scandir(path)])
+                except OSError:
+                    continue
+                prefix = path if path.endswith(b"/") else path + b"/"
+                if excludes:
+                    fulls = [full for n in names if not excludes.matches(full := prefix + n)]
+                else:
+                    fulls = [prefix + n for n in names]
+                ahead = stats.slow(path, st.st_dev)
+                levels.append(zip(fulls, stats.lstats(fulls, ahead), strict=True))
+    finally:
+        stats.close()
 
 
 def cut(files: list[tuple[bytes, int]], n: int, region: int) -> list[list[Part]]:

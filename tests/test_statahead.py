@@ -1,0 +1,138 @@
+"""Stats taken ahead on filesystems where each one waits for a server (bcdr/archive/statahead.py):
+in the folder's order, errors kept in place, bounded, off on local filesystems; and the walks
+that use them (a backup's, a sharded run's plan and commit) over a real FUSE filesystem whose
+every stat waits, as a network filesystem's does (tests/slowfs.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bcdr.archive.statahead import AHEAD, StatAhead, slow_metadata
+from tests.conftest import restored_root, run_process, write_tree
+from tests.slowfs import counts, reset
+from tests.test_shards import _trees
+
+SLOWFS = Path(__file__).resolve().parent / "slowfs.py"
+
+
+def test_which_filesystems_answer_a_stat_over_the_network() -> None:
+    for fstype in ("nfs", "nfs4", "lustre", "beegfs", "cifs", "ceph", "gpfs", "fuse.sshfs"):
+        assert slow_metadata(fstype), fstype
+    local: list[str | None] = ["ext4", "xfs", "btrfs", "tmpfs", "overlay", None]
+    for other in local:
+        assert not slow_metadata(other), other
+
+
+def test_stats_ahead_are_the_stats_in_order_with_each_error_in_its_place(tmp_path: Path) -> None:
+    names = [f"f{i:04d}" for i in range(3 * AHEAD + 5)]
+    write_tree(tmp_path / "d", {n: n.encode() for n in names if not n.endswith("7")})
+    paths = [os.fsencode(tmp_path / "d" / n) for n in names]
+    stats = StatAhead("1")
+    try:
+        for ahead in (False, True):
+            got = list(stats.lstats(paths, ahead))
+            assert len(got) == len(paths)
+            for path, st in zip(paths, got, strict=True):
+                if path.endswith(b"7"):
+                    assert isinstance(st, FileNotFoundError)
+                else:
+                    assert not isinstance(st, OSError) and st.st_ino == os.lstat(path).st_ino
+        assert stats.taken_ahead == len(paths)
+        # a walk that stops early (an error in the folder) leaves nothing running behind it
+        walk = stats.lstats(paths, True)
+        next(walk)
+        walk.close()
+    finally:
+        stats.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("bcdr-stat")]
+
+
+def test_local_filesystems_are_walked_one_stat_at_a_time(tmp_path: Path) -> None:
+    stats = StatAhead()
+    st = os.lstat(tmp_path)
+    assert not stats.slow(os.fsencode(tmp_path), st.st_dev)  # the test machine's local disk
+    assert StatAhead("1").slow(os.fsencode(tmp_path), st.st_dev)
+    assert not StatAhead("0").slow(b"/", st.st_dev)
+
+
+@contextmanager
+def slow_mount(source: Path, mnt: Path, delay: float) -> Iterator[Path]:
+    """``source`` seen through tests/slowfs.py at ``mnt``."""
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(SLOWFS), str(source), str(mnt), str(delay)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"slowfs did not mount: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_walks_over_a_slow_filesystem_stat_side_by_side_and_save_the_same_tree(
+    tmp_path: Path,
+) -> None:
+    files = {f"d{d}/f{i:03d}.bin": os.urandom(100 + i) for d in range(2) for i in range(150)}
+    files["big.bin"] = os.urandom(3 << 20)
+    src = write_tree(tmp_path / "src", files)
+    os.symlink("d0/f000.bin", src / "link")
+    repo = tmp_path / "repo"
+    assert run_process("init", "--repo", repo).code == 0
+    with slow_mount(src, tmp_path / "mnt", 0.004) as mnt:
+        # the plan's walk alone: one stat at a time when told not to look ahead
+        off = {**os.environ, "BCDR_STAT_AHEAD": "0"}
+        reset(mnt)
+        r = run_process("shard", "plan", "--repo", repo, "--job", "p", "--shards", 2, mnt, env=off)
+        assert r.code == 0, r.err
+        calls, most = counts(mnt)
+        assert calls >= len(files) and most == 1
+        # FUSE is a filesystem whose stats are taken ahead: many wait at once
+        reset(mnt)
+        r = run_process("shard", "plan", "--repo", repo, "--job", "p", "--shards", 2, mnt)
+        assert r.code == 0, r.err
+        assert counts(mnt)[1] >= 8
+        for job, shards in (("whole", ()), ("sharded", ("--shards", 2))):
+            r = run_process("backup", "--repo", repo, "--job", job, *shards, mnt, "--json")
+            assert r.code == 0, r.err
+            assert r.json()["stats"]["files_new"] == len(files)
+        trees = _trees(repo, mnt)  # the folders above hold tmp's changing metadata
+        assert trees["whole"] == trees["sharded"]
+        # a backup's walk (and so a commit's): nothing changed, so nothing is read, only
+        # stat'ed; one at a time, or side by side
+        for env, expected in ((off, 1), (None, 8)):
+            reset(mnt)
+            r = run_process("backup", "--repo", repo, "--job", "whole", mnt, "--json", env=env)
+            assert r.code == 0, r.err
+            assert r.json()["stats"]["files_unchanged"] == len(files)
+            calls, most = counts(mnt)
+            assert calls >= len(files)
+            assert most == 1 if expected == 1 else most >= expected
+    out = tmp_path / "out"
+    assert (
+        run_process("restore", "--repo", repo, "latest", "--job", "whole", "--target", out).code
+        == 0
+    )
+    root = restored_root(out, mnt)
+    for name, body in files.items():
+        assert (root / name).read_bytes() == body
+    assert os.readlink(root / "link") == "d0/f000.bin"
