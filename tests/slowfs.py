@@ -1,10 +1,10 @@
-"""A read-only passthrough FUSE filesystem whose every ``getattr`` waits DELAY seconds, as a
-network filesystem's metadata server makes a stat wait: ``python tests/slowfs.py SOURCE
-MOUNTPOINT DELAY``. Through the real libfuse and the kernel's FUSE (no attribute or entry
-caching, so each ``lstat`` reaches it). It counts the ``getattr`` calls answered and the most
-that were waiting at once: how a walk over it stat'ed, one at a time or side by side. A stat of
-``/.slowfs-counts`` tells them (its size is ``calls * 1000 + most``; see :func:`counts`), one of
-``/.slowfs-reset`` zeroes them (and fails: no such file)."""
+"""A read-only passthrough FUSE filesystem whose every ``getattr`` and ``listxattr`` waits
+DELAY seconds, as a network filesystem's server makes a stat wait: ``python tests/slowfs.py
+SOURCE MOUNTPOINT DELAY``. Through the real libfuse and the kernel's FUSE (no attribute or
+entry caching, so each ``lstat`` reaches it). Per operation it counts the calls answered and
+the most that were waiting at once: how a walk over it asked, one at a time or side by side.
+A stat of ``/.slowfs-counts-OP`` tells them (its size is ``calls * 1000 + most``; see
+:func:`counts`), one of ``/.slowfs-reset`` zeroes them (and fails: no such file)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import mfusepy as fuse  # type: ignore[import-untyped]
@@ -20,12 +22,13 @@ import mfusepy as fuse  # type: ignore[import-untyped]
 ATTRS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size")
 TIMES = ("st_atime", "st_mtime", "st_ctime")
 RESET = "/.slowfs-reset"
-COUNTS = "/.slowfs-counts"
+COUNTS = "/.slowfs-counts-"
+OPS = ("getattr", "listxattr")
 
 
-def counts(mountpoint: str | os.PathLike[str]) -> tuple[int, int]:
-    """(getattr calls answered, the most that waited at once) since the last reset."""
-    size = os.stat(os.path.join(mountpoint, COUNTS.lstrip("/"))).st_size
+def counts(mountpoint: str | os.PathLike[str], op: str = "getattr") -> tuple[int, int]:
+    """(``op`` calls answered, the most that waited at once) since the last reset."""
+    size = os.stat(os.path.join(mountpoint, COUNTS.lstrip("/") + op)).st_size
     return size // 1000, size % 1000
 
 
@@ -40,36 +43,61 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
         self.source = source
         self.delay = delay
         self.counting = threading.Lock()
-        self.waiting = self.most = self.calls = 0
+        self.waiting = dict.fromkeys(OPS, 0)
+        self.most = dict.fromkeys(OPS, 0)
+        self.calls = dict.fromkeys(OPS, 0)
 
     def _real(self, path: str) -> str:
         return os.path.join(self.source, path.lstrip("/"))
 
+    @contextmanager
+    def _slow(self, op: str) -> Iterator[None]:
+        with self.counting:
+            self.waiting[op] += 1
+            self.most[op] = max(self.most[op], self.waiting[op])
+        try:
+            time.sleep(self.delay)
+            yield
+        finally:
+            with self.counting:
+                self.waiting[op] -= 1
+                self.calls[op] += 1
+
+    def _passed(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except OSError as exc:
+            raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
         if path == RESET:  # a look at this name starts the counts again
             with self.counting:
-                self.most = self.calls = 0
+                for op in OPS:
+                    self.most[op] = self.calls[op] = 0
             raise fuse.FuseOSError(errno.ENOENT)
-        if path == COUNTS:
+        if path.startswith(COUNTS) and path[len(COUNTS) :] in OPS:
+            op = path[len(COUNTS) :]
             with self.counting:
-                told = self.calls * 1000 + min(self.most, 999)
+                told = self.calls[op] * 1000 + min(self.most[op], 999)
             return {"st_mode": 0o100444, "st_nlink": 1, "st_size": told, "st_ino": 1 << 40}
-        with self.counting:
-            self.waiting += 1
-            self.most = max(self.most, self.waiting)
-        try:
-            time.sleep(self.delay)
-            try:
-                st = os.lstat(self._real(path))
-            except OSError as exc:
-                raise fuse.FuseOSError(exc.errno or errno.EIO) from None
-        finally:
-            with self.counting:
-                self.waiting -= 1
-                self.calls += 1
+        with self._slow("getattr"):
+            st = self._passed(lambda: os.lstat(self._real(path)))
         out = {k: getattr(st, k) for k in ATTRS}
         out.update({k: getattr(st, k + "_ns") for k in TIMES})
         return out
+
+    def listxattr(self, path: str) -> list[str]:
+        with self._slow("listxattr"):
+            names: list[str] = self._passed(
+                lambda: os.listxattr(self._real(path), follow_symlinks=False)
+            )
+            return names
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        value: bytes = self._passed(
+            lambda: os.getxattr(self._real(path), name, follow_symlinks=False)
+        )
+        return value
 
     def readdir(self, path: str, fh: Any) -> list[tuple[str, dict[str, int], int]]:
         # each entry with its inode (``use_ino``: an entry without one reads as deleted)
@@ -94,12 +122,6 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
     def release(self, path: str, fh: int) -> int:
         os.close(fh)
         return 0
-
-    def listxattr(self, path: str) -> list[str]:
-        return []
-
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        raise fuse.FuseOSError(errno.ENODATA)
 
 
 def main() -> None:

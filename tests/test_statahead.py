@@ -96,6 +96,8 @@ def test_walks_over_a_slow_filesystem_stat_side_by_side_and_save_the_same_tree(
     files["big.bin"] = os.urandom(3 << 20)
     src = write_tree(tmp_path / "src", files)
     os.symlink("d0/f000.bin", src / "link")
+    os.setxattr(src / "d0", "user.team", b"vision")  # a folder's, read with its parent's
+    os.setxattr(src / "d1" / "f007.bin", "user.origin", b"s3://bucket/f007")
     repo = tmp_path / "repo"
     assert run_process("init", "--repo", repo).code == 0
     with slow_mount(src, tmp_path / "mnt", 0.004) as mnt:
@@ -111,12 +113,22 @@ def test_walks_over_a_slow_filesystem_stat_side_by_side_and_save_the_same_tree(
         r = run_process("shard", "plan", "--repo", repo, "--job", "p", "--shards", 2, mnt)
         assert r.code == 0, r.err
         assert counts(mnt)[1] >= 8
-        for job, shards in (("whole", ()), ("sharded", ("--shards", 2))):
-            r = run_process("backup", "--repo", repo, "--job", job, *shards, mnt, "--json")
+        # a first backup reads every entry's extended attributes: ahead too, where no
+        # parent snapshot holds the folder
+        for job, shards, env, most_xattrs in (
+            ("serial", (), off, 1),
+            ("whole", (), None, 8),
+            ("sharded", ("--shards", 2), None, 8),
+        ):
+            reset(mnt)
+            r = run_process("backup", "--repo", repo, "--job", job, *shards, mnt, "--json", env=env)
             assert r.code == 0, r.err
             assert r.json()["stats"]["files_new"] == len(files)
+            calls, most = counts(mnt, "listxattr")
+            assert calls >= len(files), job
+            assert most == 1 if most_xattrs == 1 else most >= most_xattrs, (job, most)
         trees = _trees(repo, mnt)  # the folders above hold tmp's changing metadata
-        assert trees["whole"] == trees["sharded"]
+        assert trees["whole"] == trees["sharded"] == trees["serial"]
         # a backup's walk (and so a commit's): nothing changed, so nothing is read, only
         # stat'ed; one at a time, or side by side
         for env, expected in ((off, 1), (None, 8)):
@@ -135,4 +147,7 @@ def test_walks_over_a_slow_filesystem_stat_side_by_side_and_save_the_same_tree(
     root = restored_root(out, mnt)
     for name, body in files.items():
         assert (root / name).read_bytes() == body
+    assert os.getxattr(root / "d0", "user.team") == b"vision"
+    assert os.getxattr(root / "d1" / "f007.bin", "user.origin") == b"s3://bucket/f007"
+    assert os.listxattr(root / "d1") == []
     assert os.readlink(root / "link") == "d0/f000.bin"

@@ -22,7 +22,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import SAFETENSORS, Segment, file_segments
 from bcdr.archive.statahead import Stat, StatAhead
-from bcdr.archive.xattrs import read_xattrs
+from bcdr.archive.xattrs import Xattrs, read_xattrs
 from bcdr.errors import CorruptObject
 from bcdr.memory import big_buffers_ahead
 from bcdr.repository.chunker import Readable
@@ -238,9 +238,15 @@ class Archiver:
     # -- entries -----------------------------------------------------------------------------
 
     def _save_path(
-        self, path: bytes, name: bytes, pnode: Node | None, ahead: Stat | None = None
+        self,
+        path: bytes,
+        name: bytes,
+        pnode: Node | None,
+        ahead: Stat | None = None,
+        xattrs: Xattrs | None = None,
     ) -> Node | None:
-        """``ahead``: the path's ``lstat`` (or its error) taken already (statahead)."""
+        """``ahead``, ``xattrs``: the path's ``lstat`` (or its error) and extended
+        attributes, read already (bcdr/archive/statahead.py)."""
         try:
             if ahead is None:
                 st = os.lstat(path)
@@ -256,20 +262,25 @@ class Archiver:
             return None
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            return self._save_file(path, name, st, pnode)
+            return self._save_file(path, name, st, pnode, xattrs)
         if stat.S_ISDIR(mode):
             if (st.st_dev, st.st_ino) == self._repo_folder:
                 self.problems.warn(path, "the repository itself: not backed up into itself")
                 return None
-            return self._save_dir(path, name, st, pnode)
+            return self._save_dir(path, name, st, pnode, xattrs)
         if stat.S_ISLNK(mode):
-            return self._save_symlink(path, name, st)
+            return self._save_symlink(path, name, st, xattrs)
         kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
         self.problems.warn(path, f"{kind} skipped (special files are not backed up)")
         return None
 
     def _save_dir(
-        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        pnode: Node | None,
+        xattrs: Xattrs | None = None,
     ) -> Node | None:
         if self.one_file_system and self._devices and st.st_dev not in self._devices:
             mount = _dir_node(name, st, None)
@@ -292,8 +303,10 @@ class Archiver:
                 names = [c for c in names if not self.excludes.matches(prefix + c)]
             fulls = [prefix + child for child in names]
             stats = self._stats.lstats(fulls, True)
-            for full, child, ahead in zip(fulls, names, stats, strict=True):
-                node = self._save_path(full, child, parent.get(child), ahead)
+            # a folder no parent snapshot holds: every entry's attributes are read, so ahead
+            attrs = self._stats.xattrs(fulls) if not parent else iter([None] * len(fulls))
+            for full, child, ahead, its_attrs in zip(fulls, names, stats, attrs, strict=True):
+                node = self._save_path(full, child, parent.get(child), ahead, its_attrs)
                 if node is not None:
                     nodes.append(node)
         else:
@@ -306,7 +319,7 @@ class Archiver:
                     nodes.append(node)
         self.stats.dirs += 1
         node = _dir_node(name, st, None)
-        node.xattrs = read_xattrs(path)
+        node.xattrs = read_xattrs(path) if xattrs is None else xattrs
         self._save_tree(node, nodes, parent, pnode)
         return node
 
@@ -324,17 +337,25 @@ class Archiver:
             return False
         return self.repo.reusable([pnode.subtree])
 
-    def _save_symlink(self, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+    def _save_symlink(
+        self, path: bytes, name: bytes, st: os.stat_result, xattrs: Xattrs | None = None
+    ) -> Node | None:
         try:
             target = os.readlink(path)
         except OSError as exc:
             self._skip(path, f"cannot read link: {exc.strerror}")
             return None
         self.stats.symlinks += 1
-        return Node(name, SYMLINK, **_meta(st), target=target, xattrs=read_xattrs(path))
+        attrs = read_xattrs(path) if xattrs is None else xattrs
+        return Node(name, SYMLINK, **_meta(st), target=target, xattrs=attrs)
 
     def _save_file(
-        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        pnode: Node | None,
+        xattrs: Xattrs | None = None,
     ) -> Node | None:
         self.stats.bytes_total += st.st_size
         link_key = (st.st_dev, st.st_ino)
@@ -353,7 +374,7 @@ class Archiver:
                 self._tick(path)
             return pnode
         node = _file_node(name, st)
-        node.xattrs = read_xattrs(path)
+        node.xattrs = read_xattrs(path) if xattrs is None else xattrs
         if st.st_nlink > 1 and link_key in self._hardlinks:
             first = self._hardlinks[link_key]
             node.content, node.digest = first.content, first.digest
