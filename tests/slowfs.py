@@ -1,10 +1,11 @@
-"""A read-only passthrough FUSE filesystem whose every ``getattr`` and ``listxattr`` waits
-DELAY seconds, as a network filesystem's server makes a stat wait: ``python tests/slowfs.py
-SOURCE MOUNTPOINT DELAY``. Through the real libfuse and the kernel's FUSE (no attribute or
-entry caching, so each ``lstat`` reaches it). Per operation it counts the calls answered and
-the most that were waiting at once: how a walk over it asked, one at a time or side by side.
-A stat of ``/.slowfs-counts-OP`` tells them (its size is ``calls * 1000 + most``; see
-:func:`counts`), one of ``/.slowfs-reset`` zeroes them (and fails: no such file)."""
+"""A passthrough FUSE filesystem whose every ``getattr`` and ``listxattr`` waits DELAY
+seconds, as a network filesystem's server makes a stat wait: ``python tests/slowfs.py SOURCE
+MOUNTPOINT DELAY [--writable]`` (read-only unless told; writable: what a restore into it
+needs). Through the real libfuse and the kernel's FUSE (no attribute or entry caching, so each
+``lstat`` reaches it). Per operation it counts the calls answered and the most that were
+waiting at once: how a walk over it asked, one at a time or side by side. A stat of
+``/.slowfs-counts-OP`` tells them (its size is ``calls * 1000 + most``; see :func:`counts`),
+one of ``/.slowfs-reset`` zeroes them (and fails: no such file)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def reset(mountpoint: str | os.PathLike[str]) -> None:
 class SlowFS(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, source: str, delay: float):
+    def __init__(self, source: str, delay: float, writable: bool = False):
         self.source = source
         self.delay = delay
+        self.writable = writable
         self.counting = threading.Lock()
         self.waiting = dict.fromkeys(OPS, 0)
         self.most = dict.fromkeys(OPS, 0)
@@ -114,7 +116,9 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
         return os.readlink(self._real(path))
 
     def open(self, path: str, flags: int) -> int:
-        return os.open(self._real(path), os.O_RDONLY)
+        if not self.writable:
+            flags = os.O_RDONLY
+        return int(self._passed(lambda: os.open(self._real(path), flags & ~os.O_CREAT)))
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return os.pread(fh, size, offset)
@@ -123,15 +127,84 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
         os.close(fh)
         return 0
 
+    # -- writable (``--writable``): what a restore into it does -----------------------------
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        return int(self._passed(lambda: os.open(self._real(path), flags, mode)))
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return int(self._passed(lambda: os.pwrite(fh, data, offset)))
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        self._passed(lambda: os.truncate(self._real(path), length))
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self._passed(lambda: os.fsync(fh))
+        return 0
+
+    def flush(self, path: str, fh: int) -> int:
+        return 0
+
+    def mkdir(self, path: str, mode: int) -> int:
+        self._passed(lambda: os.mkdir(self._real(path), mode))
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        self._passed(lambda: os.rmdir(self._real(path)))
+        return 0
+
+    def unlink(self, path: str) -> int:
+        self._passed(lambda: os.unlink(self._real(path)))
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        self._passed(lambda: os.rename(self._real(old), self._real(new)))
+        return 0
+
+    def link(self, target: str, source: str) -> int:  # ln SOURCE TARGET
+        self._passed(lambda: os.link(self._real(source), self._real(target)))
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:  # ln -s SOURCE TARGET
+        self._passed(lambda: os.symlink(source, self._real(target)))
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        self._passed(lambda: os.chmod(self._real(path), mode, follow_symlinks=False))
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._passed(lambda: os.chown(self._real(path), uid, gid, follow_symlinks=False))
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        real = self._real(path)
+        now = time.time_ns()
+        self._passed(lambda: os.utime(real, ns=times or (now, now), follow_symlinks=False))
+        return 0
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        real = self._real(path)
+        self._passed(lambda: os.setxattr(real, name, value, options, follow_symlinks=False))
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        st = os.statvfs(self._real(path))
+        keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
+        return {k: getattr(st, k) for k in keys} | {"f_namemax": st.f_namemax}
+
 
 def main() -> None:
     source, mountpoint, delay = sys.argv[1:4]
-    ops = SlowFS(os.path.abspath(source), float(delay))
+    writable = sys.argv[4:5] == ["--writable"]
+    ops = SlowFS(os.path.abspath(source), float(delay), writable)
     fuse.FUSE(
         ops,
         mountpoint,
         foreground=True,
-        ro=True,
+        ro=not writable,
         nothreads=False,
         use_ino=True,
         attr_timeout=0,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bcdr.archive.statahead import AHEAD, StatAhead, slow_metadata
-from tests.conftest import restored_root, run_process, write_tree
+from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
 from tests.slowfs import counts, reset
 from tests.test_shards import _trees
 
@@ -65,11 +65,12 @@ def test_local_filesystems_are_walked_one_stat_at_a_time(tmp_path: Path) -> None
 
 
 @contextmanager
-def slow_mount(source: Path, mnt: Path, delay: float) -> Iterator[Path]:
+def slow_mount(source: Path, mnt: Path, delay: float, *, writable: bool = False) -> Iterator[Path]:
     """``source`` seen through tests/slowfs.py at ``mnt``."""
     mnt.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, str(SLOWFS), str(source), str(mnt), str(delay)],
+        [sys.executable, str(SLOWFS), str(source), str(mnt), str(delay)]
+        + (["--writable"] if writable else []),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -151,3 +152,44 @@ def test_walks_over_a_slow_filesystem_stat_side_by_side_and_save_the_same_tree(
     assert os.getxattr(root / "d1" / "f007.bin", "user.origin") == b"s3://bucket/f007"
     assert os.listxattr(root / "d1") == []
     assert os.readlink(root / "link") == "d0/f000.bin"
+
+
+def test_a_sharded_restores_finish_checks_files_side_by_side_on_a_slow_target(
+    tmp_path: Path,
+) -> None:
+    """The finish of a sharded restore checks that every file a part restored is in place:
+    on a target whose stats wait (a shared filesystem, where such restores go) it checks each
+    folder's files side by side, through one descriptor of the folder; the restore is the
+    same either way, and a file no part restored is still named."""
+    files = {f"d{d}/f{i:03d}.bin": os.urandom(50 + i) for d in range(2) for i in range(100)}
+    src = write_tree(tmp_path / "src", files)
+    os.link(src / "d0" / "f001.bin", src / "d1" / "linked.bin")
+    os.symlink("f002.bin", src / "d0" / "link")
+    repo = tmp_path / "repo"
+    assert run_process("init", "--repo", repo).code == 0
+    assert run_process("backup", "--repo", repo, src).code == 0
+    (tmp_path / "real").mkdir()
+    off = {**os.environ, "BCDR_STAT_AHEAD": "0"}
+    with slow_mount(tmp_path / "real", tmp_path / "mnt", 0.002, writable=True) as mnt:
+        for target, env, expected in (("serial", off, 1), ("ahead", None, 8)):
+            out = mnt / target
+            for i in range(2):
+                r = run_process(
+                    "restore", "--repo", repo, "latest", "--target", out, "--part", f"{i}/2"
+                )
+                assert r.code == 0, r.err
+            reset(mnt)
+            r = run_process(
+                "restore", "--repo", repo, "latest", "--target", out, "--finish", env=env
+            )
+            assert r.code == 0, r.err
+            most = counts(mnt)[1]
+            assert most == 1 if expected == 1 else most >= expected, (target, most)
+            assert snapshot_tree(restored_root(tmp_path / "real" / target, src)) == snapshot_tree(
+                src
+            )
+        # a file a part should have restored and did not: named by the finish
+        gone = restored_root(mnt / "ahead", src) / "d1" / "f050.bin"
+        gone.unlink()
+        r = run_process("restore", "--repo", repo, "latest", "--target", mnt / "ahead", "--finish")
+        assert r.code != 0 and "d1/f050.bin" in r.out + r.err

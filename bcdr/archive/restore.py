@@ -17,10 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from bcdr.archive.beneath import Beneath, parent_of
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
+from bcdr.archive.statahead import StatAhead
 from bcdr.archive.xattrs import apply_xattrs, count_skipped
 from bcdr.errors import BcdrError
 from bcdr.memory import KEEP_WITH_WORKERS, big_buffers_ahead
@@ -105,6 +107,8 @@ class Restorer:
         self._planned = 0  # bytes of the files submitted (the total, once the walk is done)
         self._walk_done = False
         self._last_path = b""
+        self._stats = StatAhead()  # finish: each folder's files checked side by side (slow fs)
+        self._in_place_ahead: dict[bytes, int | OSError] = {}  # dest -> its size (-1: not a file)
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
@@ -124,6 +128,7 @@ class Restorer:
         finally:
             sys.setrecursionlimit(old_limit)
             self._walk_done = True
+            self._stats.close()
             self._files.wait(self._live_tick if self.progress is not None else None)
             self._files.close_root()
         self._collect_files()
@@ -178,6 +183,7 @@ class Restorer:
             self._error(rel or b"/", f"cannot read directory listing: {exc}")
             return False
         restored = False
+        checked = self._check_ahead(nodes, rel) if self._finish else []
         for node in nodes:
             snap_path = rel + b"/" + node.name
             inc = included or (self.includes is not None and self.includes.matches(snap_path))
@@ -186,6 +192,8 @@ class Restorer:
             elif inc:
                 restored = True
                 self._restore_entry(node, snap_path)
+        for dest in checked:  # not looked at (left out, or a hardlink's other name)
+            self._in_place_ahead.pop(dest, None)
         return restored
 
     def _dest(self, snap_path: bytes) -> bytes:
@@ -314,16 +322,42 @@ class Restorer:
         self._planned += node.size
         self._tick(snap_path)
 
+    def _check_ahead(self, nodes: list[Node], rel: bytes) -> list[bytes]:
+        """(finish) Where the target's filesystem is slow to answer a stat (Lustre, NFS...:
+        bcdr/archive/statahead.py), stat this folder's files side by side now, through one
+        descriptor of the folder opened beneath the target, for :meth:`_in_place`; the paths
+        checked."""
+        names = [n.name for n in nodes if n.type == FILE]
+        if len(names) < 2:
+            return []
+        folder = self._dest(rel) if rel else self.target
+        try:
+            fd = self._beneath.folder(folder)
+        except (OSError, BcdrError):
+            return []  # each file's own check says what is wrong
+        try:
+            if not self._stats.slow(folder, os.fstat(fd).st_dev):
+                return []
+            dests = [os.path.join(folder, name) for name in names]
+            sizes = self._stats.map(partial(_size_at, fd), names)
+            self._in_place_ahead.update(zip(dests, sizes, strict=True))
+        finally:
+            os.close(fd)
+        return dests
+
     def _in_place(self, node: Node, dest: bytes, snap_path: bytes) -> None:
         """(finish) A part restored this file, verified, and renamed it into place: it is
         there, a regular file of its size (a part that did not run leaves it missing)."""
-        with parent_of(self._beneath, dest) as (dir_fd, name):
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                self._error(snap_path, "not restored (the part that holds it did not finish)")
-                return
-        if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+        size = self._in_place_ahead.pop(dest, None)
+        if size is None:
+            with parent_of(self._beneath, dest) as (dir_fd, name):
+                size = _size_at(dir_fd, name)
+        if isinstance(size, FileNotFoundError):
+            self._error(snap_path, "not restored (the part that holds it did not finish)")
+            return
+        if isinstance(size, OSError):
+            raise size
+        if size != node.size:
             self._error(snap_path, "not the restored file (not a regular file of its size)")
             return
         self._files.done[(node.dev, node.inode)] = dest
@@ -412,6 +446,16 @@ class Restorer:
             self.stats.bytes_written = max(self._files.bytes_written, self._files.live_bytes)
             self.stats.bytes_planned = self._planned if self._walk_done else 0
             self.progress(self.stats, path)
+
+
+def _size_at(dir_fd: int, name: bytes) -> int | OSError:
+    """The size of the regular file ``name`` in the folder ``dir_fd`` (-1: there, but not a
+    regular file), or the error its stat gave."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        return exc
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
 
 def _remove_existing(dir_fd: int, name: bytes) -> None:

@@ -8,7 +8,8 @@ walks (a backup's, a sharded run's plan and commit, the progress line's count) t
 folder's entries' stats from a pool of THREADS threads, which keeps up to AHEAD of them in
 flight (``lstat`` releases the GIL), and use them in the folder's order; in a folder whose
 entries are all new (no parent snapshot holds it) their extended attributes too, which a
-backup reads for every new entry. On a local filesystem
+backup reads for every new entry. A sharded restore's finish checks each folder's restored
+files the same way. On a local filesystem
 a stat is a microsecond of CPU: there the entries are stat'ed one at a time in the walking
 thread, when reached, as if this module did not exist.
 
@@ -97,14 +98,16 @@ class StatAhead:
             for path in paths:
                 yield _lstat(path)
             return
-        yield from self._ahead(_lstat, paths)
+        yield from self.map(_lstat, paths)
 
     def xattrs(self, paths: Iterable[bytes]) -> Generator[Xattrs, None, None]:
         """:func:`read_xattrs` of each path, in order, taken ahead by the threads (for a
         folder whose every entry is new: each has its attributes read anyway)."""
-        yield from self._ahead(read_xattrs, paths)
+        yield from self.map(read_xattrs, paths)
 
-    def _ahead(self, fn: Callable[[bytes], T], paths: Iterable[bytes]) -> Generator[T, None, None]:
+    def map(self, fn: Callable[[bytes], T], paths: Iterable[bytes]) -> Generator[T, None, None]:
+        """``fn(path)`` of each path, in order, run by the threads up to AHEAD ahead of the
+        caller; ``fn`` must not raise (return the error instead)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="bcdr-stat")
         pool = self._pool
