@@ -15,7 +15,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ from bcdr.actions.common import open_repo
 from bcdr.actions.prune import prune
 from bcdr.actions.shard import commit_run, describe_manifest, plan_run, run_shard
 from bcdr.archive.backup import GREW
-from bcdr.archive.shards import load_receipts
+from bcdr.archive.shards import load_manifest, load_receipts, new_run_nonce, save_manifest
 from bcdr.clock import FakeClock
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
@@ -246,9 +248,10 @@ def test_an_incremental_plan_shares_out_only_what_changed(tmp_path: Path) -> Non
     r = open_repo(str(repo))
     try:
         manifest = plan_run(r, (str(src),), 2, job="j")
-        planned = {Path(os.fsdecode(p.path)) for shard in manifest.shards for p in shard}
+        shards = [manifest.parts(i) for i in range(manifest.count)]
+        planned = {Path(os.fsdecode(p.path)) for shard in shards for p in shard}
         assert planned == changed  # the unchanged hardlinked file too is left out
-        assert all(manifest.shards), "both shards have a part of what changed"
+        assert all(shards), "both shards have a part of what changed"
         regular = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
         assert manifest.files == len(regular) - 1  # the hardlink counted once
         assert manifest.unchanged == manifest.files - len(planned)
@@ -339,6 +342,40 @@ def test_one_file_system_with_shards_keeps_mount_points_empty(tmp_path: Path) ->
         r = run_process("backup", "--repo", repo, "--job", "s", "--shards", 2, src, "--json")
         assert r.code == 0, r.err  # without -x the other filesystem is read
         assert "other-fs.bin" in run_process("ls", "--repo", repo, "latest", "--job", "s").out
+
+
+def test_a_shard_decodes_only_its_own_parts_of_a_manifest_stored_as_before(
+    tmp_path: Path,
+) -> None:
+    """The manifest keeps each shard's parts encoded, so a shard of a run of millions of files
+    decodes its own, not the run's; the stored bytes are those of a manifest whose parts were
+    decoded whole (a node with an older bcdr reads it), and one without the per-shard byte
+    counts still tells them."""
+    src = _source(tmp_path)
+    repo = tmp_path / "repo"
+    _init(repo)
+    r = open_repo(str(repo))
+    try:
+        manifest = plan_run(r, (str(src),), 3, job="j")
+        loaded = load_manifest(r, manifest.run)
+        assert all(isinstance(raw, msgspec.Raw) for raw in loaded.shards)
+        parts = [loaded.parts(i) for i in range(loaded.count)]
+        assert loaded.sizes() == list(loaded.shard_bytes)
+        assert loaded.sizes() == [sum(p.end - p.start for p in ps) for ps in parts]
+        assert sum(len(ps) for ps in parts) >= len(list(src.rglob("*.jsonl")))
+        stored = r.storage.get(f"shards/{manifest.run}/manifest")
+        doc = msgspec.msgpack.decode(zstandard.decompress(r.cipher.open(stored, b"shard", "m")))
+        assert [[tuple(p) for p in ps] for ps in doc["shards"]] == [
+            [(p.path, p.start, p.end, p.size) for p in ps] for ps in parts
+        ]
+        older = save_manifest(
+            r, msgspec.structs.replace(loaded, run=new_run_nonce(), shard_bytes=[])
+        )
+        again = load_manifest(r, older.run)
+        assert again.shard_bytes == [] and again.sizes() == loaded.sizes()
+        assert again.parts(1) == parts[1]
+    finally:
+        r.close()
 
 
 def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from bcdr.archive.shards import (
     PreparedFiles,
     Receipt,
     cut,
+    encode_shards,
     list_runs,
     load_manifest,
     load_receipt,
@@ -105,6 +106,7 @@ def plan_run(
             else:
                 files.append((p, st.st_size))
         region = repo.config.chunker.region
+        encoded, shard_bytes = encode_shards(cut(files, shards, region))
         manifest = Manifest(
             run=new_run_nonce(),
             created=repo.clock.now().isoformat(),
@@ -113,7 +115,8 @@ def plan_run(
             job=job,
             parent=parent.id if parent is not None else None,
             region=region,
-            shards=cut(files, shards, region),
+            shards=encoded,
+            shard_bytes=shard_bytes,
             files=len(files) + unchanged,
             bytes=sum(size for _, size in files) + unchanged_bytes,
             tags=list(tags),
@@ -148,12 +151,12 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
     with repo.lock(BACKUP) as lock:
         load_for_writing(repo)
         parent = None
-        if not manifest.force_read and any(p.size < 0 for ps in manifest.shards for p in ps):
+        parts = manifest.parts(index)
+        if not manifest.force_read and any(p.size < 0 for p in parts):
             parent = _parent_lookup(repo, manifest)  # an older manifest: the shard compares
         archiver = Archiver(repo)
         reads: list[PartRead] = []
         skipped = 0
-        parts = manifest.shards[index]
         smalls = sum(
             1
             for p in parts
@@ -691,7 +694,7 @@ def run_shards(
 
 
 def describe_manifest(manifest: Manifest) -> str:
-    sizes = [sum(p.end - p.start for p in s) for s in manifest.shards]
+    sizes = manifest.sizes()
     unchanged = (
         f", {manifest.unchanged} unchanged since the parent "
         f"({human_bytes(manifest.unchanged_bytes)}, in no shard)"

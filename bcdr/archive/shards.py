@@ -63,7 +63,10 @@ class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     job: str | None = None
     parent: str | None = None  # the snapshot every shard and the commit compare against
     region: int = 0
-    shards: list[list[Part]] = []
+    # Each shard's parts (a list[Part]), kept encoded: a shard decodes its own (:meth:`parts`),
+    # not the whole run's (a run of ten million files is a gigabyte of parts decoded).
+    shards: list[msgspec.Raw] = []
+    shard_bytes: list[int] = []  # each shard's bytes to read (empty: a manifest before them)
     files: int = 0
     bytes: int = 0
     tags: list[str] = []
@@ -75,6 +78,27 @@ class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def count(self) -> int:
         return len(self.shards)
+
+    def parts(self, index: int) -> list[Part]:
+        """Shard ``index``'s parts."""
+        try:
+            return msgspec.msgpack.decode(self.shards[index], type=list[Part])
+        except msgspec.DecodeError as exc:
+            raise CorruptObject(
+                f"run {self.run}: shard {index}'s parts do not decode ({exc})"
+            ) from None
+
+    def sizes(self) -> list[int]:
+        """Each shard's bytes to read."""
+        if len(self.shard_bytes) == self.count:
+            return list(self.shard_bytes)
+        return [sum(p.end - p.start for p in self.parts(i)) for i in range(self.count)]
+
+
+def encode_shards(shards: list[list[Part]]) -> tuple[list[msgspec.Raw], list[int]]:
+    """The ``shards`` and ``shard_bytes`` of a manifest of these shards."""
+    encoded = [msgspec.Raw(msgspec.msgpack.encode(parts)) for parts in shards]
+    return encoded, [sum(p.end - p.start for p in parts) for parts in shards]
 
 
 class PartReceipt(msgspec.Struct, array_like=True, frozen=True, gc=False):
