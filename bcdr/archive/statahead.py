@@ -9,15 +9,15 @@ folder's entries' stats from a pool of THREADS threads, which keeps up to AHEAD 
 flight (``lstat`` releases the GIL), and use them in the folder's order; in a folder whose
 entries are all new (no parent snapshot holds it) their extended attributes too, which a
 backup reads for every new entry. A sharded restore's finish checks each folder's restored
-files the same way. On a local filesystem
-a stat is a microsecond of CPU: there the entries are stat'ed one at a time in the walking
-thread, when reached, as if this module did not exist.
+files the same way. On a local filesystem a stat is a microsecond of CPU: there the entries
+are stat'ed one at a time in the walking thread, when reached, as if this module did not exist.
 
 ``BCDR_STAT_AHEAD=0`` never stats ahead; ``=1`` always does (any filesystem).
 
-Stats taken ahead are up to AHEAD entries older when the walk reaches them. A walk is not a
-snapshot of one instant either way: a file changed just after its stat is saved as it was read
-(its content and times are those of the read: bcdr/archive/backup.py), as it is now.
+A stat taken ahead is up to AHEAD entries older when the walk reaches it, and the walk goes by
+what it found, as it goes by a stat taken just before: a file unchanged then keeps the parent
+snapshot's node; one read is saved as read (bcdr/archive/backup.py). A walk was never one
+instant.
 """
 
 from __future__ import annotations
