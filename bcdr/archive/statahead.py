@@ -9,8 +9,9 @@ folder's entries' stats from a pool of THREADS threads, which keeps up to AHEAD 
 flight (``lstat`` releases the GIL), and use them in the folder's order; in a folder whose
 entries are all new (no parent snapshot holds it) their extended attributes too, which a
 backup reads for every new entry. A sharded restore's finish checks each folder's restored
-files the same way. On a local filesystem a stat is a microsecond of CPU: there the entries
-are stat'ed one at a time in the walking thread, when reached, as if this module did not exist.
+files the same way, and a drill reads its restored files back side by side. On a local
+filesystem a stat is a microsecond of CPU: there the entries are stat'ed one at a time in the
+walking thread, when reached, as if this module did not exist.
 
 ``BCDR_STAT_AHEAD=0`` never stats ahead; ``=1`` always does (any filesystem).
 
@@ -57,6 +58,7 @@ AHEAD = 128
 
 Stat = os.stat_result | OSError
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the items a map goes over
 
 
 def slow_metadata(fstype: str | None) -> bool:
@@ -76,8 +78,9 @@ class StatAhead:
     is slow to answer (:func:`slow_metadata`), else one by one when reached. Not shared
     between threads; :meth:`close` ends its threads (a process forks only without them)."""
 
-    def __init__(self, mode: str | None = None):
+    def __init__(self, mode: str | None = None, *, threads: int = THREADS):
         self._mode = os.environ.get("BCDR_STAT_AHEAD", "") if mode is None else mode
+        self._threads = threads
         self._slow: dict[int, bool] = {}  # device -> slow, looked up once per device met
         self._pool: ThreadPoolExecutor | None = None
         self.taken_ahead = 0  # stats taken by the threads (what tests and figures look at)
@@ -105,16 +108,23 @@ class StatAhead:
         folder whose every entry is new: each has its attributes read anyway)."""
         yield from self.map(read_xattrs, paths)
 
-    def map(self, fn: Callable[[bytes], T], paths: Iterable[bytes]) -> Generator[T, None, None]:
-        """``fn(path)`` of each path, in order, run by the threads up to AHEAD ahead of the
-        caller; ``fn`` must not raise (return the error instead)."""
+    def map(
+        self, fn: Callable[[I], T], items: Iterable[I], ahead: bool = True
+    ) -> Generator[T, None, None]:
+        """``fn(item)`` of each item, in order: run by the threads up to AHEAD ahead of the
+        caller, or (not ``ahead``) by the caller as it asks. ``fn`` must not raise (it
+        returns the error instead)."""
+        if not ahead:
+            for item in items:
+                yield fn(item)
+            return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="bcdr-stat")
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="bcdr-stat")
         pool = self._pool
         pending: deque[Future[T]] = deque()
         try:
-            for path in paths:
-                pending.append(pool.submit(fn, path))
+            for item in items:
+                pending.append(pool.submit(fn, item))
                 if len(pending) >= AHEAD:
                     yield pending.popleft().result()
                     self.taken_ahead += 1
