@@ -21,6 +21,8 @@ from bcdr.actions.drill import DrillReport
 from bcdr.actions.drill import _files as drill_files
 from bcdr.actions.drill import _verify as verify_restored
 from bcdr.archive.statahead import AHEAD, StatAhead, slow_metadata
+from bcdr.repository.hashing import fingerprint
+from bcdr.repository.tree import FILE, Node
 from tests.conftest import restored_root, run_process, snapshot_tree, write_tree
 from tests.slowfs import counts, reset
 from tests.test_shards import _trees
@@ -242,3 +244,19 @@ def test_a_drill_reads_its_scratch_back_side_by_side_on_a_slow_filesystem(
         ("d0/f007.bin", "digest"),
         ("d1/f013.bin", "not"),
     ]
+
+
+def test_a_file_that_opens_and_cannot_be_read_back_is_a_finding(tmp_path: Path) -> None:
+    """What stands where a restored file should be and cannot be read (here a folder) is
+    told for that path, and the drill goes on with the others."""
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "ok.bin").write_bytes(b"fine")
+    files = {"/sub": b"", "/ok.bin": b"fine"}
+    chosen = [
+        (os.fsencode(p), Node(os.fsencode(p[1:]), FILE, size=len(b), digest=fingerprint(b)))
+        for p, b in files.items()
+    ]
+    report = DrillReport(plan="p", drill="d", kind="backup", job="j", started="now")
+    verify_restored(report, str(tmp_path / "t"), chosen, set())
+    assert report.files_verified == 1
+    assert report.failures == [{"path": "/sub", "error": "cannot be read back: Is a directory"}]
