@@ -246,7 +246,7 @@ class Archiver:
         xattrs: Xattrs | None = None,
     ) -> Node | None:
         """``ahead``, ``xattrs``: the path's ``lstat`` (or its error) and extended
-        attributes, read already (bcdr/archive/statahead.py)."""
+        attributes, when taken already (bcdr/archive/statahead.py)."""
         try:
             if ahead is None:
                 st = os.lstat(path)
@@ -298,25 +298,19 @@ class Archiver:
         parent = self._parent_children(pnode, path)
         nodes = []
         prefix = path if path.endswith(b"/") else path + b"/"
-        if self._stats.slow(path, st.st_dev):  # a network filesystem: stats taken ahead
-            if self.excludes:
-                names = [c for c in names if not self.excludes.matches(prefix + c)]
-            fulls = [prefix + child for child in names]
-            stats = self._stats.lstats(fulls, True)
-            # a folder no parent snapshot holds: every entry's attributes are read, so ahead
-            attrs = self._stats.xattrs(fulls) if not parent else iter([None] * len(fulls))
-            for full, child, ahead, its_attrs in zip(fulls, names, stats, attrs, strict=True):
-                node = self._save_path(full, child, parent.get(child), ahead, its_attrs)
-                if node is not None:
-                    nodes.append(node)
-        else:
-            for child in names:
-                full = prefix + child
-                if self.excludes and self.excludes.matches(full):
-                    continue
-                node = self._save_path(full, child, parent.get(child))
-                if node is not None:
-                    nodes.append(node)
+        if self.excludes:
+            names = [c for c in names if not self.excludes.matches(prefix + c)]
+        fulls = [prefix + child for child in names]
+        # a network filesystem: the entries' stats taken ahead, and in a folder no parent
+        # snapshot holds (every entry's attributes are read) their attributes too
+        ahead = self._stats.slow(path, st.st_dev)
+        stats = self._stats.lstats(fulls, ahead)
+        attrs = self._stats.xattrs(fulls) if ahead and not parent else None
+        for full, child, its_stat in zip(fulls, names, stats, strict=True):
+            its_attrs = next(attrs) if attrs is not None else None
+            node = self._save_path(full, child, parent.get(child), its_stat, its_attrs)
+            if node is not None:
+                nodes.append(node)
         self.stats.dirs += 1
         node = _dir_node(name, st, None)
         node.xattrs = read_xattrs(path) if xattrs is None else xattrs

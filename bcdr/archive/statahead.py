@@ -83,7 +83,7 @@ class StatAhead:
         self._threads = threads
         self._slow: dict[int, bool] = {}  # device -> slow, looked up once per device met
         self._pool: ThreadPoolExecutor | None = None
-        self.taken_ahead = 0  # stats taken by the threads (what tests and figures look at)
+        self.taken_ahead = 0  # results the threads gave (what the tests look at)
 
     def slow(self, folder: bytes, device: int) -> bool:
         """Are ``folder``'s entries (on ``device``) stat'ed ahead?"""
@@ -97,16 +97,12 @@ class StatAhead:
     def lstats(self, paths: Iterable[bytes], ahead: bool) -> Generator[Stat, None, None]:
         """``os.lstat`` of each path, in order: the result, or the OSError it raised.
         ``ahead``: taken by the threads, up to AHEAD in flight; else each when reached."""
-        if not ahead:
-            for path in paths:
-                yield _lstat(path)
-            return
-        yield from self.map(_lstat, paths)
+        return self.map(_lstat, paths, ahead)
 
     def xattrs(self, paths: Iterable[bytes]) -> Generator[Xattrs, None, None]:
         """:func:`read_xattrs` of each path, in order, taken ahead by the threads (for a
         folder whose every entry is new: each has its attributes read anyway)."""
-        yield from self.map(read_xattrs, paths)
+        return self.map(read_xattrs, paths)
 
     def map(
         self, fn: Callable[[I], T], items: Iterable[I], ahead: bool = True
