@@ -108,6 +108,7 @@ class Restorer:
         self._walk_done = False
         self._last_path = b""
         self._stats = StatAhead()  # finish: each folder's files checked side by side (slow fs)
+        self._check_ahead_here = False  # finish: is the target on such a filesystem?
         self._in_place_ahead: dict[bytes, int | OSError] = {}  # dest -> its size (-1: not a file)
 
     def run(self, root_tree: bytes) -> RestoreStats:
@@ -120,6 +121,8 @@ class Restorer:
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
             os.makedirs(self.target, exist_ok=True)
+            if self._finish:
+                self._check_ahead_here = self._stats.slow(self.target, os.stat(self.target).st_dev)
             if self._part is not None:
                 self._mine = self._assign(root_tree, *self._part)
             else:  # a part never removes temporary files: another part's are being written
@@ -323,12 +326,13 @@ class Restorer:
         self._tick(snap_path)
 
     def _check_ahead(self, nodes: list[Node], rel: bytes) -> list[bytes]:
-        """(finish) Where the target's filesystem is slow to answer a stat (Lustre, NFS...:
-        bcdr/archive/statahead.py), stat this folder's files side by side now, through one
-        descriptor of the folder opened beneath the target, for :meth:`_in_place`; the paths
-        checked."""
+        """(finish) Where the target is on a filesystem slow to answer a stat (Lustre,
+        NFS...: bcdr/archive/statahead.py), stat this folder's files side by side now, through
+        one descriptor of the folder opened beneath the target, for :meth:`_in_place`; the
+        paths checked. Looked up once for the target: a folder mounted inside it goes as the
+        target does."""
         names = [n.name for n in nodes if n.type == FILE]
-        if len(names) < 2:
+        if not self._check_ahead_here or len(names) < 2:
             return []
         folder = self._dest(rel) if rel else self.target
         try:
@@ -336,8 +340,6 @@ class Restorer:
         except (OSError, BcdrError):
             return []  # each file's own check says what is wrong
         try:
-            if not self._stats.slow(folder, os.fstat(fd).st_dev):
-                return []
             dests = [os.path.join(folder, name) for name in names]
             sizes = self._stats.map(partial(_size_at, fd), names)
             self._in_place_ahead.update(zip(dests, sizes, strict=True))
