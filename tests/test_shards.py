@@ -26,8 +26,9 @@ from bcdr.actions.common import open_repo
 from bcdr.actions.prune import prune
 from bcdr.actions.shard import commit_run, describe_manifest, plan_run, run_shard
 from bcdr.archive.backup import GREW
-from bcdr.archive.shards import load_manifest, load_receipts, new_run_nonce, save_manifest
+from bcdr.archive.shards import Manifest, load_manifest, load_receipts, new_run_nonce, save_manifest
 from bcdr.clock import FakeClock
+from bcdr.errors import CorruptObject
 from bcdr.repository.repo import Repository
 from bcdr.repository.tree import decode_tree
 from tests.conftest import restored_root, run_process, snapshot_tree, tmpfs, write_tree
@@ -376,6 +377,12 @@ def test_a_shard_decodes_only_its_own_parts_of_a_manifest_stored_as_before(
         assert again.parts(1) == parts[1]
     finally:
         r.close()
+
+
+def test_a_shards_parts_that_do_not_decode_are_a_corrupt_object() -> None:
+    manifest = Manifest(run="r", created="", paths=[], shards=[msgspec.Raw(b"\xc1")])
+    with pytest.raises(CorruptObject, match="shard 0's parts do not decode"):
+        manifest.parts(0)
 
 
 def test_files_replaced_after_the_plan_are_read_by_the_commit(tmp_path: Path) -> None:
