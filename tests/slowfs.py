@@ -1,11 +1,13 @@
 """A passthrough FUSE filesystem whose every ``getattr`` and ``listxattr`` waits DELAY
 seconds, as a network filesystem's server makes a stat wait: ``python tests/slowfs.py SOURCE
-MOUNTPOINT DELAY [--writable]`` (read-only unless told; writable: what a restore into it
-needs). Through the real libfuse and the kernel's FUSE (no attribute or entry caching, so each
-``lstat`` reaches it). Per operation it counts the calls answered and the most that were
-waiting at once: how a walk over it asked, one at a time or side by side. A stat of
-``/.slowfs-counts-OP`` tells them (its size is ``calls * 1000 + most``; see :func:`counts`),
-one of ``/.slowfs-reset`` zeroes them (and fails: no such file)."""
+MOUNTPOINT DELAY [--writable] [--rot PREFIX]`` (read-only unless told; writable: what a
+restore into it needs; ``--rot``: files whose name starts with PREFIX read back with their
+first byte flipped, as a disk that did not keep what was written). Through the real libfuse
+and the kernel's FUSE (no attribute or entry caching, so each ``lstat`` reaches it). Per
+operation it counts the calls answered and the most that were waiting at once: how a walk
+over it asked, one at a time or side by side. A stat of ``/.slowfs-counts-OP`` tells them
+(its size is ``calls * 1000 + most``; see :func:`counts`), one of ``/.slowfs-reset`` zeroes
+them (and fails: no such file)."""
 
 from __future__ import annotations
 
@@ -40,10 +42,11 @@ def reset(mountpoint: str | os.PathLike[str]) -> None:
 class SlowFS(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, source: str, delay: float, writable: bool = False):
+    def __init__(self, source: str, delay: float, writable: bool = False, rot: str = ""):
         self.source = source
         self.delay = delay
         self.writable = writable
+        self.rot = rot
         self.counting = threading.Lock()
         self.waiting = dict.fromkeys(OPS, 0)
         self.most = dict.fromkeys(OPS, 0)
@@ -121,7 +124,10 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
         return int(self._passed(lambda: os.open(self._real(path), flags & ~os.O_CREAT)))
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return os.pread(fh, size, offset)
+        data = os.pread(fh, size, offset)
+        if self.rot and offset == 0 and data and os.path.basename(path).startswith(self.rot):
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
 
     def release(self, path: str, fh: int) -> int:
         os.close(fh)
@@ -198,8 +204,10 @@ class SlowFS(fuse.Operations):  # type: ignore[misc]
 
 def main() -> None:
     source, mountpoint, delay = sys.argv[1:4]
-    writable = sys.argv[4:5] == ["--writable"]
-    ops = SlowFS(os.path.abspath(source), float(delay), writable)
+    rest = sys.argv[4:]
+    rot = rest[rest.index("--rot") + 1] if "--rot" in rest else ""
+    writable = "--writable" in rest
+    ops = SlowFS(os.path.abspath(source), float(delay), writable, rot)
     fuse.FUSE(
         ops,
         mountpoint,

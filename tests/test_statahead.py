@@ -71,12 +71,16 @@ def test_local_filesystems_are_walked_one_stat_at_a_time(tmp_path: Path) -> None
 
 
 @contextmanager
-def slow_mount(source: Path, mnt: Path, delay: float, *, writable: bool = False) -> Iterator[Path]:
-    """``source`` seen through tests/slowfs.py at ``mnt``."""
+def slow_mount(
+    source: Path, mnt: Path, delay: float, *, writable: bool = False, rot: str = ""
+) -> Iterator[Path]:
+    """``source`` seen through tests/slowfs.py at ``mnt`` (``rot``: files whose name starts
+    with it read back with their first byte flipped)."""
     mnt.mkdir()
     proc = subprocess.Popen(
         [sys.executable, str(SLOWFS), str(source), str(mnt), str(delay)]
-        + (["--writable"] if writable else []),
+        + (["--writable"] if writable else [])
+        + (["--rot", rot] if rot else []),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -259,4 +263,4 @@ def test_a_file_that_opens_and_cannot_be_read_back_is_a_finding(tmp_path: Path) 
     report = DrillReport(plan="p", drill="d", kind="backup", job="j", started="now")
     verify_restored(report, str(tmp_path / "t"), chosen, set())
     assert report.files_verified == 1
-    assert report.failures == [{"path": "/sub", "error": "cannot be read back: Is a directory"}]
+    assert report.failures == [{"path": "/sub", "error": "not a regular file"}]

@@ -85,6 +85,7 @@ def restore(
     env: Mapping[str, str] | None = None,
     part: tuple[int, int] | None = None,
     finish: bool = False,
+    verify: bool = False,
 ) -> RestoreResult:
     """``part`` (I, N) and ``finish``: the steps of a sharded restore (bcdr/actions/shard.py,
     docs/scale-out.md): the target is shared with the other parts, so it may hold files."""
@@ -106,6 +107,7 @@ def restore(
             setid=setid,
             part=part,
             finish=finish,
+            verify=verify,
         )
     matched = stats.files + stats.dirs + stats.symlinks + stats.hardlinks + len(stats.errors)
     if includes and part is None and not finish and not matched:
@@ -132,11 +134,13 @@ def restore_snapshot(
     sized: bool = False,
     part: tuple[int, int] | None = None,
     finish: bool = False,
+    verify: bool = False,
 ) -> RestoreStats:
     """Restore ``snap`` (or the paths ``includes`` matches) into ``target``, every file
     verified; the caller holds a read lock and has loaded the index. Refused before a byte is
     written when the snapshot is too large to walk (unless the caller checked: ``sized``) or
-    needs archived packs. ``bcdr restore`` and drills restore through here."""
+    needs archived packs. ``verify``: read every file written back from the disk afterwards.
+    ``bcdr restore`` and drills restore through here."""
     tree = bytes.fromhex(snap.tree)
     if not sized:
         check_snapshot_size(repo, tree, f"snapshot {snap.short_id}")
@@ -151,5 +155,6 @@ def restore_snapshot(
         setid=setid,
         part=part,
         finish=finish,
+        verify=verify,
     )
     return restorer.run(tree)

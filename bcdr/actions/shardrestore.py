@@ -37,6 +37,7 @@ class PartResult:
     seconds: float
     files: int = 0
     bytes_written: int = 0
+    files_read_back: int = 0  # --verify: the files it wrote, read back as the snapshot has them
     error: str = ""
     node: str = ""
     xattrs_skipped: dict[str, int] = field(default_factory=dict)  # name -> paths not set
@@ -92,6 +93,7 @@ class RestoreOptions:
     includes: tuple[str, ...] = ()
     direct: bool = True
     setid: bool = False
+    verify: bool = False  # each part reads back the files it wrote
 
     def argv(self) -> list[str]:
         out: list[str] = []
@@ -101,6 +103,8 @@ class RestoreOptions:
             out.append("--buffered")
         if self.setid:
             out.append("--keep-setuid")
+        if self.verify:
+            out.append("--verify")
         return out
 
 
@@ -181,6 +185,7 @@ def _part_result(outcome: ShardOutcome) -> PartResult:
         doc = {}
     if isinstance(doc, dict) and "files" in doc:
         part.files, part.bytes_written = int(doc["files"]), int(doc.get("bytes_written", 0))
+        part.files_read_back = int(doc.get("files_read_back", 0))
         skipped = doc.get("xattrs_skipped") or {}
         if isinstance(skipped, dict):
             part.xattrs_skipped = {str(k): int(v) for k, v in skipped.items()}

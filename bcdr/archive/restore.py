@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
+from bcdr.archive import readback
 from bcdr.archive.beneath import Beneath, parent_of
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
@@ -47,6 +48,12 @@ class RestoreStats:
     # extended attributes not restored: name -> paths (the target filesystem does not keep
     # them, this user may not set them, or file capabilities without --keep-setuid)
     xattrs_skipped: dict[str, int] = field(default_factory=dict)
+    # --verify: the files this restore wrote, read back from the disk and found as the
+    # snapshot has them (bcdr/archive/readback.py); the bytes to read back, once known
+    files_read_back: int = 0
+    bytes_read_back: int = 0
+    read_back_planned: int = 0
+    read_back_wrong: int = 0  # of the errors: files the disk gave back otherwise
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -68,6 +75,7 @@ class Restorer:
         setid: bool = False,
         part: tuple[int, int] | None = None,
         finish: bool = False,
+        verify: bool = False,
     ):
         """``part`` (I, N): a sharded restore's task (bcdr/actions/restore.py): only the
         regular files of part I of N (parts of about equal bytes, in walk order, the same in
@@ -83,7 +91,9 @@ class Restorer:
         are made, or followed, as they are. ``direct``: larger files are written with
         ``O_DIRECT`` if the target is on a local disk (bcdr/archive/filerestore.py).
         ``setid``: restore setuid and setgid bits (off: a repository someone else could write
-        to must not plant a setuid program)."""
+        to must not plant a setuid program). ``verify``: once every file is written, read
+        back each regular file this restore wrote (a part: its own) and compare it with the
+        snapshot; one that differs is an error (bcdr/archive/readback.py)."""
         self.repo = repo
         self.target = target
         self._walked = tuple(os.fsencode(os.path.normpath(p)) for p in walked)
@@ -110,6 +120,8 @@ class Restorer:
         self._stats = StatAhead()  # finish: each folder's files checked side by side (slow fs)
         self._check_ahead_here = False  # finish: is the target on such a filesystem?
         self._in_place_ahead: dict[bytes, int | OSError] = {}  # dest -> its size (-1: not a file)
+        self._verify = verify
+        self._written: list[tuple[bytes, bytes, Node]] = []  # verify: snap path, dest, node
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
@@ -135,6 +147,8 @@ class Restorer:
             self._files.wait(self._live_tick if self.progress is not None else None)
             self._files.close_root()
         self._collect_files()
+        if self._written:
+            self._read_back_written()
         if self._part is None:
             for node, dest, snap_path in self._links:
                 self._link(node, dest, snap_path)
@@ -322,8 +336,49 @@ class Restorer:
             self._in_place(node, dest, snap_path)
             return
         self._files.submit(node, dest, snap_path)
+        if self._verify:
+            self._written.append((snap_path, dest, node))
         self._planned += node.size
         self._tick(snap_path)
+
+    def _read_back_written(self) -> None:
+        """(verify) Read back every file written without an error, before the folders get
+        their modes (one may forbid reading) and hardlinks their other names (the same
+        inode): side by side on a filesystem slow to answer (bcdr/archive/statahead.py)."""
+        failed = {snap_path for snap_path, _ in self._files.errors}
+        todo = [w for w in self._written if w[0] not in failed]
+        self._written = []
+        self.stats.read_back_planned = sum(node.size for _, _, node in todo)
+        readers = StatAhead(threads=readback.READERS)
+        try:
+            ahead = readers.slow(self.target, os.stat(self.target).st_dev)
+            results = readers.map(self._read_back, [(dest, node) for _, dest, node in todo], ahead)
+            for (snap_path, _, node), result in zip(todo, results, strict=True):
+                wrong = readback.finding(node, result)
+                if wrong is not None:
+                    self._error(snap_path, f"read back from the disk: {wrong}")
+                    self.stats.read_back_wrong += 1
+                    continue
+                self.stats.files_read_back += 1
+                self.stats.bytes_read_back += node.size
+                self._tick(snap_path)
+        finally:
+            readers.close()
+
+    def _read_back(self, item: tuple[bytes, Node]) -> readback.ReadBack:
+        """Read back the restored file ``dest`` (its folder opened beneath the target)."""
+        dest, node = item
+        try:
+            with parent_of(self._beneath, dest) as (dir_fd, name):
+                fd = os.open(name, readback.OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except BcdrError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"not restored: {exc.strerror}"
+        try:
+            return readback.read_fd(fd, node)
+        finally:
+            os.close(fd)
 
     def _check_ahead(self, nodes: list[Node], rel: bytes) -> list[bytes]:
         """(finish) Where the target is on a filesystem slow to answer a stat (Lustre,

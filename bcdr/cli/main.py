@@ -262,6 +262,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             progress=progress.restore,
             part=args.part,
             finish=args.finish,
+            verify=args.verify,
         )
     finally:
         progress.done()
@@ -578,6 +579,15 @@ def build_parser(
         "disk's speed, without filling memory with dirty pages "
         "or evicting what the machine has cached. Buffered is faster for a restore that fits "
         "in memory onto a slow disk, and leaves the files cached for their next read",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="once every file is written, read each one back from the disk and compare its "
+        "size and fingerprint with the snapshot's; one that differs is an error. Every chunk "
+        "is checked against its id as it is written anyway; this checks what the disk holds, "
+        "at the cost of reading everything again. With --shards each part reads back its own "
+        "files",
     )
     p.add_argument("--job", metavar="NAME", help="with 'latest': newest snapshot of this job")
     g = p.add_argument_group("Scale-out (docs/scale-out.md)")

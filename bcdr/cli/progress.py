@@ -118,6 +118,16 @@ class Progress:
         self._line(f"{head}, {human_bytes(stats.bytes_added)} added  {os.fsdecode(path)}")
 
     def restore(self, stats: RestoreStats, path: bytes) -> None:
+        if stats.read_back_planned:  # --verify, once every file is written
+            if self._phase != "read back":
+                self._phase, self._phase_started = "read back", time.monotonic()
+            head = eta_text(
+                stats.bytes_read_back,
+                stats.read_back_planned,
+                time.monotonic() - self._phase_started,
+            )
+            self._line(f"reading back: {head}, {stats.files_read_back} files  {os.fsdecode(path)}")
+            return
         if stats.bytes_planned:
             head = eta_text(
                 stats.bytes_written, stats.bytes_planned, time.monotonic() - self._started

@@ -155,13 +155,24 @@ def restore_text(r: RestoreResult) -> None:
     out(f"  bytes      {human_bytes(s.bytes_total)} verified")
     if s.bytes_direct:
         out(f"  direct     {human_bytes(s.bytes_direct)} written around the page cache (O_DIRECT)")
+    if s.read_back_planned or s.read_back_wrong:
+        out(
+            f"  read back  {s.files_read_back} files, {human_bytes(s.bytes_read_back)}: as the "
+            "snapshot has them"
+        )
     transfer_line("downloaded", r.downloaded)
     out(f"  duration   {s.duration_s:.2f}s")
     if s.xattrs_skipped:
         problem(xattrs_warning(s.xattrs_skipped))
     for e in s.errors:
         sys.stderr.write(f"error: {printable(e['path'])}: {printable(e['error'])}\n")
-    if s.errors:
+    if s.read_back_wrong:
+        sys.stderr.write(
+            f"restore failed for {len(s.errors)} path(s); {s.read_back_wrong} file(s) were "
+            "written whole and checked, and read back otherwise: the disk or the filesystem "
+            "did not keep what was written\n"
+        )
+    elif s.errors:
         sys.stderr.write(f"restore failed for {len(s.errors)} path(s); nothing wrong was written\n")
 
 
@@ -316,7 +327,8 @@ def drill_text(r: DrillReport) -> None:
             f"{r.files_total} files, {human_bytes(r.bytes_selected)}"
             + (f" of {human_bytes(r.bytes_total)}" if r.sample_percent < 100 else "")
         )
-        out(f"  verified {r.files_verified} files, {human_bytes(r.bytes_verified)}")
+        by = f", read back by the {r.shards} parts" if r.read_back == "parts" else ""
+        out(f"  verified {r.files_verified} files, {human_bytes(r.bytes_verified)}{by}")
     for d in r.restored_disks:
         out(
             f"  disk {d['name']} in {d['region']} from {str(d['source']).rsplit('/', 1)[-1]}"

@@ -292,7 +292,7 @@ def sharded_restore(args: argparse.Namespace) -> int:
         raise UsageError("--wait goes with --executor slurm (the local executor always waits)")
     spec = storage_spec(args)
     options = restore_parts.RestoreOptions(
-        tuple(args.include), direct=not args.buffered, setid=args.keep_setuid
+        tuple(args.include), direct=not args.buffered, setid=args.keep_setuid, verify=args.verify
     )
     target = os.path.abspath(args.target)
     started = time.monotonic()
@@ -323,19 +323,24 @@ def sharded_restore(args: argparse.Namespace) -> int:
         if not result.failed:
             result.finish = restore_parts.finish(spec, snap, target, options)
     result.seconds = time.monotonic() - started
-    return _restored(args, result)
+    return _restored(args, result, options)
 
 
-def _restored(args: argparse.Namespace, result: restore_parts.ShardedRestore) -> int:
+def _restored(
+    args: argparse.Namespace,
+    result: restore_parts.ShardedRestore,
+    options: restore_parts.RestoreOptions,
+) -> int:
     if args.json:
         render.emit_json(result.to_dict())
     else:
         for p in result.parts:
             where = f" on {p.node}" if p.node else ""
             if p.ok:
+                checked = f", {p.files_read_back} read back" if options.verify else ""
                 sys.stderr.write(
                     f"  part {p.index}{where}: {p.files} file(s), "
-                    f"{human_bytes(p.bytes_written)} written in {p.seconds:.2f}s\n"
+                    f"{human_bytes(p.bytes_written)} written{checked} in {p.seconds:.2f}s\n"
                 )
             else:
                 sys.stderr.write(f"  part {p.index}{where}: failed: {p.error}\n")
@@ -349,7 +354,7 @@ def _restored(args: argparse.Namespace, result: restore_parts.ShardedRestore) ->
             )
     if result.failed:
         snap, n = result.snapshot, len(result.parts)
-        repo = shlex.join(repo_argv(args))
+        repo = shlex.join(repo_argv(args) + options.argv())
         first = result.failed[0]
         sys.stderr.write(
             f"bcdr: error: {len(result.failed)} of {n} part(s) failed "

@@ -116,6 +116,7 @@ class DrillFacts(Facts, frozen=True, kw_only=True):
     shards: int | None = None  # scale_out: the parts the restore was spread over, and where
     executor: str | None = None
     slurm_jobs: list[str] = []
+    read_back: str | None = None  # who read the restored files back: drill | parts
     recovery_point: str | None = None
     seed: int | None = None
     sample_percent: float = 100.0

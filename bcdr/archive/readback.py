@@ -1,0 +1,62 @@
+"""Restored files read back from the disk and compared with the snapshot.
+
+A restore checks every chunk against its id as it writes it; reading a file back afterwards
+checks what the disk now holds, through another path: its size and its fingerprint (the
+snapshot's, by regions or not) against the tree's. A drill reads every restored file back
+(bcdr/actions/drill.py); ``bcdr restore --verify`` does the same for the files a restore, or a
+part of a sharded one, wrote (bcdr/archive/restore.py). On a filesystem where each open waits
+for a server (bcdr/archive/statahead.py), READERS files are read at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from bcdr.archive.filerestore import file_digest
+from bcdr.repository.tree import Node
+
+#: Files read back at once on a network filesystem (each holds an 8 MiB block while read).
+READERS = 8
+
+#: How a restored file is opened to be read back: a FIFO swapped in for it does not block.
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+#: (size, fingerprint in the form of the node's), or what went wrong.
+ReadBack = tuple[int, str] | str
+
+
+def read_fd(fd: int, node: Node) -> ReadBack:
+    """Read the open file ``fd`` back (a read error is returned, not raised)."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        return st.st_size, file_digest(fd, st.st_size, node.digest)
+    except OSError as exc:
+        return f"cannot be read back: {exc.strerror}"
+
+
+def read_path(item: tuple[bytes, Node]) -> ReadBack:
+    """Read back the restored file at the path ``item[0]``."""
+    path, node = item
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError as exc:
+        return f"not restored: {exc.strerror}"
+    try:
+        return read_fd(fd, node)
+    finally:
+        os.close(fd)
+
+
+def finding(node: Node, result: ReadBack) -> str | None:
+    """How the file read back differs from the snapshot's ``node``; None when it does not."""
+    if isinstance(result, str):
+        return result
+    size, digest = result
+    if size != node.size:
+        return f"size {size}, the snapshot recorded {node.size}"
+    if digest != node.digest:
+        return f"digest {digest}, the snapshot recorded {node.digest}"
+    return None
