@@ -378,7 +378,11 @@ def test_a_plan_runs_its_backup_and_drill_through_slurm(
     [report] = r.json()["drills"]
     assert report["verdict"] == "pass" and report["executor"] == "slurm"
     assert len(report["slurm_jobs"]) == 1
-    assert any(logs.glob("bcdr-restore-*"))  # the parts ran as Slurm tasks
+    # the parts ran as Slurm tasks, and each read back the files it wrote
+    parts = [json.loads(p.read_text()) for p in logs.glob("bcdr-restore-*")]
+    assert len(parts) == 2
+    assert sum(p["files_read_back"] for p in parts) == sum(p["files"] for p in parts) > 0
+    assert report["read_back"] == "parts" and report["files_verified"] == report["files_total"]
 
 
 def test_a_plans_run_names_the_shard_slurm_cancelled(
