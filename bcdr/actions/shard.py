@@ -46,6 +46,7 @@ from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.shards import (
     Manifest,
     ParentLookup,
+    Part,
     PartReceipt,
     PreparedFiles,
     Receipt,
@@ -157,14 +158,9 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
         archiver = Archiver(repo)
         reads: list[PartRead] = []
         skipped = 0
-        smalls = sum(
-            1
-            for p in parts
-            if (p.start, p.end) == (0, p.size) and archiver.reads_small(p.path, p.size)
-        )
         with repo.writing():
             # worker processes cost a fork each: worth it for a batch of small files or more
-            archiver.begin(processes=smalls >= BATCH_FILES)
+            archiver.begin(processes=_small_files(archiver, parts) >= BATCH_FILES)
             try:
                 for part in parts:
                     size = part.size
@@ -200,6 +196,18 @@ def run_shard(repo: Repository, run: str, index: int) -> Receipt:
         )
         save_receipt(repo, receipt)
     return receipt
+
+
+def _small_files(archiver: Archiver, parts: list[Part]) -> int:
+    """How many of ``parts`` are small files read whole in workers, counted up to
+    BATCH_FILES (enough to know that workers are worth their fork)."""
+    count = 0
+    for p in parts:
+        if p.start == 0 and p.end == p.size and archiver.reads_small(p.path, p.size):
+            count += 1
+            if count >= BATCH_FILES:
+                break
+    return count
 
 
 def slurm_task_id() -> str | None:

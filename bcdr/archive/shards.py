@@ -309,18 +309,24 @@ class PreparedFiles:
 
     def __init__(self, receipts: list[Receipt], region: int):
         self.region = region
-        self._parts: dict[bytes, list[PartReceipt]] = {}
-        self._by_inode: dict[tuple[int, int, int, int], bytes] = {}
+        self._receipts = receipts
+        # the common case, looked up at once: a whole file read in one part, its fingerprint
+        self._whole: dict[bytes, PartReceipt] = {}
+        self._parts: dict[bytes, list[PartReceipt]] = {}  # every other file's parts
+        self._by_inode: dict[tuple[int, int, int, int], bytes] | None = None  # made if needed
+        whole, pieces = self._whole, self._parts
         for receipt in receipts:
             for part in receipt.parts:
-                self._parts.setdefault(part.path, []).append(part)
-                self._by_inode[part.meta] = part.path
-        # the common case, looked up at once: a whole file read in one part, its fingerprint
-        self._whole = {
-            path: (tuple(p.meta), p.content, p.digest)
-            for path, (p, *more) in self._parts.items()
-            if not more and not p.start and p.end == p.meta[0] and p.digest is not None
-        }
+                path = part.path
+                more = pieces.get(path)
+                if more is not None:
+                    more.append(part)
+                elif path in whole:  # read in several parts after all
+                    pieces[path] = [whole.pop(path), part]
+                elif not part.start and part.end == part.meta[0] and part.digest is not None:
+                    whole[path] = part
+                else:
+                    pieces[path] = [part]
         self.used = 0
 
     def __call__(self, path: bytes, st: os.stat_result) -> tuple[list[bytes], str] | None:
@@ -328,15 +334,25 @@ class PreparedFiles:
         now, or None when no shard read this version of it whole."""
         meta = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         whole = self._whole.get(path)
-        if whole is not None and whole[0] == meta and whole[2] is not None:
+        if whole is not None and whole.meta == meta and whole.digest is not None:
             self.used += 1
-            return list(whole[1]), whole[2]
-        parts = self._parts.get(path)
+            return list(whole.content), whole.digest
+        parts = self._parts.get(path) or ([whole] if whole is not None else None)
         if parts is None and st.st_nlink > 1:  # a hardlink a shard read by another name
-            parts = self._parts.get(self._by_inode.get(meta, b""))
+            other = self._inodes().get(meta, b"")
+            parts = self._parts.get(other) or (
+                [self._whole[other]] if other in self._whole else None
+            )
         if not parts:
             return None
         return self._pieced(parts, meta, st.st_size)
+
+    def _inodes(self) -> dict[tuple[int, int, int, int], bytes]:
+        """The path each version of a file (size, times, inode) was read by: made at the
+        first hardlink not read by its own name."""
+        if self._by_inode is None:
+            self._by_inode = {p.meta: p.path for r in self._receipts for p in r.parts}
+        return self._by_inode
 
     def _pieced(
         self, parts: list[PartReceipt], meta: tuple[int, int, int, int], size: int
