@@ -167,3 +167,24 @@ def test_when_no_process_can_be_made_backup_and_restore_use_threads(
     stats = Restorer(opened, os.fsencode(tmp_path / "out")).run(tree)
     assert stats.errors == [] and stats.files == len(files)
     assert snapshot_tree(tmp_path / "out" / str(src).lstrip("/")) == snapshot_tree(src)
+
+
+def test_a_job_sent_to_a_worker_arrives_whole() -> None:
+    """A small file's job and its chunk's place cross to a worker process pickled in a
+    compact form: every field of the job and its node arrives as it was."""
+    import pickle
+
+    from bcdr.repository.index import BlobLocation
+    from bcdr.repository.tree import FILE, Node
+
+    node = Node(
+        name=b"f", type=FILE, mode=0o100640, uid=7, gid=8, mtime_ns=9, ctime_ns=10, inode=11,
+        dev=12, nlink=2, size=3, content=[b"c" * 32], digest="d", xattrs=((b"user.a", b"1"),),
+    )  # fmt: skip
+    job = filerestore._Job(
+        node, b"/t/f", b"/f", b"/t/.tmp", 4, 1, b"/t", b"f", b".tmp", error="e", digest="x",
+        end=2, direct=True, dir_fd=5, unnamed=True, xattrs_skipped=[b"user.b"],
+    )  # fmt: skip
+    loc = BlobLocation("ab" * 32, 1, 2, 3, 4, 5)
+    again, there = pickle.loads(pickle.dumps((job, loc)))
+    assert again == job and again.node == node and there == loc

@@ -63,12 +63,22 @@ def _probe() -> bool:
 BENEATH_SUPPORTED = _probe()
 
 
+def split_path(path: bytes) -> tuple[bytes, bytes]:
+    """(folder, last name) of a normalised path, as ``os.path.dirname`` and ``basename``
+    give them, in one step (a restore splits every file's path)."""
+    cut = path.rfind(b"/")
+    if cut < 0:
+        return b"", path
+    return path[:cut] or b"/", path[cut + 1 :]
+
+
 @contextmanager
 def parent_of(beneath: Beneath, path: bytes) -> Iterator[tuple[int, bytes]]:
     """(a descriptor of ``path``'s folder opened beneath the root, ``path``'s last name)."""
-    fd = beneath.folder(os.path.dirname(path))
+    folder, name = split_path(path)
+    fd = beneath.folder(folder)
     try:
-        yield fd, os.path.basename(path)
+        yield fd, name
     finally:
         os.close(fd)
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 from bcdr.archive import readback
-from bcdr.archive.beneath import Beneath, parent_of
+from bcdr.archive.beneath import Beneath, parent_of, split_path
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.archive.statahead import StatAhead
@@ -214,7 +214,7 @@ class Restorer:
         return restored
 
     def _dest(self, snap_path: bytes) -> bytes:
-        return os.path.join(self.target, snap_path.lstrip(b"/"))
+        return self._under_target + snap_path.lstrip(b"/")  # os.path.join, for every file
 
     def _restore_dir(self, node: Node, snap_path: bytes, included: bool) -> bool:
         dest = self._dest(snap_path)
@@ -303,7 +303,7 @@ class Restorer:
         elif self._part is not None:
             return  # links: the finish's
         try:
-            self._makedirs(os.path.dirname(dest))
+            self._makedirs(split_path(dest)[0])
             if node.type == FILE:
                 self._restore_file(node, dest, snap_path)
             elif node.type == SYMLINK and self._part is None:

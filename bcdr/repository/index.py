@@ -10,7 +10,7 @@ The in-memory master index is in :mod:`bcdr.repository.masterindex`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bcdr.errors import CorruptObject, ObjectNotFound
@@ -32,6 +32,18 @@ class BlobLocation:
     offset: int
     stored_len: int
     raw_len: int
+
+    def __reduce__(self) -> tuple[Callable[..., BlobLocation], tuple[int | str, ...]]:
+        """Pickled as its fields in order: fewer bytes and less time than a dataclass's way
+        (a restore sends one per small file to its worker processes)."""
+        return BlobLocation, (
+            self.pack,
+            self.type,
+            self.codec,
+            self.offset,
+            self.stored_len,
+            self.raw_len,
+        )
 
 
 def encode_index(packs: dict[str, list[PackEntry]], cipher: Cipher) -> tuple[str, bytes]:
