@@ -207,6 +207,35 @@ def test_a_sharded_restores_finish_checks_files_side_by_side_on_a_slow_target(
         assert r.code != 0 and "d1/f050.bin" in r.out + r.err
 
 
+@pytest.mark.slow
+def test_a_restore_onto_a_slow_filesystem_writes_a_batchs_files_side_by_side(
+    tmp_path: Path,
+) -> None:
+    """Onto a target where each create, write and rename waits for a server, each worker
+    restores its batch of small files FILES_AHEAD at a time instead of one after another:
+    many calls wait at once, and the files, their modes and times are the same."""
+    files = {f"d{d}/f{i:03d}.bin": os.urandom(40 + i) for d in range(3) for i in range(80)}
+    src = write_tree(tmp_path / "src", files)
+    os.chmod(src / "d1" / "f007.bin", 0o640)
+    os.link(src / "d0" / "f001.bin", src / "d2" / "linked.bin")
+    repo = tmp_path / "repo"
+    assert run_process("init", "--repo", repo).code == 0
+    assert run_process("backup", "--repo", repo, src).code == 0
+    (tmp_path / "real").mkdir()
+    off = {**os.environ, "BCDR_STAT_AHEAD": "0"}
+    most = {}
+    with slow_mount(tmp_path / "real", tmp_path / "mnt", 0.003, writable=True) as mnt:
+        for target, env in (("serial", off), ("ahead", None)):
+            reset(mnt)
+            r = run_process("restore", "--repo", repo, "latest", "--target", mnt / target, env=env)
+            assert r.code == 0, r.err
+            most[target] = counts(mnt)[1]
+            restored = restored_root(tmp_path / "real" / target, src)
+            assert snapshot_tree(restored) == snapshot_tree(src)
+    # one call at a time per worker process (and the walk's own) against a batch at a time
+    assert most["serial"] <= 3 and most["ahead"] >= 8, most
+
+
 def test_a_drill_reads_its_scratch_back_side_by_side_on_a_slow_filesystem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,6 +77,7 @@ from bcdr.archive.filewrite import (
     set_direct,
     write_sparse,
 )
+from bcdr.archive.statahead import StatAhead
 from bcdr.archive.xattrs import apply_xattrs, count_skipped
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
@@ -98,6 +99,9 @@ RUN_MAX = 8 * 1024 * 1024
 PIECE_MAX = 4 * 1024 * 1024
 #: Larger files the walk may queue ahead of the one whose pieces are being started.
 LARGE_QUEUED = 256
+#: Files of a batch restored side by side, by each worker, where the target's filesystem
+#: answers every create, write and rename over the network (bcdr/archive/statahead.py).
+FILES_AHEAD = 8
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -251,6 +255,19 @@ class _Tally:
         if wrote and self.first_byte_s is None:
             self.first_byte_s = time.monotonic() - started
 
+    def add(self, other: _Tally) -> None:
+        """Count in what another task of the same batch restored."""
+        self.files += other.files
+        self.bytes_total += other.bytes_total
+        self.bytes_written += other.bytes_written
+        self.bytes_direct += other.bytes_direct
+        if other.first_byte_s is not None:
+            self.first_byte_s = min(self.first_byte_s or other.first_byte_s, other.first_byte_s)
+        self.done.update(other.done)
+        self.errors.extend(other.errors)
+        for name, n in other.xattrs_skipped.items():
+            self.xattrs_skipped[name] = self.xattrs_skipped.get(name, 0) + n
+
 
 class FileRestorer:
     """Restores files; ``on_done(snap_path, error_or_None, job)`` is called per file."""
@@ -310,6 +327,8 @@ class FileRestorer:
             queue.Queue(LARGE_QUEUED)
         )
         self._feeder: threading.Thread | None = None
+        self._side_by_side: bool | None = None  # a batch's files at once? (slow target)
+        self._batch_pool: ThreadPoolExecutor | None = None  # made where it is used
 
     def start(self) -> bool:
         """Fork the worker processes for batches of small files, before this restorer has
@@ -327,6 +346,7 @@ class FileRestorer:
     def after_fork(self) -> None:
         """(a forked worker) Locks the parent's threads may have held are made anew."""
         self._lock = threading.Lock()
+        self._batch_pool = None  # threads do not cross a fork
         storage = self.repo.storage.capability(Forkable)
         if storage is not None:
             storage.after_fork()
@@ -529,10 +549,44 @@ class FileRestorer:
             self._merge(tally)
 
     def _restore_batch(self, batch: list[tuple[_Job, BlobLocation | None]], tally: _Tally) -> None:
+        """Restore a batch of one-chunk files: one after another, or FILES_AHEAD at a time
+        where each create, write and rename waits for a server (:meth:`_slow_target`)."""
         sealed = self._read_runs([loc for _, loc in batch if loc is not None])
-        for job, loc in batch:
-            view = sealed.get((loc.pack, loc.offset)) if loc is not None else None
-            self._small_file(job, loc, tally, view)
+        items = [
+            (job, loc, sealed.get((loc.pack, loc.offset)) if loc is not None else None)
+            for job, loc in batch
+        ]
+        if len(items) < 2 or not self._slow_target():
+            for job, loc, view in items:
+                self._small_file(job, loc, tally, view)
+            return
+        with self._lock:
+            if self._batch_pool is None:  # in this process: a forked worker makes its own
+                self._batch_pool = ThreadPoolExecutor(FILES_AHEAD, thread_name_prefix="bcdr-file")
+            pool = self._batch_pool
+        for done in pool.map(self._one_small_file, items):
+            tally.add(done)
+
+    def _one_small_file(self, item: tuple[_Job, BlobLocation | None, memoryview | None]) -> _Tally:
+        tally = _Tally()
+        self._small_file(item[0], item[1], tally, item[2])
+        return tally
+
+    def _slow_target(self) -> bool:
+        """Is the target on a filesystem where every metadata call is a round trip to a
+        server (Lustre, NFS, SMB, FUSE...; ``BCDR_STAT_AHEAD`` decides as for walks)?
+        Looked up once per process."""
+        if self._side_by_side is None:
+            root = self._beneath.root if self._beneath is not None else None
+            slow = False
+            if root is not None:
+                stats = StatAhead()
+                try:
+                    slow = stats.slow(root, os.stat(root).st_dev)
+                except OSError:
+                    slow = False
+            self._side_by_side = slow
+        return self._side_by_side
 
     def _forked_batch(self, batch: list[tuple[_Job, BlobLocation | None]]) -> _Tally:
         """(a forked worker) :meth:`_small_batch`, the tally and the transfers sent back."""
@@ -844,6 +898,8 @@ class FileRestorer:
                 self._large.put(None)
                 self._feeder.join()
             self._pool.shutdown(wait=True)
+            if self._batch_pool is not None:
+                self._batch_pool.shutdown(wait=True)
         finally:
             done.set()
             if ticker is not None:
