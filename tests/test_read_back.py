@@ -170,3 +170,9 @@ def test_reading_back_a_fifo_in_a_files_place_does_not_wait(tmp_path: Path) -> N
     assert readback.finding(node, readback.read_path((os.fsencode(tmp_path / "x"), node))) == (
         "not restored: No such file or directory"
     )
+    # a link in a file's place is not followed (here to a file with the right bytes)
+    (tmp_path / "right").write_bytes(b"abc")
+    os.symlink("right", tmp_path / "link")
+    assert readback.read_path((os.fsencode(tmp_path / "link"), node)) == (
+        "cannot be opened to read it back: Too many levels of symbolic links"
+    )

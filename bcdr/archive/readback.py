@@ -37,13 +37,21 @@ def read_fd(fd: int, node: Node) -> ReadBack:
         return f"cannot be read back: {exc.strerror}"
 
 
+def open_failed(exc: OSError) -> str:
+    """What a failed open of a restored file means: missing, or there and not readable (a
+    mode without read for this user, a link in its place)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"not restored: {exc.strerror}"
+    return f"cannot be opened to read it back: {exc.strerror}"
+
+
 def read_path(item: tuple[bytes, Node]) -> ReadBack:
     """Read back the restored file at the path ``item[0]``."""
     path, node = item
     try:
-        fd = os.open(path, OPEN_FLAGS)
+        fd = os.open(path, OPEN_FLAGS | os.O_NOFOLLOW)  # a file is never a link
     except OSError as exc:
-        return f"not restored: {exc.strerror}"
+        return open_failed(exc)
     try:
         return read_fd(fd, node)
     finally:

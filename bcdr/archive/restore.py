@@ -374,7 +374,7 @@ class Restorer:
         except BcdrError as exc:
             return str(exc)
         except OSError as exc:
-            return f"not restored: {exc.strerror}"
+            return readback.open_failed(exc)
         try:
             return readback.read_fd(fd, node)
         finally:
