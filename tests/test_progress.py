@@ -82,6 +82,11 @@ def test_a_restore_line_moves_while_one_large_file_is_written(tmp_path: Path, re
     assert len(percents) >= 2 and percents == sorted(percents), (percents, seen[-500:])
     assert 0 < percents[0] < 100 and any(b"ETA" in line for line in lines)
     assert (tmp_path / "out").exists()
+    # --verify: the line then tells the reading back
+    seen = _on_a_terminal(
+        "restore", "--repo", repo, "latest", "--target", tmp_path / "again", "--verify"
+    )
+    assert b"reading back: " in seen and b"of 512.0 MiB" in seen.split(b"reading back: ")[1]
 
 
 def test_check_read_data_shows_its_share_and_eta(tmp_path: Path, repo: str) -> None:

@@ -77,7 +77,6 @@ from bcdr.archive.filewrite import (
     set_direct,
     write_sparse,
 )
-from bcdr.archive.statahead import StatAhead
 from bcdr.archive.xattrs import apply_xattrs, count_skipped
 from bcdr.errors import BcdrError
 from bcdr.forked import ForkedPool, processes_enabled
@@ -261,8 +260,10 @@ class _Tally:
         self.bytes_total += other.bytes_total
         self.bytes_written += other.bytes_written
         self.bytes_direct += other.bytes_direct
-        if other.first_byte_s is not None:
-            self.first_byte_s = min(self.first_byte_s or other.first_byte_s, other.first_byte_s)
+        theirs = other.first_byte_s
+        if theirs is not None:
+            mine = self.first_byte_s
+            self.first_byte_s = theirs if mine is None else min(mine, theirs)
         self.done.update(other.done)
         self.errors.extend(other.errors)
         for name, n in other.xattrs_skipped.items():
@@ -327,7 +328,9 @@ class FileRestorer:
             queue.Queue(LARGE_QUEUED)
         )
         self._feeder: threading.Thread | None = None
-        self._side_by_side: bool | None = None  # a batch's files at once? (slow target)
+        # a batch's files FILES_AHEAD at a time: the target's filesystem answers each create,
+        # write and rename over the network (set by the caller, before :meth:`start`)
+        self.side_by_side = False
         self._batch_pool: ThreadPoolExecutor | None = None  # made where it is used
 
     def start(self) -> bool:
@@ -550,13 +553,13 @@ class FileRestorer:
 
     def _restore_batch(self, batch: list[tuple[_Job, BlobLocation | None]], tally: _Tally) -> None:
         """Restore a batch of one-chunk files: one after another, or FILES_AHEAD at a time
-        where each create, write and rename waits for a server (:meth:`_slow_target`)."""
+        where each create, write and rename waits for a server (``side_by_side``)."""
         sealed = self._read_runs([loc for _, loc in batch if loc is not None])
         items = [
             (job, loc, sealed.get((loc.pack, loc.offset)) if loc is not None else None)
             for job, loc in batch
         ]
-        if len(items) < 2 or not self._slow_target():
+        if len(items) < 2 or not self.side_by_side:
             for job, loc, view in items:
                 self._small_file(job, loc, tally, view)
             return
@@ -571,22 +574,6 @@ class FileRestorer:
         tally = _Tally()
         self._small_file(item[0], item[1], tally, item[2])
         return tally
-
-    def _slow_target(self) -> bool:
-        """Is the target on a filesystem where every metadata call is a round trip to a
-        server (Lustre, NFS, SMB, FUSE...; ``BCDR_STAT_AHEAD`` decides as for walks)?
-        Looked up once per process."""
-        if self._side_by_side is None:
-            root = self._beneath.root if self._beneath is not None else None
-            slow = False
-            if root is not None:
-                stats = StatAhead()
-                try:
-                    slow = stats.slow(root, os.stat(root).st_dev)
-                except OSError:
-                    slow = False
-            self._side_by_side = slow
-        return self._side_by_side
 
     def _forked_batch(self, batch: list[tuple[_Job, BlobLocation | None]]) -> _Tally:
         """(a forked worker) :meth:`_small_batch`, the tally and the transfers sent back."""

@@ -118,13 +118,19 @@ class Restorer:
         self._walk_done = False
         self._last_path = b""
         self._stats = StatAhead()  # finish: each folder's files checked side by side (slow fs)
-        self._check_ahead_here = False  # finish: is the target on such a filesystem?
+        self._slow_target = False  # is the target on such a filesystem? (see run)
         self._in_place_ahead: dict[bytes, int | OSError] = {}  # dest -> its size (-1: not a file)
         self._verify = verify
         self._written: list[tuple[bytes, bytes, Node]] = []  # verify: snap path, dest, node
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
+        os.makedirs(self.target, exist_ok=True)
+        # The target's filesystem, looked up once: on one where every call waits for a server
+        # (Lustre, NFS...: bcdr/archive/statahead.py) the workers write a batch's files, the
+        # finish checks a folder's files and --verify reads files back side by side.
+        self._slow_target = self._stats.slow(self.target, os.stat(self.target).st_dev)
+        self._files.side_by_side = self._slow_target  # before the workers fork
         # Workers fork first (they return freed buffers at once); the small files are theirs,
         # and this process keeps less freed memory then.
         forked = self._files.start()
@@ -132,9 +138,6 @@ class Restorer:
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
-            os.makedirs(self.target, exist_ok=True)
-            if self._finish:
-                self._check_ahead_here = self._stats.slow(self.target, os.stat(self.target).st_dev)
             if self._part is not None:
                 self._mine = self._assign(root_tree, *self._part)
             else:  # a part never removes temporary files: another part's are being written
@@ -349,10 +352,13 @@ class Restorer:
         todo = [w for w in self._written if w[0] not in failed]
         self._written = []
         self.stats.read_back_planned = sum(node.size for _, _, node in todo)
+        if todo:  # the progress line says at once that the reading back has started
+            self._last_progress = 0.0
+            self._tick(todo[0][0])
         readers = StatAhead(threads=readback.READERS)
         try:
-            ahead = readers.slow(self.target, os.stat(self.target).st_dev)
-            results = readers.map(self._read_back, [(dest, node) for _, dest, node in todo], ahead)
+            items = [(dest, node) for _, dest, node in todo]
+            results = readers.map(self._read_back, items, self._slow_target)
             for (snap_path, _, node), result in zip(todo, results, strict=True):
                 wrong = readback.finding(node, result)
                 if wrong is not None:
@@ -387,7 +393,7 @@ class Restorer:
         paths checked. Looked up once for the target: a folder mounted inside it goes as the
         target does."""
         names = [n.name for n in nodes if n.type == FILE]
-        if not self._check_ahead_here or len(names) < 2:
+        if not self._slow_target or len(names) < 2:
             return []
         folder = self._dest(rel) if rel else self.target
         try:
