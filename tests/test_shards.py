@@ -26,7 +26,15 @@ from bcdr.actions.common import open_repo
 from bcdr.actions.prune import prune
 from bcdr.actions.shard import commit_run, describe_manifest, plan_run, run_shard
 from bcdr.archive.backup import GREW
-from bcdr.archive.shards import Manifest, load_manifest, load_receipts, new_run_nonce, save_manifest
+from bcdr.archive.shards import (
+    Manifest,
+    cut,
+    encode_shards,
+    load_manifest,
+    load_receipts,
+    new_run_nonce,
+    save_manifest,
+)
 from bcdr.clock import FakeClock
 from bcdr.errors import CorruptObject
 from bcdr.repository.repo import Repository
@@ -304,6 +312,52 @@ def test_a_hardlinked_file_is_read_again_only_when_it_changed(tmp_path: Path) ->
     names = [root / "data" / "shard-01.jsonl", root / "hardlink.jsonl", root / "third-name.jsonl"]
     assert len({p.stat().st_ino for p in names}) == 1 and names[0].stat().st_nlink == 3
     assert other.read_bytes() == names[1].read_bytes()
+
+
+def test_the_plan_walks_the_paths_as_the_backup_does(tmp_path: Path) -> None:
+    """The plan meets the given paths in the backup's order, component by component (``a/x``
+    before ``a-b``, though ``-`` sorts before ``/``), and a path inside another given path
+    once: each file is shared out once, a hardlinked one by the name the commit meets first.
+    A run planned in another order (an older bcdr sorted whole paths) still gives the commit
+    every file: a hardlink the shard read by its other name is found by its inode."""
+    rng = random.Random(7)
+    sizes = {"a/x/f.bin": 30_000, "a/x/sub/h.bin": 10_000, "a-b/g.bin": 20_000}
+    src = write_tree(tmp_path / "src", {n: rng.randbytes(size) for n, size in sizes.items()})
+    os.link(src / "a" / "x" / "f.bin", src / "a-b" / "linked.bin")
+    paths = (src / "a-b", src / "a" / "x", src / "a" / "x" / "sub")
+    total = sum(sizes.values())
+    repo = tmp_path / "repo"
+    _init(repo)
+    for job, shards in (("whole", ()), ("sharded", ("--shards", 2))):
+        r = run_process("backup", "--repo", repo, "--job", job, *shards, *paths, "--json")
+        assert r.code == 0, r.err
+        assert r.json()["stats"]["bytes_read"] == total, job  # every file read once
+    repository = open_repo(str(repo))
+    try:
+        manifest = plan_run(repository, tuple(map(str, paths)), 2, job="older")
+        planned = sorted(p.path for i in range(manifest.count) for p in manifest.parts(i))
+        assert planned == sorted(os.fsencode(src / n) for n in sizes)
+        assert manifest.files == len(sizes)
+        # as an older bcdr planned it: a-b first, so the hardlink by its name there
+        older = [(os.fsencode(src / n), s) for n, s in sorted(sizes.items()) if n != "a/x/f.bin"]
+        older.insert(1, (os.fsencode(src / "a-b" / "linked.bin"), sizes["a/x/f.bin"]))
+        encoded, shard_bytes = encode_shards(cut(older, 2, manifest.region))
+        run = save_manifest(
+            repository,
+            msgspec.structs.replace(
+                manifest, run=new_run_nonce(), shards=encoded, shard_bytes=shard_bytes
+            ),
+        ).run
+        for i in range(2):
+            run_shard(repository, run, i)
+        result = commit_run(repository, run)
+    finally:
+        repository.close()
+    assert result.backup is not None
+    assert result.backup.stats.bytes_read == total  # the commit read nothing again
+    assert result.from_shards == len(sizes)
+    trees = _trees(repo, src)
+    assert trees["sharded"] == trees["whole"] == trees["older"]
 
 
 def test_one_file_system_with_shards_keeps_mount_points_empty(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import BinaryIO, TypedDict
 
+from bcdr.archive.layout import Layout, plan_layout
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.pipeline import ChunkPipeline
 from bcdr.archive.safetensors import SAFETENSORS, Segment, file_segments
@@ -32,7 +33,6 @@ from bcdr.repository.repo import Repository
 from bcdr.repository.snapshot import SkippedPath
 from bcdr.repository.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
-Layout = dict[bytes, "Layout | None"]
 #: Small files are read in batches of this many files or bytes, whichever comes first.
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
@@ -82,23 +82,6 @@ class ScanProblems:
 
 
 ProgressFn = Callable[[BackupStats, bytes], None]
-
-
-def plan_layout(paths: list[bytes]) -> Layout:
-    """Nest absolute paths by component; a path inside another given path is dropped."""
-    root: Layout = {}
-    for path in sorted(set(paths), key=len):
-        parts = [p for p in path.split(b"/") if p]
-        node: Layout | None = root
-        for i, part in enumerate(parts):
-            assert node is not None
-            if part in node and node[part] is None:
-                break  # an ancestor is already backed up whole
-            if i == len(parts) - 1:
-                node[part] = None
-            else:
-                node = node.setdefault(part, {})
-    return root
 
 
 class Archiver:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import msgspec
 import zstandard
 
+from bcdr.archive.layout import walk_roots
 from bcdr.archive.patterns import PathMatcher
 from bcdr.archive.statahead import Stat, StatAhead
 from bcdr.errors import CorruptObject, ObjectNotFound
@@ -139,8 +140,9 @@ def walk_files(
     *,
     one_file_system: bool = False,
 ) -> Iterator[tuple[bytes, os.stat_result]]:
-    """The regular files under ``paths`` as a backup walks them (sorted, excludes applied,
-    links not followed, the repository's own folder left out), each hardlinked file once.
+    """The regular files under ``paths`` as a backup walks them (in its order, excludes
+    applied, links not followed, the repository's own folder left out, a path inside another
+    given path walked once), each hardlinked file once, by the name the backup meets first.
     ``one_file_system``: nothing under a folder on another filesystem than the paths given
     (the backup keeps such a mount point as an empty folder). A folder's entries are stat'ed
     ahead where its filesystem is slow to answer (bcdr/archive/statahead.py)."""
@@ -150,7 +152,7 @@ def walk_files(
         with contextlib.suppress(OSError):  # the commit's walk says why
             devices.add(os.lstat(path).st_dev)
     stats = StatAhead()
-    roots = sorted(paths)
+    roots = walk_roots(paths)  # in the backup's order: each hardlinked file by its first name
     # depth first, each folder's entries in name order: one iterator per folder being walked
     top = stats.lstats(roots, False)
     levels: list[Iterator[tuple[bytes, Stat]]] = [zip(roots, top, strict=True)]
