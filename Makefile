@@ -6,7 +6,7 @@ BCDR   := $(VENV)/bin/bcdr
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 NPM    ?= npm
 
-.PHONY: install node browser restic rclone systemd slurm prometheus fuse run test bench bench-quick lint clean
+.PHONY: install node browser restic rclone systemd slurm prometheus fuse disktools run test bench bench-quick lint clean
 
 # Bytecode is compiled as a wheel install would (with PYTHONDONTWRITEBYTECODE set, an editable
 # install would otherwise compile every module on every run: ~0.1 s per command).
@@ -73,6 +73,13 @@ prometheus:
 fuse:
 	$(call apt-install,fusermount,fuse,the mount tests)
 
+# Debian's strace and e2fsprogs, for the tests of a restore's flushes to disk: strace records
+# its syncfs calls; mkfs.ext4 and dumpe2fs make the loop-mounted ext4 whose disk fails writes.
+disktools:
+	$(call apt-install,strace,strace,the restore durability tests)
+	$(call apt-install,mkfs.ext4,e2fsprogs,the restore durability tests)
+	$(call apt-install,dumpe2fs,e2fsprogs,the restore durability tests)
+
 # Debian's restic, the baseline `make bench` measures bcdr against.
 restic:
 	$(call apt-install,restic,restic,make bench)
@@ -85,7 +92,7 @@ rclone:
 run: install
 	$(PY) -m bcdr.demo
 
-test: install node browser systemd slurm prometheus fuse
+test: install node browser systemd slurm prometheus fuse disktools
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Both corpus sizes (3.35 GiB and 632 MiB as restored), the single 4 GiB file, the Azure path,

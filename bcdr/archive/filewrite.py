@@ -5,13 +5,18 @@ costs of ``O_DIRECT`` are in docs/decisions.md). Used by ``filerestore.py``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any
+
+from bcdr.errors import UsageError
 
 HOLE_BLOCK = 64 * 1024
 #: Files of at least this many bytes are written with O_DIRECT (unless ``direct=False``) ...
@@ -25,6 +30,10 @@ DIRECT_WRITERS = 2
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: Filesystems on a local block device: a target on one of them gets O_DIRECT writes.
 DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
+#: While a restore writes onto a local disk, its filesystem's dirty pages are handed to the
+#: disk every this many seconds (``BCDR_FLUSH_EVERY``; 0: only once, at the end).
+FLUSH_EVERY_S = 0.5
+FLUSH_ENV = "BCDR_FLUSH_EVERY"
 
 
 def is_zero(data: bytes | memoryview) -> bool:
@@ -216,3 +225,96 @@ class DirectOut:
         if self.buffer is not None:
             self.give(self.buffer)
             self.buffer = None
+
+
+def flush_every() -> float:
+    """Seconds between a restore's flushes while it writes: ``BCDR_FLUSH_EVERY``, default
+    FLUSH_EVERY_S; 0 flushes only at the end."""
+    raw = os.environ.get(FLUSH_ENV, "")
+    try:
+        value = float(raw) if raw else FLUSH_EVERY_S
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise UsageError(
+            f"{FLUSH_ENV}={raw!r} is not a number of seconds between 0 and 3600",
+            hint=f"unset {FLUSH_ENV} for the default of {FLUSH_EVERY_S:g} seconds",
+        )
+    return value
+
+
+_libc_syncfs: Callable[[int], int] | None = None
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out the dirty data and metadata of the filesystem ``fd`` is on and
+    wait for the disk. Raises OSError: EIO when a write to that filesystem failed since
+    ``fd`` was opened (the kernel tells each failure once per open file)."""
+    global _libc_syncfs
+    if _libc_syncfs is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        _libc_syncfs = fn
+    if _libc_syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class Flusher:
+    """Makes what a restore wrote durable. :meth:`finish` writes out everything the target's
+    filesystem holds in memory and waits for the disk (``syncfs``), and raises a write the
+    disk failed: without it, a small file is in the page cache when the restore says it is
+    restored, and a write that fails later is seen by nobody.
+
+    ``every`` (seconds, 0: never): a thread also writes out what is dirty meanwhile, so the
+    disk writes while the workers decode instead of after them, and the final wait is short
+    (on a local disk; docs/decisions.md). A failure it meets is kept for :meth:`finish`."""
+
+    def __init__(self, folder: bytes, every: float):
+        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._error: OSError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if every > 0:
+            self._thread = threading.Thread(
+                target=self._run, args=(every,), name="bcdr-flush", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                syncfs(self._fd)
+            except OSError as exc:
+                self._error = self._error or exc
+                return  # told at the end
+
+    def _stop_thread(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def finish(self) -> float:
+        """Stop the thread, write out everything and wait; the seconds that took. Raises
+        OSError for the first write the disk failed meanwhile."""
+        self._stop_thread()
+        started = time.monotonic()
+        try:
+            syncfs(self._fd)
+        except OSError as exc:
+            self._error = self._error or exc
+        finally:
+            self.close()
+        if self._error is not None:
+            raise self._error
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        """Stop without the final flush (a restore that failed on its own)."""
+        self._stop_thread()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -22,6 +22,7 @@ from functools import partial
 from bcdr.archive import readback
 from bcdr.archive.beneath import Beneath, parent_of, split_path
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
+from bcdr.archive.filewrite import Flusher, direct_suits, flush_every
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.archive.statahead import StatAhead
 from bcdr.archive.xattrs import apply_xattrs, count_skipped
@@ -54,6 +55,10 @@ class RestoreStats:
     bytes_read_back: int = 0
     read_back_planned: int = 0
     read_back_wrong: int = 0  # of the errors: files the disk gave back otherwise
+    # the final flush of what was written to the disk (syncfs): how long it took; or that the
+    # disk failed a write of this restore (an error names the target)
+    synced_s: float | None = None
+    sync_failed: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -121,6 +126,7 @@ class Restorer:
         self._slow_target = False  # is the target on such a filesystem? (see run)
         self._in_place_ahead: dict[bytes, int | OSError] = {}  # dest -> its size (-1: not a file)
         self._verify = verify
+        self._flush_every = flush_every()  # a bad BCDR_FLUSH_EVERY stops before any work
         self._written: list[tuple[bytes, bytes, Node]] = []  # verify: snap path, dest, node
 
     def run(self, root_tree: bytes) -> RestoreStats:
@@ -135,6 +141,29 @@ class Restorer:
         # and this process keeps less freed memory then.
         forked = self._files.start()
         big_buffers_ahead(KEEP_WITH_WORKERS if forked else None)
+        # a thread, so after the workers forked; on a local disk it flushes as files are
+        # written, and at the end it makes them durable
+        flusher = Flusher(self.target, self._flush_every if direct_suits(self.target) else 0)
+        try:
+            self._write_all(root_tree)
+        except BaseException:
+            flusher.close()
+            raise
+        try:
+            self.stats.synced_s = round(flusher.finish(), 3)
+        except OSError as exc:
+            self.stats.sync_failed = True
+            self._error(
+                self.target,
+                f"the disk failed a write of this restore ({exc.strerror or exc}): files "
+                "restored here may not hold what was verified; check the disk (dmesg) and "
+                "restore again",
+            )
+        self.stats.duration_s = time.monotonic() - self._started
+        return self.stats
+
+    def _write_all(self, root_tree: bytes) -> None:
+        """Every file, link and folder of the tree (this part's), read back with verify."""
         old_limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(old_limit, 20000))
         try:
@@ -158,8 +187,6 @@ class Restorer:
             for path, node in reversed(self._dirs):
                 self._apply_meta(path, node)
         self._beneath.close()
-        self.stats.duration_s = time.monotonic() - self._started
-        return self.stats
 
     def _collect_files(self) -> None:
         f = self._files

@@ -161,12 +161,18 @@ def restore_text(r: RestoreResult) -> None:
             "snapshot has them"
         )
     transfer_line("downloaded", r.downloaded)
-    out(f"  duration   {s.duration_s:.2f}s")
+    durable = f", {s.synced_s:.2f}s of it waiting for the disk" if s.synced_s else ""
+    out(f"  duration   {s.duration_s:.2f}s{durable}")
     if s.xattrs_skipped:
         problem(xattrs_warning(s.xattrs_skipped))
     for e in s.errors:
         sys.stderr.write(f"error: {printable(e['path'])}: {printable(e['error'])}\n")
-    if s.read_back_wrong:
+    if s.sync_failed:
+        sys.stderr.write(
+            f"restore failed for {len(s.errors)} path(s); the disk failed a write: what is on "
+            "it may differ from what was restored and verified\n"
+        )
+    elif s.read_back_wrong:
         sys.stderr.write(
             f"restore failed for {len(s.errors)} path(s); {s.read_back_wrong} file(s) were "
             "written whole and checked, and read back otherwise: the disk or the filesystem "
