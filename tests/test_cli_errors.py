@@ -274,6 +274,23 @@ def test_permission_denied_on_repository(tmp_path: Path, repo: str) -> None:
     assert r.code == 1 and "permission denied" in r.err.lower()
 
 
+def test_a_restore_target_this_user_cannot_read_is_refused(tmp_path: Path, repo: str) -> None:
+    """A folder one may write into but not list (mode 0300): the restore must read it to
+    see that it is empty and to find what a killed restore left, so it says so up front."""
+    src = write_tree(tmp_path / "src", {"a": b"x"})
+    assert run_process("backup", "--repo", repo, src).code == 0
+    target = tmp_path / "write-only"
+    target.mkdir(mode=0o300)
+    for more in ((), ("--overwrite",)):
+        r = _without_dac_override("restore", "--repo", repo, "latest", "--target", target, *more)
+        _clean(r)
+        assert r.code == 2, r.err
+        assert f"cannot read the restore target {target}: Permission denied" in r.err
+        assert "give this user read access to it" in r.err
+    os.chmod(target, 0o700)
+    assert list(target.iterdir()) == []
+
+
 def test_disk_full_commits_nothing_and_next_backup_works(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "3m") as mnt:
         repo = mnt / "repo"

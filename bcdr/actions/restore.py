@@ -49,7 +49,14 @@ def check_target(target: str, overwrite: bool) -> None:
         )
     if os.path.exists(target) and not os.path.isdir(target):
         raise UsageError(f"restore target is not a directory: {target}")
-    if os.path.isdir(target) and any(os.scandir(target)) and not overwrite:
+    try:
+        occupied = os.path.isdir(target) and any(os.scandir(target))
+    except OSError as exc:  # it must be read: to see it is empty, to find a killed run's files
+        raise UsageError(
+            f"cannot read the restore target {target}: {exc.strerror}",
+            hint="give this user read access to it, or choose another folder",
+        ) from None
+    if occupied and not overwrite:
         raise UsageError(
             f"restore target is not empty: {target}",
             hint="choose an empty folder, or pass --overwrite to replace files in it",

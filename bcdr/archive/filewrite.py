@@ -273,11 +273,14 @@ class Flusher:
     (on a local disk; docs/decisions.md). A failure it meets is kept for :meth:`finish`."""
 
     def __init__(self, folder: bytes, every: float):
-        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # a folder this user may write into but not read: sync(2) at the end
+            self._fd = -1
         self._error: OSError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if every > 0:
+        if every > 0 and self._fd >= 0:
             self._thread = threading.Thread(
                 target=self._run, args=(every,), name="bcdr-flush", daemon=True
             )
@@ -303,7 +306,10 @@ class Flusher:
         self._stop_thread()
         started = time.monotonic()
         try:
-            syncfs(self._fd)
+            if self._fd >= 0:
+                syncfs(self._fd)
+            else:
+                os.sync()  # every filesystem, and no failure told
         except OSError as exc:
             self._error = self._error or exc
         finally:
