@@ -77,6 +77,24 @@ class UsageError(BcdrError):
     exit_code = EXIT_USAGE
 
 
+def env_seconds(name: str, default: float, most: float) -> float:
+    """Seconds from the environment variable ``name`` (``default`` when unset or empty); a
+    value that is not a number from 0 to ``most`` is a UsageError naming it."""
+    import os
+
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= most:
+        raise UsageError(
+            f"{name}={raw!r} is not a number of seconds between 0 and {most:g}",
+            hint=f"unset {name} for the default of {default:g} seconds",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class PlanProblem:
     """One problem in a plan: file, 1-based line and column, the field path, what, what to do."""

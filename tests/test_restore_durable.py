@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bcdr.archive.filewrite import Flusher
-from tests.conftest import restored_root, run_process, snapshot_tree, tmpfs, write_tree
+from tests.conftest import Result, restored_root, run_process, snapshot_tree, tmpfs, write_tree
 
 
 @contextmanager
@@ -87,21 +87,19 @@ def _backup(tmp_path: Path, files: int) -> tuple[Path, Path]:
     return src, repo
 
 
+def _restore(repo: Path, target: Path, every: str, *more: str) -> Result:
+    """``bcdr restore`` of the latest snapshot with ``BCDR_FLUSH_EVERY=every``."""
+    env = {"BCDR_FLUSH_EVERY": every}
+    return run_process("restore", "--repo", repo, "latest", "--target", target, *more, env=env)
+
+
 def test_a_restore_onto_a_disk_that_fails_writes_fails(tmp_path: Path) -> None:
     """Every file is created, written into the page cache, verified and named without an
     error; the disk fails the writes after. The restore must not say it restored them."""
     _, repo = _backup(tmp_path, 40)
     with ext4_disk(tmp_path / "disk", failing=True) as mnt:
         target = mnt / "out"
-        r = run_process(
-            "restore",
-            "--repo",
-            repo,
-            "latest",
-            "--target",
-            target,
-            env={"BCDR_FLUSH_EVERY": "0"},  # one flush, at the end
-        )
+        r = _restore(repo, target, "0")  # one flush, at the end
     assert r.code == 1, r.err
     assert f"error: {target}: the disk failed a write of this restore (Input/output error)" in r.err
     assert "the disk failed a write: what is on it may differ" in r.err
@@ -122,16 +120,7 @@ def test_a_failed_write_met_while_flushing_is_told_at_the_end(tmp_path: Path) ->
         assert failed.value.errno == errno.EIO
     _, repo = _backup(tmp_path, 400)
     with ext4_disk(tmp_path / "disk2", failing=True) as mnt:
-        r = run_process(
-            "restore",
-            "--repo",
-            repo,
-            "latest",
-            "--target",
-            mnt / "out",
-            "--json",
-            env={"BCDR_FLUSH_EVERY": "0.001"},
-        )
+        r = _restore(repo, mnt / "out", "0.001", "--json")
     assert r.code == 1, r.err
     doc = r.json()
     assert doc["sync_failed"] is True
@@ -191,15 +180,7 @@ def test_a_restore_is_on_the_disk_when_it_ends(tmp_path: Path) -> None:
 def test_a_bad_flush_interval_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     _, repo = _backup(tmp_path, 3)
     target = tmp_path / "out"
-    r = run_process(
-        "restore",
-        "--repo",
-        repo,
-        "latest",
-        "--target",
-        target,
-        env={"BCDR_FLUSH_EVERY": "soon"},
-    )
+    r = _restore(repo, target, "soon")
     assert r.code != 0
     assert "BCDR_FLUSH_EVERY='soon' is not a number of seconds between 0 and 3600" in r.err
     assert "Traceback" not in r.err

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any
 
-from bcdr.errors import UsageError
+from bcdr.errors import env_seconds
 
 HOLE_BLOCK = 64 * 1024
 #: Files of at least this many bytes are written with O_DIRECT (unless ``direct=False``) ...
@@ -230,17 +230,7 @@ class DirectOut:
 def flush_every() -> float:
     """Seconds between a restore's flushes while it writes: ``BCDR_FLUSH_EVERY``, default
     FLUSH_EVERY_S; 0 flushes only at the end."""
-    raw = os.environ.get(FLUSH_ENV, "")
-    try:
-        value = float(raw) if raw else FLUSH_EVERY_S
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise UsageError(
-            f"{FLUSH_ENV}={raw!r} is not a number of seconds between 0 and 3600",
-            hint=f"unset {FLUSH_ENV} for the default of {FLUSH_EVERY_S:g} seconds",
-        )
-    return value
+    return env_seconds(FLUSH_ENV, FLUSH_EVERY_S, 3600)
 
 
 _libc_syncfs: Callable[[int], int] | None = None

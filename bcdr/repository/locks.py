@@ -49,7 +49,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bcdr.clock import Clock, parse_aware
-from bcdr.errors import LockConflict, LockLost, ObjectNotFound, StoragePermission, UsageError
+from bcdr.errors import (
+    LockConflict,
+    LockLost,
+    ObjectNotFound,
+    StoragePermission,
+    env_seconds,
+)
 from bcdr.storage.base import Storage
 
 log = logging.getLogger("bcdr.locks")
@@ -88,17 +94,7 @@ class LockInfo:
 
 def read_wait() -> float:
     """Seconds a reader waits out a prune's sweep: BCDR_LOCK_WAIT, default 300."""
-    raw = os.environ.get(LOCK_WAIT_ENV, "300")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise UsageError(
-            f"{LOCK_WAIT_ENV}={raw!r} is not a number of seconds between 0 and 86400",
-            hint=f"unset {LOCK_WAIT_ENV} for the default of 300 seconds",
-        )
-    return value
+    return env_seconds(LOCK_WAIT_ENV, 300, 86400)
 
 
 def conflicts_with(mine: str, theirs: str) -> bool:
