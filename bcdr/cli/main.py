@@ -548,7 +548,7 @@ def build_parser(
     p = command(
         "restore",
         cmd_restore,
-        "Restore a snapshot into a folder, verifying every file.",
+        "Restore a snapshot into a folder, verifying every file, until it is on the disk.",
         epilog="Examples: bcdr restore --repo /backups/main latest --job ckpt --target "
         "/scratch/restore --include '/data/ckpt/step-900*'. Over 64 Slurm tasks into a "
         "shared folder: bcdr restore --repo azure://acct/backups latest --job ckpt --target "
