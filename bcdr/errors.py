@@ -35,6 +35,7 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 EXIT_OK = 0
@@ -80,8 +81,6 @@ class UsageError(BcdrError):
 def env_seconds(name: str, default: float, most: float) -> float:
     """Seconds from the environment variable ``name`` (``default`` when unset or empty); a
     value that is not a number from 0 to ``most`` is a UsageError naming it."""
-    import os
-
     raw = os.environ.get(name, "")
     try:
         value = float(raw) if raw else default

@@ -101,9 +101,10 @@ def filesystem_of(path: str | bytes, mountinfo: str | None = None) -> str | None
     return found
 
 
-def direct_suits(folder: str | bytes) -> bool:
-    """Whether files restored into ``folder`` are written with ``O_DIRECT``."""
-    return bool(O_DIRECT) and filesystem_of(folder) in DIRECT_FILESYSTEMS
+def direct_suits(folder: str | bytes, fstype: str | None = None) -> bool:
+    """Whether files restored into ``folder`` are written with ``O_DIRECT``: it is on a
+    local disk. ``fstype``: its filesystem's type when the caller looked it up already."""
+    return bool(O_DIRECT) and (fstype or filesystem_of(folder)) in DIRECT_FILESYSTEMS
 
 
 def write_direct(fd: int, data: memoryview, pos: int) -> None:
@@ -265,8 +266,8 @@ class Flusher:
     def __init__(self, folder: bytes, every: float):
         try:
             self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:  # a folder this user may write into but not read: sync(2) at the end
-            self._fd = -1
+        except OSError:  # not readable (the restore command refuses such a target up front;
+            self._fd = -1  # this guards one changed since): sync(2) at the end
         self._error: OSError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

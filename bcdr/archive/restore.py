@@ -22,7 +22,7 @@ from functools import partial
 from bcdr.archive import readback
 from bcdr.archive.beneath import Beneath, parent_of, split_path
 from bcdr.archive.filerestore import AS_ROOT, FileRestorer, remove_leftover_temps
-from bcdr.archive.filewrite import Flusher, direct_suits, flush_every
+from bcdr.archive.filewrite import Flusher, direct_suits, filesystem_of, flush_every
 from bcdr.archive.patterns import PathMatcher, PathSet
 from bcdr.archive.statahead import StatAhead
 from bcdr.archive.xattrs import apply_xattrs, count_skipped
@@ -134,8 +134,10 @@ class Restorer:
         os.makedirs(self.target, exist_ok=True)
         # The target's filesystem, looked up once: on one where every call waits for a server
         # (Lustre, NFS...: bcdr/archive/statahead.py) the workers write a batch's files, the
-        # finish checks a folder's files and --verify reads files back side by side.
-        self._slow_target = self._stats.slow(self.target, os.stat(self.target).st_dev)
+        # finish checks a folder's files and --verify reads files back side by side; on a
+        # local disk what is written is flushed as it goes.
+        fstype = filesystem_of(self.target)
+        self._slow_target = self._stats.slow(self.target, os.stat(self.target).st_dev, fstype)
         self._files.side_by_side = self._slow_target  # before the workers fork
         # Workers fork first (they return freed buffers at once); the small files are theirs,
         # and this process keeps less freed memory then.
@@ -143,7 +145,8 @@ class Restorer:
         big_buffers_ahead(KEEP_WITH_WORKERS if forked else None)
         # a thread, so after the workers forked; on a local disk it flushes as files are
         # written, and at the end it makes them durable
-        flusher = Flusher(self.target, self._flush_every if direct_suits(self.target) else 0)
+        local = direct_suits(self.target, fstype)
+        flusher = Flusher(self.target, self._flush_every if local else 0)
         try:
             self._write_all(root_tree)
         except BaseException:

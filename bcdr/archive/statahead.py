@@ -86,13 +86,14 @@ class StatAhead:
         self._pool: ThreadPoolExecutor | None = None
         self.taken_ahead = 0  # results the threads gave (what the tests look at)
 
-    def slow(self, folder: bytes, device: int) -> bool:
-        """Are ``folder``'s entries (on ``device``) stat'ed ahead?"""
+    def slow(self, folder: bytes, device: int, fstype: str | None = None) -> bool:
+        """Are ``folder``'s entries (on ``device``) stat'ed ahead? ``fstype``: its
+        filesystem's type when the caller looked it up already."""
         if self._mode in ("0", "1"):
             return self._mode == "1"
         found = self._slow.get(device)
         if found is None:
-            found = self._slow[device] = slow_metadata(filesystem_of(folder))
+            found = self._slow[device] = slow_metadata(fstype or filesystem_of(folder))
         return found
 
     def lstats(self, paths: Iterable[bytes], ahead: bool) -> Generator[Stat, None, None]:

@@ -161,7 +161,8 @@ def restore_text(r: RestoreResult) -> None:
             "snapshot has them"
         )
     transfer_line("downloaded", r.downloaded)
-    durable = f", {s.synced_s:.2f}s of it waiting for the disk" if s.synced_s else ""
+    waited = s.synced_s or 0.0  # shown from 0.01 s: "0.00s of it" says nothing
+    durable = f", {waited:.2f}s of it waiting for the disk" if waited >= 0.005 else ""
     out(f"  duration   {s.duration_s:.2f}s{durable}")
     if s.xattrs_skipped:
         problem(xattrs_warning(s.xattrs_skipped))
