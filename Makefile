@@ -73,10 +73,12 @@ prometheus:
 fuse:
 	$(call apt-install,fusermount,fuse,the mount tests)
 
-# Debian's strace and e2fsprogs, for the tests of a restore's flushes to disk: strace records
-# its syncfs calls; mkfs.ext4 and dumpe2fs make the loop-mounted ext4 whose disk fails writes.
+# Debian's strace, e2fsprogs and mount, for the tests of a restore's flushes to disk: strace
+# records its syncfs calls; mkfs.ext4, dumpe2fs and losetup make the loop-mounted ext4 whose
+# disk fails writes.
 disktools:
 	$(call apt-install,strace,strace,the restore durability tests)
+	$(call apt-install,losetup,mount,the restore durability tests)
 	$(call apt-install,mkfs.ext4,e2fsprogs,the restore durability tests)
 	$(call apt-install,dumpe2fs,e2fsprogs,the restore durability tests)
 
