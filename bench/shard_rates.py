@@ -4,7 +4,8 @@ of files and of shards (docs/scale-out.md).
 
 1. The bench corpora (large, 2.85 GiB, and small, 504 MiB: before the day-1 change) backed
    up unsharded and with N = 1, 2 and 4 shards, each into a fresh encrypted repository,
-   BENCH_ROUNDS rounds (order rotated); ratios are medians of each round's ratio. Per
+   BENCH_ROUNDS rounds (order rotated; SMALL_ROUNDS times as many for the small corpus)
+   after one unsharded backup that is not counted; ratios are medians of each round's ratio. Per
    backup: wall time until it returns, total CPU time of every process it started (``wait4``
    of the children: shards and their workers included), and per file its metadata,
    fingerprint and chunk lengths, which must be the unsharded backup's.
@@ -34,6 +35,12 @@ COMMIT_FILES = tuple(
     int(x) for x in os.environ.get("BENCH_SHARD_FILES", "10000,100000,1000000").split(",") if x
 )
 COMMIT_SHARDS = (1, 16)
+#: The small corpus's backups take about 3 s of CPU each, and the same backup's CPU time
+#: varies by +-10% between runs in this VM (a round's ratio of 4 shards to none spread
+#: 0.84-1.30 over eight rounds, 2026-12-08): it gets this many times BENCH_ROUNDS, so that its
+#: medians tell the shards' cost and not the VM's. The large corpus's rounds take ten times as
+#: long and spread less.
+SMALL_ROUNDS = 3
 ENV = {**os.environ, "BCDR_PASSWORD": PASSWORD}
 
 
@@ -104,6 +111,14 @@ def bench_shard_counts(out: Path, rounds: int, shape: str = "small") -> dict[str
     chunker = out / "shard-chunker"  # its cutting parameters and seed, for every repository
     _fresh(chunker)
     reference: dict[bytes, tuple[object, ...]] | None = None
+    if shape == "small":
+        rounds *= SMALL_ROUNDS
+    # Not counted: the first backup after the corpus was written or read by another part
+    # took up to 1.6 times the CPU of the next ones (page cache, the interpreter's caches).
+    warm = out / "shard-repo-warm"
+    _fresh(warm, chunker)
+    _run([*BCDR, "backup", "-q", "--repo", str(warm), "--job", "b", str(corpus)])
+    shutil.rmtree(warm, ignore_errors=True)
     for r in range(rounds):
         order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
         for kind in order:
