@@ -622,7 +622,7 @@ def _main(corpus: Path, tools: list[str]) -> int:
     copied: dict[str, object] = {}
     if AZURE:
         print("\nAzure Blob (Azurite on loopback; ratio to 1 connection at the same RTT):")
-        azure = bench_azure(OUT)
+        azure = bench_azure(OUT, TARGET)
         for r in azure:
             print(
                 f"  rtt {r['rtt_ms']:4.0f} ms  {r['connections']:.0f} conn  "
@@ -630,7 +630,7 @@ def _main(corpus: Path, tools: list[str]) -> int:
                 f"download {r['download_mib_s']:7.1f} MiB/s ({r['download_ratio']:.2f}x)"
             )
         print("\nAzure Blob, bcdr against rclone (--transfers 8), Azurite:", flush=True)
-        rclone = bench_rclone(OUT, ROUNDS)
+        rclone = bench_rclone(OUT, ROUNDS, TARGET)
         if "backup_ratio" in rclone:
             print(
                 f"  bcdr/rclone, median: backup {rclone['backup_ratio']:.2f}, "
