@@ -36,6 +36,7 @@ the only place that turns a ``BcdrError`` into an exit code and never prints a t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 EXIT_OK = 0
@@ -78,10 +79,13 @@ class UsageError(BcdrError):
     exit_code = EXIT_USAGE
 
 
-def env_seconds(name: str, default: float, most: float) -> float:
-    """Seconds from the environment variable ``name`` (``default`` when unset or empty); a
-    value that is not a number from 0 to ``most`` is a UsageError naming it."""
-    raw = os.environ.get(name, "")
+def env_seconds(
+    name: str, default: float, most: float, env: Mapping[str, str] | None = None
+) -> float:
+    """Seconds from the environment variable ``name`` (``default`` when unset or empty) of
+    ``env`` (default: this process's); a value that is not a number from 0 to ``most`` is a
+    UsageError naming it."""
+    raw = (os.environ if env is None else env).get(name, "")
     try:
         value = float(raw) if raw else default
     except ValueError:

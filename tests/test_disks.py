@@ -431,6 +431,20 @@ def test_operation_timeout_and_bad_token_are_clear(tmp_path: Path, arm: ArmServe
     assert "expired-token" not in r.out + r.err
 
 
+@pytest.mark.parametrize("bad", ["-1", "soon", "nan", "7200"])
+def test_a_bad_poll_interval_is_refused_before_any_snapshot(
+    tmp_path: Path, arm: ArmServer, bad: str
+) -> None:
+    d1 = arm.disk(SUB, RG, "data1", location="westeurope")
+    f = _plan(tmp_path, arm, [d1], copy_to="[]")
+    r = run_process("run", f, "--job", "scratch", env={**_env(arm), "BCDR_DISK_POLL_SECONDS": bad})
+    assert r.code != 0 and "Traceback" not in r.err
+    assert f"BCDR_DISK_POLL_SECONDS={bad!r} is not a number of seconds between 0 and 3600" in (
+        r.out + r.err
+    )
+    assert _puts(arm, "snapshots") == []  # refused before anything was asked of Azure
+
+
 def test_resource_names_follow_azures_rules() -> None:
     name = resource_name("d" * 100, "job", "20261123T020000Z", "northeurope")
     assert len(name) == 80 and name.endswith("-job-20261123T020000Z-northeurope")

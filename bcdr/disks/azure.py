@@ -25,7 +25,13 @@ from bcdr.disks.service import (
     Tick,
     VmInfo,
 )
-from bcdr.errors import BcdrError, DiskOperationFailed, OperationTimedOut, TransientStorageError
+from bcdr.errors import (
+    BcdrError,
+    DiskOperationFailed,
+    OperationTimedOut,
+    TransientStorageError,
+    env_seconds,
+)
 
 log = logging.getLogger("bcdr.disks")
 
@@ -36,16 +42,8 @@ T = TypeVar("T")
 
 def poll_seconds(env: Mapping[str, str] | None = None) -> float:
     """Interval between polls of an operation that gives no Retry-After, and between reads of a
-    copy's progress: ``BCDR_DISK_POLL_SECONDS``, default 30."""
-    raw = (os.environ if env is None else env).get("BCDR_DISK_POLL_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw else 30.0
-    except ValueError:
-        from bcdr.errors import UsageError
-
-        raise UsageError(
-            f"BCDR_DISK_POLL_SECONDS={raw!r} is not a number of seconds", hint="e.g. 30"
-        ) from None
+    copy's progress: ``BCDR_DISK_POLL_SECONDS``, default 30, at most an hour."""
+    return env_seconds("BCDR_DISK_POLL_SECONDS", 30.0, 3600.0, env)
 
 
 class AzureOperation:
