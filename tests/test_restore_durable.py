@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from bcdr.archive import readback
+from bcdr.archive.filerestore import file_digest
 from bcdr.archive.filewrite import Flusher
+from bcdr.repository.tree import FILE, Node
 from tests.conftest import Result, restored_root, run_process, snapshot_tree, tmpfs, write_tree
 
 
@@ -185,3 +188,62 @@ def test_a_bad_flush_interval_is_refused_before_anything_is_written(tmp_path: Pa
     assert "BCDR_FLUSH_EVERY='soon' is not a number of seconds between 0 and 3600" in r.err
     assert "Traceback" not in r.err
     assert not any(target.rglob("*.bin"))
+
+
+def test_a_file_is_read_back_from_the_disk_not_from_the_page_cache(tmp_path: Path) -> None:
+    """What a drill and ``restore --verify`` read back is what the disk holds: a block the
+    disk changed under a file whose pages are still in memory is found, where reading the
+    page cache would find the bytes that were written."""
+    data = random.Random(7).randbytes(64 * 1024)
+    with ext4_disk(tmp_path / "disk") as mnt:
+        path = mnt / "f.bin"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        node = Node(name=b"f.bin", type=FILE, size=len(data), digest=file_digest(fd, len(data)))
+        os.close(fd)
+        assert readback.finding(node, readback.read_path((os.fsencode(path), node))) is None
+        # the disk changes one block of the file under the filesystem (its image, as the loop
+        # device reads it), while the file's pages stay in memory
+        extents = subprocess.run(
+            ["filefrag", "-v", "-b4096", path], capture_output=True, text=True, check=True
+        ).stdout
+        first = next(line for line in extents.splitlines() if line.strip().startswith("0:"))
+        physical = int(first.split(":")[2].split("..")[0])
+        with open(tmp_path / "disk" / "back" / "img", "r+b") as img:
+            img.seek(physical * 4096)
+            img.write(b"\xff" * 4096)
+        assert path.read_bytes() == data  # the page cache still has what was written
+        found = readback.finding(node, readback.read_path((os.fsencode(path), node)))
+        assert found is not None and found.startswith("digest "), found
+        assert path.read_bytes()[:4096] == b"\xff" * 4096  # read from the disk since
+
+
+def test_a_verified_restore_reads_back_after_a_flush(tmp_path: Path) -> None:
+    """``restore --verify`` flushes the target before it reads the files back, and drops each
+    file's cached pages before reading it; the restore still ends with a flush."""
+    src, repo = _backup(tmp_path, 60)
+    with ext4_disk(tmp_path / "disk") as mnt:
+        log, target = tmp_path / "strace", mnt / "out"
+        proc = subprocess.run(
+            [
+                *("strace", "-f", "-qq", "-e", "trace=syncfs,fadvise64", "-e", "signal=none"),
+                *("-o", log, sys.executable, "-m", "bcdr", "restore", "--repo", repo),
+                *("latest", "--target", target, "--verify", "--json"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "BCDR_FLUSH_EVERY": "0"},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        stats = json.loads(proc.stdout)
+        assert stats["files_read_back"] == 60 and stats["sync_failed"] is False
+        calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+        drops = [i for i, c in enumerate(calls) if "POSIX_FADV_DONTNEED" in c]
+        syncs = [i for i, c in enumerate(calls) if c.startswith("syncfs(") and c.endswith("= 0")]
+        assert len(drops) == 60, calls
+        assert len(syncs) == 2 and syncs[0] < drops[0] and syncs[1] == len(calls) - 1, calls
+        assert snapshot_tree(restored_root(target, src)) == snapshot_tree(src)

@@ -291,18 +291,24 @@ class Flusher:
             self._thread.join()
             self._thread = None
 
+    def flush(self) -> None:
+        """Write out everything now and wait (before files are read back from the disk); a
+        write the disk failed is kept for :meth:`finish`."""
+        try:
+            if self._fd >= 0:
+                syncfs(self._fd)
+            else:
+                os.sync()
+        except OSError as exc:
+            self._error = self._error or exc
+
     def finish(self) -> float:
         """Stop the thread, write out everything and wait; the seconds that took. Raises
         OSError for the first write the disk failed meanwhile."""
         self._stop_thread()
         started = time.monotonic()
         try:
-            if self._fd >= 0:
-                syncfs(self._fd)
-            else:
-                os.sync()  # every filesystem, and no failure told
-        except OSError as exc:
-            self._error = self._error or exc
+            self.flush()  # without a descriptor: sync(2), every filesystem, no failure told
         finally:
             self.close()
         if self._error is not None:

@@ -2,7 +2,11 @@
 
 A restore checks every chunk against its id as it writes it; reading a file back afterwards
 checks what the disk now holds, through another path: its size and its fingerprint (the
-snapshot's, by regions or not) against the tree's. A drill reads every restored file back
+snapshot's, by regions or not) against the tree's. The disk's, not the page cache's: a file
+is read back only once its filesystem was flushed (the restore's ``syncfs``), and its cached
+pages, clean by then, are dropped first (``POSIX_FADV_DONTNEED``), so the bytes come from the
+device (or a network filesystem's server). Reading the page cache would find what was written
+whatever the disk kept. A drill reads every restored file back
 (bcdr/actions/drill.py); ``bcdr restore --verify`` does the same for the files a restore, or a
 part of a sharded one, wrote (bcdr/archive/restore.py). On a filesystem where each open waits
 for a server (bcdr/archive/statahead.py), READERS files are read at a time.
@@ -32,9 +36,21 @@ def read_fd(fd: int, node: Node) -> ReadBack:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
+        drop_cached(fd)
         return st.st_size, file_digest(fd, st.st_size, node.digest)
     except OSError as exc:
         return f"cannot be read back: {exc.strerror}"
+
+
+def drop_cached(fd: int) -> None:
+    """Drop the file's pages from the page cache, so that it is read from the disk. Only
+    clean pages go: call it after the filesystem was flushed. Where the call is missing or
+    refused, the file is read as it is."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
 
 def open_failed(exc: OSError) -> str:

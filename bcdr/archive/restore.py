@@ -128,6 +128,7 @@ class Restorer:
         self._verify = verify
         self._flush_every = flush_every()  # a bad BCDR_FLUSH_EVERY stops before any work
         self._written: list[tuple[bytes, bytes, Node]] = []  # verify: snap path, dest, node
+        self._flusher: Flusher | None = None  # (run) makes the bytes durable
 
     def run(self, root_tree: bytes) -> RestoreStats:
         self._started = time.monotonic()
@@ -146,7 +147,7 @@ class Restorer:
         # a thread, so after the workers forked; on a local disk it flushes as files are
         # written, and at the end it makes them durable
         local = direct_suits(self.target, fstype)
-        flusher = Flusher(self.target, self._flush_every if local else 0)
+        flusher = self._flusher = Flusher(self.target, self._flush_every if local else 0)
         try:
             self._write_all(root_tree)
         except BaseException:
@@ -377,7 +378,11 @@ class Restorer:
     def _read_back_written(self) -> None:
         """(verify) Read back every file written without an error, before the folders get
         their modes (one may forbid reading) and hardlinks their other names (the same
-        inode): side by side on a filesystem slow to answer (bcdr/archive/statahead.py)."""
+        inode): side by side on a filesystem slow to answer (bcdr/archive/statahead.py).
+        The target is flushed first, so that each file is read from the disk
+        (bcdr/archive/readback.py); a write that failed is told by the restore's last flush."""
+        if self._flusher is not None:
+            self._flusher.flush()
         failed = {snap_path for snap_path, _ in self._files.errors}
         todo = [w for w in self._written if w[0] not in failed]
         self._written = []

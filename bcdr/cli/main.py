@@ -583,7 +583,8 @@ def build_parser(
     p.add_argument(
         "--verify",
         action="store_true",
-        help="once every file is written, read each one back from the disk and compare its "
+        help="once every file is written and flushed, read each one back from the disk (not "
+        "from the page cache) and compare its "
         "size and fingerprint with the snapshot's; one that differs is an error. Every chunk "
         "is checked against its id as it is written anyway; this checks what the disk holds, "
         "at the cost of reading everything again. With --shards each part reads back its own "
