@@ -400,16 +400,13 @@ def _verify(
     report: DrillReport, target: str, chosen: list[tuple[bytes, Node]], failed: set[str]
 ) -> None:
     """Read every restored file back and compare size and digest with the snapshot's
-    (bcdr/archive/readback.py). On a scratch on a network filesystem, where each open waits
-    for a server, READERS files at a time (bcdr/archive/statahead.py); else one after
-    another."""
+    (bcdr/archive/readback.py), READERS files at a time."""
     base = os.fsencode(target)
     todo = [(path, node) for path, node in chosen if os.fsdecode(path) not in failed]
     readers = StatAhead(threads=readback.READERS)
     try:
-        ahead = readers.slow(base, os.stat(base).st_dev)
         items = [(os.path.join(base, path.lstrip(b"/")), node) for path, node in todo]
-        results = readers.map(readback.read_path, items, ahead)
+        results = readers.map(readback.read_path, items)
         for (path, node), result in zip(todo, results, strict=True):
             _count_read_back(report, os.fsdecode(path), node, result)
     finally:

@@ -378,9 +378,9 @@ class Restorer:
     def _read_back_written(self) -> None:
         """(verify) Read back every file written without an error, before the folders get
         their modes (one may forbid reading) and hardlinks their other names (the same
-        inode): side by side on a filesystem slow to answer (bcdr/archive/statahead.py).
-        The target is flushed first, so that each file is read from the disk
-        (bcdr/archive/readback.py); a write that failed is told by the restore's last flush."""
+        inode), READERS at a time. The target is flushed first, so that each file is read
+        from the disk (bcdr/archive/readback.py); a write that failed is told by the
+        restore's last flush."""
         if self._flusher is not None:
             self._flusher.flush()
         failed = {snap_path for snap_path, _ in self._files.errors}
@@ -393,7 +393,8 @@ class Restorer:
         readers = StatAhead(threads=readback.READERS)
         try:
             items = [(dest, node) for _, dest, node in todo]
-            results = readers.map(self._read_back, items, self._slow_target)
+            # READERS at a time on any filesystem: each small file is a read from the device
+            results = readers.map(self._read_back, items, True)
             for (snap_path, _, node), result in zip(todo, results, strict=True):
                 wrong = readback.finding(node, result)
                 if wrong is not None:
