@@ -239,8 +239,9 @@ def test_a_restore_onto_a_slow_filesystem_writes_a_batchs_files_side_by_side(
 def test_a_drill_reads_its_scratch_back_side_by_side_on_a_slow_filesystem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A drill reads every restored file back: on a scratch on a network filesystem several
-    at once, with the same findings in the same order (a changed file, a missing one)."""
+    """A drill reads every restored file back several at once (one at a time with
+    BCDR_STAT_AHEAD=0), with the same findings in the same order (a changed file, a missing
+    one)."""
     files = {f"d{d}/f{i:03d}.bin": os.urandom(200 + i) for d in range(2) for i in range(16)}
     src = write_tree(tmp_path / "src", files)
     repo = tmp_path / "repo"

@@ -406,7 +406,7 @@ def _verify(
     readers = StatAhead(threads=readback.READERS)
     try:
         items = [(os.path.join(base, path.lstrip(b"/")), node) for path, node in todo]
-        results = readers.map(readback.read_path, items)
+        results = readers.map(readback.read_path, items, readers.reads_ahead())
         for (path, node), result in zip(todo, results, strict=True):
             _count_read_back(report, os.fsdecode(path), node, result)
     finally:

@@ -10,11 +10,12 @@ whatever the disk kept.
 
 A drill reads every restored file back (bcdr/actions/drill.py); ``bcdr restore --verify``
 does the same for the files a restore, or a part of a sharded one, wrote
-(bcdr/archive/restore.py). READERS files are read at a time: each small file is a read from
-the device (or a round trip to a server), and one reader would wait for each in turn. A
-``restore --verify`` of the small bench corpus (20,000 small files) onto this VM's
-loop-mounted ext4 took 6.5 s reading back one file at a time, 5.6 s eight at a time, and
-2.9-3.1 s when the read-back read the page cache.
+(bcdr/archive/restore.py). READERS files are read at a time (one with
+``BCDR_STAT_AHEAD=0``): each small file is a read from the device (or a round trip to a
+server), and one reader would wait for each in turn. A ``restore --verify`` of the small
+bench corpus (20,000 small files) onto this VM's loop-mounted ext4 took 6.5 s reading back
+one file at a time, 5.6 s eight at a time, and 2.9-3.1 s when the read-back read the page
+cache.
 """
 
 from __future__ import annotations

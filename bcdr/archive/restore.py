@@ -393,8 +393,7 @@ class Restorer:
         readers = StatAhead(threads=readback.READERS)
         try:
             items = [(dest, node) for _, dest, node in todo]
-            # READERS at a time on any filesystem: each small file is a read from the device
-            results = readers.map(self._read_back, items, True)
+            results = readers.map(self._read_back, items, readers.reads_ahead())
             for (snap_path, _, node), result in zip(todo, results, strict=True):
                 wrong = readback.finding(node, result)
                 if wrong is not None:

@@ -96,6 +96,12 @@ class StatAhead:
             found = self._slow[device] = slow_metadata(fstype or filesystem_of(folder))
         return found
 
+    def reads_ahead(self) -> bool:
+        """Are whole files read ahead in the threads (a read-back: bcdr/archive/readback.py)?
+        On every filesystem, since each small file read back is a read from the device,
+        unless ``BCDR_STAT_AHEAD=0``."""
+        return self._mode != "0"
+
     def lstats(self, paths: Iterable[bytes], ahead: bool) -> Generator[Stat, None, None]:
         """``os.lstat`` of each path, in order: the result, or the OSError it raised.
         ``ahead``: taken by the threads, up to AHEAD in flight; else each when reached."""
